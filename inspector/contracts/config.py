@@ -1,0 +1,284 @@
+"""Station configuration: typed models loaded from YAML with environment overrides.
+
+Every field has a description and bounds; unknown keys are refused (``extra="forbid"``) and every
+validation error is reported with its dotted key path and a hint. Environment overrides use the
+prefix ``INSPECTOR_`` and ``__`` between levels, e.g. ``INSPECTOR_REDIS__URL=redis://host:6379/0``
+or ``INSPECTOR_WORKER__MAX_BATCH=4``. Values from the environment are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inspector.contracts.errors import ConfigError
+
+ENV_PREFIX = "INSPECTOR_"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StationSection(Section):
+    id: str = Field("demo", description="Station id; part of every stream name.", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    data_dir: Path = Field(Path("station-data"), description="Folder for Redis persistence, database, archive, models.")
+
+
+class ReconnectSection(Section):
+    initial_s: float = Field(0.05, gt=0, le=10, description="First wait before reconnecting to Redis.")
+    max_s: float = Field(2.0, gt=0, le=60, description="Longest wait between reconnect attempts.")
+    give_up_s: float = Field(120.0, gt=0, le=86400, description="Total time to keep retrying before raising.")
+
+
+class RedisSection(Section):
+    url: str | None = Field(
+        None, description="redis:// or rediss:// URL of an external Redis. Unset: start an embedded redis-server."
+    )
+    prefix: str = Field("insp", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Prefix of every key and stream.")
+    username: str | None = Field(None, description="ACL user name (external Redis).")
+    password: str | None = Field(None, description="Password or ACL password (external Redis).")
+    tls: bool = Field(False, description="Use TLS (same as a rediss:// URL).")
+    tls_ca_certs: Path | None = Field(None, description="CA bundle to verify the Redis server's certificate.")
+    appendfsync: Literal["always", "everysec", "no"] = Field(
+        "always", description="fsync policy of the embedded server's append-only file."
+    )
+    frames_maxlen: int = Field(2000, ge=10, le=1_000_000, description="Bound of the frames stream (entries).")
+    verdicts_maxlen: int = Field(100_000, ge=100, le=10_000_000, description="Bound of the verdicts stream.")
+    events_maxlen: int = Field(10_000, ge=100, le=1_000_000, description="Bound of the events stream.")
+    socket_timeout_s: float = Field(5.0, gt=0, le=120, description="Socket timeout of Redis calls.")
+    reconnect: ReconnectSection = Field(default_factory=ReconnectSection)
+
+
+class CameraSourceSection(Section):
+    kind: Literal["synthetic", "folder", "video", "device", "url"] = Field(
+        "synthetic", description="synthetic demo parts, image folder replay, video file, OpenCV device index, RTSP/GStreamer URL."
+    )
+    path: Path | None = Field(None, description="Folder (kind=folder) or video file (kind=video).")
+    index: int = Field(0, ge=0, le=64, description="OpenCV device index (kind=device).")
+    url: str | None = Field(None, description="RTSP/HTTP URL or GStreamer pipeline (kind=url).")
+    order: Literal["name", "mtime", "shuffle"] = Field("name", description="Replay order of a folder.")
+    loop: bool = Field(True, description="Start again at the end of a folder or video.")
+    seed: int = Field(0, ge=0, description="Seed for shuffle order and synthetic parts.")
+    defect_rate: float = Field(0.2, ge=0, le=1, description="Share of defective synthetic parts.")
+
+
+class CameraSection(Section):
+    id: str = Field("cam0", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Camera id within the station.")
+    fps: float = Field(20.0, gt=0, le=1000, description="Frames per second to publish.")
+    encoding: Literal["jpeg", "png"] = Field("jpeg", description="Image encoding on the frames stream.")
+    jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality for encoded frames.")
+    health_periods: float = Field(2.0, ge=1, le=100, description="A camera silent this many frame periods is unhealthy.")
+    source: CameraSourceSection = Field(default_factory=CameraSourceSection)
+
+
+class WorkerSection(Section):
+    group: str = Field("inspector", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Consumer group of inspection workers.")
+    max_batch: int = Field(8, ge=1, le=256, description="Largest micro-batch.")
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest wait to fill a micro-batch.")
+    max_deliveries: int = Field(3, ge=1, le=100, description="Deliveries before a frame is dead-lettered.")
+    reclaim_idle_ms: int = Field(3000, ge=100, le=3_600_000, description="Pending entries idle this long are reclaimed.")
+    heartbeat_ttl_s: float = Field(3.0, gt=0, le=600, description="TTL of the worker heartbeat key.")
+    done_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400, description="How long a frame id is remembered for dedupe.")
+    max_image_pixels: int = Field(40_000_000, ge=10_000, description="Frames larger than this are refused (bombs).")
+
+
+class RuntimeSection(Section):
+    backend: Literal["onnxruntime", "tensorrt"] = Field("onnxruntime", description="Inference backend.")
+    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
+        default_factory=lambda: ["cpu"], min_length=1, description="ONNX Runtime execution providers, in order."
+    )
+    threads: int = Field(2, ge=1, le=256, description="Intra-op threads of the CPU provider.")
+    precision: Literal["fp32", "fp16", "int8", "auto"] = Field(
+        "auto", description="auto: the package's recommended file (INT8 only if it passed its gate)."
+    )
+    engine_cache_dir: Path | None = Field(None, description="TensorRT engine cache; default <data_dir>/engines.")
+
+
+class ModelSection(Section):
+    package: Path | None = Field(None, description="Model package folder. Unset: the station's active package.")
+
+
+class PolicySection(Section):
+    pass_confidence: float = Field(0.90, ge=0.5, le=1.0, description="Classifier 'good' probability needed to pass.")
+    fail_confidence: float = Field(0.90, ge=0.5, le=1.0, description="Defect probability needed for a sure FAIL.")
+    anomaly_review_margin: float = Field(
+        0.15, ge=0, le=1, description="Normalised anomaly scores within 1±margin of the threshold go to REVIEW."
+    )
+    on_disagreement: Literal["review", "fail"] = Field("review", description="Verdict when the two models disagree.")
+    reject_review: bool = Field(True, description="REVIEW rejects the part on the line (fail safe).")
+    reject_error: bool = Field(True, description="ERROR rejects the part on the line (fail safe).")
+    good_class: str = Field("good", description="Name of the classifier's defect-free class.")
+
+
+class StoreSection(Section):
+    url: str | None = Field(None, description="SQLAlchemy URL. Unset: SQLite in <data_dir>/station.db.")
+    batch_size: int = Field(200, ge=1, le=100_000, description="Verdicts written per transaction.")
+    flush_ms: float = Field(200, ge=1, le=60_000, description="Longest wait before a partial batch is written.")
+
+
+class RateLimitSection(Section):
+    per_minute: int = Field(30, ge=0, description="Most review requests per minute from this sampler.")
+    per_hour: int = Field(600, ge=0, description="Most per hour.")
+    per_day: int = Field(5000, ge=0, description="Most per day (daily cap).")
+
+
+class ReviewSection(Section):
+    enabled: bool = Field(True, description="Route uncertain frames to the review queue.")
+    confidence_band: tuple[float, float] = Field((0.5, 0.9), description="Classifier top-probability band to review.")
+    anomaly_band: float = Field(0.2, ge=0, le=1, description="Normalised anomaly scores within 1±band are reviewed.")
+    audit_pass_one_in: int = Field(500, ge=0, description="Random audit of 1 in N PASS verdicts (0: off).")
+    limits: RateLimitSection = Field(default_factory=RateLimitSection)
+    lease_s: float = Field(300, gt=0, le=86_400, description="How long a labeller holds an item.")
+
+
+class DriftSection(Section):
+    window: int = Field(100, ge=10, le=100_000, description="Frames in the rolling window.")
+    psi_threshold: float = Field(0.25, gt=0, description="Population stability index that trips an alarm.")
+    p_value: float = Field(0.001, gt=0, lt=1, description="KS-test p-value below which a statistic drifted.")
+    hysteresis: int = Field(3, ge=1, le=1000, description="Consecutive tripped windows before an alarm.")
+    cooldown_s: float = Field(600, ge=0, description="Quiet time after an alarm.")
+
+
+class JobsSection(Section):
+    queue: str = Field("training", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="RQ queue of retraining jobs.")
+    auto_promote: bool = Field(False, description="Promote a candidate that passes every gate without approval.")
+    regression_tolerance: float = Field(0.01, ge=0, le=1, description="Allowed drop of the held-out metric.")
+    recall_floor: float = Field(0.85, ge=0, le=1, description="Per-defect-class recall floor.")
+    false_reject_ceiling: float = Field(0.02, ge=0, le=1, description="Largest false-reject rate on good parts.")
+    job_timeout_s: int = Field(3600, ge=10, description="Longest a retraining job may run.")
+
+
+class LineSection(Section):
+    deadline_ms: float = Field(500, gt=0, le=60_000, description="No PASS within this time of capture: reject.")
+    mqtt_url: str | None = Field(None, description="mqtt://host:port for line signals (unset: off).")
+    mqtt_topic: str = Field("inspector", description="Topic prefix of line signals.")
+    modbus_url: str | None = Field(None, description="modbus://host:port for line signals (unset: off).")
+
+
+class RoleSection(Section):
+    pin_sha256: str | None = Field(None, description="sha256 hex of the role's PIN (unset: role has no PIN).")
+
+
+class GuiSection(Section):
+    operator: RoleSection = Field(default_factory=RoleSection)
+    quality: RoleSection = Field(default_factory=RoleSection)
+    maintenance: RoleSection = Field(default_factory=RoleSection)
+
+
+class StationConfig(Section):
+    """The whole station file. Every process validates it at start."""
+
+    station: StationSection = Field(default_factory=StationSection)
+    redis: RedisSection = Field(default_factory=RedisSection)
+    camera: CameraSection = Field(default_factory=CameraSection)
+    worker: WorkerSection = Field(default_factory=WorkerSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    policy: PolicySection = Field(default_factory=PolicySection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    review: ReviewSection = Field(default_factory=ReviewSection)
+    drift: DriftSection = Field(default_factory=DriftSection)
+    jobs: JobsSection = Field(default_factory=JobsSection)
+    line: LineSection = Field(default_factory=LineSection)
+    gui: GuiSection = Field(default_factory=GuiSection)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StationConfig:
+        if self.camera.source.kind == "folder" and self.camera.source.path is None:
+            raise ValueError("camera.source.path is required when camera.source.kind is 'folder'")
+        if self.camera.source.kind == "video" and self.camera.source.path is None:
+            raise ValueError("camera.source.path is required when camera.source.kind is 'video'")
+        if self.camera.source.kind == "url" and not self.camera.source.url:
+            raise ValueError("camera.source.url is required when camera.source.kind is 'url'")
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        return self.station.data_dir
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {key} conflicts with another override", "remove one of them")
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _explain(err: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key")
+        else:
+            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
+    first = err.errors()[0]
+    hint = (
+        "remove or rename the key; `inspector validate-config --schema` lists every key with its description"
+        if first["type"] == "extra_forbidden"
+        else "fix the value; `inspector validate-config --schema` lists every key with its bounds"
+    )
+    return ConfigError(f"invalid station config ({source}):\n  " + "\n  ".join(lines), hint)
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<dict>", environ: dict[str, str] | None = None) -> StationConfig:
+    """Validate a config mapping (plus environment overrides) into a StationConfig."""
+    merged = _merge(data or {}, _env_overrides(dict(os.environ) if environ is None else environ))
+    try:
+        return StationConfig.model_validate(merged)
+    except ValidationError as err:
+        raise _explain(err, source) from None
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> StationConfig:
+    """Load a station YAML file (or only defaults and the environment when ``path`` is None)."""
+    if path is None:
+        return parse_config({}, "defaults", environ)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist", "pass the path of a station YAML, e.g. configs/station.yaml")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {p} is not valid YAML: {err}", "check indentation and quoting") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at top level", "start the file with `station:`")
+    return parse_config(data, str(p), environ)
+
+
+def schema_table() -> list[tuple[str, str, str]]:
+    """(key path, default, description) for every leaf key: the reference users read."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            key = f"{prefix}{name}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".")
+            else:
+                default = field.get_default(call_default_factory=True)
+                rows.append((key, repr(default), field.description or ""))
+
+    walk(StationConfig, "")
+    return rows

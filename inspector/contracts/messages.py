@@ -1,0 +1,148 @@
+"""Message schemas on the Redis streams. Every message has a schema version, a kind, an id, a UTC time
+and the station; frames carry binary image bytes beside their JSON metadata, nothing else does.
+
+Wire format: a stream entry has the field ``m`` holding the message JSON; frame entries add ``img``
+holding the encoded image bytes. Messages are JSON only (never pickle).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from inspector.contracts.errors import UnsafeInputError
+
+SCHEMA_VERSION = 1
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    """UTC time as seconds since the epoch (all message times use this)."""
+    return time.time()
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    v: int = Field(SCHEMA_VERSION, description="Schema version.")
+    id: str = Field(default_factory=new_id, description="Message id.")
+    ts: float = Field(default_factory=now, description="UTC epoch seconds when the message was made.")
+    station: str
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str):  # type: ignore[no-untyped-def]
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        if isinstance(raw, bytes) and raw[:1] == b"\x80":
+            raise UnsafeInputError("message looks like a pickle payload and was refused", "messages are JSON only")
+        return cls.model_validate_json(text)
+
+
+class FrameMeta(Message):
+    kind: Literal["frame"] = "frame"
+    camera: str
+    seq: int = Field(ge=0, description="Sequence number per camera, from 0.")
+    part_id: str
+    captured_at: float = Field(description="UTC epoch seconds of capture.")
+    encoding: Literal["jpeg", "png", "raw"] = "jpeg"
+    width: int | None = None
+    height: int | None = None
+    truth: str | None = Field(None, description="Known label of a replayed or synthetic part (demo, tests).")
+
+    @property
+    def frame_id(self) -> str:
+        return self.id
+
+
+class Decision(str, Enum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+    REVIEW = "REVIEW"
+    ERROR = "ERROR"
+
+
+class ImageStats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    brightness: float
+    contrast: float
+    sharpness: float
+    mean_r: float
+    mean_g: float
+    mean_b: float
+
+
+class Verdict(Message):
+    kind: Literal["verdict"] = "verdict"
+    frame_id: str
+    camera: str
+    seq: int
+    part_id: str
+    captured_at: float
+    decision: Decision
+    reject: bool = Field(description="What the line does with the part (fail safe: True unless PASS).")
+    defect_class: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+    class_probs: dict[str, float] | None = None
+    anomaly_score: float | None = Field(None, description="Normalised: 1.0 is the package threshold.")
+    anomaly_raw: float | None = None
+    model_version: str | None = None
+    worker: str | None = None
+    latency_ms: float | None = Field(None, description="Capture to decision.")
+    stage_ms: dict[str, float] = Field(default_factory=dict)
+    error: str | None = None
+    image_stats: ImageStats | None = None
+    heatmap: str | None = Field(None, description="Anomaly map as base64 PNG (small), for the operator view.")
+    truth: str | None = None
+
+
+class ReviewRequest(Message):
+    kind: Literal["review"] = "review"
+    frame_id: str
+    part_id: str
+    camera: str
+    reasons: list[str]
+    priority: int = Field(ge=0, le=100, description="Higher first.")
+    image_sha256: str | None = Field(None, description="Archive key of the saved frame.")
+    decision: Decision
+    model_version: str | None = None
+    class_probs: dict[str, float] | None = None
+    anomaly_score: float | None = None
+
+
+class EventType(str, Enum):
+    CAMERA_HEALTH = "camera_health"
+    WORKER = "worker"
+    DRIFT_ALARM = "drift_alarm"
+    MODEL_RELOADED = "model_reloaded"
+    MODEL_REFUSED = "model_refused"
+    JOB = "job"
+    MAINTENANCE = "maintenance"
+    DEAD_LETTER = "dead_letter"
+
+
+class Event(Message):
+    kind: Literal["event"] = "event"
+    type: EventType
+    severity: Literal["info", "warning", "critical"] = "info"
+    message: str
+    camera: str | None = None
+    frame_id: str | None = None
+    model_version: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+MESSAGE_KINDS: dict[str, type[Message]] = {
+    "frame": FrameMeta,
+    "verdict": Verdict,
+    "review": ReviewRequest,
+    "event": Event,
+}

@@ -1,0 +1,88 @@
+"""Every Redis stream, consumer group and key name, built in one place.
+
+The station id is wrapped in a hash tag ``{station}`` so that all keys of one station live in the
+same Redis Cluster slot (the verdict Lua script touches several of them atomically).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Names:
+    prefix: str
+    station: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{{{self.station}}}"
+
+    # streams
+    @property
+    def frames(self) -> str:
+        return f"{self.base}:frames"
+
+    @property
+    def verdicts(self) -> str:
+        return f"{self.base}:verdicts"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}:events"
+
+    @property
+    def review(self) -> str:
+        return f"{self.base}:review"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.base}:deadletter"
+
+    # consumer groups
+    inspector_group: str = "inspector"
+    store_group: str = "store"
+    drift_group: str = "drift"
+    line_group: str = "line"
+    gui_group: str = "gui"
+
+    # keys
+    def done(self, frame_id: str) -> str:
+        """Set once a frame has its verdict: makes verdicts idempotent by frame id."""
+        return f"{self.base}:done:{frame_id}"
+
+    def heartbeat(self, worker: str) -> str:
+        return f"{self.base}:hb:{worker}"
+
+    @property
+    def heartbeat_pattern(self) -> str:
+        return f"{self.base}:hb:*"
+
+    def camera_heartbeat(self, camera: str) -> str:
+        return f"{self.base}:camhb:{camera}"
+
+    @property
+    def counters(self) -> str:
+        """Hash of station counters: published, verdicts, pass, fail, review, error, dead, not_inspected."""
+        return f"{self.base}:counters"
+
+    def worker_stats(self, worker: str) -> str:
+        return f"{self.base}:wstats:{worker}"
+
+    @property
+    def active_model(self) -> str:
+        """Hash: version, path, sha256 of the package the workers must serve."""
+        return f"{self.base}:model:active"
+
+    @property
+    def model_channel(self) -> str:
+        """Pub/sub channel announcing a new active model."""
+        return f"{self.base}:model:changed"
+
+    @property
+    def retrain_lock(self) -> str:
+        return f"{self.base}:retrain:lock"
+
+
+STREAM_FIELD_MESSAGE = b"m"
+STREAM_FIELD_IMAGE = b"img"
