@@ -85,6 +85,10 @@ class WorkerSection(Section):
     heartbeat_ttl_s: float = Field(3.0, gt=0, le=600, description="TTL of the worker heartbeat key.")
     done_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400, description="How long a frame id is remembered for dedupe.")
     max_image_pixels: int = Field(40_000_000, ge=10_000, description="Frames larger than this are refused (bombs).")
+    expire_ms: float = Field(
+        5000, ge=0, le=3_600_000, description="Frames older than this when read get an ERROR verdict without inference (0: never)."
+    )
+    reload_poll_s: float = Field(1.0, gt=0, le=600, description="How often the worker checks for a new active model.")
 
 
 class RuntimeSection(Section):
@@ -119,6 +123,12 @@ class StoreSection(Section):
     url: str | None = Field(None, description="SQLAlchemy URL. Unset: SQLite in <data_dir>/station.db.")
     batch_size: int = Field(200, ge=1, le=100_000, description="Verdicts written per transaction.")
     flush_ms: float = Field(200, ge=1, le=60_000, description="Longest wait before a partial batch is written.")
+    db_schema: str | None = Field(
+        None, pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="PostgreSQL schema holding the tables (unset: the default)."
+    )
+    reclaim_idle_ms: int = Field(
+        30_000, ge=100, le=3_600_000, description="Verdict entries pending this long with a dead recorder are reclaimed."
+    )
 
 
 class RateLimitSection(Section):
@@ -134,6 +144,9 @@ class ReviewSection(Section):
     audit_pass_one_in: int = Field(500, ge=0, description="Random audit of 1 in N PASS verdicts (0: off).")
     limits: RateLimitSection = Field(default_factory=RateLimitSection)
     lease_s: float = Field(300, gt=0, le=86_400, description="How long a labeller holds an item.")
+    audit_seed: int = Field(0, ge=0, description="Seed of the random PASS audit (same frame id, same choice).")
+    queue_size: int = Field(64, ge=1, le=10_000, description="Sampled frames waiting to be archived; more are dropped.")
+    review_maxlen: int = Field(10_000, ge=100, le=1_000_000, description="Bound of the review stream.")
 
 
 class DriftSection(Section):
@@ -158,6 +171,13 @@ class LineSection(Section):
     mqtt_url: str | None = Field(None, description="mqtt://host:port for line signals (unset: off).")
     mqtt_topic: str = Field("inspector", description="Topic prefix of line signals.")
     modbus_url: str | None = Field(None, description="modbus://host:port for line signals (unset: off).")
+    modbus_unit: int = Field(1, ge=0, le=247, description="Modbus device (unit) id of the line controller.")
+    modbus_reject_coil: int = Field(0, ge=0, le=65535, description="Coil pulsed high for each rejected part.")
+    modbus_ready_coil: int = Field(1, ge=0, le=65535, description="Coil held high while the inspector is healthy.")
+    modbus_seq_register: int = Field(0, ge=0, le=65535, description="Holding register with the last part's sequence (mod 65536).")
+    reject_pulse_ms: float = Field(200, gt=0, le=10_000, description="Length of the reject pulse on the Modbus coil.")
+    health_poll_ms: float = Field(200, ge=20, le=1000, description="How often the ready signal re-checks worker and camera health.")
+    require_camera: bool = Field(True, description="Ready also needs a live camera (heartbeat key or a recent frame).")
 
 
 class RoleSection(Section):

@@ -1,0 +1,178 @@
+"""Redis streams of one station: publish, consume with groups, reclaim stale entries, dead-letter.
+
+Delivery is at-least-once; every write is idempotent by frame id. A verdict is committed by one Lua
+script that, atomically, marks the frame done (SET NX), appends the verdict, bumps the counters and
+acknowledges the frame: a redelivered frame can never yield a second verdict, and a crash can never
+leave a frame acknowledged without its verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+from redis.exceptions import ResponseError
+
+from inspector.contracts.config import StationConfig
+from inspector.contracts.errors import UnsafeInputError
+from inspector.contracts.messages import MESSAGE_KINDS, Event, FrameMeta, Message, ReviewRequest, Verdict
+from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE, Names
+
+log = logging.getLogger(__name__)
+
+_COMMIT_VERDICT = """
+local fresh = redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', tonumber(ARGV[4]))
+if fresh then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[6])
+  redis.call('HINCRBY', KEYS[4], 'verdicts', 1)
+  redis.call('HINCRBY', KEYS[4], ARGV[7], 1)
+end
+if ARGV[2] ~= '' then redis.call('XACK', KEYS[3], ARGV[1], ARGV[2]) end
+if fresh then return 1 else return 0 end
+"""
+
+
+@dataclass
+class Entry:
+    """One stream entry as read from a consumer group."""
+
+    entry_id: str
+    fields: dict[bytes, bytes] | None  # None: the entry was trimmed or deleted before it was read
+
+    @property
+    def message_raw(self) -> bytes | None:
+        return None if self.fields is None else self.fields.get(STREAM_FIELD_MESSAGE)
+
+    @property
+    def image(self) -> bytes:
+        return b"" if self.fields is None else self.fields.get(STREAM_FIELD_IMAGE, b"")
+
+
+def decode_message(raw: bytes | None) -> Message:
+    """Parse a message JSON by its ``kind``; refuses pickle and anything that is not a known message."""
+    if raw is None:
+        raise UnsafeInputError("stream entry has no message field", "producers must write the field 'm'")
+    if raw[:1] == b"\x80":
+        raise UnsafeInputError("stream entry holds a pickle payload; refused, nothing executed", "messages are JSON only")
+    import json
+
+    try:
+        kind = json.loads(raw).get("kind")
+    except (ValueError, AttributeError) as err:
+        raise UnsafeInputError(f"stream entry is not a JSON message: {err}", "messages are JSON objects") from None
+    cls = MESSAGE_KINDS.get(kind)
+    if cls is None:
+        raise UnsafeInputError(f"unknown message kind {kind!r}", f"known kinds: {sorted(MESSAGE_KINDS)}")
+    return cls.from_json(raw)
+
+
+def _id(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class StationBus:
+    """The streams and keys of one station on one Redis connection."""
+
+    def __init__(self, client: redis.Redis, cfg: StationConfig) -> None:
+        self.r = client
+        self.cfg = cfg
+        self.names = Names(cfg.redis.prefix, cfg.station.id)
+        self._commit = self.r.register_script(_COMMIT_VERDICT)
+
+    # -- publishing ---------------------------------------------------------------------------
+    def publish_frame(self, meta: FrameMeta, image: bytes) -> str:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xadd(self.names.frames, {STREAM_FIELD_MESSAGE: meta.to_json(), STREAM_FIELD_IMAGE: image},
+                  maxlen=self.cfg.redis.frames_maxlen, approximate=True)
+        pipe.hincrby(self.names.counters, "published", 1)
+        return _id(pipe.execute()[0])
+
+    def publish_event(self, event: Event) -> str:
+        return _id(self.r.xadd(self.names.events, {STREAM_FIELD_MESSAGE: event.to_json()},
+                               maxlen=self.cfg.redis.events_maxlen, approximate=True))
+
+    def publish_review(self, request: ReviewRequest) -> str:
+        return _id(self.r.xadd(self.names.review, {STREAM_FIELD_MESSAGE: request.to_json()},
+                               maxlen=self.cfg.redis.events_maxlen, approximate=True))
+
+    def commit_verdicts(self, items: list[tuple[Verdict, str]]) -> list[bool]:
+        """Atomically publish each verdict and ack its frame entry; False where the frame had one already."""
+        if not items:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        n = self.names
+        for verdict, entry_id in items:
+            self._commit(
+                keys=[n.done(verdict.frame_id), n.verdicts, n.frames, n.counters],
+                args=[self.cfg.worker.group, entry_id or "", verdict.id, self.cfg.worker.done_ttl_s,
+                      self.cfg.redis.verdicts_maxlen, verdict.to_json(), verdict.decision.value.lower()],
+                client=pipe,
+            )
+        return [bool(x) for x in pipe.execute()]
+
+    def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
+        fields = dict(entry.fields or {})
+        fields[b"reason"] = reason.encode()
+        fields[b"entry_id"] = entry.entry_id.encode()
+        fields[b"deliveries"] = str(deliveries).encode()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xadd(self.names.dead_letter, fields, maxlen=self.cfg.redis.events_maxlen, approximate=True)
+        pipe.hincrby(self.names.counters, "dead_letter", 1)
+        pipe.execute()
+
+    def ack(self, entry_ids: list[str]) -> None:
+        if entry_ids:
+            self.r.xack(self.names.frames, self.cfg.worker.group, *entry_ids)
+
+    def is_done(self, frame_ids: list[str]) -> list[bool]:
+        if not frame_ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for fid in frame_ids:
+            pipe.exists(self.names.done(fid))
+        return [bool(x) for x in pipe.execute()]
+
+    def count(self, field: str, by: int = 1) -> None:
+        self.r.hincrby(self.names.counters, field, by)
+
+    def counters(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.r.hgetall(self.names.counters).items()}
+
+    # -- consuming ----------------------------------------------------------------------------
+    def ensure_group(self, stream: str, group: str, start: str = "0") -> None:
+        try:
+            self.r.xgroup_create(stream, group, id=start, mkstream=True)
+        except ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+
+    def read_new(self, stream: str, group: str, consumer: str, count: int, block_ms: int | None) -> list[Entry]:
+        resp = self.r.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+        out: list[Entry] = []
+        for _stream, entries in resp or []:
+            out += [Entry(_id(eid), fields or None) for eid, fields in entries]
+        return out
+
+    def reclaim(self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take over entries pending longer than ``min_idle_ms`` (their consumer died or hung)."""
+        resp = self.r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
+        claimed = resp[1] if len(resp) > 1 else []
+        out = [Entry(_id(eid), fields or None) for eid, fields in claimed]
+        if len(resp) > 2:  # Redis 7 lists entries deleted while pending separately
+            out += [Entry(_id(eid), None) for eid in resp[2]]
+        return out
+
+    def delivery_counts(self, stream: str, group: str, entry_ids: list[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for eid in entry_ids:
+            rows = self.r.xpending_range(stream, group, min=eid, max=eid, count=1)
+            counts[eid] = int(rows[0]["times_delivered"]) if rows else 1
+        return counts
+
+    def group_info(self, stream: str) -> list[dict[str, object]]:
+        try:
+            return [{(k.decode() if isinstance(k, bytes) else k): v for k, v in g.items()}
+                    for g in self.r.xinfo_groups(stream)]
+        except ResponseError:
+            return []

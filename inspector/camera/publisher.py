@@ -1,0 +1,100 @@
+"""The camera side of a station: paces a frame source, publishes frames, and watches its own health.
+
+A source that stops delivering raises a ``camera_health`` event within ``camera.health_periods`` frame
+periods, and a recovery event when frames come back. The camera heartbeat key expires on its own when
+the camera goes silent, so line outputs and the GUI see it even if this process dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from inspector.bus.streams import StationBus
+from inspector.camera.sources import Capture, FrameSource
+from inspector.contracts.messages import Event, EventType, FrameMeta
+from inspector.models.decode import encode_image
+
+log = logging.getLogger(__name__)
+
+
+class CameraPublisher:
+    def __init__(self, bus: StationBus, source: FrameSource) -> None:
+        self.bus = bus
+        self.source = source
+        self.cam = bus.cfg.camera
+        self.period = 1.0 / self.cam.fps
+        self.run_id = uuid.uuid4().hex[:6]
+        self.seq = 0
+        self.last_frame = time.monotonic()
+        self.silent = False
+        self.stop_event = threading.Event()
+
+    def _meta(self, cap: Capture, encoding: str, width: int | None, height: int | None) -> FrameMeta:
+        return FrameMeta(station=self.bus.cfg.station.id, camera=self.cam.id, seq=self.seq,
+                         part_id=f"{self.cam.id}-{self.run_id}-{self.seq:07d}", captured_at=time.time(),
+                         encoding=encoding, width=width, height=height, truth=cap.truth)
+
+    def publish(self, cap: Capture) -> FrameMeta:
+        if cap.encoded is not None:
+            data, encoding, w, h = cap.encoded, cap.encoding, None, None
+        else:
+            assert cap.image is not None
+            encoding = self.cam.encoding
+            data = encode_image(cap.image, encoding, self.cam.jpeg_quality)
+            h, w = cap.image.shape[:2]
+        meta = self._meta(cap, encoding, w, h)
+        self.bus.publish_frame(meta, data)
+        ttl_ms = max(1, int(self.cam.health_periods * self.period * 1000))
+        self.bus.r.set(self.bus.names.camera_heartbeat(self.cam.id), meta.id, px=ttl_ms)
+        self.seq += 1
+        self.last_frame = time.monotonic()
+        return meta
+
+    def _health_event(self, silent: bool) -> None:
+        msg = (f"camera {self.cam.id} delivered no frame for {self.cam.health_periods:g} frame periods"
+               if silent else f"camera {self.cam.id} delivers frames again")
+        try:
+            self.bus.publish_event(Event(station=self.bus.cfg.station.id, type=EventType.CAMERA_HEALTH,
+                                         severity="critical" if silent else "info", message=msg,
+                                         camera=self.cam.id, data={"silent": silent, "seq": self.seq}))
+        except Exception:  # noqa: BLE001 - health reporting must not kill the camera loop
+            log.exception("could not publish camera health event")
+        (log.error if silent else log.info)(msg)
+
+    def _watchdog(self) -> None:
+        limit = self.cam.health_periods * self.period
+        while not self.stop_event.wait(self.period / 4):
+            silent = time.monotonic() - self.last_frame > limit
+            if silent != self.silent:
+                self.silent = silent
+                self._health_event(silent)
+
+    def run(self, max_frames: int | None = None, on_frame=None) -> int:  # type: ignore[no-untyped-def]
+        """Publish frames at ``camera.fps`` until the source ends, ``max_frames`` or ``stop()``."""
+        dog = threading.Thread(target=self._watchdog, name="camera-watchdog", daemon=True)
+        self.last_frame = time.monotonic()
+        dog.start()
+        next_t = time.monotonic()
+        try:
+            while not self.stop_event.is_set() and (max_frames is None or self.seq < max_frames):
+                cap = self.source.read()
+                if cap is None:
+                    break
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    self.stop_event.wait(delay)
+                meta = self.publish(cap)
+                if on_frame is not None:
+                    on_frame(meta, cap)
+                next_t = max(next_t + self.period, time.monotonic() - self.period)
+        finally:
+            self.stop_event.set()
+            dog.join(1)
+            self.source.close()
+        return self.seq
+
+    def stop(self) -> None:
+        self.stop_event.set()

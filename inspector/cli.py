@@ -1,0 +1,204 @@
+"""The station's command line: ``inspector demo | camera | worker | status | validate-config | ...``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inspector.contracts.config import StationConfig, load_config, schema_table
+from inspector.contracts.errors import InspectorError
+
+app = typer.Typer(help="Visual inspection station.", no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Station YAML (default: built-in defaults + INSPECTOR_* env).")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _config(path: Optional[Path]) -> StationConfig:
+    return load_config(path)
+
+
+def _fail(err: InspectorError) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {err.message}")
+    if err.hint:
+        Console(stderr=True).print(f"[yellow]hint:[/yellow] {err.hint}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def demo(
+    frames: Optional[int] = typer.Option(None, help="Stop after N frames (default: run until Ctrl-C)."),
+    headless: bool = typer.Option(False, help="No GUI, even when a display is available."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end."),
+    data: Optional[Path] = typer.Option(None, help="Replay this image folder instead of synthetic parts."),
+    fps: float = typer.Option(30.0, help="Camera frames per second."),
+    workers: int = typer.Option(1, min=1, max=8, help="Inspection workers."),
+    data_dir: Path = typer.Option(Path("station-data"), help="Station data folder (Redis AOF, models, database)."),
+    config: Optional[Path] = ConfigOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run a whole station offline: embedded Redis, camera, worker, live status."""
+    _setup_logging(verbose)
+    from inspector.demo import run_demo
+
+    try:
+        cfg = _config(config)
+        if config is None:
+            cfg.station.data_dir = data_dir
+            cfg.camera.fps = fps
+            if data is not None:
+                cfg.camera.source.kind = "folder"
+                cfg.camera.source.path = data
+                cfg.camera.source.order = "shuffle"
+        if not headless and not as_json and _display_available():
+            from gui.app import run_gui  # noqa: PLC0415 - Qt only when a display exists
+
+            run_gui(cfg, demo=True)
+            return
+        run_demo(cfg, frames, headless, as_json, data, workers)
+    except InspectorError as err:
+        _fail(err)
+
+
+def _display_available() -> bool:
+    import os
+
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        import gui.app  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@app.command()
+def camera(
+    config: Optional[Path] = ConfigOpt,
+    frames: Optional[int] = typer.Option(None, help="Stop after N frames."),
+) -> None:
+    """Stream frames from the configured camera source to the station's frames stream."""
+    _setup_logging()
+    from inspector.bus.connection import connect
+    from inspector.bus.streams import StationBus
+    from inspector.camera.publisher import CameraPublisher
+    from inspector.camera.sources import open_source
+
+    try:
+        cfg = _config(config)
+        pub = CameraPublisher(StationBus(connect(cfg), cfg), open_source(cfg.camera))
+        n = pub.run(max_frames=frames)
+        console.print(f"published {n} frames from camera {cfg.camera.id}")
+    except InspectorError as err:
+        _fail(err)
+
+
+@app.command()
+def worker(
+    config: Optional[Path] = ConfigOpt,
+    max_frames: Optional[int] = typer.Option(None, help="Exit after N frames."),
+    idle_exit: Optional[float] = typer.Option(None, help="Exit after this many idle seconds."),
+    name: Optional[str] = typer.Option(None, help="Consumer name (default host-pid)."),
+    record: bool = typer.Option(True, help="Record verdicts in the station database."),
+) -> None:
+    """Inspect frames from the station's stream until SIGTERM (which drains the batch in hand)."""
+    _setup_logging()
+    from inspector.bus.connection import connect
+    from inspector.worker import Worker
+
+    try:
+        cfg = _config(config)
+        client = connect(cfg)
+        w = Worker(cfg, client, name=name, sinks=_sinks(cfg, client) if record else [])
+        w.install_signal_handlers()
+        recorder = _start_recorder(cfg, client, w.name) if record else None
+        counts = w.run(max_frames=max_frames, idle_exit_s=idle_exit)
+        if recorder is not None:
+            recorder()
+        print(json.dumps(counts))
+    except InspectorError as err:
+        _fail(err)
+
+
+def _sinks(cfg: StationConfig, client) -> list:  # type: ignore[no-untyped-def]
+    try:
+        from inspector.station_sinks import build_sinks
+    except ImportError:
+        return []
+    return build_sinks(cfg, client)
+
+
+def _start_recorder(cfg: StationConfig, client, name: str):  # type: ignore[no-untyped-def]
+    try:
+        from inspector.station_sinks import start_recorder
+    except ImportError:
+        return None
+    return start_recorder(cfg, client, name)
+
+
+@app.command()
+def status(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Health, lag, pending and dead letters of the station."""
+    from inspector.status import station_status
+
+    try:
+        cfg = _config(config)
+        st = station_status(cfg)
+    except InspectorError as err:
+        _fail(err)
+        return
+    if as_json:
+        print(json.dumps(st, default=str))
+        return
+    from inspector.status import render_status
+
+    console.print(render_status(st))
+
+
+@app.command("validate-config")
+def validate_config(
+    file: Optional[Path] = typer.Argument(None, help="Station YAML to check."),
+    schema: bool = typer.Option(False, "--schema", help="List every key with its default and description."),
+) -> None:
+    """Validate a station file; a bad key is named with its path and a hint."""
+    if schema:
+        t = Table("key", "default", "description", title="station config keys")
+        for row in schema_table():
+            t.add_row(*row)
+        console.print(t)
+        if file is None:
+            return
+    if file is None:
+        console.print("[red]give a FILE to validate, or --schema[/red]")
+        raise typer.Exit(2)
+    try:
+        cfg = load_config(file)
+    except InspectorError as err:
+        _fail(err)
+        return
+    console.print(f"[green]{file} is valid[/green]: station {cfg.station.id}, camera {cfg.camera.id} "
+                  f"({cfg.camera.source.kind}), redis {'embedded' if cfg.redis.url is None else cfg.redis.url}")
+
+
+def main() -> None:  # pragma: no cover
+    try:
+        app()
+    except InspectorError as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

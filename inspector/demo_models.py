@@ -1,0 +1,59 @@
+"""The demo's models: made once from the demo's own synthetic parts (or ``--data``) and reused.
+
+With the training extra installed, the trainer builds a real package (pretrained backbone, classifier
+head and anomaly scorer in one ONNX graph). Without it, the station falls back to the tiny numpy-built
+package so that a lean install still runs end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from rich.console import Console
+
+from inspector.camera.synthetic import DEFECT_CLASSES, PartFactory
+from inspector.contracts.config import StationConfig
+from inspector.contracts.errors import InspectorError
+from inspector.models.tiny_package import build_tiny_package
+from inspector.runtime.package import load_package
+
+DEMO_GOOD = 240
+DEMO_DEFECTS_PER_CLASS = 60
+
+
+def _key(data: Path | None, kind: str) -> str:
+    src = str(data.resolve()) if data else f"synthetic-{DEMO_GOOD}-{DEMO_DEFECTS_PER_CLASS}"
+    return hashlib.sha256(f"{kind}:{src}".encode()).hexdigest()[:10]
+
+
+def _trainer_available() -> bool:
+    try:
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+
+        from trainer import demo_training  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ensure_demo_package(cfg: StationConfig, data: Path | None, console: Console) -> Path:
+    models = Path(cfg.data_dir) / "models"
+    kind = "trained" if _trainer_available() else "tiny"
+    target = models / f"demo-{kind}-{_key(data, kind)}"
+    if (target / "manifest.json").is_file():
+        try:
+            load_package(target)
+            return target
+        except InspectorError as err:
+            console.print(f"[yellow]cached demo package refused ({err.message}); rebuilding[/yellow]")
+    if kind == "trained":
+        from trainer.demo_training import train_demo_package
+
+        return train_demo_package(target, data, console)
+    console.print("[yellow]training extra not installed: using the tiny numpy model (pip install '.\[train]' for real models)[/yellow]")
+    factory = PartFactory(seed=1234)
+    good = [factory.make("good") for _ in range(DEMO_GOOD)]
+    bad = [factory.make(k) for k in DEFECT_CLASSES for _ in range(DEMO_DEFECTS_PER_CLASS)]
+    return build_tiny_package(target, good, bad, name="demo-tiny")

@@ -1,0 +1,54 @@
+"""``inspector status``: health of a station read from Redis (workers, camera, lag, pending, dead letters)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rich.table import Table
+
+from inspector.bus.connection import connect
+from inspector.bus.streams import StationBus
+from inspector.contracts.config import StationConfig
+
+
+def station_status(cfg: StationConfig) -> dict[str, object]:
+    client = connect(cfg, start_embedded=False)
+    bus = StationBus(client, cfg)
+    n = bus.names
+    workers = []
+    for key in client.scan_iter(match=n.heartbeat_pattern, count=100):
+        raw = client.get(key)
+        if raw:
+            workers.append(json.loads(raw))
+    groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g for g in bus.group_info(n.frames)}
+    g = groups.get(cfg.worker.group, {})
+    counters = bus.counters()
+    return {
+        "station": cfg.station.id,
+        "time": time.time(),
+        "workers": workers,
+        "workers_alive": len(workers),
+        "camera_alive": bool(client.exists(n.camera_heartbeat(cfg.camera.id))),
+        "frames_in_stream": client.xlen(n.frames) if client.exists(n.frames) else 0,
+        "pending": int(g.get("pending", 0) or 0),
+        "lag": g.get("lag"),
+        "dead_letters": client.xlen(n.dead_letter) if client.exists(n.dead_letter) else 0,
+        "counters": counters,
+        "not_inspected": max(0, counters.get("published", 0) - counters.get("verdicts", 0) - int(g.get("pending", 0) or 0)),
+        "healthy": bool(workers) and bool(client.exists(n.camera_heartbeat(cfg.camera.id))),
+    }
+
+
+def render_status(st: dict[str, object]) -> Table:
+    t = Table(title=f"station {st['station']} — {'HEALTHY' if st['healthy'] else 'NOT HEALTHY (line rejecting)'}")
+    t.add_column("item")
+    t.add_column("value", justify="right")
+    for key in ("workers_alive", "camera_alive", "frames_in_stream", "pending", "lag", "dead_letters", "not_inspected"):
+        t.add_row(key, str(st[key]))
+    for k, v in sorted(st["counters"].items()):  # type: ignore[union-attr]
+        t.add_row(f"counter {k}", str(v))
+    for w in st["workers"]:  # type: ignore[union-attr]
+        lat = w.get("latency_ms", {}).get("end_to_end", {})
+        t.add_row(f"worker {w['worker']}", f"{w['model_version']}  e2e p50 {lat.get('p50', '-')} ms p99 {lat.get('p99', '-')} ms")
+    return t

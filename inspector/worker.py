@@ -1,0 +1,327 @@
+"""The inspection worker: consumer-group reads, micro-batches, decode -> preprocess -> models -> decide()
+-> publish verdict -> XACK, with reclaim of dead workers' entries, dead letters, hot reload and a heartbeat.
+
+Per-frame problems (corrupt image, wrong size, NaN output) become ERROR verdicts with their reason; a
+frame that keeps killing workers is dead-lettered after ``worker.max_deliveries`` and gets an ERROR
+verdict. SIGTERM finishes the batch in hand, then exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from inspector.bus.streams import Entry, StationBus, decode_message
+from inspector.contracts.config import StationConfig
+from inspector.contracts.errors import FrameError, InspectorError, ModelPackageError
+from inspector.contracts.messages import Decision, Event, EventType, FrameMeta, Verdict
+from inspector.decision import decide, line_rejects
+from inspector.metrics import LatencyWindow
+from inspector.models.decode import decode_image
+from inspector.models.image_stats import image_stats
+from inspector.models.inference import InspectionModel, ModelOutput, heatmap_png
+from inspector.runtime.package import load_package
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Verdict, bytes, str], None]
+
+
+@dataclass
+class Work:
+    """One frame in hand: its stream entry, parsed metadata, and what became of it."""
+
+    entry: Entry
+    meta: FrameMeta
+    verdict: Verdict | None = None
+    image: object = None
+
+
+def load_model(cfg: StationConfig, path: str | Path) -> InspectionModel:
+    """Verify, load and warm up a package; run its canary frames. Raises ModelPackageError when refused."""
+    package = load_package(path)
+    model = InspectionModel(package, cfg.runtime, cfg.runtime.engine_cache_dir or cfg.data_dir / "engines",
+                            max_batch=cfg.worker.max_batch)
+    model.warmup()
+    for canary in package.manifest.canaries:
+        data = package.file(canary.file).read_bytes()
+        out = model.infer([decode_image(data, "png" if canary.file.endswith(".png") else "jpeg")])[0]
+        if isinstance(out, FrameError):
+            raise ModelPackageError(f"canary {canary.file} of {package.version} failed: {out}", "rebuild the package")
+        if canary.expected not in ("ANY",):
+            got = decide(out.class_probs, out.anomaly_score, cfg.policy).decision.value
+            if got != canary.expected:
+                raise ModelPackageError(f"canary {canary.file} of {package.version} gave {got}, expected {canary.expected}",
+                                        "the package does not behave as when it was validated; rebuild it")
+    return model
+
+
+def active_model_path(client: redis.Redis, bus: StationBus) -> tuple[str, str] | None:
+    raw = client.hgetall(bus.names.active_model)
+    if not raw:
+        return None
+    return raw[b"version"].decode(), raw[b"path"].decode()
+
+
+class Worker:
+    def __init__(self, cfg: StationConfig, client: redis.Redis, model: InspectionModel | None = None,
+                 name: str | None = None, sinks: list[Sink] | None = None) -> None:
+        self.cfg = cfg
+        self.bus = StationBus(client, cfg)
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.model = model or self._initial_model()
+        self.sinks = sinks or []
+        self.stop_event = threading.Event()
+        self.latency = LatencyWindow()
+        self.counts: dict[str, int] = {"frames": 0, "verdicts": 0, "duplicates": 0, "errors": 0, "dead_letter": 0}
+        self._next_reclaim = 0.0
+        self._next_reload = time.monotonic() + cfg.worker.reload_poll_s
+        self._next_heartbeat = 0.0
+        self.bus.ensure_group(self.bus.names.frames, cfg.worker.group)
+
+    # -- model -----------------------------------------------------------------------------------
+    def _initial_model(self) -> InspectionModel:
+        if self.cfg.model.package:
+            return load_model(self.cfg, self.cfg.model.package)
+        active = active_model_path(self.bus.r, self.bus)
+        if active is None:
+            raise ModelPackageError(
+                f"station {self.cfg.station.id} has no model: model.package is unset and no active model is registered",
+                "set model.package to a package folder, or promote one (inspector jobs promote)",
+            )
+        return load_model(self.cfg, active[1])
+
+    def maybe_reload(self) -> bool:
+        """Swap to the registered active model if it changed; keep the old one on any failure."""
+        active = active_model_path(self.bus.r, self.bus)
+        if active is None or active[0] == self.model.version:
+            return False
+        version, path = active
+        try:
+            new = load_model(self.cfg, path)
+        except InspectorError as err:
+            log.error("worker %s refused model %s: %s", self.name, version, err)
+            self._event(EventType.MODEL_REFUSED, "critical", f"model {version} refused, still serving {self.model.version}: {err.message}",
+                        version)
+            self.bus.r.hset(self.bus.names.active_model, "refused_by_" + self.name, version)
+            return False
+        old, self.model = self.model, new  # atomic swap: one reference assignment between batches
+        old.close()
+        self._event(EventType.MODEL_RELOADED, "info", f"worker {self.name} now serves {version}", version)
+        return True
+
+    # -- loop --------------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            log.info("worker %s: signal %s, draining", self.name, signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self, max_frames: int | None = None, idle_exit_s: float | None = None) -> dict[str, int]:
+        """Inspect until stopped (SIGTERM drains the batch in hand), ``max_frames``, or idle for ``idle_exit_s``."""
+        last_work = time.monotonic()
+        while not self.stop_event.is_set():
+            try:
+                n = self.step()
+            except (RedisConnectionError, RedisTimeoutError, ConnectionError) as err:
+                log.warning("worker %s: Redis unavailable (%s); retrying", self.name, err)
+                self.stop_event.wait(0.5)
+                continue
+            if n:
+                last_work = time.monotonic()
+            if max_frames is not None and self.counts["frames"] >= max_frames:
+                break
+            if idle_exit_s is not None and time.monotonic() - last_work > idle_exit_s:
+                break
+        self._heartbeat(force=True, alive=False)
+        return dict(self.counts)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def step(self) -> int:
+        """Read one micro-batch (reclaimed entries first) and give every frame in it exactly one outcome."""
+        now = time.monotonic()
+        if now >= self._next_reload:
+            self._next_reload = now + self.cfg.worker.reload_poll_s
+            self.maybe_reload()
+        self._heartbeat()
+        entries = self._reclaim(now)
+        entries += self._read_batch(self.cfg.worker.max_batch - len(entries))
+        if not entries:
+            return 0
+        work = self._triage(entries)
+        self._inspect([w for w in work if w.verdict is None])
+        self._publish(work)
+        return len(entries)
+
+    def _read_batch(self, room: int) -> list[Entry]:
+        if room <= 0:
+            return []
+        names, wcfg = self.bus.names, self.cfg.worker
+        entries = self.bus.read_new(names.frames, wcfg.group, self.name, room, block_ms=100)
+        deadline = time.monotonic() + wcfg.max_wait_ms / 1000
+        while entries and len(entries) < room and time.monotonic() < deadline:
+            more = self.bus.read_new(names.frames, wcfg.group, self.name, room - len(entries), block_ms=None)
+            if not more:
+                time.sleep(min(0.001, max(0.0, deadline - time.monotonic())))
+            entries += more
+        return entries
+
+    def _reclaim(self, now: float) -> list[Entry]:
+        if now < self._next_reclaim:
+            return []
+        wcfg = self.cfg.worker
+        self._next_reclaim = now + wcfg.reclaim_idle_ms / 2000
+        entries = self.bus.reclaim(self.bus.names.frames, wcfg.group, self.name, wcfg.reclaim_idle_ms, wcfg.max_batch)
+        if entries:
+            log.info("worker %s reclaimed %d stale entries", self.name, len(entries))
+        return entries
+
+    # -- per-frame outcome ---------------------------------------------------------------------------
+    def _triage(self, entries: list[Entry]) -> list[Work]:
+        """Parse, dedupe, dead-letter and expire; what is left needs inspection (verdict None)."""
+        work: list[Work] = []
+        deliveries = self.bus.delivery_counts(self.bus.names.frames, self.cfg.worker.group, [e.entry_id for e in entries])
+        for entry in entries:
+            if entry.fields is None:  # trimmed from the bounded stream while pending
+                self.bus.count("not_inspected")
+                self.bus.ack([entry.entry_id])
+                continue
+            try:
+                meta = decode_message(entry.message_raw)
+                if not isinstance(meta, FrameMeta):
+                    raise FrameError(f"entry {entry.entry_id} on the frames stream is a {meta.kind}", "only frames belong there")
+            except InspectorError as err:
+                self.bus.dead_letter(entry, f"unreadable frame message: {err.message}", deliveries.get(entry.entry_id, 1))
+                self.bus.ack([entry.entry_id])
+                self.counts["dead_letter"] += 1
+                continue
+            item = Work(entry, meta)
+            n = deliveries.get(entry.entry_id, 1)
+            if n > self.cfg.worker.max_deliveries:
+                self.bus.dead_letter(entry, f"failed {n - 1} deliveries", n)
+                self.counts["dead_letter"] += 1
+                item.verdict = self._error(meta, f"dead-lettered after {n - 1} failed deliveries")
+            elif self.cfg.worker.expire_ms and (time.time() - meta.captured_at) * 1000 > self.cfg.worker.expire_ms:
+                self.bus.count("expired")
+                item.verdict = self._error(meta, f"expired: {(time.time() - meta.captured_at) * 1000:.0f} ms old when read")
+            work.append(item)
+        done = self.bus.is_done([w.meta.id for w in work])
+        for w, is_done in zip(work, done, strict=True):
+            if is_done:  # redelivered after its verdict was committed: acknowledge only
+                self.counts["duplicates"] += 1
+                self.bus.ack([w.entry.entry_id])
+        return [w for w, is_done in zip(work, done, strict=True) if not is_done]
+
+    def _inspect(self, work: list[Work]) -> None:
+        decoded: list[Work] = []
+        for w in work:
+            t0 = time.perf_counter()
+            try:
+                w.image = decode_image(w.entry.image, w.meta.encoding, self.cfg.worker.max_image_pixels)
+                self.latency.add("decode", (time.perf_counter() - t0) * 1000)
+                decoded.append(w)
+            except FrameError as err:
+                w.verdict = self._error(w.meta, f"decode: {err.message}")
+        if not decoded:
+            return
+        model = self.model
+        t0 = time.perf_counter()
+        outputs = model.infer([w.image for w in decoded])  # type: ignore[misc]
+        infer_ms = (time.perf_counter() - t0) * 1000
+        self.latency.add("infer_batch", infer_ms)
+        for w, out in zip(decoded, outputs, strict=True):
+            if isinstance(out, FrameError):
+                w.verdict = self._error(w.meta, f"model: {out.message}", model.version)
+            else:
+                w.verdict = self._verdict(w, out, model)
+
+    def _verdict(self, w: Work, out: ModelOutput, model: InspectionModel) -> Verdict:
+        t0 = time.perf_counter()
+        result = decide(out.class_probs, out.anomaly_score, self.cfg.policy)
+        stage = {k: round(v, 3) for k, v in out.stage_ms.items()}
+        stage["decide"] = round((time.perf_counter() - t0) * 1000, 3)
+        stats = image_stats(w.image)  # type: ignore[arg-type]
+        heat = heatmap_png(out.anomaly_map) if out.anomaly_map is not None else None
+        return Verdict(
+            station=w.meta.station, frame_id=w.meta.id, camera=w.meta.camera, seq=w.meta.seq, part_id=w.meta.part_id,
+            captured_at=w.meta.captured_at, decision=result.decision, reject=result.reject,
+            defect_class=result.defect_class, reasons=list(result.reasons), class_probs=out.class_probs,
+            anomaly_score=out.anomaly_score, anomaly_raw=out.anomaly_raw, model_version=model.version,
+            worker=self.name, latency_ms=round((time.time() - w.meta.captured_at) * 1000, 3), stage_ms=stage,
+            image_stats=stats, heatmap=heat, truth=w.meta.truth,
+        )
+
+    def _error(self, meta: FrameMeta, reason: str, version: str | None = None) -> Verdict:
+        self.counts["errors"] += 1
+        return Verdict(
+            station=meta.station, frame_id=meta.id, camera=meta.camera, seq=meta.seq, part_id=meta.part_id,
+            captured_at=meta.captured_at, decision=Decision.ERROR, reject=line_rejects(Decision.ERROR, self.cfg.policy),
+            reasons=[reason], error=reason, model_version=version or self.model.version, worker=self.name,
+            latency_ms=round((time.time() - meta.captured_at) * 1000, 3), truth=meta.truth,
+        )
+
+    def _publish(self, work: list[Work]) -> None:
+        items = [(w.verdict, w.entry.entry_id) for w in work if w.verdict is not None]
+        t0 = time.perf_counter()
+        fresh = self.bus.commit_verdicts(items)  # type: ignore[arg-type]
+        self.latency.add("publish", (time.perf_counter() - t0) * 1000)
+        self.counts["frames"] += len(work)
+        self.counts["verdicts"] += sum(fresh)
+        self.counts["duplicates"] += len(fresh) - sum(fresh)
+        for (verdict, _), is_new in zip(items, fresh, strict=True):
+            if verdict.latency_ms is not None:
+                self.latency.add("end_to_end", verdict.latency_ms)
+        for w, is_new in zip([w for w in work if w.verdict is not None], fresh, strict=True):
+            if is_new:
+                self._run_sinks(w)
+
+    def _run_sinks(self, w: Work) -> None:
+        for sink in self.sinks:
+            try:
+                sink(w.verdict, w.entry.image, w.meta.encoding)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - a failing side output never blocks the verdict
+                log.exception("sink %s failed for frame %s", getattr(sink, "__name__", sink), w.meta.id)
+
+    # -- health ---------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, object]:
+        return {"worker": self.name, "model_version": self.model.version, "counts": self.counts,
+                "latency_ms": self.latency.percentiles(), "ts": time.time()}
+
+    def _heartbeat(self, force: bool = False, alive: bool = True) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_heartbeat:
+            return
+        ttl = self.cfg.worker.heartbeat_ttl_s
+        self._next_heartbeat = now + ttl / 3
+        key = self.bus.names.heartbeat(self.name)
+        try:
+            if alive:
+                self.bus.r.set(key, json.dumps(self.stats()), px=int(ttl * 1000))
+            else:
+                self.bus.r.delete(key)
+        except (RedisConnectionError, RedisTimeoutError):
+            pass
+
+    def _event(self, etype: EventType, severity: str, message: str, version: str | None = None) -> None:
+        try:
+            self.bus.publish_event(Event(station=self.cfg.station.id, type=etype, severity=severity,  # type: ignore[arg-type]
+                                         message=message, model_version=version, data={"worker": self.name}))
+        except Exception:  # noqa: BLE001
+            log.exception("could not publish event")
