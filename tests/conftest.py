@@ -66,3 +66,10 @@ def magnetic_tile() -> Path:
 @pytest.fixture
 def neu_surface_defects() -> Path:
     return _require_dataset("neu_surface_defects")
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.spine_helpers import make_tiny_package
+
+    return make_tiny_package(tmp_path_factory.mktemp("tiny_pkg"))

@@ -158,10 +158,17 @@ class StationBus:
         """Take over entries pending longer than ``min_idle_ms`` (their consumer died or hung)."""
         resp = self.r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)
         claimed = resp[1] if len(resp) > 1 else []
-        out = [Entry(_id(eid), fields or None) for eid, fields in claimed]
+        out = [Entry(_id(eid), fields or None) for eid, fields in claimed if eid is not None]
         if len(resp) > 2:  # Redis 7 lists entries deleted while pending separately
             out += [Entry(_id(eid), None) for eid in resp[2]]
+        elif any(eid is None for eid, _ in claimed):  # Redis 6.2 returns them as nil, without their id
+            out += self._deleted_pending(stream, group, consumer, {e.entry_id for e in out})
         return out
+
+    def _deleted_pending(self, stream: str, group: str, consumer: str, known: set[str]) -> list[Entry]:
+        rows = self.r.xpending_range(stream, group, min="-", max="+", count=1000, consumername=consumer)
+        ids = [_id(row["message_id"]) for row in rows if _id(row["message_id"]) not in known]
+        return [Entry(eid, None) for eid in ids if not self.r.xrange(stream, eid, eid)]
 
     def delivery_counts(self, stream: str, group: str, entry_ids: list[str]) -> dict[str, int]:
         counts: dict[str, int] = {}
