@@ -33,6 +33,43 @@ if fresh then return 1 else return 0 end
 """
 
 
+_PUBLISH_FRAME = """
+local function newer(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+local maxlen = tonumber(ARGV[1])
+local len = redis.call('XLEN', KEYS[1])
+if len >= maxlen then
+  local last = nil
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      local t = {}
+      for i = 1, #g, 2 do t[g[i]] = g[i + 1] end
+      if t['name'] == ARGV[2] then last = t['last-delivered-id'] end
+    end
+  end
+  local victims = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', len - maxlen + 1)
+  for _, e in ipairs(victims) do
+    if last == nil or newer(e[1], last) then
+      local meta = nil
+      for i = 1, #e[2], 2 do if e[2][i] == 'm' then meta = e[2][i + 1] end end
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'm', meta or '', 'reason',
+                 'trimmed from the bounded frames stream before inspection (workers too slow or absent)',
+                 'entry_id', e[1])
+      redis.call('HINCRBY', KEYS[2], 'not_inspected', 1)
+    end
+    redis.call('XDEL', KEYS[1], e[1])
+  end
+end
+local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[3], 'img', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'published', 1)
+return id
+"""
+
+
 @dataclass
 class Entry:
     """One stream entry as read from a consumer group."""
@@ -79,14 +116,16 @@ class StationBus:
         self.cfg = cfg
         self.names = Names(cfg.redis.prefix, cfg.station.id)
         self._commit = self.r.register_script(_COMMIT_VERDICT)
+        self._publish = self.r.register_script(_PUBLISH_FRAME)
 
     # -- publishing ---------------------------------------------------------------------------
     def publish_frame(self, meta: FrameMeta, image: bytes) -> str:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.xadd(self.names.frames, {STREAM_FIELD_MESSAGE: meta.to_json(), STREAM_FIELD_IMAGE: image},
-                  maxlen=self.cfg.redis.frames_maxlen, approximate=True)
-        pipe.hincrby(self.names.counters, "published", 1)
-        return _id(pipe.execute()[0])
+        """Append a frame; the stream stays at ``frames_maxlen``. A trimmed frame the inspection group never
+        received is dead-lettered and counted ``not_inspected`` (the line rejects it: no verdict, no PASS)."""
+        n = self.names
+        return _id(self._publish(keys=[n.frames, n.counters, n.dead_letter],
+                                 args=[self.cfg.redis.frames_maxlen, self.cfg.worker.group, meta.to_json(), image,
+                                       self.cfg.redis.events_maxlen]))
 
     def publish_event(self, event: Event) -> str:
         return _id(self.r.xadd(self.names.events, {STREAM_FIELD_MESSAGE: event.to_json()},

@@ -43,3 +43,20 @@ def test_stream_names_share_one_cluster_slot(station_config) -> None:  # type: i
     n = Names("insp", "line1")
     keys = [n.frames, n.verdicts, n.done("x"), n.counters]
     assert all("{line1}" in k for k in keys)
+
+
+def test_frames_trimmed_before_inspection_are_counted_and_dead_lettered(station_config, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from tests.spine_helpers import publish_parts
+
+    station_config.redis.frames_maxlen = 10
+    bus = StationBus(redis_client, station_config)
+    bus.ensure_group(bus.names.frames, station_config.worker.group)
+    bus.read_new(bus.names.frames, station_config.worker.group, "c", 5, None)  # nothing yet
+    publish_parts(bus, 5)
+    bus.read_new(bus.names.frames, station_config.worker.group, "c", 5, None)  # 5 delivered
+    publish_parts(bus, 12, seed=9)  # 17 in all, room for 10: 7 trimmed, 5 of them delivered, 2 never
+    assert redis_client.xlen(bus.names.frames) == 10
+    counters = bus.counters()
+    assert counters["published"] == 17 and counters["not_inspected"] == 2
+    dead = redis_client.xrange(bus.names.dead_letter)
+    assert len(dead) == 2 and b"before inspection" in dead[0][1][b"reason"]
