@@ -127,24 +127,24 @@ def worker(
         counts = w.run(max_frames=max_frames, idle_exit_s=idle_exit)
         if recorder is not None:
             recorder()
+        if record:
+            from inspector.station_sinks import stop_sinks
+
+            stop_sinks(w.sinks)
         print(json.dumps(counts))
     except InspectorError as err:
         _fail(err)
 
 
 def _sinks(cfg: StationConfig, client) -> list:  # type: ignore[no-untyped-def]
-    try:
-        from inspector.station_sinks import build_sinks
-    except ImportError:
-        return []
+    from inspector.station_sinks import build_sinks
+
     return build_sinks(cfg, client)
 
 
 def _start_recorder(cfg: StationConfig, client, name: str):  # type: ignore[no-untyped-def]
-    try:
-        from inspector.station_sinks import start_recorder
-    except ImportError:
-        return None
+    from inspector.station_sinks import start_recorder
+
     return start_recorder(cfg, client, name)
 
 
@@ -190,6 +190,13 @@ def validate_config(
         return
     console.print(f"[green]{file} is valid[/green]: station {cfg.station.id}, camera {cfg.camera.id} "
                   f"({cfg.camera.source.kind}), redis {'embedded' if cfg.redis.url is None else cfg.redis.url}")
+
+
+from inspector.store.cli import audit_app, review_app, trace  # noqa: E402
+
+app.add_typer(audit_app, name="audit", help="Audit trail: verify the hash chain, show entries.")
+app.add_typer(review_app, name="review", help="Review queue and labelling from the command line.")
+app.command("trace", help="Everything known about one part: verdict, scores, model and its hash, labels.")(trace)
 
 
 def main() -> None:  # pragma: no cover

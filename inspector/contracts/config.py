@@ -155,6 +155,11 @@ class DriftSection(Section):
     p_value: float = Field(0.001, gt=0, lt=1, description="KS-test p-value below which a statistic drifted.")
     hysteresis: int = Field(3, ge=1, le=1000, description="Consecutive tripped windows before an alarm.")
     cooldown_s: float = Field(600, ge=0, description="Quiet time after an alarm.")
+    check_every: int = Field(10, ge=1, le=100_000, description="Frames between two drift checks of the full window.")
+    mean_shift_sigma: float = Field(
+        1.0, gt=0, description="Window mean this many reference standard deviations away trips a statistic (with the KS test)."
+    )
+    review_rate_delta: float = Field(0.15, gt=0, le=1, description="Absolute change of the REVIEW share that trips (with a binomial test).")
 
 
 class JobsSection(Section):
@@ -164,6 +169,21 @@ class JobsSection(Section):
     recall_floor: float = Field(0.85, ge=0, le=1, description="Per-defect-class recall floor.")
     false_reject_ceiling: float = Field(0.02, ge=0, le=1, description="Largest false-reject rate on good parts.")
     job_timeout_s: int = Field(3600, ge=10, description="Longest a retraining job may run.")
+    recall_floors: dict[str, float] = Field(
+        default_factory=dict, description="Per-defect-class recall floors overriding recall_floor (class name -> floor)."
+    )
+    retries: int = Field(1, ge=0, le=10, description="RQ retries of a job whose worker died or that raised.")
+    retrain_dedupe_s: float = Field(60, ge=0, le=86_400, description="Retrain requests within this time of the last one are dropped.")
+    base_data: Path | None = Field(
+        None, description="Base training data in the anomaly layout (train/good, test/<class>); test/ is the fixed held-out set."
+    )
+    train_images: int = Field(80, ge=4, le=100_000, description="Most good frames the retraining fits on (keeps jobs fast).")
+    heldout_limit: int | None = Field(None, ge=4, description="Evenly spaced subset of the held-out set (None: all of it).")
+    min_gate_frames: int = Field(10, ge=1, le=100_000, description="Fewest good and fewest defect frames a gate set needs.")
+    validation_interval_s: float = Field(
+        3600, ge=0, description="Period of the held-out validation job under `jobs worker --with-scheduler` (0: off)."
+    )
+    collect_frames: int = Field(50, ge=4, le=10_000, description="Frames collected after a camera or lighting change.")
 
 
 class LineSection(Section):
@@ -188,6 +208,11 @@ class GuiSection(Section):
     operator: RoleSection = Field(default_factory=RoleSection)
     quality: RoleSection = Field(default_factory=RoleSection)
     maintenance: RoleSection = Field(default_factory=RoleSection)
+    defect_classes: list[str] = Field(
+        default_factory=list, max_length=9,
+        description="Defect classes on labelling keys 1..9, in order (empty: the model's classes from the review items).",
+    )
+    camera_source: bool = Field(False, description="The GUI streams the configured camera to the frames stream.")
 
 
 class StationConfig(Section):

@@ -1,0 +1,402 @@
+"""The labelling service: the one API behind the quality-engineer GUI view and the ``inspector review`` CLI.
+
+Queue semantics
+  * ``lease_next(user)`` hands the highest-priority, oldest pending item to one labeller for ``lease_s``
+    seconds (a user who already holds a live lease gets that item again). Two labellers never get the same
+    item: PostgreSQL uses ``SELECT .. FOR UPDATE SKIP LOCKED``; SQLite a conditional ``UPDATE .. WHERE
+    status = 'pending' OR lease expired`` inside a ``BEGIN IMMEDIATE`` transaction. An expired lease
+    returns the item to the queue.
+  * ``label`` (only the lease holder), ``skip`` (back to the queue, never offered to that user again),
+    ``undo_last``, ``relabel`` (the old label is kept: history rows are never deleted, only marked
+    not current / undone), ``request_review`` (an operator marks a verdict wrong).
+  * Every label change and its audit row are ONE transaction: a process killed mid-submit leaves no partial
+    label. Images are archived (content-addressed) before any item points at them, never by a label.
+
+Labels are ``good``, ``unsure``, or a defect class name (``[A-Za-z0-9_.-]``, 1–64 chars, also the folder
+name on export; pass ``classes=`` to restrict them to the model's classes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from inspector.archive import Archive, normalise_ext
+from inspector.contracts.errors import InspectorError
+from inspector.contracts.messages import Decision, ReviewRequest, now
+from inspector.store.db import Store
+from inspector.store.models import DatasetVersionRow, LabelRow, ReviewItemRow, ReviewSkipRow, VerdictRow
+from inspector.store.records import insert_ignore, review_item_row
+
+GOOD, UNSURE = "good", "unsure"
+LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+LAYOUTS = ("classification", "anomaly")
+
+
+class LabelError(InspectorError):
+    """A label action was refused (not the lease holder, unknown item, invalid label)."""
+
+
+@dataclass(frozen=True)
+class ReviewItemView:
+    id: int
+    frame_id: str
+    part_id: str
+    camera: str
+    priority: int
+    reasons: list[str]
+    decision: str
+    defect_class: str | None
+    class_probs: dict[str, float] | None
+    anomaly_score: float | None
+    model_version: str | None
+    image_sha256: str | None
+    created_at: float
+    status: str = "pending"
+    leased_by: str | None = None
+    lease_expires: float | None = None
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    id: int
+    frame_id: str
+    item_id: int | None
+    label: str
+    user: str
+    note: str | None
+    created_at: float
+    current: bool
+    undone: bool
+    supersedes_id: int | None
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    hash: str
+    counts: dict[str, int]
+    layout: str = "classification"
+    path: str = ""
+    files: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def _view(r: ReviewItemRow) -> ReviewItemView:
+    return ReviewItemView(
+        r.id, r.frame_id, r.part_id, r.camera, r.priority, list(r.reasons), r.decision, r.defect_class,
+        r.class_probs, r.anomaly_score, r.model_version, r.image_sha256, r.created_at, r.status, r.leased_by,
+        r.lease_expires,
+    )
+
+
+def _record(r: LabelRow) -> LabelRecord:
+    return LabelRecord(r.id, r.frame_id, r.item_id, r.label, r.user, r.note, r.created_at, r.is_current,
+                       r.undone, r.supersedes_id)
+
+
+def _check_user(user: str) -> str:
+    if not user or not user.strip() or len(user) > 128:
+        raise LabelError(f"invalid user name {user!r}", "give the labeller's name (1-128 characters)")
+    return user.strip()
+
+
+class LabellingService:
+    def __init__(self, store: Store, archive: Archive, lease_s: float = 300.0,
+                 classes: set[str] | None = None) -> None:
+        self.store, self.archive, self.lease_s = store, archive, lease_s
+        self.classes = None if classes is None else set(classes) | {GOOD, UNSURE}
+
+    # -- queue -----------------------------------------------------------------------------------
+
+    def check_label(self, label: str) -> str:
+        if not LABEL_RE.match(label or ""):
+            raise LabelError(f"invalid label {label!r}", "use 'good', 'unsure' or a defect class name ([A-Za-z0-9_.-])")
+        if self.classes is not None and label not in self.classes:
+            raise LabelError(f"unknown label {label!r}", f"use one of {', '.join(sorted(self.classes))}")
+        return label
+
+    def _available(self, user: str, t: float) -> Any:
+        skipped = exists().where(and_(ReviewSkipRow.item_id == ReviewItemRow.id, ReviewSkipRow.user == user))
+        expired = and_(ReviewItemRow.status == "leased", ReviewItemRow.lease_expires < t)
+        return and_(or_(ReviewItemRow.status == "pending", expired), ~skipped)
+
+    def lease_next(self, user: str) -> ReviewItemView | None:
+        """The next item for ``user`` (held for lease_s), or None when the queue is empty for them."""
+        user = _check_user(user)
+        with self.store.session() as s:
+            t = now()
+            held = s.scalar(select(ReviewItemRow).where(
+                ReviewItemRow.status == "leased", ReviewItemRow.leased_by == user, ReviewItemRow.lease_expires >= t,
+            ).order_by(ReviewItemRow.priority.desc(), ReviewItemRow.created_at).limit(1))
+            if held is not None:
+                return _view(held)
+            for _ in range(20):
+                item_id = s.scalar(select(ReviewItemRow.id).where(self._available(user, t)).order_by(
+                    ReviewItemRow.priority.desc(), ReviewItemRow.created_at, ReviewItemRow.id,
+                ).limit(1).with_for_update(skip_locked=True))
+                if item_id is None:
+                    return None
+                if self._take(s, item_id, user, t):
+                    return _view(s.get_one(ReviewItemRow, item_id, populate_existing=True))
+        return None
+
+    def _take(self, s: Session, item_id: int, user: str, t: float) -> bool:
+        """Conditional UPDATE: succeeds only if the item is still free (the SQLite path relies on this)."""
+        res = s.execute(update(ReviewItemRow).where(ReviewItemRow.id == item_id, self._available(user, t)).values(
+            status="leased", leased_by=user, lease_expires=t + self.lease_s, updated_at=t,
+        ).execution_options(synchronize_session=False))
+        return res.rowcount == 1
+
+    def skip(self, item_id: int, user: str) -> None:
+        """Give the item back to the queue; it is not offered to ``user`` again."""
+        user = _check_user(user)
+        with self.store.session() as s:
+            self._release_held(s, item_id, user, status="pending")
+            s.execute(insert_ignore(s, ReviewSkipRow.__table__, "item_id", "user"), [
+                {"item_id": item_id, "user": user, "at": now()}])
+
+    def _release_held(self, s: Session, item_id: int, user: str, status: str) -> ReviewItemRow:
+        t = now()
+        res = s.execute(update(ReviewItemRow).where(
+            ReviewItemRow.id == item_id, ReviewItemRow.status == "leased", ReviewItemRow.leased_by == user,
+        ).values(status=status, leased_by=user if status == "labelled" else None, lease_expires=None, updated_at=t)
+            .execution_options(synchronize_session=False))
+        if res.rowcount != 1:
+            item = s.get(ReviewItemRow, item_id)
+            if item is None:
+                raise LabelError(f"review item {item_id} does not exist", "lease an item with `next` first")
+            raise LabelError(f"review item {item_id} is not leased by {user} (status {item.status}, "
+                             f"holder {item.leased_by})", "lease the item again with `next`")
+        return s.get_one(ReviewItemRow, item_id, populate_existing=True)
+
+    # -- labels ----------------------------------------------------------------------------------
+
+    def label(self, item_id: int, user: str, label: str, note: str | None = None) -> LabelRecord:
+        """Label a leased item (only by its lease holder). Label, item status and audit row: one transaction."""
+        user, label = _check_user(user), self.check_label(label)
+        with self.store.session() as s:
+            item = self._release_held(s, item_id, user, status="labelled")
+            return self._write_label(s, item.frame_id, item.id, user, label, note, action="label")
+
+    def _write_label(self, s: Session, frame_id: str, item_id: int | None, user: str, label: str,
+                     note: str | None, action: str) -> LabelRecord:
+        prev = s.scalar(select(LabelRow).where(LabelRow.frame_id == frame_id, LabelRow.is_current.is_(True))
+                        .with_for_update())
+        if prev is not None:
+            prev.is_current = False
+            s.flush()
+        row = LabelRow(frame_id=frame_id, item_id=item_id, label=label, user=user, note=note, created_at=now(),
+                       is_current=True, undone=False, supersedes_id=prev.id if prev else None)
+        s.add(row)
+        s.flush()
+        self.store.audit.record(user, action, f"frame:{frame_id}", prev.label if prev else None, label,
+                                {"item_id": item_id, "label_id": row.id, "note": note}, session=s)
+        return _record(row)
+
+    def relabel(self, frame_id: str, user: str, label: str, note: str | None = None) -> LabelRecord:
+        """Change a frame's label; the old label stays in the history. An open item for the frame is closed."""
+        user, label = _check_user(user), self.check_label(label)
+        with self.store.session() as s:
+            item = s.scalar(select(ReviewItemRow).where(ReviewItemRow.frame_id == frame_id).with_for_update())
+            known = item is not None or s.scalar(select(VerdictRow.id).where(VerdictRow.frame_id == frame_id))
+            if not known:
+                raise LabelError(f"frame {frame_id} has no verdict and no review item", "check the frame id")
+            if item is not None and item.status != "labelled":
+                item.status, item.leased_by, item.lease_expires, item.updated_at = "labelled", user, None, now()
+            return self._write_label(s, frame_id, item.id if item else None, user, label, note, action="relabel")
+
+    def undo_last(self, user: str) -> LabelRecord | None:
+        """Undo ``user``'s latest label that is still current: the label before it (if any) is current again,
+        otherwise the item goes back to ``user`` under a fresh lease. Returns the undone label, or None."""
+        user = _check_user(user)
+        with self.store.session() as s:
+            row = s.scalar(select(LabelRow).where(LabelRow.user == user, LabelRow.is_current.is_(True))
+                           .order_by(LabelRow.created_at.desc(), LabelRow.id.desc()).limit(1).with_for_update())
+            if row is None:
+                return None
+            row.is_current, row.undone = False, True
+            s.flush()
+            restored = self._restore_previous(s, row)
+            if restored is None and row.item_id is not None:
+                t = now()
+                s.execute(update(ReviewItemRow).where(ReviewItemRow.id == row.item_id).values(
+                    status="leased", leased_by=user, lease_expires=t + self.lease_s, updated_at=t,
+                ).execution_options(synchronize_session=False))
+            self.store.audit.record(user, "label.undo", f"frame:{row.frame_id}", row.label,
+                                    restored.label if restored else None, {"label_id": row.id}, session=s)
+            return _record(row)
+
+    def _restore_previous(self, s: Session, row: LabelRow) -> LabelRow | None:
+        prev_id = row.supersedes_id
+        while prev_id is not None:
+            prev = s.get_one(LabelRow, prev_id)
+            if not prev.undone:
+                prev.is_current = True
+                s.flush()
+                return prev
+            prev_id = prev.supersedes_id
+        return None
+
+    def history(self, user: str | None = None, label: str | None = None, since: float | datetime | None = None,
+                limit: int = 100, frame_id: str | None = None) -> list[LabelRecord]:
+        """Label rows, newest first (current, superseded and undone ones)."""
+        q = select(LabelRow).order_by(LabelRow.created_at.desc(), LabelRow.id.desc()).limit(max(1, min(limit, 10_000)))
+        if user:
+            q = q.where(LabelRow.user == user)
+        if label:
+            q = q.where(LabelRow.label == label)
+        if frame_id:
+            q = q.where(LabelRow.frame_id == frame_id)
+        if since is not None:
+            q = q.where(LabelRow.created_at >= (since.timestamp() if isinstance(since, datetime) else since))
+        with self.store.session() as s:
+            return [_record(r) for r in s.scalars(q)]
+
+    def current_label(self, frame_id: str) -> LabelRecord | None:
+        with self.store.session() as s:
+            r = s.scalar(select(LabelRow).where(LabelRow.frame_id == frame_id, LabelRow.is_current.is_(True)))
+            return _record(r) if r else None
+
+    def item(self, item_id: int) -> ReviewItemView | None:
+        with self.store.session() as s:
+            r = s.get(ReviewItemRow, item_id)
+            return _view(r) if r else None
+
+    def image(self, item: ReviewItemView) -> bytes:
+        if not item.image_sha256:
+            raise LabelError(f"review item {item.id} has no archived image", "the frame was not archived")
+        return self.archive.get(item.image_sha256)
+
+    def queue_stats(self) -> dict[str, Any]:
+        """pending (incl. expired leases), leased, labelled, total, by_priority (open items), labels (current)."""
+        t = now()
+        with self.store.session() as s:
+            rows = s.execute(select(ReviewItemRow.status, ReviewItemRow.priority, ReviewItemRow.lease_expires)).all()
+            by_label = dict(s.execute(select(LabelRow.label, func.count()).where(LabelRow.is_current.is_(True))
+                                      .group_by(LabelRow.label)).all())
+        stats: dict[str, Any] = {"pending": 0, "leased": 0, "labelled": 0, "total": len(rows), "by_priority": {},
+                                 "labels": by_label}
+        for status, priority, expires in rows:
+            if status == "leased" and expires is not None and expires < t:
+                status = "pending"
+            stats[status] = stats.get(status, 0) + 1
+            if status != "labelled":
+                stats["by_priority"][priority] = stats["by_priority"].get(priority, 0) + 1
+        return stats
+
+    def request_review(self, frame_id: str, reason: str, user: str, priority: int = 90,
+                       image: bytes | None = None, encoding: str = "png") -> int:
+        """Queue a frame for review (an operator says the verdict is wrong). An existing item gets the reason
+        and the higher priority, and is re-opened if it was labelled. ``image``: the frame, archived first
+        when the router had not archived it. Returns the item id."""
+        user, priority = _check_user(user), max(0, min(100, priority))
+        sha, ext = (self.archive.put(image, encoding), normalise_ext(encoding)) if image is not None else (None, None)
+        with self.store.session() as s:
+            item = s.scalar(select(ReviewItemRow).where(ReviewItemRow.frame_id == frame_id).with_for_update())
+            if item is None:
+                item = self._item_from_verdict(s, frame_id, reason, priority, sha, ext)
+            else:
+                self._reopen(item, reason, priority, sha, ext)
+            s.flush()
+            self.store.audit.record(user, "review.request", f"frame:{frame_id}", None,
+                                    {"reason": reason, "priority": priority}, {"item_id": item.id}, session=s)
+            return item.id
+
+    def _item_from_verdict(self, s: Session, frame_id: str, reason: str, priority: int, sha: str | None,
+                           ext: str | None) -> ReviewItemRow:
+        v = s.scalar(select(VerdictRow).where(VerdictRow.frame_id == frame_id))
+        if v is None:
+            raise LabelError(f"frame {frame_id} has no recorded verdict", "wait for the recorder, or check the id")
+        req = ReviewRequest(station=v.station, frame_id=frame_id, part_id=v.part_id, camera=v.camera,
+                            reasons=[reason], priority=priority, image_sha256=sha, decision=Decision(v.decision),
+                            model_version=v.model_version, class_probs=v.class_probs, anomaly_score=v.anomaly_score)
+        item = ReviewItemRow(**review_item_row(req, ext, v.defect_class))
+        s.add(item)
+        return item
+
+    def _reopen(self, item: ReviewItemRow, reason: str, priority: int, sha: str | None, ext: str | None) -> None:
+        item.reasons = [*item.reasons, reason] if reason not in item.reasons else list(item.reasons)
+        item.priority = max(item.priority, priority)
+        if item.image_sha256 is None and sha is not None:
+            item.image_sha256, item.image_ext = sha, ext
+        if item.status == "labelled":
+            item.status, item.leased_by, item.lease_expires = "pending", None, None
+        item.updated_at = now()
+
+    # -- datasets --------------------------------------------------------------------------------
+
+    def export_dataset(self, out_dir: str | Path, layout: str = "classification") -> DatasetVersion:
+        """Export current labels (not 'unsure') with archived images in the trainer's folder layout:
+        ``classification``: ``<label>/<sha>.<ext>``; ``anomaly``: ``train/good/`` and ``test/<label>/``.
+        ``out_dir`` must not exist or be empty; it is built beside it and renamed into place. The content
+        hash (sha256 over the sorted relative paths, which name the image digests) is recorded in
+        ``dataset_versions`` and written to ``dataset.json``."""
+        if layout not in LAYOUTS:
+            raise LabelError(f"unknown dataset layout {layout!r}", f"use one of {', '.join(LAYOUTS)}")
+        out = Path(out_dir).resolve()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise LabelError(f"export folder {out} is not empty", "export into a new folder")
+        files, skipped = self._export_plan(layout)
+        digest = hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
+        counts: dict[str, int] = {}
+        for rel in files:
+            counts[rel.rsplit("/", 1)[0]] = counts.get(rel.rsplit("/", 1)[0], 0) + 1
+        dv = DatasetVersion(digest, counts, layout, str(out), len(files), skipped)
+        self._write_export(out, files, dv)
+        self._record_dataset(dv)
+        return dv
+
+    def _export_plan(self, layout: str) -> tuple[dict[str, str], dict[str, int]]:
+        q = select(LabelRow.label, ReviewItemRow.image_sha256).outerjoin(
+            ReviewItemRow, ReviewItemRow.frame_id == LabelRow.frame_id).where(LabelRow.is_current.is_(True))
+        files: dict[str, str] = {}
+        skipped = {"unsure": 0, "no_image": 0}
+        with self.store.session() as s:
+            for label, sha in s.execute(q):
+                if label == UNSURE:
+                    skipped["unsure"] += 1
+                elif sha is None or not self.archive.exists(sha):
+                    skipped["no_image"] += 1
+                else:
+                    src = self.archive.path(sha)
+                    folder = label if layout == "classification" else ("train/good" if label == GOOD else f"test/{label}")
+                    files[f"{folder}/{src.name}"] = sha
+        return files, skipped
+
+    def _write_export(self, out: Path, files: dict[str, str], dv: DatasetVersion) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            for rel, sha in files.items():
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.archive.path(sha), target)
+            manifest = {**asdict(dv), "files": sorted(files)}
+            (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _record_dataset(self, dv: DatasetVersion) -> None:
+        with self.store.session() as s:
+            s.execute(insert_ignore(s, DatasetVersionRow.__table__, "hash"), [{
+                "hash": dv.hash, "layout": dv.layout, "counts": dv.counts, "path": dv.path, "created_at": now()}])
+
+    def dataset_versions(self) -> list[DatasetVersion]:
+        with self.store.session() as s:
+            rows = s.scalars(select(DatasetVersionRow).order_by(DatasetVersionRow.created_at.desc())).all()
+            return [DatasetVersion(r.hash, dict(r.counts), r.layout, r.path, sum(r.counts.values())) for r in rows]

@@ -1,0 +1,162 @@
+"""CLI pieces wired into ``inspector`` by the lead: ``inspector audit verify|show``, ``inspector trace PART_ID``
+and ``inspector review stats|next|label|export``. Each command takes ``--config`` (a station YAML;
+unset: defaults plus ``INSPECTOR_*`` environment overrides)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from inspector.archive import Archive
+from inspector.contracts.config import StationConfig, load_config
+from inspector.review.labelling import LabelError, LabellingService
+from inspector.store.db import Store, open_store
+from inspector.store.models import LabelRow, ModelVersionRow, VerdictRow
+
+
+def _console() -> Console:
+    return Console()  # made per call: honours the terminal width (and COLUMNS) of the moment
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Station YAML file.")]
+
+audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+review_app = typer.Typer(help="The review queue and labelling.", no_args_is_help=True)
+
+
+def _open(config: Path | None) -> tuple[StationConfig, Store]:
+    cfg = load_config(config)
+    return cfg, open_store(cfg)
+
+
+def _service(cfg: StationConfig, store: Store) -> LabellingService:
+    return LabellingService(store, Archive.for_data_dir(cfg.station.data_dir), cfg.review.lease_s)
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOpt = None) -> None:
+    """Check every row's hash and link; exit 1 if a row was edited or deleted."""
+    _, store = _open(config)
+    report = store.audit.verify()
+    store.close()
+    for problem in report.problems:
+        _console().print(f"[red]{problem}[/red]")
+    if not report.ok:
+        raise typer.Exit(1)
+    _console().print(f"[green]audit trail intact[/green]: {report.rows} rows, head {report.head[:16]}…")
+
+
+@audit_app.command("show")
+def audit_show(limit: Annotated[int, typer.Option(min=1, max=10_000)] = 20, config: ConfigOpt = None) -> None:
+    """The newest audit rows."""
+    _, store = _open(config)
+    table = Table("seq", "time (UTC)", "actor", "action", "target", "old", "new")
+    for e in store.audit.entries(limit):
+        table.add_row(str(e.seq), _time(e.ts), e.actor, e.action, e.target, _short(e.old), _short(e.new))
+    store.close()
+    _console().print(table)
+
+
+def trace(part_id: Annotated[str, typer.Argument(help="Part id to trace.")], config: ConfigOpt = None) -> None:
+    """Every verdict of a part: decision, scores, model version and package hash, and any label."""
+    _, store = _open(config)
+    with store.session() as s:
+        rows = s.execute(
+            select(VerdictRow, ModelVersionRow.package_sha256, LabelRow.label, LabelRow.user)
+            .outerjoin(ModelVersionRow, ModelVersionRow.version == VerdictRow.model_version)
+            .outerjoin(LabelRow, (LabelRow.frame_id == VerdictRow.frame_id) & LabelRow.is_current.is_(True))
+            .where(VerdictRow.part_id == part_id).order_by(VerdictRow.captured_at)
+        ).all()
+    store.close()
+    if not rows:
+        _console().print(f"[yellow]no verdict recorded for part {part_id}[/yellow]")
+        raise typer.Exit(1)
+    table = Table("captured (UTC)", "camera", "frame", "decision", "class", "probs", "anomaly", "model",
+                  "package sha256", "latency ms", "label", title=f"part {part_id}")
+    for v, sha, label, user in rows:
+        table.add_row(_time(v.captured_at), v.camera, v.frame_id[:12], v.decision, v.defect_class or "",
+                      _short(v.class_probs), _num(v.anomaly_score), v.model_version or "", (sha or "?")[:16],
+                      _num(v.latency_ms), f"{label} ({user})" if label else "")
+    _console().print(table)
+
+
+@review_app.command("stats")
+def review_stats(config: ConfigOpt = None) -> None:
+    """Pending, leased and labelled items, by priority."""
+    cfg, store = _open(config)
+    _console().print_json(json.dumps(_service(cfg, store).queue_stats(), default=str))
+    store.close()
+
+
+@review_app.command("next")
+def review_next(user: Annotated[str, typer.Option("--user", "-u")], config: ConfigOpt = None) -> None:
+    """Lease the next item for USER and show it."""
+    cfg, store = _open(config)
+    item = _service(cfg, store).lease_next(user)
+    store.close()
+    if item is None:
+        _console().print("queue empty")
+        return
+    image = Archive.for_data_dir(cfg.station.data_dir).path(item.image_sha256) if item.image_sha256 else None
+    table = Table("field", "value", title=f"review item {item.id} (leased to {user})")
+    for key in ("frame_id", "part_id", "camera", "priority", "reasons", "decision", "defect_class", "class_probs",
+                "anomaly_score", "model_version"):
+        table.add_row(key, _short(getattr(item, key)))
+    table.add_row("image", str(image or "-"))
+    _console().print(table)
+
+
+@review_app.command("label")
+def review_label(item: int, label: str, user: Annotated[str, typer.Option("--user", "-u")],
+                 note: Annotated[str | None, typer.Option()] = None, config: ConfigOpt = None) -> None:
+    """Label ITEM (leased by USER) as LABEL: good, unsure, or a defect class."""
+    cfg, store = _open(config)
+    try:
+        rec = _service(cfg, store).label(item, user, label, note)
+    except LabelError as err:
+        _console().print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    _console().print(f"labelled frame {rec.frame_id} as {rec.label} (label {rec.id})")
+
+
+@review_app.command("export")
+def review_export(out: Path, layout: Annotated[str, typer.Option(help="classification or anomaly")] = "classification",
+                  config: ConfigOpt = None) -> None:
+    """Export labelled frames into OUT in the trainer's folder layout, as a hashed dataset version."""
+    cfg, store = _open(config)
+    try:
+        dv = _service(cfg, store).export_dataset(out, layout)
+    except LabelError as err:
+        _console().print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    _console().print(f"dataset {dv.hash[:16]}… ({dv.files} images) in {dv.path}: {dv.counts}")
+
+
+def _time(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def _short(value: object, width: int = 60) -> str:
+    if isinstance(value, dict):
+        text = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+    else:
+        text = "" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+__all__ = ["audit_app", "review_app", "trace"]

@@ -1,0 +1,165 @@
+"""SQLAlchemy 2 models of the station's system of record.
+
+Times are UTC epoch seconds (floats), the same unit as every message on the bus. JSON columns hold
+plain JSON (dicts, lists, numbers, strings). The schema is created and upgraded only by the Alembic
+migrations in ``inspector/store/migrations`` (``open_store`` migrates to head); a test checks that
+these models and the migrations agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String, Text, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+REVIEW_STATUSES = ("pending", "leased", "labelled")
+MODEL_STATUSES = ("candidate", "active", "retired")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class VerdictRow(Base):
+    __tablename__ = "verdicts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    frame_id: Mapped[str] = mapped_column(String(64), unique=True)
+    station: Mapped[str] = mapped_column(String(64))
+    camera: Mapped[str] = mapped_column(String(64))
+    part_id: Mapped[str] = mapped_column(String(128), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    captured_at: Mapped[float] = mapped_column(Float, index=True)
+    decided_at: Mapped[float] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(String(8), index=True)
+    reject: Mapped[bool] = mapped_column(Boolean)
+    defect_class: Mapped[str | None] = mapped_column(String(64))
+    reasons: Mapped[list[Any]] = mapped_column(JSON)
+    class_probs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    anomaly_score: Mapped[float | None] = mapped_column(Float)
+    anomaly_raw: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(String(128), index=True)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    truth: Mapped[str | None] = mapped_column(String(64))
+
+
+class ReviewItemRow(Base):
+    __tablename__ = "review_items"
+    __table_args__ = (Index("ix_review_items_queue", "status", "priority", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    frame_id: Mapped[str] = mapped_column(String(64), unique=True)
+    station: Mapped[str] = mapped_column(String(64))
+    camera: Mapped[str] = mapped_column(String(64))
+    part_id: Mapped[str] = mapped_column(String(128), index=True)
+    priority: Mapped[int] = mapped_column(Integer)
+    reasons: Mapped[list[Any]] = mapped_column(JSON)
+    decision: Mapped[str] = mapped_column(String(8))
+    defect_class: Mapped[str | None] = mapped_column(String(64))
+    class_probs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    anomaly_score: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_ext: Mapped[str | None] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    leased_by: Mapped[str | None] = mapped_column(String(128))
+    lease_expires: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ReviewSkipRow(Base):
+    """A labeller skipped an item: it is not offered to that labeller again."""
+
+    __tablename__ = "review_skips"
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id", ondelete="CASCADE"), primary_key=True)
+    user: Mapped[str] = mapped_column(String(128), primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+
+
+class LabelRow(Base):
+    """One label of a frame. Relabelling adds a row and clears ``current`` on the old one (history kept)."""
+
+    __tablename__ = "labels"
+    __table_args__ = (
+        Index(
+            "uq_labels_current_frame", "frame_id", unique=True,
+            sqlite_where=text("is_current = 1"), postgresql_where=text("is_current"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    frame_id: Mapped[str] = mapped_column(String(64), index=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("review_items.id"))
+    label: Mapped[str] = mapped_column(String(64), index=True)
+    user: Mapped[str] = mapped_column(String(128), index=True)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    is_current: Mapped[bool] = mapped_column(Boolean)
+    undone: Mapped[bool] = mapped_column(Boolean, default=False)
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id"))
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(128), primary_key=True)
+    package_path: Mapped[str] = mapped_column(Text)
+    package_sha256: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    promoted_at: Mapped[float | None] = mapped_column(Float)
+
+
+class AuditRow(Base):
+    """Append-only, hash-chained: ``hash = sha256(prev_hash + canonical JSON of the row)``."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    ts: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(256))
+    old: Mapped[Any] = mapped_column(JSON, nullable=True)
+    new: Mapped[Any] = mapped_column(JSON, nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class DriftAlarmRow(Base):
+    __tablename__ = "drift_alarms"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    station: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    statistic: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class DatasetVersionRow(Base):
+    __tablename__ = "dataset_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    layout: Mapped[str] = mapped_column(String(32))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
