@@ -192,6 +192,35 @@ def validate_config(
                   f"({cfg.camera.source.kind}), redis {'embedded' if cfg.redis.url is None else cfg.redis.url}")
 
 
+@app.command()
+def gui(config: Optional[Path] = ConfigOpt,
+        role: Optional[str] = typer.Option(None, help="operator | quality | maintenance (default: log-in dialog)."),
+        demo_station: bool = typer.Option(False, "--demo", help="Also run a demo worker and camera inside the GUI.")) -> None:
+    """Open the station GUI (operator, quality-engineer and maintenance views)."""
+    _setup_logging()
+    try:
+        from gui.app import run_gui
+    except ImportError as err:
+        _fail(InspectorError(f"the GUI cannot start: {err}", "pip install -e '.[gui]'"))
+        return
+    try:
+        run_gui(_config(config), role=role, demo=demo_station)
+    except InspectorError as err:
+        _fail(err)
+
+
+@app.command()
+def line(config: Optional[Path] = ConfigOpt) -> None:
+    """Drive the line outputs (MQTT / Modbus): ACCEPT only on a PASS before the deadline, ready signal from health."""
+    _setup_logging()
+    try:
+        from inspector.line.runner import run_line
+
+        run_line(_config(config))
+    except InspectorError as err:
+        _fail(err)
+
+
 from inspector.store.cli import audit_app, review_app, trace  # noqa: E402
 
 app.add_typer(audit_app, name="audit", help="Audit trail: verify the hash chain, show entries.")

@@ -1,0 +1,288 @@
+"""GUI state without Qt: roles and login, shift counters, live status, labelling keys, drift series.
+
+Views only render these objects and forward user input to them; every rule lives here and is tested
+without a display.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from inspector.contracts.config import GuiSection
+from inspector.contracts.messages import Decision, Verdict
+from inspector.line.health import Health
+
+# --------------------------------------------------------------------------- roles
+
+
+class Role(StrEnum):
+    OPERATOR = "operator"
+    QUALITY = "quality"
+    MAINTENANCE = "maintenance"
+
+
+ROLE_TITLES = {Role.OPERATOR: "Operator", Role.QUALITY: "Quality engineer", Role.MAINTENANCE: "Maintenance"}
+
+# what each role may do (a role also sees the views listed for it)
+PERMISSIONS: dict[Role, frozenset[str]] = {
+    Role.OPERATOR: frozenset({"view.operator", "verdict.dispute"}),
+    Role.QUALITY: frozenset({"view.operator", "view.quality", "verdict.dispute", "label", "relabel"}),
+    Role.MAINTENANCE: frozenset({
+        "view.operator", "view.maintenance", "verdict.dispute", "camera.changed", "retrain",
+        "model.approve", "model.promote", "model.rollback",
+    }),
+}
+
+
+def pin_hash(pin: str) -> str:
+    return hashlib.sha256(pin.encode()).hexdigest()
+
+
+class LoginError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class UserSession:
+    """Who is at the station, in which role. Every action is stamped with :attr:`actor`."""
+
+    name: str
+    role: Role
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def actor(self) -> str:
+        return f"{self.name} ({self.role.value})"
+
+    def can(self, permission: str) -> bool:
+        return permission in PERMISSIONS[self.role]
+
+    def require(self, permission: str) -> None:
+        if not self.can(permission):
+            raise PermissionError(f"{ROLE_TITLES[self.role]} may not {permission}")
+
+
+class RolePolicy:
+    """Checks a person's PIN for a role against the sha256 in ``gui.<role>.pin_sha256``."""
+
+    def __init__(self, gui: GuiSection) -> None:
+        self.gui = gui
+
+    def needs_pin(self, role: Role) -> bool:
+        return getattr(self.gui, role.value).pin_sha256 is not None
+
+    def login(self, name: str, role: Role | str, pin: str = "") -> UserSession:
+        role = Role(role)
+        name = name.strip()
+        if not name:
+            raise LoginError("enter your name: every action is signed with it")
+        expected = getattr(self.gui, role.value).pin_sha256
+        if expected is not None and not hmac.compare_digest(pin_hash(pin), expected.lower()):
+            raise LoginError(f"wrong PIN for {ROLE_TITLES[role]}")
+        return UserSession(name, role)
+
+
+# --------------------------------------------------------------------------- counters
+
+
+@dataclass
+class ShiftCounters:
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    review: int = 0
+    error: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    def add(self, decision: Decision) -> None:
+        self.total += 1
+        if decision is Decision.PASS:
+            self.passed += 1
+        elif decision is Decision.FAIL:
+            self.failed += 1
+        elif decision is Decision.REVIEW:
+            self.review += 1
+        else:
+            self.error += 1
+
+    @property
+    def yield_pct(self) -> float | None:
+        return 100.0 * self.passed / self.total if self.total else None
+
+    def rows(self) -> list[tuple[str, str]]:
+        y = self.yield_pct
+        return [("Total", str(self.total)), ("Pass", str(self.passed)), ("Fail", str(self.failed)),
+                ("Review", str(self.review)), ("Error", str(self.error)),
+                ("Yield", "–" if y is None else f"{y:.1f} %")]
+
+
+class RateMeter:
+    """Events per second over a sliding window."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+        self._first: float | None = None
+
+    def tick(self, t: float | None = None) -> None:
+        self._times.append(time.monotonic() if t is None else t)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+        if not self._times:
+            return 0.0
+        if self._first is None:
+            self._first = self._times[0]
+        return len(self._times) / max(1.0, min(self.window_s, now - self._first))
+
+
+# --------------------------------------------------------------------------- live status
+
+
+@dataclass(frozen=True)
+class Banner:
+    text: str
+    level: str  # "ok" | "warn" | "critical"
+
+
+class LiveStatus:
+    """What the operator must see at a glance: connection, inspector health, lateness."""
+
+    def __init__(self, deadline_s: float, late_window: int = 20) -> None:
+        self.deadline_s = deadline_s
+        self.connected = False
+        self.health: Health | None = None
+        self.recent_late: deque[bool] = deque(maxlen=late_window)
+        self.last_frame_at: float | None = None
+        self.last_verdict_at: float | None = None
+
+    def on_verdict(self, v: Verdict, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.last_verdict_at = now
+        latency = v.latency_ms / 1000 if v.latency_ms is not None else now - v.captured_at
+        self.recent_late.append(latency > self.deadline_s)
+
+    @property
+    def late(self) -> bool:
+        """Most recent verdicts missed the line deadline (the line rejects them)."""
+        n = len(self.recent_late)
+        return n >= 3 and sum(self.recent_late) * 2 > n
+
+    def banner(self) -> Banner:
+        if not self.connected:
+            return Banner("DISCONNECTED from Redis — LINE IS REJECTING", "critical")
+        if self.health is not None and not self.health.ready:
+            return Banner(f"LINE IS REJECTING — {self.health.reason}", "critical")
+        if self.late:
+            return Banner("LINE IS REJECTING — verdicts are late (over the deadline)", "critical")
+        return Banner("Line running", "ok")
+
+
+# --------------------------------------------------------------------------- labelling keys
+
+
+@dataclass(frozen=True)
+class KeyAction:
+    kind: str  # "label" | "skip" | "undo"
+    label: str | None = None
+
+
+GOOD_LABEL = "good"
+UNSURE_LABEL = "unsure"
+
+
+def label_keymap(defect_classes: list[str]) -> dict[str, KeyAction]:
+    """1..9 a defect class each, G good, U unsure, S skip, Z undo (keys are upper-case characters)."""
+    keys = {str(i + 1): KeyAction("label", c) for i, c in enumerate(defect_classes[:9])}
+    keys.update({"G": KeyAction("label", GOOD_LABEL), "U": KeyAction("label", UNSURE_LABEL),
+                 "S": KeyAction("skip"), "Z": KeyAction("undo")})
+    return keys
+
+
+def defect_classes_for(configured: list[str], class_probs: dict[str, float] | None, good: str = "good") -> list[str]:
+    """The classes on keys 1..9: configured ones, else the model's non-good classes in their order."""
+    if configured:
+        return list(configured)
+    return [c for c in (class_probs or {}) if c != good][:9]
+
+
+@dataclass
+class LabelProgress:
+    labelled: int = 0
+    skipped: int = 0
+    undone: int = 0
+
+    def text(self, remaining: int | None) -> str:
+        left = "?" if remaining is None else str(remaining)
+        return f"labelled {self.labelled} · skipped {self.skipped} · undone {self.undone} · {left} waiting"
+
+
+# --------------------------------------------------------------------------- drift series
+
+DRIFT_STATS = ("brightness", "contrast", "sharpness", "confidence", "anomaly_good")
+DRIFT_TITLES = {"brightness": "Brightness", "contrast": "Contrast", "sharpness": "Sharpness",
+                "confidence": "Top-class confidence", "anomaly_good": "Anomaly score (good parts)"}
+
+
+@dataclass(frozen=True)
+class Band:
+    low: float
+    high: float
+
+    def contains(self, x: float) -> bool:
+        return self.low <= x <= self.high
+
+
+class DriftSeries:
+    """Rolling per-statistic series from verdicts, with reference bands (mean ± k·std of the first window
+    when the model package gives none)."""
+
+    def __init__(self, maxlen: int = 600, reference_n: int = 50, k: float = 3.0) -> None:
+        self.values: dict[str, deque[float]] = {s: deque(maxlen=maxlen) for s in DRIFT_STATS}
+        self.bands: dict[str, Band] = {}
+        self.reference_n = reference_n
+        self.k = k
+        self._reference: dict[str, list[float]] = {s: [] for s in DRIFT_STATS}
+
+    def set_band(self, stat: str, low: float, high: float) -> None:
+        self.bands[stat] = Band(low, high)
+
+    def add(self, v: Verdict) -> list[str]:
+        """Add one verdict; returns the statistics now outside their band."""
+        out: list[str] = []
+        for stat, x in self._extract(v).items():
+            self.values[stat].append(x)
+            self._learn(stat, x)
+            band = self.bands.get(stat)
+            if band is not None and not band.contains(x):
+                out.append(stat)
+        return out
+
+    def _extract(self, v: Verdict) -> dict[str, float]:
+        vals: dict[str, float] = {}
+        if v.image_stats is not None:
+            vals.update(brightness=v.image_stats.brightness, contrast=v.image_stats.contrast,
+                        sharpness=v.image_stats.sharpness)
+        if v.class_probs:
+            vals["confidence"] = max(v.class_probs.values())
+        if v.anomaly_score is not None and v.decision is Decision.PASS:
+            vals["anomaly_good"] = v.anomaly_score
+        return vals
+
+    def _learn(self, stat: str, x: float) -> None:
+        ref = self._reference[stat]
+        if stat in self.bands or len(ref) >= self.reference_n:
+            return
+        ref.append(x)
+        if len(ref) == self.reference_n:
+            mean = sum(ref) / len(ref)
+            std = (sum((r - mean) ** 2 for r in ref) / len(ref)) ** 0.5
+            half = max(self.k * std, 0.02 * abs(mean), 1e-3)  # a constant reference still gets a usable band
+            self.bands[stat] = Band(mean - half, mean + half)

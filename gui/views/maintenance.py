@@ -1,0 +1,262 @@
+"""Maintenance view: drift charts against reference bands, alarms, camera/retrain actions, jobs, models.
+
+Every action asks for confirmation, is signed by the person, and goes through ``gui.actions`` (audit
+trail + job adapter) on the DB worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QInputDialog,
+    QLabel,
+    QListWidget,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gui import actions
+from gui.services import Services
+from gui.state import DRIFT_STATS, DRIFT_TITLES, DriftSeries, UserSession
+from gui.workers import DbWorker
+from inspector.contracts.config import StationConfig
+from inspector.contracts.messages import Event, EventType, Verdict
+
+JOB_COLUMNS = ["Job", "Kind", "Status", "Step", "Progress", "By"]
+ALARM_TYPES = {EventType.DRIFT_ALARM, EventType.CAMERA_HEALTH, EventType.MODEL_REFUSED, EventType.DEAD_LETTER,
+               EventType.WORKER}
+
+
+def _table(columns: list[str]) -> QTableWidget:
+    t = QTableWidget(0, len(columns))
+    t.setHorizontalHeaderLabels(columns)
+    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    t.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    t.verticalHeader().setVisible(False)
+    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    t.horizontalHeader().setStretchLastSection(True)
+    return t
+
+
+class MaintenanceView(QWidget):
+    def __init__(self, cfg: StationConfig, session: UserSession, services: Services, db: DbWorker,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.cfg, self.session, self.services, self.db = cfg, session, services, db
+        self.drift = DriftSeries()
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.models: list[actions.ModelView] = []
+        self._dirty = False
+        self._build()
+        self._timer = QTimer(self, interval=500, timeout=self._refresh_charts)
+        self._timer.start()
+        self.refresh_models()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        pg.setConfigOptions(antialias=True, background="w", foreground="#334155")
+        self.charts = pg.GraphicsLayoutWidget()
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        self.bands: dict[str, pg.LinearRegionItem] = {}
+        for i, stat in enumerate(DRIFT_STATS):
+            plot = self.charts.addPlot(row=i, col=0, title=DRIFT_TITLES[stat])
+            plot.showGrid(y=True, alpha=0.2)
+            plot.setMouseEnabled(x=False, y=False)
+            band = pg.LinearRegionItem(orientation="horizontal", movable=False,
+                                       brush=pg.mkBrush(34, 197, 94, 45), pen=pg.mkPen(34, 197, 94, 120))
+            band.setVisible(False)
+            plot.addItem(band)
+            self.bands[stat] = band
+            self.curves[stat] = plot.plot(pen=pg.mkPen("#2563eb", width=2))
+        self.alarms = QListWidget()
+        self.alarms.setMinimumHeight(90)
+
+        self.camera_button = QPushButton("Camera or lighting changed…", clicked=self.camera_changed)
+        self.retrain_button = QPushButton("Retrain now…", clicked=self.retrain)
+        for b in (self.camera_button, self.retrain_button):
+            b.setMinimumHeight(40)
+            b.setStyleSheet("font-weight:bold;")
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.jobs_table = _table(JOB_COLUMNS)
+        self.models_table = _table(["Version", "Status"])
+        self.approve_button = QPushButton("Approve…", clicked=lambda: self.model_action("approve"))
+        self.promote_button = QPushButton("Promote…", clicked=lambda: self.model_action("promote"))
+        self.rollback_button = QPushButton("Roll back…", clicked=lambda: self.model_action("rollback"))
+
+        left = QWidget()
+        lv = QVBoxLayout(left)
+        lv.addWidget(_heading("Drift — live statistics against reference bands"))
+        lv.addWidget(self.charts, 1)
+        lv.addWidget(_heading("Alarms"))
+        lv.addWidget(self.alarms)
+
+        right = QWidget()
+        rv = QVBoxLayout(right)
+        rv.addWidget(_heading("Actions"))
+        row = QHBoxLayout()
+        row.addWidget(self.camera_button)
+        row.addWidget(self.retrain_button)
+        rv.addLayout(row)
+        rv.addWidget(self.message)
+        rv.addWidget(_heading("Jobs"))
+        rv.addWidget(self.jobs_table, 1)
+        rv.addWidget(_heading("Model versions — held-out metrics"))
+        rv.addWidget(self.models_table, 1)
+        mrow = QHBoxLayout()
+        for b in (self.approve_button, self.promote_button, self.rollback_button):
+            mrow.addWidget(b)
+        rv.addLayout(mrow)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(right)
+        split.setSizes([620, 640])
+        root = QVBoxLayout(self)
+        root.addWidget(split)
+
+    # ------------------------------------------------------------------ feed
+    def on_verdicts(self, verdicts: list[Verdict]) -> None:
+        for v in verdicts:
+            for stat in self.drift.add(v):
+                self._alarm(f"{DRIFT_TITLES[stat]} outside its reference band (part {v.part_id})")
+        self._dirty = True
+
+    def on_events(self, events: list[Event]) -> None:
+        for e in events:
+            if e.type is EventType.JOB and "job_id" in e.data:
+                self.jobs.setdefault(str(e.data["job_id"]), {}).update(e.data)
+                self._show_jobs()
+            elif e.type in ALARM_TYPES:
+                self._alarm(f"[{e.severity}] {e.message}")
+
+    def _alarm(self, text: str) -> None:
+        self.alarms.insertItem(0, f"{time.strftime('%H:%M:%S')}  {text}")
+        while self.alarms.count() > 200:
+            self.alarms.takeItem(self.alarms.count() - 1)
+
+    def _refresh_charts(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        for stat in DRIFT_STATS:
+            self.curves[stat].setData(list(self.drift.values[stat]))
+            band = self.drift.bands.get(stat)
+            if band is not None:
+                self.bands[stat].setRegion((band.low, band.high))
+                self.bands[stat].setVisible(True)
+
+    def _show_jobs(self) -> None:
+        rows = sorted(self.jobs.values(), key=lambda j: str(j.get("job_id")))
+        self.jobs_table.setRowCount(len(rows))
+        for r, job in enumerate(rows):
+            for c, key in enumerate(["job_id", "kind", "status", "step"]):
+                self.jobs_table.setItem(r, c, QTableWidgetItem(str(job.get(key, ""))))
+            bar = QProgressBar()
+            bar.setValue(int(100 * float(job.get("progress", 0.0))))
+            self.jobs_table.setCellWidget(r, 4, bar)
+            self.jobs_table.setItem(r, 5, QTableWidgetItem(str(job.get("requested_by", ""))))
+
+    # ------------------------------------------------------------------ dialogs (tests replace these)
+    def confirm(self, title: str, text: str) -> bool:
+        answer = QMessageBox.question(self, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def ask_text(self, title: str, prompt: str) -> str | None:
+        text, ok = QInputDialog.getText(self, title, prompt)
+        return text.strip() if ok and text.strip() else None
+
+    # ------------------------------------------------------------------ actions
+    def camera_changed(self) -> None:
+        self.session.require("camera.changed")
+        note = self.ask_text("Camera or lighting changed", "What changed? (recorded in the audit trail)")
+        if note is None or not self.confirm("Confirm", f"Record a camera/lighting change and recalibrate?\n\n{note}"):
+            return
+        self.drift = DriftSeries()  # new conditions: new reference window
+        self._run(lambda: actions.camera_changed(self.cfg, self.session.actor, note, self.services.store),
+                  "Camera change recorded; recalibration job {}.")
+
+    def retrain(self) -> None:
+        self.session.require("retrain")
+        reason = self.ask_text("Retrain now", "Why retrain now? (recorded in the audit trail)")
+        if reason is None or not self.confirm("Confirm retraining", f"Start a retraining job now?\n\n{reason}"):
+            return
+        self._run(lambda: actions.request_retrain(self.cfg, self.session.actor, reason, self.services.store),
+                  "Retraining job {} queued.")
+
+    def model_action(self, kind: str) -> None:
+        self.session.require(f"model.{kind}")
+        version = self._selected_version()
+        if kind != "rollback" and version is None:
+            self.message.setText("Select a model version first.")
+            return
+        what = {"approve": f"Approve model {version} for promotion?",
+                "promote": f"Promote model {version} to the line? Workers reload it at once.",
+                "rollback": "Roll back to the previously active model?"}[kind]
+        if not self.confirm("Confirm model change", what):
+            return
+        actor = self.session.actor
+        fns = {"approve": lambda: actions.approve_model(self.services.store, actor, version or ""),
+               "promote": lambda: actions.promote_model(self.services.store, actor, version or ""),
+               "rollback": lambda: actions.rollback_model(self.services.store, actor)}
+        self._run(fns[kind], f"Model {kind} done ({{}}).", refresh=True)
+
+    def _run(self, fn: Any, ok_text: str, refresh: bool = False) -> None:
+        def done(result: object) -> None:
+            self.message.setText(ok_text.format(result))
+            self.message.setStyleSheet("color:#15803d; font-weight:bold;")
+            if refresh:
+                self.refresh_models()
+
+        def failed(msg: str) -> None:
+            self.message.setText(f"Failed: {msg}")
+            self.message.setStyleSheet("color:#b91c1c; font-weight:bold;")
+
+        self.db.submit(fn, done, failed)
+
+    # ------------------------------------------------------------------ models
+    def refresh_models(self) -> None:
+        self.db.submit(lambda: actions.list_models(self.services.store), self._show_models)
+
+    def _selected_version(self) -> str | None:
+        row = self.models_table.currentRow()
+        return self.models[row].version if 0 <= row < len(self.models) else None
+
+    def _show_models(self, models: list[actions.ModelView]) -> None:
+        self.models = models
+        metric_keys = sorted({k for m in models for k, v in m.metrics.items() if isinstance(v, int | float)})
+        cols = ["Version", "Status", "Created", *metric_keys]
+        self.models_table.setColumnCount(len(cols))
+        self.models_table.setHorizontalHeaderLabels(cols)
+        self.models_table.setRowCount(len(models))
+        for r, m in enumerate(models):
+            cells = [m.version, m.status, time.strftime("%Y-%m-%d %H:%M", time.localtime(m.created_at))]
+            cells += [f"{m.metrics[k]:.3f}" if k in m.metrics else "–" for k in metric_keys]
+            for c, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if m.status == "active":
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                self.models_table.setItem(r, c, item)
+
+
+def _heading(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setStyleSheet("font-weight:bold; font-size:15px; margin-top:4px;")
+    return label

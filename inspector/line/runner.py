@@ -1,0 +1,182 @@
+"""The line runner: frames and verdicts in, one fail-safe signal per part and a ready signal out.
+
+It reads the frames stream (capture times) and the verdicts stream with the consumer group
+``Names.line_group``, feeds a :class:`LineDecider`, and drives the configured outputs. Deadlines are
+honoured even while Redis is down (pending parts are rejected on time), and the ready signal is
+re-evaluated every ``line.health_poll_ms`` so it drops within a second of the last worker heartbeat
+expiring, the camera going silent, or Redis going away.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import redis
+
+from inspector.bus.connection import resolve_url
+from inspector.bus.streams import decode_message
+from inspector.contracts.config import StationConfig
+from inspector.contracts.errors import InspectorError
+from inspector.contracts.messages import FrameMeta, Verdict
+from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
+from inspector.line.decider import LineDecider, Outcome, Part
+from inspector.line.health import REDIS_ERRORS, Health, HealthProbe, camera_silence_s, fast_client
+from inspector.line.outputs import LineOutput, outputs_from_config
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "line"
+
+
+class LineRunner:
+    """One per station. ``step()`` is one loop turn (tests drive it); ``run()`` loops until stopped."""
+
+    def __init__(
+        self,
+        cfg: StationConfig,
+        outputs: Sequence[LineOutput] | None = None,
+        client: redis.Redis | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.names = Names(cfg.redis.prefix, cfg.station.id)
+        self.client = client or fast_client(cfg, resolve_url(cfg), timeout_s=2.0)
+        self.outputs = list(outputs_from_config(cfg) if outputs is None else outputs)
+        self.decider = LineDecider(cfg.line.deadline_ms / 1000, clock=clock)
+        self.clock = clock
+        self.probe = HealthProbe(self.client, self.names, cfg.camera.id, camera_silence_s(cfg), cfg.line.require_camera)
+        self.health: Health | None = None
+        self.last_frame_at: float | None = None
+        self._next_health = 0.0
+        self._groups_ready = False
+        self.stop_event = threading.Event()
+        self.counts = {"accept": 0, "reject": 0}
+
+    # ------------------------------------------------------------------ setup
+    def _ensure_groups(self) -> None:
+        if self._groups_ready:
+            return
+        for stream in (self.names.frames, self.names.verdicts):
+            try:
+                self.client.xgroup_create(stream, self.names.line_group, id="$", mkstream=True)
+            except redis.ResponseError as err:
+                if "BUSYGROUP" not in str(err):
+                    raise
+        self._groups_ready = True
+
+    # ------------------------------------------------------------------ loop
+    def step(self, max_block_ms: int = 50) -> list[Outcome]:
+        """Read what arrived (blocking at most until the next deadline), emit outcomes, refresh ready."""
+        outcomes: list[Outcome] = []
+        try:
+            self._ensure_groups()
+            outcomes += self._read(self._block_ms(max_block_ms))
+        except REDIS_ERRORS as err:
+            log.warning("line runner: Redis unreachable (%s); deadlines still enforced", err)
+            self._groups_ready = False
+            self._set_health(Health(False, False, 0, False, "Redis unreachable"))
+            self.stop_event.wait(min(max_block_ms, 50) / 1000)
+        outcomes += self.decider.expire()
+        for outcome in outcomes:
+            self._emit(outcome)
+        self._poll_health()
+        return outcomes
+
+    def run(self) -> None:
+        log.info("line runner for station %s: deadline %.0f ms, %d output(s)",
+                 self.cfg.station.id, self.cfg.line.deadline_ms, len(self.outputs))
+        try:
+            while not self.stop_event.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def close(self) -> None:
+        for out in self.outputs:
+            _safely(out.close)
+
+    # ------------------------------------------------------------------ internals
+    def _block_ms(self, max_block_ms: int) -> int:
+        nxt = self.decider.next_deadline()
+        until_health = self._next_health - time.monotonic()
+        wait = max_block_ms / 1000
+        if nxt is not None:
+            wait = min(wait, nxt - self.clock())
+        wait = min(wait, until_health)
+        return max(1, int(wait * 1000))
+
+    def _read(self, block_ms: int) -> list[Outcome]:
+        streams = {self.names.frames: ">", self.names.verdicts: ">"}
+        resp = self.client.xreadgroup(self.names.line_group, CONSUMER, streams, count=200, block=block_ms)
+        outcomes: list[Outcome] = []
+        for stream, entries in resp or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            ids = [eid for eid, _ in entries]
+            for _eid, fields in entries:
+                outcome = self._handle(name, fields)
+                if outcome is not None:
+                    outcomes.append(outcome)
+            if ids:
+                self.client.xack(name, self.names.line_group, *ids)
+        return outcomes
+
+    def _handle(self, stream: str, fields: dict[bytes, bytes] | None) -> Outcome | None:
+        try:
+            msg = decode_message((fields or {}).get(STREAM_FIELD_MESSAGE))
+        except (InspectorError, ValueError) as err:
+            log.warning("line runner: skipped a bad entry on %s: %s", stream, err)
+            return None
+        if isinstance(msg, FrameMeta):
+            self.last_frame_at = max(self.last_frame_at or 0.0, msg.captured_at)
+            self.decider.register(Part.from_meta(msg))
+            return None
+        if isinstance(msg, Verdict):
+            return self.decider.on_verdict(msg)
+        return None
+
+    def _emit(self, outcome: Outcome) -> None:
+        self.counts["accept" if outcome.signal.value == "ACCEPT" else "reject"] += 1
+        log.debug("part %s: %s (%s)", outcome.part.part_id, outcome.signal.value, outcome.reason.value)
+        for out in self.outputs:
+            _safely(out.publish, outcome)
+
+    def _poll_health(self) -> None:
+        now = time.monotonic()
+        if now < self._next_health:
+            return
+        self._next_health = now + self.cfg.line.health_poll_ms / 1000
+        self._set_health(self.probe.check(self.last_frame_at))
+
+    def _set_health(self, health: Health) -> None:
+        changed = self.health is None or health.ready != self.health.ready
+        self.health = health
+        if changed:
+            (log.info if health.ready else log.warning)("line %s", health.label)
+            for out in self.outputs:
+                _safely(out.set_ready, health.ready, health.reason)
+
+
+def _safely(fn: Callable[..., object], *args: object) -> None:
+    """An isolated sink: a failing output is logged and never stops the line runner or the other outputs."""
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001
+        log.exception("line output %s failed", getattr(fn, "__qualname__", fn))
+
+
+def run_line(cfg: StationConfig, stop: threading.Event | None = None) -> LineRunner:
+    """Run the line runner in the foreground until ``stop`` is set (or Ctrl-C); returns it for its counts."""
+    runner = LineRunner(cfg)
+    if stop is not None:
+        runner.stop_event = stop
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        runner.stop()
+    return runner

@@ -1,0 +1,76 @@
+"""Maintenance view: actions reach the jobs adapter and the audit trail, signed by the person; drift charts."""
+
+from __future__ import annotations
+
+import redis
+from pytestqt.qtbot import QtBot
+
+from gui import actions
+from gui.app import MainWindow
+from gui.services import Services
+from gui.state import Role
+from inspector.bus.streams import StationBus
+from inspector.contracts.config import StationConfig
+from inspector.contracts.messages import Decision
+from inspector.store import records
+from tests.gui.conftest import publish_part, session
+
+
+def test_maintenance_actions_reach_jobs_and_audit(qtbot: QtBot, station_config: StationConfig,
+                                                  redis_client: redis.Redis, services: Services,
+                                                  screenshot, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    submitted: list[actions.JobRequest] = []
+    default = actions.JOB_SUBMITTER[0]
+
+    def recorder(cfg: StationConfig, job: actions.JobRequest) -> str:
+        submitted.append(job)
+        return default(cfg, job)  # still announce it on the events stream (the jobs table shows it)
+
+    actions.set_job_submitter(recorder)
+    monkeypatch.setattr(actions, "JOB_SUBMITTER", actions.JOB_SUBMITTER)  # restored below
+    store = services.store
+    records.register_model(store, "v1", "/models/v1", "a" * 64, {"accuracy": 0.962, "f1_macro": 0.941, "fr_rate": 0.012})
+    records.register_model(store, "v2", "/models/v2", "b" * 64, {"accuracy": 0.975, "f1_macro": 0.958, "fr_rate": 0.009})
+    records.promote_model(store, "v1", "setup")
+
+    win = MainWindow(station_config, session(Role.MAINTENANCE, "Max Maint"), services)
+    qtbot.addWidget(win)
+    win.resize(1280, 860)
+    win.show()
+    view = win.maintenance
+    view.confirm = lambda title, text: True  # the confirmation dialogs, answered yes
+    view.ask_text = lambda title, prompt: "new LED bar fitted"
+    qtbot.waitUntil(lambda: win.operator.status.connected, timeout=5000)
+
+    bus = StationBus(redis_client, station_config)
+    for seq in range(70):
+        publish_part(bus, seq, Decision.PASS if seq % 9 else Decision.FAIL, None if seq % 9 else "scratch")
+    qtbot.waitUntil(lambda: len(view.drift.values["brightness"]) == 70, timeout=3000)
+    qtbot.waitUntil(lambda: view.bands["brightness"].isVisible(), timeout=2000)
+
+    view.retrain_button.click()
+    qtbot.waitUntil(lambda: "queued" in view.message.text(), timeout=5000)
+    view.camera_button.click()
+    qtbot.waitUntil(lambda: "recorded" in view.message.text(), timeout=5000)
+    assert [j.kind for j in submitted] == ["retrain", "recalibrate"]
+    assert all(j.requested_by == "Max Maint (maintenance)" for j in submitted)
+    qtbot.waitUntil(lambda: len(view.jobs) == 2, timeout=3000)
+
+    qtbot.waitUntil(lambda: view.models_table.rowCount() == 2, timeout=3000)
+    row = [m.version for m in view.models].index("v2")
+    view.models_table.selectRow(row)
+    view.promote_button.click()
+    qtbot.waitUntil(lambda: "promote done" in view.message.text(), timeout=5000)
+    assert records.active_model(store).version == "v2"
+    view.rollback_button.click()
+    qtbot.waitUntil(lambda: "rollback done" in view.message.text(), timeout=5000)
+    assert records.active_model(store).version == "v1"
+
+    audit = {e.action: e for e in reversed(store.audit.entries(limit=20))}  # newest wins
+    for action in ("retrain.request", "camera.changed", "model.promote", "model.rollback"):
+        assert audit[action].actor == "Max Maint (maintenance)", action
+    assert audit["camera.changed"].new["note"] == "new LED bar fitted"
+    qtbot.wait(600)  # one chart refresh
+    screenshot(win, "maintenance")
+    win.shutdown()
+    actions.set_job_submitter(default)

@@ -1,0 +1,91 @@
+"""Quality-engineer view: ten items labelled by keyboard are stored; undo; history and relabel."""
+
+from __future__ import annotations
+
+import redis
+from PySide6.QtCore import Qt
+from pytestqt.qtbot import QtBot
+
+from gui.app import MainWindow
+from gui.services import Services
+from gui.state import Role
+from inspector.bus.streams import StationBus
+from inspector.contracts.config import StationConfig
+from inspector.contracts.messages import Decision
+from inspector.models.decode import encode_image
+from inspector.store import records
+from tests.gui.conftest import part_image, publish_part, session
+
+KEYS = ["1", "2", "3", "g", "u", "1", "g", "2", "g", "3"]
+EXPECTED = ["scratch", "spot", "chip", "good", "unsure", "scratch", "good", "spot", "good", "chip"]
+
+
+def queue_items(bus: StationBus, services: Services, n: int) -> list[str]:
+    frame_ids = []
+    for seq in range(n):
+        decision = Decision.REVIEW if seq % 2 else Decision.FAIL
+        _, v = publish_part(bus, seq, decision, "scratch", with_verdict=False)
+        records.record_verdicts(services.store, [v])
+        image = encode_image(part_image(seq, True), "jpeg", 85)
+        services.labelling.request_review(v.frame_id, "uncertain classifier", "router", priority=50 + seq,
+                                          image=image, encoding="jpeg")
+        frame_ids.append(v.frame_id)
+    return frame_ids
+
+
+def test_label_ten_items_by_keyboard(qtbot: QtBot, station_config: StationConfig, redis_client: redis.Redis,
+                                     services: Services, screenshot) -> None:  # type: ignore[no-untyped-def]
+    bus = StationBus(redis_client, station_config)
+    frame_ids = queue_items(bus, services, 10)
+    win = MainWindow(station_config, session(Role.QUALITY, "Quinn Quality"), services, start_feed=False)
+    qtbot.addWidget(win)
+    win.resize(1280, 820)
+    win.show()
+    view = win.quality
+    qtbot.waitUntil(lambda: view.item is not None and not view.busy, timeout=5000)
+    assert view.item.priority == 59  # highest priority first
+    qtbot.waitUntil(lambda: view.queue.rowCount() == 10, timeout=3000)
+    assert [view.queue.item(r, 0).text() for r in range(3)] == ["59", "58", "57"]
+    screenshot(win, "quality_review_queue")
+
+    seen = []
+    for i, key in enumerate(KEYS):
+        seen.append(view.item.frame_id)
+        qtbot.keyClick(view, key)
+        qtbot.waitUntil(lambda i=i: view.progress.labelled == i + 1 and not view.busy, timeout=3000)
+    assert view.item is None and "Queue empty" in view.header.text()
+    assert sorted(seen) == sorted(frame_ids)
+
+    history = services.labelling.history(user="Quinn Quality")
+    assert len(history) == 10
+    by_frame = {r.frame_id: r.label for r in history if r.current}
+    assert [by_frame[f] for f in seen] == EXPECTED
+    assert services.labelling.queue_stats()["labelled"] == 10
+
+    # Z undoes the last label: that item comes back at once, and G labels it again
+    qtbot.keyClick(view, Qt.Key.Key_Z)
+    qtbot.waitUntil(lambda: view.progress.undone == 1 and not view.busy, timeout=3000)
+    assert view.item is not None and view.item.frame_id == seen[-1]
+    qtbot.keyClick(view, "g")
+    qtbot.waitUntil(lambda: view.progress.labelled == 11 and not view.busy, timeout=3000)
+    assert services.labelling.current_label(seen[-1]).label == "good"
+
+    # audit trail is signed by the labeller
+    entries = services.store.audit.entries(limit=50, action="label")
+    assert entries and all(e.actor == "Quinn Quality" for e in entries)
+
+    # history with filters, then relabel the selected row
+    view.who.setCurrentIndex(1)
+    view.label_filter.setText("good")
+    view.refresh_history()
+    qtbot.waitUntil(lambda: view.history.rowCount() == 4, timeout=3000)
+    view.history.selectRow(0)
+    view.relabel_to.setCurrentText("chip")
+    view.relabel_button.click()
+    qtbot.waitUntil(lambda: "relabelled as chip" in view.message.text(), timeout=3000)
+    assert services.labelling.current_label(view._history_rows[0].frame_id).label == "chip"
+    view.label_filter.setText("")
+    view.refresh_history()
+    qtbot.waitUntil(lambda: view.history.rowCount() >= 12, timeout=3000)
+    screenshot(win, "quality_after_labelling")
+    win.shutdown()

@@ -1,0 +1,187 @@
+"""The line runner on a real Redis, against a real MQTT broker and a real pymodbus TCP server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from inspector.bus.streams import StationBus
+from inspector.contracts.config import StationConfig
+from inspector.contracts.messages import Decision
+from inspector.contracts.names import Names
+from inspector.line import LineRunner, MemoryOutput, Signal
+from inspector.line.outputs import LineOutput, outputs_from_config
+from tests.line.line_peers import (
+    ModbusServer,
+    MqttListener,
+    mqtt_reachable,
+    mqtt_url,
+    publish_frame,
+    publish_verdict,
+    wait_for,
+)
+
+DEADLINE_MS = 300
+
+
+def line_cfg(cfg: StationConfig, **line: object) -> StationConfig:
+    return cfg.model_copy(update={"line": cfg.line.model_copy(update={"deadline_ms": DEADLINE_MS, **line})})
+
+
+def make_healthy(r: redis.Redis, cfg: StationConfig, worker_ttl_ms: int | None = None) -> Names:
+    names = Names(cfg.redis.prefix, cfg.station.id)
+    r.set(names.heartbeat("w1"), "1", px=worker_ttl_ms)
+    r.set(names.camera_heartbeat(cfg.camera.id), "1")
+    return names
+
+
+class Running:
+    def __init__(self, cfg: StationConfig, outputs: list[LineOutput] | None = None) -> None:
+        self.runner = LineRunner(cfg, outputs=outputs)
+        self.thread = threading.Thread(target=self.runner.run, daemon=True)
+
+    def __enter__(self) -> LineRunner:
+        self.runner._ensure_groups()  # groups exist before the test publishes (they start at "$")
+        self.thread.start()
+        return self.runner
+
+    def __exit__(self, *exc: object) -> None:
+        self.runner.stop()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def modbus() -> Iterator[ModbusServer]:
+    server = ModbusServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bus(station_config: StationConfig, redis_client: redis.Redis) -> StationBus:
+    return StationBus(redis_client, station_config)
+
+
+def test_mqtt_accept_reject_late_and_missing(station_config: StationConfig, redis_client: redis.Redis,
+                                             bus: StationBus) -> None:
+    url = mqtt_url()
+    if not mqtt_reachable(url):
+        pytest.skip(f"no MQTT broker at {url} (start mosquitto or set MQTT_URL)")
+    prefix = f"itest{uuid.uuid4().hex[:8]}"
+    cfg = line_cfg(station_config, mqtt_url=url, mqtt_topic=prefix)
+    make_healthy(redis_client, cfg)
+    listener = MqttListener(url, f"{prefix}/#")
+    station, cam = cfg.station.id, cfg.camera.id
+    decision_topic = f"{prefix}/{station}/{cam}/decision"
+    try:
+        with Running(cfg, outputs_from_config(cfg)):
+            _, payload, retained = listener.next(lambda t, p: t == f"{prefix}/{station}/ready" and p == b"1")
+
+            def decision_for(part_id: str) -> dict[str, object]:
+                _, raw, _ = listener.next(lambda t, p: t == decision_topic and json.loads(p)["part_id"] == part_id)
+                return json.loads(raw)
+
+            ok = publish_frame(bus, 1)
+            publish_verdict(bus, ok, Decision.PASS)
+            assert decision_for(ok.part_id)["signal"] == "ACCEPT"
+
+            bad = publish_frame(bus, 2)
+            publish_verdict(bus, bad, Decision.FAIL)
+            msg = decision_for(bad.part_id)
+            assert (msg["signal"], msg["reason"], msg["decision"]) == ("REJECT", "fail", "FAIL")
+
+            missing = publish_frame(bus, 3)
+            msg = decision_for(missing.part_id)
+            waited = time.time() - missing.captured_at
+            assert (msg["signal"], msg["reason"]) == ("REJECT", "no_verdict_by_deadline")
+            assert DEADLINE_MS / 1000 <= waited < DEADLINE_MS / 1000 + 0.5
+
+            # a PASS that comes after the deadline: the part was already rejected, and nothing else is sent
+            publish_verdict(bus, missing, Decision.PASS)
+            # a late PASS for a part whose frame meta the runner never saw is rejected as late
+            late = ok.model_copy(update={"id": uuid.uuid4().hex, "seq": 4, "part_id": "part-4",
+                                         "captured_at": time.time() - 1.0})
+            publish_verdict(bus, late, Decision.PASS)
+            msg = decision_for("part-4")
+            assert (msg["signal"], msg["reason"], msg["decision"]) == ("REJECT", "late_verdict", "PASS")
+            time.sleep(0.2)
+            rest = []
+            while not listener.messages.empty():
+                rest.append(listener.messages.get())
+            assert not [m for m in rest if m[0] == decision_topic and json.loads(m[1])["part_id"] == missing.part_id]
+    finally:
+        listener.close()
+    # on shutdown the retained ready is "0"
+    check = MqttListener(url, f"{prefix}/{station}/ready")
+    try:
+        _, payload, retained = check.next(lambda t, p: True)
+        assert payload == b"0" and retained
+    finally:
+        check.close()
+
+
+def test_modbus_reject_pulse_ready_and_sequence(station_config: StationConfig, redis_client: redis.Redis,
+                                                bus: StationBus, modbus: ModbusServer) -> None:
+    cfg = line_cfg(station_config, modbus_url=f"modbus://127.0.0.1:{modbus.port}", reject_pulse_ms=300)
+    make_healthy(redis_client, cfg)
+    with Running(cfg, outputs_from_config(cfg)) as runner:
+        assert wait_for(lambda: modbus.coil(1), 2), "ready coil never went high"
+        ok = publish_frame(bus, 41)
+        publish_verdict(bus, ok, Decision.PASS)
+        assert wait_for(lambda: modbus.register(0) == 41, 2)
+        assert not modbus.coil(0)
+
+        bad = publish_frame(bus, 42)
+        publish_verdict(bus, bad, Decision.REVIEW)
+        assert wait_for(lambda: modbus.coil(0), 2), "reject coil never pulsed"
+        assert modbus.register(0) == 42
+        assert wait_for(lambda: not modbus.coil(0), 2), "reject pulse never released"
+        assert runner.counts == {"accept": 1, "reject": 1}
+    assert wait_for(lambda: not modbus.coil(1), 2), "ready coil still high after shutdown"
+
+
+@pytest.mark.parametrize("how", ["ttl", "delete"])
+def test_ready_drops_within_one_second_of_heartbeat_loss(station_config: StationConfig, redis_client: redis.Redis,
+                                                         modbus: ModbusServer, how: str) -> None:
+    cfg = line_cfg(station_config, modbus_url=f"modbus://127.0.0.1:{modbus.port}")
+    ttl_ms = 600 if how == "ttl" else None
+    names = make_healthy(redis_client, cfg, worker_ttl_ms=ttl_ms)
+    memory = MemoryOutput()
+    with Running(cfg, [memory, *outputs_from_config(cfg)]):
+        assert wait_for(lambda: memory.ready is True and modbus.coil(1), 2)
+        if how == "delete":
+            redis_client.delete(names.heartbeat("w1"))
+        gone_at = time.time() if how == "delete" else _wait_gone(redis_client, names.heartbeat("w1"))
+        assert wait_for(lambda: memory.ready is False, 1.5)
+        dropped_at = memory.ready_history[-1][0]
+        assert dropped_at - gone_at < 1.0, f"ready dropped {dropped_at - gone_at:.2f} s after the heartbeat"
+        assert "no worker heartbeat" in memory.ready_history[-1][2]
+        assert wait_for(lambda: not modbus.coil(1), 1.0), "ready coil did not drop"
+        # a worker comes back: ready again
+        redis_client.set(names.heartbeat("w2"), "1", px=5000)
+        assert wait_for(lambda: memory.ready is True and modbus.coil(1), 2)
+
+
+def _wait_gone(r: redis.Redis, key: str) -> float:
+    assert wait_for(lambda: not r.exists(key), 3, 0.005)
+    return time.time()
+
+
+def test_missing_verdict_rejected_while_redis_answers_nothing(station_config: StationConfig,
+                                                              redis_client: redis.Redis, bus: StationBus) -> None:
+    """Camera silent and no worker: not ready, and a captured part with no verdict is still rejected on time."""
+    cfg = line_cfg(station_config)
+    memory = MemoryOutput()
+    with Running(cfg, [memory]):
+        assert wait_for(lambda: memory.ready is False, 1)
+        meta = publish_frame(bus, 7)
+        assert wait_for(lambda: memory.outcomes, 2)
+        out = memory.outcomes[0]
+        assert out.part.part_id == meta.part_id and out.signal is Signal.REJECT
+        assert out.decided_at - meta.captured_at < DEADLINE_MS / 1000 + 0.2
