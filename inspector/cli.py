@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -26,7 +25,7 @@ def _setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _config(path: Optional[Path]) -> StationConfig:
+def _config(path: Path | None) -> StationConfig:
     return load_config(path)
 
 
@@ -39,14 +38,14 @@ def _fail(err: InspectorError) -> None:
 
 @app.command()
 def demo(
-    frames: Optional[int] = typer.Option(None, help="Stop after N frames (default: run until Ctrl-C)."),
+    frames: int | None = typer.Option(None, help="Stop after N frames (default: run until Ctrl-C)."),
     headless: bool = typer.Option(False, help="No GUI, even when a display is available."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end."),
-    data: Optional[Path] = typer.Option(None, help="Replay this image folder instead of synthetic parts."),
+    data: Path | None = typer.Option(None, help="Replay this image folder instead of synthetic parts."),
     fps: float = typer.Option(30.0, help="Camera frames per second."),
     workers: int = typer.Option(1, min=1, max=8, help="Inspection workers."),
     data_dir: Path = typer.Option(Path("station-data"), help="Station data folder (Redis AOF, models, database)."),
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run a whole station offline: embedded Redis, camera, worker, live status."""
@@ -86,8 +85,8 @@ def _display_available() -> bool:
 
 @app.command()
 def camera(
-    config: Optional[Path] = ConfigOpt,
-    frames: Optional[int] = typer.Option(None, help="Stop after N frames."),
+    config: Path | None = ConfigOpt,
+    frames: int | None = typer.Option(None, help="Stop after N frames."),
 ) -> None:
     """Stream frames from the configured camera source to the station's frames stream."""
     _setup_logging()
@@ -107,10 +106,10 @@ def camera(
 
 @app.command()
 def worker(
-    config: Optional[Path] = ConfigOpt,
-    max_frames: Optional[int] = typer.Option(None, help="Exit after N frames."),
-    idle_exit: Optional[float] = typer.Option(None, help="Exit after this many idle seconds."),
-    name: Optional[str] = typer.Option(None, help="Consumer name (default host-pid)."),
+    config: Path | None = ConfigOpt,
+    max_frames: int | None = typer.Option(None, help="Exit after N frames."),
+    idle_exit: float | None = typer.Option(None, help="Exit after this many idle seconds."),
+    name: str | None = typer.Option(None, help="Consumer name (default host-pid)."),
     record: bool = typer.Option(True, help="Record verdicts in the station database."),
 ) -> None:
     """Inspect frames from the station's stream until SIGTERM (which drains the batch in hand)."""
@@ -149,7 +148,7 @@ def _start_recorder(cfg: StationConfig, client, name: str):  # type: ignore[no-u
 
 
 @app.command()
-def status(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+def status(config: Path | None = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """Health, lag, pending and dead letters of the station."""
     from inspector.status import station_status
 
@@ -169,7 +168,7 @@ def status(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(Fals
 
 @app.command("validate-config")
 def validate_config(
-    file: Optional[Path] = typer.Argument(None, help="Station YAML to check."),
+    file: Path | None = typer.Argument(None, help="Station YAML to check."),
     schema: bool = typer.Option(False, "--schema", help="List every key with its default and description."),
 ) -> None:
     """Validate a station file; a bad key is named with its path and a hint."""
@@ -193,8 +192,8 @@ def validate_config(
 
 
 @app.command()
-def gui(config: Optional[Path] = ConfigOpt,
-        role: Optional[str] = typer.Option(None, help="operator | quality | maintenance (default: log-in dialog)."),
+def gui(config: Path | None = ConfigOpt,
+        role: str | None = typer.Option(None, help="operator | quality | maintenance (default: log-in dialog)."),
         demo_station: bool = typer.Option(False, "--demo", help="Also run a demo worker and camera inside the GUI.")) -> None:
     """Open the station GUI (operator, quality-engineer and maintenance views)."""
     _setup_logging()
@@ -210,7 +209,7 @@ def gui(config: Optional[Path] = ConfigOpt,
 
 
 @app.command()
-def line(config: Optional[Path] = ConfigOpt) -> None:
+def line(config: Path | None = ConfigOpt) -> None:
     """Drive the line outputs (MQTT / Modbus): ACCEPT only on a PASS before the deadline, ready signal from health."""
     _setup_logging()
     try:

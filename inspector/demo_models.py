@@ -52,7 +52,7 @@ def ensure_demo_package(cfg: StationConfig, data: Path | None, console: Console)
         from trainer.demo_training import train_demo_package
 
         return train_demo_package(target, data, console)
-    console.print("[yellow]training extra not installed: using the tiny numpy model (pip install '.\[train]' for real models)[/yellow]")
+    console.print(r"[yellow]training extra not installed: using the tiny numpy model (pip install '.\[train]' for real models)[/yellow]")
     factory = PartFactory(seed=1234)
     good = [factory.make("good") for _ in range(DEMO_GOOD)]
     bad = [factory.make(k) for k in DEFECT_CLASSES for _ in range(DEMO_DEFECTS_PER_CLASS)]

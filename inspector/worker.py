@@ -285,10 +285,9 @@ class Worker:
         self.counts["frames"] += len(work)
         self.counts["verdicts"] += sum(fresh)
         self.counts["duplicates"] += len(fresh) - sum(fresh)
-        for (verdict, _), is_new in zip(items, fresh, strict=True):
-            if verdict.latency_ms is not None:
-                self.latency.add("end_to_end", verdict.latency_ms)
         for w, is_new in zip([w for w in work if w.verdict is not None], fresh, strict=True):
+            if w.verdict.latency_ms is not None:  # type: ignore[union-attr]
+                self.latency.add("end_to_end", w.verdict.latency_ms)  # type: ignore[union-attr]
             if is_new:
                 self._run_sinks(w)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,7 +63,7 @@ class FrameMeta(Message):
         return self.id
 
 
-class Decision(str, Enum):
+class Decision(StrEnum):
     PASS = "PASS"
     FAIL = "FAIL"
     REVIEW = "REVIEW"
@@ -118,7 +118,7 @@ class ReviewRequest(Message):
     anomaly_score: float | None = None
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     CAMERA_HEALTH = "camera_health"
     WORKER = "worker"
     DRIFT_ALARM = "drift_alarm"
