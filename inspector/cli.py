@@ -221,6 +221,9 @@ def line(config: Path | None = ConfigOpt) -> None:
 
 
 from inspector.store.cli import audit_app, review_app, trace  # noqa: E402
+from jobs.cli import jobs_app  # noqa: E402
+
+app.add_typer(jobs_app, name="jobs", help="Retraining jobs on RQ: worker, retrain, promote, rollback, status, drift.")
 
 app.add_typer(audit_app, name="audit", help="Audit trail: verify the hash chain, show entries.")
 app.add_typer(review_app, name="review", help="Review queue and labelling from the command line.")

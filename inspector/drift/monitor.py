@@ -1,0 +1,319 @@
+"""Drift monitor: rolling windows of the verdicts stream against the active package's drift reference.
+
+:class:`DriftDetector` is the pure core (no Redis, an injectable clock): feed it :class:`DriftRecord` s, it
+checks the full window every ``drift.check_every`` frames, counts consecutive tripped checks (hysteresis),
+keeps quiet for ``drift.cooldown_s`` after an alarm and says nothing while suppressed.
+
+:class:`DriftMonitor` consumes ``…:verdicts`` with the consumer group ``Names.drift_group``, loads the
+reference of the package named by the ``active_model`` hash (and starts afresh when it changes), and turns
+each alarm into a ``DRIFT_ALARM`` event on ``…:events``, a ``drift_alarms`` row (with an audit row) and an
+optional callback (the retrain trigger). A planned change (maintenance "camera or lighting changed") sets
+the suppression key; alarms stay suppressed until a package fitted after that moment becomes active.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from inspector.bus.streams import StationBus, decode_message
+from inspector.contracts.config import DriftSection, StationConfig
+from inspector.contracts.errors import InspectorError
+from inspector.contracts.manifest import MANIFEST_NAME, Manifest
+from inspector.contracts.messages import Decision, Event, EventType, Verdict
+from inspector.contracts.names import Names
+from inspector.drift.reference import IMAGE_STATS, DriftReference, parse_reference
+from inspector.drift.stats import categorical_test, compare_numeric, rate_test
+
+log = logging.getLogger(__name__)
+
+MIN_VALUES = 20  # a statistic with fewer values in the window (e.g. few PASS frames) is not compared
+CLASS_MIX = "class_mix"
+REVIEW_RATE = "review_rate"
+
+
+def suppression_key(names: Names) -> str:
+    """Redis key (JSON) set while drift alarms are suppressed by a planned change.
+
+    Kept here until ``inspector/contracts/names.py`` gains it (its owner formats every key).
+    """
+    return f"{names.base}:drift:suppressed"
+
+
+@dataclass(frozen=True)
+class DriftRecord:
+    """What the monitor needs of one verdict."""
+
+    stats: dict[str, float]
+    confidence: float | None = None
+    top_class: str | None = None
+    anomaly_score: float | None = None
+    decision: str = "PASS"
+
+    @classmethod
+    def from_verdict(cls, v: Verdict) -> DriftRecord | None:
+        """None for verdicts without image statistics (ERROR verdicts)."""
+        if v.image_stats is None or v.decision is Decision.ERROR:
+            return None
+        top = max(v.class_probs, key=v.class_probs.get) if v.class_probs else None  # type: ignore[arg-type]
+        return cls(stats=v.image_stats.model_dump(), confidence=max(v.class_probs.values()) if v.class_probs else None,
+                   top_class=top, anomaly_score=v.anomaly_score, decision=v.decision.value)
+
+
+@dataclass
+class DriftAlarm:
+    """One alarm: the statistic that tripped hardest, its number and threshold, and every tripped statistic."""
+
+    statistic: str
+    value: float
+    threshold: float
+    details: dict[str, Any]
+    frames_seen: int
+    ts: float
+    model_version: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"statistic": self.statistic, "value": self.value, "threshold": self.threshold,
+                "frames_seen": self.frames_seen, "model_version": self.model_version, "tripped": self.details}
+
+
+@dataclass
+class CheckResult:
+    tripped: dict[str, dict[str, Any]] = field(default_factory=dict)
+    worst: tuple[str, float, float] | None = None  # (statistic, value, threshold)
+
+
+class DriftDetector:
+    """Rolling windows + checks + hysteresis + cooldown + suppression, without I/O."""
+
+    def __init__(self, reference: DriftReference, cfg: DriftSection, clock: Callable[[], float] = time.time,
+                 model_version: str | None = None) -> None:
+        self.ref = reference
+        self.cfg = cfg
+        self.clock = clock
+        self.model_version = model_version
+        w = cfg.window
+        self.numeric: dict[str, deque[float]] = {k: deque(maxlen=w) for k in reference.numeric}
+        self.top: deque[str] = deque(maxlen=w)
+        self.decisions: deque[str] = deque(maxlen=w)
+        self.frames = 0
+        self.consecutive = 0
+        self.last_alarm: float | None = None
+        self.suppressed = False
+        self.suppressed_alarms = 0
+        self.checks = 0
+        self.last: CheckResult = CheckResult()
+
+    @property
+    def p_value(self) -> float:
+        """``drift.p_value`` shared by all tests of one check (Bonferroni): the false-alarm rate per check."""
+        n_tests = len(self.numeric) + bool(self.ref.class_mix) + (self.ref.review_rate is not None)
+        return self.cfg.p_value / max(1, n_tests)
+
+    def add(self, rec: DriftRecord) -> DriftAlarm | None:
+        """Add one frame; run a check when one is due; return an alarm when one is raised."""
+        self._append(rec)
+        self.frames += 1
+        if len(self.decisions) < self.cfg.window or self.frames % self.cfg.check_every:
+            return None
+        self.last = self.check()
+        self.consecutive = self.consecutive + 1 if self.last.tripped else 0
+        return self._maybe_alarm()
+
+    def _append(self, rec: DriftRecord) -> None:
+        for k in IMAGE_STATS:
+            if k in self.numeric and k in rec.stats:
+                self.numeric[k].append(rec.stats[k])
+        if rec.confidence is not None and "classifier_confidence" in self.numeric:
+            self.numeric["classifier_confidence"].append(rec.confidence)
+        if rec.decision == "PASS" and rec.anomaly_score is not None and "anomaly_score_good" in self.numeric:
+            self.numeric["anomaly_score_good"].append(rec.anomaly_score)
+        if rec.top_class is not None:
+            self.top.append(rec.top_class)
+        self.decisions.append(rec.decision)
+
+    def check(self) -> CheckResult:
+        """Compare the current windows with the reference; every tripped statistic with its numbers."""
+        self.checks += 1
+        out = CheckResult()
+        c = self.cfg
+        for name, values in self.numeric.items():
+            if len(values) < MIN_VALUES:
+                continue
+            res = compare_numeric(list(values), self.ref.numeric[name])
+            if res is not None and res.tripped(c.psi_threshold, self.p_value, c.mean_shift_sigma):
+                out.tripped[name] = res.as_dict()
+                by_psi = res.psi / c.psi_threshold >= abs(res.shift) / c.mean_shift_sigma
+                self._worse(out, name, res.psi if by_psi else abs(res.shift),
+                            c.psi_threshold if by_psi else c.mean_shift_sigma)
+        self._check_class_mix(out)
+        self._check_review_rate(out)
+        return out
+
+    def _check_class_mix(self, out: CheckResult) -> None:
+        if not self.ref.class_mix or len(self.top) < MIN_VALUES:
+            return
+        value, p = categorical_test(self.ref.class_mix, Counter(self.top))
+        if p < self.p_value and value > self.cfg.psi_threshold:
+            out.tripped[CLASS_MIX] = {"psi": round(value, 4), "chi2_p": float(f"{p:.3g}"),
+                                      "window": dict(Counter(self.top)), "reference": self.ref.class_mix}
+            self._worse(out, CLASS_MIX, value, self.cfg.psi_threshold)
+
+    def _check_review_rate(self, out: CheckResult) -> None:
+        if self.ref.review_rate is None or not self.decisions:
+            return
+        n, k = len(self.decisions), sum(d == "REVIEW" for d in self.decisions)
+        delta = abs(k / n - self.ref.review_rate)
+        p = rate_test(k, n, self.ref.review_rate)
+        if p < self.p_value and delta > self.cfg.review_rate_delta:
+            out.tripped[REVIEW_RATE] = {"rate": round(k / n, 4), "reference": self.ref.review_rate,
+                                        "binom_p": float(f"{p:.3g}"), "n": n}
+            self._worse(out, REVIEW_RATE, delta, self.cfg.review_rate_delta)
+
+    @staticmethod
+    def _worse(out: CheckResult, name: str, value: float, threshold: float) -> None:
+        if out.worst is None or value / threshold > out.worst[1] / out.worst[2]:
+            out.worst = (name, float(value), float(threshold))
+
+    def _maybe_alarm(self) -> DriftAlarm | None:
+        if self.consecutive < self.cfg.hysteresis or self.last.worst is None:
+            return None
+        now = self.clock()
+        if self.last_alarm is not None and now - self.last_alarm < self.cfg.cooldown_s:
+            return None
+        if self.suppressed:
+            self.suppressed_alarms += 1
+            return None
+        self.last_alarm = now
+        name, value, threshold = self.last.worst
+        return DriftAlarm(name, value, threshold, dict(self.last.tripped), self.frames, now, self.model_version)
+
+
+def load_reference(package_path: str | Path) -> tuple[Manifest, DriftReference]:
+    """The manifest and parsed drift reference of a package folder (hashes are the workers' job)."""
+    path = Path(package_path) / MANIFEST_NAME
+    try:
+        manifest = Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InspectorError(f"cannot read the drift reference of {path}: {err}", "promote a valid package") from None
+    return manifest, parse_reference(manifest.drift_reference)
+
+
+AlarmCallback = Callable[[DriftAlarm], None]
+
+
+class DriftMonitor:
+    """Consumes the verdicts stream of one station and raises drift alarms."""
+
+    def __init__(self, cfg: StationConfig, client: redis.Redis, store: Any = None, consumer: str = "drift-1",
+                 on_alarm: AlarmCallback | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.bus = StationBus(client, cfg)
+        self.names = self.bus.names
+        self.store = store
+        self.consumer = consumer
+        self.on_alarm = on_alarm
+        self.clock = clock
+        self.version: str | None = None
+        self.manifest: Manifest | None = None
+        self.detector: DriftDetector | None = None
+        self.alarms: list[DriftAlarm] = []
+        self.skipped = Counter[str]()
+        self.bus.ensure_group(self.names.verdicts, self.names.drift_group, start="$")
+
+    # -- reference ---------------------------------------------------------------------------------
+    def refresh_model(self) -> None:
+        """Follow the active model: a new version brings a new reference and fresh windows."""
+        raw = self.bus.r.hgetall(self.names.active_model)
+        version = raw.get(b"version", b"").decode() or None
+        if version is None or version == self.version:
+            return
+        manifest, ref = load_reference(raw[b"path"].decode())
+        self.version, self.manifest = version, manifest
+        self.detector = DriftDetector(ref, self.cfg.drift, self.clock, version)
+        if ref.empty:
+            log.warning("package %s has no drift reference: drift is not monitored", version)
+        self._maybe_lift_suppression(manifest)
+
+    def suppression(self) -> dict[str, Any] | None:
+        raw = self.bus.r.get(suppression_key(self.names))
+        return json.loads(raw) if raw else None
+
+    def _maybe_lift_suppression(self, manifest: Manifest) -> None:
+        sup = self.suppression()
+        if sup and manifest.created_at > float(sup.get("since", 0)):
+            self.bus.r.delete(suppression_key(self.names))
+            self._event(EventType.MAINTENANCE, "info",
+                        f"drift monitoring resumed with the reference of {manifest.version}", {"lifted": sup})
+
+    # -- loop -------------------------------------------------------------------------------------------
+    def step(self, block_ms: int | None = 100, count: int = 500) -> list[DriftAlarm]:
+        """Read a batch of verdicts, feed the detector, acknowledge; return the alarms raised."""
+        self.refresh_model()
+        entries = self.bus.read_new(self.names.verdicts, self.names.drift_group, self.consumer, count, block_ms)
+        if not entries:
+            return []
+        suppressed = self.suppression() is not None
+        if self.detector is not None:
+            self.detector.suppressed = suppressed
+        raised = [a for a in (self._feed(e.message_raw) for e in entries) if a is not None]
+        self.bus.r.xack(self.names.verdicts, self.names.drift_group, *[e.entry_id for e in entries])
+        for alarm in raised:
+            self._raise(alarm)
+        return raised
+
+    def _feed(self, raw: bytes | None) -> DriftAlarm | None:
+        try:
+            v = decode_message(raw)
+        except InspectorError:
+            self.skipped["unreadable"] += 1
+            return None
+        if not isinstance(v, Verdict) or self.detector is None or v.model_version != self.version:
+            self.skipped["other_model" if isinstance(v, Verdict) else "not_verdict"] += 1
+            return None
+        rec = DriftRecord.from_verdict(v)
+        if rec is None:
+            self.skipped["no_stats"] += 1
+            return None
+        return self.detector.add(rec)
+
+    def run(self, stop: threading.Event, block_ms: int = 500) -> None:
+        while not stop.is_set():
+            try:
+                self.step(block_ms)
+            except (redis.ConnectionError, redis.TimeoutError) as err:
+                log.warning("drift monitor: Redis unavailable (%s); retrying", err)
+                stop.wait(1.0)
+
+    # -- outputs ----------------------------------------------------------------------------------------
+    def _raise(self, alarm: DriftAlarm) -> None:
+        self.alarms.append(alarm)
+        msg = (f"drift: {alarm.statistic} = {alarm.value:.3g} (threshold {alarm.threshold:.3g}); "
+               f"tripped: {', '.join(sorted(alarm.details))}")
+        self._event(EventType.DRIFT_ALARM, "warning", msg, alarm.as_dict())
+        if self.store is not None:
+            try:
+                from inspector.store.records import record_drift_alarm
+
+                record_drift_alarm(self.store, self.cfg.station.id, alarm.statistic, alarm.value, alarm.threshold,
+                                   alarm.as_dict(), alarm.ts)
+            except Exception:  # noqa: BLE001 - a failing side output never blocks the alarm event
+                log.exception("could not record the drift alarm in the store")
+        if self.on_alarm is not None:
+            try:
+                self.on_alarm(alarm)
+            except Exception:  # noqa: BLE001
+                log.exception("drift alarm callback failed")
+
+    def _event(self, etype: EventType, severity: str, message: str, data: dict[str, Any]) -> None:
+        self.bus.publish_event(Event(station=self.cfg.station.id, type=etype, severity=severity,  # type: ignore[arg-type]
+                                     message=message, model_version=self.version, data=data))

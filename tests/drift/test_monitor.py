@@ -1,0 +1,123 @@
+"""DriftDetector hysteresis, cooldown, suppression; DriftMonitor on a real Redis stream and store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from inspector.bus.streams import StationBus
+from inspector.contracts.config import DriftSection
+from inspector.contracts.messages import Decision, ImageStats, Verdict
+from inspector.contracts.names import Names
+from inspector.drift.monitor import DriftDetector, DriftMonitor, DriftRecord, suppression_key
+from inspector.drift.reference import parse_reference, reference_from_samples
+from inspector.store.db import open_store
+from inspector.store.records import register_model
+
+STAT_KEYS = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "mean_b")
+
+
+def _stats(rng: np.random.Generator, scale: float = 1.0) -> dict[str, float]:
+    b = float(rng.normal(120, 8)) * scale
+    return {"brightness": b, "contrast": float(rng.normal(30, 3)) * scale, "sharpness": float(rng.normal(50, 5)),
+            "mean_r": b, "mean_g": b, "mean_b": b}
+
+
+def _reference(rng: np.random.Generator) -> dict:
+    return reference_from_samples([_stats(rng) for _ in range(400)], decisions=["PASS"] * 400)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _detector(cfg: DriftSection, clock: Clock) -> tuple[DriftDetector, np.random.Generator]:
+    rng = np.random.default_rng(1)
+    return DriftDetector(parse_reference(_reference(rng)), cfg, clock), rng
+
+
+def _feed(det: DriftDetector, rng: np.random.Generator, n: int, scale: float = 1.0) -> list:
+    return [a for a in (det.add(DriftRecord(_stats(rng, scale))) for _ in range(n)) if a is not None]
+
+
+def test_hysteresis_needs_consecutive_tripped_checks() -> None:
+    clock = Clock()
+    det, rng = _detector(DriftSection(window=100, check_every=10, hysteresis=3, cooldown_s=0), clock)
+    assert _feed(det, rng, 500) == []
+    alarms = _feed(det, rng, 100, scale=0.7)
+    assert alarms, "a 30 % darker image never alarmed"
+    first = alarms[0]
+    assert first.statistic in STAT_KEYS and first.value > first.threshold and "brightness" in first.details
+    assert det.checks >= 3
+
+
+def test_cooldown_silences_repeats_then_allows_again() -> None:
+    clock = Clock()
+    det, rng = _detector(DriftSection(window=100, check_every=10, hysteresis=1, cooldown_s=60), clock)
+    _feed(det, rng, 100)
+    assert len(_feed(det, rng, 200, scale=0.7)) == 1
+    clock.t += 61
+    assert len(_feed(det, rng, 10, scale=0.7)) == 1
+
+
+def test_suppression_counts_but_does_not_alarm() -> None:
+    det, rng = _detector(DriftSection(window=100, check_every=10, hysteresis=1, cooldown_s=0), Clock())
+    det.suppressed = True
+    assert _feed(det, rng, 200, scale=0.7) == [] and det.suppressed_alarms > 0
+
+
+def _write_package(folder, ref: dict, created_at: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({
+        "name": "t", "version": folder.name, "created_at": created_at, "task": "anomaly",
+        "model": {}, "preprocess": {"size": [8, 8]}, "drift_reference": ref}))
+
+
+def _verdict(station: str, version: str, seq: int, stats: dict[str, float]) -> Verdict:
+    return Verdict(station=station, frame_id=f"f{seq}", camera="c", seq=seq, part_id=f"p{seq}", captured_at=0,
+                   decision=Decision.PASS, reject=False, model_version=version, image_stats=ImageStats(**stats))
+
+
+def test_monitor_on_stream_raises_event_and_store_row_and_respects_suppression(station_config, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = station_config.model_copy(deep=True)
+    cfg.drift = DriftSection(window=100, check_every=10, hysteresis=2, cooldown_s=0)
+    names = Names(cfg.redis.prefix, cfg.station.id)
+    rng = np.random.default_rng(2)
+    _write_package(tmp_path / "v1", _reference(rng), created_at=1.0)
+    redis_client.hset(names.active_model, mapping={"version": "v1", "path": str(tmp_path / "v1")})
+    store = open_store(cfg)
+    seen = []
+    mon = DriftMonitor(cfg, redis_client, store, on_alarm=seen.append)
+    bus = StationBus(redis_client, cfg)
+    for i in range(300):
+        bus.r.xadd(names.verdicts, {b"m": _verdict(cfg.station.id, "v1", i, _stats(rng, 0.7 if i >= 150 else 1)).to_json()})
+    while mon.step(block_ms=None):
+        pass
+    assert seen and seen[0].frames_seen - 150 <= 60
+    events = [json.loads(f[b"m"]) for _, f in redis_client.xrange(names.events)]
+    assert any(e["type"] == "drift_alarm" and e["data"]["tripped"] for e in events)
+    from sqlalchemy import select
+
+    from inspector.store.models import DriftAlarmRow
+    with store.session() as s:
+        rows = s.scalars(select(DriftAlarmRow)).all()
+    assert len(rows) == len(seen) and rows[0].value > rows[0].threshold
+    # a planned change suppresses alarms until a package fitted after it is active
+    redis_client.set(suppression_key(names), json.dumps({"since": 5.0}))
+    n_before = len(seen)
+    for i in range(300, 400):
+        bus.r.xadd(names.verdicts, {b"m": _verdict(cfg.station.id, "v1", i, _stats(rng, 0.7)).to_json()})
+    while mon.step(block_ms=None):
+        pass
+    assert len(seen) == n_before
+    _write_package(tmp_path / "v2", _reference(rng), created_at=10.0)
+    register_model(store, "v2", str(tmp_path / "v2"), "0" * 64)
+    redis_client.hset(names.active_model, mapping={"version": "v2", "path": str(tmp_path / "v2")})
+    mon.refresh_model()
+    assert redis_client.get(suppression_key(names)) is None and mon.version == "v2"
+    store.close()
