@@ -1,0 +1,102 @@
+"""``trainer`` command line: one function per command on a plain typer app (others add commands here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inspector.contracts.errors import InspectorError
+
+app = typer.Typer(help="Training tools of the inspection station: data, augmentation, training, calibration.",
+                  no_args_is_help=True)
+console = Console()
+
+
+def _fail(err: InspectorError) -> typer.Exit:
+    console.print(f"[red]error:[/] {err.message}")
+    if err.hint:
+        console.print(f"[dim]hint:[/] {err.hint}")
+    return typer.Exit(code=2)
+
+
+@app.command("data-report")
+def data_report(
+    data: Annotated[Path, typer.Argument(help="Data folder (class folders, or the anomaly layout).")],
+    task: Annotated[str, typer.Option(help="classification or anomaly.")] = "classification",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Counts per class against the minimums, duplicates, image sizes and modes, warnings."""
+    from trainer.data_report import build_report, print_report
+
+    if task not in ("classification", "anomaly"):
+        raise _fail(InspectorError(f"unknown task {task!r}", "use --task classification or --task anomaly"))
+    try:
+        report = build_report(data, task)  # type: ignore[arg-type]
+    except InspectorError as err:
+        raise _fail(err) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, default=str))
+    else:
+        print_report(report, console)
+
+
+@app.command("experiments")
+def experiments(
+    log: Annotated[Path | None, typer.Option(help="Experiment log (default runs/experiments.jsonl).")] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="Metric columns to show (repeatable).")] = None,
+) -> None:
+    """Logged runs as a table grouped by augmentation policy."""
+    from trainer.experiment_log import print_runs
+
+    print_runs(log, console, metric or None)
+
+
+@app.command("train-classifier")
+def train_classifier_cmd(
+    data: Annotated[Path, typer.Argument(help="Class-folder data set, e.g. ../shared/data/neu_surface_defects.")],
+    recipe: Annotated[Path, typer.Option(help="Recipe YAML.")] = Path("configs/recipes/neu.yaml"),
+    out: Annotated[Path, typer.Option(help="Output folder for classifier.pt, classifier.json, reliability.png.")] = Path(
+        "runs/classifier"),
+    limit_per_class: Annotated[int | None, typer.Option(help="Use at most N images per class (smoke runs).")] = None,
+    log: Annotated[Path | None, typer.Option(help="Experiment log (default runs/experiments.jsonl).")] = None,
+) -> None:
+    """Train the defect classifier, calibrate it on validation, report held-out metrics, save the state."""
+    from trainer.classifier_run import run_classifier_recipe
+    from trainer.recipe import load_recipe
+
+    try:
+        result = run_classifier_recipe(data, load_recipe(recipe), out, console, limit_per_class, log)
+    except InspectorError as err:
+        raise _fail(err) from None
+    console.print(metrics_table(result.metrics))
+    console.print(f"saved {out / 'classifier.pt'} (run {result.run_id})")
+
+
+def metrics_table(m: dict) -> Table:  # type: ignore[type-arg]
+    table = Table(title="held-out test metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("test accuracy", f"{m['test_accuracy']:.4f} (n={m['n_test']})")
+    for name, r in m["per_class_recall"].items():
+        table.add_row(f"recall {name}", f"{r:.4f}")
+    table.add_row("temperature", f"{m['temperature']:.4f}")
+    table.add_row("ECE before (15 bins)", f"{m['ece_before']:.4f}")
+    table.add_row("ECE after", f"{m['ece_after']:.4f}")
+    table.add_row("NLL before / after", f"{m['nll_before']:.4f} / {m['nll_after']:.4f}")
+    table.add_row("time (s)", ", ".join(f"{k} {v}" for k, v in m["seconds"].items()))
+    return table
+
+
+if __name__ == "__main__":
+    app()
+
+
+# deployment commands (trainer evaluate, trainer checklist) live in trainer/cli_deploy.py
+from trainer.cli_deploy import register as _register_deploy  # noqa: E402
+
+_register_deploy(app)
