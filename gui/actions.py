@@ -16,8 +16,13 @@ from typing import Any
 
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
-from inspector.contracts.messages import Event, EventType
+from inspector.contracts.messages import Event
 from inspector.store import Store
+from jobs import (
+    maintenance,
+    registry,
+)
+from jobs.trigger import request_retrain as enqueue_retrain
 
 
 @dataclass(frozen=True)
@@ -33,28 +38,37 @@ class JobRequest:
 JobSubmitter = Callable[[StationConfig, JobRequest], str]
 
 
-def _events_submitter(cfg: StationConfig, job: JobRequest) -> str:
-    """Default back-end: a ``job`` event (status queued) on the events stream; returns the job id."""
-    _publish_event(cfg, Event(station=cfg.station.id, type=EventType.JOB, message=f"{job.kind} requested by {job.requested_by}",
-                              data={"job_id": job.id, "kind": job.kind, "status": "queued", "step": "queued",
-                                    "progress": 0.0, "requested_by": job.requested_by, "reason": job.reason}))
-    return job.id
+def _client(cfg: StationConfig):  # type: ignore[no-untyped-def]
+    from inspector.bus.connection import resolve_url
+    from inspector.line.health import fast_client
+
+    return fast_client(cfg, resolve_url(cfg, start_embedded=False), timeout_s=5.0)
 
 
-JOB_SUBMITTER: list[JobSubmitter] = [_events_submitter]
+def _rq_submitter(cfg: StationConfig, job: JobRequest) -> str:
+    """Default back-end: the RQ retraining queue (one job per station at a time, deduped)."""
+
+    client = _client(cfg)
+    try:
+        result = enqueue_retrain(cfg, client, job.reason, source="gui", actor=job.requested_by,
+                                 condition_changed=job.kind == "recalibrate")
+    finally:
+        client.close()
+    return result.job_id or result.status
+
+
+JOB_SUBMITTER: list[JobSubmitter] = [_rq_submitter]
 
 
 def set_job_submitter(fn: JobSubmitter) -> None:
-    """Point the GUI's job requests at the real jobs API (``jobs`` package, RQ queue ``training``)."""
+    """Replace the job back-end (tests, or another scheduler)."""
     JOB_SUBMITTER[0] = fn
 
 
 def _publish_event(cfg: StationConfig, event: Event) -> None:
-    from inspector.bus.connection import resolve_url
     from inspector.bus.streams import StationBus
-    from inspector.line.health import fast_client
 
-    client = fast_client(cfg, resolve_url(cfg, start_embedded=False), timeout_s=2.0)
+    client = _client(cfg)
     try:
         StationBus(client, cfg).publish_event(event)
     finally:
@@ -75,7 +89,7 @@ def _audit(cfg: StationConfig, store: Store | None, *args: Any) -> None:
 
 
 def request_retrain(cfg: StationConfig, actor: str, reason: str, store: Store | None = None) -> str:
-    """Queue a retraining job; audit ``retrain.request``. Returns the job id."""
+    """Queue a retraining job (deduped, one per station); audit ``retrain.request``. Returns the job id."""
     job = JobRequest("retrain", actor, reason)
     job_id = JOB_SUBMITTER[0](cfg, job)
     _audit(cfg, store, actor, "retrain.request", cfg.station.id, None, {"job_id": job_id}, asdict(job))
@@ -83,14 +97,20 @@ def request_retrain(cfg: StationConfig, actor: str, reason: str, store: Store | 
 
 
 def camera_changed(cfg: StationConfig, actor: str, note: str, store: Store | None = None) -> str:
-    """Camera or lighting changed: announce it (drift references restart), queue a recalibration job, audit it."""
-    job = JobRequest("recalibrate", actor, note, params={"camera": cfg.camera.id})
-    _publish_event(cfg, Event(station=cfg.station.id, type=EventType.MAINTENANCE, severity="warning",
-                              camera=cfg.camera.id, message=f"camera or lighting changed: {note}",
-                              data={"action": "camera_changed", "by": actor, "job_id": job.id}))
-    job_id = JOB_SUBMITTER[0](cfg, job)
-    _audit(cfg, store, actor, "camera.changed", cfg.camera.id, None, {"job_id": job_id, "note": note}, asdict(job))
-    return job_id
+    """Camera or lighting changed: drift alarms are suppressed and frames under the new condition are collected
+    (jobs.maintenance, audited there); once a person confirms them, a refit job sets the new threshold and
+    drift reference. Returns the collection id."""
+
+    client = _client(cfg)
+    try:
+        if store is not None:
+            return str(maintenance.camera_changed(cfg, client, store, actor, note)["id"])
+        from inspector.store import open_store
+
+        with open_store(cfg) as own:
+            return str(maintenance.camera_changed(cfg, client, own, actor, note)["id"])
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------- models
@@ -126,20 +146,25 @@ def approve_model(store: Store, actor: str, version: str) -> None:
         store.audit.record(actor, "model.approve", version, {"status": old}, {"status": row.status}, session=s)
 
 
-def promote_model(store: Store, actor: str, version: str) -> str | None:
-    """Make ``version`` active (audited ``model.promote``); returns the previous active version."""
-    from inspector.store import records
+def promote_model(store: Store, actor: str, version: str, cfg: StationConfig | None = None) -> str | None:
+    """Make ``version`` active through the registry (verified package, audit row, workers hot-reload)."""
 
-    return records.promote_model(store, version, actor)
+    if cfg is None:
+        raise InspectorError("promotion needs the station config", "call promote_model(store, actor, version, cfg)")
+    client = _client(cfg)
+    try:
+        return registry.promote(cfg, client, store, version, actor)
+    finally:
+        client.close()
 
 
-def rollback_model(store: Store, actor: str) -> str:
-    """Re-activate the most recently retired version (audited ``model.rollback``); returns it."""
-    from inspector.store import records
+def rollback_model(store: Store, actor: str, cfg: StationConfig | None = None) -> str:
+    """Re-activate the previous version through the registry (audited ``model.rollback``); returns it."""
 
-    retired = [m for m in list_models(store) if m.status == "retired" and m.promoted_at]
-    if not retired:
-        raise InspectorError("no earlier model version to roll back to", "promote a version instead")
-    target = max(retired, key=lambda m: m.promoted_at or 0.0).version
-    records.promote_model(store, target, actor, action="model.rollback")
-    return target
+    if cfg is None:
+        raise InspectorError("rollback needs the station config", "call rollback_model(store, actor, cfg)")
+    client = _client(cfg)
+    try:
+        return registry.rollback(cfg, client, store, actor, reason="GUI")
+    finally:
+        client.close()

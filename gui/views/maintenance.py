@@ -212,8 +212,8 @@ class MaintenanceView(QWidget):
             return
         actor = self.session.actor
         fns = {"approve": lambda: actions.approve_model(self.services.store, actor, version or ""),
-               "promote": lambda: actions.promote_model(self.services.store, actor, version or ""),
-               "rollback": lambda: actions.rollback_model(self.services.store, actor)}
+               "promote": lambda: actions.promote_model(self.services.store, actor, version or "", self.cfg),
+               "rollback": lambda: actions.rollback_model(self.services.store, actor, self.cfg)}
         self._run(fns[kind], f"Model {kind} done ({{}}).", refresh=True)
 
     def _run(self, fn: Any, ok_text: str, refresh: bool = False) -> None:

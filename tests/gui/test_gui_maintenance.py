@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import redis
 from pytestqt.qtbot import QtBot
 
@@ -12,13 +14,15 @@ from gui.state import Role
 from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
 from inspector.contracts.messages import Decision
+from inspector.runtime.package import load_package
+from jobs.queues import station_queue
 from inspector.store import records
 from tests.gui.conftest import publish_part, session
 
 
 def test_maintenance_actions_reach_jobs_and_audit(qtbot: QtBot, station_config: StationConfig,
                                                   redis_client: redis.Redis, services: Services,
-                                                  screenshot, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+                                                  screenshot, monkeypatch, tiny_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
     submitted: list[actions.JobRequest] = []
     default = actions.JOB_SUBMITTER[0]
 
@@ -29,8 +33,11 @@ def test_maintenance_actions_reach_jobs_and_audit(qtbot: QtBot, station_config: 
     actions.set_job_submitter(recorder)
     monkeypatch.setattr(actions, "JOB_SUBMITTER", actions.JOB_SUBMITTER)  # restored below
     store = services.store
-    records.register_model(store, "v1", "/models/v1", "a" * 64, {"accuracy": 0.962, "f1_macro": 0.941, "fr_rate": 0.012})
-    records.register_model(store, "v2", "/models/v2", "b" * 64, {"accuracy": 0.975, "f1_macro": 0.958, "fr_rate": 0.009})
+    sha = load_package(tiny_package).package_sha256
+    for version, metrics in (("v1", {"accuracy": 0.962, "f1_macro": 0.941, "fr_rate": 0.012}),
+                             ("v2", {"accuracy": 0.975, "f1_macro": 0.958, "fr_rate": 0.009})):
+        shutil.copytree(tiny_package, tmp_path / version)
+        records.register_model(store, version, str(tmp_path / version), sha, metrics)
     records.promote_model(store, "v1", "setup")
 
     win = MainWindow(station_config, session(Role.MAINTENANCE, "Max Maint"), services)
@@ -52,9 +59,10 @@ def test_maintenance_actions_reach_jobs_and_audit(qtbot: QtBot, station_config: 
     qtbot.waitUntil(lambda: "queued" in view.message.text(), timeout=5000)
     view.camera_button.click()
     qtbot.waitUntil(lambda: "recorded" in view.message.text(), timeout=5000)
-    assert [j.kind for j in submitted] == ["retrain", "recalibrate"]
+    assert [j.kind for j in submitted] == ["retrain"]  # the camera change starts a collection, not a job
     assert all(j.requested_by == "Max Maint (maintenance)" for j in submitted)
-    qtbot.waitUntil(lambda: len(view.jobs) == 2, timeout=3000)
+    assert station_queue(station_config, redis_client).count == 1, "the retrain job waits on the RQ queue"
+    qtbot.waitUntil(lambda: len(view.jobs) >= 1, timeout=3000)
 
     qtbot.waitUntil(lambda: view.models_table.rowCount() == 2, timeout=3000)
     row = [m.version for m in view.models].index("v2")
@@ -62,14 +70,16 @@ def test_maintenance_actions_reach_jobs_and_audit(qtbot: QtBot, station_config: 
     view.promote_button.click()
     qtbot.waitUntil(lambda: "promote done" in view.message.text(), timeout=5000)
     assert records.active_model(store).version == "v2"
+    assert redis_client.hget(bus.names.active_model, "version") == b"v2", "workers are told to hot-reload v2"
     view.rollback_button.click()
     qtbot.waitUntil(lambda: "rollback done" in view.message.text(), timeout=5000)
     assert records.active_model(store).version == "v1"
 
     audit = {e.action: e for e in reversed(store.audit.entries(limit=20))}  # newest wins
-    for action in ("retrain.request", "camera.changed", "model.promote", "model.rollback"):
+    for action in ("retrain.request", "maintenance.camera_changed", "model.promote", "model.rollback"):
         assert audit[action].actor == "Max Maint (maintenance)", action
-    assert audit["camera.changed"].new["note"] == "new LED bar fitted"
+    assert audit["maintenance.camera_changed"].new["note"] == "new LED bar fitted"
+    assert redis_client.hget(bus.names.active_model, "version") == b"v1"
     qtbot.wait(600)  # one chart refresh
     screenshot(win, "maintenance")
     win.shutdown()
