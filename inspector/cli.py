@@ -221,7 +221,10 @@ def line(config: Path | None = ConfigOpt) -> None:
 
 
 from inspector.store.cli import audit_app, review_app, trace  # noqa: E402
+from inspector.bench.cli import bench_app  # noqa: E402
 from jobs.cli import jobs_app  # noqa: E402
+
+app.add_typer(bench_app, name="bench", help="Benchmarks side by side: stages, backends, pipeline, memory.")
 
 app.add_typer(jobs_app, name="jobs", help="Retraining jobs on RQ: worker, retrain, promote, rollback, status, drift.")
 

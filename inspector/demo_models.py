@@ -18,13 +18,15 @@ from inspector.contracts.errors import InspectorError
 from inspector.models.tiny_package import build_tiny_package
 from inspector.runtime.package import load_package
 
+# Bump when the demo's training changes: cached packages of an older revision are rebuilt.
+DEMO_MODEL_REVISION = 2
 DEMO_GOOD = 240
 DEMO_DEFECTS_PER_CLASS = 60
 
 
 def _key(data: Path | None, kind: str) -> str:
     src = str(data.resolve()) if data else f"synthetic-{DEMO_GOOD}-{DEMO_DEFECTS_PER_CLASS}"
-    return hashlib.sha256(f"{kind}:{src}".encode()).hexdigest()[:10]
+    return hashlib.sha256(f"{kind}:{src}:r{DEMO_MODEL_REVISION}".encode()).hexdigest()[:10]
 
 
 def _trainer_available() -> bool:

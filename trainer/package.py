@@ -77,11 +77,11 @@ def _pre(spec: PackageSpec, images: list[np.ndarray]) -> np.ndarray:
     return Preprocessor(spec.preprocess).batch(images)
 
 
-def _labels(spec: PackageSpec, held: HeldOut) -> np.ndarray:
-    """Held-out labels for the INT8 gate: class indices with a classifier, else 1 = defect."""
-    if spec.task == "classification" and spec.class_names:
+def _labels(spec: PackageSpec, held: HeldOut) -> np.ndarray | None:
+    """Held-out class indices for the INT8 gate's accuracy (None when the labels are not the classes)."""
+    if spec.class_names and all(n in spec.class_names for n in held.label_names):
         return np.array([spec.class_names.index(n) for n in held.label_names])
-    return held.is_defect
+    return None if spec.class_names else held.is_defect
 
 
 def torch_eager_ms(net: nn.Module, x: torch.Tensor, threads: int = 2, runs: int = 20) -> float:
@@ -208,7 +208,7 @@ def _quantise(stage: Path, spec: PackageSpec, calibration: list[np.ndarray] | No
     with tempfile.TemporaryDirectory() as tmp:
         tmp_int8 = Path(tmp) / INT8_FILE
         report = quantize_and_gate(stage / FP32_FILE, tmp_int8, list(_pre(spec, calibration)), x_held,
-                                   _labels(spec, held), cfg)
+                                   _labels(spec, held), cfg, defect_labels=held.is_defect)
         if report.kept:
             shutil.copyfile(tmp_int8, stage / INT8_FILE)
             report.int8_path = INT8_FILE

@@ -176,14 +176,16 @@ def benchmark_pair(fp32_path: str | Path, int8_path: str | Path, input_shape: Se
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def heldout_metrics(model_path: str | Path, images: np.ndarray, labels: np.ndarray, threads: int = 2) -> dict[str, float]:
-    """accuracy (class index labels) when the model has class_probs; auroc (1 = defect) when it has a score."""
+def heldout_metrics(model_path: str | Path, images: np.ndarray, labels: np.ndarray | None, threads: int = 2,
+                    defect_labels: np.ndarray | None = None) -> dict[str, float]:
+    """Every held-out metric the model's outputs allow: accuracy (``labels`` = class indices) when it has
+    class_probs; auroc (1 = defect: ``defect_labels``, or ``labels`` for a score-only model) when it has a score."""
     out = run_onnx(model_path, images, threads=threads)
     metrics: dict[str, float] = {}
-    if OUTPUT_PROBS in out:
+    if OUTPUT_PROBS in out and labels is not None:
         metrics["accuracy"] = float(np.mean(out[OUTPUT_PROBS].argmax(1) == labels))
-    elif OUTPUT_SCORE in out:
-        y = np.asarray(labels).astype(int)
+    if OUTPUT_SCORE in out and (defect_labels is not None or labels is not None):
+        y = np.asarray(defect_labels if defect_labels is not None else labels).astype(int)
         metrics["auroc"] = float(roc_auc_score(y, out[OUTPUT_SCORE])) if len(set(y.tolist())) == 2 else float("nan")
     return metrics
 
@@ -206,16 +208,19 @@ def gate(fp32_ms: float, int8_ms: float, metric_fp32: float, metric_int8: float,
 
 
 def quantize_and_gate(fp32_path: str | Path, int8_path: str | Path, calibration_images: Sequence[np.ndarray],
-                      heldout_images: np.ndarray, heldout_labels: np.ndarray,
-                      cfg: QuantConfig | None = None) -> QuantReport:
-    """Quantise, benchmark both, evaluate both on the held-out set, keep or delete ``int8_path``."""
+                      heldout_images: np.ndarray, heldout_labels: np.ndarray | None,
+                      cfg: QuantConfig | None = None, defect_labels: np.ndarray | None = None) -> QuantReport:
+    """Quantise, benchmark both, evaluate both on the held-out set, keep or delete ``int8_path``.
+
+    Every metric the outputs allow is gated (a combined model must keep both accuracy and AUROC); the
+    report names the metric that lost most."""
     cfg = cfg or QuantConfig()
     n_nodes = quantize_int8(fp32_path, int8_path, calibration_images, cfg)
     fp32_ms, int8_ms = benchmark_pair(fp32_path, int8_path, heldout_images.shape, cfg.threads, cfg.bench_runs,
                                       cfg.bench_warmup)
-    m32 = heldout_metrics(fp32_path, heldout_images, heldout_labels, cfg.threads)
-    m8 = heldout_metrics(int8_path, heldout_images, heldout_labels, cfg.threads)
-    metric = next(iter(m32))
+    m32 = heldout_metrics(fp32_path, heldout_images, heldout_labels, cfg.threads, defect_labels)
+    m8 = heldout_metrics(int8_path, heldout_images, heldout_labels, cfg.threads, defect_labels)
+    metric = max(m32, key=lambda k: (m32[k] - m8[k]) if np.isfinite(m32[k] - m8[k]) else np.inf)
     kept, reason = gate(fp32_ms, int8_ms, m32[metric], m8[metric], metric, cfg)
     if not kept:
         Path(int8_path).unlink(missing_ok=True)

@@ -76,3 +76,15 @@ def test_kept_int8_reports_figures(fp32: Path, tmp_path: Path) -> None:
     assert report.quantized_nodes == 3 and report.n_calibration == 10
     assert report.kept == (report.speedup >= 1.0)
     assert np.isfinite(report.speedup)
+
+
+def test_combined_gate_checks_every_metric() -> None:
+    """A combined model keeps INT8 only if BOTH accuracy and AUROC stay within budget."""
+    from trainer.quantize import QuantConfig, gate
+
+    cfg = QuantConfig(max_metric_loss=0.01, min_speedup=1.0)
+    m32 = {"accuracy": 1.0, "auroc": 1.0}
+    m8 = {"accuracy": 1.0, "auroc": 0.9}
+    worst = max(m32, key=lambda k: m32[k] - m8[k])
+    kept, reason = gate(10.0, 5.0, m32[worst], m8[worst], worst, cfg)
+    assert worst == "auroc" and not kept and "auroc" in reason

@@ -1,0 +1,212 @@
+"""The same model through every backend in one run, timed interleaved: PyTorch eager, ONNX Runtime FP32 and
+INT8, anomalib's TorchInferencer (when the trainer provides it), CUDA / TensorRT (when a GPU exists).
+
+The torch model is rebuilt from the package's recorded ``architecture``: the tiny numpy-built package maps to
+an equivalent torch module with the package's own weights; a timm ``backbone`` is built with the same shape
+(timing only: weights are not needed to time it). A reference CNN (timm resnet18, 224 px) can be added so
+the ratios are also shown on a network where INT8 matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inspector.bench.timing import interleaved
+from inspector.runtime.package import ModelPackage
+
+log = logging.getLogger(__name__)
+
+BATCHES = (1, 8)
+
+
+def _ort_session(path: Path, threads: int, providers: list[str] | None = None):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spinning threads starving torch's
+    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+
+
+def _ort_fn(path: Path, x: np.ndarray, threads: int, providers: list[str] | None = None) -> Callable[[], object]:
+    sess = _ort_session(path, threads, providers)
+    feed = {sess.get_inputs()[0].name: x}
+    return lambda: sess.run(None, feed)
+
+
+def _torch_fn(net: Any, x: np.ndarray, threads: int) -> Callable[[], object]:
+    import torch
+
+    torch.set_num_threads(threads)
+    t = torch.from_numpy(x)
+    net = net.eval()
+
+    def run() -> object:
+        with torch.inference_mode():
+            return net(t)
+
+    return run
+
+
+def tiny_torch_module(package: ModelPackage) -> Any:
+    """The tiny package's graph as a torch module with the package's own initialisers."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(package.file(package.manifest.model.fp32))).graph
+    w = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
+    k = int(package.manifest.preprocess.size[0]) // int(package.manifest.architecture.get("cells", 16))
+
+    class Tiny(torch.nn.Module):
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            cells = torch.nn.functional.avg_pool2d(image.mean(1, keepdim=True), k)
+            amap = (cells - w["ref_mean"]).abs() / w["ref_std"]
+            score = amap.amax(dim=(1, 2, 3))
+            feat = torch.stack([score, amap.mean(dim=(1, 2, 3))], 1)
+            return torch.softmax(feat @ w["w"] + w["b"], 1), score, amap
+
+    return Tiny()
+
+
+def torch_model_for(package: ModelPackage) -> tuple[Any | None, str]:
+    """(torch module, note) from the package's recorded architecture; (None, reason) when it cannot be built."""
+    arch = package.manifest.architecture or {}
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None, "torch not installed (pip install '.[train]')"
+    if arch.get("kind") == "tiny-cell-deviation":
+        return tiny_torch_module(package), "tiny graph rebuilt in torch with the package's weights"
+    backbone = arch.get("backbone")
+    if backbone:
+        try:
+            import timm
+
+            n = len(package.manifest.class_names or []) or 2
+            return timm.create_model(str(backbone), pretrained=False, num_classes=n), \
+                f"timm {backbone} with the package's shape (random weights: timing only)"
+        except Exception as err:  # noqa: BLE001 - timm raises several types for unknown names
+            return None, f"could not build {backbone} with timm: {err}"
+    return None, f"package architecture {arch or '{}'} names no buildable torch model"
+
+
+def anomalib_fn(package: ModelPackage, x: np.ndarray) -> tuple[Callable[[], object] | None, str]:
+    """anomalib's own TorchInferencer on the same-accuracy anomaly model, through trainer/anomalib_baseline.py."""
+    try:
+        from trainer import anomalib_baseline  # type: ignore[attr-defined]
+    except ImportError:
+        return None, "trainer/anomalib_baseline.py not available in this checkout"
+    factory = getattr(anomalib_baseline, "bench_inferencer", None) or getattr(anomalib_baseline, "torch_inferencer_fn", None)
+    if factory is None:
+        return None, "trainer.anomalib_baseline has no bench_inferencer(package, batch) -> callable"
+    try:
+        return factory(package, x), "anomalib TorchInferencer"
+    except Exception as err:  # noqa: BLE001
+        return None, f"anomalib baseline failed: {err}"
+
+
+def gpu_note() -> tuple[list[str], str]:
+    import onnxruntime as ort
+
+    avail = ort.get_available_providers()
+    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in avail]
+    if not gpu:
+        return [], "no CUDA/TensorRT execution provider on this machine: GPU columns skipped"
+    return gpu, "GPU providers: " + ", ".join(gpu)
+
+
+def compare(label: str, fns_for_batch: Callable[[int], dict[str, Callable[[], object]]], runs: int) -> list[dict[str, Any]]:
+    """Rows {model, backend, batch, p50_ms, per_frame_ms, fps, ratio_vs_torch} for every batch size."""
+    rows: list[dict[str, Any]] = []
+    for b in BATCHES:
+        fns = fns_for_batch(b)
+        res = interleaved(fns, runs)
+        base = res.get("pytorch_eager", {}).get("p50_ms")
+        for name, r in res.items():
+            rows.append({"model": label, "backend": name, "batch": b, **r, "per_frame_ms": round(r["p50_ms"] / b, 3),
+                         "fps": round(1000 * b / r["p50_ms"], 1),
+                         "speedup_vs_torch": round(base / r["p50_ms"], 2) if base else None})
+    return rows
+
+
+def package_backends(package: ModelPackage, threads: int, runs: int) -> tuple[list[dict[str, Any]], list[str]]:
+    notes: list[str] = []
+    net, note = torch_model_for(package)
+    notes.append(f"pytorch_eager: {note}")
+    h, w = package.manifest.preprocess.size
+    int8 = package.manifest.model.int8
+    if not int8:
+        notes.append("onnxruntime_int8: the package has no INT8 file (not made, or it failed its gate)")
+    gpu, gnote = gpu_note()
+    notes.append(gnote)
+    an_fn, an_note = anomalib_fn(package, np.zeros((1, 3, h, w), np.float32))
+    notes.append(f"anomalib_torchinferencer: {an_note}")
+
+    def fns(b: int) -> dict[str, Callable[[], object]]:
+        x = np.random.default_rng(0).standard_normal((b, 3, h, w)).astype(np.float32)
+        out: dict[str, Callable[[], object]] = {}
+        if net is not None:
+            out["pytorch_eager"] = _torch_fn(net, x, threads)
+        out["onnxruntime_fp32"] = _ort_fn(package.file(package.manifest.model.fp32), x, threads)
+        if int8:
+            out["onnxruntime_int8"] = _ort_fn(package.file(int8), x, threads)
+        if an_fn is not None and b == 1:
+            out["anomalib_torchinferencer"] = an_fn
+        for p in gpu:
+            out[p.replace("ExecutionProvider", "").lower()] = _ort_fn(package.file(package.manifest.model.fp32), x, threads, [p])
+        return out
+
+    return compare(package.manifest.name, fns, runs), notes
+
+
+def reference_backends(arch: str, threads: int, runs: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """A pretrained-shape CNN exported and quantised here (static QDQ, U8S8, per-channel, Conv only)."""
+    try:
+        import timm
+        import torch
+    except ImportError as err:
+        return [], [f"reference {arch}: torch/timm not installed ({err})"]
+    net = timm.create_model(arch, pretrained=False, num_classes=2).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "ref.onnx", Path(tmp) / "ref.int8.onnx"
+        torch.onnx.export(net, (torch.zeros(1, 3, 224, 224),), str(fp32), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+        note = _quantise(fp32, int8)
+
+        def fns(b: int) -> dict[str, Callable[[], object]]:
+            x = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)
+            out = {"pytorch_eager": _torch_fn(net, x, threads), "onnxruntime_fp32": _ort_fn(fp32, x, threads)}
+            if int8.is_file():
+                out["onnxruntime_int8"] = _ort_fn(int8, x, threads)
+            return out
+
+        rows = compare(f"reference {arch} 224px", fns, runs)
+    return rows, [f"reference {arch}: random weights (timing only); INT8: {note}"]
+
+
+def _quantise(fp32: Path, int8: Path) -> str:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(1)
+            self.items = iter([{"image": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    try:
+        quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Conv"])
+    except Exception as err:  # noqa: BLE001
+        return f"quantisation failed: {err}"
+    return "static QDQ U8S8 per-channel, Conv only, 8 random calibration inputs"

@@ -1,0 +1,85 @@
+"""Timing helpers: interleaved side-by-side runs (the only fair comparison on a shared, noisy machine)."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    arr = np.asarray(ms, float)
+    return {"p50_ms": round(float(np.percentile(arr, 50)), 3), "p90_ms": round(float(np.percentile(arr, 90)), 3),
+            "p99_ms": round(float(np.percentile(arr, 99)), 3), "n": len(ms)}
+
+
+def time_one(fn: Callable[[], object], runs: int, warmup: int = 3) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return summary(out)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3) -> dict[str, dict[str, float]]:
+    """Time every function once per round, round after round: noise from the neighbours hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1000)
+    return {k: summary(v) for k, v in samples.items()}
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, Python and library versions: printed with every figure."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    import onnxruntime
+
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+                            "onnxruntime": onnxruntime.__version__, "system": platform.platform(),
+                            "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def proc_status_kb(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM (peak RSS) of a process in kB, from /proc (empty on systems without it)."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    except OSError:
+        pass
+    return out

@@ -1,0 +1,59 @@
+"""The demo's first-run training: real models from the demo's own synthetic parts, or from ``--data``.
+
+Synthetic parts (brushed washers: good, scratch, spot, chip) are written as class folders, then one
+package is built with a classifier head and a good-only anomaly scorer sharing one backbone pass. A
+``--data`` folder in the anomaly layout (train/good, test/<defect>) gets an anomaly package; class folders
+with a ``good`` class get a combined package.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+from rich.console import Console
+
+from inspector.camera.synthetic import CLASSES, PartFactory
+from inspector.contracts.errors import DataError
+from trainer.anomaly import AnomalyConfig
+from trainer.augment import DomainFacts
+from trainer.pipelines import build_anomaly_package, build_combined_package
+from trainer.recipe import ClassifierRecipe, SplitSpec
+
+PARTS_PER_CLASS = {"good": 320, "scratch": 90, "spot": 90, "chip": 90}
+
+DEMO_RECIPE = ClassifierRecipe(
+    name="demo-parts", backbone="tf_efficientnet_lite0", head="linear", train_blocks=0, image_size=192,
+    epochs=30, finetune_epochs=0, patience=5, views=1, policy="safe-default",
+    facts=DomainFacts(task="classification", orientation_is_cue=False, colour_discriminates=False),
+    split=SplitSpec(seed=0, train=0.6, val=0.2, test=0.2), threads=2,
+)
+
+
+def write_synthetic_parts(folder: Path, seed: int = 2024) -> Path:
+    """Class folders of synthetic parts (idempotent: an existing complete set is reused)."""
+    factory = PartFactory(seed=seed)
+    for kind in CLASSES:
+        d = folder / kind
+        if d.is_dir() and len(list(d.glob("*.png"))) == PARTS_PER_CLASS[kind]:
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(PARTS_PER_CLASS[kind]):
+            cv2.imwrite(str(d / f"{kind}_{i:04d}.png"), factory.make(kind)[:, :, ::-1])
+    return folder
+
+
+def train_demo_package(target: Path, data: Path | None, console: Console) -> Path:
+    t0 = time.perf_counter()
+    console.rule("first run: training the demo's models (reused on later runs)")
+    if data is not None and (data / "train" / "good").is_dir():
+        result = build_anomaly_package(data, target, AnomalyConfig(), name="demo-anomaly", console=console)
+    else:
+        class_dir = data if data is not None else write_synthetic_parts(target.parent / "demo-parts")
+        if not (class_dir / "good").is_dir():
+            raise DataError(f"{class_dir} has no 'good' folder",
+                            "give --data a folder with train/good (anomaly layout) or class folders including good/")
+        result = build_combined_package(class_dir, target, DEMO_RECIPE, AnomalyConfig(), "demo-parts", console)
+    console.print(f"[green]demo package {result.manifest.version} ready in {time.perf_counter() - t0:.0f} s[/green]")
+    return result.path

@@ -1,0 +1,206 @@
+"""From images to a validated package, in one call each:
+
+- ``build_anomaly_package``: good-only anomaly model on an anomaly-layout folder (train/good, test/<defect>);
+- ``build_classifier_package``: a classifier run (``trainer train-classifier``) exported as a package;
+- ``build_combined_package``: one backbone pass feeding a classifier head and an anomaly scorer (the demo).
+
+Training inputs go through the station's own ``Preprocessor`` so that what is fitted is exactly what the
+worker will feed the exported graph. The anomaly threshold comes from good images held out of the fit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from inspector.contracts.errors import DataError
+from inspector.contracts.manifest import AnomalySpec, Preprocess
+from inspector.models.preprocess import Preprocessor
+from trainer.anomaly import AnomalyConfig, fit_anomaly_scorer, threshold_f1_optimal, threshold_good_quantile
+from trainer.backbone import build_backbone
+from trainer.data import load_rgb, scan_anomaly, snapshot_hash
+from trainer.evaluate import HeldOut, load_heldout
+from trainer.network import InspectionNet
+from trainer.package import BuildResult, PackageSpec, build_package
+from trainer.recipe import ClassifierRecipe
+
+LATENCY_TARGET_MS = 10.0
+MEMORY_BUDGET_MB = 512.0
+TARGET_HARDWARE = "x86-64 CPU, 2 threads, ONNX Runtime CPU provider"
+
+
+def _batches(pre: Preprocessor, images: Sequence[np.ndarray], size: int = 16) -> Iterator[torch.Tensor]:
+    for i in range(0, len(images), size):
+        yield torch.from_numpy(pre.batch(list(images[i:i + size])))
+
+
+def split_holdout(n: int, every: int) -> tuple[list[int], list[int]]:
+    """Deterministic split of ``n`` sorted good images: every ``every``-th (from index 2) is held out."""
+    fit = [i for i in range(n) if i % every != 2]
+    hold = [i for i in range(n) if i % every == 2]
+    return fit, hold
+
+
+@torch.inference_mode()
+def net_scores(net: InspectionNet, pre: Preprocessor, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Raw anomaly scores of images through the torch network."""
+    net.eval()
+    idx = net.output_names.index("anomaly_score")
+    return np.concatenate([net(x)[idx].numpy() for x in _batches(pre, images)]) if images else np.zeros(0)
+
+
+def fit_anomaly(backbone: torch.nn.Module, pre: Preprocessor, good: Sequence[np.ndarray], cfg: AnomalyConfig,
+                console: Console) -> tuple[torch.nn.Module, float, dict[str, Any]]:
+    """Fit the scorer on good images and set its threshold from good images held out of the fit."""
+    fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
+    if len(hold_idx) < 10:
+        raise DataError(f"only {len(good)} good images: too few to hold out a threshold set",
+                        "collect at least 100 good images (200-500 recommended for anomaly detection)")
+    console.print(f"anomaly model: fitting {cfg.method} on {len(fit_idx)} good images, "
+                  f"threshold from {len(hold_idx)} held-out good images")
+    t0 = time.perf_counter()
+    scorer = fit_anomaly_scorer(backbone, _batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
+    net = InspectionNet(backbone, scorer=scorer)
+    hold_scores = net_scores(net, pre, [good[i] for i in hold_idx])
+    threshold = threshold_good_quantile(hold_scores, cfg.target_false_reject)
+    info = {"fit_images": len(fit_idx), "threshold_images": len(hold_idx), "fit_s": round(time.perf_counter() - t0, 1),
+            "threshold_good_quantile": threshold, "target_false_reject": cfg.target_false_reject}
+    return scorer, threshold, info
+
+
+def operating_points(scores: np.ndarray, is_defect: np.ndarray, good_threshold: float) -> dict[str, Any]:
+    """Recall and false-reject rate at the good-only threshold and at the F1-optimal one (reported both ways)."""
+    out: dict[str, Any] = {}
+    thresholds = {"good_quantile": good_threshold}
+    if is_defect.any() and (~is_defect.astype(bool)).any():
+        thresholds["f1_optimal"] = threshold_f1_optimal(scores, is_defect)
+    for name, t in thresholds.items():
+        flagged = scores >= t if name == "f1_optimal" else scores > t
+        d = is_defect.astype(bool)
+        out[name] = {"threshold": round(float(t), 6), "recall": round(float(flagged[d].mean()), 4) if d.any() else None,
+                     "false_reject_rate": round(float(flagged[~d].mean()), 4) if (~d).any() else None}
+    return out
+
+
+def _calibration(good: Sequence[np.ndarray], n: int = 128) -> list[np.ndarray]:
+    step = max(1, len(good) // n)
+    return list(good[::step][:n])
+
+
+def build_anomaly_package(data_dir: str | Path, out: str | Path, cfg: AnomalyConfig | None = None,
+                          name: str = "anomaly", console: Console | None = None,
+                          heldout_limit: int | None = None) -> BuildResult:
+    """Good-only anomaly package from an anomaly-layout folder; evaluated on its test/ folder."""
+    console = console or Console()
+    cfg = cfg or AnomalyConfig()
+    data = scan_anomaly(Path(data_dir))
+    if not data.train:
+        raise DataError(f"{data_dir} has no train/good images", "use the anomaly layout: train/good, test/<class>")
+    good = [_rgb(s.path) for s in data.train]
+    backbone, bspec = build_backbone(cfg.backbone, out_indices=cfg.out_indices)
+    pre_spec = Preprocess(size=cfg.image_size, resize="stretch", mean=bspec.mean, std=bspec.std, color="gray")
+    pre = Preprocessor(pre_spec)
+    scorer, threshold, fit_info = fit_anomaly(backbone, pre, good, cfg, console)
+    net = InspectionNet(backbone, scorer=scorer).eval()
+    held = load_heldout(data_dir, limit=heldout_limit)
+    points = operating_points(net_scores(net, pre, held.images), held.is_defect, threshold)
+    spec = PackageSpec(
+        name=name, task="anomaly", preprocess=pre_spec, class_names=None, good_class="good",
+        anomaly=AnomalySpec(threshold=threshold, threshold_method="good_quantile",
+                            target_false_reject=cfg.target_false_reject),
+        data={"source": str(data_dir), "snapshot_hash": snapshot_hash(data.train + data.test),
+              "train_good": len(good), "heldout": held.source, **fit_info},
+        augmentation={"policy": "none", "reason": "good-only density model: no augmentation"},
+        architecture={"backbone": cfg.backbone, "weights": bspec.weights, "scorer": cfg.method,
+                      "out_indices": list(cfg.out_indices), "image_size": list(cfg.image_size),
+                      "blur_sigma": cfg.blur_sigma, "pool": cfg.pool},
+        metrics={"operating_points": points},
+        latency_target_ms=LATENCY_TARGET_MS, memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
+    )
+    return build_package(out, net, spec, held, calibration_images=_calibration(good), overwrite=True)
+
+
+def build_classifier_package(run_dir: str | Path, data_dir: str | Path, out: str | Path,
+                             name: str = "classifier") -> BuildResult:
+    """Export a ``trainer train-classifier`` run as a package, evaluated on the run's fixed test split."""
+    import json
+
+    from trainer.classifier_run import load_classifier
+
+    run = Path(run_dir)
+    net, meta = load_classifier(run)
+    split = json.loads((run / "split.json").read_text())
+    root = Path(data_dir)
+    test = [(root / p, c) for p, c in _split_items(split, "test")]
+    train = [root / p for p, _ in _split_items(split, "train")]
+    held = HeldOut([_rgb(p) for p, _ in test], [c for _, c in test], [None] * len(test), f"{root} split test")
+    prep = meta["preprocess"]
+    spec = PackageSpec(
+        name=name, task="classification",
+        preprocess=Preprocess(size=tuple(prep["size"]), resize="stretch", mean=tuple(prep["mean"]),
+                              std=tuple(prep["std"]), color="rgb"),
+        class_names=meta["class_names"], good_class="good" if "good" in meta["class_names"] else None,
+        temperature=meta["temperature"], data={"source": str(root), **meta["data"]},
+        augmentation=meta["augmentation"], architecture=meta["architecture"],
+        metrics={"training": {k: meta["metrics"][k] for k in ("test_accuracy", "ece_before", "ece_after")
+                              if k in meta["metrics"]}},
+        latency_target_ms=LATENCY_TARGET_MS, memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
+    )
+    calib = [_rgb(p) for p in train[:: max(1, len(train) // 128)][:128]]
+    return build_package(out, net, spec, held, calibration_images=calib, overwrite=True)
+
+
+def _split_items(split: dict[str, list[str]], part: str) -> list[tuple[str, str]]:
+    """(relative path, class) pairs of one part of a class-folder split file (``write_split_file``)."""
+    return [(rel, Path(rel).parts[0]) for rel in split[part]]
+
+
+def _rgb(path: Path) -> np.ndarray:
+    return np.asarray(load_rgb(path))
+
+
+def build_combined_package(class_dir: Path, out: Path, recipe: ClassifierRecipe, anomaly_cfg: AnomalyConfig,
+                           name: str, console: Console) -> BuildResult:
+    """Classifier head and anomaly scorer on ONE backbone pass, trained on a class-folder set with a ``good`` class.
+
+    The classifier trains only its head (and blocks after the scorer's stages), so the stride-8/16 features the
+    anomaly scorer was fitted on are the ones the shared graph computes.
+    """
+    from trainer.classifier_run import load_classifier, run_classifier_recipe
+
+    run_dir = out.parent / f".{out.name}.classifier-run"
+    run_classifier_recipe(class_dir, recipe, run_dir, console, log_path=out.parent / "experiments.jsonl")
+    net, meta = load_classifier(run_dir)
+    split = _read_json(run_dir / "split.json")
+    good = [_rgb(class_dir / p) for p, c in _split_items(split, "train") + _split_items(split, "val") if c == "good"]
+    prep = meta["preprocess"]
+    pre_spec = Preprocess(size=tuple(prep["size"]), resize="stretch", mean=tuple(prep["mean"]), std=tuple(prep["std"]))
+    cfg = replace(anomaly_cfg, image_size=tuple(prep["size"]), backbone=meta["architecture"]["backbone"])
+    scorer, threshold, fit_info = fit_anomaly(net.backbone, Preprocessor(pre_spec), good, cfg, console)
+    net.scorer = scorer
+    test = [(class_dir / p, c) for p, c in _split_items(split, "test")]
+    held = HeldOut([_rgb(p) for p, _ in test], [c for _, c in test], [None] * len(test), f"{class_dir} split test")
+    spec = PackageSpec(
+        name=name, task="combined", preprocess=pre_spec, class_names=meta["class_names"], good_class="good",
+        temperature=meta["temperature"],
+        anomaly=AnomalySpec(threshold=threshold, threshold_method="good_quantile",
+                            target_false_reject=cfg.target_false_reject),
+        data={"source": str(class_dir), **meta["data"], **fit_info}, augmentation=meta["augmentation"],
+        architecture={**meta["architecture"], "scorer": cfg.method, "scorer_out_indices": list(cfg.out_indices)},
+        metrics={"training": {k: meta["metrics"][k] for k in ("test_accuracy", "ece_before", "ece_after")}},
+        latency_target_ms=LATENCY_TARGET_MS, memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
+    )
+    return build_package(out, net, spec, held, calibration_images=_calibration(good), overwrite=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text())
