@@ -97,9 +97,16 @@ def camera(
 
     try:
         cfg = _config(config)
-        pub = CameraPublisher(StationBus(connect(cfg), cfg), open_source(cfg.camera))
+        connect(cfg).close()  # starts the embedded Redis when needed and checks it answers
+        # the camera never waits on Redis longer than a few frame periods: parts are counted as not sent instead
+        fast = cfg.model_copy(deep=True)
+        fast.redis.reconnect.give_up_s = max(0.2, 3 / cfg.camera.fps)
+        from inspector.bus.connection import client_for_url, resolve_url
+
+        client = client_for_url(resolve_url(cfg), fast.redis)
+        pub = CameraPublisher(StationBus(client, cfg), open_source(cfg.camera))
         n = pub.run(max_frames=frames)
-        console.print(f"published {n} frames from camera {cfg.camera.id}")
+        console.print(f"camera {cfg.camera.id}: {n - pub.not_sent} frames published, {pub.not_sent} not sent")
     except InspectorError as err:
         _fail(err)
 
@@ -220,8 +227,8 @@ def line(config: Path | None = ConfigOpt) -> None:
         _fail(err)
 
 
-from inspector.store.cli import audit_app, review_app, trace  # noqa: E402
 from inspector.bench.cli import bench_app  # noqa: E402
+from inspector.store.cli import audit_app, review_app, trace  # noqa: E402
 from jobs.cli import jobs_app  # noqa: E402
 
 app.add_typer(bench_app, name="bench", help="Benchmarks side by side: stages, backends, pipeline, memory.")

@@ -90,6 +90,7 @@ class Worker:
         self._next_reclaim = 0.0
         self._next_reload = time.monotonic() + cfg.worker.reload_poll_s
         self._next_heartbeat = 0.0
+        self._refused: set[tuple[str, str]] = set()
         self.bus.ensure_group(self.bus.names.frames, cfg.worker.group)
 
     # -- model -----------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ class Worker:
     def maybe_reload(self) -> bool:
         """Swap to the registered active model if it changed; keep the old one on any failure."""
         active = active_model_path(self.bus.r, self.bus)
-        if active is None or active[0] == self.model.version:
+        if active is None or active[0] == self.model.version or active in self._refused:
             return False
         version, path = active
         try:
@@ -117,6 +118,7 @@ class Worker:
             self._event(EventType.MODEL_REFUSED, "critical", f"model {version} refused, still serving {self.model.version}: {err.message}",
                         version)
             self.bus.r.hset(self.bus.names.active_model, "refused_by_" + self.name, version)
+            self._refused.add(active)  # refused once per (version, path): not reloaded on every poll
             return False
         old, self.model = self.model, new  # atomic swap: one reference assignment between batches
         old.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -128,10 +129,27 @@ class EmbeddedRedis:
             self.proc.wait(10)
 
 
+CREDENTIAL_ERRORS = (AuthenticationError, AuthorizationError, NoPermissionError)
+
+
+class OutageRetry(Retry):
+    """Retries lost connections with backoff, but never bad credentials (redis-py's AuthenticationError is a
+    ConnectionError): retrying them only delays the error a person must fix."""
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[no-untyped-def,override]
+        def retryable(err: Exception) -> bool:
+            if isinstance(err, CREDENTIAL_ERRORS):
+                return False
+            return is_retryable(err) if is_retryable is not None else True
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def _retry(section: RedisSection) -> Retry:
     # enough attempts to cover give_up_s at the capped backoff
     attempts = max(3, int(section.reconnect.give_up_s / max(section.reconnect.max_s, 0.01)) + 5)
-    return Retry(ExponentialWithJitterBackoff(cap=section.reconnect.max_s, base=section.reconnect.initial_s), attempts)
+    return OutageRetry(ExponentialWithJitterBackoff(cap=section.reconnect.max_s, base=section.reconnect.initial_s),
+                       attempts)
 
 
 def client_for_url(url: str, section: RedisSection | None = None, decode: bool = False) -> redis.Redis:
@@ -191,6 +209,9 @@ def wait_until_up(client: redis.Redis, give_up_s: float) -> None:
         try:
             client.ping()
             return
+        except CREDENTIAL_ERRORS as err:
+            raise TransportError(f"Redis refused the credentials: {err}",
+                                 "check redis.username and redis.password (or the user:password in redis.url)") from None
         except (RedisConnectionError, RedisTimeoutError, OSError) as err:
             if time.monotonic() > deadline:
                 raise TransportError(f"Redis does not answer: {err}", "check redis.url, the server, and credentials") from err

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import redis
+from pydantic import ValidationError
 from redis.exceptions import ResponseError
 
 from inspector.contracts.config import StationConfig
@@ -101,7 +102,12 @@ def decode_message(raw: bytes | None) -> Message:
     cls = MESSAGE_KINDS.get(kind)
     if cls is None:
         raise UnsafeInputError(f"unknown message kind {kind!r}", f"known kinds: {sorted(MESSAGE_KINDS)}")
-    return cls.from_json(raw)
+    try:
+        return cls.from_json(raw)
+    except ValidationError as err:
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()[:5])
+        raise UnsafeInputError(f"{kind} message does not match its schema: {where}",
+                               "the producer must send messages built from inspector.contracts.messages") from None
 
 
 def _id(raw: bytes | str) -> str:

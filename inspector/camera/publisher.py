@@ -12,8 +12,12 @@ import threading
 import time
 import uuid
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from inspector.bus.streams import StationBus
 from inspector.camera.sources import Capture, FrameSource
+from inspector.contracts.errors import TransportError
 from inspector.contracts.messages import Event, EventType, FrameMeta
 from inspector.models.decode import encode_image
 
@@ -30,6 +34,8 @@ class CameraPublisher:
         self.seq = 0
         self.last_frame = time.monotonic()
         self.silent = False
+        self.not_sent = 0  # parts the camera saw while Redis was unreachable (the line rejects them)
+        self._unreported = 0
         self.stop_event = threading.Event()
 
     def _meta(self, cap: Capture, encoding: str, width: int | None, height: int | None) -> FrameMeta:
@@ -86,8 +92,8 @@ class CameraPublisher:
                 delay = next_t - time.monotonic()
                 if delay > 0:
                     self.stop_event.wait(delay)
-                meta = self.publish(cap)
-                if on_frame is not None:
+                meta = self._publish_or_count(cap)
+                if meta is not None and on_frame is not None:
                     on_frame(meta, cap)
                 next_t = max(next_t + self.period, time.monotonic() - self.period)
         finally:
@@ -95,6 +101,32 @@ class CameraPublisher:
             dog.join(1)
             self.source.close()
         return self.seq
+
+    def _publish_or_count(self, cap: Capture) -> FrameMeta | None:
+        """Publish; while Redis is unreachable the part is counted as not sent (never inspected, so rejected)."""
+        try:
+            meta = self.publish(cap)
+        except (RedisConnectionError, RedisTimeoutError, TransportError, OSError) as err:
+            self.not_sent += 1
+            self._unreported += 1
+            self.seq += 1
+            self.last_frame = time.monotonic()  # the camera itself delivers: this is a transport outage
+            log.warning("camera %s: part %d not sent, Redis unreachable (%s)", self.cam.id, self.seq - 1, err)
+            return None
+        if self._unreported:
+            self._report_not_sent()
+        return meta
+
+    def _report_not_sent(self) -> None:
+        n, self._unreported = self._unreported, 0
+        try:
+            self.bus.count("not_sent", n)
+            self.bus.publish_event(Event(station=self.bus.cfg.station.id, type=EventType.CAMERA_HEALTH,
+                                         severity="warning", camera=self.cam.id,
+                                         message=f"{n} parts were not sent while Redis was unreachable (rejected)",
+                                         data={"not_sent": n}))
+        except Exception:  # noqa: BLE001 - reported again with the next outage's count otherwise
+            self._unreported += n
 
     def stop(self) -> None:
         self.stop_event.set()

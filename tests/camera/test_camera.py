@@ -104,3 +104,15 @@ def test_silent_camera_raises_health_event_within_two_periods(station_config, re
         release.set()
         pub.stop()
         t.join(5)
+
+
+def test_parts_seen_while_redis_is_down_are_counted_not_sent(station_config) -> None:  # type: ignore[no-untyped-def]
+    from inspector.bus.connection import _free_port, client_for_url
+
+    cfg = station_config.model_copy(deep=True)
+    cfg.redis.reconnect.give_up_s = 0.1
+    cfg.camera.fps = 100
+    dead = client_for_url(f"redis://127.0.0.1:{_free_port()}/0", cfg.redis)
+    pub = CameraPublisher(StationBus(dead, cfg), SyntheticSource())
+    assert pub.run(max_frames=3) == 3
+    assert pub.not_sent == 3

@@ -122,10 +122,6 @@ def test_worker_turns_hostile_frames_and_pickle_into_outcomes(redis_url, redis_c
     assert not marker.exists(), "the pickle payload was executed"
 
 
-@pytest.mark.xfail(strict=True, reason="spine bug: decode_message lets pydantic ValidationError escape "
-                   "(inspector/bus/streams.py decode_message -> cls.from_json) and Worker._triage catches only "
-                   "InspectorError (inspector/worker.py), so a JSON message of a known kind with bad fields kills "
-                   "every worker that reads it, before the max_deliveries check")
 @pytest.mark.parametrize("raw", [b'{"kind": "verdict", "station": "x"}', b'{"kind": "frame", "station": "x"}'])
 def test_schema_invalid_message_is_dead_lettered_not_a_crash(redis_url, redis_client, tiny_package, tmp_path,  # type: ignore[no-untyped-def]
                                                              raw: bytes) -> None:

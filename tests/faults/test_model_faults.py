@@ -129,8 +129,6 @@ def _rename_version(pkg: Path, name: str) -> Path:
     return pkg
 
 
-@pytest.mark.xfail(reason="spine: a refused package is re-loaded and re-refused every reload_poll_s "
-                          "(inspector/worker.py maybe_reload ignores refused_by_<worker>)", strict=True)
 def test_refused_package_is_not_retried_every_poll(redis_url, redis_client, tiny_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from inspector.worker import Worker, load_model
 

@@ -55,10 +55,6 @@ def test_password_works_and_missing_password_fails_clearly(locked_redis: str) ->
         connect(_cfg(locked_redis, password="wrong"))
 
 
-@pytest.mark.xfail(strict=True, reason="spine: an authentication failure is retried like a lost connection "
-                   "(redis AuthenticationError subclasses ConnectionError; inspector/bus/connection.py client_for_url "
-                   "retry_on_error and wait_until_up) so a wrong or missing password takes ~20-25x give_up_s to fail (5 s at give_up_s=0.2, 20 s at 1, minutes at the default 120), "
-                   "and the error says 'Redis does not answer' instead of naming the credentials")
 def test_missing_password_fails_fast_and_names_the_credentials(locked_redis: str) -> None:
     t0 = time.monotonic()
     with pytest.raises(TransportError) as err:
