@@ -188,6 +188,7 @@ def _refit_threshold(cfg: StationConfig, stage: Path, images: list[np.ndarray]) 
     anomaly = manifest.anomaly.model_copy(update={
         "threshold": float(np.quantile(scored_raw, 1 - target)) * THRESHOLD_MARGIN,
         "score_min": float(scored_raw.min()), "score_max": float(scored_raw.max()),
+        "score_origin": float(np.median(scored_raw)),
         "threshold_method": "good_quantile"})
     return write_manifest(stage, manifest.model_copy(update={"anomaly": anomaly}))
 

@@ -100,3 +100,6 @@ if __name__ == "__main__":
 from trainer.cli_deploy import register as _register_deploy  # noqa: E402
 
 _register_deploy(app)
+from trainer.cli_package import register as _register_package  # noqa: E402
+
+_register_package(app)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import cv2
 from rich.console import Console
 
 from inspector.camera.synthetic import CLASSES, PartFactory
 from inspector.contracts.errors import DataError
+from inspector.models.decode import encode_image
 from trainer.anomaly import AnomalyConfig
 from trainer.augment import DomainFacts
 from trainer.pipelines import build_anomaly_package, build_combined_package
@@ -31,16 +31,17 @@ DEMO_RECIPE = ClassifierRecipe(
 )
 
 
-def write_synthetic_parts(folder: Path, seed: int = 2024) -> Path:
-    """Class folders of synthetic parts (idempotent: an existing complete set is reused)."""
+def write_synthetic_parts(folder: Path, seed: int = 2024, quality: int = 90) -> Path:
+    """Class folders of synthetic parts, encoded exactly as the demo camera sends them (JPEG at the camera's
+    quality): the models learn the frames the line will show them. An existing complete set is reused."""
     factory = PartFactory(seed=seed)
     for kind in CLASSES:
         d = folder / kind
-        if d.is_dir() and len(list(d.glob("*.png"))) == PARTS_PER_CLASS[kind]:
+        if d.is_dir() and len(list(d.glob("*.jpg"))) == PARTS_PER_CLASS[kind]:
             continue
         d.mkdir(parents=True, exist_ok=True)
         for i in range(PARTS_PER_CLASS[kind]):
-            cv2.imwrite(str(d / f"{kind}_{i:04d}.png"), factory.make(kind)[:, :, ::-1])
+            (d / f"{kind}_{i:04d}.jpg").write_bytes(encode_image(factory.make(kind), "jpeg", quality))
     return folder
 
 

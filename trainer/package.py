@@ -151,7 +151,7 @@ def drift_reference(spec: PackageSpec, held: HeldOut, outs: dict[str, np.ndarray
         ref["class_mix"] = {n: float((pred == i).mean()) for i, n in enumerate(names)}
         ref["class_mix_labels"] = {n: float(np.mean([x == n for x in held.label_names])) for n in names}
     if OUTPUT_SCORE in outs and spec.anomaly is not None:
-        norm = outs[OUTPUT_SCORE][good] / spec.anomaly.threshold
+        norm = np.array([spec.anomaly.normalise(float(v)) for v in outs[OUTPUT_SCORE][good]])
         ref["anomaly_score_good"] = histogram(norm, 0.0, max(2.0, float(norm.max())))
     return ref
 
@@ -161,7 +161,7 @@ def _expected(spec: PackageSpec, outs: dict[str, np.ndarray], i: int, label: str
     good_label = label == (spec.good_class or GOOD)
     verdicts = []
     if OUTPUT_SCORE in outs and spec.anomaly is not None:
-        s = float(outs[OUTPUT_SCORE][i]) / spec.anomaly.threshold
+        s = spec.anomaly.normalise(float(outs[OUTPUT_SCORE][i]))
         verdicts.append("PASS" if s <= CANARY_SURE_PASS else "FAIL" if s >= CANARY_SURE_FAIL else None)
     if OUTPUT_PROBS in outs and spec.class_names:
         p = outs[OUTPUT_PROBS][i]

@@ -57,7 +57,7 @@ def net_scores(net: InspectionNet, pre: Preprocessor, images: Sequence[np.ndarra
 
 
 def fit_anomaly(backbone: torch.nn.Module, pre: Preprocessor, good: Sequence[np.ndarray], cfg: AnomalyConfig,
-                console: Console) -> tuple[torch.nn.Module, float, dict[str, Any]]:
+                console: Console) -> tuple[torch.nn.Module, AnomalySpec, dict[str, Any]]:
     """Fit the scorer on good images and set its threshold from good images held out of the fit."""
     fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
     if len(hold_idx) < 10:
@@ -70,9 +70,11 @@ def fit_anomaly(backbone: torch.nn.Module, pre: Preprocessor, good: Sequence[np.
     net = InspectionNet(backbone, scorer=scorer)
     hold_scores = net_scores(net, pre, [good[i] for i in hold_idx])
     threshold = threshold_good_quantile(hold_scores, cfg.target_false_reject)
-    info = {"fit_images": len(fit_idx), "threshold_images": len(hold_idx), "fit_s": round(time.perf_counter() - t0, 1),
+    origin = float(np.median(hold_scores))
+    info = {"score_origin": origin, "fit_images": len(fit_idx), "threshold_images": len(hold_idx), "fit_s": round(time.perf_counter() - t0, 1),
             "threshold_good_quantile": threshold, "target_false_reject": cfg.target_false_reject}
-    return scorer, threshold, info
+    return scorer, AnomalySpec(threshold=threshold, score_origin=origin, threshold_method="good_quantile",
+                               target_false_reject=cfg.target_false_reject), info
 
 
 def operating_points(scores: np.ndarray, is_defect: np.ndarray, good_threshold: float) -> dict[str, Any]:
@@ -107,14 +109,13 @@ def build_anomaly_package(data_dir: str | Path, out: str | Path, cfg: AnomalyCon
     backbone, bspec = build_backbone(cfg.backbone, out_indices=cfg.out_indices)
     pre_spec = Preprocess(size=cfg.image_size, resize="stretch", mean=bspec.mean, std=bspec.std, color="gray")
     pre = Preprocessor(pre_spec)
-    scorer, threshold, fit_info = fit_anomaly(backbone, pre, good, cfg, console)
+    scorer, anomaly, fit_info = fit_anomaly(backbone, pre, good, cfg, console)
     net = InspectionNet(backbone, scorer=scorer).eval()
     held = load_heldout(data_dir, limit=heldout_limit)
-    points = operating_points(net_scores(net, pre, held.images), held.is_defect, threshold)
+    points = operating_points(net_scores(net, pre, held.images), held.is_defect, anomaly.threshold)
     spec = PackageSpec(
         name=name, task="anomaly", preprocess=pre_spec, class_names=None, good_class="good",
-        anomaly=AnomalySpec(threshold=threshold, threshold_method="good_quantile",
-                            target_false_reject=cfg.target_false_reject),
+        anomaly=anomaly,
         data={"source": str(data_dir), "snapshot_hash": snapshot_hash(data.train + data.test),
               "train_good": len(good), "heldout": held.source, **fit_info},
         augmentation={"policy": "none", "reason": "good-only density model: no augmentation"},
@@ -183,15 +184,13 @@ def build_combined_package(class_dir: Path, out: Path, recipe: ClassifierRecipe,
     prep = meta["preprocess"]
     pre_spec = Preprocess(size=tuple(prep["size"]), resize="stretch", mean=tuple(prep["mean"]), std=tuple(prep["std"]))
     cfg = replace(anomaly_cfg, image_size=tuple(prep["size"]), backbone=meta["architecture"]["backbone"])
-    scorer, threshold, fit_info = fit_anomaly(net.backbone, Preprocessor(pre_spec), good, cfg, console)
+    scorer, anomaly, fit_info = fit_anomaly(net.backbone, Preprocessor(pre_spec), good, cfg, console)
     net.scorer = scorer
     test = [(class_dir / p, c) for p, c in _split_items(split, "test")]
     held = HeldOut([_rgb(p) for p, _ in test], [c for _, c in test], [None] * len(test), f"{class_dir} split test")
     spec = PackageSpec(
         name=name, task="combined", preprocess=pre_spec, class_names=meta["class_names"], good_class="good",
-        temperature=meta["temperature"],
-        anomaly=AnomalySpec(threshold=threshold, threshold_method="good_quantile",
-                            target_false_reject=cfg.target_false_reject),
+        temperature=meta["temperature"], anomaly=anomaly,
         data={"source": str(class_dir), **meta["data"], **fit_info}, augmentation=meta["augmentation"],
         architecture={**meta["architecture"], "scorer": cfg.method, "scorer_out_indices": list(cfg.out_indices)},
         metrics={"training": {k: meta["metrics"][k] for k in ("test_accuracy", "ece_before", "ece_after")}},

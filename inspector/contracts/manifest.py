@@ -45,12 +45,27 @@ class ModelFiles(Strict):
 
 
 class AnomalySpec(Strict):
-    threshold: float = Field(description="Raw score at which a part is anomalous; normalised score = raw / threshold.")
+    """Raw anomaly scores are normalised affinely: ``score_origin`` (the median score of held-out good parts)
+    maps to 0 and ``threshold`` to 1. Distances never start at 0, so raw / threshold would squeeze every good
+    part into the review band just below 1."""
+
+    threshold: float = Field(description="Raw score at which a part is anomalous (normalised 1.0).")
+    score_origin: float | None = Field(None, description="Raw score that normalises to 0 (median of good parts); "
+                                                         "unset: 0.")
     threshold_method: str = Field("good_quantile", description="good_quantile or f1_optimal.")
     target_false_reject: float | None = None
     map_threshold: float | None = Field(None, description="Raw map value marking a defect region.")
     score_min: float | None = None
     score_max: float | None = None
+
+    @property
+    def origin(self) -> float:
+        o = self.score_origin or 0.0
+        return o if o < self.threshold else 0.0
+
+    def normalise(self, raw: float) -> float:
+        """Normalised score: 0 = a typical good part, 1.0 = the threshold."""
+        return (raw - self.origin) / (self.threshold - self.origin)
 
 
 class Canary(Strict):

@@ -2,7 +2,7 @@
 
 ``infer`` never lets one bad frame spoil a batch: a frame that cannot be preprocessed, or whose outputs
 hold NaN/Inf, becomes a :class:`FrameError` in its slot while the other frames get their
-:class:`ModelOutput`. Anomaly scores and maps are normalised by the package threshold (1.0 = threshold).
+:class:`ModelOutput`. Anomaly scores and maps are normalised by the package (0 = typical good part, 1.0 = threshold).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ class ModelOutput:
 
     class_probs: dict[str, float] | None
     anomaly_raw: float | None
-    anomaly_score: float | None  # raw / manifest.anomaly.threshold: 1.0 is the threshold
-    anomaly_map: np.ndarray | None  # (h, w) float32 in threshold units
+    anomaly_score: float | None  # manifest.anomaly.normalise(raw): 0 typical good part, 1.0 the threshold
+    anomaly_map: np.ndarray | None  # (h, w) float32, normalised the same way
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -150,8 +150,8 @@ class InspectionModel:
             amap = self._anomaly_map(outputs[names.anomaly_map][k]) if names.anomaly_map else None
         except FrameError as err:
             return err
-        threshold = self.manifest.anomaly.threshold if self.manifest.anomaly else None
-        score = raw / threshold if (raw is not None and threshold) else None
+        spec = self.manifest.anomaly
+        score = spec.normalise(raw) if (raw is not None and spec is not None) else None
         return ModelOutput(probs, raw, score, amap)
 
     def _anomaly_map(self, value: np.ndarray) -> np.ndarray:
@@ -162,7 +162,8 @@ class InspectionModel:
         if not np.isfinite(amap).all():
             raise FrameError("anomaly map holds NaN or Inf for this frame", MODEL_HINT)
         assert self.manifest.anomaly is not None
-        return amap / np.float32(self.manifest.anomaly.threshold)
+        spec = self.manifest.anomaly
+        return ((amap - np.float32(spec.origin)) / np.float32(spec.threshold - spec.origin)).astype(np.float32)
 
 
 def _check_outputs_usable(manifest: Manifest) -> None:
