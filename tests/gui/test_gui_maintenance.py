@@ -15,8 +15,8 @@ from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
 from inspector.contracts.messages import Decision
 from inspector.runtime.package import load_package
-from jobs.queues import station_queue
 from inspector.store import records
+from jobs.queues import station_queue
 from tests.gui.conftest import publish_part, session
 
 
