@@ -114,7 +114,8 @@ def _retrain(run: Run, reason: str, source: str, actor: str, condition_changed: 
     snap = run.step("snapshot", lambda: steps.snapshot(cfg, run.store, since, condition_changed))
     from jobs.data import items_from_dicts
 
-    run.step("train", lambda: steps.train_candidate(items_from_dicts(snap["train"]), stage))
+    run.step("train", lambda: steps.train_candidate(items_from_dicts(snap["train"]), stage,
+                                                  image_size=cfg.jobs.anomaly_image_size))
     run.step("export", lambda: steps.export_check(stage))
     run.step("quantise", lambda: steps.quantise(stage))
     inc_path = incumbent.package_path if incumbent else None

@@ -6,10 +6,10 @@ Everything a step writes goes into the job's staging folder ``<data_dir>/models/
 only :func:`package` renames it to ``<data_dir>/models/<version>`` after ``load_package`` verified it, so
 a killed worker can leave a staging folder behind, never a half-built package under a version name.
 
-:func:`train_candidate` is the one place that knows which trainer fits the model. It uses the trainer's
-good-only anomaly scorer when ``trainer.anomaly`` provides ``fit_package``; until then it fits the
-station's tiny numpy model (``inspector.models.tiny_package``): cell-deviation anomaly map + logistic
-classifier, threshold from good frames only. Both are fast enough for a 2-core station.
+:func:`train_candidate` is the one place that knows which trainer fits the model: the trainer's good-only
+anomaly model (``trainer.pipelines.fit_package``: pretrained backbone + per-position Gaussian, threshold
+from held-out good frames) when the training extra is installed, else the station's tiny numpy model
+(``inspector.models.tiny_package``) so that a lean station can still recalibrate.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def snapshot(cfg: StationConfig, store: Any, since: float, condition_changed: bo
 
 
 # -- train ----------------------------------------------------------------------------------------------
-def train_candidate(train: list[Item], out_dir: Path, name: str = PACKAGE_NAME) -> dict[str, Any]:
+def train_candidate(train: list[Item], out_dir: Path, name: str = PACKAGE_NAME, image_size: int = 256) -> dict[str, Any]:
     """Fit a candidate on the snapshot's training items; write a loadable package folder at ``out_dir``."""
     goods = [i for i in train if i.label == GOOD]
     defects = [i for i in train if i.label != GOOD]
@@ -83,7 +83,10 @@ def train_candidate(train: list[Item], out_dir: Path, name: str = PACKAGE_NAME) 
     t0 = time.perf_counter()
     fit = _trainer_fit()
     if fit is not None:
-        fit(load_images(goods), load_images(defects), out_dir, name=name)
+        from trainer.anomaly import AnomalyConfig
+
+        fit(load_images(goods), load_images(defects), out_dir, name=name,
+            cfg=AnomalyConfig(image_size=(image_size, image_size)))
         kind = "trainer.anomaly"
     else:
         from inspector.models.tiny_package import build_tiny_package
@@ -105,11 +108,12 @@ def _anomaly_only(folder: Path) -> None:
 
 
 def _trainer_fit() -> Any:
+    """The trainer's good-only anomaly package builder, when the training extra is installed."""
     try:
-        from trainer import anomaly  # noqa: PLC0415 - optional until the trainer's scorer lands
+        from trainer.pipelines import fit_package  # noqa: PLC0415 - torch only where the trainer is installed
     except ImportError:
         return None
-    return getattr(anomaly, "fit_package", None)
+    return fit_package
 
 
 # -- export / quantise ---------------------------------------------------------------------------------
@@ -167,12 +171,18 @@ def evaluate(cfg: StationConfig, stage: Path, incumbent: str | None, snap: dict[
 
 # -- package --------------------------------------------------------------------------------------------
 def reference_items(snap: dict[str, Any]) -> list[Item]:
-    """Good frames of the condition the package will run under: current ones after a change, else held-out."""
+    """Good frames of the condition the package will run under that the model was NOT fitted on: a fitted
+    density model scores its own training frames low, so a reference built on them trips drift alarms on
+    every unseen good part. After a change: the current condition's evaluation frames; else the held-out set."""
     from jobs.data import items_from_dicts
 
-    current = [i for i in items_from_dicts(snap["train"] + snap["recent"]) if i.condition == "current"]
-    pool = current if snap["condition_changed"] and current else items_from_dicts(snap["heldout"] + snap["train"])
-    return [i for i in pool if i.label == GOOD]
+    current = [i for i in items_from_dicts(snap["recent"]) if i.condition == "current" and i.label == GOOD]
+    held = [i for i in items_from_dicts(snap["heldout"]) if i.label == GOOD]
+    pool = current if snap["condition_changed"] and current else held or current
+    if not pool:
+        raise DataError("no unseen good frames to build the drift reference from",
+                        "set jobs.base_data (its test/good is the held-out set) or label more good frames")
+    return pool
 
 
 def package(cfg: StationConfig, stage: Path, snap: dict[str, Any], metrics: dict[str, Any],

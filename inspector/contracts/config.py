@@ -177,6 +177,7 @@ class JobsSection(Section):
     base_data: Path | None = Field(
         None, description="Base training data in the anomaly layout (train/good, test/<class>); test/ is the fixed held-out set."
     )
+    anomaly_image_size: int = Field(256, ge=64, le=1024, description="Input size (square) of the retrained anomaly model.")
     train_images: int = Field(80, ge=4, le=100_000, description="Most good frames the retraining fits on (keeps jobs fast).")
     heldout_limit: int | None = Field(None, ge=4, description="Evenly spaced subset of the held-out set (None: all of it).")
     min_gate_frames: int = Field(10, ge=1, le=100_000, description="Fewest good and fewest defect frames a gate set needs.")

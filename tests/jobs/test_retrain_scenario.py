@@ -49,7 +49,7 @@ def _dark(img: np.ndarray) -> np.ndarray:
 def _config(station_config: StationConfig, data: Path) -> StationConfig:
     cfg = station_config.model_copy(deep=True)
     cfg.jobs = cfg.jobs.model_copy(update=dict(
-        base_data=data, train_images=60, heldout_limit=80, auto_promote=True, recall_floor=0.0, regression_tolerance=0.1,
+        base_data=data, train_images=60, heldout_limit=80, anomaly_image_size=160, auto_promote=True, recall_floor=0.0, regression_tolerance=0.1,
         false_reject_ceiling=0.2, min_gate_frames=10, retries=1, retrain_dedupe_s=120, job_timeout_s=300))
     cfg.drift = cfg.drift.model_copy(update=dict(window=100, check_every=10, hysteresis=3, cooldown_s=0))
     cfg.worker = cfg.worker.model_copy(update=dict(reload_poll_s=0.2, expire_ms=30_000, max_batch=8))
@@ -70,7 +70,7 @@ def _first_package(cfg: StationConfig, client, store) -> str:  # type: ignore[no
     snap = steps.snapshot(cfg, store, 0.0, condition_changed=False)
     from jobs.data import items_from_dicts
 
-    steps.train_candidate(items_from_dicts(snap["train"]), stage)
+    steps.train_candidate(items_from_dicts(snap["train"]), stage, image_size=cfg.jobs.anomaly_image_size)
     metrics = steps.evaluate(cfg, stage, None, snap)
     pkg = steps.package(cfg, stage, snap, metrics, {"id": "initial0", "reason": "first model"})
     register_model(store, pkg["version"], pkg["path"], pkg["sha256"], {"line": metrics}, "test")
@@ -183,7 +183,7 @@ def test_drift_alarm_retrains_promotes_swaps_and_rolls_back(station_config, redi
     rq_worker = _spawn(["jobs.cli", "worker", "--config", str(config_file), "--burst"], tmp_path / "rq.log")
     published: list[FrameMeta] = []
     try:
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 240
         v2 = None
         while time.monotonic() < deadline:
             published.append(_publish(bus, frames, len(published)))
