@@ -10,7 +10,10 @@ raw units, exportable to ONNX (opset 17) with a dynamic batch axis:
   k-center coreset (``greedy_coreset``); the distance uses one GEMM, ``|a|^2 - 2ab + |b|^2``.
 
 Features: the chosen backbone stages are (optionally) 3x3 averaged, upsampled to the finest chosen
-stage and concatenated; the map is smoothed with a separable Gaussian and the image score is its maximum.
+stage, concatenated and (by default) 2x2 average-pooled to stride 16 (``AnomalyConfig.downsample``); the
+map is smoothed with a separable Gaussian and the image score is its maximum. Stride 16 (16x16 positions
+at 256 px) beat stride 8 on magnetic_tile (image AUROC 0.944 vs 0.943, recall at the good-only threshold
+0.74 vs 0.70) with 4x fewer positions: 24 MB of precision matrices instead of 95 MB.
 Thresholds: ``threshold_good_quantile`` uses good images only (held out from fitting);
 ``threshold_f1_optimal`` needs labelled defects and is reported for comparison only.
 """
@@ -21,7 +24,7 @@ import glob
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -53,12 +56,12 @@ class AnomalyConfig:
     k: int = 1  # knn only: mean of the k nearest distances
     coreset_proj_dim: int = 64  # knn only: random projection used by the coreset selection
     eps: float = 0.01  # gaussian only: covariance ridge
-    blur_sigma: float = 1.0  # in feature-map cells (1 cell = 8 input pixels)
+    downsample: int = 2  # gaussian only: average-pool the concatenated embedding (2: stride 16; 1: stride 8)
+    blur_sigma: float = 1.0  # in feature-map cells (1 cell = 8 * downsample input pixels)
     holdout_every: int = 5  # every n-th good training image is held out for the threshold
     target_false_reject: float = 0.02
     batch_size: int = 16
     seed: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- modules
@@ -81,12 +84,16 @@ class SeparableBlur(nn.Module):
 
 
 class FeatureEmbedding(nn.Module):
-    """Picks backbone feature maps by list position, 3x3 averages them, resizes to the first and concatenates."""
+    """Picks backbone feature maps by list position, 3x3 averages them, resizes to the first and concatenates.
 
-    def __init__(self, take: Sequence[int], pool: int = 1) -> None:
+    ``downsample`` > 1 then average-pools the concatenated map (kernel = stride = ``downsample``).
+    """
+
+    def __init__(self, take: Sequence[int], pool: int = 1, downsample: int = 1) -> None:
         super().__init__()
         self.take = tuple(int(i) for i in take)
         self.pool = int(pool)
+        self.downsample = int(downsample)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         maps = [features[i] for i in self.take]
@@ -98,7 +105,9 @@ class FeatureEmbedding(nn.Module):
             if m.shape[-2:] != size:
                 m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
             out.append(m)
-        return torch.cat(out, 1)
+        emb = torch.cat(out, 1)
+        down = getattr(self, "downsample", 1)  # modules pickled before the option existed
+        return F.avg_pool2d(emb, down) if down > 1 else emb
 
 
 def _finish(dist: Tensor, blur: SeparableBlur) -> tuple[Tensor, Tensor]:
@@ -232,7 +241,10 @@ def fit_anomaly_scorer(backbone: nn.Module, good_images: Tensor | Iterable[Tenso
                        config: AnomalyConfig | None = None) -> nn.Module:
     """Fits the configured scorer on good images only (normalised [B,3,H,W] tensor or iterable of batches)."""
     cfg = config or AnomalyConfig()
-    embed = FeatureEmbedding(feature_positions(backbone, cfg.out_indices), cfg.pool)
+    if cfg.downsample < 1:
+        raise AnomalyModelError(f"downsample must be >= 1 (got {cfg.downsample})", "use 1 (stride 8) or 2 (stride 16)")
+    down = cfg.downsample if cfg.method == "gaussian" else 1  # knn keeps stride 8 (its bank is tuned there)
+    embed = FeatureEmbedding(feature_positions(backbone, cfg.out_indices), cfg.pool, down)
     stream = extract_embeddings(backbone, embed, good_images, cfg.batch_size, f"fit {cfg.method}")
     if cfg.method == "gaussian":
         mean, precision, grid = fit_gaussian(stream, cfg.eps)

@@ -22,6 +22,7 @@ from torch import nn
 
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.manifest import AnomalySpec, Canary, Manifest, ModelFiles, Outputs, Preprocess
+from inspector.drift.reference import histogram
 from inspector.models.preprocess import Preprocessor
 from inspector.runtime.package import hash_file, load_package, write_manifest
 from trainer.checklist import hardware_description, run_checklist
@@ -121,38 +122,23 @@ def _stat_rows(images: list[np.ndarray]) -> dict[str, list[float]]:
     return rows
 
 
-def histogram(values: np.ndarray | list[float], lo: float | None = None, hi: float | None = None,
-              bins: int = HIST_BINS) -> dict[str, Any]:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return {"n": 0}
-    lo = float(v.min()) if lo is None else lo
-    hi = float(v.max()) if hi is None else hi
-    hi = hi if hi > lo else lo + 1e-6
-    counts, edges = np.histogram(np.clip(v, lo, hi), bins=bins, range=(lo, hi))
-    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()), "p01": float(np.quantile(v, 0.01)),
-            "p50": float(np.median(v)), "p99": float(np.quantile(v, 0.99)), "edges": edges.tolist(),
-            "counts": counts.tolist()}
-
-
 def drift_reference(spec: PackageSpec, held: HeldOut, outs: dict[str, np.ndarray]) -> dict[str, Any]:
     """Reference statistics of held-out good frames (all frames when no class is 'good')."""
     good = np.array([n == (spec.good_class or GOOD) for n in held.label_names])
     if not good.any():
         good = np.ones(len(held.images), bool)
     ref: dict[str, Any] = {"n_frames": int(good.sum()), "frames": "held-out good" if not good.all() else "held-out"}
-    ref["image_stats"] = {k: histogram(v) for k, v in _stat_rows([held.images[i] for i in np.flatnonzero(good)]).items()}
+    ref["image_stats"] = {k: histogram(v, HIST_BINS) for k, v in _stat_rows([held.images[i] for i in np.flatnonzero(good)]).items()}
     if OUTPUT_PROBS in outs:
         probs = outs[OUTPUT_PROBS]
-        ref["classifier_confidence"] = histogram(probs.max(1), 0.0, 1.0)
+        ref["classifier_confidence"] = histogram(probs.max(1), HIST_BINS, 0.0, 1.0)
         names = spec.class_names or [f"class_{i}" for i in range(probs.shape[1])]
         pred = probs.argmax(1)
         ref["class_mix"] = {n: float((pred == i).mean()) for i, n in enumerate(names)}
         ref["class_mix_labels"] = {n: float(np.mean([x == n for x in held.label_names])) for n in names}
     if OUTPUT_SCORE in outs and spec.anomaly is not None:
         norm = np.array([spec.anomaly.normalise(float(v)) for v in outs[OUTPUT_SCORE][good]])
-        ref["anomaly_score_good"] = histogram(norm, 0.0, max(2.0, float(norm.max())))
+        ref["anomaly_score_good"] = histogram(norm, HIST_BINS, min(-1.0, float(norm.min())), max(2.0, float(norm.max())))
     return ref
 
 

@@ -92,6 +92,17 @@ class CheckResult:
     worst: tuple[str, float, float] | None = None  # (statistic, value, threshold)
 
 
+# Statistics whose drift matters in one direction only: good parts looking MORE normal, or the classifier
+# growing MORE confident, is no reason to retrain (image statistics stay two-sided: any change of light).
+ONE_SIDED = {"anomaly_score_good": +1, "classifier_confidence": -1}
+
+
+def harmless_direction(name: str, delta: float) -> bool:
+    """True when the window moved the harmless way for a one-sided statistic."""
+    sign = ONE_SIDED.get(name)
+    return sign is not None and delta * sign <= 0
+
+
 class DriftDetector:
     """Rolling windows + checks + hysteresis + cooldown + suppression, without I/O."""
 
@@ -150,6 +161,8 @@ class DriftDetector:
             if len(values) < MIN_VALUES:
                 continue
             res = compare_numeric(list(values), self.ref.numeric[name])
+            if res is not None and harmless_direction(name, res.window_mean - res.ref_mean):
+                continue
             if res is not None and res.tripped(c.psi_threshold, self.p_value, c.mean_shift_sigma):
                 out.tripped[name] = res.as_dict()
                 by_psi = res.psi / c.psi_threshold >= abs(res.shift) / c.mean_shift_sigma

@@ -84,7 +84,7 @@ def reference_from_samples(image_stats: Sequence[ImageStats | Mapping[str, float
         judged_good = [d == "PASS" for d in decisions] if decisions is not None else [True] * len(anomaly_scores)
         good = [s for s, ok in zip(anomaly_scores, judged_good, strict=True) if ok and s is not None]
         if good:
-            ref["anomaly_score_good"] = histogram(good, bins, 0.0, max(2.0, float(max(good))))
+            ref["anomaly_score_good"] = histogram(good, bins, min(-1.0, float(min(good))), max(2.0, float(max(good))))
     if decisions:
         ref["review_rate"] = sum(d == "REVIEW" for d in decisions) / len(decisions)
     return ref

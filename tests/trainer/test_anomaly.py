@@ -1,0 +1,160 @@
+"""Good-only anomaly scorers: separation on synthetic textures, thresholds, coreset, ONNX parity, real data."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.anomaly import (
+    AnomalyConfig,
+    AnomalyModelError,
+    PatchKnnScorer,
+    PositionalGaussianScorer,
+    export_onnx,
+    fit_anomaly_scorer,
+    greedy_coreset,
+    list_magnetic_tile,
+    load_gray,
+    split_holdout,
+    threshold_f1_optimal,
+    threshold_good_quantile,
+    to_input,
+)
+from trainer.backbone import build_backbone
+from trainer.network import InspectionNet
+
+SIZE = (64, 64)
+
+
+def _texture(rng: np.random.Generator, defect: bool) -> np.ndarray:
+    """A smooth striped grey texture; a defect adds a dark scratch and a bright blob."""
+    y, x = np.mgrid[0 : SIZE[0], 0 : SIZE[1]].astype(np.float32)
+    img = 0.45 + 0.08 * np.sin(x / rng.uniform(1.5, 2.0) + rng.uniform(0, 6)) + 0.05 * (y / SIZE[0])
+    img += rng.normal(0, 0.01, SIZE).astype(np.float32)
+    if defect:
+        r0, c0 = rng.integers(16, 40, size=2)
+        for t in range(20):
+            img[min(r0 + t, SIZE[0] - 1), min(c0 + t // 2, SIZE[1] - 1) : min(c0 + t // 2 + 2, SIZE[1])] = 0.05
+        blob = (y - rng.integers(12, 52)) ** 2 + (x - rng.integers(12, 52)) ** 2 < 16
+        img[blob] = 0.95
+    return np.clip(img, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def backbone() -> tuple[torch.nn.Module, object]:
+    torch.manual_seed(0)
+    return build_backbone("tf_efficientnet_lite0", out_indices=(1, 2, 3), allow_download=False, allow_random=True)
+
+
+def _images(n: int, defect: bool, seed: int, spec: object) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return to_input([_texture(rng, defect) for _ in range(n)], spec.mean, spec.std)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("method", ["gaussian", "knn"])
+def test_scorer_separates_scratches_from_clean_texture(backbone, method: str) -> None:  # type: ignore[no-untyped-def]
+    model, spec = backbone
+    cfg = AnomalyConfig(method=method, image_size=SIZE, bank_size=256, pool=3 if method == "knn" else 1)
+    scorer = fit_anomaly_scorer(model, _images(24, False, 0, spec), cfg)
+    assert isinstance(scorer, PositionalGaussianScorer if method == "gaussian" else PatchKnnScorer)
+    net = InspectionNet(model, scorer=scorer).eval()
+    with torch.inference_mode():
+        good, gmap = net(_images(8, False, 1, spec))
+        bad, bmap = net(_images(8, True, 2, spec))
+    side = 4 if method == "gaussian" else 8  # gaussian pools stride 8 -> 16 by default (downsample=2)
+    assert good.shape == (8,) and gmap.shape == (8, 1, side, side)
+    assert good.max() < bad.min(), f"{method}: good {good.tolist()} vs defect {bad.tolist()}"
+
+
+def test_threshold_good_quantile_bounds_false_rejects() -> None:
+    good = np.random.default_rng(0).normal(size=1000)
+    thr = threshold_good_quantile(good, 0.02)
+    assert (good >= thr).mean() <= 0.021
+    assert threshold_good_quantile(good, 0.0) == good.max()
+    with pytest.raises(AnomalyModelError):
+        threshold_good_quantile([], 0.02)
+
+
+def test_threshold_f1_optimal_finds_the_gap() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 1.0, 1.1])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    t = threshold_f1_optimal(scores, labels)
+    assert 0.3 < t <= 0.9
+    with pytest.raises(AnomalyModelError):
+        threshold_f1_optimal(scores, np.zeros(6))
+
+
+def test_greedy_coreset_picks_far_points() -> None:
+    g = torch.Generator().manual_seed(0)
+    clusters = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    pts = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in clusters])
+    idx = greedy_coreset(pts, 4, seed=0, proj_dim=None)
+    assert len(set(idx.tolist())) == 4
+    assert {int(i) // 50 for i in idx} == {0, 1, 2, 3}  # one pick per cluster
+    big = torch.randn(20000, 152, generator=g)
+    t = time.perf_counter()
+    assert len(greedy_coreset(big, 200, seed=0)) == 200
+    assert time.perf_counter() - t < 10
+
+
+def test_downsample_pools_the_embedding(backbone) -> None:  # type: ignore[no-untyped-def]
+    model, spec = backbone
+    x = _images(6, False, 0, spec)
+    fine = fit_anomaly_scorer(model, x, AnomalyConfig(image_size=SIZE, downsample=1))
+    coarse = fit_anomaly_scorer(model, x, AnomalyConfig(image_size=SIZE))
+    assert isinstance(fine, PositionalGaussianScorer) and isinstance(coarse, PositionalGaussianScorer)
+    assert fine.grid == (8, 8) and coarse.grid == (4, 4)
+    assert coarse.precision.shape[0] * 4 == fine.precision.shape[0]
+    with torch.inference_mode():
+        feats = model(x)
+        torch.testing.assert_close(coarse.embed(feats), torch.nn.functional.avg_pool2d(fine.embed(feats), 2))
+    with pytest.raises(AnomalyModelError):
+        fit_anomaly_scorer(model, x, AnomalyConfig(image_size=SIZE, downsample=0))
+
+
+@pytest.mark.parametrize(("method", "downsample"), [("gaussian", 2), ("gaussian", 1), ("knn", 1)])
+def test_onnx_export_dynamic_batch_matches_torch(backbone, method: str, downsample: int,  # type: ignore[no-untyped-def]
+                                                 tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model, spec = backbone
+    cfg = AnomalyConfig(method=method, image_size=SIZE, bank_size=128, k=1 if method == "gaussian" else 3,
+                        downsample=downsample)
+    net = InspectionNet(model, scorer=fit_anomaly_scorer(model, _images(12, False, 0, spec), cfg)).eval()
+    path = export_onnx(net, tmp_path / "m.onnx", SIZE, net.output_names)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = _images(batch, True, batch, spec)
+        score, amap = sess.run(None, {"image": x.numpy()})
+        with torch.inference_mode():
+            ref_score, ref_map = net(x)
+        assert score.shape == (batch,) and amap.shape == tuple(ref_map.shape)
+        np.testing.assert_allclose(score, ref_score.numpy(), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(amap, ref_map.numpy(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.data
+def test_magnetic_tile_subsample_auroc(magnetic_tile: Path) -> None:
+    """Fit on 120 train/good images at the default config; AUROC on 40 test/good vs 60 defects (< 60 s)."""
+    from sklearn.metrics import roc_auc_score
+
+    torch.set_num_threads(2)
+    cfg = AnomalyConfig()
+    model, spec = build_backbone(cfg.backbone, out_indices=cfg.out_indices, allow_download=False)
+    files = list_magnetic_tile(magnetic_tile)
+    fit_files, _ = split_holdout(files["train"], cfg.holdout_every)
+
+    def load(fs: list[str]) -> torch.Tensor:
+        return to_input([load_gray(f, cfg.image_size) for f in fs], spec.mean, spec.std)
+
+    scorer = fit_anomaly_scorer(model, load(fit_files[::4]), cfg)
+    net = InspectionNet(model, scorer=scorer).eval()
+    defects = [f for c in ("blowhole", "break", "crack", "fray", "uneven") for f in files[c][::7]]
+    good = files["good"][::5]
+    with torch.inference_mode():
+        scores = torch.cat([net(load(fs))[0] for fs in (good, defects)]).numpy()
+    auroc = roc_auc_score([0] * len(good) + [1] * len(defects), scores)
+    assert auroc >= 0.85, f"image AUROC {auroc:.3f} on the subsample"
