@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,28 +149,54 @@ def run_padim_baseline(root: Path, backbone_name: str = "tf_efficientnet_lite0",
     )
 
 
-def time_torch_inferencer(model_path: Path, image: str | Path, runs: int = 50, threads: int = 2,
-                          trust_own_export: bool = False) -> dict[str, float]:
-    """p50/p90 ms of anomalib ``TorchInferencer.predict`` at batch 1 (CPU).
+def load_torch_inferencer(model_path: Path, trust_own_export: bool = False):  # type: ignore[no-untyped-def]
+    """anomalib's ``TorchInferencer`` on an export of its own.
 
     anomalib loads the ``.pt`` with pickle; it refuses unless ``TRUST_REMOTE_CODE=1``. Pass
-    ``trust_own_export=True`` only for a file this process has just exported into its own temporary folder.
+    ``trust_own_export=True`` only for a file this process has just exported into its own temporary folder:
+    the station itself never unpickles anything.
     """
     from anomalib.deploy import TorchInferencer
-    from PIL import Image
 
     if not trust_own_export:
         raise DataError(f"refusing to unpickle {model_path}", "only time a model this process exported itself")
-    torch.set_num_threads(threads)
     previous = os.environ.get("TRUST_REMOTE_CODE")
     os.environ["TRUST_REMOTE_CODE"] = "1"
     try:
-        inferencer = TorchInferencer(path=model_path, device="cpu")
+        return TorchInferencer(path=model_path, device="cpu")
     finally:
         if previous is None:
             os.environ.pop("TRUST_REMOTE_CODE", None)
         else:
             os.environ["TRUST_REMOTE_CODE"] = previous
+
+
+def bench_inferencer(package: object, x: np.ndarray) -> Callable[[], object]:
+    """For ``inspector bench``: fit anomalib PaDiM on the same split and backbone as our magnetic_tile model,
+    export it, and return one ``TorchInferencer.predict`` call on a real test frame (its accuracy is printed)."""
+    from PIL import Image
+
+    from inspector.contracts.paths import dataset_dir
+
+    root = dataset_dir("magnetic_tile")
+    if root is None:
+        raise DataError("magnetic_tile not found: the anomalib baseline is fitted on it", "set INSPECTOR_SHARED_DATA")
+    export = Path(tempfile.mkdtemp(prefix="padim_bench_"))
+    res = run_padim_baseline(root, export_dir=export)
+    print(f"anomalib PaDiM baseline (same split, same backbone): image AUROC {res.image_auroc:.4f}, recall "
+          f"{res.recall_at_frr:.3f} at test false-reject {res.test_false_reject:.3f} (threshold from good only)")
+    inferencer = load_torch_inferencer(res.export_path, trust_own_export=True)
+    arr = np.asarray(Image.open(sorted((root / "test" / "crack").glob("*.jpg"))[0]).convert("RGB"))
+    return lambda: inferencer.predict(arr)
+
+
+def time_torch_inferencer(model_path: Path, image: str | Path, runs: int = 50, threads: int = 2,
+                          trust_own_export: bool = False) -> dict[str, float]:
+    """p50/p90 ms of anomalib ``TorchInferencer.predict`` at batch 1 (CPU)."""
+    from PIL import Image
+
+    torch.set_num_threads(threads)
+    inferencer = load_torch_inferencer(model_path, trust_own_export)
     arr = np.asarray(Image.open(image).convert("RGB"))
     for _ in range(5):
         inferencer.predict(arr)
