@@ -120,7 +120,9 @@ def _overload(redis_url, redis_client, tiny_package, tmp_path, overload_s: float
     reconcile(redis_client, names, ledger, deadline_s=cfg.line.deadline_ms / 1000)
     assert max(sampler.xlen) <= cfg.redis.frames_maxlen
     assert max(sampler.rss_kb) <= rss_base + 150 * 1024, "worker memory grew with the backlog"
-    assert counters.get("expired", 0) > 0 and counters.get("not_inspected", 0) > 0
+    # frames past their deadline are rejected and counted: expired (ERROR verdict without inference) or trimmed
+    # from the bounded stream (dead letter + not_inspected); which of the two depends on the machine's speed
+    assert counters.get("expired", 0) + counters.get("not_inspected", 0) > 0
     assert not late_errors, f"{len(late_errors)} ERROR verdicts after recovery: {late_errors[0].error}"
     assert statistics.median(rec) <= max(3 * statistics.median(base), statistics.median(base) + 150)
 
