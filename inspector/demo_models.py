@@ -14,7 +14,7 @@ from rich.console import Console
 
 from inspector.camera.synthetic import DEFECT_CLASSES, PartFactory
 from inspector.contracts.config import StationConfig
-from inspector.contracts.errors import InspectorError
+from inspector.contracts.errors import DataError, InspectorError
 from inspector.models.tiny_package import build_tiny_package
 from inspector.runtime.package import load_package
 
@@ -51,10 +51,22 @@ def ensure_demo_package(cfg: StationConfig, data: Path | None, console: Console)
         except InspectorError as err:
             console.print(f"[yellow]cached demo package refused ({err.message}); rebuilding[/yellow]")
     if kind == "trained":
+        from trainer.backbone import LOCAL_WEIGHTS, resolve_weights
         from trainer.demo_training import train_demo_package
 
-        return train_demo_package(target, data, console)
-    console.print(r"[yellow]training extra not installed: using the tiny numpy model (pip install '.\[train]' for real models)[/yellow]")
+        try:
+            return train_demo_package(target, data, console)
+        except DataError as err:
+            if resolve_weights("tf_efficientnet_lite0") is not None:
+                raise
+            console.print(f"[yellow]no pretrained backbone weights ({err.message}).[/yellow]\n"
+                          f"[yellow]Set INSPECTOR_WEIGHTS_DIR to a folder holding {LOCAL_WEIGHTS['tf_efficientnet_lite0']}, "
+                          "or connect to the internet once; the demo goes on with the tiny numpy model.[/yellow]")
+            target = models / f"demo-tiny-{_key(data, 'tiny')}"
+            if (target / "manifest.json").is_file():
+                return target
+    else:
+        console.print(r"[yellow]training extra not installed: using the tiny numpy model (pip install '.\[train]' for real models)[/yellow]")
     factory = PartFactory(seed=1234)
     good = [factory.make("good") for _ in range(DEMO_GOOD)]
     bad = [factory.make(k) for k in DEFECT_CLASSES for _ in range(DEMO_DEFECTS_PER_CLASS)]
