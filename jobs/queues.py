@@ -53,32 +53,15 @@ def station_queue(cfg: StationConfig, client: redis.Redis) -> Queue:
 
 
 class JobKeys:
-    """Redis keys of the jobs package (formatted from ``Names.base``; to move into contracts/names.py)."""
+    """The jobs package's Redis keys, as named in ``inspector.contracts.names``."""
 
     def __init__(self, names: Names) -> None:
         self.names = names
-
-    @property
-    def lock(self) -> str:
-        return self.names.retrain_lock
-
-    @property
-    def dedupe(self) -> str:
-        return f"{self.names.base}:retrain:dedupe"
-
-    @property
-    def history(self) -> str:
-        """List of retraining job ids, newest first (for `jobs status`)."""
-        return f"{self.names.base}:retrain:history"
-
-    @property
-    def collection(self) -> str:
-        """JSON state of the frame collection after a camera or lighting change."""
-        return f"{self.names.base}:maint:collect"
-
-    @property
-    def validation_next(self) -> str:
-        return f"{self.names.base}:validate:next"
+        self.lock = names.retrain_lock
+        self.dedupe = names.retrain_dedupe
+        self.history = names.retrain_history
+        self.collection = names.maintenance_collection
+        self.validation_next = names.validation_next
 
 
 def names_of(cfg: StationConfig) -> Names:

@@ -83,6 +83,30 @@ class Names:
     def retrain_lock(self) -> str:
         return f"{self.base}:retrain:lock"
 
+    @property
+    def retrain_dedupe(self) -> str:
+        """Set for ``jobs.retrain_dedupe_s`` after a retraining request: a burst of alarms starts one job."""
+        return f"{self.base}:retrain:dedupe"
+
+    @property
+    def retrain_history(self) -> str:
+        """List of retraining job ids, newest first."""
+        return f"{self.base}:retrain:history"
+
+    @property
+    def maintenance_collection(self) -> str:
+        """JSON state of the frame collection after a camera or lighting change."""
+        return f"{self.base}:maint:collect"
+
+    @property
+    def validation_next(self) -> str:
+        return f"{self.base}:validate:next"
+
+    @property
+    def drift_suppressed(self) -> str:
+        """JSON set while drift alarms are suppressed by a planned camera or lighting change."""
+        return f"{self.base}:drift:suppressed"
+
 
 STREAM_FIELD_MESSAGE = b"m"
 STREAM_FIELD_IMAGE = b"img"

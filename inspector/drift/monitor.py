@@ -42,11 +42,8 @@ REVIEW_RATE = "review_rate"
 
 
 def suppression_key(names: Names) -> str:
-    """Redis key (JSON) set while drift alarms are suppressed by a planned change.
-
-    Kept here until ``inspector/contracts/names.py`` gains it (its owner formats every key).
-    """
-    return f"{names.base}:drift:suppressed"
+    """Redis key (JSON) set while drift alarms are suppressed by a planned change."""
+    return names.drift_suppressed
 
 
 @dataclass(frozen=True)
