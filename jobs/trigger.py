@@ -87,7 +87,8 @@ def _enqueue(cfg: StationConfig, client: redis.Redis, job_id: str, reason: str, 
     pipe.execute()
     StationBus(client, cfg).publish_event(Event(
         station=cfg.station.id, type=EventType.JOB, message=f"retraining queued ({source}): {reason}",
-        data={"job_id": job_id, "step": "queued", "reason": reason, "source": source}))
+        data={"job_id": job_id, "kind": "retrain", "status": "queued", "step": "queued", "progress": 0.0,
+              "requested_by": actor, "reason": reason, "source": source}))
 
 
 def retrain_on_drift(cfg: StationConfig, client: redis.Redis) -> Any:
