@@ -72,15 +72,23 @@ def demo(
 
 
 def _display_available() -> bool:
+    """A display Qt can really open: probed in a child process, because a Qt platform plugin that cannot
+    load (e.g. libxcb-cursor0 missing) aborts the process instead of raising."""
     import os
+    import subprocess
+    import sys
 
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False
+    probe = "from PySide6.QtWidgets import QApplication; QApplication([]); import gui.app"
     try:
-        import gui.app  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        ok = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        Console(stderr=True).print("[yellow]a display is set but the Qt GUI cannot open on it (for X11 install "
+                                   "libxcb-cursor0); showing the status table instead[/yellow]")
+    return ok
 
 
 @app.command()
