@@ -15,6 +15,7 @@ from typing import Any
 import redis
 import yaml
 
+from inspector.bench.timing import proc_status_kb
 from inspector.bus.connection import client_for_url
 from inspector.bus.streams import StationBus
 from inspector.camera.synthetic import PartFactory
@@ -208,15 +209,8 @@ def _id(raw: bytes | str) -> str:
 
 
 def proc_mem_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of a process in kB from /proc (empty where /proc is absent)."""
-    out: dict[str, int] = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1])
-    except OSError:
-        pass
-    return out
+    """VmRSS and VmHWM (peak) of a process in kB: the bench's own reader."""
+    return proc_status_kb(pid)
 
 
 def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
