@@ -28,7 +28,9 @@ def _summary(result) -> None:  # type: ignore[no-untyped-def]
         if key in ("image_auroc", "pixel_auroc", "f1", "false_reject_rate", "escape_rate", "threshold"):
             t.add_row(f"anomaly {key}", f"{value:.4f}" if isinstance(value, float) else str(value))
     for name, pt in (m.metrics.get("operating_points") or {}).items():
-        t.add_row(f"threshold {name}", f"recall {pt['recall']}, false-reject {pt['false_reject_rate']}")
+        ci = pt.get("false_reject_rate_ci95")
+        span = f" (95 % {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+        t.add_row(f"threshold {name}", f"recall {pt['recall']}, false-reject {pt['false_reject_rate']}{span}")
     cls = (m.metrics.get("heldout") or {}).get("classifier", {})
     if cls:
         t.add_row("classifier accuracy", f"{cls['accuracy']:.4f}")

@@ -160,6 +160,22 @@ def pixel_auroc(manifest: Manifest, outs: list[Any], held: HeldOut) -> float | N
     return float(roc_auc_score(y, np.concatenate(ss))) if 0 < y.sum() < y.size else None
 
 
+def rate_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Exact (Clopper-Pearson) interval of a rate observed as ``k`` events in ``n`` trials; None when n = 0.
+
+    A false-reject rate measured on 193 good parts is not known to better than a few points: the interval
+    says how far the line's true rate can be from the figure printed.
+    """
+    from scipy.stats import beta
+
+    if n <= 0:
+        return None
+    a = (1 - confidence) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return round(lo, 4), round(hi, 4)
+
+
 def anomaly_metrics(manifest: Manifest, outs: list[Any], held: HeldOut) -> dict[str, Any]:
     raw = np.array([o.anomaly_raw for o in outs], dtype=float)
     score = np.array([o.anomaly_score for o in outs], dtype=float)
@@ -173,6 +189,7 @@ def anomaly_metrics(manifest: Manifest, outs: list[Any], held: HeldOut) -> dict[
         per_class[d] = {"n": int(sel.sum()), "detection_rate": float(pred[sel].mean()),
                         "auroc": float(roc_auc_score(y[both], raw[both])) if (y[both] == 0).any() else None}
     two = 0 < y.sum() < len(y)
+    good, bad = pred[y == 0], pred[y == 1]
     return {
         "n": len(y), "n_good": int((y == 0).sum()), "n_defect": int(y.sum()),
         "threshold": manifest.anomaly.threshold if manifest.anomaly else None,
@@ -181,6 +198,8 @@ def anomaly_metrics(manifest: Manifest, outs: list[Any], held: HeldOut) -> dict[
         "f1": float(f1_score(y, pred, zero_division=0)),
         "false_reject_rate": float(pred[y == 0].mean()) if (y == 0).any() else None,
         "escape_rate": float(1 - pred[y == 1].mean()) if (y == 1).any() else None,
+        "false_reject_rate_ci95": rate_interval(int(good.sum()), len(good)),
+        "recall_ci95": rate_interval(int(bad.sum()), len(bad)),
         "per_defect": per_class, "_raw": raw, "_score": score, "_y": y,
     }
 
@@ -281,6 +300,9 @@ def print_report(report: dict[str, Any]) -> None:
         t.add_column("value", justify="right")
         for k in ("image_auroc", "pixel_auroc", "f1", "false_reject_rate", "escape_rate", "threshold"):
             t.add_row(k, "-" if an[k] is None else f"{an[k]:.4f}")
+        for k in ("false_reject_rate_ci95", "recall_ci95"):
+            if an.get(k):
+                t.add_row(k.replace("_ci95", " 95% interval"), f"{an[k][0]:.3f} - {an[k][1]:.3f}")
         for d, v in an["per_defect"].items():
             t.add_row(f"detection rate {d} (n={v['n']})", f"{v['detection_rate']:.3f}")
         console.print(t)

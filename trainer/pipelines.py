@@ -26,7 +26,7 @@ from inspector.models.preprocess import Preprocessor
 from trainer.anomaly import AnomalyConfig, fit_anomaly_scorer, threshold_f1_optimal, threshold_good_quantile
 from trainer.backbone import build_backbone
 from trainer.data import load_rgb, scan_anomaly, snapshot_hash
-from trainer.evaluate import HeldOut, load_heldout
+from trainer.evaluate import HeldOut, load_heldout, rate_interval
 from trainer.network import InspectionNet
 from trainer.package import BuildResult, PackageSpec, build_package
 from trainer.recipe import ClassifierRecipe
@@ -71,7 +71,12 @@ def fit_anomaly(backbone: torch.nn.Module, pre: Preprocessor, good: Sequence[np.
     hold_scores = net_scores(net, pre, [good[i] for i in hold_idx])
     threshold = threshold_good_quantile(hold_scores, cfg.target_false_reject)
     origin = float(np.median(hold_scores))
-    info = {"score_origin": origin, "fit_images": len(fit_idx), "threshold_images": len(hold_idx), "fit_s": round(time.perf_counter() - t0, 1),
+    frr_ci = rate_interval(int((hold_scores > threshold).sum()), len(hold_scores))
+    if frr_ci and frr_ci[1] > 2 * cfg.target_false_reject:
+        console.print(f"[yellow]warning:[/] the threshold rests on {len(hold_scores)} held-out good images: the line's "
+                      f"false-reject rate at it is known only to lie in {frr_ci[0]:.1%}-{frr_ci[1]:.1%} (95 %) "
+                      f"for a target of {cfg.target_false_reject:.1%}; more good images narrow it")
+    info = {"score_origin": origin, "threshold_frr_ci95": frr_ci, "fit_images": len(fit_idx), "threshold_images": len(hold_idx), "fit_s": round(time.perf_counter() - t0, 1),
             "threshold_good_quantile": threshold, "target_false_reject": cfg.target_false_reject}
     return scorer, AnomalySpec(threshold=threshold, score_origin=origin, threshold_method="good_quantile",
                                target_false_reject=cfg.target_false_reject), info
@@ -87,7 +92,8 @@ def operating_points(scores: np.ndarray, is_defect: np.ndarray, good_threshold: 
         flagged = scores >= t if name == "f1_optimal" else scores > t
         d = is_defect.astype(bool)
         out[name] = {"threshold": round(float(t), 6), "recall": round(float(flagged[d].mean()), 4) if d.any() else None,
-                     "false_reject_rate": round(float(flagged[~d].mean()), 4) if (~d).any() else None}
+                     "false_reject_rate": round(float(flagged[~d].mean()), 4) if (~d).any() else None,
+                     "false_reject_rate_ci95": rate_interval(int(flagged[~d].sum()), int((~d).sum()))}
     return out
 
 

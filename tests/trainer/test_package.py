@@ -111,6 +111,30 @@ def test_evaluate_through_station_runtime_with_masks_and_plots(built: Path, tmp_
     an, cl = report["anomaly"], report["classifier"]
     assert 0 <= an["image_auroc"] <= 1 and an["pixel_auroc"] is not None
     assert set(an["per_defect"]) == {"blob"} and an["false_reject_rate"] is not None and an["escape_rate"] is not None
+    lo, hi = an["false_reject_rate_ci95"]
+    assert lo <= an["false_reject_rate"] <= hi and hi > lo  # a rate on a few good images is known only roughly
+    lo, hi = an["recall_ci95"]
+    assert lo <= 1 - an["escape_rate"] <= hi
     assert cl["classes"] == ["good", "defect"] and np.array(cl["confusion_matrix"]).sum() == 12 and 0 <= cl["ece"] <= 1
     assert {Path(p).name for p in report["plots"]} == {"roc.png", "score_hist.png", "confusion.png"}
     json.dumps(report)  # one JSON object, no numpy leftovers
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 193), (3, 193), (1, 10), (10, 10), (57, 392)])
+def test_rate_interval_is_the_exact_binomial_interval(k: int, n: int) -> None:
+    from scipy.stats import binomtest
+
+    from trainer.evaluate import rate_interval
+
+    ref = binomtest(k, n).proportion_ci(0.95, method="exact")
+    lo, hi = rate_interval(k, n)
+    assert lo == pytest.approx(ref.low, abs=1e-4) and hi == pytest.approx(ref.high, abs=1e-4)
+    assert lo <= k / n <= hi
+
+
+def test_rate_interval_of_three_false_rejects_in_193_good_parts_reaches_past_four_percent() -> None:
+    from trainer.evaluate import rate_interval
+
+    lo, hi = rate_interval(3, 193)  # 1.55 %: the figure the magnetic_tile package prints
+    assert lo < 0.01 and 0.04 < hi < 0.05
+    assert rate_interval(0, 0) is None
