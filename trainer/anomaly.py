@@ -50,13 +50,15 @@ class AnomalyConfig:
     backbone: str = "tf_efficientnet_lite0"
     out_indices: tuple[int, ...] = (2, 3)  # timm stages: stride 8 (40 ch) and 16 (112 ch) for EffNet-Lite0
     image_size: tuple[int, int] = (256, 256)  # (height, width); images are stretched ("stretch" resize)
-    method: Literal["gaussian", "knn"] = "gaussian"
+    method: Literal["wknn", "gaussian", "knn"] = "wknn"
     pool: int = 1  # local average aggregation (3 for knn as in PatchCore; 1 best for gaussian)
     bank_size: int = 4096  # knn only
     k: int = 1  # knn only: mean of the k nearest distances
     coreset_proj_dim: int = 64  # knn only: random projection used by the coreset selection
     eps: float = 0.01  # gaussian only: covariance ridge
-    downsample: int = 2  # gaussian only: average-pool the concatenated embedding (2: stride 16; 1: stride 8)
+    neighbours: Literal["own", "row", "square"] = "row"  # wknn: bank positions a patch is compared with
+    position_bank: int = 150  # wknn: good patches kept per position (greedy k-center in whitened space)
+    downsample: int = 2  # gaussian and wknn: average-pool the concatenated embedding (2: stride 16; 1: stride 8)
     blur_sigma: float = 1.0  # in feature-map cells (1 cell = 8 * downsample input pixels)
     holdout_every: int = 5  # every n-th good training image is held out for the threshold
     target_false_reject: float = 0.02
@@ -137,6 +139,72 @@ class PositionalGaussianScorer(nn.Module):
         return _finish(dist, self.blur)
 
 
+NEIGHBOURS: dict[str, tuple[tuple[int, int], ...]] = {
+    "own": ((0, 0),),
+    "row": ((0, -1), (0, 0), (0, 1)),  # tiles vary in width: a patch may sit one cell left or right
+    "square": tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)),
+}
+
+
+class WhitenedKnnScorer(nn.Module):
+    """Nearest good patch in per-position whitened space (mean [P,C], whitening factor [P,C,C], bank [P,N,C]).
+
+    Each position's Gaussian whitens the patch (``z = (x - mean) @ L`` with ``L L^T`` = precision, so ``|z|`` is
+    the Mahalanobis distance of ``PositionalGaussianScorer``); the score is the distance to the nearest whitened
+    good patch at the same or a neighbouring position (``radius``). A unimodal Gaussian calls every rare but
+    normal mark on a good tile an anomaly; the bank remembers them. Positions at the border also count the
+    Gaussian mean as a neighbour (the zero vector), i.e. never score above their Mahalanobis distance.
+    The bank is never copied per frame: the query map is shifted instead (one batched GEMM per offset).
+    """
+
+    def __init__(self, embed: FeatureEmbedding, mean: Tensor, whiten: Tensor, bank: Tensor, grid: tuple[int, int],
+                 neighbours: str, blur_sigma: float) -> None:
+        super().__init__()
+        if neighbours not in NEIGHBOURS:
+            raise AnomalyModelError(f"unknown neighbours {neighbours!r}", f"use one of {sorted(NEIGHBOURS)}")
+        self.embed = embed
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.offsets = NEIGHBOURS[neighbours]
+        self.radius = 1 if len(self.offsets) > 1 else 0
+        h, w = self.grid
+        self.register_buffer("mean", mean.float().contiguous())
+        self.register_buffer("whiten", whiten.float().contiguous())
+        self.register_buffer("bank_t", bank.float().transpose(1, 2).contiguous())  # [P,C,N]
+        self.register_buffer("bank_sq", (bank.float() ** 2).sum(-1).unsqueeze(1))  # [P,1,N]
+        inside = torch.ones(h, w, dtype=torch.bool)  # every neighbour of the position is on the grid
+        for dy, dx in self.offsets:
+            inside[: max(0, -dy)] = False
+            inside[h - max(0, dy):] = False
+            inside[:, : max(0, -dx)] = False
+            inside[:, w - max(0, dx):] = False
+        self.register_buffer("border", ~inside.view(1, 1, h, w))
+        self.blur = SeparableBlur(blur_sigma)
+
+    def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        emb = self.embed(features)  # [B,C,h,w]
+        h, w = self.grid
+        r = self.radius
+        x = emb.flatten(2).permute(2, 0, 1) - self.mean.unsqueeze(1)  # [P,B,C]
+        z = torch.matmul(x, self.whiten)  # [P,B,C]
+        zz = (z * z).sum(-1)  # [P,B]
+        zmap = z.permute(1, 2, 0).reshape(-1, z.shape[-1], h, w)  # [B,C,h,w]
+        zzmap = zz.transpose(0, 1).reshape(-1, 1, h, w)
+        best = torch.where(self.border, zzmap, torch.full_like(zzmap, 1e30))
+        zpad = F.pad(zmap, (r, r, r, r)) if r > 0 else zmap
+        offsets = self.offsets
+        # bank position b meets the query at b - (dy,dx): all offsets in ONE GEMM, so the bank is read once
+        q = torch.cat([zpad[:, :, r - dy:r - dy + h, r - dx:r - dx + w] for dy, dx in offsets])  # [9B,C,h,w]
+        q = q.flatten(2).permute(2, 0, 1)  # [P,9B,C]
+        d2 = (q * q).sum(-1, keepdim=True) - 2 * torch.matmul(q, self.bank_t) + self.bank_sq  # [P,9B,N]
+        near_all = d2.amin(-1).transpose(0, 1).reshape(len(offsets), -1, 1, h, w)  # at bank positions
+        for i, (dy, dx) in enumerate(offsets):
+            near = near_all[i]
+            if r > 0:  # back to query positions; outside the grid counts as no match
+                near = F.pad(near, (r, r, r, r), value=1e30)[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
+            best = torch.minimum(best, near)
+        return _finish(best.clamp_min(0).sqrt(), self.blur)
+
+
 class PatchKnnScorer(nn.Module):
     """Distance of every patch to its k nearest rows of a memory bank [M,C] (one GEMM)."""
 
@@ -161,7 +229,8 @@ class PatchKnnScorer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- fitting
-def greedy_coreset(features: Tensor, n: int, seed: int = 0, proj_dim: int | None = 64) -> Tensor:
+def greedy_coreset(features: Tensor, n: int, seed: int = 0, proj_dim: int | None = 64,
+                   start: int | None = None) -> Tensor:
     """Indices of ``n`` rows chosen by greedy k-center (each next row is the farthest from those chosen).
 
     Distances are computed on a random projection to ``proj_dim`` dims (None: the raw features), one
@@ -177,7 +246,7 @@ def greedy_coreset(features: Tensor, n: int, seed: int = 0, proj_dim: int | None
         x = x @ (torch.randn(x.shape[1], proj_dim, generator=g) / math.sqrt(proj_dim))
     sq = (x * x).sum(1)
     idx = torch.empty(n, dtype=torch.long)
-    idx[0] = int(torch.randint(len(x), (1,), generator=g))
+    idx[0] = int(torch.randint(len(x), (1,), generator=g)) if start is None else int(start)
     mind = torch.full((len(x),), float("inf"))
     for i in range(1, n):
         c = x[idx[i - 1]]
@@ -237,15 +306,34 @@ def fit_gaussian(embeddings: Iterable[Tensor], eps: float) -> tuple[Tensor, Tens
     return (centred.float() + shift[:, 0]), precision.float(), grid
 
 
+def whitening_factor(precision: Tensor) -> Tensor:
+    """``L`` with ``L L^T = precision`` per position, so ``|(x - mean) @ L|`` is the Mahalanobis distance."""
+    return torch.linalg.cholesky(precision.double()).float()
+
+
+def fit_whitened_knn(embed: FeatureEmbedding, embeddings: list[Tensor], cfg: AnomalyConfig) -> WhitenedKnnScorer:
+    """Per-position Gaussian, then the bank of every good patch whitened at its own position ([P,N,C])."""
+    mean, precision, grid = fit_gaussian(iter(embeddings), cfg.eps)
+    whiten = whitening_factor(precision)
+    bank = torch.cat([torch.matmul(e.float().flatten(2).permute(2, 0, 1) - mean.unsqueeze(1), whiten)
+                      for e in embeddings], dim=1)  # [P,N,C]
+    if cfg.position_bank and bank.shape[1] > cfg.position_bank:
+        bank = torch.stack([row[greedy_coreset(row, cfg.position_bank, proj_dim=None, start=int((row * row).sum(1).argmax()))]
+                            for row in track(bank, description="position banks", transient=True)])
+    return WhitenedKnnScorer(embed, mean, whiten, bank, grid, cfg.neighbours, cfg.blur_sigma).eval()
+
+
 def fit_anomaly_scorer(backbone: nn.Module, good_images: Tensor | Iterable[Tensor],
                        config: AnomalyConfig | None = None) -> nn.Module:
     """Fits the configured scorer on good images only (normalised [B,3,H,W] tensor or iterable of batches)."""
     cfg = config or AnomalyConfig()
     if cfg.downsample < 1:
         raise AnomalyModelError(f"downsample must be >= 1 (got {cfg.downsample})", "use 1 (stride 8) or 2 (stride 16)")
-    down = cfg.downsample if cfg.method == "gaussian" else 1  # knn keeps stride 8 (its bank is tuned there)
+    down = cfg.downsample if cfg.method in ("gaussian", "wknn") else 1  # knn keeps stride 8 (its bank is tuned there)
     embed = FeatureEmbedding(feature_positions(backbone, cfg.out_indices), cfg.pool, down)
     stream = extract_embeddings(backbone, embed, good_images, cfg.batch_size, f"fit {cfg.method}")
+    if cfg.method == "wknn":
+        return fit_whitened_knn(embed, list(stream), cfg)
     if cfg.method == "gaussian":
         mean, precision, grid = fit_gaussian(stream, cfg.eps)
         return PositionalGaussianScorer(embed, mean, precision, grid, cfg.blur_sigma).eval()

@@ -8,9 +8,11 @@ between the ONNX Runtime and PyTorch outputs and fails when it exceeds ``ParityB
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import spearmanr
 from torch import nn
 
 from inspector.contracts.errors import InspectorError
 from trainer.network import INPUT_NAME, OUTPUT_MAP, OUTPUT_PROBS, OUTPUT_SCORE
+
+log = logging.getLogger(__name__)
 
 CHECK_BATCHES = (1, 2, 8)
 
@@ -95,6 +100,63 @@ def open_session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
         raise ExportError(f"ONNX Runtime cannot load {path}: {err}", "re-export the model; check the opset") from None
 
 
+@contextmanager
+def static_same_padding(net: nn.Module, sample_batch: torch.Tensor) -> Iterator[int]:
+    """TF-'same' convolutions (timm ``Conv2dSame``) pad by the input size computed at run time: Shape, Ceil and
+    Div nodes plus a Pad the runtime cannot fold. Packages have a fixed input size, so for the export each such
+    convolution pads by constants measured on ``sample_batch``; ONNX Runtime then folds the Pad into the Conv
+    (about 1 ms of 10 on EfficientNet-Lite0 at 256 px, 2 threads). Yields how many layers were rewritten."""
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import get_same_padding
+
+    layers = [m for m in net.modules() if isinstance(m, Conv2dSame)]
+    sizes: dict[int, tuple[int, int]] = {}
+    def record(mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:  # a pre-hook's return value replaces the input
+        sizes[id(mod)] = (int(args[0].shape[-2]), int(args[0].shape[-1]))
+
+    hooks = [m.register_forward_pre_hook(record) for m in layers]
+    try:
+        with torch.no_grad():
+            net(sample_batch[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def static_forward(conv: nn.Conv2d, pads: tuple[int, int, int, int]) -> Any:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+        return forward
+
+    for m in layers:
+        (ih, iw), (kh, kw) = sizes[id(m)], m.weight.shape[-2:]
+        ph = get_same_padding(ih, kh, m.stride[0], m.dilation[0])
+        pw = get_same_padding(iw, kw, m.stride[1], m.dilation[1])
+        m.forward = static_forward(m, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))  # type: ignore[method-assign]
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            del m.forward  # back to the class's dynamic forward
+
+
+def optimise_graph(path: Path) -> bool:
+    """Fold constants and fuse constant Pads into their Convs with the ONNX optimiser (onnxscript), in place.
+
+    ONNX Runtime folds the exporter's constant pad chains only after its Pad fusion has run, so the Pads stay:
+    folding them first saves about 1.2 ms of 9.7 on the magnetic_tile package (2 threads). The parity check
+    against PyTorch runs on the optimised file. On failure the exported file is kept as it is.
+    """
+    try:
+        import onnxscript.optimizer
+
+        model = onnxscript.optimizer.optimize(onnx.load(str(path)))
+        onnx.save(model, str(path))
+        return True
+    except Exception as err:  # noqa: BLE001 - an optimiser failure must not lose the export
+        log.warning("ONNX graph optimisation skipped for %s: %s", path, err)
+        return False
+
+
 def export_onnx(net: nn.Module, sample_batch: torch.Tensor, path: str | Path, opset: int = 17,
                 check_batches: Sequence[int] = CHECK_BATCHES) -> Path:
     """Write ``net`` to ``path`` with input ``image`` [batch,3,H,W]; check it and run it at ``check_batches``."""
@@ -104,13 +166,14 @@ def export_onnx(net: nn.Module, sample_batch: torch.Tensor, path: str | Path, op
     net = net.eval()
     dynamic = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}}
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), static_same_padding(net, sample_batch):
             warnings.simplefilter("ignore")
             torch.onnx.export(net, (sample_batch,), str(path), input_names=[INPUT_NAME], output_names=names,
                               dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
     except Exception as err:  # noqa: BLE001 - the exporter raises many types
         raise ExportError(f"torch.onnx.export failed for {type(net).__name__}: {err}",
                           "keep forward() free of data-dependent Python control flow") from None
+    optimise_graph(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as err:  # noqa: BLE001

@@ -14,6 +14,7 @@ from trainer.anomaly import (
     AnomalyModelError,
     PatchKnnScorer,
     PositionalGaussianScorer,
+    WhitenedKnnScorer,
     export_onnx,
     fit_anomaly_scorer,
     greedy_coreset,
@@ -55,17 +56,20 @@ def _images(n: int, defect: bool, seed: int, spec: object) -> torch.Tensor:
     return to_input([_texture(rng, defect) for _ in range(n)], spec.mean, spec.std)  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("method", ["gaussian", "knn"])
+SCORERS = {"wknn": WhitenedKnnScorer, "gaussian": PositionalGaussianScorer, "knn": PatchKnnScorer}
+
+
+@pytest.mark.parametrize("method", ["wknn", "gaussian", "knn"])
 def test_scorer_separates_scratches_from_clean_texture(backbone, method: str) -> None:  # type: ignore[no-untyped-def]
     model, spec = backbone
     cfg = AnomalyConfig(method=method, image_size=SIZE, bank_size=256, pool=3 if method == "knn" else 1)
     scorer = fit_anomaly_scorer(model, _images(24, False, 0, spec), cfg)
-    assert isinstance(scorer, PositionalGaussianScorer if method == "gaussian" else PatchKnnScorer)
+    assert isinstance(scorer, SCORERS[method])
     net = InspectionNet(model, scorer=scorer).eval()
     with torch.inference_mode():
         good, gmap = net(_images(8, False, 1, spec))
         bad, bmap = net(_images(8, True, 2, spec))
-    side = 4 if method == "gaussian" else 8  # gaussian pools stride 8 -> 16 by default (downsample=2)
+    side = 8 if method == "knn" else 4  # gaussian and wknn pool stride 8 -> 16 by default (downsample=2)
     assert good.shape == (8,) and gmap.shape == (8, 1, side, side)
     assert good.max() < bad.min(), f"{method}: good {good.tolist()} vs defect {bad.tolist()}"
 
@@ -104,8 +108,8 @@ def test_greedy_coreset_picks_far_points() -> None:
 def test_downsample_pools_the_embedding(backbone) -> None:  # type: ignore[no-untyped-def]
     model, spec = backbone
     x = _images(6, False, 0, spec)
-    fine = fit_anomaly_scorer(model, x, AnomalyConfig(image_size=SIZE, downsample=1))
-    coarse = fit_anomaly_scorer(model, x, AnomalyConfig(image_size=SIZE))
+    fine = fit_anomaly_scorer(model, x, AnomalyConfig(method="gaussian", image_size=SIZE, downsample=1))
+    coarse = fit_anomaly_scorer(model, x, AnomalyConfig(method="gaussian", image_size=SIZE))
     assert isinstance(fine, PositionalGaussianScorer) and isinstance(coarse, PositionalGaussianScorer)
     assert fine.grid == (8, 8) and coarse.grid == (4, 4)
     assert coarse.precision.shape[0] * 4 == fine.precision.shape[0]
@@ -116,7 +120,7 @@ def test_downsample_pools_the_embedding(backbone) -> None:  # type: ignore[no-un
         fit_anomaly_scorer(model, x, AnomalyConfig(image_size=SIZE, downsample=0))
 
 
-@pytest.mark.parametrize(("method", "downsample"), [("gaussian", 2), ("gaussian", 1), ("knn", 1)])
+@pytest.mark.parametrize(("method", "downsample"), [("wknn", 2), ("gaussian", 2), ("gaussian", 1), ("knn", 1)])
 def test_onnx_export_dynamic_batch_matches_torch(backbone, method: str, downsample: int,  # type: ignore[no-untyped-def]
                                                  tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
@@ -134,6 +138,59 @@ def test_onnx_export_dynamic_batch_matches_torch(backbone, method: str, downsamp
         assert score.shape == (batch,) and amap.shape == tuple(ref_map.shape)
         np.testing.assert_allclose(score, ref_score.numpy(), rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(amap, ref_map.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def _wknn(embeddings: torch.Tensor, neighbours: str = "row", position_bank: int = 0) -> WhitenedKnnScorer:
+    from trainer.anomaly import FeatureEmbedding, fit_whitened_knn
+
+    cfg = AnomalyConfig(neighbours=neighbours, position_bank=position_bank, blur_sigma=0.0)  # type: ignore[arg-type]
+    return fit_whitened_knn(FeatureEmbedding((0,)), [embeddings], cfg)
+
+
+def test_wknn_distance_is_zero_on_its_own_patches_and_at_most_mahalanobis_at_the_border() -> None:
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(40, 6, 3, 5, generator=g)  # 40 "images", 6 channels, 3x5 grid
+    scorer = _wknn(train)
+    with torch.inference_mode():
+        own, _ = scorer([train[:4]])
+        assert own.abs().max() < 1e-2  # every training patch is in its position's bank
+        x = torch.randn(5, 6, 3, 5, generator=g) * 3
+        _, amap = scorer([x])
+        z = torch.matmul(x.flatten(2).permute(2, 0, 1) - scorer.mean.unsqueeze(1), scorer.whiten)  # [P,B,C]
+        maha = z.norm(dim=-1).transpose(0, 1).reshape(5, 1, 3, 5)
+    # left and right columns also count the position's mean: never above the Gaussian's distance
+    assert torch.all(amap[..., [0, -1]] <= maha[..., [0, -1]] + 1e-4)
+    assert scorer.border[0, 0, :, [0, -1]].all() and not scorer.border[0, 0, :, 1:-1].any()
+
+
+def test_wknn_row_neighbours_bring_a_one_cell_horizontal_shift_closer() -> None:
+    g = torch.Generator().manual_seed(1)
+    train = torch.randn(30, 16, 4, 6, generator=g)
+    shifted = torch.roll(train[:5], shifts=1, dims=-1)  # the same patches, one cell to the right
+    with torch.inference_mode():
+        own, own_map = _wknn(train, "own")([shifted])
+        row, row_map = _wknn(train, "row")([shifted])
+    # "row" searches a superset of "own"'s bank: never further, and nearer for shifted patches
+    # (not zero: each position whitens with its own Gaussian)
+    assert torch.all(row_map <= own_map + 1e-4)
+    assert row_map[..., 1:].mean() < 0.9 * own_map[..., 1:].mean() and torch.all(row < own)
+
+
+def test_wknn_position_bank_keeps_the_rare_pattern() -> None:
+    g = torch.Generator().manual_seed(2)
+    train = 0.1 * torch.randn(200, 4, 2, 2, generator=g)
+    train[7, :, 1, 1] = torch.tensor([3.0, -3.0, 3.0, -3.0])  # one rare but normal mark
+    scorer = _wknn(train, "own", position_bank=20)
+    assert scorer.bank_t.shape[-1] == 20  # [P,C,N]
+    probe = train[7:8].clone()
+    with torch.inference_mode():
+        _, amap = scorer([probe])
+    assert amap[0, 0, 1, 1] < 1e-2  # greedy k-center keeps the outlier; a random subset would drop it
+
+
+def test_wknn_rejects_unknown_neighbours() -> None:
+    with pytest.raises(AnomalyModelError, match="neighbours"):
+        _wknn(torch.randn(10, 2, 2, 2), "diagonal")
 
 
 @pytest.mark.data
