@@ -1,9 +1,13 @@
 """Good-only anomaly scorers that share the inspection backbone.
 
-Two scorers, both ``nn.Module`` with ``forward(features: list[Tensor]) -> (score [B], amap [B,1,h,w])`` in
+Three scorers, all ``nn.Module`` with ``forward(features: list[Tensor]) -> (score [B], amap [B,1,h,w])`` in
 raw units, exportable to ONNX (opset 17) with a dynamic batch axis:
 
-- ``PositionalGaussianScorer`` (default, PaDiM-style): one Gaussian per feature-map position, Mahalanobis
+- ``WhitenedKnnScorer`` (default, "wknn"): the positional Gaussian below whitens each patch, and the score is
+  the distance to the nearest whitened good patch at the same position or one cell left/right (150 per
+  position, greedy k-center). On magnetic_tile: image AUROC 0.955 vs 0.943 for the Gaussian alone, recall at
+  the good-only threshold 0.80 vs 0.72 (README, known limits, for every variant measured).
+- ``PositionalGaussianScorer`` (PaDiM-style): one Gaussian per feature-map position, Mahalanobis
   distance. Magnetic tiles are framed alike, so "what is normal here" depends on the position: this beat
   position-free nearest-neighbour scoring by a wide margin (image AUROC 0.94 vs 0.80-0.84, see the report).
 - ``PatchKnnScorer`` (PatchCore-style): distance to the nearest patch of a memory bank chosen by greedy
@@ -37,6 +41,7 @@ from torch import Tensor, nn
 from inspector.contracts.errors import DataError, InspectorError
 
 DEFECT_CLASSES = ("blowhole", "break", "crack", "fray", "uneven")
+ANOMALY_METHODS = ("wknn", "gaussian", "knn")
 
 
 class AnomalyModelError(InspectorError):
@@ -327,6 +332,8 @@ def fit_anomaly_scorer(backbone: nn.Module, good_images: Tensor | Iterable[Tenso
                        config: AnomalyConfig | None = None) -> nn.Module:
     """Fits the configured scorer on good images only (normalised [B,3,H,W] tensor or iterable of batches)."""
     cfg = config or AnomalyConfig()
+    if cfg.method not in ANOMALY_METHODS:
+        raise AnomalyModelError(f"unknown anomaly method {cfg.method!r}", f"use one of {', '.join(ANOMALY_METHODS)}")
     if cfg.downsample < 1:
         raise AnomalyModelError(f"downsample must be >= 1 (got {cfg.downsample})", "use 1 (stride 8) or 2 (stride 16)")
     down = cfg.downsample if cfg.method in ("gaussian", "wknn") else 1  # knn keeps stride 8 (its bank is tuned there)

@@ -43,15 +43,19 @@ def package_anomaly_cmd(
     data: Annotated[Path, typer.Argument(help="Anomaly-layout folder: train/good, test/good, test/<defect>.")],
     out: Annotated[Path, typer.Option(help="Package folder to write.")],
     name: Annotated[str, typer.Option(help="Package name.")] = "anomaly",
-    method: Annotated[str, typer.Option(help="gaussian (PaDiM-style, default) or knn (PatchCore-style).")] = "",
+    method: Annotated[str, typer.Option(help="wknn (nearest whitened good patch, default), gaussian (PaDiM-style) "
+                                              "or knn (PatchCore-style).")] = "",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fit the good-only anomaly model, set its threshold from held-out good parts, export, quantise, check."""
     from dataclasses import replace
 
-    from trainer.anomaly import AnomalyConfig
+    from trainer.anomaly import ANOMALY_METHODS, AnomalyConfig
     from trainer.pipelines import build_anomaly_package
 
+    if method and method not in ANOMALY_METHODS:
+        console.print(f"[red]error:[/] --method {method!r} is not a scorer: use one of {', '.join(ANOMALY_METHODS)}")
+        raise typer.Exit(code=2)
     cfg = AnomalyConfig() if not method else replace(AnomalyConfig(), method=method)  # type: ignore[arg-type]
     try:
         result = build_anomaly_package(data, out, cfg, name=name, console=console)
