@@ -156,7 +156,7 @@ def test_wknn_distance_is_zero_on_its_own_patches_and_at_most_mahalanobis_at_the
         assert own.abs().max() < 1e-2  # every training patch is in its position's bank
         x = torch.randn(5, 6, 3, 5, generator=g) * 3
         _, amap = scorer([x])
-        z = torch.matmul(x.flatten(2).permute(2, 0, 1) - scorer.mean.unsqueeze(1), scorer.whiten)  # [P,B,C]
+        z = torch.matmul(x.flatten(2).permute(2, 0, 1) - scorer.mean.unsqueeze(1), scorer.whiten0)  # [P,B,C]
         maha = z.norm(dim=-1).transpose(0, 1).reshape(5, 1, 3, 5)
     # left and right columns also count the position's mean: never above the Gaussian's distance
     assert torch.all(amap[..., [0, -1]] <= maha[..., [0, -1]] + 1e-4)
@@ -186,6 +186,23 @@ def test_wknn_position_bank_keeps_the_rare_pattern() -> None:
     with torch.inference_mode():
         _, amap = scorer([probe])
     assert amap[0, 0, 1, 1] < 1e-2  # greedy k-center keeps the outlier; a random subset would drop it
+
+
+def test_wknn_stage_blocks_whiten_each_block_with_its_own_gaussian() -> None:
+    from trainer.anomaly import FeatureEmbedding, fit_whitened_knn
+
+    g = torch.Generator().manual_seed(3)
+    train = torch.randn(80, 5, 2, 3, generator=g)
+    train[:, 3:] += 2.0 * train[:, :1]  # channels 3-4 correlate with channel 0: ignored by the blocks
+    cfg = AnomalyConfig(neighbours="own", position_bank=0, blur_sigma=0.0)
+    split = fit_whitened_knn(FeatureEmbedding((0,)), [train], cfg, blocks=[3, 2])
+    assert split.blocks == [3, 2] and split.whiten0.shape == (6, 3, 3) and split.whiten1.shape == (6, 2, 2)
+    alone = fit_whitened_knn(FeatureEmbedding((0,)), [train[:, 3:]], cfg)
+    x = torch.randn(4, 5, 2, 3, generator=g).flatten(2).permute(2, 0, 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(split.whiten_patches(x)[..., 3:], alone.whiten_patches(x[..., 3:]))
+    with pytest.raises(AnomalyModelError, match="blocks"):
+        fit_whitened_knn(FeatureEmbedding((0,)), [train], cfg, blocks=[3, 3])
 
 
 def test_wknn_rejects_unknown_neighbours() -> None:
