@@ -25,19 +25,24 @@ log = logging.getLogger(__name__)
 BATCHES = (1, 8)
 
 
-def _ort_session(path: Path, threads: int, providers: list[str] | None = None):  # type: ignore[no-untyped-def]
+def _ort_session(path: Path, threads: int, providers: list[str] | None = None,  # type: ignore[no-untyped-def]
+                 spinning: bool = False):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spinning threads starving torch's
+    # Spinning (ONNX Runtime's default, and the station's) keeps pool threads busy for a moment after a run.
+    # "cold" turns alternate backends frame by frame, so it is off there: the spin would starve the next
+    # backend's timed run. "warm" turns keep it on: the spin tail falls on the next backend's untimed refill run.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
 
 
-def _ort_fn(path: Path, x: np.ndarray, threads: int, providers: list[str] | None = None) -> Callable[[], object]:
-    sess = _ort_session(path, threads, providers)
+def _ort_fn(path: Path, x: np.ndarray, threads: int, providers: list[str] | None = None,
+            spinning: bool = False) -> Callable[[], object]:
+    sess = _ort_session(path, threads, providers, spinning)
     feed = {sess.get_inputs()[0].name: x}
     return lambda: sess.run(None, feed)
 
@@ -124,17 +129,24 @@ def gpu_note() -> tuple[list[str], str]:
     return gpu, "GPU providers: " + ", ".join(gpu)
 
 
-def compare(label: str, fns_for_batch: Callable[[int], dict[str, Callable[[], object]]], runs: int) -> list[dict[str, Any]]:
-    """Rows {model, backend, batch, p50_ms, per_frame_ms, fps, ratio_vs_torch} for every batch size."""
+def compare(label: str, fns_for_batch: Callable[[int, bool], dict[str, Callable[[], object]]],
+            runs: int) -> list[dict[str, Any]]:
+    """Rows {model, backend, batch, cache, p50_ms, per_frame_ms, fps, ratio_vs_torch} for every batch size.
+
+    Each batch size is timed twice, in turns: "warm" (each backend runs 5 frames per turn, the first
+    untimed, after 300 ms for the previous backend's threads to go idle: what a worker running one model
+    sees; every backend in its default threading, ONNX Runtime spinning as in the station) and "cold" (one
+    frame per turn, after the others have evicted its weights from the caches; no spinning)."""
     rows: list[dict[str, Any]] = []
     for b in BATCHES:
-        fns = fns_for_batch(b)
-        res = interleaved(fns, runs)
-        base = res.get("pytorch_eager", {}).get("p50_ms")
-        for name, r in res.items():
-            rows.append({"model": label, "backend": name, "batch": b, **r, "per_frame_ms": round(r["p50_ms"] / b, 3),
-                         "fps": round(1000 * b / r["p50_ms"], 1),
-                         "speedup_vs_torch": round(base / r["p50_ms"], 2) if base else None})
+        for cache, block in (("warm", 5), ("cold", 1)):
+            res = interleaved(fns_for_batch(b, cache == "warm"), runs, block=block, settle_s=0.3 if block > 1 else 0.0)
+            base = res.get("pytorch_eager", {}).get("p50_ms")
+            for name, r in res.items():
+                rows.append({"model": label, "backend": name, "batch": b, "cache": cache, **r,
+                             "per_frame_ms": round(r["p50_ms"] / b, 3),
+                             "fps": round(1000 * b / r["p50_ms"], 1),
+                             "speedup_vs_torch": round(base / r["p50_ms"], 2) if base else None})
     return rows
 
 
@@ -151,14 +163,14 @@ def package_backends(package: ModelPackage, threads: int, runs: int) -> tuple[li
     an_fn, an_note = anomalib_fn(package, np.zeros((1, 3, h, w), np.float32))
     notes.append(f"anomalib_torchinferencer: {an_note}")
 
-    def fns(b: int) -> dict[str, Callable[[], object]]:
+    def fns(b: int, warm: bool) -> dict[str, Callable[[], object]]:
         x = np.random.default_rng(0).standard_normal((b, 3, h, w)).astype(np.float32)
         out: dict[str, Callable[[], object]] = {}
         if net is not None:
             out["pytorch_eager"] = _torch_fn(net, x, threads)
-        out["onnxruntime_fp32"] = _ort_fn(package.file(package.manifest.model.fp32), x, threads)
+        out["onnxruntime_fp32"] = _ort_fn(package.file(package.manifest.model.fp32), x, threads, spinning=warm)
         if int8:
-            out["onnxruntime_int8"] = _ort_fn(package.file(int8), x, threads)
+            out["onnxruntime_int8"] = _ort_fn(package.file(int8), x, threads, spinning=warm)
         if an_fn is not None and b == 1:
             out["anomalib_torchinferencer"] = an_fn
         for p in gpu:
@@ -182,11 +194,12 @@ def reference_backends(arch: str, threads: int, runs: int) -> tuple[list[dict[st
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
         note = _quantise(fp32, int8)
 
-        def fns(b: int) -> dict[str, Callable[[], object]]:
+        def fns(b: int, warm: bool) -> dict[str, Callable[[], object]]:
             x = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)
-            out = {"pytorch_eager": _torch_fn(net, x, threads), "onnxruntime_fp32": _ort_fn(fp32, x, threads)}
+            out = {"pytorch_eager": _torch_fn(net, x, threads),
+                   "onnxruntime_fp32": _ort_fn(fp32, x, threads, spinning=warm)}
             if int8.is_file():
-                out["onnxruntime_int8"] = _ort_fn(int8, x, threads)
+                out["onnxruntime_int8"] = _ort_fn(int8, x, threads, spinning=warm)
             return out
 
         rows = compare(f"reference {arch} 224px", fns, runs)

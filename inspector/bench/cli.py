@@ -86,7 +86,7 @@ def run_bench(package_dir: Path, source: str, threads: int, runs: int, frames: i
             rows, notes = rows + ref_rows, notes + ref_notes
         report["backends"], report["notes"] = rows, report["notes"] + notes
         console.print(_table("backends side by side (interleaved runs)", rows,
-                             ["model", "backend", "batch", "p50_ms", "per_frame_ms", "fps", "speedup_vs_torch"]))
+                             ["model", "backend", "batch", "cache", "p50_ms", "per_frame_ms", "fps", "speedup_vs_torch"]))
         for n in notes:
             console.print(f"  note: {n}")
     if "pipeline" not in skip:

@@ -29,17 +29,33 @@ def time_one(fn: Callable[[], object], runs: int, warmup: int = 3) -> dict[str, 
     return summary(out)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3) -> dict[str, dict[str, float]]:
-    """Time every function once per round, round after round: noise from the neighbours hits all alike."""
+def interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3,
+                block: int = 1, settle_s: float = 0.0) -> dict[str, dict[str, float]]:
+    """Time the functions in turns, round after round: noise from the neighbours hits all alike.
+
+    ``block`` = 1 runs each function once per turn, so each run finds the caches filled by the others
+    ("cold"). ``block`` > 1 runs each ``block`` times per turn and times only the last ``block - 1``: the
+    regime of a station, where a worker runs the same model frame after frame ("warm"); the turns still
+    take well under a second, so slow phases of a shared machine still hit every function. Before each
+    turn the timer sleeps ``settle_s``: thread pools that spin after their last task (torch's OpenMP,
+    ONNX Runtime's) go idle instead of stealing the cores from the next backend (measured: with no pause
+    or 50 ms, torch's OpenMP threads still spun and added 3.5 ms to a 7.7 ms ONNX Runtime run; 300 ms cured it).
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
+    turns = runs if block <= 1 else max(1, -(-runs // (block - 1)))
+    for _ in range(turns):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - t0) * 1000)
+            if settle_s > 0:
+                time.sleep(settle_s)
+            if block > 1:
+                fn()  # refill the caches this function uses
+            for _ in range(max(1, block - 1)):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1000)
     return {k: summary(v) for k, v in samples.items()}
 
 
