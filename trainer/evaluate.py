@@ -166,14 +166,12 @@ def rate_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, floa
     A false-reject rate measured on 193 good parts is not known to better than a few points: the interval
     says how far the line's true rate can be from the figure printed.
     """
-    from scipy.stats import beta
+    from scipy.stats import binomtest
 
     if n <= 0:
         return None
-    a = (1 - confidence) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
-    return round(lo, 4), round(hi, 4)
+    ci = binomtest(k, n).proportion_ci(confidence, method="exact")
+    return round(float(ci.low), 4), round(float(ci.high), 4)
 
 
 def anomaly_metrics(manifest: Manifest, outs: list[Any], held: HeldOut) -> dict[str, Any]:
@@ -196,8 +194,8 @@ def anomaly_metrics(manifest: Manifest, outs: list[Any], held: HeldOut) -> dict[
         "image_auroc": float(roc_auc_score(y, raw)) if two else None,
         "pixel_auroc": pixel_auroc(manifest, outs, held),
         "f1": float(f1_score(y, pred, zero_division=0)),
-        "false_reject_rate": float(pred[y == 0].mean()) if (y == 0).any() else None,
-        "escape_rate": float(1 - pred[y == 1].mean()) if (y == 1).any() else None,
+        "false_reject_rate": float(good.mean()) if good.size else None,
+        "escape_rate": float(1 - bad.mean()) if bad.size else None,
         "false_reject_rate_ci95": rate_interval(int(good.sum()), len(good)),
         "recall_ci95": rate_interval(int(bad.sum()), len(bad)),
         "per_defect": per_class, "_raw": raw, "_score": score, "_y": y,

@@ -103,14 +103,15 @@ def open_session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
 @contextmanager
 def static_same_padding(net: nn.Module, sample_batch: torch.Tensor) -> Iterator[int]:
     """TF-'same' convolutions (timm ``Conv2dSame``) pad by the input size computed at run time: Shape, Ceil and
-    Div nodes plus a Pad the runtime cannot fold. Packages have a fixed input size, so for the export each such
-    convolution pads by constants measured on ``sample_batch``; ONNX Runtime then folds the Pad into the Conv
-    (about 1 ms of 10 on EfficientNet-Lite0 at 256 px, 2 threads). Yields how many layers were rewritten."""
+    Div nodes plus a Pad nobody can fold. Packages have a fixed input size, so for the export each such
+    convolution pads by constants measured on ``sample_batch``, which ``optimise_graph`` then folds into the
+    Conv. Yields how many layers were rewritten."""
     from timm.layers.conv2d_same import Conv2dSame
     from timm.layers.padding import get_same_padding
 
     layers = [m for m in net.modules() if isinstance(m, Conv2dSame)]
     sizes: dict[int, tuple[int, int]] = {}
+
     def record(mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:  # a pre-hook's return value replaces the input
         sizes[id(mod)] = (int(args[0].shape[-2]), int(args[0].shape[-1]))
 
