@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from inspector.contracts.lifecycle import GateReport
+
 MANIFEST_NAME = "manifest.json"
 PACKAGE_FORMAT = "inspector-package"
 PACKAGE_FORMAT_VERSION = 1
@@ -96,6 +98,8 @@ class Manifest(Strict):
     parity: dict[str, Any] = Field(default_factory=dict, description="ONNX vs PyTorch comparison.")
     benchmark: dict[str, Any] = Field(default_factory=dict)
     checklist: dict[str, Any] = Field(default_factory=dict)
+    gate: GateReport | None = Field(None, description="Promotion gate of a retrained candidate (rows: candidate beside "
+                                                      "incumbent on the fixed held-out set and recent labels).")
     memory_budget_mb: float | None = None
     latency_target_ms: float | None = None
     target_hardware: str | None = None

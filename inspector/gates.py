@@ -1,0 +1,98 @@
+"""The promotion gate: a candidate's line metrics beside the incumbent's, on the same frames, against limits.
+
+Rows (every one must pass, and there must be at least one):
+
+* ``enough_frames`` on the fixed held-out set: at least ``jobs.min_gate_frames`` good and defect frames;
+* ``errors``: the candidate scored every frame of every set (no ERROR verdict);
+* ``false_reject_ceiling`` on the held-out set: good parts rejected at most ``jobs.false_reject_ceiling``;
+* ``recall_floor`` per defect class on the held-out set: at least ``jobs.recall_floors[class]``
+  (default ``jobs.recall_floor``);
+* ``no_regression`` on every set the incumbent was scored on (held-out and recent labelled frames): per
+  class recall, false-reject rate and balanced accuracy no worse than the incumbent's by more than
+  ``jobs.regression_tolerance`` plus one frame's worth of the set (a set of 20 cracks cannot tell 0.95 from
+  0.90; a one-frame allowance keeps the gate from failing on a single frame of noise).
+
+Pure: no I/O, so the trainer, the refit, periodic validation and the maintenance view share it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from inspector.contracts.config import JobsSection
+from inspector.contracts.lifecycle import GateReport, GateRow, LineMetrics
+
+HELDOUT = "heldout"
+RECENT = "recent"
+CONFIRMED = "confirmed"
+
+
+def _slack(tol: float, n: int) -> float:
+    return tol + (1.0 / n if n > 0 else 0.0)
+
+
+def _regression_rows(name: str, cand: LineMetrics, inc: LineMetrics, tol: float) -> list[GateRow]:
+    rows = []
+    for cls, r in sorted(cand.recall.items()):
+        if cls not in inc.recall:
+            continue
+        limit = inc.recall[cls] - _slack(tol, cand.n_per_class.get(cls, 0))
+        rows.append(GateRow(gate="no_regression", metric=f"recall:{cls}", frame_set=name, candidate=r,
+                            incumbent=inc.recall[cls], limit=round(limit, 6), passed=r >= limit - 1e-9))
+    if cand.false_reject_rate is not None and inc.false_reject_rate is not None:
+        limit = inc.false_reject_rate + _slack(tol, cand.n_good)
+        rows.append(GateRow(gate="no_regression", metric="false_reject_rate", frame_set=name,
+                            candidate=cand.false_reject_rate, incumbent=inc.false_reject_rate,
+                            limit=round(limit, 6), passed=cand.false_reject_rate <= limit + 1e-9))
+    if cand.balanced_accuracy is not None and inc.balanced_accuracy is not None:
+        limit = inc.balanced_accuracy - tol
+        rows.append(GateRow(gate="no_regression", metric="balanced_accuracy", frame_set=name,
+                            candidate=cand.balanced_accuracy, incumbent=inc.balanced_accuracy,
+                            limit=round(limit, 6), passed=cand.balanced_accuracy >= limit - 1e-9))
+    return rows
+
+
+def evaluate_gates(candidate: Mapping[str, LineMetrics | None], incumbent: Mapping[str, LineMetrics | None],
+                   jobs: JobsSection, incumbent_version: str | None = None,
+                   primary: str = HELDOUT) -> GateReport:
+    """The gate report of a candidate. ``candidate`` / ``incumbent``: line metrics per frame set, scored on
+    the same frames; ``primary`` is the set the absolute limits apply to (the fixed held-out set; the
+    confirmed frames of a camera-changed refit)."""
+    rows: list[GateRow] = []
+    main = candidate.get(primary)
+    inc_main = incumbent.get(primary)
+    if main is None:
+        rows.append(GateRow(gate="enough_frames", metric="n", frame_set=primary, candidate=0.0,
+                            limit=float(jobs.min_gate_frames), passed=False))
+    else:
+        n_min = float(jobs.min_gate_frames)
+        rows.append(GateRow(gate="enough_frames", metric="n_good", frame_set=primary, candidate=float(main.n_good),
+                            limit=n_min, passed=main.n_good >= n_min))
+        if main.n_defect or primary == HELDOUT:
+            rows.append(GateRow(gate="enough_frames", metric="n_defect", frame_set=primary,
+                                candidate=float(main.n_defect), limit=n_min, passed=main.n_defect >= n_min))
+        frr = main.false_reject_rate
+        rows.append(GateRow(gate="false_reject_ceiling", metric="false_reject_rate", frame_set=primary, candidate=frr,
+                            incumbent=inc_main.false_reject_rate if inc_main else None,
+                            limit=jobs.false_reject_ceiling, passed=frr is not None and frr <= jobs.false_reject_ceiling + 1e-9))
+        for cls, r in sorted(main.recall.items()):
+            floor = jobs.recall_floors.get(cls, jobs.recall_floor)
+            rows.append(GateRow(gate="recall_floor", metric=f"recall:{cls}", frame_set=primary, candidate=r,
+                                incumbent=inc_main.recall.get(cls) if inc_main else None, limit=floor,
+                                passed=r >= floor - 1e-9))
+    for name, cand in sorted(candidate.items()):
+        if cand is None:
+            continue
+        rows.append(GateRow(gate="errors", metric="error_verdicts", frame_set=name, candidate=float(cand.errors),
+                            limit=0.0, passed=cand.errors == 0))
+        inc = incumbent.get(name)
+        if inc is not None:
+            rows += _regression_rows(name, cand, inc, jobs.regression_tolerance)
+    settings: dict[str, float | dict[str, float]] = {
+        "recall_floor": jobs.recall_floor, "recall_floors": dict(jobs.recall_floors),
+        "false_reject_ceiling": jobs.false_reject_ceiling, "regression_tolerance": jobs.regression_tolerance,
+        "min_gate_frames": float(jobs.min_gate_frames)}
+    return GateReport(passed=bool(rows) and all(r.passed for r in rows), rows=rows, incumbent_version=incumbent_version,
+                      frame_sets={k: v.n for k, v in candidate.items() if v is not None}, settings=settings,
+                      evaluated_at=time.time())
