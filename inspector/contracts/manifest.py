@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inspector.contracts.lifecycle import GateReport
+from inspector.contracts.lifecycle import GateReport, LineMetrics
 
 MANIFEST_NAME = "manifest.json"
 PACKAGE_FORMAT = "inspector-package"
@@ -98,6 +98,9 @@ class Manifest(Strict):
     parity: dict[str, Any] = Field(default_factory=dict, description="ONNX vs PyTorch comparison.")
     benchmark: dict[str, Any] = Field(default_factory=dict)
     checklist: dict[str, Any] = Field(default_factory=dict)
+    line_metrics: dict[str, LineMetrics] = Field(
+        default_factory=dict, description="What the line would do with this package, per frame set (heldout, recent, "
+                                          "confirmed), measured through the station runtime and decide() when built.")
     gate: GateReport | None = Field(None, description="Promotion gate of a retrained candidate (rows: candidate beside "
                                                       "incumbent on the fixed held-out set and recent labels).")
     memory_budget_mb: float | None = None
