@@ -160,6 +160,10 @@ class DriftSection(Section):
         1.0, gt=0, description="Window mean this many reference standard deviations away trips a statistic (with the KS test)."
     )
     review_rate_delta: float = Field(0.15, gt=0, le=1, description="Absolute change of the REVIEW share that trips (with a binomial test).")
+    operator_report_rate: float = Field(
+        0.05, gt=0, le=1, description="Share of the window's verdicts an operator reported wrong that trips (statistic operator_reports)."
+    )
+    operator_report_min: int = Field(3, ge=1, le=100_000, description="Fewest operator reports in the window before operator_reports can trip.")
 
 
 class JobsSection(Section):
@@ -185,6 +189,15 @@ class JobsSection(Section):
         3600, ge=0, description="Period of the held-out validation job under `jobs worker --with-scheduler` (0: off)."
     )
     collect_frames: int = Field(50, ge=4, le=10_000, description="Frames collected after a camera or lighting change.")
+    validation_window_s: float = Field(
+        86_400, gt=0, le=90 * 86_400, description="Periodic validation also scores the frames labelled in this last window."
+    )
+    validation_min_frames: int = Field(
+        20, ge=1, le=100_000, description="Fewest labelled frames in the window for its check to run (else skipped, and said so)."
+    )
+    alarm_max_age_s: float = Field(
+        86_400, gt=0, le=30 * 86_400, description="The retrain trigger acknowledges without acting a DRIFT_ALARM older than this."
+    )
 
 
 class LineSection(Section):

@@ -45,6 +45,7 @@ class Names:
     drift_group: str = "drift"
     line_group: str = "line"
     gui_group: str = "gui"
+    retrain_trigger_group: str = "retrain-trigger"  # on the events stream: acts on DRIFT_ALARM events
 
     # keys
     def done(self, frame_id: str) -> str:
