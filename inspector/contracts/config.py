@@ -184,6 +184,17 @@ class JobsSection(Section):
     anomaly_image_size: int = Field(256, ge=64, le=1024, description="Input size (square) of the retrained anomaly model.")
     train_images: int = Field(80, ge=4, le=100_000, description="Most good frames the retraining fits on (keeps jobs fast).")
     heldout_limit: int | None = Field(None, ge=4, description="Evenly spaced subset of the held-out set (None: all of it).")
+    classifier_recipe: Path | None = Field(
+        None, description="Classifier recipe YAML of retrained combined/classification packages (unset: the built-in "
+                          "trainer.retrain.RETRAIN_RECIPE); its image_size is replaced by anomaly_image_size."
+    )
+    min_class_frames: int = Field(
+        10, ge=3, le=100_000, description="Fewest labelled training frames of a defect class for the retrained "
+                                          "classifier to learn it as a class (rarer classes are left to the anomaly scorer)."
+    )
+    calibration_images: int = Field(
+        128, ge=100, le=10_000, description="Training frames (evenly spaced) that calibrate the INT8 candidate of a retraining."
+    )
     min_gate_frames: int = Field(10, ge=1, le=100_000, description="Fewest good and fewest defect frames a gate set needs.")
     validation_interval_s: float = Field(
         3600, ge=0, description="Period of the held-out validation job under `jobs worker --with-scheduler` (0: off)."
