@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import threading
 from pathlib import Path
@@ -16,7 +17,10 @@ jobs_app = typer.Typer(help="Retraining jobs on RQ, model promotion and rollback
                        no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 ConfigOpt = typer.Option(None, "--config", "-c", help="Station YAML (default: built-in defaults + INSPECTOR_* env).")
-ActorOpt = typer.Option("cli", "--actor", help="Who acts (recorded in the audit trail).")
+ActorOpt = typer.Option(getpass.getuser(), "--actor", help="Who acts (recorded in the audit trail; default: the OS user).")
+RoleOpt = typer.Option(..., "--role", envvar="INSPECTOR_ROLE",
+                       help="Your role: operator, quality or maintenance (recorded; until station roles are bound to "
+                            "users, it is claimed here and audited).")
 
 
 def _cfg(path: Path | None, station: str | None = None) -> StationConfig:
@@ -28,10 +32,13 @@ def _cfg(path: Path | None, station: str | None = None) -> StationConfig:
 
 
 def _fail(err: InspectorError) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {err.message}")
+    err_console = Console(stderr=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/bold red] {err.message}")
+    for row in getattr(err, "rows", []):
+        err_console.print(f"  {row.line()}")
     if err.hint:
-        Console(stderr=True).print(f"[yellow]hint:[/yellow] {err.hint}")
-    raise typer.Exit(2)
+        err_console.print(f"[yellow]hint:[/yellow] {err.hint}")
+    raise typer.Exit(getattr(err, "exit_code", 2))
 
 
 def _connect(cfg: StationConfig):  # type: ignore[no-untyped-def]
@@ -72,24 +79,65 @@ def retrain(station: str = typer.Argument(..., help="Station id."),
 
 
 @jobs_app.command()
-def promote(version: str | None = typer.Argument(None, help="Version (default: the newest candidate)."),
-            config: Path | None = ConfigOpt, actor: str = ActorOpt) -> None:
-    """Approve and activate a candidate version; workers hot-reload it."""
+def promote(version: str | None = typer.Argument(None, help="Version (default: the newest waiting one)."),
+            config: Path | None = ConfigOpt, actor: str = ActorOpt, role: str = RoleOpt,
+            force: bool = typer.Option(False, "--force", help="Override a failed gate (maintenance role; audited)."),
+            reason: str = typer.Option("", "--reason", help="Why (required with --force; audited).")) -> None:
+    """Activate an approved version; workers hot-reload it. A failed or missing gate is refused (exit 3)."""
     from inspector.store.db import open_store
     from jobs import registry
 
     try:
         cfg = _cfg(config)
         with open_store(cfg) as store:
-            done = registry.promote(cfg, _connect(cfg), store, version, actor)
+            done = registry.promote(cfg, _connect(cfg), store, version, actor, role=role, force=force, reason=reason)
         console.print(f"promoted {done}")
     except InspectorError as err:
         _fail(err)
 
 
 @jobs_app.command()
+def approve(version: str = typer.Argument(..., help="Version to approve."), config: Path | None = ConfigOpt,
+            actor: str = ActorOpt, role: str = RoleOpt) -> None:
+    """Approve a version whose gate passed (after reading its rows: `inspector jobs gate VERSION`)."""
+    from inspector.store.db import open_store
+    from jobs import registry
+
+    try:
+        cfg = _cfg(config)
+        with open_store(cfg) as store:
+            registry.approve(store, version, actor, role)
+        console.print(f"approved {version}")
+    except InspectorError as err:
+        _fail(err)
+
+
+@jobs_app.command()
+def gate(version: str = typer.Argument(..., help="Version."), config: Path | None = ConfigOpt,
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every gate row of a version: candidate beside incumbent, the limit, PASS/FAIL."""
+    from inspector.store.db import open_store
+    from jobs import registry
+    from jobs.status import gate_table
+
+    try:
+        cfg = _cfg(config)
+        with open_store(cfg) as store:
+            row = registry.get_version(store, version)
+            report = registry.gate_of(row)
+    except InspectorError as err:
+        _fail(err)
+        return
+    if as_json:
+        print(json.dumps({"version": version, "status": row.status,
+                          "gate": report.model_dump(mode="json") if report else None}))
+        return
+    console.print(gate_table(version, row.status, report))
+
+
+@jobs_app.command()
 def rollback(station: str = typer.Argument(..., help="Station id."), config: Path | None = ConfigOpt,
-             actor: str = ActorOpt, reason: str = typer.Option("", help="Why.")) -> None:
+             actor: str = ActorOpt, role: str = RoleOpt, reason: str = typer.Option("", help="Why.")) -> None:
     """Re-activate the previously active model version."""
     from inspector.store.db import open_store
     from jobs import registry
@@ -97,7 +145,7 @@ def rollback(station: str = typer.Argument(..., help="Station id."), config: Pat
     try:
         cfg = _cfg(config, station)
         with open_store(cfg) as store:
-            done = registry.rollback(cfg, _connect(cfg), store, actor, reason)
+            done = registry.rollback(cfg, _connect(cfg), store, actor, reason, role=role)
         console.print(f"rolled back to {done}")
     except InspectorError as err:
         _fail(err)
@@ -123,18 +171,23 @@ def status(config: Path | None = ConfigOpt, as_json: bool = typer.Option(False, 
 
 @jobs_app.command()
 def drift(config: Path | None = ConfigOpt,
-          auto_retrain: bool = typer.Option(True, help="A drift alarm requests a retraining (locked, deduped).")) -> None:
-    """Run the drift monitor on the verdicts stream until Ctrl-C."""
+          auto_retrain: bool = typer.Option(True, help="Also run the retrain trigger here (a thread consuming "
+                                                       "DRIFT_ALARM events: locked, deduped).")) -> None:
+    """Run the drift monitor on the verdicts stream (and, by default, the retrain trigger) until Ctrl-C."""
+    import socket
+
     from inspector.drift.monitor import DriftMonitor
     from inspector.store.db import open_store
-    from jobs.trigger import retrain_on_drift
+    from jobs.trigger import run_trigger_thread
 
     try:
         cfg = _cfg(config)
         client = _connect(cfg)
         store = open_store(cfg)
-        mon = DriftMonitor(cfg, client, store, on_alarm=retrain_on_drift(cfg, client) if auto_retrain else None)
+        mon = DriftMonitor(cfg, client, store)
         stop = threading.Event()
+        if auto_retrain:
+            run_trigger_thread(cfg, client, stop, consumer=f"trigger-drift-{socket.gethostname()}")
         try:
             mon.run(stop)
         except KeyboardInterrupt:
@@ -167,6 +220,27 @@ def maintenance(action: str = typer.Argument(..., help="camera-changed | collect
     except InspectorError as err:
         _fail(err)
 
+
+
+@jobs_app.command()
+def trigger(config: Path | None = ConfigOpt,
+            consumer: str | None = typer.Option(None, help="Consumer name in the retrain-trigger group "
+                                                           "(default trigger-<host>; keep it across restarts).")) -> None:
+    """Run the retrain trigger until Ctrl-C: DRIFT_ALARM events from any source -> one retraining (deduped, locked)."""
+    import socket
+
+    from jobs.trigger import RetrainTrigger
+
+    try:
+        cfg = _cfg(config)
+        trig = RetrainTrigger(cfg, _connect(cfg), consumer or f"trigger-{socket.gethostname()}")
+        stop = threading.Event()
+        try:
+            trig.run(stop)
+        except KeyboardInterrupt:
+            stop.set()
+    except InspectorError as err:
+        _fail(err)
 
 if __name__ == "__main__":  # pragma: no cover
     jobs_app()

@@ -1,81 +1,72 @@
-"""Model registry actions: promotion gates, register, promote, rollback.
+"""Model registry actions: register a gated candidate, approve, promote (gates enforced), rollback.
 
-Promotion writes, in this order: the ``model_versions`` row and its audit row (one transaction in the
-store: the system of record), then the Redis hash ``active_model`` {version, path, sha256} that the
-workers hot-reload from, then a note on ``model_channel``. A package is verified (every sha256, every
-graph) with ``load_package`` before it is promoted; a package that fails is never made active.
+Lifecycle (``inspector.contracts.lifecycle.ModelStatus``): a retrained package is registered with its gate
+report as ``gated_pass`` or ``gated_fail`` (``candidate`` when no gate ran). Promotion:
+
+* refuses a version whose gate failed or never ran (:class:`GateRefused`: exit status 3 in the CLI, one
+  line per failed gate row, and an audit row ``model.promote_refused``), unless ``force`` with a reason by
+  the maintenance role, audited as ``model.force_promote`` with the actor and reason;
+* needs approval (``approved``) unless ``jobs.auto_promote`` is on, and auto-promotion
+  (:func:`auto_promote`) happens only when every gate row passed;
+* verifies the package (every sha256, every graph) with ``load_package`` and that it is the package that
+  was registered, then writes the ``model_versions`` row and its audit row (one transaction: the system of
+  record), then the Redis hash ``active_model`` the workers hot-reload from.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from sqlalchemy import select
 
 from inspector.bus.streams import StationBus
-from inspector.contracts.config import JobsSection, StationConfig
+from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
+from inspector.contracts.lifecycle import PROMOTABLE, Action, GateReport, GateRow, ModelStatus, Role, may
 from inspector.contracts.messages import Event, EventType
 from inspector.runtime.package import load_package
 from inspector.store.db import Store
 from inspector.store.models import ModelVersionRow
-from inspector.store.records import active_model, promote_model, register_model
+from inspector.store.records import active_model, promote_model, register_model, set_model_status
 
 
-@dataclass
-class GateCheck:
-    name: str
-    passed: bool
-    value: float | None
-    limit: float | None
+class GateRefused(InspectorError):
+    """A promotion the gate (or the lifecycle) does not allow; ``rows`` are the failed gate rows."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "value": self.value, "limit": self.limit}
+    exit_code = 3
 
-
-@dataclass
-class GateResult:
-    checks: list[GateCheck] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-    @property
-    def failed(self) -> list[GateCheck]:
-        return [c for c in self.checks if not c.passed]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "checks": [c.as_dict() for c in self.checks]}
+    def __init__(self, message: str, hint: str, rows: list[GateRow] | None = None) -> None:
+        super().__init__(message, hint)
+        self.rows = rows or []
 
 
-def evaluate_gates(candidate: dict[str, Any], incumbent: dict[str, Any] | None, jobs: JobsSection) -> GateResult:
-    """Line metrics of the candidate (and the incumbent on the SAME frames) against the configured gates."""
-    res = GateResult()
-    n_good, n_defect = candidate.get("n_good", 0), candidate.get("n_defect", 0)
-    res.checks.append(GateCheck("enough_frames", min(n_good, n_defect) >= jobs.min_gate_frames,
-                                float(min(n_good, n_defect)), float(jobs.min_gate_frames)))
-    frr = candidate.get("false_reject_rate")
-    res.checks.append(GateCheck("false_reject_ceiling", frr is not None and frr <= jobs.false_reject_ceiling,
-                                frr, jobs.false_reject_ceiling))
-    for cls, recall in sorted((candidate.get("recall") or {}).items()):
-        floor = jobs.recall_floors.get(cls, jobs.recall_floor)
-        res.checks.append(GateCheck(f"recall_floor:{cls}", recall >= floor, recall, floor))
-    if incumbent is not None and incumbent.get("balanced_accuracy") is not None:
-        cand, inc = candidate.get("balanced_accuracy"), incumbent["balanced_accuracy"]
-        limit = inc - jobs.regression_tolerance
-        res.checks.append(GateCheck("no_regression", cand is not None and cand >= limit, cand, limit))
-    return res
+class RoleRefused(InspectorError):
+    """The acting role may not do this."""
 
 
-def register_candidate(store: Store, version: str, path: str, sha256: str, metrics: dict[str, Any],
-                       actor: str) -> None:
-    register_model(store, version, path, sha256, metrics, actor)
+def check_role(role: Role | str, action: Action) -> Role:
+    if not may(role, action):
+        allowed = ", ".join(sorted(r.value for r in Role if may(r, action)))
+        raise RoleRefused(f"role {role!r} may not {action.value}", f"this needs one of: {allowed}")
+    return Role(role)
 
 
-def _row(store: Store, version: str) -> ModelVersionRow:
+def gate_of(row: ModelVersionRow) -> GateReport | None:
+    raw = (row.metrics or {}).get("gate")
+    return GateReport.model_validate(raw) if raw else None
+
+
+def register_candidate(store: Store, version: str, path: str, sha256: str, gate: GateReport | None, actor: str,
+                       metrics: dict[str, Any] | None = None) -> ModelStatus:
+    """Register a new version with its gate report; its status says whether the gate passed."""
+    status = ModelStatus.CANDIDATE if gate is None else ModelStatus.GATED_PASS if gate.passed else ModelStatus.GATED_FAIL
+    body = {**(metrics or {}), "gate": gate.model_dump(mode="json") if gate else None}
+    register_model(store, version, path, sha256, body, actor, status=status)
+    return status
+
+
+def get_version(store: Store, version: str) -> ModelVersionRow:
     with store.session() as s:
         row = s.get(ModelVersionRow, version)
     if row is None:
@@ -84,22 +75,72 @@ def _row(store: Store, version: str) -> ModelVersionRow:
 
 
 def newest_candidate(store: Store) -> str | None:
+    """The newest version waiting for promotion (approved, gated_pass or candidate)."""
+    waiting = (ModelStatus.APPROVED, ModelStatus.GATED_PASS, ModelStatus.GATED_FAIL, ModelStatus.CANDIDATE)
     with store.session() as s:
-        q = select(ModelVersionRow.version).where(ModelVersionRow.status == "candidate")
+        q = select(ModelVersionRow.version).where(ModelVersionRow.status.in_([w.value for w in waiting]))
         return s.scalar(q.order_by(ModelVersionRow.created_at.desc()).limit(1))
 
 
+def _verified(row: ModelVersionRow) -> None:
+    package = load_package(row.package_path)  # refuses a corrupt, edited or half-built package
+    if package.package_sha256 != row.package_sha256:
+        raise InspectorError(f"package of {row.version} changed since it was registered ({row.package_path})",
+                             "restore the registered package, or register the new one as a new version")
+
+
+def _refuse(store: Store, row: ModelVersionRow, actor: str, why: str, hint: str, rows: list[GateRow]) -> GateRefused:
+    store.audit.record(actor, "model.promote_refused", row.version, {"status": row.status}, None,
+                       {"why": why, "failed_rows": [r.model_dump(mode="json") for r in rows]})
+    return GateRefused(f"promotion of {row.version} refused: {why}", hint, rows)
+
+
+def approve(store: Store, version: str, actor: str, role: Role | str) -> ModelStatus:
+    """A person who read every gate row approves a gated_pass version for promotion."""
+    check_role(role, Action.APPROVE)
+    row = get_version(store, version)
+    if row.status != ModelStatus.GATED_PASS:
+        gate = gate_of(row)
+        raise _refuse(store, row, actor, f"it is {row.status}, only a gated_pass version can be approved",
+                      "a failed gate can only be overridden by `promote --force --reason` (maintenance)",
+                      gate.failed if gate else [])
+    set_model_status(store, version, ModelStatus.APPROVED, actor, Action.APPROVE.value, {"role": str(role)})
+    return ModelStatus.APPROVED
+
+
 def promote(cfg: StationConfig, client: redis.Redis, store: Store, version: str | None, actor: str,
+            role: Role | str = Role.MAINTENANCE, force: bool = False, reason: str = "",
             action: str = "model.promote", details: dict[str, Any] | None = None) -> str:
-    """Verify and activate ``version`` (default: the newest candidate); returns the version promoted."""
+    """Verify and activate ``version`` (default: the newest waiting one) under the lifecycle's rules."""
+    check_role(role, Action.FORCE_PROMOTE if force else Action.PROMOTE)
     version = version or newest_candidate(store)
     if version is None:
-        raise InspectorError("no candidate model waits for promotion", "run `inspector jobs retrain` first")
-    row = _row(store, version)
-    package = load_package(row.package_path)  # refuses a corrupt or half-built package
-    if package.package_sha256 != row.package_sha256:
-        raise InspectorError(f"package of {version} changed since it was registered", "rebuild or re-register it")
-    previous = promote_model(store, version, actor, action, {"path": row.package_path, **(details or {})})
+        raise InspectorError("no model version waits for promotion", "run `inspector jobs retrain` first")
+    row = get_version(store, version)
+    if row.status == ModelStatus.ACTIVE:
+        raise InspectorError(f"{version} is already the active model", "nothing to do")
+    gate = gate_of(row)
+    extra: dict[str, Any] = {"path": row.package_path, "role": str(role), **(details or {})}
+    if force:
+        if not reason.strip():
+            raise InspectorError("--force needs --reason", "say why the gate is overridden; it is audited")
+        action = Action.FORCE_PROMOTE.value
+        extra.update(reason=reason, overridden_rows=[r.model_dump(mode="json") for r in (gate.failed if gate else [])],
+                     status_before=row.status)
+    elif row.status == ModelStatus.GATED_FAIL:
+        assert gate is not None
+        raise _refuse(store, row, actor, f"{len(gate.failed)} gate row(s) failed",
+                      "retrain with more labels, or override with --force --reason (maintenance role, audited)",
+                      gate.failed)
+    elif row.status == ModelStatus.CANDIDATE:
+        raise _refuse(store, row, actor, "its gate never ran", "evaluate it through the retraining job's gate", [])
+    elif row.status == ModelStatus.GATED_PASS and not cfg.jobs.auto_promote and action == "model.promote":
+        raise _refuse(store, row, actor, "it is not approved (jobs.auto_promote is off)",
+                      "review its gate rows and `inspector jobs approve VERSION` first", [])
+    elif ModelStatus(row.status) not in PROMOTABLE:
+        raise _refuse(store, row, actor, f"a {row.status} version cannot be promoted", "", [])
+    _verified(row)
+    previous = promote_model(store, version, actor, action, extra)
     bus = StationBus(client, cfg)
     pipe = client.pipeline(transaction=True)
     pipe.delete(bus.names.active_model)
@@ -113,19 +154,38 @@ def promote(cfg: StationConfig, client: redis.Redis, store: Store, version: str 
     return version
 
 
+def auto_promote(cfg: StationConfig, client: redis.Redis, store: Store, version: str, actor: str,
+                 details: dict[str, Any] | None = None) -> bool:
+    """Promote ``version`` without a person only when ``jobs.auto_promote`` is on and its gate passed."""
+    if not cfg.jobs.auto_promote:
+        return False
+    row = get_version(store, version)
+    gate = gate_of(row)
+    if row.status != ModelStatus.GATED_PASS or gate is None or not gate.passed:
+        return False
+    promote(cfg, client, store, version, actor, role=Role.SYSTEM, action="model.auto_promote", details=details)
+    return True
+
+
 def previous_version(store: Store) -> str | None:
     """The version that was active before the current one (the newest retired one that was ever promoted)."""
     with store.session() as s:
-        q = select(ModelVersionRow.version).where(ModelVersionRow.status == "retired",
+        q = select(ModelVersionRow.version).where(ModelVersionRow.status == ModelStatus.RETIRED.value,
                                                   ModelVersionRow.promoted_at.is_not(None))
         return s.scalar(q.order_by(ModelVersionRow.promoted_at.desc()).limit(1))
 
 
-def rollback(cfg: StationConfig, client: redis.Redis, store: Store, actor: str, reason: str = "") -> str:
-    """Re-activate the previously active version; returns it."""
+def rollback(cfg: StationConfig, client: redis.Redis, store: Store, actor: str, reason: str = "",
+             role: Role | str = Role.MAINTENANCE) -> str:
+    """Re-activate the previously active version; the replaced one becomes ``rolled_back``."""
+    check_role(role, Action.ROLLBACK)
     target = previous_version(store)
     current = active_model(store)
     if target is None:
         raise InspectorError("there is no previous model version to roll back to", "promote a version instead")
-    return promote(cfg, client, store, target, actor, action="model.rollback",
+    done = promote(cfg, client, store, target, actor, role=role, action="model.rollback",
                    details={"from": current.version if current else None, "reason": reason})
+    if current is not None:
+        set_model_status(store, current.version, ModelStatus.ROLLED_BACK, actor, "model.rolled_back",
+                         {"reason": reason, "replaced_by": done})
+    return done

@@ -10,6 +10,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from inspector.contracts.config import StationConfig
+from inspector.contracts.lifecycle import GateReport
 from inspector.store.db import open_store
 from inspector.store.records import list_models
 from jobs.queues import SERIALIZER, JobKeys, names_of
@@ -52,3 +53,22 @@ def render(st: dict[str, Any]) -> list[Table]:
     for v in st["versions"]:
         versions.add_row(v["version"], v["status"], f"{v['promoted_at']:.0f}" if v["promoted_at"] else "", v["path"])
     return [jobs, versions]
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def gate_table(version: str, status: str, report: GateReport | None) -> Table:
+    """Every gate row of a version, candidate beside incumbent: what a person reads before approving."""
+    if report is None:
+        t = Table("gate", title=f"{version} ({status}): no gate ran")
+        t.add_row("a version without a gate report cannot be promoted")
+        return t
+    verdict = "PASSED" if report.passed else f"FAILED ({len(report.failed)} rows)"
+    t = Table("gate", "metric", "frames", "candidate", f"incumbent ({report.incumbent_version or 'none'})", "limit",
+              "result", title=f"gate of {version} ({status}): {verdict}; frame sets {report.frame_sets}")
+    for r in report.rows:
+        t.add_row(r.gate, r.metric, r.frame_set, _fmt(r.candidate), _fmt(r.incumbent), _fmt(r.limit),
+                  "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]")
+    return t

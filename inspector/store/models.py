@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from inspector.contracts.lifecycle import ModelStatus
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -21,7 +23,7 @@ NAMING = {
 }
 
 REVIEW_STATUSES = ("pending", "leased", "labelled")
-MODEL_STATUSES = ("candidate", "active", "retired")
+MODEL_STATUSES = tuple(s.value for s in ModelStatus)  # inspector.contracts.lifecycle
 
 
 class Base(DeclarativeBase):

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from inspector.contracts.errors import InspectorError
+from inspector.contracts.lifecycle import ModelStatus
 from inspector.contracts.messages import ReviewRequest, Verdict, now
 from inspector.store.db import Store
 from inspector.store.models import DriftAlarmRow, ModelVersionRow, ReviewItemRow, VerdictRow
@@ -88,8 +89,9 @@ def get_verdict(store: Store, frame_id: str) -> VerdictRow | None:
 
 
 def register_model(store: Store, version: str, package_path: str, package_sha256: str,
-                   metrics: dict[str, Any] | None = None, actor: str = "system") -> None:
-    """Add a candidate model version (idempotent for the same version and hash)."""
+                   metrics: dict[str, Any] | None = None, actor: str = "system",
+                   status: ModelStatus = ModelStatus.CANDIDATE) -> None:
+    """Add a model version (idempotent for the same version and hash) with its lifecycle status."""
     with store.session() as s:
         row = s.get(ModelVersionRow, version)
         if row is not None:
@@ -98,10 +100,24 @@ def register_model(store: Store, version: str, package_path: str, package_sha256
                                      "give the new package a new version")
             return
         s.add(ModelVersionRow(version=version, package_path=package_path, package_sha256=package_sha256,
-                              metrics=metrics or {}, status="candidate", created_at=now()))
+                              metrics=metrics or {}, status=status.value, created_at=now()))
         store.audit.record(actor, "model.register", version, None,
-                           {"package_sha256": package_sha256, "path": package_path}, {"metrics": metrics or {}},
+                           {"package_sha256": package_sha256, "path": package_path, "status": status.value},
+                           {"metrics": metrics or {}}, session=s)
+
+
+def set_model_status(store: Store, version: str, status: ModelStatus, actor: str, action: str,
+                     details: dict[str, Any] | None = None) -> ModelStatus:
+    """Move a version to ``status`` (audited with its old status); returns the old status."""
+    with store.session() as s:
+        row = s.get(ModelVersionRow, version)
+        if row is None:
+            raise InspectorError(f"model version {version} is not registered", "register the package first")
+        old = ModelStatus(row.status)
+        row.status = status.value
+        store.audit.record(actor, action, version, {"status": old.value}, {"status": status.value}, details or {},
                            session=s)
+        return old
 
 
 def promote_model(store: Store, version: str, actor: str, action: str = "model.promote",
@@ -111,9 +127,11 @@ def promote_model(store: Store, version: str, actor: str, action: str = "model.p
         row = s.get(ModelVersionRow, version)
         if row is None:
             raise InspectorError(f"model version {version} is not registered", "register the package first")
-        previous = s.scalar(select(ModelVersionRow.version).where(ModelVersionRow.status == "active"))
-        s.execute(update(ModelVersionRow).where(ModelVersionRow.status == "active").values(status="retired"))
-        row.status, row.promoted_at = "active", now()
+        active = ModelStatus.ACTIVE.value
+        previous = s.scalar(select(ModelVersionRow.version).where(ModelVersionRow.status == active))
+        s.execute(update(ModelVersionRow).where(ModelVersionRow.status == active)
+                  .values(status=ModelStatus.RETIRED.value))
+        row.status, row.promoted_at = active, now()
         store.audit.record(actor, action, version, {"active": previous}, {"active": version}, details or {},
                            session=s)
         return previous
@@ -121,7 +139,7 @@ def promote_model(store: Store, version: str, actor: str, action: str = "model.p
 
 def active_model(store: Store) -> ModelVersionRow | None:
     with store.session() as s:
-        return s.scalar(select(ModelVersionRow).where(ModelVersionRow.status == "active"))
+        return s.scalar(select(ModelVersionRow).where(ModelVersionRow.status == ModelStatus.ACTIVE.value))
 
 
 def list_models(store: Store) -> list[ModelVersionRow]:
