@@ -7,7 +7,9 @@ Camera or lighting changed:
      ``<data_dir>/collections/<id>/``;
   3. a person looks at them and calls :func:`confirm`; that queues :func:`refit` (under the station's
      retrain lock), which refits the anomaly threshold, the score normalisation and the drift reference on
-     the confirmed frames, writes a NEW package version and registers / promotes it through the registry.
+     the confirmed frames, writes a NEW package version and registers it with its gate report (the same
+     gate as a retrained candidate, on the freshly confirmed frames and the fixed held-out set); it is
+     promoted only as any candidate is: automatically when every row passed and ``jobs.auto_promote``.
      Drift alarms resume when that package becomes active (the monitor lifts the suppression).
 Retrain now: :func:`retrain_now` queues the retraining pipeline with a reason (no dedupe window).
 """
@@ -33,13 +35,13 @@ from inspector.contracts.messages import Event, EventType, FrameMeta
 from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE
 from inspector.drift.monitor import suppression_key
 from inspector.drift.reference import reference_from_samples
+from inspector.evaluation import line_metrics, score_frames
+from inspector.gates import evaluate_gates
 from inspector.runtime.package import hash_file, load_package, write_manifest
 from inspector.store.db import Store, open_store
 from inspector.store.records import active_model
-from jobs.data import load_rgb
-from jobs.evaluation import score_package
 from jobs.queues import JobKeys, names_of, station_queue, worker_config
-from jobs.registry import promote, register_candidate
+from jobs.registry import auto_promote, register_candidate
 from jobs.steps import models_dir
 from jobs.trigger import RetrainRequest, lock_ttl_s, release_lock, request_retrain
 
@@ -106,6 +108,11 @@ def confirm(cfg: StationConfig, client: redis.Redis, store: Store, actor: str, g
     state = _state(client, cfg)
     if state is None or state["status"] != "awaiting_confirmation":
         raise InspectorError("no collected frames await confirmation", "collect frames first")
+    need = 2 * cfg.jobs.min_gate_frames
+    if good and state["have"] < need:
+        raise InspectorError(f"only {state['have']} frames were collected; a refit needs {need} confirmed frames "
+                             "(half fit the threshold, half are the gate's confirmed set)",
+                             f"set jobs.collect_frames to at least {need} and collect again")
     store.audit.record(actor, "maintenance.frames_confirmed" if good else "maintenance.frames_rejected",
                        cfg.station.id, None, {"collection": state["id"], "frames": state["have"]})
     if not good:
@@ -153,30 +160,56 @@ def refit(station: str, collection_id: str, actor: str) -> dict[str, Any]:
 
 def refit_package(cfg: StationConfig, client: redis.Redis, store: Store, collection_id: str, actor: str,
                   job_id: str) -> dict[str, Any]:
+    """New threshold, normalisation and drift reference from the confirmed frames, through the same gate.
+
+    The confirmed frames are split in two (even / odd positions): the first half fits the threshold and the
+    drift reference, the second half is the gate's ``confirmed`` set (false rejects of good parts of the new
+    condition: a threshold is never judged on the frames it was fitted on). The fixed held-out set gives the
+    no-regression rows beside the incumbent. The refit is registered with its gate report and promoted only
+    as any other candidate: automatically when ``jobs.auto_promote`` is on and every row passed, else after
+    approval."""
+    from trainer.heldout import load_heldout_set, load_images, load_rgb
+
     row = active_model(store)
     if row is None:
         raise InspectorError("no active model to refit", "promote a model first")
-    images = [load_rgb(p) for p in sorted(collection_dir(cfg, collection_id).iterdir())]
+    frames = sorted(p for p in collection_dir(cfg, collection_id).iterdir() if p.is_file())
+    need = 2 * cfg.jobs.min_gate_frames
+    if len(frames) < need:
+        raise InspectorError(f"only {len(frames)} confirmed frames in collection {collection_id}; a refit needs "
+                             f"{need} (half fit the threshold, half are the gate's confirmed set)",
+                             f"collect more frames (jobs.collect_frames >= {need}) and confirm them")
+    images = [load_rgb(p) for p in frames]
+    fit, check = images[0::2], images[1::2]
     stage = models_dir(cfg) / f".staging-{job_id}"
     shutil.rmtree(stage, ignore_errors=True)
     shutil.copytree(row.package_path, stage)
-    manifest = _refit_threshold(cfg, stage, images)
-    scored = score_package(stage, images, cfg)
+    manifest = _refit_threshold(cfg, stage, fit)
+    held = load_heldout_set(cfg.data_dir, cfg.jobs.base_data)
+    held_images, held_labels = load_images(held.items), [i.label for i in held.items]
+    cand_pkg = load_package(stage)
+    cand = {"confirmed": line_metrics(score_frames(cand_pkg, check, cfg).decisions, ["good"] * len(check)),
+            "heldout": line_metrics(score_frames(cand_pkg, held_images, cfg).decisions, held_labels)}
+    inc = {"heldout": line_metrics(score_frames(row.package_path, held_images, cfg).decisions, held_labels)}
+    gate = evaluate_gates(cand, inc, cfg.jobs, row.version, primary="confirmed")
+    scored = score_frames(cand_pkg, fit, cfg)
     ref = reference_from_samples(scored.stats, scored.class_probs, scored.anomaly_scores, scored.decisions,
-                                 frames=f"{len(images)} confirmed frames after a camera or lighting change")
+                                 frames=f"{len(fit)} confirmed frames after a camera or lighting change")
     version = f"{manifest.name}-refit-{time.strftime('%Y%m%d-%H%M%S')}-{hash_file(stage / manifest.model.fp32)[:8]}"
     manifest = manifest.model_copy(update={"version": version, "created_at": time.time(), "drift_reference": ref,
+                                           "line_metrics": cand, "gate": gate,
                                            "data": {**manifest.data, "refit_from": row.version,
-                                                    "collection": collection_id}})
+                                                    "collection": collection_id, "fit_frames": len(fit),
+                                                    "gate_frames": len(check)}})
     write_manifest(stage, manifest)
     pkg = load_package(stage)
     final = models_dir(cfg) / version
     stage.rename(final)
-    register_candidate(store, version, str(final), pkg.package_sha256, {"refit_from": row.version}, actor)
-    promoted = cfg.jobs.auto_promote
-    if promoted:
-        promote(cfg, client, store, version, actor, details={"job_id": job_id, "kind": "refit"})
-    return {"version": version, "path": str(final), "promoted": promoted}
+    status = register_candidate(store, version, str(final), pkg.package_sha256, gate, actor,
+                                {"refit_from": row.version})
+    promoted = auto_promote(cfg, client, store, version, actor, details={"job_id": job_id, "kind": "refit"})
+    return {"version": version, "path": str(final), "status": status.value, "gate_passed": gate.passed,
+            "failed_rows": [r.line() for r in gate.failed], "promoted": promoted}
 
 
 def _refit_threshold(cfg: StationConfig, stage: Path, images: list[np.ndarray]) -> Manifest:
