@@ -6,9 +6,26 @@ keeps quiet for ``drift.cooldown_s`` after an alarm and says nothing while suppr
 
 :class:`DriftMonitor` consumes ``…:verdicts`` with the consumer group ``Names.drift_group``, loads the
 reference of the package named by the ``active_model`` hash (and starts afresh when it changes), and turns
-each alarm into a ``DRIFT_ALARM`` event on ``…:events``, a ``drift_alarms`` row (with an audit row) and an
-optional callback (the retrain trigger). A planned change (maintenance "camera or lighting changed") sets
-the suppression key; alarms stay suppressed until a package fitted after that moment becomes active.
+each alarm into a ``DRIFT_ALARM`` event on ``…:events`` and a ``drift_alarms`` row (with an audit row). A
+planned change (maintenance "camera or lighting changed") sets the suppression key; alarms stay suppressed
+until a package fitted after that moment becomes active.
+
+Alarms are events, nothing else: the monitor calls no retraining code. The retrain trigger
+(``jobs.trigger.RetrainTrigger``) consumes ``DRIFT_ALARM`` events from every source (this monitor, periodic
+validation) with its own consumer group, so an alarm raised while the trigger is down is acted on when it
+comes back, and one policy (dedupe, lock, cooldown, suppression) applies to all sources. Each event's data
+names its ``source``: ``drift`` (statistics of the verdicts) or ``operator_reports`` (below).
+
+Operator reports. An operator who presses "wrong verdict" calls ``LabellingService.request_review``, which
+writes a ``review.request`` audit row on ``frame:<id>``; that row is the system-of-record trace of the
+report (whichever client made it). The monitor reads new such rows from the store (by audit id, so each is
+read once) and the detector counts how many of the frames in its window were reported: the statistic
+``operator_reports`` trips when at least ``drift.operator_report_min`` of the window's verdicts were
+reported AND their share exceeds ``drift.operator_report_rate``. It shares the hysteresis and cooldown of
+the other statistics (a single bad minute of an annoyed operator does not retrain), and an alarm whose
+worst statistic is ``operator_reports`` carries ``source = "operator_reports"``. Counting reports per
+verdict in the window (not per minute) keeps the rate independent of line speed; a report on a frame that
+already left the window is not counted (the window is the monitor's notion of "now").
 """
 
 from __future__ import annotations
@@ -18,7 +35,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +56,10 @@ log = logging.getLogger(__name__)
 MIN_VALUES = 20  # a statistic with fewer values in the window (e.g. few PASS frames) is not compared
 CLASS_MIX = "class_mix"
 REVIEW_RATE = "review_rate"
+OPERATOR_REPORTS = "operator_reports"
+REPORT_ACTION = "review.request"  # the audit action of LabellingService.request_review (operator: wrong verdict)
+SOURCE_DRIFT = "drift"
+SOURCE_OPERATOR = "operator_reports"
 
 
 def suppression_key(names: Names) -> str:
@@ -55,6 +76,7 @@ class DriftRecord:
     top_class: str | None = None
     anomaly_score: float | None = None
     decision: str = "PASS"
+    frame_id: str | None = None
 
     @classmethod
     def from_verdict(cls, v: Verdict) -> DriftRecord | None:
@@ -63,7 +85,7 @@ class DriftRecord:
             return None
         top = max(v.class_probs, key=v.class_probs.get) if v.class_probs else None  # type: ignore[arg-type]
         return cls(stats=v.image_stats.model_dump(), confidence=max(v.class_probs.values()) if v.class_probs else None,
-                   top_class=top, anomaly_score=v.anomaly_score, decision=v.decision.value)
+                   top_class=top, anomaly_score=v.anomaly_score, decision=v.decision.value, frame_id=v.frame_id)
 
 
 @dataclass
@@ -78,8 +100,13 @@ class DriftAlarm:
     ts: float
     model_version: str | None = None
 
+    @property
+    def source(self) -> str:
+        """``operator_reports`` when the operators' reports tripped hardest, else ``drift``."""
+        return SOURCE_OPERATOR if self.statistic == OPERATOR_REPORTS else SOURCE_DRIFT
+
     def as_dict(self) -> dict[str, Any]:
-        return {"statistic": self.statistic, "value": self.value, "threshold": self.threshold,
+        return {"source": self.source, "statistic": self.statistic, "value": self.value, "threshold": self.threshold,
                 "frames_seen": self.frames_seen, "model_version": self.model_version, "tripped": self.details}
 
 
@@ -113,6 +140,8 @@ class DriftDetector:
         self.numeric: dict[str, deque[float]] = {k: deque(maxlen=w) for k in reference.numeric}
         self.top: deque[str] = deque(maxlen=w)
         self.decisions: deque[str] = deque(maxlen=w)
+        self.frame_ids: deque[str | None] = deque(maxlen=w)
+        self.reported: set[str] = set()  # frame ids an operator reported wrong (see note_reports)
         self.frames = 0
         self.consecutive = 0
         self.last_alarm: float | None = None
@@ -148,6 +177,13 @@ class DriftDetector:
         if rec.top_class is not None:
             self.top.append(rec.top_class)
         self.decisions.append(rec.decision)
+        self.frame_ids.append(rec.frame_id)
+
+    def note_reports(self, frame_ids: Iterable[str]) -> None:
+        """Frames an operator reported as wrongly judged (they count while their verdict is in the window)."""
+        self.reported.update(frame_ids)
+        if len(self.reported) > 4 * self.cfg.window:  # forget reports on frames that left the window
+            self.reported &= {f for f in self.frame_ids if f is not None}
 
     def check(self) -> CheckResult:
         """Compare the current windows with the reference; every tripped statistic with its numbers."""
@@ -167,7 +203,22 @@ class DriftDetector:
                             c.psi_threshold if by_psi else c.mean_shift_sigma)
         self._check_class_mix(out)
         self._check_review_rate(out)
+        self._check_operator_reports(out)
         return out
+
+    def operator_reports(self) -> tuple[int, int]:
+        """(reported verdicts, verdicts) in the window."""
+        return sum(f is not None and f in self.reported for f in self.frame_ids), len(self.frame_ids)
+
+    def _check_operator_reports(self, out: CheckResult) -> None:
+        k, n = self.operator_reports()
+        if n == 0 or k < self.cfg.operator_report_min:
+            return
+        rate = k / n
+        if rate > self.cfg.operator_report_rate:
+            out.tripped[OPERATOR_REPORTS] = {"rate": round(rate, 4), "reports": k, "n": n,
+                                             "threshold": self.cfg.operator_report_rate}
+            self._worse(out, OPERATOR_REPORTS, rate, self.cfg.operator_report_rate)
 
     def _check_class_mix(self, out: CheckResult) -> None:
         if not self.ref.class_mix or len(self.top) < MIN_VALUES:
@@ -218,21 +269,19 @@ def load_reference(package_path: str | Path) -> tuple[Manifest, DriftReference]:
     return manifest, parse_reference(manifest.drift_reference)
 
 
-AlarmCallback = Callable[[DriftAlarm], None]
-
-
 class DriftMonitor:
     """Consumes the verdicts stream of one station and raises drift alarms."""
 
     def __init__(self, cfg: StationConfig, client: redis.Redis, store: Any = None, consumer: str = "drift-1",
-                 on_alarm: AlarmCallback | None = None, clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, report_lookback_s: float = 3600.0) -> None:
         self.cfg = cfg
         self.bus = StationBus(client, cfg)
         self.names = self.bus.names
         self.store = store
         self.consumer = consumer
-        self.on_alarm = on_alarm
         self.clock = clock
+        self.report_lookback_s = report_lookback_s
+        self._last_report_id: int | None = None  # audit id of the newest operator report read
         self.version: str | None = None
         self.manifest: Manifest | None = None
         self.detector: DriftDetector | None = None
@@ -269,6 +318,7 @@ class DriftMonitor:
     def step(self, block_ms: int | None = 100, count: int = 500) -> list[DriftAlarm]:
         """Read a batch of verdicts, feed the detector, acknowledge; return the alarms raised."""
         self.refresh_model()
+        self._poll_reports()
         entries = self.bus.read_new(self.names.verdicts, self.names.drift_group, self.consumer, count, block_ms)
         if not entries:
             return []
@@ -296,6 +346,30 @@ class DriftMonitor:
             return None
         return self.detector.add(rec)
 
+    def _poll_reports(self) -> None:
+        """Hand the detector the frames operators reported since the last poll (audit rows, read once by id).
+        The first poll looks back ``report_lookback_s``. A store error is logged; drift monitoring goes on."""
+        if self.store is None or self.detector is None:
+            return
+        try:
+            from sqlalchemy import select
+
+            from inspector.store.models import AuditRow
+
+            q = select(AuditRow.id, AuditRow.target).where(AuditRow.action == REPORT_ACTION)
+            if self._last_report_id is None:
+                q = q.where(AuditRow.ts >= self.clock() - self.report_lookback_s)
+            else:
+                q = q.where(AuditRow.id > self._last_report_id)
+            with self.store.session() as s:
+                rows = s.execute(q.order_by(AuditRow.id)).all()
+        except Exception:  # noqa: BLE001 - a failing side input never stops drift monitoring
+            log.exception("could not read operator reports from the store")
+            return
+        if rows:
+            self._last_report_id = int(rows[-1].id)
+        self.detector.note_reports(t.split(":", 1)[1] for _, t in rows if t.startswith("frame:"))
+
     def run(self, stop: threading.Event, block_ms: int = 500) -> None:
         while not stop.is_set():
             try:
@@ -307,7 +381,7 @@ class DriftMonitor:
     # -- outputs ----------------------------------------------------------------------------------------
     def _raise(self, alarm: DriftAlarm) -> None:
         self.alarms.append(alarm)
-        msg = (f"drift: {alarm.statistic} = {alarm.value:.3g} (threshold {alarm.threshold:.3g}); "
+        msg = (f"{alarm.source}: {alarm.statistic} = {alarm.value:.3g} (threshold {alarm.threshold:.3g}); "
                f"tripped: {', '.join(sorted(alarm.details))}")
         self._event(EventType.DRIFT_ALARM, "warning", msg, alarm.as_dict())
         if self.store is not None:
@@ -318,11 +392,6 @@ class DriftMonitor:
                                    alarm.as_dict(), alarm.ts)
             except Exception:  # noqa: BLE001 - a failing side output never blocks the alarm event
                 log.exception("could not record the drift alarm in the store")
-        if self.on_alarm is not None:
-            try:
-                self.on_alarm(alarm)
-            except Exception:  # noqa: BLE001
-                log.exception("drift alarm callback failed")
 
     def _event(self, etype: EventType, severity: str, message: str, data: dict[str, Any]) -> None:
         self.bus.publish_event(Event(station=self.cfg.station.id, type=etype, severity=severity,  # type: ignore[arg-type]

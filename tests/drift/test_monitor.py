@@ -91,8 +91,8 @@ def test_monitor_on_stream_raises_event_and_store_row_and_respects_suppression(s
     _write_package(tmp_path / "v1", _reference(rng), created_at=1.0)
     redis_client.hset(names.active_model, mapping={"version": "v1", "path": str(tmp_path / "v1")})
     store = open_store(cfg)
-    seen = []
-    mon = DriftMonitor(cfg, redis_client, store, on_alarm=seen.append)
+    mon = DriftMonitor(cfg, redis_client, store)
+    seen = mon.alarms  # the monitor only publishes; the retrain trigger consumes the events
     bus = StationBus(redis_client, cfg)
     for i in range(300):
         bus.r.xadd(names.verdicts, {b"m": _verdict(cfg.station.id, "v1", i, _stats(rng, 0.7 if i >= 150 else 1)).to_json()})
@@ -100,7 +100,7 @@ def test_monitor_on_stream_raises_event_and_store_row_and_respects_suppression(s
         pass
     assert seen and seen[0].frames_seen - 150 <= 60
     events = [json.loads(f[b"m"]) for _, f in redis_client.xrange(names.events)]
-    assert any(e["type"] == "drift_alarm" and e["data"]["tripped"] for e in events)
+    assert any(e["type"] == "drift_alarm" and e["data"]["tripped"] and e["data"]["source"] == "drift" for e in events)
     from sqlalchemy import select
 
     from inspector.store.models import DriftAlarmRow
@@ -120,4 +120,54 @@ def test_monitor_on_stream_raises_event_and_store_row_and_respects_suppression(s
     redis_client.hset(names.active_model, mapping={"version": "v2", "path": str(tmp_path / "v2")})
     mon.refresh_model()
     assert redis_client.get(suppression_key(names)) is None and mon.version == "v2"
+    store.close()
+
+
+def test_operator_reports_count_per_window_with_their_own_threshold() -> None:
+    cfg = DriftSection(window=100, check_every=10, hysteresis=1, cooldown_s=0, operator_report_rate=0.05,
+                       operator_report_min=3)
+    det, rng = _detector(cfg, Clock())
+    recs = [DriftRecord(_stats(rng), frame_id=f"f{i}") for i in range(100)]
+    for r in recs[:-1]:
+        assert det.add(r) is None
+    det.note_reports(["f10", "f11"])  # 2 reports: under operator_report_min
+    assert det.add(recs[-1]) is None and det.operator_reports() == (2, 100)
+    det.note_reports(["f12", "f13", "f14", "f15"])  # 6 of 100 > 5 %
+    alarms = [a for a in (det.add(DriftRecord(_stats(rng), frame_id=f"g{i}")) for i in range(10)) if a is not None]
+    assert len(alarms) == 1 and alarms[0].statistic == "operator_reports" and alarms[0].source == "operator_reports"
+    assert alarms[0].details["operator_reports"]["reports"] == 6
+
+
+def test_wrong_verdict_reports_raise_an_operator_alarm_the_trigger_acts_on(station_config, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from inspector.archive import Archive
+    from inspector.review.labelling import LabellingService
+    from inspector.store.records import record_verdicts
+    from jobs.queues import station_queue
+    from jobs.trigger import RetrainTrigger
+
+    cfg = station_config.model_copy(deep=True)
+    cfg.drift = DriftSection(window=100, check_every=10, hysteresis=2, cooldown_s=0)
+    names = Names(cfg.redis.prefix, cfg.station.id)
+    rng = np.random.default_rng(4)
+    _write_package(tmp_path / "v1", _reference(rng), created_at=1.0)
+    redis_client.hset(names.active_model, mapping={"version": "v1", "path": str(tmp_path / "v1")})
+    store = open_store(cfg)
+    trigger = RetrainTrigger(cfg, redis_client)
+    mon = DriftMonitor(cfg, redis_client, store)
+    verdicts = [_verdict(cfg.station.id, "v1", i, _stats(rng)) for i in range(130)]
+    record_verdicts(store, verdicts)
+    svc = LabellingService(store, Archive.for_data_dir(cfg.data_dir))
+    for v in verdicts[60:68]:  # the operator presses "wrong verdict" on 8 parts (the GUI's dispute path)
+        svc.request_review(v.frame_id, "operator disputes PASS", "olga", priority=90)
+    for v in verdicts:
+        redis_client.xadd(names.verdicts, {b"m": v.to_json()})
+    while mon.step(block_ms=None):
+        pass
+    assert [a.source for a in mon.alarms] == ["operator_reports"] * len(mon.alarms) and mon.alarms
+    events = [json.loads(f[b"m"]) for _, f in redis_client.xrange(names.events)]
+    assert [e["data"]["source"] for e in events if e["type"] == "drift_alarm"] == ["operator_reports"] * len(mon.alarms)
+    outcomes = trigger.step(block_ms=None)
+    assert outcomes[0].status == "enqueued" and outcomes[0].source == "operator_reports"
+    job = station_queue(cfg, redis_client).jobs[0]
+    assert job.args[2] == "operator_reports" and job.args[4] is False  # no condition change: the model is wrong
     store.close()
