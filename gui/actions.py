@@ -168,3 +168,44 @@ def rollback_model(store: Store, actor: str, cfg: StationConfig | None = None) -
         return registry.rollback(cfg, client, store, actor, reason="GUI")
     finally:
         client.close()
+
+
+# --------------------------------------------------------------------------- drift reference
+
+
+@dataclass(frozen=True)
+class ActiveReference:
+    """The active model's version and parsed drift reference (None: no active model, or no reference)."""
+
+    version: str | None
+    reference: Any  # inspector.drift.reference.DriftReference | None
+    note: str = ""
+
+
+def active_reference(cfg: StationConfig, store: Store | None = None) -> ActiveReference:
+    """The drift reference of the package the workers serve (DbWorker thread: Redis + disk I/O).
+
+    Source: the ``active_model`` hash, exactly as ``DriftMonitor.refresh_model`` reads it, so the chart's bands
+    are the reference the alarms are raised on; the store's active row is the fallback while Redis has no hash
+    (a station that has not served yet)."""
+    from inspector.drift.monitor import load_reference
+    from inspector.store.records import active_model
+
+    version = path = None
+    client = _client(cfg)
+    try:
+        from inspector.contracts.names import Names
+
+        raw = client.hgetall(Names(cfg.redis.prefix, cfg.station.id).active_model)
+    finally:
+        client.close()
+    if raw.get(b"version") and raw.get(b"path"):
+        version, path = raw[b"version"].decode(), raw[b"path"].decode()
+    elif store is not None and (row := active_model(store)) is not None:
+        version, path = row.version, row.package_path
+    if path is None:
+        return ActiveReference(None, None, "no active model")
+    _manifest, ref = load_reference(path)
+    if ref.empty:
+        return ActiveReference(version, None, f"package {version} has no drift reference")
+    return ActiveReference(version, ref)

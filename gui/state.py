@@ -12,9 +12,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from inspector.contracts.config import GuiSection
 from inspector.contracts.messages import Decision, Verdict
+from inspector.drift.reference import DriftReference
 from inspector.line.health import Health
 
 # --------------------------------------------------------------------------- roles
@@ -231,6 +233,12 @@ DRIFT_TITLES = {"brightness": "Brightness", "contrast": "Contrast", "sharpness":
                 "confidence": "Top-class confidence", "anomaly_good": "Anomaly score (good parts)"}
 
 
+# Chart statistic -> the drift reference's statistic (``inspector.drift.reference``), the one the monitor alarms on.
+REFERENCE_STATS = {"brightness": "brightness", "contrast": "contrast", "sharpness": "sharpness",
+                   "confidence": "classifier_confidence", "anomaly_good": "anomaly_score_good"}
+BAND_QUANTILES = ("p01", "p99")
+
+
 @dataclass(frozen=True)
 class Band:
     low: float
@@ -240,26 +248,56 @@ class Band:
         return self.low <= x <= self.high
 
 
-class DriftSeries:
-    """Rolling per-statistic series from verdicts, with reference bands (mean ± k·std of the first window
-    when the model package gives none)."""
+def band_of(hist: dict[str, Any]) -> Band | None:
+    """The 1st..99th percentile of a reference histogram (mean ± 3 std for a histogram without quantiles)."""
+    lo, hi = (hist.get(q) for q in BAND_QUANTILES)
+    if lo is None or hi is None:
+        if hist.get("mean") is None or hist.get("std") is None:
+            return None
+        lo, hi = hist["mean"] - 3 * hist["std"], hist["mean"] + 3 * hist["std"]
+    return Band(float(lo), float(hi))
 
-    def __init__(self, maxlen: int = 600, reference_n: int = 50, k: float = 3.0) -> None:
+
+def bands_from_reference(ref: DriftReference) -> dict[str, Band]:
+    """Bands of the chart statistics from the active package's drift reference (statistics it lacks: none)."""
+    out: dict[str, Band] = {}
+    for stat, ref_name in REFERENCE_STATS.items():
+        hist = ref.numeric.get(ref_name)
+        band = band_of(hist) if hist else None
+        if band is not None:
+            out[stat] = band
+    return out
+
+
+class DriftSeries:
+    """Rolling per-statistic series from verdicts, against the bands of the ACTIVE package's drift reference.
+
+    The bands are the 1st..99th percentiles that ``Manifest.drift_reference`` recorded for the frames the
+    model was fitted and calibrated on: the very reference ``inspector.drift.monitor`` alarms on, so the chart
+    and the alarms never disagree about what normal is. Bands are no longer learned from the first verdicts
+    the GUI happens to see: those are whatever the line shows when the GUI starts (possibly already drifted,
+    possibly another model's), which is not a reference. A package without a reference gets no band (the
+    view says so). ``version``: the model version the bands belong to (the view follows the active model).
+    """
+
+    def __init__(self, maxlen: int = 600) -> None:
         self.values: dict[str, deque[float]] = {s: deque(maxlen=maxlen) for s in DRIFT_STATS}
         self.bands: dict[str, Band] = {}
-        self.reference_n = reference_n
-        self.k = k
-        self._reference: dict[str, list[float]] = {s: [] for s in DRIFT_STATS}
+        self.version: str | None = None
 
     def set_band(self, stat: str, low: float, high: float) -> None:
         self.bands[stat] = Band(low, high)
+
+    def set_reference(self, version: str | None, ref: DriftReference | None) -> None:
+        """Bands from ``ref`` (None: no band) for model ``version``."""
+        self.version = version
+        self.bands = bands_from_reference(ref) if ref is not None else {}
 
     def add(self, v: Verdict) -> list[str]:
         """Add one verdict; returns the statistics now outside their band."""
         out: list[str] = []
         for stat, x in self._extract(v).items():
             self.values[stat].append(x)
-            self._learn(stat, x)
             band = self.bands.get(stat)
             if band is not None and not band.contains(x):
                 out.append(stat)
@@ -275,14 +313,3 @@ class DriftSeries:
         if v.anomaly_score is not None and v.decision is Decision.PASS:
             vals["anomaly_good"] = v.anomaly_score
         return vals
-
-    def _learn(self, stat: str, x: float) -> None:
-        ref = self._reference[stat]
-        if stat in self.bands or len(ref) >= self.reference_n:
-            return
-        ref.append(x)
-        if len(ref) == self.reference_n:
-            mean = sum(ref) / len(ref)
-            std = (sum((r - mean) ** 2 for r in ref) / len(ref)) ** 0.5
-            half = max(self.k * std, 0.02 * abs(mean), 1e-3)  # a constant reference still gets a usable band
-            self.bands[stat] = Band(mean - half, mean + half)

@@ -2,6 +2,10 @@
 
 Every action asks for confirmation, is signed by the person, and goes through ``gui.actions`` (audit
 trail + job adapter) on the DB worker thread.
+
+The drift charts' bands are the active package's drift reference (``gui.state.DriftSeries``), read on the DB
+worker thread (``actions.active_reference``) at start, on every MODEL_RELOADED event and whenever verdicts
+of a model version not seen before arrive: the bands follow the active model.
 """
 
 from __future__ import annotations
@@ -61,10 +65,33 @@ class MaintenanceView(QWidget):
         self.jobs: dict[str, dict[str, Any]] = {}
         self.models: list[actions.ModelView] = []
         self._dirty = False
+        self._reference_pending = False
+        self._versions_seen: set[str | None] = set()
         self._build()
         self._timer = QTimer(self, interval=500, timeout=self._refresh_charts)
         self._timer.start()
         self.refresh_models()
+        self.refresh_reference()
+
+    # ------------------------------------------------------------------ drift reference
+    def refresh_reference(self) -> None:
+        """Load the active package's drift reference off the GUI thread; its bands replace the current ones."""
+        if self._reference_pending:
+            return
+        self._reference_pending = True
+        self.db.submit(lambda: actions.active_reference(self.cfg, self.services.store), self._set_reference,
+                       self._reference_failed)
+
+    def _set_reference(self, active: actions.ActiveReference) -> None:
+        self._reference_pending = False
+        self.drift.set_reference(active.version, active.reference)
+        self.band_note.setText(f"Bands: drift reference of {active.version} (1st–99th percentile)"
+                               if active.reference is not None else f"No reference bands: {active.note}")
+        self._dirty = True
+
+    def _reference_failed(self, message: str) -> None:
+        self._reference_pending = False
+        self.band_note.setText(f"Could not read the drift reference: {message}")
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -82,6 +109,8 @@ class MaintenanceView(QWidget):
             plot.addItem(band)
             self.bands[stat] = band
             self.curves[stat] = plot.plot(pen=pg.mkPen("#2563eb", width=2))
+        self.band_note = QLabel("Bands: reading the active model's drift reference…")
+        self.band_note.setStyleSheet("color:#64748b;")
         self.alarms = QListWidget()
         self.alarms.setMinimumHeight(90)
 
@@ -101,6 +130,7 @@ class MaintenanceView(QWidget):
         left = QWidget()
         lv = QVBoxLayout(left)
         lv.addWidget(_heading("Drift — live statistics against reference bands"))
+        lv.addWidget(self.band_note)
         lv.addWidget(self.charts, 1)
         lv.addWidget(_heading("Alarms"))
         lv.addWidget(self.alarms)
@@ -131,6 +161,11 @@ class MaintenanceView(QWidget):
 
     # ------------------------------------------------------------------ feed
     def on_verdicts(self, verdicts: list[Verdict]) -> None:
+        new_versions = {v.model_version for v in verdicts} - self._versions_seen
+        if new_versions:  # a model we have not seen serve: the active one may have changed
+            self._versions_seen |= new_versions
+            if self.drift.version not in new_versions:
+                self.refresh_reference()
         for v in verdicts:
             for stat in self.drift.add(v):
                 self._alarm(f"{DRIFT_TITLES[stat]} outside its reference band (part {v.part_id})")
@@ -138,6 +173,8 @@ class MaintenanceView(QWidget):
 
     def on_events(self, events: list[Event]) -> None:
         for e in events:
+            if e.type is EventType.MODEL_RELOADED:
+                self.refresh_reference()
             if e.type is EventType.JOB and "job_id" in e.data:
                 self.jobs.setdefault(str(e.data["job_id"]), {}).update(e.data)
                 self._show_jobs()
@@ -158,7 +195,7 @@ class MaintenanceView(QWidget):
             band = self.drift.bands.get(stat)
             if band is not None:
                 self.bands[stat].setRegion((band.low, band.high))
-                self.bands[stat].setVisible(True)
+            self.bands[stat].setVisible(band is not None)
 
     def _show_jobs(self) -> None:
         rows = sorted(self.jobs.values(), key=lambda j: str(j.get("job_id")))
@@ -187,7 +224,7 @@ class MaintenanceView(QWidget):
         note = self.ask_text("Camera or lighting changed", "What changed? (recorded in the audit trail)")
         if note is None or not self.confirm("Confirm", f"Record a camera/lighting change and recalibrate?\n\n{note}"):
             return
-        self.drift = DriftSeries()  # new conditions: new reference window
+        # the bands stay those of the active model: the refit package, once active, brings the new reference
         self._run(lambda: actions.camera_changed(self.cfg, self.session.actor, note, self.services.store),
                   "Camera change recorded; recalibration job {}.")
 

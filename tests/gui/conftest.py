@@ -77,3 +77,21 @@ def services(station_config: StationConfig) -> Iterator[Services]:
 
 def session(role: Role, name: str = "Alex Doe") -> UserSession:
     return UserSession(name, role)
+
+
+def give_drift_reference(package: Path, brightness: list[float], version: str | None = None) -> dict:  # type: ignore[type-arg]
+    """Write a drift reference (brightness, contrast, sharpness of the given brightness values) into a package
+    folder's manifest, as the trainer records it; returns the reference dict."""
+    from inspector.drift.monitor import load_reference
+    from inspector.drift.reference import reference_from_samples
+    from inspector.runtime.package import write_manifest
+
+    stats = [{"brightness": b, "contrast": 10 + b / 10, "sharpness": 2 * b, "mean_r": b, "mean_g": b, "mean_b": b}
+             for b in brightness]
+    ref = reference_from_samples(stats, decisions=["PASS"] * len(stats), frames="held-out good")
+    manifest, _ = load_reference(package)
+    update: dict[str, object] = {"drift_reference": ref}
+    if version is not None:
+        update["version"] = version
+    write_manifest(package, manifest.model_copy(update=update))
+    return ref

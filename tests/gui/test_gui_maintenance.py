@@ -13,11 +13,12 @@ from gui.services import Services
 from gui.state import Role
 from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
+from inspector.contracts.lifecycle import ModelStatus
 from inspector.contracts.messages import Decision
 from inspector.runtime.package import load_package
 from inspector.store import records
 from jobs.queues import station_queue
-from tests.gui.conftest import publish_part, session
+from tests.gui.conftest import give_drift_reference, publish_part, session
 
 
 def test_maintenance_actions_reach_jobs_and_audit(qtbot: QtBot, station_config: StationConfig,
@@ -33,11 +34,13 @@ def test_maintenance_actions_reach_jobs_and_audit(qtbot: QtBot, station_config: 
     actions.set_job_submitter(recorder)
     monkeypatch.setattr(actions, "JOB_SUBMITTER", actions.JOB_SUBMITTER)  # restored below
     store = services.store
-    sha = load_package(tiny_package).package_sha256
     for version, metrics in (("v1", {"accuracy": 0.962, "f1_macro": 0.941, "fr_rate": 0.012}),
                              ("v2", {"accuracy": 0.975, "f1_macro": 0.958, "fr_rate": 0.009})):
         shutil.copytree(tiny_package, tmp_path / version)
-        records.register_model(store, version, str(tmp_path / version), sha, metrics)
+        give_drift_reference(tmp_path / version, [110.0 + i % 20 for i in range(200)])
+        records.register_model(store, version, str(tmp_path / version),
+                               load_package(tmp_path / version).package_sha256, metrics,
+                               status=ModelStatus.APPROVED)  # its gate passed and it was approved
     records.promote_model(store, "v1", "setup")
 
     win = MainWindow(station_config, session(Role.MAINTENANCE, "Max Maint"), services)

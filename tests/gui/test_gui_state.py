@@ -71,8 +71,16 @@ def test_keymap() -> None:
 
 
 def test_drift_band_and_alarm() -> None:
-    d = DriftSeries(reference_n=10)
-    for i in range(10):
-        assert d.add(verdict(brightness=100 + (i % 2))) == []
-    assert d.bands["brightness"].contains(100.5)
-    assert "brightness" in d.add(verdict(brightness=180))
+    from inspector.drift.reference import parse_reference, reference_from_samples
+
+    ref = reference_from_samples([{"brightness": 100.0 + i % 11} for i in range(500)])
+    d = DriftSeries()
+    for _ in range(60):  # verdicts before the reference is known teach nothing
+        assert d.add(verdict(brightness=180)) == []
+    assert d.bands == {}
+    d.set_reference("v1", parse_reference(ref))
+    band = d.bands["brightness"]
+    assert (band.low, band.high) == (ref["image_stats"]["brightness"]["p01"], ref["image_stats"]["brightness"]["p99"])
+    assert d.add(verdict(brightness=105)) == [] and "brightness" in d.add(verdict(brightness=180))
+    d.set_reference("v2", None)
+    assert d.bands == {} and d.version == "v2"
