@@ -1,9 +1,14 @@
-"""The retraining job: small steps with progress in ``job.meta``, failures as events, lock released at the end.
+"""The retraining job: RQ glue around ``trainer.retrain``, with progress in ``job.meta`` and audit rows.
+
+snapshot -> train (fit, export, INT8 gate) -> evaluate (candidate and incumbent, same frames; the gate)
+-> package (manifest written once) -> register (status gated_pass / gated_fail from the gate) -> promote
+(only when ``jobs.auto_promote`` is on and the gate passed) -> lock released.
 
 Run by an RQ worker with the JSON serializer; arguments are plain JSON. Each step records
-``meta.steps[<step>] = {status, seconds, info}`` and an audit row ``retrain.<step>``; a failing step
-publishes a critical ``JOB`` event naming the step and the error, records ``retrain.failed`` and re-raises,
-so RQ retries the job (``rq.Retry``) or moves it to the failed registry: never lost, never half-promoted.
+``meta.steps[<step>] = {status, seconds, info}`` and an audit row ``retrain.<step>``; long steps report
+progress lines in ``meta.message`` (and the last ones in ``meta.log``). A failing step publishes a critical
+``JOB`` event naming the step and the error, records ``retrain.failed`` and re-raises, so RQ retries the job
+(``rq.Retry``) or moves it to the failed registry: never lost, never half-promoted.
 """
 
 from __future__ import annotations
@@ -21,15 +26,14 @@ from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
 from inspector.contracts.messages import Event, EventType
 from inspector.store.db import Store, open_store
-from inspector.store.records import active_model
-from jobs import steps
+from jobs import registry, steps
 from jobs.queues import worker_config
-from jobs.registry import evaluate_gates, promote, register_candidate
 from jobs.trigger import release_lock
 
 log = logging.getLogger(__name__)
 
-STEPS = ("snapshot", "train", "export", "quantise", "evaluate", "package", "gate")
+STEPS = ("snapshot", "train", "evaluate", "package", "register", "promote")
+LOG_LINES = 40
 ACTOR = "retrain-job"
 
 
@@ -57,6 +61,13 @@ class Run:
         self.job.save_meta()
         self.store.audit.record(ACTOR, f"retrain.{name}", self.job.id, None, _brief(info), {"seconds": secs})
         return info
+
+    def progress(self, message: str) -> None:
+        """A progress line of the running step (``meta.message``; the last ``LOG_LINES`` in ``meta.log``)."""
+        log.info("job %s: %s", self.job.id, message)
+        lines = [*self.job.meta.get("log", []), f"{time.strftime('%H:%M:%S')} {message}"][-LOG_LINES:]
+        self._meta(message=message, log=lines)
+        self.job.save_meta()
 
     def _meta(self, **kw: Any) -> None:
         self.job.meta.update(kw)
@@ -102,46 +113,39 @@ def retrain(station: str, reason: str, source: str = "manual", actor: str = "sys
 
 
 def _retrain(run: Run, reason: str, source: str, actor: str, condition_changed: bool) -> dict[str, Any]:
-    cfg, job = run.cfg, run.job
+    cfg, job, say = run.cfg, run.job, run.progress
     stage = steps.staging_dir(cfg, job.id)
     steps.models_dir(cfg).mkdir(parents=True, exist_ok=True)
     steps.sweep_staging(cfg, keep="")  # an earlier attempt's half-built folder is thrown away
     run.store.audit.record(actor, "retrain.started", job.id, None, {"reason": reason, "source": source},
                            {"attempt": job.meta["attempt"], "condition_changed": condition_changed})
     run.event("info", f"retraining started: {reason}", step="started")
-    incumbent = active_model(run.store)
-    since = incumbent.promoted_at or incumbent.created_at if incumbent else 0.0
-    snap = run.step("snapshot", lambda: steps.snapshot(cfg, run.store, since, condition_changed))
-    from jobs.data import items_from_dicts
-
-    run.step("train", lambda: steps.train_candidate(items_from_dicts(snap["train"]), stage,
-                                                  image_size=cfg.jobs.anomaly_image_size))
-    run.step("export", lambda: steps.export_check(stage))
-    run.step("quantise", lambda: steps.quantise(stage))
-    inc_path = incumbent.package_path if incumbent else None
-    metrics = run.step("evaluate", lambda: steps.evaluate(cfg, stage, inc_path, snap))
-    pkg = run.step("package", lambda: steps.package(cfg, stage, snap, metrics, {"id": job.id, "reason": reason}))
-    result = run.step("gate", lambda: _gate(run, pkg, metrics))
-    run._meta(step="done", progress=1.0, version=pkg["version"], promoted=result["promoted"])
+    inc = steps.incumbent_of(run.store)
+    run.step("snapshot", lambda: steps.snapshot(cfg, run.store, stage, inc, condition_changed, say))
+    run.step("train", lambda: steps.train(cfg, stage, inc, say))
+    run.step("evaluate", lambda: steps.evaluate(cfg, stage, inc, say))
+    pkg = run.step("package", lambda: steps.package(cfg, stage, job.id, reason, say))
+    reg = run.step("register", lambda: _register(run, pkg))
+    promoted = run.step("promote", lambda: {"promoted": registry.auto_promote(
+        cfg, job.connection, run.store, pkg["version"], ACTOR,
+        details={"job_id": job.id, "reason": reason, "incumbent": inc.version})})["promoted"]
+    result = {"passed": reg["passed"], "promoted": promoted, "status": reg["status"],
+              "failed_rows": reg["failed_rows"], "task": pkg["task"]}
+    run._meta(step="done", progress=1.0, version=pkg["version"], promoted=promoted)
     job.save_meta()
     release_lock(job.connection, cfg, job.id)
     run.event("info", f"retraining finished: {pkg['version']} "
-                      f"{'promoted' if result['promoted'] else 'waits for approval' if result['passed'] else 'rejected'}",
+                      f"{'promoted' if promoted else 'waits for approval' if reg['passed'] else 'rejected by the gate'}",
               step="done", version=pkg["version"], **result)
     return {"version": pkg["version"], "path": pkg["path"], **result}
 
 
-def _gate(run: Run, pkg: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    cfg = run.cfg
-    gate_set = metrics[metrics["gate_set"]]
-    gates = evaluate_gates(gate_set["candidate"], gate_set["incumbent"], cfg.jobs)
-    register_candidate(run.store, pkg["version"], pkg["path"], pkg["sha256"],
-                       {"line": metrics, "gates": gates.as_dict()}, ACTOR)
-    promoted = False
-    if gates.passed and cfg.jobs.auto_promote:
-        promote(cfg, run.job.connection, run.store, pkg["version"], ACTOR,
-                details={"job_id": run.job.id, "gate_set": metrics["gate_set"]})
-        promoted = True
-    return {"passed": gates.passed, "promoted": promoted, "gate_set": metrics["gate_set"],
-            "failed_checks": [c.name for c in gates.failed]}
+def _register(run: Run, pkg: dict[str, Any]) -> dict[str, Any]:
+    """Register the candidate with the gate its manifest carries; the registry sets gated_pass / gated_fail."""
+    from trainer.retrain import gate_of
 
+    gate = gate_of(pkg["path"])
+    status = registry.register_candidate(run.store, pkg["version"], pkg["path"], pkg["sha256"], gate, ACTOR,
+                                         metrics={"task": pkg["task"], "checklist_failed": pkg["checklist_failed"]})
+    return {"status": str(status), "passed": bool(gate and gate.passed),
+            "failed_rows": [r.line() for r in gate.failed] if gate else []}

@@ -214,7 +214,19 @@ def evaluate_package(package: str | Path | ModelPackage, held: HeldOut, plots_di
         labels = held.label_names
         if m.task == "combined" and m.class_names and set(m.class_names) == {m.good_class, "defect"}:
             labels = [n if n == GOOD else "defect" for n in labels]
-        report["classifier"] = classifier_metrics(m, outs, labels)
+        known = set(m.class_names or labels)
+        keep = [i for i, n in enumerate(labels) if n in known]
+        if m.class_names and len(keep) < len(labels) and keep:
+            # held-out defects of a class the classifier was not given (too few labelled frames): the
+            # anomaly scorer's metrics cover them; the classifier is scored on the classes it knows
+            report["classifier"] = classifier_metrics(m, [outs[i] for i in keep], [labels[i] for i in keep])
+            excluded: dict[str, int] = {}
+            for n in labels:
+                if n not in known:
+                    excluded[n] = excluded.get(n, 0) + 1
+            report["classifier"]["excluded_labels"] = excluded
+        else:
+            report["classifier"] = classifier_metrics(m, outs, labels)
     if m.model.outputs.anomaly_score:
         report["anomaly"] = anomaly_metrics(m, outs, held)
     if plots_dir is not None:

@@ -209,30 +209,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     import json
 
     return json.loads(path.read_text())
-
-
-def fit_package(goods: Sequence[np.ndarray], defects: Sequence[np.ndarray], out_dir: str | Path,
-                name: str = "station-anomaly", cfg: AnomalyConfig | None = None,
-                console: Console | None = None) -> Path:
-    """The retraining job's train step: a good-only anomaly package fitted on in-memory frames.
-
-    Evaluation, INT8 and promotion are the job's own later steps; here the package gets parity (checked
-    by the export) and canaries from a few good and defect frames."""
-    console = console or Console(quiet=True)
-    cfg = cfg or AnomalyConfig()
-    backbone, bspec = build_backbone(cfg.backbone, out_indices=cfg.out_indices)
-    pre_spec = Preprocess(size=cfg.image_size, resize="stretch", mean=bspec.mean, std=bspec.std, color="gray")
-    scorer, anomaly, info = fit_anomaly(backbone, Preprocessor(pre_spec), list(goods), cfg, console)
-    net = InspectionNet(backbone, scorer=scorer).eval()
-    sample_good, sample_bad = list(goods[2::cfg.holdout_every][:16]), list(defects[:16])
-    held = HeldOut(sample_good + sample_bad, ["good"] * len(sample_good) + ["defect"] * len(sample_bad),
-                   [None] * (len(sample_good) + len(sample_bad)), "retraining frames")
-    spec = PackageSpec(
-        name=name, task="anomaly", preprocess=pre_spec, class_names=None, good_class="good", anomaly=anomaly,
-        data={"train_good": len(goods), "train_defect": len(defects), **info},
-        augmentation={"policy": "none", "reason": "good-only density model: no augmentation"},
-        architecture={"backbone": cfg.backbone, "weights": bspec.weights, "scorer": cfg.method,
-                      "out_indices": list(cfg.out_indices), "image_size": list(cfg.image_size)},
-        latency_target_ms=LATENCY_TARGET_MS, memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
-    )
-    return build_package(out_dir, net, spec, held, evaluate=False, checklist=False, overwrite=True).path

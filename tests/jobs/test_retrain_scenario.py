@@ -27,16 +27,18 @@ from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
 from inspector.contracts.messages import Decision, FrameMeta, ImageStats, ReviewRequest, Verdict
 from inspector.drift.monitor import DriftMonitor
+from inspector.evaluation import Scored
+from inspector.evaluation import score_frames as score_package
 from inspector.models.decode import encode_image
 from inspector.review.labelling import LabellingService
 from inspector.store.db import open_store
-from inspector.store.records import add_review_item, register_model
-from jobs import registry, steps
-from jobs.data import base_train_items, load_images, load_rgb
-from jobs.evaluation import Scored, score_package
+from inspector.store.records import add_review_item
+from jobs import registry
 from jobs.queues import SERIALIZER
 from jobs.trigger import retrain_on_drift
 from tests.spine_helpers import read_verdicts
+from trainer import retrain
+from trainer.heldout import load_rgb
 
 pytestmark = pytest.mark.data
 DARK = 0.7
@@ -74,17 +76,18 @@ def _write_yaml(cfg: StationConfig, folder: Path) -> Path:
 
 
 def _first_package(cfg: StationConfig, client, store) -> str:  # type: ignore[no-untyped-def]
-    """v1 through the job's own steps (snapshot -> train -> evaluate -> package), then promoted."""
-    stage = steps.staging_dir(cfg, "initial0")
-    steps.models_dir(cfg).mkdir(parents=True, exist_ok=True)
-    snap = steps.snapshot(cfg, store, 0.0, condition_changed=False)
-    from jobs.data import items_from_dicts
+    """v1: the station's first model through the trainer's own retraining (no incumbent, no labels yet:
+    train/good + the non-held-out half of the test defects), registered with its gate and promoted."""
+    out = retrain.build_candidate(cfg, store, "initial0", reason="first model")
+    pkg = out["package"]
+    gate = retrain.gate_of(pkg["path"])
+    registry.register_candidate(store, pkg["version"], pkg["path"], pkg["sha256"], gate, "test")
+    return registry.promote(cfg, client, store, pkg["version"], "test", force=not (gate and gate.passed),
+                            reason="first model of the station")
 
-    steps.train_candidate(items_from_dicts(snap["train"]), stage, image_size=cfg.jobs.anomaly_image_size)
-    metrics = steps.evaluate(cfg, stage, None, snap)
-    pkg = steps.package(cfg, stage, snap, metrics, {"id": "initial0", "reason": "first model"})
-    register_model(store, pkg["version"], pkg["path"], pkg["sha256"], {"line": metrics}, "test")
-    return registry.promote(cfg, client, store, pkg["version"], "test")
+
+def _base_goods(data: Path) -> list:  # type: ignore[type-arg]
+    return sorted((data / "train" / "good").glob("*.jpg"))
 
 
 def _verdicts(cfg: StationConfig, version: str, scored: Scored, order: np.ndarray, seq0: int) -> list[Verdict]:
@@ -139,8 +142,7 @@ def test_drift_alarm_retrains_promotes_swaps_and_rolls_back(station_config, redi
     v1_path = Path(redis_client.hget(bus.names.active_model, "path").decode())
 
     # -- steady state: >= 2,000 good frames (train/good replayed, shuffled, 3 passes) raise no alarm --------
-    good_items = [i for i in base_train_items(magnetic_tile, 10_000, 0)]
-    good_imgs = load_images(good_items)
+    good_imgs = [load_rgb(p) for p in _base_goods(magnetic_tile)]
     scored_good = score_package(v1_path, good_imgs, cfg)
     mon = DriftMonitor(cfg, redis_client, store, on_alarm=retrain_on_drift(cfg, redis_client))
     rng = np.random.default_rng(0)
@@ -211,7 +213,7 @@ def test_drift_alarm_retrains_promotes_swaps_and_rolls_back(station_config, redi
                 break
         assert v2 is not None, f"job did not finish: {job.meta}"
         print(f"[job] {time.perf_counter() - t_start:.1f}s steps:", {k: v.get("seconds") for k, v in job.meta["steps"].items()})
-        print("[job] gate:", job.meta["steps"]["gate"].get("info"))
+        print("[job] register:", job.meta["steps"]["register"].get("info"))
         assert job.return_value()["promoted"], job.return_value()
         for _ in range(25):  # a few more frames on the new version
             published.append(_publish(bus, frames, len(published)))
@@ -242,8 +244,8 @@ def test_drift_alarm_retrains_promotes_swaps_and_rolls_back(station_config, redi
                 p.wait(20)
 
     actions = [e.action for e in reversed(store.audit.entries(limit=200))]
-    for needed in ("drift.alarm", "retrain.started", "retrain.snapshot", "retrain.train", "retrain.export",
-                   "retrain.quantise", "retrain.evaluate", "retrain.package", "model.register", "retrain.gate",
+    for needed in ("drift.alarm", "retrain.started", "retrain.snapshot", "retrain.train", "retrain.evaluate",
+                   "retrain.package", "model.register", "retrain.register", "retrain.promote",
                    "model.promote", "model.rollback"):
         assert needed in actions, f"audit trail lacks {needed}: {actions}"
     assert store.audit.verify().ok
