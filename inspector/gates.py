@@ -46,7 +46,8 @@ def _regression_rows(name: str, cand: LineMetrics, inc: LineMetrics, tol: float)
                             candidate=cand.false_reject_rate, incumbent=inc.false_reject_rate,
                             limit=round(limit, 6), passed=cand.false_reject_rate <= limit + 1e-9))
     if cand.balanced_accuracy is not None and inc.balanced_accuracy is not None:
-        limit = inc.balanced_accuracy - tol
+        one_frame = 1.0 / (2 * min(cand.n_good, cand.n_defect)) if min(cand.n_good, cand.n_defect) else 0.0
+        limit = inc.balanced_accuracy - tol - one_frame
         rows.append(GateRow(gate="no_regression", metric="balanced_accuracy", frame_set=name,
                             candidate=cand.balanced_accuracy, incumbent=inc.balanced_accuracy,
                             limit=round(limit, 6), passed=cand.balanced_accuracy >= limit - 1e-9))

@@ -242,25 +242,5 @@ def trigger(config: Path | None = ConfigOpt,
     except InspectorError as err:
         _fail(err)
 
-@jobs_app.command()
-def trigger(config: Path | None = ConfigOpt,
-            consumer: str | None = typer.Option(None, help="Consumer name in the retrain-trigger group "
-                                                           "(default trigger-<host>; keep it across restarts).")) -> None:
-    """Run the retrain trigger until Ctrl-C: DRIFT_ALARM events from any source -> one retraining (deduped, locked)."""
-    import socket
-
-    from jobs.trigger import RetrainTrigger
-
-    try:
-        cfg = _cfg(config)
-        trig = RetrainTrigger(cfg, _connect(cfg), consumer or f"trigger-{socket.gethostname()}")
-        stop = threading.Event()
-        try:
-            trig.run(stop)
-        except KeyboardInterrupt:
-            stop.set()
-    except InspectorError as err:
-        _fail(err)
-
 if __name__ == "__main__":  # pragma: no cover
     jobs_app()

@@ -10,10 +10,8 @@ import pytest
 from rq.exceptions import DeserializationError
 from rq.job import Job
 
-from inspector.contracts.config import JobsSection
 from inspector.contracts.errors import UnsafeInputError
 from jobs.queues import SERIALIZER, StrictJSONSerializer, station_queue
-from jobs.registry import evaluate_gates
 from jobs.trigger import lock_holder, release_lock, request_retrain
 from jobs.worker import make_worker
 
@@ -59,19 +57,3 @@ def test_twenty_alarms_start_exactly_one_job(station_config, redis_client) -> No
     assert release_lock(redis_client, station_config, enqueued[0].job_id) and lock_holder(redis_client, station_config) is None
     assert request_retrain(station_config, redis_client, "after", dedupe=False).status == "enqueued"
 
-
-def _metrics(frr: float, recall: dict[str, float], ba: float, n_good: int = 50, n_defect: int = 50) -> dict:
-    return {"n_good": n_good, "n_defect": n_defect, "false_reject_rate": frr, "recall": recall, "balanced_accuracy": ba}
-
-
-def test_gates() -> None:
-    jobs = JobsSection(recall_floor=0.8, recall_floors={"crack": 0.5}, false_reject_ceiling=0.05,
-                       regression_tolerance=0.01, min_gate_frames=10)
-    good = _metrics(0.02, {"crack": 0.6, "blowhole": 0.9}, 0.9)
-    assert evaluate_gates(good, _metrics(0.03, {}, 0.895), jobs).passed
-    assert evaluate_gates(good, None, jobs).passed  # first model: no incumbent to regress from
-    res = evaluate_gates(good, _metrics(0.01, {}, 0.95), jobs)
-    assert [c.name for c in res.failed] == ["no_regression"]
-    res = evaluate_gates(_metrics(0.08, {"crack": 0.4, "blowhole": 0.7}, 0.9), None, jobs)
-    assert {c.name for c in res.failed} == {"false_reject_ceiling", "recall_floor:crack", "recall_floor:blowhole"}
-    assert not evaluate_gates(_metrics(0.0, {"crack": 1.0}, 1.0, n_defect=3), None, jobs).passed
