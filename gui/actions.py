@@ -16,6 +16,7 @@ from typing import Any
 
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
+from inspector.contracts.lifecycle import GateReport
 from inspector.contracts.messages import Event
 from inspector.store import Store
 from jobs import (
@@ -132,40 +133,46 @@ def list_models(store: Store) -> list[ModelView]:
             for r in records.list_models(store)]
 
 
-def approve_model(store: Store, actor: str, version: str) -> None:
-    """A person approves a candidate for promotion (gate: ``jobs.auto_promote`` off)."""
-    from inspector.store.models import ModelVersionRow
-
-    with store.session() as s:
-        row = s.get(ModelVersionRow, version)
-        if row is None:
-            raise InspectorError(f"model version {version} is not registered", "refresh the list of models")
-        old = row.status
-        if old == "candidate":
-            row.status = "approved"
-        store.audit.record(actor, "model.approve", version, {"status": old}, {"status": row.status}, session=s)
+def approve_model(store: Store, actor: str, version: str, role: str = "maintenance") -> str:
+    """A person who read every gate row approves a gated_pass version (the registry enforces the rules)."""
+    return registry.approve(store, version, actor, role).value
 
 
-def promote_model(store: Store, actor: str, version: str, cfg: StationConfig | None = None) -> str | None:
-    """Make ``version`` active through the registry (verified package, audit row, workers hot-reload)."""
+def promote_model(store: Store, actor: str, version: str, cfg: StationConfig | None = None,
+                  role: str = "maintenance") -> str | None:
+    """Make ``version`` active through the registry (gate and approval enforced, verified package, audit row,
+    workers hot-reload). A failed or missing gate is refused; the GUI offers no override (the CLI's --force)."""
 
     if cfg is None:
         raise InspectorError("promotion needs the station config", "call promote_model(store, actor, version, cfg)")
     client = _client(cfg)
     try:
-        return registry.promote(cfg, client, store, version, actor)
+        return registry.promote(cfg, client, store, version, actor, role=role)
     finally:
         client.close()
 
 
-def rollback_model(store: Store, actor: str, cfg: StationConfig | None = None) -> str:
+@dataclass(frozen=True)
+class GateView:
+    version: str
+    status: str
+    report: GateReport | None
+
+
+def gate_of(store: Store, version: str) -> GateView:
+    """The gate report of a version, for the maintenance view to show before anyone can approve."""
+    row = registry.get_version(store, version)
+    return GateView(version, row.status, registry.gate_of(row))
+
+
+def rollback_model(store: Store, actor: str, cfg: StationConfig | None = None, role: str = "maintenance") -> str:
     """Re-activate the previous version through the registry (audited ``model.rollback``); returns it."""
 
     if cfg is None:
         raise InspectorError("rollback needs the station config", "call rollback_model(store, actor, cfg)")
     client = _client(cfg)
     try:
-        return registry.rollback(cfg, client, store, actor, reason="GUI")
+        return registry.rollback(cfg, client, store, actor, reason="GUI", role=role)
     finally:
         client.close()
 

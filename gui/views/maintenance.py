@@ -15,6 +15,7 @@ from typing import Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -37,9 +38,11 @@ from gui.services import Services
 from gui.state import DRIFT_STATS, DRIFT_TITLES, DriftSeries, UserSession
 from gui.workers import DbWorker
 from inspector.contracts.config import StationConfig
+from inspector.contracts.lifecycle import ModelStatus
 from inspector.contracts.messages import Event, EventType, Verdict
 
 JOB_COLUMNS = ["Job", "Kind", "Status", "Step", "Progress", "By"]
+GATE_COLUMNS = ["Gate", "Metric", "Frames", "Candidate", "Incumbent", "Limit", "Result"]
 ALARM_TYPES = {EventType.DRIFT_ALARM, EventType.CAMERA_HEALTH, EventType.MODEL_REFUSED, EventType.DEAD_LETTER,
                EventType.WORKER}
 
@@ -123,9 +126,15 @@ class MaintenanceView(QWidget):
         self.message.setWordWrap(True)
         self.jobs_table = _table(JOB_COLUMNS)
         self.models_table = _table(["Version", "Status"])
+        self.models_table.itemSelectionChanged.connect(self.show_gate)
+        self.gate_table = _table(GATE_COLUMNS)
+        self.gate_note = QLabel("Select a model version to see its gate: every row, candidate beside incumbent.")
+        self.gate_note.setWordWrap(True)
+        self.gate: actions.GateView | None = None
         self.approve_button = QPushButton("Approve…", clicked=lambda: self.model_action("approve"))
         self.promote_button = QPushButton("Promote…", clicked=lambda: self.model_action("promote"))
         self.rollback_button = QPushButton("Roll back…", clicked=lambda: self.model_action("rollback"))
+        self.approve_button.setEnabled(False)  # until the selected version's gate rows are on screen
 
         left = QWidget()
         lv = QVBoxLayout(left)
@@ -147,6 +156,9 @@ class MaintenanceView(QWidget):
         rv.addWidget(self.jobs_table, 1)
         rv.addWidget(_heading("Model versions — held-out metrics"))
         rv.addWidget(self.models_table, 1)
+        rv.addWidget(_heading("Gate of the selected version"))
+        rv.addWidget(self.gate_note)
+        rv.addWidget(self.gate_table, 1)
         mrow = QHBoxLayout()
         for b in (self.approve_button, self.promote_button, self.rollback_button):
             mrow.addWidget(b)
@@ -248,9 +260,10 @@ class MaintenanceView(QWidget):
         if not self.confirm("Confirm model change", what):
             return
         actor = self.session.actor
-        fns = {"approve": lambda: actions.approve_model(self.services.store, actor, version or ""),
-               "promote": lambda: actions.promote_model(self.services.store, actor, version or "", self.cfg),
-               "rollback": lambda: actions.rollback_model(self.services.store, actor, self.cfg)}
+        role = self.session.role.value
+        fns = {"approve": lambda: actions.approve_model(self.services.store, actor, version or "", role),
+               "promote": lambda: actions.promote_model(self.services.store, actor, version or "", self.cfg, role),
+               "rollback": lambda: actions.rollback_model(self.services.store, actor, self.cfg, role)}
         self._run(fns[kind], f"Model {kind} done ({{}}).", refresh=True)
 
     def _run(self, fn: Any, ok_text: str, refresh: bool = False) -> None:
@@ -269,6 +282,38 @@ class MaintenanceView(QWidget):
     # ------------------------------------------------------------------ models
     def refresh_models(self) -> None:
         self.db.submit(lambda: actions.list_models(self.services.store), self._show_models)
+
+    def show_gate(self) -> None:
+        """Load the selected version's gate rows off the GUI thread; Approve stays disabled until they are shown."""
+        self.gate = None
+        self.approve_button.setEnabled(False)
+        version = self._selected_version()
+        if version is None:
+            return
+        self.db.submit(lambda: actions.gate_of(self.services.store, version), self._show_gate,
+                       lambda msg: self.gate_note.setText(f"Could not read the gate: {msg}"))
+
+    def _show_gate(self, view: actions.GateView) -> None:
+        if view.version != self._selected_version():
+            return  # the selection moved on while the rows were read
+        self.gate = view
+        rows = view.report.rows if view.report else []
+        self.gate_table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            cells = [row.gate, row.metric, row.frame_set, _num(row.candidate), _num(row.incumbent), _num(row.limit),
+                     "PASS" if row.passed else "FAIL"]
+            for c, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if not row.passed:
+                    item.setForeground(QColor("#b91c1c"))
+                self.gate_table.setItem(r, c, item)
+        if view.report is None:
+            self.gate_note.setText(f"{view.version} ({view.status}): no gate ran — it cannot be approved or promoted.")
+        else:
+            verdict = "passed" if view.report.passed else f"FAILED ({len(view.report.failed)} rows)"
+            self.gate_note.setText(f"{view.version} ({view.status}): gate {verdict} against incumbent "
+                                   f"{view.report.incumbent_version or 'none'}, frame sets {view.report.frame_sets}.")
+        self.approve_button.setEnabled(view.status == ModelStatus.GATED_PASS and self.session.can("model.approve"))
 
     def _selected_version(self) -> str | None:
         row = self.models_table.currentRow()
@@ -291,6 +336,10 @@ class MaintenanceView(QWidget):
                     font.setBold(True)
                     item.setFont(font)
                 self.models_table.setItem(r, c, item)
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
 
 
 def _heading(text: str) -> QLabel:
