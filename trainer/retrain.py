@@ -68,13 +68,19 @@ from trainer.heldout import (
 Say = Callable[[str], None]
 
 #: The classifier recipe of retrained combined / classification packages (``jobs.classifier_recipe`` overrides).
-#: Linear probe on cached stride-32 features, then the last (stride-32) block fine-tuned with the head
-#: (LP-FT), which leaves the stride-8/16 maps of the anomaly scorer untouched. Augmentation ``tile-anomaly``:
-#: flips and mild photometric changes only; no crop (it can cut a defect at a part's edge off the image and
-#: leave a wrong label), no erasing (it paints fake defects). ``image_size`` is set from ``jobs.anomaly_image_size``.
+#: A linear probe on cached, pooled stride-32 features of the frozen ImageNet backbone (``train_blocks=0``:
+#: the backbone the anomaly scorer reads stays exactly as fitted, and the job costs one backbone pass per
+#: frame). ``class_weights`` OFF: on a line the prior is honest (good parts dominate) and inverse-frequency
+#: weights (x47 for 16 fray tiles against 759 good ones) push good parts into defect classes; measured on
+#: magnetic_tile with weights on and LP-FT, the classifier's own test accuracy was 0.39, i.e. a classifier that
+#: rejects good parts. Without weights a rare class is called only when the features are clear, and the
+#: good-only scorer still rejects what the classifier misses (decide(): either model's reject rejects).
+#: Augmentation ``tile-anomaly``: flips and mild photometric changes; no crop (it can cut a defect at a part's
+#: edge off the image and leave a wrong label), no erasing (it paints fake defects). ``image_size`` is set
+#: from ``jobs.anomaly_image_size``: one preprocessing for both heads.
 RETRAIN_RECIPE_FIELDS: dict[str, Any] = dict(
-    name="station-retrain", backbone="tf_efficientnet_lite0", head="linear", train_blocks=1, epochs=40,
-    finetune_epochs=2, patience=6, views=2, policy="tile-anomaly", threads=2,
+    name="station-retrain", backbone="tf_efficientnet_lite0", head="linear", train_blocks=0, epochs=40,
+    finetune_epochs=0, patience=6, views=1, class_weights=False, policy="tile-anomaly", threads=2,
 )
 #: After a condition change the scorer learns only the new condition's goods when there are at least this
 #: many (fit_anomaly holds every 5th out for the threshold and needs 10 of them).
@@ -201,6 +207,8 @@ def snapshot(cfg: StationConfig, store: Any, stage: str | Path, since: float = 0
     train, dropped = without_heldout(_dedupe([i for i in candidates if i.sha256 not in gate_shas]), held_set)
     train.sort(key=lambda i: (i.label, i.sha256))
     counts = {"train": _count(train), "recent": _count(recent_gate), "heldout": _count(heldout)}
+    new_shas = {i.sha256 for i in new_goods}
+    scorer_goods = [i.sha256 for i in train if i.label == GOOD and (use_base_goods or i.sha256 in new_shas)]
     body = {
         "train": [asdict(i) for i in train], "recent": [asdict(i) for i in recent_gate],
         "heldout": [asdict(i) for i in heldout], "hash": snapshot_digest(train, recent_gate, heldout),
@@ -208,13 +216,14 @@ def snapshot(cfg: StationConfig, store: Any, stage: str | Path, since: float = 0
         "heldout_source": held_set.source, "dropped_heldout": dropped, "counts": counts,
         "labels": {"current": len(exported), "since_incumbent": len(recent), "older": len(older)},
         "condition_changed": condition_changed, "base_goods_used": use_base_goods, "since": since,
+        "scorer_goods": scorer_goods,
         "base_data": str(base) if base else None,
     }
     _write(stage, SNAPSHOT_FILE, body)
     say(f"snapshot {body['hash'][:12]}: train {sum(counts['train'].values())} {counts['train']}, recent gate "
         f"{sum(counts['recent'].values())}, held-out {len(heldout)}; dataset version {dv.hash[:12]} "
         f"({len(exported)} labels); {dropped} held-out images dropped from training")
-    return {k: v for k, v in body.items() if k not in ("train", "recent", "heldout")}
+    return {k: v for k, v in body.items() if k not in ("train", "recent", "heldout", "scorer_goods")}
 
 
 def _count(items: list[LabelledImage]) -> dict[str, int]:
@@ -301,9 +310,8 @@ def train(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = 
     counts = _count(items)
     kind = choose_kind(inc, counts, cfg.jobs.min_class_frames)
     size = cfg.jobs.anomaly_image_size
-    goods = [i for i in items if i.label == GOOD]
-    new_goods = [i for i in goods if i.source == "label"]
-    scorer_goods = goods if snap["base_goods_used"] else new_goods
+    wanted = set(snap["scorer_goods"])  # after a condition change: the new condition's goods only
+    scorer_goods = [i for i in items if i.label == GOOD and i.sha256 in wanted]
     name = inc.name if inc is not None else f"station-{kind}"
     console = Console(quiet=True)
     seconds: dict[str, float] = {}

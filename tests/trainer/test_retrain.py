@@ -32,16 +32,17 @@ from trainer import retrain
 from trainer.checklist import run_checklist
 from trainer.heldout import file_sha256, load_heldout_set
 
-SIZE = 128
-BASE = {"train/good": 110, "test/good": 24, "test/scratch": 24, "test/spot": 24, "test/chip": 8}
+SIZE = 96
+BASE = {"train/good": 90, "test/good": 20, "test/scratch": 24, "test/spot": 24, "test/chip": 8}
 RECIPE = """name: retrain-test
 backbone: tf_efficientnet_lite0
 head: linear
-train_blocks: 1
-epochs: 15
-finetune_epochs: 1
-patience: 4
+train_blocks: 0
+epochs: 30
+finetune_epochs: 0
+patience: 5
 views: 1
+class_weights: false
 policy: tile-anomaly
 threads: 2
 """
@@ -93,7 +94,7 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = _write_base(root / "base")
     (root / "recipe.yaml").write_text(RECIPE)
     cfg = parse_config({"station": {"id": "rt", "data_dir": str(root / "station")},
-                        "jobs": {"base_data": str(base), "anomaly_image_size": SIZE, "train_images": 110,
+                        "jobs": {"base_data": str(base), "anomaly_image_size": SIZE, "train_images": 90, "calibration_images": 100,
                                  "classifier_recipe": str(root / "recipe.yaml"), "min_class_frames": 10}},
                        environ={})
     store = open_store(cfg)
