@@ -182,7 +182,9 @@ class JobsSection(Section):
         None, description="Base training data in the anomaly layout (train/good, test/<class>); test/ is the fixed held-out set."
     )
     anomaly_image_size: int = Field(256, ge=64, le=1024, description="Input size (square) of the retrained anomaly model.")
-    train_images: int = Field(80, ge=4, le=100_000, description="Most good frames the retraining fits on (keeps jobs fast).")
+    train_images: int = Field(
+        800, ge=4, le=100_000, description="Most base good frames (evenly spaced) the retraining fits on; every 5th sets "
+                                           "the anomaly threshold (800: all of magnetic_tile's 759, 152 threshold frames).")
     heldout_limit: int | None = Field(None, ge=4, description="Evenly spaced subset of the held-out set (None: all of it).")
     classifier_recipe: Path | None = Field(
         None, description="Classifier recipe YAML of retrained combined/classification packages (unset: the built-in "
