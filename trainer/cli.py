@@ -77,6 +77,30 @@ def train_classifier_cmd(
     console.print(f"saved {out / 'classifier.pt'} (run {result.run_id})")
 
 
+@app.command("learning-curve")
+def learning_curve_cmd(
+    data: Annotated[Path, typer.Argument(help="Anomaly-layout folder: train/good, test/good, test/<defect>.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Save recall and AUROC vs labelled fraction as a PNG.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Folder caching the extracted features (.npy).")] = None,
+    target_false_reject: Annotated[float, typer.Option(help="False-reject budget of the threshold.")] = 0.02,
+) -> None:
+    """Recall at a good-only false-reject budget as labelled defects grow (0, 5, 10, 25, 50 % per class)."""
+    from trainer.learning_curve import CurveConfig, plot_curve, print_curve, run_learning_curve
+
+    err_console = Console(stderr=True)
+    try:
+        result = run_learning_curve(data, CurveConfig(target_false_reject=target_false_reject), cache, err_console)
+    except InspectorError as err:
+        raise _fail(err) from None
+    if plot is not None:
+        err_console.print(f"saved {plot_curve(result, plot)}")
+    if as_json:
+        typer.echo(json.dumps(result, indent=1, default=str))
+    else:
+        print_curve(result, console)
+
+
 def metrics_table(m: dict) -> Table:  # type: ignore[type-arg]
     table = Table(title="held-out test metrics")
     table.add_column("metric")

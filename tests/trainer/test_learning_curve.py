@@ -1,0 +1,188 @@
+"""The learning-curve experiment: cross-fitting bookkeeping, fusion fallback, JSON/CLI shape, and the real curve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from trainer.fusion import FusionConfig, fit_fusion
+from trainer.learning_curve import (
+    AnomalyCrossFit,
+    CurveConfig,
+    FoldFit,
+    ImageTable,
+    check_plan,
+    crossfit_plan,
+    curve_from_features,
+    defect_rotations,
+    good_fold_ids,
+)
+
+CLASSES = ["a"] * 40 + ["b"] * 21 + ["c"] * 3
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.10, 0.25, 0.50])
+def test_defect_rotations_label_the_fraction_per_class(fraction: float) -> None:
+    masks = defect_rotations(CLASSES, fraction, rotations=4, seed=0)
+    cls = np.array(CLASSES)
+    assert len(masks) == (2 if fraction == 0.5 else 4)
+    for m in masks:
+        for c, n in (("a", 40), ("b", 21), ("c", 3)):
+            k = int(m[cls == c].sum())
+            assert 1 <= k < n, "every class keeps labelled and scored images"
+            if n >= round(1 / fraction):
+                assert abs(k - fraction * n) <= 1
+    if fraction == 0.5:  # the two halves are complementary: every defect is scored once
+        assert not (masks[0] & masks[1]).any() and (masks[0] | masks[1]).all()
+    big = cls != "c"
+    for i in range(len(masks)):  # labelled folds differ between rotations
+        for j in range(i + 1, len(masks)):
+            assert not (masks[i] & masks[j] & big).any()
+
+
+def _roles(n_train: int = 50, n_test: int = 20) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    n = n_train + n_test + len(CLASSES)
+    is_train = np.arange(n) < n_train
+    is_test = (np.arange(n) >= n_train) & (np.arange(n) < n_train + n_test)
+    return is_train, is_test, [None] * (n_train + n_test) + list(CLASSES)
+
+
+def test_crossfit_plan_never_scores_a_fitted_image() -> None:
+    is_train, is_test, classes = _roles()
+    cfg = CurveConfig(good_folds=5)
+    plan = crossfit_plan(is_train, is_test, classes, cfg)
+    check_plan(plan)
+    assert sorted({p.fraction for p in plan}) == [0.0, 0.05, 0.10, 0.25, 0.50]
+    defects = {i for i, c in enumerate(classes) if c is not None}
+    for p in plan:
+        assert set(is_test.nonzero()[0]) <= set(p.scored.tolist()), "all test/good images are scored"
+        assert not set(p.scored.tolist()) & set(is_train.nonzero()[0]), "train/good is never scored"
+        assert set(p.train_defect.tolist()) | (set(p.scored.tolist()) & defects) == defects
+        if p.fraction == 0:
+            assert len(p.train_defect) == 0
+    for f, r in {(p.fraction, p.rotation) for p in plan}:
+        folds = [p for p in plan if (p.fraction, p.rotation) == (f, r)]
+        thr = np.concatenate([p.threshold_good for p in folds])
+        assert sorted(thr.tolist()) == sorted(is_train.nonzero()[0].tolist()), "each good is thresholded once"
+    leaky = FoldFit(0.5, 0, 0, plan[-1].train_good, plan[-1].anomaly_fit_good, plan[-1].threshold_good,
+                    plan[-1].train_defect, np.concatenate([plan[-1].scored, plan[-1].train_defect[:1]]))
+    with pytest.raises(AssertionError):
+        check_plan([leaky])
+    assert np.bincount(good_fold_ids(50, 5)).tolist() == [10] * 5
+
+
+def _synthetic(rng: np.random.Generator, n_good: int, n_def: int, d: int, informative: float,
+               anomaly_shift: float = 1.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Goods N(0, 1); defects shifted by ``anomaly_shift`` in the anomaly score and ``informative`` in 5 features."""
+    x = rng.standard_normal((n_good + n_def, d))
+    x[n_good:, :5] += informative
+    a = rng.standard_normal(n_good + n_def)
+    a[n_good:] += anomaly_shift
+    return x, a, np.r_[np.zeros(n_good, bool), np.ones(n_def, bool)]
+
+
+def test_fusion_falls_back_to_the_anomaly_score_with_few_noisy_labels() -> None:
+    rng = np.random.default_rng(0)
+    cfg = FusionConfig()
+    worse = 0
+    for seed in range(6):
+        r = np.random.default_rng(seed)
+        x, a, y = _synthetic(r, 300, 12, 300, informative=0.0)  # the probe's features are pure noise
+        model = fit_fusion(x, a, y, cfg)
+        xt, at, yt = _synthetic(rng, 300, 300, 300, informative=0.0)
+        fused, alone = roc_auc_score(yt, model.score(xt, at)), roc_auc_score(yt, at)
+        worse += fused < alone - 0.01
+    assert worse == 0, "with few labels on noise features the fusion must not fall below the good-only score"
+    x, a, y = _synthetic(rng, 300, 3, 50, informative=0.0)
+    assert not fit_fusion(x, a, y, cfg).uses_probe, "fewer than min_defects labels: the anomaly score alone"
+
+
+def test_fusion_uses_the_probe_when_labels_are_informative() -> None:
+    rng = np.random.default_rng(1)
+    x, a, y = _synthetic(rng, 300, 150, 100, informative=1.5)
+    model = fit_fusion(x, a, y)
+    assert model.uses_probe
+    xt, at, yt = _synthetic(rng, 300, 300, 100, informative=1.5)
+    assert roc_auc_score(yt, model.score(xt, at)) > roc_auc_score(yt, at) + 0.05
+    good = model.score(xt[~yt], at[~yt])
+    assert abs(float(np.median(good))) < 0.3, "scores are normalised on training goods: median near 0"
+
+
+def _synthetic_table(rng: np.random.Generator) -> tuple[ImageTable, AnomalyCrossFit, CurveConfig]:
+    is_train, is_test, classes = _roles(n_train=100, n_test=40)
+    n = len(classes)
+    is_def = np.array([c is not None for c in classes])
+    pooled = rng.standard_normal((n, 12)).astype(np.float32)
+    pooled[is_def, :3] += 1.0
+    cfg = CurveConfig(good_folds=4, inner_good_folds=3, rotations=2)
+    gfold = good_fold_ids(int(is_train.sum()), cfg.good_folds, cfg.seed)
+    outer = rng.standard_normal((cfg.good_folds, n, 6)).astype(np.float32)
+    outer[:, is_def, 0] += 2.0
+    inner = rng.standard_normal((cfg.good_folds, n, 6)).astype(np.float32)
+    table = ImageTable([f"img{i}.png" for i in range(n)], is_train, is_test, classes, pooled,
+                       np.zeros((n, 1, 1, 1), np.float16))
+    return table, AnomalyCrossFit(outer, inner, gfold), cfg
+
+
+REQUIRED = ("labelled_fraction", "labelled_defects", "recall", "false_reject_rate", "image_auroc")
+
+
+def test_curve_from_features_reports_every_fraction() -> None:
+    table, anom, cfg = _synthetic_table(np.random.default_rng(2))
+    result = curve_from_features(table, anom, cfg)
+    json.dumps(result, default=str)
+    fracs = [p["labelled_fraction"] for p in result["points"]]
+    assert fracs == list(cfg.fractions)
+    for p in result["points"]:
+        assert all(k in p for k in REQUIRED)
+        assert 0 <= p["recall"] <= 1 and 0 <= p["false_reject_rate"] <= 1
+        assert p["scored_goods"] == 40 * p["rotations"]
+        assert p["scored_defects"] + p["labelled_defects"] * p["rotations"] == pytest.approx(64 * p["rotations"])
+    assert result["points"][0]["labelled_defects"] == 0
+
+
+def test_cli_json_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import trainer.learning_curve as lc
+    from trainer.cli import app
+
+    table, anom, cfg = _synthetic_table(np.random.default_rng(3))
+    monkeypatch.setattr(lc, "extract_table", lambda *a, **k: table)
+    monkeypatch.setattr(lc, "crossfit_anomaly", lambda *a, **k: anom)
+    monkeypatch.setattr(lc, "CurveConfig", lambda **k: cfg)
+    png = tmp_path / "curve.png"
+    res = CliRunner().invoke(app, ["learning-curve", str(tmp_path), "--json", "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert [p["labelled_fraction"] for p in out["points"]] == list(cfg.fractions)
+    assert png.is_file() and png.stat().st_size > 1000
+    res = CliRunner().invoke(app, ["learning-curve", str(tmp_path)])
+    assert res.exit_code == 0 and "learning curve" in res.stdout
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_magnetic_tile_learning_curve(magnetic_tile: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The measured curve (about 10 minutes cold on 2 shared cores: run with ``pytest -m slow`` or INSPECTOR_SLOW=1).
+
+    Asserts what was measured (README, "The learning curve"): at 50 % labelled recall >= 0.93 and AUROC >= 0.985,
+    no point below the good-only point. The false-reject rate on test/good at the threshold from held-out
+    train/good images overshoots 2 % (3.4 % at 50 %): asserted only to stay under 5 %.
+    """
+    import os
+
+    from trainer.learning_curve import run_learning_curve
+
+    if "slow" not in (request.config.getoption("-m") or "") and os.environ.get("INSPECTOR_SLOW") != "1":
+        pytest.skip("long: run with -m slow (or INSPECTOR_SLOW=1)")
+    result = run_learning_curve(magnetic_tile, cache=tmp_path / "cache")
+    pts = {p["labelled_fraction"]: p for p in result["points"]}
+    zero, half = pts[0.0], pts[0.5]
+    assert half["recall"] >= 0.93 and half["image_auroc"] >= 0.985 and half["false_reject_rate"] <= 0.05
+    for p in result["points"]:
+        assert p["recall"] >= zero["recall"] and p["image_auroc"] >= zero["image_auroc"]
