@@ -67,10 +67,36 @@ def _anomaly_view(score: float, policy: PolicySection) -> tuple[str, str]:
     return "normal", f"anomaly score {score:.2f} normal"
 
 
-def decide(class_probs: Mapping[str, float] | None, anomaly_score: float | None, policy: PolicySection) -> DecisionResult:
-    """PASS / FAIL / REVIEW / ERROR for one part from its model outputs."""
+def _named_defect(class_probs: Mapping[str, float] | None, policy: PolicySection) -> str | None:
+    defects = {k: v for k, v in (class_probs or {}).items() if k != policy.good_class}
+    return max(defects, key=lambda k: defects[k]) if defects else None
+
+
+def _decide_by_score(class_probs: Mapping[str, float] | None, anomaly_score: float,
+                     policy: PolicySection) -> DecisionResult:
+    """A fused defect score decides; the classifier only names the defect class."""
+    state, reason = _anomaly_view(float(anomaly_score), policy)
+    defect = _named_defect(class_probs, policy)
+    reasons = [reason.replace("anomaly score", "defect score")]
+    if defect is not None and state != "normal":
+        reasons.append(f"most likely {defect} p={float(class_probs[defect]):.3f}")  # type: ignore[index]
+    if state == "anomalous":
+        return _result(Decision.FAIL, defect or "anomaly", reasons, policy)
+    if state == "near":
+        return _result(Decision.REVIEW, defect, reasons, policy)
+    return _result(Decision.PASS, None, reasons, policy)
+
+
+def decide(class_probs: Mapping[str, float] | None, anomaly_score: float | None, policy: PolicySection,
+           classifier_decides: bool = True) -> DecisionResult:
+    """PASS / FAIL / REVIEW / ERROR for one part from its model outputs.
+
+    ``classifier_decides=False`` (the package's ``outputs.classifier_decides``): the anomaly score is a fused
+    defect score and alone decides with the same threshold and review band; the classifier names the class."""
     if not class_probs and anomaly_score is None:
         return _result(Decision.ERROR, None, ["no model output"], policy)
+    if not classifier_decides and anomaly_score is not None:
+        return _decide_by_score(class_probs, anomaly_score, policy)
     reasons: list[str] = []
     cls_state, defect, cls_reason = None, None, ""
     if class_probs:

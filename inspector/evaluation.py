@@ -52,7 +52,7 @@ def score_frames(package: str | Path | ModelPackage, images: Sequence[np.ndarray
                     out.anomaly_scores.append(None)
                     out.anomaly_raw.append(None)
                     continue
-                out.decisions.append(decide(res.class_probs, res.anomaly_score, cfg.policy).decision.value)
+                out.decisions.append(decide(res.class_probs, res.anomaly_score, cfg.policy, res.classifier_decides).decision.value)
                 out.class_probs.append(res.class_probs)
                 out.anomaly_scores.append(res.anomaly_score)
                 out.anomaly_raw.append(res.anomaly_raw)

@@ -62,7 +62,7 @@ def load_model(cfg: StationConfig, path: str | Path) -> InspectionModel:
         if isinstance(out, FrameError):
             raise ModelPackageError(f"canary {canary.file} of {package.version} failed: {out}", "rebuild the package")
         if canary.expected not in ("ANY",):
-            got = decide(out.class_probs, out.anomaly_score, cfg.policy).decision.value
+            got = decide(out.class_probs, out.anomaly_score, cfg.policy, out.classifier_decides).decision.value
             if got != canary.expected:
                 raise ModelPackageError(f"canary {canary.file} of {package.version} gave {got}, expected {canary.expected}",
                                         "the package does not behave as when it was validated; rebuild it")
@@ -256,7 +256,7 @@ class Worker:
 
     def _verdict(self, w: Work, out: ModelOutput, model: InspectionModel) -> Verdict:
         t0 = time.perf_counter()
-        result = decide(out.class_probs, out.anomaly_score, self.cfg.policy)
+        result = decide(out.class_probs, out.anomaly_score, self.cfg.policy, out.classifier_decides)
         stage = {k: round(v, 3) for k, v in out.stage_ms.items()}
         stage["decide"] = round((time.perf_counter() - t0) * 1000, 3)
         stats = image_stats(w.image)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from rq import get_current_job
 from inspector.bus.streams import StationBus, decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
-from inspector.contracts.manifest import Manifest
+from inspector.contracts.manifest import AnomalySpec, Manifest
 from inspector.contracts.messages import Event, EventType, FrameMeta
 from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE
 from inspector.drift.monitor import suppression_key
@@ -218,10 +218,11 @@ def _refit_threshold(cfg: StationConfig, stage: Path, images: list[np.ndarray]) 
         return write_manifest(stage, manifest)
     scored_raw = _raw_scores(cfg, stage, images)
     target = manifest.anomaly.target_false_reject or 0.01
+    placed = AnomalySpec.placed(float(np.quantile(scored_raw, 1 - target)) * THRESHOLD_MARGIN,
+                                float(np.median(scored_raw)), cfg.policy.anomaly_review_margin)
     anomaly = manifest.anomaly.model_copy(update={
-        "threshold": float(np.quantile(scored_raw, 1 - target)) * THRESHOLD_MARGIN,
+        "threshold": placed.threshold, "score_origin": placed.score_origin, "review_margin": placed.review_margin,
         "score_min": float(scored_raw.min()), "score_max": float(scored_raw.max()),
-        "score_origin": float(np.median(scored_raw)),
         "threshold_method": "good_quantile"})
     return write_manifest(stage, manifest.model_copy(update={"anomaly": anomaly}))
 

@@ -42,3 +42,16 @@ def test_fail_safe_rejects_everything_but_pass() -> None:
 def test_disagreement_can_fail() -> None:
     r = decide({"good": 0.99, "x": 0.01}, 3.0, PolicySection(on_disagreement="fail"))
     assert r.decision is Decision.FAIL and "models disagree" in r.reasons
+
+
+def test_fused_score_decides_and_the_classifier_names_the_class() -> None:
+    policy = PolicySection()
+    unsure_good = {"good": 0.55, "crack": 0.30, "break": 0.15}
+    # an unsure classifier does not send a part the fused score passes to REVIEW
+    assert decide(unsure_good, 0.2, policy, classifier_decides=False).decision is Decision.PASS
+    assert decide(unsure_good, 0.2, policy).decision is Decision.REVIEW  # the default: both models decide
+    fail = decide(unsure_good, 1.5, policy, classifier_decides=False)
+    assert fail.decision is Decision.FAIL and fail.defect_class == "crack" and fail.reject
+    near = decide({"good": 0.99, "crack": 0.01}, 0.9, policy, classifier_decides=False)
+    assert near.decision is Decision.REVIEW and near.reject
+    assert decide(None, 1.5, policy, classifier_decides=False).defect_class == "anomaly"

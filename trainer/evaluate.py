@@ -178,7 +178,8 @@ def anomaly_metrics(manifest: Manifest, outs: list[Any], held: HeldOut) -> dict[
     raw = np.array([o.anomaly_raw for o in outs], dtype=float)
     score = np.array([o.anomaly_score for o in outs], dtype=float)
     y = held.is_defect
-    pred = (score >= 1.0).astype(int)
+    cut = 1.0 - (manifest.anomaly.review_margin if manifest.anomaly else 0.0)  # the line rejects from here (REVIEW)
+    pred = (score >= cut).astype(int)
     names = np.array(held.label_names)
     per_class: dict[str, Any] = {}
     for d in sorted(set(held.label_names) - {GOOD}):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from inspector.contracts.config import PolicySection
 from inspector.contracts.errors import DataError
 from inspector.contracts.manifest import AnomalySpec, Preprocess
 from inspector.models.preprocess import Preprocessor
@@ -78,8 +79,9 @@ def fit_anomaly(backbone: torch.nn.Module, pre: Preprocessor, good: Sequence[np.
                       f"for a target of {cfg.target_false_reject:.1%}; more good images narrow it")
     info = {"score_origin": origin, "threshold_frr_ci95": frr_ci, "fit_images": len(fit_idx), "threshold_images": len(hold_idx), "fit_s": round(time.perf_counter() - t0, 1),
             "threshold_good_quantile": threshold, "target_false_reject": cfg.target_false_reject}
-    return scorer, AnomalySpec(threshold=threshold, score_origin=origin, threshold_method="good_quantile",
-                               target_false_reject=cfg.target_false_reject), info
+    spec = AnomalySpec.placed(threshold, origin, PolicySection().anomaly_review_margin,
+                              threshold_method="good_quantile", target_false_reject=cfg.target_false_reject)
+    return scorer, spec, info
 
 
 def operating_points(scores: np.ndarray, is_defect: np.ndarray, good_threshold: float) -> dict[str, Any]:
@@ -118,7 +120,7 @@ def build_anomaly_package(data_dir: str | Path, out: str | Path, cfg: AnomalyCon
     scorer, anomaly, fit_info = fit_anomaly(backbone, pre, good, cfg, console)
     net = InspectionNet(backbone, scorer=scorer).eval()
     held = load_heldout(data_dir, limit=heldout_limit)
-    points = operating_points(net_scores(net, pre, held.images), held.is_defect, anomaly.threshold)
+    points = operating_points(net_scores(net, pre, held.images), held.is_defect, anomaly.reject_raw)
     spec = PackageSpec(
         name=name, task="anomaly", preprocess=pre_spec, class_names=None, good_class="good",
         anomaly=anomaly,

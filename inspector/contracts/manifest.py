@@ -36,6 +36,9 @@ class Outputs(Strict):
     class_probs: str | None = Field(None, description="Output name of calibrated class probabilities [B,C].")
     anomaly_score: str | None = Field(None, description="Output name of raw image anomaly scores [B].")
     anomaly_map: str | None = Field(None, description="Output name of the anomaly map [B,1,h,w] (raw units).")
+    classifier_decides: bool = Field(
+        True, description="False: class_probs only name the defect class of a part the anomaly score rejects; the "
+                          "anomaly score is then a fused defect score that already weighs the classifier's evidence.")
 
 
 class ModelFiles(Strict):
@@ -59,6 +62,26 @@ class AnomalySpec(Strict):
     map_threshold: float | None = Field(None, description="Raw map value marking a defect region.")
     score_min: float | None = None
     score_max: float | None = None
+    review_margin: float = Field(0.0, ge=0, lt=1, description="The policy's anomaly review margin the threshold was "
+                                 "placed for: the good-part quantile of the false-reject target sits at normalised "
+                                 "1 - review_margin, so REVIEW (which rejects) stays inside the target.")
+
+    @classmethod
+    def placed(cls, good_quantile: float, origin: float, review_margin: float, **kw: object) -> AnomalySpec:
+        """A spec whose line rejects exactly the scores above ``good_quantile`` (raw).
+
+        The decision rejects REVIEW, and REVIEW starts at normalised ``1 - margin``: a threshold placed at the
+        good-part quantile itself would reject every good part within the margin below it too (measured on
+        magnetic_tile: a 2 % target gave 12 % false rejects at the line). So the quantile maps to ``1 - margin``
+        and the threshold (normalised 1.0) sits above it; FAIL starts at ``1 + margin``."""
+        o = origin if origin < good_quantile else 0.0
+        threshold = o + (good_quantile - o) / (1.0 - review_margin)
+        return cls(threshold=threshold, score_origin=origin, review_margin=review_margin, **kw)  # type: ignore[arg-type]
+
+    @property
+    def reject_raw(self) -> float:
+        """Raw score above which the line rejects (normalised ``1 - review_margin``)."""
+        return self.origin + (1.0 - self.review_margin) * (self.threshold - self.origin)
 
     @property
     def origin(self) -> float:

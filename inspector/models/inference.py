@@ -37,6 +37,7 @@ class ModelOutput:
     anomaly_score: float | None  # manifest.anomaly.normalise(raw): 0 typical good part, 1.0 the threshold
     anomaly_map: np.ndarray | None  # (h, w) float32, normalised the same way
     stage_ms: dict[str, float] = field(default_factory=dict)
+    classifier_decides: bool = True  # manifest.model.outputs.classifier_decides
 
 
 def choose_model_file(manifest: Manifest, precision: str) -> tuple[str, str]:
@@ -152,7 +153,7 @@ class InspectionModel:
             return err
         spec = self.manifest.anomaly
         score = spec.normalise(raw) if (raw is not None and spec is not None) else None
-        return ModelOutput(probs, raw, score, amap)
+        return ModelOutput(probs, raw, score, amap, classifier_decides=names.classifier_decides)
 
     def _anomaly_map(self, value: np.ndarray) -> np.ndarray:
         amap = np.asarray(value, np.float32)
