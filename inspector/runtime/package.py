@@ -202,7 +202,7 @@ def _check_onnx(root: Path, relpath: str, manifest: Manifest) -> None:
             "set model.input_name in the manifest to the graph's input, then " + REPACKAGE_HINT,
         )
     for key, name in manifest.model.outputs.model_dump().items():
-        if name is not None and name not in outputs:
+        if isinstance(name, str) and name not in outputs:
             raise ModelPackageError(
                 f"package {root}: {relpath} has no output {name!r} (model.outputs.{key}; outputs: {sorted(outputs)})",
                 "set model.outputs in the manifest to the graph's output names, then " + REPACKAGE_HINT,
