@@ -116,10 +116,6 @@ def metrics_table(m: dict) -> Table:  # type: ignore[type-arg]
     return table
 
 
-if __name__ == "__main__":
-    app()
-
-
 # deployment commands (trainer evaluate, trainer checklist) live in trainer/cli_deploy.py
 from trainer.cli_deploy import register as _register_deploy  # noqa: E402
 
@@ -127,3 +123,9 @@ _register_deploy(app)
 from trainer.cli_package import register as _register_package  # noqa: E402
 
 _register_package(app)
+from trainer.cli_heldout import register as _register_heldout  # noqa: E402
+
+_register_heldout(app)
+
+if __name__ == "__main__":
+    app()
