@@ -199,6 +199,48 @@ class WhitenedKnnScorer(nn.Module):
         """[P,B,C] patches -> [P,B,C] whitened at their positions (``|z|`` = Mahalanobis distance)."""
         return whiten(x, self.mean, [getattr(self, f"whiten{i}") for i in range(len(self.blocks))])
 
+    def nearest_patches(self, emb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The internals the fused score reads (``trainer.fusion_head``), exportable to ONNX.
+
+        ``emb`` [B,C,h,w] (this scorer's embedding) -> ``z`` [P,B,C] whitened patches, ``d2`` [B,1,h,w] squared
+        distance to the nearest candidate (``forward``'s map before sqrt and blur) and ``nearest`` [P,B,C] that
+        candidate: a bank patch at the same or a neighbouring position, or the Gaussian mean (zero) at the border.
+        Ties go to the first candidate in ``offsets`` order, the mean last (as ``trainer.learning_curve``)."""
+        h, w = self.grid
+        r = self.radius
+        z = self.whiten_patches(emb.flatten(2).permute(2, 0, 1))  # [P,B,C]
+        c = z.shape[-1]
+        zz = (z * z).sum(-1)
+        zmap = z.permute(1, 2, 0).reshape(-1, c, h, w)
+        zpad = F.pad(zmap, (r, r, r, r)) if r > 0 else zmap
+        q = torch.cat([zpad[:, :, r - dy:r - dy + h, r - dx:r - dx + w] for dy, dx in self.offsets])
+        q = q.flatten(2).permute(2, 0, 1)  # [P,OB,C]: bank position b meets the query at b - (dy,dx)
+        d2 = (q * q).sum(-1, keepdim=True) - 2 * torch.matmul(q, self.bank_t) + self.bank_sq  # [P,OB,N]
+        near, arg = d2.min(-1)  # [P,OB]
+        vec = torch.gather(self.bank_t, 2, arg.unsqueeze(1).expand(-1, c, -1))  # [P,C,OB]
+        n_off = len(self.offsets)
+        near = near.transpose(0, 1).reshape(n_off, -1, 1, h, w)
+        vec = vec.permute(2, 1, 0).reshape(n_off, -1, c, h, w)
+        best: Tensor | None = None
+        best_vec: Tensor | None = None
+        for i, (dy, dx) in enumerate(self.offsets):
+            nd, nv = near[i], vec[i]
+            if r > 0:  # back to query positions; outside the grid counts as no match
+                nd = F.pad(nd, (r, r, r, r), value=1e30)[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
+                nv = F.pad(nv, (r, r, r, r))[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
+            if best is None or best_vec is None:
+                best, best_vec = nd, nv
+            else:
+                take = nd < best
+                best, best_vec = torch.where(take, nd, best), torch.where(take, nv, best_vec)
+        assert best is not None and best_vec is not None
+        zzmap = zz.transpose(0, 1).reshape(-1, 1, h, w)
+        mean_d = torch.where(self.border, zzmap, torch.full_like(zzmap, 1e30))
+        take = mean_d < best
+        best = torch.where(take, mean_d, best)
+        best_vec = torch.where(take, torch.zeros_like(best_vec), best_vec)
+        return z, best, best_vec.flatten(2).permute(2, 0, 1)
+
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         emb = self.embed(features)  # [B,C,h,w]
         h, w = self.grid
