@@ -9,13 +9,21 @@
    scorer (``trainer.anomaly.fit_whitened_knn``, the project's default model) is fitted on the other folds and
    scores fold k, test/ and the defects; inside the other folds an inner cross-fit gives every TRAINING good image
    anomaly features from a scorer that never saw it. Fold k's good images are used only to set the threshold.
-3. Defects are cross-fitted per class: for a labelled fraction f, each class is split into round(1/f) folds; one
+3. test/good is split like the station's held-out set (``trainer.heldout.select_heldout``): images ordered by
+   sha256, even positions are half 0 (the station's held-out goods), odd positions half 1. In good rotation h,
+   half h is scored and the other half joins the held-out train/good images as threshold goods, so threshold
+   goods come from both populations (test/good scores higher than train/good even for the good-only model).
+   Nothing is ever fitted on test/good, so both good rotations share the same models; over the two, every
+   test/good image is scored exactly once (per defect rotation).
+4. Defects are cross-fitted per class: for a labelled fraction f, each class is split into round(1/f) folds; one
    fold is labelled (training), the rest are scored; ``rotations`` different folds are labelled in turn.
-4. For every (fraction, rotation, good fold) ``trainer.fusion.fit_fusion`` is fitted on the fold's training goods
-   and the labelled defects. Scored images get the mean of the good folds' normalised scores; the threshold is
-   the (1 - target) quantile of the cross-fitted scores of train/good (each scored by the one model that did not
-   see it). Recall, false-reject rate (test/good) and image AUROC are measured on test/good plus the defects not
-   labelled in that rotation: no scored image was ever trained on, and the threshold never sees a defect.
+5. For every (fraction, defect rotation, good fold) ``trainer.fusion.fit_fusion`` is fitted on the fold's training
+   goods and the labelled defects. Scored images and the test/good threshold half get the mean of the good folds'
+   normalised scores; each held-out train/good image is scored by the one model that did not see it. The
+   threshold comes from these threshold goods (``threshold_rule``). Recall and false-reject rate are measured on
+   the scored test/good half plus the defects not labelled in that rotation (each defect is judged at both good
+   rotations' thresholds, counted half each); image AUROC on all of test/good plus those defects. No scored or
+   threshold image was ever fitted on, and the threshold never sees a defect.
 
 Fraction 0 is the good-only ``wknn`` scorer through the same cross-fit (threshold from held-out good images).
 """
@@ -50,6 +58,7 @@ class CurveConfig:
     good_folds: int = 5
     inner_good_folds: int = 4
     rotations: int = 4  # labelled folds per fraction (all of them when there are fewer, e.g. 2 at 50 %)
+    good_rotations: int = 2  # test/good halves (sha256 order, as trainer.heldout): one scored, one thresholds
     target_false_reject: float = 0.02
     threshold_rule: str = "upper_bound"  # or "quantile": the plain (1 - target) quantile of held-out good scores
     seed: int = 0
@@ -90,6 +99,20 @@ def defect_rotations(classes: Sequence[str], fraction: float, rotations: int, se
     return masks
 
 
+def split_test_good(hashes: Sequence[str], paths: Sequence[str] | None = None, parts: int = 2) -> np.ndarray:
+    """Half id of each test/good image, as the station's held-out selection (``trainer.heldout.select_heldout``):
+    images ordered by sha256 (then path), position ``i`` goes to half ``i % parts``; half 0 is the station's
+    held-out goods (even positions)."""
+    n = len(hashes)
+    if n < 2 * parts:
+        raise DataError(f"only {n} test/good images for {parts} halves", "collect more good test images")
+    keys = list(zip(hashes, paths if paths is not None else [""] * n, strict=True))
+    order = sorted(range(n), key=lambda i: keys[i])
+    half = np.empty(n, dtype=int)
+    half[order] = np.arange(n) % parts
+    return half
+
+
 @dataclass
 class FoldFit:
     """One fitted model of the curve: what it was trained on and what it scores (indices into the image table)."""
@@ -99,16 +122,24 @@ class FoldFit:
     good_fold: int
     train_good: np.ndarray  # train/good images fitting the probe (and, in inner folds, the anomaly scorers)
     anomaly_fit_good: np.ndarray  # train/good images in the anomaly scorer that scores this fold
-    threshold_good: np.ndarray  # train/good images scored for the threshold (never fitted by this model)
+    threshold_good: np.ndarray  # held-out train/good fold + the other test/good half (never fitted by this model)
     train_defect: np.ndarray  # labelled defect images
-    scored: np.ndarray  # test/good + unlabelled defects
+    scored: np.ndarray  # one test/good half + unlabelled defects
+    good_rotation: int = 0  # which test/good half is scored (the other thresholds)
 
 
 def crossfit_plan(is_train_good: np.ndarray, is_test_good: np.ndarray, defect_class: Sequence[str | None],
-                  cfg: CurveConfig) -> list[FoldFit]:
-    """Every model the curve fits, as index sets; ``check_plan`` proves no scored image was trained on."""
+                  cfg: CurveConfig, test_half: np.ndarray | None = None) -> list[FoldFit]:
+    """Every model the curve fits, as index sets; ``check_plan`` proves no scored or threshold image was fitted on.
+
+    ``test_half``: half id per test/good image (``split_test_good``, row order); default alternating.
+    One FoldFit per (fraction, defect rotation, good rotation, good fold); the fitted sets do not depend on
+    the good rotation (nothing is fitted on test/good), so ``curve_from_features`` fits each model once."""
     train_good = np.flatnonzero(is_train_good)
     test_good = np.flatnonzero(is_test_good)
+    half = np.arange(len(test_good)) % cfg.good_rotations if test_half is None else np.asarray(test_half)
+    if len(half) != len(test_good):
+        raise ValueError(f"{len(half)} half ids for {len(test_good)} test/good images")
     defects = np.array([i for i, c in enumerate(defect_class) if c is not None])
     classes = [defect_class[i] for i in defects]
     gfold = good_fold_ids(len(train_good), cfg.good_folds, cfg.seed)
@@ -116,20 +147,41 @@ def crossfit_plan(is_train_good: np.ndarray, is_test_good: np.ndarray, defect_cl
     for f in cfg.fractions:
         masks = [np.zeros(len(defects), bool)] if f == 0 else defect_rotations(classes, f, cfg.rotations, cfg.seed)  # type: ignore[arg-type]
         for r, labelled in enumerate(masks):
-            for k in range(cfg.good_folds):
-                fit = train_good[gfold != k]
-                plan.append(FoldFit(f, r, k, fit, fit, train_good[gfold == k], defects[labelled],
-                                    np.concatenate([test_good, defects[~labelled]])))
+            for h in range(cfg.good_rotations):
+                for k in range(cfg.good_folds):
+                    fit = train_good[gfold != k]
+                    plan.append(FoldFit(f, r, k, fit, fit,
+                                        np.concatenate([train_good[gfold == k], test_good[half != h]]),
+                                        defects[labelled], np.concatenate([test_good[half == h], defects[~labelled]]),
+                                        good_rotation=h))
     return plan
 
 
-def check_plan(plan: Sequence[FoldFit]) -> None:
-    """Raises AssertionError if any model scores (or thresholds with) an image it was fitted on."""
+def check_plan(plan: Sequence[FoldFit], is_test_good: np.ndarray | None = None) -> None:
+    """Raises AssertionError if any model scores (or thresholds with) an image it was fitted on, or if a scored image
+    also sets the threshold. With ``is_test_good``: also if, over the good rotations of a (fraction, defect
+    rotation, good fold), a test/good image is not scored exactly once (and thresholding in the others)."""
     for p in plan:
         fitted = set(p.train_good.tolist()) | set(p.anomaly_fit_good.tolist()) | set(p.train_defect.tolist())
         assert not fitted & set(p.scored.tolist()), f"fraction {p.fraction} rotation {p.rotation}: scored image fitted"
         assert not fitted & set(p.threshold_good.tolist()), f"fraction {p.fraction}: threshold image fitted"
-        assert not set(p.threshold_good.tolist()) & set(p.scored.tolist())
+        assert not set(p.threshold_good.tolist()) & set(p.scored.tolist()), "a scored image sets the threshold"
+    groups: dict[tuple[float, int, int], list[FoldFit]] = {}
+    for p in plan:
+        groups.setdefault((p.fraction, p.rotation, p.good_fold), []).append(p)
+    for key, fits in groups.items():
+        for p in fits:
+            assert set(p.train_defect.tolist()) == set(fits[0].train_defect.tolist()) and np.array_equal(
+                p.train_good, fits[0].train_good), f"{key}: the good rotations must share the fitted sets"
+        if is_test_good is None:
+            continue
+        scored = [set(p.scored.tolist()) for p in fits]
+        thresholds = [set(p.threshold_good.tolist()) for p in fits]
+        for i in np.flatnonzero(is_test_good).tolist():
+            times = sum(i in s for s in scored)
+            assert times == 1, f"{key}: test/good image {i} scored {times} times over the good rotations"
+            assert all(i in t for s, t in zip(scored, thresholds, strict=True) if i not in s), \
+                f"{key}: test/good image {i} sets no threshold where it is not scored"
 
 
 # ----------------------------------------------------------------------------------------------- features
@@ -143,6 +195,7 @@ class ImageTable:
     defect_class: list[str | None]
     pooled: np.ndarray  # [n, d_pool] pooled backbone stages
     embedding: np.ndarray  # [n, C, h, w] float16 wknn embedding
+    test_good_sha256: list[str] | None = None  # file sha256 of each test/good image (row order); None: hash paths
 
     @property
     def is_defect(self) -> np.ndarray:
@@ -156,6 +209,15 @@ def _cache_key(paths: Sequence[str], cfg: AnomalyConfig) -> str:
         h.update(p.encode())
         h.update(str(Path(p).stat().st_size).encode())
     return h.hexdigest()[:16]
+
+
+def test_good_hashes(table: ImageTable) -> list[str]:
+    """sha256 of each test/good image file, in row order (the table's, or computed from the files)."""
+    if table.test_good_sha256 is not None:
+        return table.test_good_sha256
+    from trainer.heldout import file_sha256
+
+    return [file_sha256(table.paths[i]) for i in np.flatnonzero(table.is_test_good)]
 
 
 def list_images(data_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str | None]]:
@@ -191,7 +253,9 @@ def extract_table(data_dir: Path, cfg: AnomalyConfig, cache: Path | None, consol
     if cache is not None and (cache / f"{key}.pooled.npy").is_file():
         pooled = np.load(cache / f"{key}.pooled.npy")
         emb = np.load(cache / f"{key}.embedding.npy")
-        return ImageTable(paths, is_tr, is_tg, classes, pooled, emb)
+        table = ImageTable(paths, is_tr, is_tg, classes, pooled, emb)
+        table.test_good_sha256 = test_good_hashes(table)
+        return table
     import torch
 
     from inspector.contracts.manifest import Preprocess
@@ -219,6 +283,7 @@ def extract_table(data_dir: Path, cfg: AnomalyConfig, cache: Path | None, consol
             pooled.append(pool_stages([feats[j].numpy() for j in pool_take]))
             prog.advance(task, len(imgs))
     table = ImageTable(paths, is_tr, is_tg, classes, np.concatenate(pooled), np.concatenate(embs))
+    table.test_good_sha256 = test_good_hashes(table)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         np.save(cache / f"{key}.pooled.npy", table.pooled)
@@ -349,10 +414,18 @@ def crossfit_anomaly(table: ImageTable, cfg: CurveConfig, cache: Path | None, co
 
 
 # ----------------------------------------------------------------------------------------------- the curve
-def _rate(k: int, n: int) -> tuple[float, float] | None:
-    from trainer.evaluate import rate_interval
+def _rate(k: float, n: float, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Exact (Clopper-Pearson) interval of ``k`` events in ``n`` trials; ``k`` and ``n`` may be fractional (a pooled
+    rate's counts scaled to the distinct images it was measured on); equal to ``trainer.evaluate.rate_interval``
+    for whole counts."""
+    from scipy.stats import beta
 
-    return rate_interval(k, n)
+    if n <= 0:
+        return None
+    a = (1 - confidence) / 2
+    lo = 0.0 if k <= 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k >= n else float(beta.ppf(1 - a, k + 1, n - k))
+    return round(lo, 4), round(hi, 4)
 
 
 def _auroc(scores: np.ndarray, is_defect: np.ndarray) -> float:
@@ -383,42 +456,78 @@ def _oracle_recall(scores: np.ndarray, is_defect: np.ndarray, target: float) -> 
 
 def evaluate_rotation(table: ImageTable, anom: AnomalyCrossFit, labelled: np.ndarray, cfg: CurveConfig,
                       plan: Sequence[FoldFit]) -> dict[str, Any]:
-    """Fit the good folds' fusion models for one labelled set, score the rest, measure the operating point."""
+    """Fit the good folds' fusion models for one labelled set (once: the good rotations share them), then for each
+    good rotation set the threshold on its threshold goods and measure the operating point on its scored images."""
     from trainer.anomaly import threshold_good_quantile
 
     feats_of = lambda k, rows, src: np.concatenate([table.pooled[rows], src[k, rows]], 1)  # noqa: E731
-    thr_scores = np.full(len(table.paths), np.nan)
-    scored = plan[0].scored
-    total = np.zeros(len(scored))
-    models = []
+    d_pool = table.pooled.shape[1]
+    train_good = set(np.flatnonzero(table.is_train_good).tolist())
+    by_fold: dict[int, FoldFit] = {}
     for p in plan:
-        k = p.good_fold
+        by_fold.setdefault(p.good_fold, p)
+    # every image any good rotation scores or thresholds with that no model of this labelled set saw
+    outside = np.unique(np.concatenate([np.concatenate([p.scored, p.threshold_good]) for p in plan]))
+    outside = np.array([i for i in outside.tolist() if i not in train_good], dtype=int)
+    single = np.full(len(table.paths), np.nan)  # held-out train/good: the one model that did not see it
+    total = np.zeros(len(table.paths))  # the rest: mean over the good folds' models
+    models = []
+    for k, p in sorted(by_fold.items()):
         x = np.concatenate([feats_of(k, p.train_good, anom.inner), feats_of(k, p.train_defect, anom.outer)])
         y = np.r_[np.zeros(len(p.train_good), bool), np.ones(len(p.train_defect), bool)]
-        model = fit_fusion(x, x[:, table.pooled.shape[1]], y, cfg.fusion)
-        xt = feats_of(k, p.threshold_good, anom.outer)
-        thr_scores[p.threshold_good] = model.score(xt, xt[:, table.pooled.shape[1]])
-        xs = feats_of(k, scored, anom.outer)
-        total += model.score(xs, xs[:, table.pooled.shape[1]]) / len(plan)
+        model = fit_fusion(x, x[:, d_pool], y, cfg.fusion)
+        own = np.array([i for i in p.threshold_good.tolist() if i in train_good], dtype=int)
+        xt = feats_of(k, own, anom.outer)
+        single[own] = model.score(xt, xt[:, d_pool])
+        xs = feats_of(k, outside, anom.outer)
+        total[outside] += model.score(xs, xs[:, d_pool]) / len(by_fold)
         models.append(model.summary())
-    good_thr = thr_scores[table.is_train_good]
-    assert np.isfinite(good_thr).all(), "every train/good image must be scored by the model that did not see it"
-    plain = threshold_good_quantile(good_thr, cfg.target_false_reject)
-    threshold = threshold_upper_bound(good_thr, cfg.target_false_reject) if cfg.threshold_rule == "upper_bound" else plain
-    is_def = np.array([table.defect_class[i] is not None for i in scored])
-    flagged = total > threshold
-    flagged_plain = total > plain
-    per_class = {}
-    for c in sorted({table.defect_class[i] for i in scored if table.defect_class[i] is not None}):  # type: ignore[type-var]
-        m = np.array([table.defect_class[i] == c for i in scored])
-        per_class[c] = (int(flagged[m].sum()), int(m.sum()))
-    return {"detected": int(flagged[is_def].sum()), "defects": int(is_def.sum()),
-            "false_rejects": int(flagged[~is_def].sum()), "goods": int((~is_def).sum()),
-            "auroc": _auroc(total, is_def), "threshold": threshold, "per_class": per_class,
-            "plain_quantile": {"threshold": plain, "detected": int(flagged_plain[is_def].sum()),
-                               "false_rejects": int(flagged_plain[~is_def].sum())},
-            "oracle_recall": _oracle_recall(total, is_def, cfg.target_false_reject),
-            "labelled": int(labelled.sum()), "models": models,
+    assert np.isfinite(single[table.is_train_good]).all(), "every train/good image must be scored by the model that did not see it"
+    score = np.where(table.is_train_good, single, total)
+    rot: dict[int, list[FoldFit]] = {}
+    for p in plan:
+        rot.setdefault(p.good_rotation, []).append(p)
+    per_rot = []
+    per_class: dict[str, list[int]] = {}
+    for h, fits in sorted(rot.items()):
+        thr_rows = np.unique(np.concatenate([p.threshold_good for p in fits]))
+        scored = fits[0].scored
+        good_thr = score[thr_rows]
+        plain = threshold_good_quantile(good_thr, cfg.target_false_reject)
+        threshold = (threshold_upper_bound(good_thr, cfg.target_false_reject)
+                     if cfg.threshold_rule == "upper_bound" else plain)
+        is_def = np.array([table.defect_class[i] is not None for i in scored])
+        flagged, flagged_plain = score[scored] > threshold, score[scored] > plain
+        for c in sorted({table.defect_class[i] for i in scored if table.defect_class[i] is not None}):  # type: ignore[type-var]
+            m = np.array([table.defect_class[i] == c for i in scored])
+            acc = per_class.setdefault(c, [0, 0])  # type: ignore[arg-type]
+            acc[0] += int(flagged[m].sum())
+            acc[1] += int(m.sum())
+        n_thr_test = int(np.isin(thr_rows, np.flatnonzero(table.is_test_good)).sum())
+        per_rot.append({"good_rotation": h, "threshold": threshold, "plain_threshold": plain,
+                        "threshold_goods": {"train_good": len(thr_rows) - n_thr_test, "test_good": n_thr_test},
+                        "detected": int(flagged[is_def].sum()), "defects": int(is_def.sum()),
+                        "false_rejects": int(flagged[~is_def].sum()), "goods": int((~is_def).sum()),
+                        "plain_detected": int(flagged_plain[is_def].sum()),
+                        "plain_false_rejects": int(flagged_plain[~is_def].sum())})
+    # threshold-free figures on every test/good image (scored once over the good rotations) and the defects
+    defects = np.array(sorted({i for p in plan for i in p.scored.tolist() if table.defect_class[i] is not None}))
+    test_good = np.flatnonzero(table.is_test_good)
+    assert sum(r["goods"] for r in per_rot) == len(test_good), "every test/good image is scored exactly once"
+    rows = np.concatenate([test_good, defects])
+    is_def = np.r_[np.zeros(len(test_good), bool), np.ones(len(defects), bool)]
+    sum_ = lambda key: sum(r[key] for r in per_rot)  # noqa: E731
+    return {"detected": sum_("detected"), "defects": sum_("defects"), "good_rotations": len(per_rot),
+            "false_rejects": sum_("false_rejects"), "goods": sum_("goods"),
+            "auroc": _auroc(score[rows], is_def), "threshold": float(np.mean([r["threshold"] for r in per_rot])),
+            "per_class": per_class,
+            "plain_quantile": {"threshold": float(np.mean([r["plain_threshold"] for r in per_rot])),
+                               "detected": sum_("plain_detected"), "false_rejects": sum_("plain_false_rejects")},
+            "oracle_recall": _oracle_recall(score[rows], is_def, cfg.target_false_reject),
+            "median_good_score": {"train_good_heldout": float(np.median(score[table.is_train_good])),
+                                  "test_good": float(np.median(score[test_good]))},
+            "labelled": int(labelled.sum()), "models": models, "by_good_rotation": per_rot,
+            "scored_defect_ids": defects.tolist(), "test_goods": len(test_good),
             "probe_models": sum(1 for m in models if m["uses_probe"])}
 
 
@@ -445,8 +554,10 @@ def curve_from_features(table: ImageTable, anom: AnomalyCrossFit, cfg: CurveConf
     """The curve from extracted features (``extract_table``) and cross-fitted anomaly features."""
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
-    plan = crossfit_plan(table.is_train_good, table.is_test_good, table.defect_class, cfg)
-    check_plan(plan)
+    half = split_test_good(test_good_hashes(table), [table.paths[i] for i in np.flatnonzero(table.is_test_good)],
+                            cfg.good_rotations)
+    plan = crossfit_plan(table.is_train_good, table.is_test_good, table.defect_class, cfg, half)
+    check_plan(plan, table.is_test_good)
     groups: dict[tuple[float, int], list[FoldFit]] = {}
     for p in plan:
         groups.setdefault((p.fraction, p.rotation), []).append(p)
@@ -456,20 +567,24 @@ def curve_from_features(table: ImageTable, anom: AnomalyCrossFit, cfg: CurveConf
 
     # one BLAS thread: small eigendecompositions oversubscribe a loaded 2-core machine (35 s instead of 3 s)
     with Progress(console=console, transient=True) as prog, threadpool_limits(1):
-        task = prog.add_task("fitting fusion models (fraction x rotation x good fold)", total=len(plan))
+        task = prog.add_task("fitting fusion models (fraction x rotation x good fold)",
+                             total=len(plan) // cfg.good_rotations)
         for (f, _r), fits in groups.items():
             labelled = np.isin(defects, fits[0].train_defect)
             results.setdefault(f, []).append(evaluate_rotation(table, anom, labelled, cfg, fits))
-            prog.advance(task, len(fits))
+            prog.advance(task, len(fits) // cfg.good_rotations)
     points = [_point(f, rs) for f, rs in results.items()]
     n_classes = {c: int(sum(1 for d in table.defect_class if d == c)) for c in sorted({d for d in table.defect_class if d})}
     return {
         "data": None, "method": "wknn good-only score fused with a linear probe (trainer.fusion)",
         "images": {"train_good": int(table.is_train_good.sum()), "test_good": int(table.is_test_good.sum()),
-                   "defects": n_classes},
+                   "test_good_halves": np.bincount(half).tolist(), "defects": n_classes},
+        "protocol": "test/good split in sha256 order (trainer.heldout); per good rotation one half is scored, the "
+                    "other half and the held-out train/good fold set the threshold; nothing is fitted on test/good",
         "target_false_reject": cfg.target_false_reject,
         "threshold_rule": cfg.threshold_rule,
         "config": {"good_folds": cfg.good_folds, "inner_good_folds": cfg.inner_good_folds, "rotations": cfg.rotations,
+                   "good_rotations": cfg.good_rotations,
                    "seed": cfg.seed, "fusion": asdict(cfg.fusion),
                    "anomaly": {k: v for k, v in asdict(cfg.anomaly).items() if k in (
                        "backbone", "out_indices", "image_size", "method", "position_bank", "downsample")}},
@@ -490,6 +605,13 @@ def _point(fraction: float, rotations: list[dict[str, Any]]) -> dict[str, Any]:
             acc = per_class.setdefault(c, [0, 0])
             acc[0] += k
             acc[1] += n
+    # the rotations judge the same images more than once (a defect at both good rotations' thresholds and in
+    # several defect rotations, a test/good image once per defect rotation): intervals use the pooled rates on
+    # the number of DISTINCT images judged, not on the number of judgements
+    hs = rotations[0].get("good_rotations", 1)
+    n_def_eff = n_def // hs
+    distinct_def = len(set().union(*(set(r["scored_defect_ids"]) for r in rotations)))
+    distinct_good = rotations[0]["test_goods"]
     recalls = [r["detected"] / r["defects"] for r in rotations]
     aurocs = [r["auroc"] for r in rotations]
     return {
@@ -498,9 +620,9 @@ def _point(fraction: float, rotations: list[dict[str, Any]]) -> dict[str, Any]:
         "recall": round(det / n_def, 4),
         "false_reject_rate": round(fr / n_good, 4),
         "image_auroc": round(float(np.mean(aurocs)), 4),
-        "recall_ci95": _rate(det, n_def),
-        "false_reject_rate_ci95": _rate(fr, n_good),
-        "rotations": len(rotations),
+        "recall_ci95": _rate(det / n_def * distinct_def, distinct_def),
+        "false_reject_rate_ci95": _rate(fr / n_good * distinct_good, distinct_good),
+        "rotations": len(rotations), "good_rotations": hs,
         "recall_range": [round(min(recalls), 4), round(max(recalls), 4)],
         "image_auroc_range": [round(min(aurocs), 4), round(max(aurocs), 4)],
         "per_class_recall": {c: round(k / n, 4) for c, (k, n) in per_class.items()},
@@ -509,7 +631,15 @@ def _point(fraction: float, rotations: list[dict[str, Any]]) -> dict[str, Any]:
             "recall": round(sum(r["plain_quantile"]["detected"] for r in rotations) / n_def, 4),
             "false_reject_rate": round(sum(r["plain_quantile"]["false_rejects"] for r in rotations) / n_good, 4)},
         "oracle_recall": round(float(np.mean([r["oracle_recall"] for r in rotations])), 4),
-        "scored_defects": n_def, "scored_goods": n_good,
+        "by_rotation": [{"defect_rotation": i, "good_rotation": g["good_rotation"],
+                         "false_rejects": f"{g['false_rejects']}/{g['goods']}",
+                         "recall": round(g["detected"] / g["defects"], 4), "threshold": round(g["threshold"], 4),
+                         "threshold_goods": g["threshold_goods"]}
+                        for i, r in enumerate(rotations) for g in r["by_good_rotation"]],
+        "scored_defects": n_def_eff, "scored_goods": n_good,
+        "distinct_scored_defects": distinct_def, "distinct_scored_goods": distinct_good,
+        "median_good_score": {k: round(float(np.mean([r["median_good_score"][k] for r in rotations])), 4)
+                              for k in ("train_good_heldout", "test_good")},
         "models_with_probe": f"{sum(r['probe_models'] for r in rotations)}/{sum(len(r['models']) for r in rotations)}",
         "chosen_alpha": sorted({m["alpha"] for r in rotations for m in r["models"]}),
     }
@@ -550,10 +680,18 @@ def plot_curve(result: dict[str, Any], path: str | Path, dpi: int = 90) -> Path:
     ax.plot(x, [p["image_auroc"] for p in pts], marker="s", label="image AUROC")
     ax.axhline(pts[0]["recall"], color="grey", lw=0.8, ls=":", label="good-only recall")
     ax.set_xlabel("labelled defects per class (%)")
-    ax.set_ylabel("score")
-    ax.set_title(f"learning curve: {Path(result['data'] or 'synthetic').name}")
+    ax.set_ylabel("recall / AUROC")
+    ax.set_title(f"learning curve: {Path(result['data'] or 'synthetic').name}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    fr = ax.twinx()  # the false-reject rate on the scored test/good images, against its budget
+    fr.plot(x, [100 * p["false_reject_rate"] for p in pts], marker="v", color="tab:red", lw=1,
+            label="false-reject on test/good (%, right)")
+    fr.axhline(100 * result["target_false_reject"], color="tab:red", lw=0.8, ls="--", label="false-reject budget")
+    fr.set_ylim(0, max(6.0, 110 * max(p["false_reject_rate"] for p in pts)))
+    fr.set_ylabel("false-reject (%)", color="tab:red")
+    lines = ax.get_legend_handles_labels()
+    more = fr.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right", fontsize=7)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
