@@ -64,3 +64,13 @@ def test_line_metrics_counts_review_and_error_as_rejects() -> None:
     m = line_metrics(["PASS", "REVIEW", "FAIL", "PASS", "ERROR"], ["good", "good", "crack", "crack", "good"])
     assert m.false_reject_rate == 2 / 3 and m.recall == {"crack": 0.5} and m.errors == 1
     assert m.n_per_class == {"crack": 2}
+
+
+def test_false_reject_ceiling_counts_whole_parts() -> None:
+    from inspector.gates import ceiling_rate
+
+    assert abs(ceiling_rate(0.02, 97) - 2 / 97) < 1e-12  # 1.94 parts -> 2 parts allowed
+    assert abs(ceiling_rate(0.02, 100) - 0.02) < 1e-12  # exactly 2 parts: no rounding
+    two = evaluate_gates({"heldout": _m(2 / 97, {"crack": 0.9}, n_good=97)}, {}, JOBS.model_copy(update={"false_reject_ceiling": 0.02}))
+    three = evaluate_gates({"heldout": _m(3 / 97, {"crack": 0.9}, n_good=97)}, {}, JOBS.model_copy(update={"false_reject_ceiling": 0.02}))
+    assert two.passed and ("false_reject_ceiling", "false_reject_rate", "heldout") in _failed(three)
