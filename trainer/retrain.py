@@ -29,6 +29,14 @@ least 2 classes reach ``jobs.min_class_frames`` training frames, else anomaly-on
 minimum gets no classifier output: a class learnt from a handful of frames is a confident guess (FIELD-NOTES:
 a probe fitted on 10 % of the defects fell below the good-only score), and the anomaly scorer still rejects
 its parts; its frames stay in the gate sets, so the gate measures that.
+
+A combined package is FUSED (``trainer.fusion_head``): one graph whose ``anomaly_score`` is the learning
+curve's fused defect score (``wknn`` good-only score + a guarded ridge probe on pooled stages 2-4 and the
+scorer's patch statistics, fitted on the bank goods, inner cross-fitted, and EVERY labelled defect of any
+class), thresholded on good frames neither the bank nor the probe saw by the curve's Clopper-Pearson rule;
+``outputs.classifier_decides`` is False: that score alone decides, the classifier head only names the class
+(``inspector.decision._decide_by_score``), and the canaries are chosen by the fused score alone. With fewer
+labelled defects than ``FusionConfig.min_defects`` the fused score is the (monotone) good-only score.
 """
 
 from __future__ import annotations
@@ -354,7 +362,29 @@ def train(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = 
         augmentation = {"policy": "none", "reason": "good-only density model: no augmentation"}
         temperature = None
     anomaly = None
-    if kind in ("combined", "anomaly"):
+    if kind == "combined":
+        from inspector.contracts.config import PolicySection
+        from inspector.models.preprocess import Preprocessor
+        from trainer.fusion_head import fit_fused_scorer
+
+        acfg = replace(acfg, image_size=tuple(pre_spec.size), backbone=architecture["backbone"])
+        defect_items = [i for i in items if i.label != GOOD]  # every labelled defect, any class
+        say(f"train: fused defect score (wknn + probe) on {len(scorer_goods)} good frames "
+            f"({'base + labelled' if snap['base_goods_used'] else 'the new condition only'}) and "
+            f"{len(defect_items)} labelled defects")
+        t = time.perf_counter()
+        torch.set_num_threads(2)
+        scorer, anomaly, fit_info = fit_fused_scorer(net.backbone, Preprocessor(pre_spec), load_images(scorer_goods),
+                                                     load_images(defect_items), acfg,
+                                                     PolicySection().anomaly_review_margin, say=say)
+        net.scorer = scorer
+        seconds["anomaly"] = round(time.perf_counter() - t, 1)
+        data["anomaly"] = fit_info
+        architecture.update({"scorer": "fused-wknn", "scorer_out_indices": list(acfg.out_indices),
+                             "fusion_pooled_stages": [2, 3, 4], "classifier_decides": False})
+        say(f"fused scorer: probe {'used' if fit_info['uses_probe'] else 'not used (good-only fallback)'}, "
+            f"{fit_info['features']} features, {seconds['anomaly']} s {fit_info['seconds']}")
+    elif kind == "anomaly":
         from inspector.models.preprocess import Preprocessor
 
         acfg = replace(acfg, image_size=tuple(pre_spec.size), backbone=architecture["backbone"])
@@ -381,6 +411,8 @@ def train(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = 
     t = time.perf_counter()
     draft = prepare_package(stage / "package", net.eval(), spec, held, calibration, say=say)
     seconds["export_int8_bench"] = round(time.perf_counter() - t, 1)
+    if kind == "combined":
+        draft = _score_decides(draft, spec, held)
     draft.save(_work(stage) / DRAFT_FILE)
     seconds["total"] = round(time.perf_counter() - t0, 1)
     q = draft.quant
@@ -391,6 +423,24 @@ def train(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = 
                                                  "speedup": round(q.speedup, 3), "n_calibration": q.n_calibration},
                  "seconds": seconds})
     return info
+
+
+def _score_decides(draft: Any, spec: Any, held: Any) -> Any:
+    """A fused package: ``classifier_decides=False`` and canaries expected by the fused score alone (the
+    classifier only names the class, so its confidence must not pick or veto a canary)."""
+    from trainer.export import run_onnx
+    from trainer.package import FP32_FILE, _pre, write_canaries
+    from trainer.network import OUTPUT_PROBS
+
+    outs = run_onnx(draft.stage / FP32_FILE, _pre(spec, held.images))
+    outs.pop(OUTPUT_PROBS, None)
+    shutil.rmtree(draft.stage / "canary", ignore_errors=True)
+    canaries = write_canaries(draft.stage, replace(spec, class_names=None), held, outs)
+    m = draft.manifest
+    outputs = m.model.outputs.model_copy(update={"classifier_decides": False})
+    draft.manifest = m.model_copy(update={"model": m.model.model_copy(update={"outputs": outputs}),
+                                          "canaries": canaries})
+    return draft
 
 
 # -- evaluate -------------------------------------------------------------------------------------------
