@@ -21,7 +21,11 @@ parity test (``tests/trainer/test_fusion_head.py``) holds the graph to it.
 4. ``fit_fusion`` on the bank goods and every labelled defect (any class: the fused score is good vs defect);
    with fewer than ``FusionConfig.min_defects`` the fusion falls back to the good-only score (monotone in the
    ``wknn`` score; the inner fits are then skipped, they would only move the normalisation);
-5. threshold: the held-out goods, never seen by the bank NOR the probe, scored like the line's frames; the
+5. threshold goods cross-fitted as in the curve (``threshold_folds``, default 5 = ``holdout_every``): fold f
+   holds out the goods with index % 5 == f and fits steps 2-4 on the rest; fold 2 (``fit_anomaly``'s split) is
+   the package's model, the others only score their held-out goods, so EVERY good is scored once by a bank and
+   a probe that never saw it, as the line's frames are (with one fold only 1/5 of the goods would set the
+   threshold, and at 160 the rule below can only take their maximum: one odd good sets it). The
    good quantile is the curve's default rule (``threshold_rule="upper_bound"``): the lowest score whose
    false-reject rate on them has a one-sided 95 % Clopper-Pearson upper bound of at most the target
    (``trainer.learning_curve.threshold_upper_bound``), placed at normalised ``1 - review margin``
@@ -135,7 +139,7 @@ def numpy_features(scorer: WhitenedKnnScorer, pooled: np.ndarray, embeddings: np
 
 def fit_fused_scorer(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], defects: Sequence[np.ndarray],
                      cfg: AnomalyConfig, review_margin: float, fusion: FusionConfig | None = None,
-                     inner_folds: int = 4, say: Callable[[str], None] | None = None,
+                     inner_folds: int = 4, threshold_folds: int = 5, say: Callable[[str], None] | None = None,
                      ) -> tuple[FusionHead, AnomalySpec, dict[str, Any]]:
     """The fused scorer of a combined package and its placed threshold (see the module docstring)."""
     from inspector.contracts.errors import DataError
@@ -166,35 +170,48 @@ def fit_fused_scorer(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], 
     n_good = len(good)
     fit_rows, hold_rows = np.array(fit_idx), np.array(hold_idx)
     def_rows = np.arange(n_good, n_good + len(defects))
-    say(f"fused scorer: wknn bank on {len(fit_rows)} goods, fusion on them + {len(defects)} labelled defects, "
-        f"threshold from {len(hold_rows)} held-out goods")
-    t = time.perf_counter()
-    scorer = fit_wknn(embed, emb[fit_rows], cfg, blocks)
-    seconds["wknn"] = round(time.perf_counter() - t, 1)
-    x_hold = numpy_features(scorer, pooled[hold_rows], emb[hold_rows])
-    x_def = numpy_features(scorer, pooled[def_rows], emb[def_rows]) if len(def_rows) else None
     d_pool = pooled.shape[1]
     probe_possible = len(defects) >= max(fusion.min_defects, fusion.inner_folds)
-    t = time.perf_counter()
-    if probe_possible:  # the bank goods' anomaly features from inner scorers that never saw them
-        x_fit = np.zeros((len(fit_rows), x_hold.shape[1]), np.float32)
-        inner = np.arange(len(fit_rows)) % inner_folds
-        for j in range(inner_folds):
-            s = fit_wknn(embed, emb[fit_rows[inner != j]], cfg, blocks)
-            rows = fit_rows[inner == j]
-            x_fit[inner == j] = numpy_features(s, pooled[rows], emb[rows])
-    else:  # fallback: only the normalisation uses them
-        x_fit = numpy_features(scorer, pooled[fit_rows], emb[fit_rows])
-    seconds["inner_wknn"] = round(time.perf_counter() - t, 1)
-    x_train = x_fit if x_def is None else np.concatenate([x_fit, x_def])
-    y = np.r_[np.zeros(len(x_fit), bool), np.ones(0 if x_def is None else len(x_def), bool)]
-    t = time.perf_counter()
+    say(f"fused scorer: {threshold_folds} fold(s): wknn bank on {len(fit_rows)} goods, fusion on them + "
+        f"{len(defects)} labelled defects; every good scored once by the fold model that never saw it")
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(1):
-        model = fit_fusion(x_train, x_train[:, d_pool], y, fusion)
-    seconds["fusion"] = round(time.perf_counter() - t, 1)
-    hold = model.score(x_hold, x_hold[:, d_pool])
+    def fit_one(fit_r: np.ndarray) -> tuple[WhitenedKnnScorer, FusionModel]:
+        t = time.perf_counter()
+        scorer = fit_wknn(embed, emb[fit_r], cfg, blocks)
+        seconds["wknn"] = seconds.get("wknn", 0.0) + round(time.perf_counter() - t, 1)
+        x_def = numpy_features(scorer, pooled[def_rows], emb[def_rows]) if len(def_rows) else None
+        t = time.perf_counter()
+        if probe_possible:  # the bank goods' anomaly features from inner scorers that never saw them
+            x_fit = np.zeros((len(fit_r), d_pool + 4 + 2 * emb.shape[1]), np.float32)
+            inner = np.arange(len(fit_r)) % inner_folds
+            for j in range(inner_folds):
+                s_j = fit_wknn(embed, emb[fit_r[inner != j]], cfg, blocks)
+                rows = fit_r[inner == j]
+                x_fit[inner == j] = numpy_features(s_j, pooled[rows], emb[rows])
+        else:  # fallback: only the normalisation uses them
+            x_fit = numpy_features(scorer, pooled[fit_r], emb[fit_r])
+        seconds["inner_wknn"] = seconds.get("inner_wknn", 0.0) + round(time.perf_counter() - t, 1)
+        x_train = x_fit if x_def is None else np.concatenate([x_fit, x_def])
+        y = np.r_[np.zeros(len(x_fit), bool), np.ones(0 if x_def is None else len(x_def), bool)]
+        with threadpool_limits(1):
+            return scorer, fit_fusion(x_train, x_train[:, d_pool], y, fusion)
+
+    # fold f holds out the goods with index % holdout_every == f; fold 2 is fit_anomaly's split: the package's
+    # model. The other folds' models only score their own held-out goods for the threshold (the fusion scores
+    # are normalised by each model's training goods so that fold models share one threshold, as in the curve).
+    folds = [2] + [f for f in range(cfg.holdout_every) if f != 2][:max(threshold_folds, 1) - 1]
+    fold_of = np.arange(n_good) % cfg.holdout_every
+    scores_parts, probe_uses = [], []
+    scorer, model = fit_one(fit_rows)
+    x_hold = numpy_features(scorer, pooled[hold_rows], emb[hold_rows])
+    for f in folds[1:]:
+        s_f, m_f = fit_one(np.flatnonzero(fold_of != f))
+        rows = np.flatnonzero(fold_of == f)
+        x_f = numpy_features(s_f, pooled[rows], emb[rows])
+        scores_parts.append(m_f.score(x_f, x_f[:, d_pool]))
+        probe_uses.append(m_f.uses_probe)
+    hold = np.concatenate([model.score(x_hold, x_hold[:, d_pool]), *scores_parts])
     shift = 1.0 - float(np.median(hold))  # the runtime needs a positive threshold: median held-out good at 1
     hold = hold + shift
     target = cfg.target_false_reject
@@ -213,10 +230,12 @@ def fit_fused_scorer(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], 
     info = {
         "method": "fused: wknn good-only score + guarded ridge probe (trainer.fusion), one graph (FusionHead)",
         "fusion": model.summary(), "uses_probe": model.uses_probe, "labelled_defects": len(defects),
-        "fit_images": len(fit_rows), "threshold_images": len(hold_rows), "inner_folds": inner_folds if probe_possible else 0,
+        "fit_images": len(fit_rows), "threshold_images": len(hold), "threshold_folds": len(folds),
+        "fold_models_using_probe": f"{sum(probe_uses) + model.uses_probe}/{len(folds)}",
+        "inner_folds": inner_folds if probe_possible else 0,
         "threshold_rule": "upper_bound (95 % Clopper-Pearson on held-out goods, as trainer learning-curve)",
         "threshold_good_quantile": q, "score_origin": origin, "score_shift": shift, "target_false_reject": target,
-        "threshold_goods_above": k_above, "threshold_frr_ci95": rate_interval(k_above, len(hold_rows)),
+        "threshold_goods_above": k_above, "threshold_frr_ci95": rate_interval(k_above, len(hold)),
         "plain_quantile": threshold_good_quantile(hold, target),
         "wknn_map_units": {"threshold": spec_w.threshold, "origin": spec_w.origin},
         "features": int(x_hold.shape[1]), "seconds": seconds,

@@ -81,7 +81,8 @@ def test_graph_matches_numpy_path_with_a_probe(parts: dict, tmp_path: Path) -> N
 
 def test_fit_with_labels_places_the_threshold_on_unseen_goods(parts: dict, tmp_path: Path) -> None:
     p = parts
-    head, spec, info = fit_fused_scorer(p["backbone"], p["pre"], p["good"], p["defects"], CFG, 0.1)
+    head, spec, info = fit_fused_scorer(p["backbone"], p["pre"], p["good"], p["defects"], CFG, 0.1,
+                                        threshold_folds=1)  # the package's fold only (5 folds: 25 fits)
     _, hold = split_holdout(len(p["good"]), CFG.holdout_every)
     assert info["threshold_images"] == len(hold) == 12 and info["labelled_defects"] == 24
     assert info["inner_folds"] == 4 and info["threshold_rule"].startswith("upper_bound")
@@ -108,6 +109,8 @@ def test_too_few_defects_fall_back_to_the_good_only_score(parts: dict, tmp_path:
     p = parts
     head, spec, info = p["fallback"]
     assert not info["uses_probe"] and not head.uses_probe and info["inner_folds"] == 0
+    # default: 5 folds, every good scored once by a fold model that never saw it, all of them set the threshold
+    assert info["threshold_folds"] == 5 and info["threshold_images"] == len(p["good"])
     t_score, o_score, outs = _graph(head, p, p["probe"], tmp_path)
     with torch.inference_mode():
         wknn = InspectionNet(p["backbone"], scorer=head.wknn).eval()(torch.from_numpy(p["pre"].batch(p["probe"])))
