@@ -7,7 +7,7 @@ Rows (every one must pass, and there must be at least one):
 * ``false_reject_ceiling`` on the held-out set: good parts rejected at most ``jobs.false_reject_ceiling``,
   counted in whole parts (:func:`ceiling_rate`);
 * ``recall_floor`` per defect class on the held-out set: at least ``jobs.recall_floors[class]``
-  (default ``jobs.recall_floor``);
+  (default ``jobs.recall_floor``), counted in whole parts (:func:`floor_rate`);
 * ``no_regression`` on every set the incumbent was scored on (held-out and recent labelled frames): per
   class recall, false-reject rate and balanced accuracy no worse than the incumbent's by more than
   ``jobs.regression_tolerance`` plus one frame's worth of the set (a set of 20 cracks cannot tell 0.95 from
@@ -36,6 +36,15 @@ def ceiling_rate(ceiling: float, n_good: int) -> float:
     if n_good <= 0:
         return ceiling
     return math.ceil(ceiling * n_good - 1e-9) / n_good
+
+
+def floor_rate(floor: float, n: int) -> float:
+    """A recall floor in whole parts: ``floor(floor * n)`` of ``n`` defects (0.85 of 16 frays is 13.6: 13 must be
+    caught). Limits are rates; on n parts they are met in whole parts, rounded in the candidate's favour by less
+    than one part, never more."""
+    if n <= 0:
+        return floor
+    return math.floor(floor * n + 1e-9) / n
 
 
 def _slack(tol: float, n: int) -> float:
@@ -89,9 +98,9 @@ def evaluate_gates(candidate: Mapping[str, LineMetrics | None], incumbent: Mappi
                             incumbent=inc_main.false_reject_rate if inc_main else None,
                             limit=round(ceiling, 6), passed=frr is not None and frr <= ceiling + 1e-9))
         for cls, r in sorted(main.recall.items()):
-            floor = jobs.recall_floors.get(cls, jobs.recall_floor)
+            floor = floor_rate(jobs.recall_floors.get(cls, jobs.recall_floor), main.n_per_class.get(cls, 0))
             rows.append(GateRow(gate="recall_floor", metric=f"recall:{cls}", frame_set=primary, candidate=r,
-                                incumbent=inc_main.recall.get(cls) if inc_main else None, limit=floor,
+                                incumbent=inc_main.recall.get(cls) if inc_main else None, limit=round(floor, 6),
                                 passed=r >= floor - 1e-9))
     for name, cand in sorted(candidate.items()):
         if cand is None:

@@ -74,3 +74,12 @@ def test_false_reject_ceiling_counts_whole_parts() -> None:
     two = evaluate_gates({"heldout": _m(2 / 97, {"crack": 0.9}, n_good=97)}, {}, JOBS.model_copy(update={"false_reject_ceiling": 0.02}))
     three = evaluate_gates({"heldout": _m(3 / 97, {"crack": 0.9}, n_good=97)}, {}, JOBS.model_copy(update={"false_reject_ceiling": 0.02}))
     assert two.passed and ("false_reject_ceiling", "false_reject_rate", "heldout") in _failed(three)
+
+
+def test_recall_floor_counts_whole_parts() -> None:
+    from inspector.gates import floor_rate
+
+    assert abs(floor_rate(0.85, 16) - 13 / 16) < 1e-12 and abs(floor_rate(0.85, 20) - 0.85) < 1e-12
+    jobs = JOBS.model_copy(update={"recall_floors": {}, "recall_floor": 0.85})
+    assert evaluate_gates({"heldout": _m(0.0, {"fray": 13 / 16}, n_per=16)}, {}, jobs).passed
+    assert not evaluate_gates({"heldout": _m(0.0, {"fray": 12 / 16}, n_per=16)}, {}, jobs).passed
