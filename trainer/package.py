@@ -209,7 +209,8 @@ def _quantise(stage: Path, spec: PackageSpec, calibration: list[np.ndarray] | No
     with tempfile.TemporaryDirectory() as tmp:
         tmp_int8 = Path(tmp) / INT8_FILE
         report = quantize_and_gate(stage / FP32_FILE, tmp_int8, list(_pre(spec, calibration)), x_held,
-                                   _labels(spec, held), cfg, defect_labels=held.is_defect)
+                                   _labels(spec, held), cfg, defect_labels=held.is_defect,
+                                   reject_raw=spec.anomaly.reject_raw if spec.anomaly else None)
         if report.kept:
             shutil.copyfile(tmp_int8, stage / INT8_FILE)
             report.int8_path = INT8_FILE

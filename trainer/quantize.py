@@ -207,10 +207,25 @@ def gate(fp32_ms: float, int8_ms: float, metric_fp32: float, metric_int8: float,
                   f"{metric_fp32:.4f} -> {metric_int8:.4f} within {cfg.max_metric_loss * 100:.2f} points")
 
 
+def line_agreement(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, reject_raw: float,
+                   threads: int = 2) -> float:
+    """Share of held-out frames the line would judge alike (raw score above ``reject_raw`` or not) with both models.
+
+    AUROC and accuracy are blind to a shift of every score: a quantised graph can rank frames exactly as the fp32
+    one and still move them all across the threshold the package was calibrated for."""
+    s32 = run_onnx(fp32_path, images, threads=threads)[OUTPUT_SCORE]
+    s8 = run_onnx(int8_path, images, threads=threads)[OUTPUT_SCORE]
+    return float(np.mean((s32 > reject_raw) == (s8 > reject_raw)))
+
+
 def quantize_and_gate(fp32_path: str | Path, int8_path: str | Path, calibration_images: Sequence[np.ndarray],
                       heldout_images: np.ndarray, heldout_labels: np.ndarray | None,
-                      cfg: QuantConfig | None = None, defect_labels: np.ndarray | None = None) -> QuantReport:
+                      cfg: QuantConfig | None = None, defect_labels: np.ndarray | None = None,
+                      reject_raw: float | None = None) -> QuantReport:
     """Quantise, benchmark both, evaluate both on the held-out set, keep or delete ``int8_path``.
+
+    ``reject_raw``: the raw score the line rejects from; INT8 must then also judge the held-out frames as fp32
+    does (``line_agreement``, within the same loss budget).
 
     Every metric the outputs allow is gated (a combined model must keep both accuracy and AUROC); the
     report names the metric that lost most."""
@@ -220,6 +235,9 @@ def quantize_and_gate(fp32_path: str | Path, int8_path: str | Path, calibration_
                                       cfg.bench_warmup)
     m32 = heldout_metrics(fp32_path, heldout_images, heldout_labels, cfg.threads, defect_labels)
     m8 = heldout_metrics(int8_path, heldout_images, heldout_labels, cfg.threads, defect_labels)
+    if reject_raw is not None and "auroc" in m32:  # the operating point too, not only the ranking
+        m32["line_agreement"] = 1.0
+        m8["line_agreement"] = line_agreement(fp32_path, int8_path, heldout_images, reject_raw, cfg.threads)
     metric = max(m32, key=lambda k: (m32[k] - m8[k]) if np.isfinite(m32[k] - m8[k]) else np.inf)
     kept, reason = gate(fp32_ms, int8_ms, m32[metric], m8[metric], metric, cfg)
     if not kept:

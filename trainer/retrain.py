@@ -90,9 +90,6 @@ RETRAIN_RECIPE_FIELDS: dict[str, Any] = dict(
     name="station-retrain", backbone="tf_efficientnet_lite0", head="linear", train_blocks=0, epochs=40,
     finetune_epochs=0, patience=6, views=1, class_weights=False, policy="tile-anomaly", threads=2,
 )
-#: After a condition change the scorer learns only the new condition's goods when there are at least this
-#: many (fit_anomaly holds every 5th out for the threshold and needs 10 of them).
-MIN_CONDITION_GOODS = 50
 SNAPSHOT_FILE = "snapshot.json"
 DRAFT_FILE = "draft.json"
 EVALUATION_FILE = "evaluation.json"
@@ -184,8 +181,10 @@ def snapshot(cfg: StationConfig, store: Any, stage: str | Path, since: float = 0
     """Freeze what this retraining learns from and is judged on; writes ``work/snapshot.json``.
 
     ``since``: when the incumbent was promoted (0: no incumbent); labels made since then are the line's
-    present condition. ``condition_changed``: the camera or lighting changed; the new condition's good
-    frames then replace the base goods (when there are ``MIN_CONDITION_GOODS`` of them)."""
+    present condition. ``condition_changed``: the camera or lighting changed; the new condition's labelled
+    frames JOIN the base material (they never replace it): the held-out set still shows the old condition and
+    the gate's no-regression rows hold the candidate to it, and a line whose lamp is replaced back must not
+    meet a model that forgot it. The gate's primary set and the drift reference become the new condition's."""
     from inspector.review.labelling import LabellingService
 
     say = _say(say)
@@ -208,15 +207,13 @@ def snapshot(cfg: StationConfig, store: Any, stage: str | Path, since: float = 0
     recent = [i for i in exported if i.sha256 in recent_shas]
     older = [i for i in exported if i.sha256 not in recent_shas]
     recent_train, recent_gate = _split_recent(recent)
-    new_goods = [i for i in recent_train if i.label == GOOD]
-    use_base_goods = not (condition_changed and len(new_goods) >= MIN_CONDITION_GOODS)
-    candidates = (base_goods if use_base_goods else []) + base_defects + older + recent_train
+    use_base_goods = True  # see the docstring: a condition change adds material, it never forgets the old
+    candidates = base_goods + base_defects + older + recent_train
     gate_shas = {i.sha256 for i in recent_gate}
     train, dropped = without_heldout(_dedupe([i for i in candidates if i.sha256 not in gate_shas]), held_set)
     train.sort(key=lambda i: (i.label, i.sha256))
     counts = {"train": _count(train), "recent": _count(recent_gate), "heldout": _count(heldout)}
-    new_shas = {i.sha256 for i in new_goods}
-    scorer_goods = [i.sha256 for i in train if i.label == GOOD and (use_base_goods or i.sha256 in new_shas)]
+    scorer_goods = [i.sha256 for i in train if i.label == GOOD]
     body = {
         "train": [asdict(i) for i in train], "recent": [asdict(i) for i in recent_gate],
         "heldout": [asdict(i) for i in heldout], "hash": snapshot_digest(train, recent_gate, heldout),
@@ -429,8 +426,8 @@ def _score_decides(draft: Any, spec: Any, held: Any) -> Any:
     """A fused package: ``classifier_decides=False`` and canaries expected by the fused score alone (the
     classifier only names the class, so its confidence must not pick or veto a canary)."""
     from trainer.export import run_onnx
-    from trainer.package import FP32_FILE, _pre, write_canaries
     from trainer.network import OUTPUT_PROBS
+    from trainer.package import FP32_FILE, _pre, write_canaries
 
     outs = run_onnx(draft.stage / FP32_FILE, _pre(spec, held.images))
     outs.pop(OUTPUT_PROBS, None)
