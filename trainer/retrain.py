@@ -303,7 +303,13 @@ def train(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = 
     from trainer.classifier_run import load_classifier, run_classifier_recipe
     from trainer.network import InspectionNet
     from trainer.package import PackageSpec, prepare_package
-    from trainer.pipelines import LATENCY_TARGET_MS, MEMORY_BUDGET_MB, TARGET_HARDWARE, fit_anomaly
+    from trainer.pipelines import (
+        FUSED_LATENCY_TARGET_MS,
+        LATENCY_TARGET_MS,
+        MEMORY_BUDGET_MB,
+        TARGET_HARDWARE,
+        fit_anomaly,
+    )
     from trainer.quantize import QuantConfig
 
     say = _say(say)
@@ -403,7 +409,8 @@ def train(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = 
     spec = PackageSpec(
         name=name, task=kind, preprocess=pre_spec, class_names=classes, good_class=GOOD, temperature=temperature,
         anomaly=anomaly, data=data, augmentation=augmentation, architecture=architecture,
-        latency_target_ms=LATENCY_TARGET_MS, memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
+        latency_target_ms=FUSED_LATENCY_TARGET_MS if kind == "combined" else LATENCY_TARGET_MS,
+        memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
     )
     t = time.perf_counter()
     draft = prepare_package(stage / "package", net.eval(), spec, held, calibration, say=say)
