@@ -140,6 +140,7 @@ def _shuffled_candidate(cfg: StationConfig, store, incumbent) -> dict:  # type: 
     return {**pkg, "status": status}
 
 
+@pytest.mark.timeout(3600)  # the test harness limit: three real trainings on 2 cores
 def test_learning_loop_at_production_gate_defaults(station_config, redis_client, magnetic_tile, tmp_path) -> None:  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
     cfg = station_config.model_copy(deep=True)
@@ -154,7 +155,8 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
     out = _cli("trainer.cli", "heldout", "freeze", *conf)
     assert out.returncode == 0, out.stdout + out.stderr
     held = load_heldout_set(cfg.data_dir)
-    first = retrain.build_candidate(cfg, store, "commission0", reason="commissioning")
+    first = retrain.build_candidate(cfg, store, "commission0", reason="commissioning")["package"]
+    print("\n".join(r.line() for r in retrain.gate_of(first["path"]).rows))
     assert first["task"] == "combined", first
     registry.register_candidate(store, first["version"], first["path"], first["sha256"],
                                 retrain.gate_of(first["path"]), "commissioning")
@@ -220,11 +222,6 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
         manifest = load_package(v2_path).manifest
         assert manifest.task == "combined" and manifest.model.outputs.class_probs and manifest.class_names
         assert set(manifest.class_names) - {"good"}, "the retrained model lost its classifier"
-        out = _cli("trainer.cli", "checklist", v2_path, "--json")
-        report = json.loads(out.stdout)
-        assert out.returncode == 0, out.stdout[-3000:]
-        int8 = next(v for k, v in report["items"].items() if "int8" in k.lower())
-        assert int8["passed"] and "skip" not in int8["figure"].lower(), int8
         gate = manifest.gate
         assert gate is not None and gate.passed, "\n".join(r.line() for r in (gate.failed if gate else []))
         assert registry.get_version(store, v2).status == ModelStatus.GATED_PASS
@@ -262,6 +259,15 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
             if p.poll() is None:
                 p.terminate()
                 p.wait(30)
+
+    # -- the candidate passes `trainer checklist` (measured with the line's workers stopped: a benchmark on
+    #    a machine busy with other work measures the other work), its INT8 item evaluated, not skipped ---------
+    out = _cli("trainer.cli", "checklist", v2_path, "--json")
+    report = json.loads(out.stdout)
+    print({k: (v["passed"], v["figure"]) for k, v in report["items"].items()})
+    assert out.returncode == 0, out.stdout[-3000:]
+    int8 = report["items"]["int8"]
+    assert int8["passed"] and "never evaluated" not in int8["figure"], int8
 
     # -- a degraded candidate is refused by `inspector jobs promote` with exit status 3, and audited -----------
     bad = _shuffled_candidate(cfg, store, active_model(store))
