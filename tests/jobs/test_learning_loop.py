@@ -46,6 +46,13 @@ from trainer import retrain
 from trainer.heldout import base_training_items, load_heldout_set, load_images
 
 pytestmark = pytest.mark.data
+
+
+@pytest.fixture
+def redis_url(embedded_redis) -> str:  # type: ignore[no-untyped-def]
+    """One Redis for this long acceptance (the station's default, the embedded one): the Redis-facing paths are
+    proven on both backends by the rest of the suite; three real trainings twice would double CI's time."""
+    return embedded_redis.url
 DARK = 0.7
 JOB_WAIT_S = 1500
 
