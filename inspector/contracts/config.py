@@ -201,6 +201,10 @@ class JobsSection(Section):
     validation_interval_s: float = Field(
         3600, ge=0, description="Period of the held-out validation job under `jobs worker --with-scheduler` (0: off)."
     )
+    worker_nice: int = Field(
+        10, ge=0, le=19, description="CPU niceness of `inspector jobs worker`: retraining must never starve the "
+                                     "line's inspection workers on a shared machine (0: same priority)."
+    )
     collect_frames: int = Field(50, ge=4, le=10_000, description="Frames collected after a camera or lighting change.")
     validation_window_s: float = Field(
         86_400, gt=0, le=90 * 86_400, description="Periodic validation also scores the frames labelled in this last window."
