@@ -56,3 +56,25 @@ def wait_for_verdicts(client: redis.Redis, bus: StationBus, n: int, timeout: flo
             break
         time.sleep(0.05)
     return read_verdicts(client, bus)
+
+
+def label_frames(cfg, store, frames: list[tuple[bytes, str]], ext: str = "png", tag: str = "lab",  # type: ignore[no-untyped-def]
+                 user: str = "reviewer") -> None:
+    """People label frames as the quality view does: archived image, review item, lease, current label.
+
+    ``frames``: (encoded image bytes, label) pairs; ``tag`` prefixes the frame ids (unique per call site)."""
+    from inspector.archive import Archive
+    from inspector.contracts.messages import Decision, ReviewRequest
+    from inspector.review.labelling import LabellingService
+    from inspector.store.records import add_review_item
+
+    archive = Archive.for_data_dir(cfg.data_dir)
+    svc = LabellingService(store, archive)
+    for k, (data, label) in enumerate(frames):
+        sha = archive.put(data, ext)
+        add_review_item(store, ReviewRequest(station=cfg.station.id, frame_id=f"{tag}{k}", part_id=f"{tag}{k}",
+                                             camera="cam0", reasons=["uncertain"], priority=1, image_sha256=sha,
+                                             decision=Decision.REVIEW), image_ext=ext)
+        item = svc.lease_next(user)
+        assert item is not None
+        svc.label(item.id, user, label)

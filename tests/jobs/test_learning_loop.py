@@ -26,22 +26,20 @@ import pytest
 import yaml
 from rq.job import Job
 
-from inspector.archive import Archive
 from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
 from inspector.contracts.lifecycle import ModelStatus
-from inspector.contracts.messages import Decision, FrameMeta, ImageStats, ReviewRequest, Verdict
+from inspector.contracts.messages import Decision, FrameMeta, ImageStats, Verdict
 from inspector.drift.monitor import DriftMonitor
 from inspector.evaluation import Scored, score_frames
 from inspector.models.decode import encode_image
-from inspector.review.labelling import LabellingService
 from inspector.runtime.package import load_package
 from inspector.store.db import open_store
-from inspector.store.records import active_model, add_review_item
+from inspector.store.records import active_model
 from jobs import registry
 from jobs.queues import SERIALIZER, JobKeys, names_of
 from jobs.trigger import RetrainTrigger
-from tests.spine_helpers import read_verdicts
+from tests.spine_helpers import label_frames, read_verdicts
 from trainer import retrain
 from trainer.heldout import base_training_items, load_heldout_set, load_images
 
@@ -101,20 +99,6 @@ def _feed(client, bus: StationBus, mon: DriftMonitor, trigger: RetrainTrigger, v
         if groups[bus.names.drift_group.encode()]["last-delivered-id"] == last:
             break
     trigger.step(block_ms=None)
-
-
-def _label(cfg: StationConfig, store, frames: list[tuple[np.ndarray, str]]) -> None:  # type: ignore[no-untyped-def]
-    """The quality engineer labels queued frames (archived images, review items, labels through the service)."""
-    archive = Archive.for_data_dir(cfg.data_dir)
-    svc = LabellingService(store, archive)
-    for k, (img, label) in enumerate(frames):
-        sha = archive.put(encode_image(img, "jpeg", 92), "jpg")
-        add_review_item(store, ReviewRequest(station=cfg.station.id, frame_id=f"lab{k}", part_id=f"lab{k}",
-                                             camera="cam0", reasons=["uncertain"], priority=1, image_sha256=sha,
-                                             decision=Decision.REVIEW), image_ext="jpg")
-        item = svc.lease_next("quality-1")
-        assert item is not None
-        svc.label(item.id, "quality-1", label)
 
 
 def _workers_on(client, bus: StationBus, version: str, n: int) -> bool:  # type: ignore[no-untyped-def]
@@ -191,7 +175,9 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
     items = [i for i in base_training_items(magnetic_tile, held) if i.label != "good"]
     defects = [(_dark(img), i.label) for i, img in zip(items, load_images(items), strict=True)]
     dark_goods = [_dark(img) for img in load_images(train_goods[1::2])]
-    _label(cfg, store, [(g, "good") for g in dark_goods[:150]] + defects)
+    label_frames(cfg, store, [(encode_image(img, "jpeg", 92), label)
+                        for img, label in [(g, "good") for g in dark_goods[:150]] + defects], ext="jpg",
+                 user="quality-1")
     n_labelled_defects = len(defects)
     assert not {i.sha256 for i in items} & held.hashes, "labels come from the half outside the held-out set"
 

@@ -14,22 +14,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from inspector.archive import Archive
 from inspector.camera.synthetic import PartFactory
 from inspector.contracts.config import StationConfig, parse_config
 from inspector.contracts.lifecycle import ModelStatus
-from inspector.contracts.messages import Decision, ReviewRequest
 from inspector.contracts.names import Names
 from inspector.drift.monitor import load_reference
 from inspector.evaluation import line_metrics, score_frames
 from inspector.models.decode import encode_image
 from inspector.models.tiny_package import build_tiny_package
-from inspector.review.labelling import LabellingService
 from inspector.runtime.package import write_manifest
 from inspector.store.db import open_store
 from inspector.store.models import DriftAlarmRow
-from inspector.store.records import add_review_item, register_model
+from inspector.store.records import register_model
 from jobs.validation import compare, run_validation
+from tests.spine_helpers import label_frames
 from trainer.heldout import freeze_heldout, load_images
 
 DEFECTS = ("scratch", "spot")
@@ -83,20 +81,6 @@ def _activate(cfg: StationConfig, store, redis_client) -> str:  # type: ignore[n
     return manifest.version
 
 
-def _label(cfg: StationConfig, store, frames: list[tuple[object, str]]) -> None:  # type: ignore[no-untyped-def]
-    """People label frames: archived image + review item + current label, as the quality view does."""
-    archive = Archive.for_data_dir(cfg.data_dir)
-    svc = LabellingService(store, archive)
-    for k, (img, label) in enumerate(frames):
-        sha = archive.put(encode_image(img, "png"), "png")  # type: ignore[arg-type]
-        add_review_item(store, ReviewRequest(station=cfg.station.id, frame_id=f"lab{k}", part_id=f"lab{k}",
-                                             camera="cam0", reasons=["test"], priority=1, image_sha256=sha,
-                                             decision=Decision.PASS), image_ext="png")
-        item = svc.lease_next("reviewer")
-        assert item is not None
-        svc.label(item.id, "reviewer", label)
-
-
 def _events(redis_client, cfg: StationConfig) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
     names = Names(cfg.redis.prefix, cfg.station.id)
     return [json.loads(f[b"m"]) for _, f in redis_client.xrange(names.events)]
@@ -114,7 +98,7 @@ def test_fires_when_recent_labels_disagree_with_the_model(built, station_config,
     version = _activate(cfg, store, redis_client)
     f = PartFactory(seed=99, size=96)
     passed = [f.make("good") for _ in range(30)]  # frames the model passes ...
-    _label(cfg, store, [(img, "scratch") for img in passed])  # ... that people say are scratched
+    label_frames(cfg, store, [(encode_image(img, "png"), "scratch") for img in passed])  # ... that people say are scratched
     report = run_validation(cfg, redis_client, store)
     assert report.check("heldout").drops == []  # the package itself is unchanged
     recent = report.check("recent")
@@ -139,7 +123,7 @@ def test_quiet_when_recent_labels_agree_and_heldout_unchanged(built, station_con
 
     f = PartFactory(seed=5, size=96)
     frames = [(f.make("good"), "good") for _ in range(24)] + [(load_rgb(p), lab) for p, lab in defects]
-    _label(cfg, store, frames)
+    label_frames(cfg, store, [(encode_image(img, "png"), label) for img, label in frames])
     report = run_validation(cfg, redis_client, store)
     held = report.check("heldout")
     assert held.skipped is None and held.metrics == report.recorded  # same package, same frames, same figures
@@ -156,7 +140,7 @@ def test_small_window_is_skipped_and_says_so(built, station_config, redis_client
     store = open_store(cfg)
     _activate(cfg, store, redis_client)
     f = PartFactory(seed=3, size=96)
-    _label(cfg, store, [(f.make("good"), "scratch") for _ in range(4)])  # disagree, but too few to judge
+    label_frames(cfg, store, [(encode_image(f.make("good"), "png"), "scratch") for _ in range(4)])  # disagree, but too few to judge
     report = run_validation(cfg, redis_client, store)
     recent = report.check("recent")
     assert recent.n == 4 and recent.skipped and "validation_min_frames" in recent.skipped and not report.fired

@@ -16,17 +16,15 @@ from typing import Any
 
 import pytest
 
-from inspector.archive import Archive
 from inspector.camera.synthetic import PartFactory
-from inspector.contracts.config import StationConfig, parse_config
+from inspector.contracts.config import parse_config
 from inspector.contracts.errors import DataError
-from inspector.contracts.messages import Decision, ReviewRequest
 from inspector.models.decode import encode_image
-from inspector.review.labelling import LabellingService
 from inspector.runtime import package as runtime_package
 from inspector.runtime.package import load_package
 from inspector.store.db import open_store
-from inspector.store.records import add_review_item, promote_model, register_model
+from inspector.store.records import promote_model, register_model
+from tests.spine_helpers import label_frames
 from trainer import package as trainer_package
 from trainer import retrain
 from trainer.checklist import run_checklist
@@ -58,19 +56,6 @@ def _write_base(root: Path) -> Path:
     return root
 
 
-def _label(cfg: StationConfig, store: Any, frames: list[tuple[bytes, str]], tag: str) -> None:
-    archive = Archive.for_data_dir(cfg.data_dir)
-    svc = LabellingService(store, archive)
-    for k, (data, label) in enumerate(frames):
-        sha = archive.put(data, "jpg")
-        add_review_item(store, ReviewRequest(station=cfg.station.id, frame_id=f"{tag}{k}", part_id=f"{tag}{k}",
-                                             camera="cam0", reasons=["test"], priority=1, image_sha256=sha,
-                                             decision=Decision.REVIEW), image_ext="jpg")
-        item = svc.lease_next("reviewer")
-        assert item is not None
-        svc.label(item.id, "reviewer", label)
-
-
 class _Writes:
     """Counts manifest writes per package folder (the manifest is written once)."""
 
@@ -100,7 +85,7 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     store = open_store(cfg)
     held = load_heldout_set(cfg.data_dir, base)
     leaked = next(i for i in held.items if i.label == "scratch")
-    _label(cfg, store, [(Path(leaked.path).read_bytes(), "scratch")], "old")  # a held-out frame, labelled
+    label_frames(cfg, store, [(Path(leaked.path).read_bytes(), "scratch")], ext="jpg", tag="old")  # a held-out frame, labelled
     t0 = time.perf_counter()
     try:
         first = retrain.build_candidate(cfg, store, "first0", reason="first model")
@@ -116,7 +101,7 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     time.sleep(0.01)
     factory = PartFactory(seed=99, size=SIZE)
     recent = [(encode_image(factory.make(k), "jpeg", 92), k) for k in ["good"] * 24 + ["scratch"] * 12 + ["spot"] * 12]
-    _label(cfg, store, recent, "new")
+    label_frames(cfg, store, recent, ext="jpg", tag="new")
     n_writes_before = len(writes.folders)
     t0 = time.perf_counter()
     second = retrain.build_candidate(cfg, store, "second0", since=since, incumbent=inc["path"],
