@@ -210,6 +210,7 @@ class WhitenedKnnScorer(nn.Module):
         r = self.radius
         z = self.whiten_patches(emb.flatten(2).permute(2, 0, 1))  # [P,B,C]
         c = z.shape[-1]
+        n_bank = self.bank_t.shape[-1]
         zz = (z * z).sum(-1)
         zmap = z.permute(1, 2, 0).reshape(-1, c, h, w)
         zpad = F.pad(zmap, (r, r, r, r)) if r > 0 else zmap
@@ -217,29 +218,34 @@ class WhitenedKnnScorer(nn.Module):
         q = q.flatten(2).permute(2, 0, 1)  # [P,OB,C]: bank position b meets the query at b - (dy,dx)
         d2 = (q * q).sum(-1, keepdim=True) - 2 * torch.matmul(q, self.bank_t) + self.bank_sq  # [P,OB,N]
         near, arg = d2.min(-1)  # [P,OB]
-        vec = torch.gather(self.bank_t, 2, arg.unsqueeze(1).expand(-1, c, -1))  # [P,C,OB]
+        # the winner's row in the flattened bank [P*N,C]: bank position * N + its index there
+        row = arg + torch.arange(h * w, device=arg.device).unsqueeze(1) * n_bank
         n_off = len(self.offsets)
         near = near.transpose(0, 1).reshape(n_off, -1, 1, h, w)
-        vec = vec.permute(2, 1, 0).reshape(n_off, -1, c, h, w)
+        row = row.transpose(0, 1).reshape(n_off, -1, 1, h, w).float()  # exact below 2**24 rows
         best: Tensor | None = None
-        best_vec: Tensor | None = None
-        for i, (dy, dx) in enumerate(self.offsets):
-            nd, nv = near[i], vec[i]
+        best_row: Tensor | None = None
+        for i, (dy, dx) in enumerate(self.offsets):  # pick the winner per position on 1-channel maps
+            nd, nr = near[i], row[i]
             if r > 0:  # back to query positions; outside the grid counts as no match
                 nd = F.pad(nd, (r, r, r, r), value=1e30)[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
-                nv = F.pad(nv, (r, r, r, r))[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
-            if best is None or best_vec is None:
-                best, best_vec = nd, nv
+                nr = F.pad(nr, (r, r, r, r))[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
+            if best is None or best_row is None:
+                best, best_row = nd, nr
             else:
                 take = nd < best
-                best, best_vec = torch.where(take, nd, best), torch.where(take, nv, best_vec)
-        assert best is not None and best_vec is not None
+                best, best_row = torch.where(take, nd, best), torch.where(take, nr, best_row)
+        assert best is not None and best_row is not None
         zzmap = zz.transpose(0, 1).reshape(-1, 1, h, w)
         mean_d = torch.where(self.border, zzmap, torch.full_like(zzmap, 1e30))
-        take = mean_d < best
-        best = torch.where(take, mean_d, best)
-        best_vec = torch.where(take, torch.zeros_like(best_vec), best_vec)
-        return z, best, best_vec.flatten(2).permute(2, 0, 1)
+        take_mean = mean_d < best
+        best = torch.where(take_mean, mean_d, best)
+        # then ONE bank row per position (Gather of contiguous rows, not an element gather per offset)
+        rows = best_row.flatten(1).transpose(0, 1).round().long()  # [P,B]
+        bank_rows = self.bank_t.transpose(1, 2).reshape(-1, c)  # [P*N,C]; constant-folded at export
+        nearest = bank_rows[rows]  # [P,B,C]
+        keep = (~take_mean).flatten(1).transpose(0, 1).unsqueeze(-1)  # the mean (zero vector) at the border
+        return z, best, nearest * keep.to(nearest.dtype)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         emb = self.embed(features)  # [B,C,h,w]
