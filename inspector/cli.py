@@ -18,6 +18,9 @@ app = typer.Typer(help="Visual inspection station.", no_args_is_help=True, prett
 console = Console()
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Station YAML (default: built-in defaults + INSPECTOR_* env).")
+StandaloneOpt = typer.Option(
+    False, "--standalone", help="Run alone: own the station's data folder (lock) and its embedded Redis when no "
+                                "supervisor does. Without it the command only connects to the station's Redis.")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -95,23 +98,22 @@ def _display_available() -> bool:
 def camera(
     config: Path | None = ConfigOpt,
     frames: int | None = typer.Option(None, help="Stop after N frames."),
+    standalone: bool = StandaloneOpt,
 ) -> None:
     """Stream frames from the configured camera source to the station's frames stream."""
     _setup_logging()
-    from inspector.bus.connection import connect
+    from inspector.bus.connection import client_for_url, open_station_client, station_url
     from inspector.bus.streams import StationBus
     from inspector.camera.publisher import CameraPublisher
     from inspector.camera.sources import open_source
 
     try:
         cfg = _config(config)
-        connect(cfg).close()  # starts the embedded Redis when needed and checks it answers
+        open_station_client(cfg, standalone).close()  # waits until the station's Redis answers
         # the camera never waits on Redis longer than a few frame periods: parts are counted as not sent instead
         fast = cfg.model_copy(deep=True)
         fast.redis.reconnect.give_up_s = max(0.2, 3 / cfg.camera.fps)
-        from inspector.bus.connection import client_for_url, resolve_url
-
-        client = client_for_url(resolve_url(cfg), fast.redis)
+        client = client_for_url(station_url(cfg), fast.redis)
         pub = CameraPublisher(StationBus(client, cfg), open_source(cfg.camera))
         n = pub.run(max_frames=frames)
         console.print(f"camera {cfg.camera.id}: {n - pub.not_sent} frames published, {pub.not_sent} not sent")
@@ -126,15 +128,16 @@ def worker(
     idle_exit: float | None = typer.Option(None, help="Exit after this many idle seconds."),
     name: str | None = typer.Option(None, help="Consumer name (default host-pid)."),
     record: bool = typer.Option(True, help="Record verdicts in the station database."),
+    standalone: bool = StandaloneOpt,
 ) -> None:
     """Inspect frames from the station's stream until SIGTERM (which drains the batch in hand)."""
     _setup_logging()
-    from inspector.bus.connection import connect
+    from inspector.bus.connection import open_station_client
     from inspector.worker import Worker
 
     try:
         cfg = _config(config)
-        client = connect(cfg)
+        client = open_station_client(cfg, standalone)
         w = Worker(cfg, client, name=name, sinks=_sinks(cfg, client) if record else [])
         w.install_signal_handlers()
         recorder = _start_recorder(cfg, client, w.name) if record else None
@@ -236,6 +239,7 @@ def line(config: Path | None = ConfigOpt) -> None:
 
 
 from inspector.bench.cli import bench_app  # noqa: E402
+from inspector.station.cli import station_app  # noqa: E402
 from inspector.store.cli import audit_app, review_app, trace  # noqa: E402
 from jobs.cli import jobs_app  # noqa: E402
 
@@ -245,6 +249,7 @@ app.add_typer(jobs_app, name="jobs", help="Retraining jobs on RQ: worker, retrai
 
 app.add_typer(audit_app, name="audit", help="Audit trail: verify the hash chain, show entries.")
 app.add_typer(review_app, name="review", help="Review queue and labelling from the command line.")
+app.add_typer(station_app, name="station", help="The station's processes under one supervisor: station run.")
 app.command("trace", help="Everything known about one part: verdict, scores, model and its hash, labels.")(trace)
 
 

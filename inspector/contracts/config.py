@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inspector.contracts.errors import ConfigError
+from inspector.contracts.processes import StationProcess
 
 ENV_PREFIX = "INSPECTOR_"
 
@@ -246,6 +247,28 @@ class GuiSection(Section):
     camera_source: bool = Field(False, description="The GUI streams the configured camera to the frames stream.")
 
 
+class SupervisorSection(Section):
+    """What ``inspector station run`` runs and how it restarts and stops them (see inspector/contracts/processes.py)."""
+
+    processes: list[StationProcess] = Field(
+        default_factory=lambda: [StationProcess.CAMERA, StationProcess.WORKER, StationProcess.LINE],
+        description="Station processes to run: camera, worker, line, drift, jobs (the embedded Redis is always "
+                    "started first when redis.url is unset).",
+    )
+    workers: int = Field(1, ge=1, le=64, description="Inspection worker processes.")
+    restart_initial_s: float = Field(0.5, gt=0, le=600, description="First wait before restarting a process that exited.")
+    restart_max_s: float = Field(30.0, gt=0, le=3600, description="Longest wait between restarts (doubling backoff).")
+    restart_limit: int = Field(
+        10, ge=1, le=10_000, description="Most restarts of one process within restart_window_s; then it is left failed."
+    )
+    restart_window_s: float = Field(300.0, gt=0, le=86_400, description="Window of the restart-rate limit.")
+    healthy_after_s: float = Field(30.0, gt=0, le=86_400, description="A process up this long starts its backoff afresh.")
+    stop_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="SIGTERM of the supervisor: everything is stopped within this time (then SIGKILL)."
+    )
+    lock_wait_s: float = Field(30.0, ge=0, le=3600, description="How long to wait for the data folder lock held by another process.")
+
+
 class StationConfig(Section):
     """The whole station file. Every process validates it at start."""
 
@@ -262,6 +285,7 @@ class StationConfig(Section):
     jobs: JobsSection = Field(default_factory=JobsSection)
     line: LineSection = Field(default_factory=LineSection)
     gui: GuiSection = Field(default_factory=GuiSection)
+    supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StationConfig:

@@ -1,0 +1,1 @@
+"""One station's processes under one supervisor (``inspector station run``)."""
