@@ -12,9 +12,32 @@ from rich.console import Console
 from rich.table import Table
 
 from inspector.contracts.config import StationConfig, load_config, schema_table
-from inspector.contracts.errors import InspectorError
+from inspector.contracts.errors import STORAGE_ERRNOS, InspectorError, storage_error
 
-app = typer.Typer(help="Visual inspection station.", no_args_is_help=True, pretty_exceptions_enable=False)
+
+def _error_line(err: InspectorError) -> str:
+    """One line (never wrapped): what is wrong, naming the thing, and the fix."""
+    text = " ".join(err.message.split())
+    return f"error: {text}; hint: {' '.join(err.hint.split())}" if err.hint else f"error: {text}"
+
+
+class _StationApp(typer.Typer):
+    """A station error that no command caught still ends in one line and exit status 2, never a traceback."""
+
+    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return super().__call__(*args, **kwargs)
+        except InspectorError as err:
+            print(_error_line(err), file=sys.stderr)
+            sys.exit(2)
+        except OSError as err:
+            if err.errno not in STORAGE_ERRNOS:
+                raise
+            print(_error_line(storage_error(err)), file=sys.stderr)
+            sys.exit(2)
+
+
+app = _StationApp(help="Visual inspection station.", no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Station YAML (default: built-in defaults + INSPECTOR_* env).")
@@ -33,9 +56,7 @@ def _config(path: Path | None) -> StationConfig:
 
 
 def _fail(err: InspectorError) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {err.message}")
-    if err.hint:
-        Console(stderr=True).print(f"[yellow]hint:[/yellow] {err.hint}")
+    print(_error_line(err), file=sys.stderr)
     raise typer.Exit(2)
 
 

@@ -150,7 +150,7 @@ class StationBus:
         for verdict, entry_id in items:
             self._commit(
                 keys=[n.done(verdict.frame_id), n.verdicts, n.frames, n.counters],
-                args=[self.cfg.worker.group, entry_id or "", verdict.id, self.cfg.worker.done_ttl_s,
+                args=[self.cfg.worker.group, entry_id or "", verdict.id, self.cfg.retention.stream_max_age_s,
                       self.cfg.redis.verdicts_maxlen, verdict.to_json(), verdict.decision.value.lower()],
                 client=pipe,
             )

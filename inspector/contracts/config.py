@@ -13,12 +13,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inspector.contracts.errors import ConfigError
 from inspector.contracts.processes import StationProcess
 
 ENV_PREFIX = "INSPECTOR_"
+# Variables under ENV_PREFIX that are not station keys (read by tests, the trainer and the CLI). Every other
+# INSPECTOR_* variable must name a key (``__`` between levels), or every process refuses to start.
+NON_CONFIG_ENV = frozenset({
+    "INSPECTOR_SLOW", "INSPECTOR_SHARED_DATA", "INSPECTOR_WEIGHTS_DIR", "INSPECTOR_ROLE", "INSPECTOR_FAULTS_EXTERNAL",
+    "INSPECTOR_EXPERIMENT_LOG", "INSPECTOR_SOAK_S",
+})
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+STORE_URL_RE = r"^(sqlite|postgresql)(\+[A-Za-z0-9_]+)?://"
 
 
 class Section(BaseModel):
@@ -54,6 +62,14 @@ class RedisSection(Section):
     socket_timeout_s: float = Field(5.0, gt=0, le=120, description="Socket timeout of Redis calls.")
     reconnect: ReconnectSection = Field(default_factory=ReconnectSection)
 
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(REDIS_URL_SCHEMES):
+            raise ValueError(f"{url!r} is not a Redis URL: use redis://host:6379/0, rediss://host:6380/0 (TLS) "
+                             "or unix:///path/to/redis.sock")
+        return url
+
 
 class CameraSourceSection(Section):
     kind: Literal["synthetic", "folder", "video", "device", "url"] = Field(
@@ -84,7 +100,6 @@ class WorkerSection(Section):
     max_deliveries: int = Field(3, ge=1, le=100, description="Deliveries before a frame is dead-lettered.")
     reclaim_idle_ms: int = Field(3000, ge=100, le=3_600_000, description="Pending entries idle this long are reclaimed.")
     heartbeat_ttl_s: float = Field(3.0, gt=0, le=600, description="TTL of the worker heartbeat key.")
-    done_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400, description="How long a frame id is remembered for dedupe.")
     max_image_pixels: int = Field(40_000_000, ge=10_000, description="Frames larger than this are refused (bombs).")
     expire_ms: float = Field(
         5000, ge=0, le=3_600_000, description="Frames older than this when read get an ERROR verdict without inference (0: never)."
@@ -130,6 +145,41 @@ class StoreSection(Section):
     reclaim_idle_ms: int = Field(
         30_000, ge=100, le=3_600_000, description="Verdict entries pending this long with a dead recorder are reclaimed."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _store_scheme(cls, url: str | None) -> str | None:
+        import re
+
+        if url is not None and not re.match(STORE_URL_RE, url):
+            raise ValueError(f"{url!r} is not a database URL: use sqlite:////abs/path/station.db or "
+                             "postgresql+psycopg2://user:password@host:5432/dbname (or leave store.url unset)")
+        return url
+
+
+class RetentionSection(Section):
+    """What the station keeps, and for how long. Applied by the verdict recorder (in every `inspector worker`
+    that records), at most once per ``interval_s`` across the station (a Redis lock)."""
+
+    interval_s: float = Field(60, ge=1, le=86_400, description="How often retention is applied.")
+    stream_max_age_s: int = Field(
+        3600, ge=60, le=30 * 86_400,
+        description="Verdict, event and review stream entries older than this are trimmed (XTRIM MINID, never past an "
+                    "entry the recorder or retrain trigger has not yet taken); the exactly-once done-keys expire after "
+                    "the same time (Redis memory is then flat: about 1.5 KB per verdict kept).",
+    )
+    verdict_rows_max_age_s: float = Field(
+        90 * 86_400, ge=0, description="Verdict rows captured longer ago than this are deleted (0: keep forever)."
+    )
+    verdict_rows_max: int = Field(0, ge=0, description="Most verdict rows kept; the oldest go first (0: no limit).")
+    archive_max_age_s: float = Field(
+        0, ge=0, description="Archived images older than this are deleted (0: keep forever); images of labelled "
+                             "frames are kept (they are the training data)."
+    )
+    archive_max_bytes: int = Field(
+        10 * 2**30, ge=0, description="Largest archive size in bytes; the oldest unlabelled images go first (0: no limit)."
+    )
+    delete_batch: int = Field(5000, ge=100, le=1_000_000, description="Rows deleted per transaction (short database locks).")
 
 
 class RateLimitSection(Section):
@@ -280,6 +330,7 @@ class StationConfig(Section):
     model: ModelSection = Field(default_factory=ModelSection)
     policy: PolicySection = Field(default_factory=PolicySection)
     store: StoreSection = Field(default_factory=StoreSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
     review: ReviewSection = Field(default_factory=ReviewSection)
     drift: DriftSection = Field(default_factory=DriftSection)
     jobs: JobsSection = Field(default_factory=JobsSection)
@@ -302,12 +353,44 @@ class StationConfig(Section):
         return self.station.data_dir
 
 
+def _check_env_key(key: str, path: list[str]) -> None:
+    """Refuse an INSPECTOR_* variable that names no station key (a typo would be ignored without a word)."""
+    model: type[BaseModel] | None = StationConfig
+    for depth, part in enumerate(path):
+        if model is None:
+            return  # below a leaf or a mapping (e.g. jobs.recall_floors): pydantic checks the rest
+        field = model.model_fields.get(part)
+        if field is None:
+            where = ".".join(path[:depth]) or "the station config"
+            known = ", ".join(model.model_fields)
+            raise ConfigError(f"environment variable {key} matches no station key ({part!r} is not a key of {where})",
+                              f"keys there: {known}; write {ENV_PREFIX}SECTION__KEY with two underscores between levels, "
+                              f"or unset {key}")
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if model is not None:
+        raise ConfigError(f"environment variable {key} names the section {'.'.join(path)}, not a key",
+                          f"name one key, e.g. {key}__{next(iter(model.model_fields)).upper()}")
+
+
+def _single_underscore_hint(key: str) -> str:
+    rest = key[len(ENV_PREFIX):].lower()
+    for section in StationConfig.model_fields:
+        if rest.startswith(section + "_") and rest[len(section) + 1:]:
+            return f"did you mean {ENV_PREFIX}{section.upper()}__{rest[len(section) + 1:].upper()}? Levels are " \
+                   f"separated by two underscores; or unset {key}"
+    return f"write {ENV_PREFIX}SECTION__KEY (two underscores between levels), or unset {key}"
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or "__" not in key:
+        if not key.startswith(ENV_PREFIX) or key in NON_CONFIG_ENV:
             continue
+        if "__" not in key:
+            raise ConfigError(f"environment variable {key} matches no station key", _single_underscore_hint(key))
         path = key[len(ENV_PREFIX):].lower().split("__")
+        _check_env_key(key, path)
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -331,14 +414,14 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
         if e["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key")
         else:
-            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{path}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
     first = err.errors()[0]
     hint = (
         "remove or rename the key; `inspector validate-config --schema` lists every key with its description"
         if first["type"] == "extra_forbidden"
         else "fix the value; `inspector validate-config --schema` lists every key with its bounds"
     )
-    return ConfigError(f"invalid station config ({source}):\n  " + "\n  ".join(lines), hint)
+    return ConfigError(f"invalid station config ({source}): " + "; ".join(lines), hint)
 
 
 def parse_config(data: dict[str, Any] | None, source: str = "<dict>", environ: dict[str, str] | None = None) -> StationConfig:
@@ -358,10 +441,24 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist", "pass the path of a station YAML, e.g. configs/station.yaml")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {err.start}: {err.reason})",
+                          "save the station file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+    except OSError as err:
+        raise ConfigError(f"config file {p} cannot be read: {err.strerror}",
+                          "check the path and that this user may read it") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {p} is not valid YAML: {err}", "check indentation and quoting") from None
-    if data is not None and not isinstance(data, dict):
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {p} is not valid YAML{at}: {problem}", "check indentation and quoting") from None
+    if data is None:
+        raise ConfigError(f"config file {p} is empty (no keys)",
+                          "write at least `station: {id: <station id>}`; configs/ has examples")
+    if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping at top level", "start the file with `station:`")
     return parse_config(data, str(p), environ)
 
