@@ -15,6 +15,7 @@ from inspector.contracts.names import Names
 from inspector.review.router import ReviewRouter
 from inspector.store import open_store
 from inspector.store.recorder import VerdictRecorder
+from inspector.store.retention import start_retention
 from inspector.worker import Sink
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ def start_recorder(cfg: StationConfig, client: redis.Redis, name: str) -> Callab
     stop = threading.Event()
     thread = threading.Thread(target=recorder.run, args=(stop,), name="verdict-recorder", daemon=True)
     thread.start()
+    stop_retention = start_retention(cfg, client, recorder.store)  # retention runs where the recorder runs
 
     def finish() -> int:
+        stop_retention()
         stop.set()
         thread.join(30)
         return recorder.drain()

@@ -95,6 +95,11 @@ class Names:
         return f"{self.base}:retrain:history"
 
     @property
+    def retention_lock(self) -> str:
+        """Set for about ``retention.interval_s`` by the process running a retention pass: one pass per station."""
+        return f"{self.base}:retention:lock"
+
+    @property
     def maintenance_collection(self) -> str:
         """JSON state of the frame collection after a camera or lighting change."""
         return f"{self.base}:maint:collect"
