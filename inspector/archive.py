@@ -4,7 +4,8 @@ Writes are atomic (temp file in the same folder, fsync, ``os.replace``, fsync of
 killed process leaves either the whole file or none (plus, at worst, a ``.tmp-*`` file that
 ``sweep_temp()`` removes). Keys are validated as 64 lower-case hex digits and extensions against an
 allow-list, and every path is resolved and checked to lie under the root: nothing a frame id, key or
-name contains can make the archive read or write outside its root.
+name contains can make the archive read or write outside its root. A write that fails on the disk (full,
+read-only, no permission, I/O error) raises :class:`~inspector.contracts.errors.StorageError` naming the path.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from inspector.contracts.errors import InspectorError, UnsafeInputError
+from inspector.contracts.errors import InspectorError, UnsafeInputError, storage_error
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 EXTENSIONS = ("jpg", "png", "bmp", "tif", "webp", "raw")
@@ -45,7 +46,10 @@ class ImageNotFound(InspectorError):
 class Archive:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError:  # full or read-only disk: put() creates the folders, or names the failure, later
+            pass
 
     @classmethod
     def for_data_dir(cls, data_dir: str | Path) -> Archive:
@@ -74,8 +78,11 @@ class Archive:
         target = self._inside(folder / f"{sha}.{e}")
         if target.is_file():
             return sha
-        folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder, target, data)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _atomic_write(folder, target, data)
+        except OSError as err:
+            raise storage_error(err, err.filename or folder) from err
         return sha
 
     def path(self, sha: str) -> Path:

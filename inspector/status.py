@@ -1,4 +1,6 @@
-"""``inspector status``: health of a station read from Redis (workers, camera, lag, pending, dead letters)."""
+"""``inspector status``: health of a station read from Redis (workers, camera, background consumers, lag,
+pending, dead letters). Unhealthy when no worker or no camera is alive, or when a consumer (verdict recorder,
+review router) reports itself stalled: its database or disk has not let it make progress for ``store.stall_s``."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from rich.table import Table
 from inspector.bus.connection import connect
 from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
+from inspector.contracts.health import ConsumerBeat, Health, stall_line
 
 
 def station_status(cfg: StationConfig) -> dict[str, object]:
@@ -21,6 +24,12 @@ def station_status(cfg: StationConfig) -> dict[str, object]:
         raw = client.get(key)
         if raw:
             workers.append(json.loads(raw))
+    consumers = []
+    for key in client.scan_iter(match=n.consumer_heartbeat_pattern, count=100):
+        raw = client.get(key)
+        if raw:
+            consumers.append(ConsumerBeat.model_validate_json(raw))
+    stalled = [stall_line(c) for c in consumers if c.health is Health.STALLED]
     groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g for g in bus.group_info(n.frames)}
     g = groups.get(cfg.worker.group, {})
     counters = bus.counters()
@@ -36,7 +45,10 @@ def station_status(cfg: StationConfig) -> dict[str, object]:
         "dead_letters": client.xlen(n.dead_letter) if client.exists(n.dead_letter) else 0,
         "counters": counters,
         "not_inspected": max(0, counters.get("published", 0) - counters.get("verdicts", 0) - int(g.get("pending", 0) or 0)),
-        "healthy": bool(workers) and bool(client.exists(n.camera_heartbeat(cfg.camera.id))),
+        "consumers": [c.model_dump(mode="json") for c in consumers],
+        "stalled": stalled,
+        "review_inbox": client.xlen(n.review_inbox) if client.exists(n.review_inbox) else 0,
+        "healthy": bool(workers) and bool(client.exists(n.camera_heartbeat(cfg.camera.id))) and not stalled,
     }
 
 
@@ -44,8 +56,13 @@ def render_status(st: dict[str, object]) -> Table:
     t = Table(title=f"station {st['station']} — {'HEALTHY' if st['healthy'] else 'NOT HEALTHY (line rejecting)'}")
     t.add_column("item")
     t.add_column("value", justify="right")
-    for key in ("workers_alive", "camera_alive", "frames_in_stream", "pending", "lag", "dead_letters", "not_inspected"):
+    for key in ("workers_alive", "camera_alive", "frames_in_stream", "pending", "lag", "dead_letters", "not_inspected",
+                "review_inbox"):
         t.add_row(key, str(st[key]))
+    for c in st["consumers"]:  # type: ignore[union-attr]
+        t.add_row(f"{c['role']} {c['consumer']}", f"{c['health'].upper()}  {c['done']} done, {c['errors']} errors")
+    for line in st["stalled"]:  # type: ignore[union-attr]
+        t.add_row("[red]stalled[/red]", line)
     for k, v in sorted(st["counters"].items()):  # type: ignore[union-attr]
         t.add_row(f"counter {k}", str(v))
     for w in st["workers"]:  # type: ignore[union-attr]

@@ -145,6 +145,19 @@ class StoreSection(Section):
     reclaim_idle_ms: int = Field(
         30_000, ge=100, le=3_600_000, description="Verdict entries pending this long with a dead recorder are reclaimed."
     )
+    connect_timeout_s: int = Field(5, ge=2, le=300, description="Longest wait to open a PostgreSQL connection (libpq connect_timeout).")
+    keepalive_idle_s: int = Field(10, ge=1, le=7200, description="TCP keepalive: idle seconds before the first probe of a database connection.")
+    keepalive_interval_s: int = Field(3, ge=1, le=600, description="TCP keepalive: seconds between two probes.")
+    keepalive_count: int = Field(3, ge=1, le=100, description="TCP keepalive: unanswered probes before the connection counts as dead.")
+    statement_timeout_ms: int = Field(10_000, ge=100, le=3_600_000, description="PostgreSQL statement_timeout of station connections.")
+    lock_timeout_ms: int = Field(5_000, ge=10, le=3_600_000, description="PostgreSQL lock_timeout of station connections.")
+    stall_s: float = Field(
+        15, ge=0.5, le=3600,
+        description="A database call or a consumer (recorder, review router) without progress this long is reported unhealthy; the stuck call's connection is cut.",
+    )
+    stop_timeout_s: float = Field(
+        10, gt=0, le=600, description="Longest wait at exit for the recorder and review router; what they hold stays pending for the next one."
+    )
 
     @field_validator("url")
     @classmethod
@@ -196,7 +209,10 @@ class ReviewSection(Section):
     limits: RateLimitSection = Field(default_factory=RateLimitSection)
     lease_s: float = Field(300, gt=0, le=86_400, description="How long a labeller holds an item.")
     audit_seed: int = Field(0, ge=0, description="Seed of the random PASS audit (same frame id, same choice).")
-    queue_size: int = Field(64, ge=1, le=10_000, description="Sampled frames waiting to be archived; more are dropped.")
+    queue_size: int = Field(
+        2000, ge=1, le=100_000,
+        description="Sampled frames (with their image) waiting in Redis to be archived and queued, e.g. while the database or disk is down; more are dropped and counted.",
+    )
     review_maxlen: int = Field(10_000, ge=100, le=1_000_000, description="Bound of the review stream.")
 
 

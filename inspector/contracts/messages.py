@@ -118,6 +118,16 @@ class ReviewRequest(Message):
     anomaly_score: float | None = None
 
 
+class ReviewJob(Message):
+    """A frame sampled for review, on the review inbox (its image in the entry's image field)."""
+
+    kind: Literal["review_job"] = "review_job"
+    verdict: Verdict
+    reasons: list[str]
+    priority: int = Field(ge=0, le=100)
+    encoding: str = Field(max_length=16, description="Encoding of the image bytes beside this message.")
+
+
 class EventType(StrEnum):
     CAMERA_HEALTH = "camera_health"
     WORKER = "worker"
@@ -144,5 +154,6 @@ MESSAGE_KINDS: dict[str, type[Message]] = {
     "frame": FrameMeta,
     "verdict": Verdict,
     "review": ReviewRequest,
+    "review_job": ReviewJob,
     "event": Event,
 }

@@ -39,6 +39,11 @@ class Names:
     def dead_letter(self) -> str:
         return f"{self.base}:deadletter"
 
+    @property
+    def review_inbox(self) -> str:
+        """Frames sampled for review, with their image, until the review router has archived and queued them."""
+        return f"{self.base}:review:inbox"
+
     # consumer groups
     inspector_group: str = "inspector"
     store_group: str = "store"
@@ -46,6 +51,7 @@ class Names:
     line_group: str = "line"
     gui_group: str = "gui"
     retrain_trigger_group: str = "retrain-trigger"  # on the events stream: acts on DRIFT_ALARM events
+    review_group: str = "review-router"  # on the review inbox: archive + review item, XACK only after both
 
     # keys
     def done(self, frame_id: str) -> str:
@@ -58,6 +64,14 @@ class Names:
     @property
     def heartbeat_pattern(self) -> str:
         return f"{self.base}:hb:*"
+
+    def consumer_heartbeat(self, role: str, consumer: str) -> str:
+        """A background consumer's own health (recorder, review router), written by its heartbeat thread."""
+        return f"{self.base}:chb:{role}:{consumer}"
+
+    @property
+    def consumer_heartbeat_pattern(self) -> str:
+        return f"{self.base}:chb:*"
 
     def camera_heartbeat(self, camera: str) -> str:
         return f"{self.base}:camhb:{camera}"
@@ -81,6 +95,11 @@ class Names:
         return f"{self.base}:model:changed"
 
     @property
+    def retention_lock(self) -> str:
+        """Set for about ``retention.interval_s`` by the process running a retention pass: one pass per station."""
+        return f"{self.base}:retention:lock"
+
+    @property
     def retrain_lock(self) -> str:
         return f"{self.base}:retrain:lock"
 
@@ -93,11 +112,6 @@ class Names:
     def retrain_history(self) -> str:
         """List of retraining job ids, newest first."""
         return f"{self.base}:retrain:history"
-
-    @property
-    def retention_lock(self) -> str:
-        """Set for about ``retention.interval_s`` by the process running a retention pass: one pass per station."""
-        return f"{self.base}:retention:lock"
 
     @property
     def maintenance_collection(self) -> str:

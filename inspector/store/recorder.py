@@ -9,7 +9,9 @@ at-least-once and the insert is idempotent, so each frame has exactly one row. E
 decoded are counted, logged and acknowledged (they would never decode on a retry either).
 
 The worker process runs ``VerdictRecorder.run(stop)`` in a thread. Redis and database failures are
-logged and retried with capped backoff; nothing is acknowledged that is not committed.
+logged and retried with capped backoff; nothing is acknowledged that is not committed, so after a database
+outage the recorder catches up from its pending entries. Its :class:`~inspector.progress.Progress` says when it
+last made progress; a heartbeat thread reports it ``stalled`` after ``store.stall_s`` (``inspector status``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import redis
 from redis.exceptions import ResponseError
 
 from inspector.contracts.config import StationConfig
+from inspector.contracts.health import ConsumerRole
 from inspector.contracts.messages import Verdict
 from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
+from inspector.progress import Progress
 from inspector.store.db import Store
 from inspector.store.records import insert_verdicts
 
@@ -49,6 +53,7 @@ class VerdictRecorder:
         self.flush_s = cfg.store.flush_ms / 1000
         self.reclaim_idle_ms = cfg.store.reclaim_idle_ms
         self.stats: Counter[str] = Counter()
+        self.progress = Progress(ConsumerRole.RECORDER, consumer, cfg.store.stall_s)
         self._batch = _Pending([], [], 0.0)
         self._group_ready = False
         self._last_reclaim = 0.0
@@ -133,6 +138,7 @@ class VerdictRecorder:
         self.stats["recorded"] += len(b.verdicts)
         self.stats["batches"] += 1
         self._batch = _Pending([], [], 0.0)
+        self.progress.ok(len(b.ids))
         return inserted
 
     # -- loops -------------------------------------------------------------------------------------
@@ -142,6 +148,8 @@ class VerdictRecorder:
         entries = self._read(">", block_ms)
         self._add(entries)
         self._flush_if_due()
+        if not self._batch.ids:
+            self.progress.ok()  # nothing held: idle is progress
         return len(entries)
 
     def _recover_own(self) -> None:
@@ -176,7 +184,10 @@ class VerdictRecorder:
             except Exception as err:  # noqa: BLE001 - keep recording; nothing unacknowledged is lost
                 self.stats["errors"] += 1
                 self._group_ready = False
-                log.error("verdict recorder %s: %s (retrying in %.2f s)", self.consumer, err, backoff)
+                reason = self.store.describe(err) if not isinstance(err, redis.RedisError) else f"Redis: {err}"
+                self.progress.failed(reason)
+                log.error("verdict recorder %s: %s; %d verdicts held, retrying in %.2f s",
+                          self.consumer, reason, len(self._batch.ids), backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
         self._final_flush()

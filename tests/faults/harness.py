@@ -57,14 +57,14 @@ class WorkerProc:
         return self.log.read_text(errors="replace")[-n:] if self.log.is_file() else ""
 
 
-def spawn_worker(config: Path, name: str, logs: Path, idle_exit: float = 30.0) -> WorkerProc:
+def spawn_worker(config: Path, name: str, logs: Path, idle_exit: float = 30.0, record: bool = False) -> WorkerProc:
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}.log"
     fh = open(log, "ab")  # noqa: SIM115 - the child owns it
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
         [sys.executable, "-m", "inspector.cli", "worker", "--config", str(config), "--name", name,
-         "--idle-exit", str(idle_exit), "--no-record"],
+         "--idle-exit", str(idle_exit), "--record" if record else "--no-record"],
         stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env,
     )
     fh.close()
