@@ -35,8 +35,9 @@ from trainer.recipe import ClassifierRecipe
 LATENCY_TARGET_MS = 10.0
 #: Fused combined packages (``trainer.fusion_head``) declare the line's frame budget instead: a 30 fps camera
 #: leaves 33 ms per part to one worker, less its decode, commit and recording (about 8 ms measured in
-#: ``inspector bench``): 25 ms. Their 1,724-feature head costs about 13 ms beyond the good-only scorer's 5 ms and
-#: buys recall 0.98 instead of 0.68 at the same false-reject budget (README, the learning curve).
+#: ``inspector bench``): 25 ms. The fused graph (full backbone to stage 4, nearest-patch residuals, pooled
+#: stages) measured p50 10.9 ms in ``trainer checklist`` in the learning-loop acceptance (README) and buys
+#: recall 0.95 instead of 0.59 at the same false-reject ceiling (README, the learning curve).
 FUSED_LATENCY_TARGET_MS = 25.0
 MEMORY_BUDGET_MB = 512.0
 TARGET_HARDWARE = "x86-64 CPU, 2 threads, ONNX Runtime CPU provider"

@@ -261,11 +261,9 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
     out = _cli("trainer.cli", "checklist", v2_path, "--json")
     report = json.loads(out.stdout)
     print({k: (v["passed"], v["figure"]) for k, v in report["items"].items()})
-    # every item but latency must pass; the fused package's latency is measured and printed, and it is NOT within
-    # its 25 ms target on this machine (22-27 ms measured): reported as an open point, not asserted away
     failed = sorted(k for k, v in report["items"].items() if not v["passed"])
-    assert failed in ([], ["latency"]), failed
     print(f"[checklist] latency: {report['items']['latency']['figure']}")
+    assert failed == [], failed  # every item, latency included (the fused package's 25 ms target)
     int8 = report["items"]["int8"]
     assert int8["passed"] and "never evaluated" not in int8["figure"], int8
 
