@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import psutil
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import AuthenticationError, AuthorizationError, InvalidResponse, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -311,7 +312,11 @@ def client_for_url(url: str, section: RedisSection | None = None, decode: bool =
         url = "rediss://" + url[len("redis://"):]
     if url.startswith("rediss://") and section.tls_ca_certs:
         kwargs["ssl_ca_certs"] = str(section.tls_ca_certs)
-    return redis.Redis.from_url(url, **kwargs)
+    try:
+        return redis.Redis.from_url(url, **kwargs)
+    except ValueError as err:  # a scheme that is not Redis (http://, ...), a malformed URL: never heals
+        raise TransportError(f"redis.url {url!r} is not a Redis URL: {err}",
+                             "use redis://host:6379/0, rediss://host:6380/0 (TLS) or unix:///path/redis.sock") from None
 
 
 _EMBEDDED: dict[Path, EmbeddedRedis] = {}
@@ -366,9 +371,9 @@ def join_station(cfg: StationConfig, decode: bool = False) -> redis.Redis:
     give_up = cfg.redis.reconnect.give_up_s
     deadline = time.monotonic() + give_up
     url = cfg.redis.url or embedded_url(cfg.station.data_dir)
-    if cfg.redis.url and not _ping(cfg.redis.url):
+    if cfg.redis.url and not _ping(cfg.redis.url, 2.0):
         print(f"waiting up to {give_up:.0f} s for Redis at {cfg.redis.url} (redis.url)", file=sys.stderr, flush=True)
-    elif not cfg.redis.url and (url is None or not _ping(url)):
+    elif not cfg.redis.url and (url is None or not _ping(url, 2.0)):
         awaited = url or f"the embedded Redis of {Path(cfg.station.data_dir).resolve()} (its URL file)"
         print(f"waiting up to {give_up:.0f} s for {awaited}: run `inspector station run -c FILE` "
               "(or this command with --standalone to run it alone)", file=sys.stderr, flush=True)
@@ -380,7 +385,7 @@ def join_station(cfg: StationConfig, decode: bool = False) -> redis.Redis:
         time.sleep(0.2)
         url = embedded_url(cfg.station.data_dir)
     client = client_for_url(url, cfg.redis, decode)
-    wait_until_up(client, max(0.1, deadline - time.monotonic()))
+    wait_until_up(client, max(0.1, deadline - time.monotonic()), announce=False)  # announced above
     return client
 
 
@@ -399,18 +404,76 @@ def open_station_client(cfg: StationConfig, standalone: bool = False, decode: bo
     return connect(cfg, decode, start_embedded=True) if standalone else join_station(cfg, decode)
 
 
-def wait_until_up(client: redis.Redis, give_up_s: float) -> None:
+def _where(client: redis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    tls = issubclass(client.connection_pool.connection_class, redis.SSLConnection)
+    return f"{'rediss' if tls else 'redis'}://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+
+
+def _probe(client: redis.Redis) -> redis.Redis:
+    """The same server and options without the client's own retries: one attempt per call."""
+    pool = client.connection_pool
+    kw = dict(pool.connection_kwargs, retry=Retry(NoBackoff(), 0))
+    kw["socket_timeout"] = min(kw.get("socket_timeout") or 2.0, 2.0)
+    kw["socket_connect_timeout"] = min(kw.get("socket_connect_timeout") or 2.0, 2.0)
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kw))
+
+
+def _closed_early(err: Exception) -> bool:
+    """The server accepted the connection, then closed or reset it instead of answering."""
+    text = str(err).lower()
+    return (isinstance(err, InvalidResponse) or "closed by server" in text or "reset by peer" in text
+            or any(isinstance(e, ConnectionResetError) for e in (err.__cause__, err.__context__)))
+
+
+def _cannot_heal(err: Exception, where: str, tls: bool, closed_before: int) -> TransportError | None:
+    """A failure that waiting will not cure: a refused TLS handshake, or a port that does not speak Redis."""
+    chain = [err, err.__cause__, err.__context__]
+    text = str(err)
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return TransportError(f"Redis at {where} refused: its TLS certificate is not trusted ({text})",
+                              "set redis.tls_ca_certs to the CA bundle that signed the server's certificate")
+    if any(isinstance(e, ssl.SSLError) for e in chain) or (tls and "SSL" in text):
+        return TransportError(f"Redis at {where} refused the TLS handshake ({text})",
+                              "check that the port serves TLS (else use redis://), and redis.tls_ca_certs")
+    if not tls and _closed_early(err) and closed_before >= 1:
+        return TransportError(f"Redis at {where} closed the connection before answering: a TLS port spoken to in "
+                              "plain text, or not a Redis server",
+                              "for a TLS port use a rediss:// URL (or redis.tls: true); else check the port in redis.url")
+    return None
+
+
+def wait_until_up(client: redis.Redis, give_up_s: float, announce: bool = True) -> None:
+    """Wait for the server to answer PING, up to ``give_up_s``. Says at once on stderr what it waits for and
+    how long (``announce``); fails at once on what cannot heal (bad credentials, a refused TLS handshake,
+    a port that does not speak Redis)."""
     deadline = time.monotonic() + give_up_s
     delay = 0.05
-    while True:
-        try:
-            client.ping()
-            return
-        except CREDENTIAL_ERRORS as err:
-            raise TransportError(f"Redis refused the credentials: {err}",
-                                 "check redis.username and redis.password (or the user:password in redis.url)") from None
-        except (RedisConnectionError, RedisTimeoutError, OSError) as err:
-            if time.monotonic() > deadline:
-                raise TransportError(f"Redis does not answer: {err}", "check redis.url, the server, and credentials") from err
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    where = _where(client)
+    tls = where.startswith("rediss")
+    probe = _probe(client)
+    closed = 0
+    try:
+        while True:
+            try:
+                probe.ping()
+                return
+            except CREDENTIAL_ERRORS as err:
+                raise TransportError(f"Redis at {where} refused the credentials: {err}",
+                                     "check redis.username and redis.password (or the user:password in redis.url)") from None
+            except (redis.RedisError, OSError) as err:
+                fatal = _cannot_heal(err, where, tls, closed)
+                if fatal is not None:
+                    raise fatal from None
+                closed += _closed_early(err)
+                if announce:
+                    print(f"waiting up to {give_up_s:.0f} s for Redis at {where} (redis.reconnect.give_up_s): {err}",
+                          file=sys.stderr, flush=True)
+                    announce = False
+                if time.monotonic() > deadline:
+                    raise TransportError(f"Redis at {where} does not answer after {give_up_s:.0f} s: {err}",
+                                         "check redis.url (host and port), that the server runs, and the network") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+    finally:
+        probe.close()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from inspector.bus.connection import resolve_url
+from inspector.bus.connection import station_url
 from inspector.bus.streams import decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
@@ -43,7 +43,7 @@ class LineRunner:
     ) -> None:
         self.cfg = cfg
         self.names = Names(cfg.redis.prefix, cfg.station.id)
-        self.client = client or fast_client(cfg, resolve_url(cfg), timeout_s=2.0)
+        self.client = client or fast_client(cfg, station_url(cfg), timeout_s=2.0)  # connect only, never own Redis
         self.outputs = list(outputs_from_config(cfg) if outputs is None else outputs)
         self.decider = LineDecider(cfg.line.deadline_ms / 1000, clock=clock)
         self.clock = clock

@@ -168,6 +168,7 @@ class Supervisor:
             self.say(f"redis: exited ({exit_text}) after {now - self.redis_started_at:.1f} s; restart in {delay:.1f} s "
                      f"on the same URL")
             self.redis_next_start = now + delay
+            self._write_state()
             return
         if now >= self.redis_next_start:
             try:
@@ -180,6 +181,7 @@ class Supervisor:
             self.redis_next_start = None
             self.redis_started_at = time.monotonic()
             self.say(f"redis: restarted at {url} (pid {self.redis.pid})")
+            self._write_state()
 
     # ------------------------------------------------------------------ children
     def _spawn(self, child: Child) -> None:
