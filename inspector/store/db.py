@@ -129,6 +129,8 @@ def describe(err: BaseException, url: str) -> str:
     """One line for a database failure: a full or read-only disk is named with its path, else the driver's
     first line with the (password-free) URL."""
     where = make_url(url)
+    if isinstance(err, InspectorError):
+        return err.message
     if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
         return storage_error(err).message
     lines = str(getattr(err, "orig", None) or err).strip().splitlines()
@@ -235,8 +237,11 @@ class Store:
             try:
                 migrate(self.engine, self.schema)
             except Exception as err:
-                raise StoreError(f"cannot open {describe(err, self.url)}",
-                                 "check store.url, that the server runs, and the user's rights") from err
+                line = describe(err, self.url)
+                disk = self.dialect == "sqlite" and ("disk" in line or "read-only" in line)
+                raise StoreError(f"cannot open the station database: {line}",
+                                 "free disk space there (or make it writable), or move station.data_dir" if disk
+                                 else "check store.url, that the server runs, and the user's rights") from err
             self._ready = True
 
     @contextmanager

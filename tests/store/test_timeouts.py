@@ -103,7 +103,7 @@ def test_lazy_store_opens_while_the_database_is_down(pg: tuple[str, str], proxy:
     store = open_store(_section(proxy.url(url), schema), lazy=True)  # a worker starts: no connection yet
     try:
         t0 = time.monotonic()
-        with pytest.raises(StoreError, match="cannot open database"):
+        with pytest.raises(StoreError, match="cannot open the station database"):
             store.ensure_ready()
         assert time.monotonic() - t0 < 5
         proxy.resume()
