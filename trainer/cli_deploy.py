@@ -33,10 +33,10 @@ def evaluate_cmd(
     limit: Annotated[int | None, typer.Option(min=2, help="Evaluate an evenly spaced subset (smoke runs).")] = None,
 ) -> None:
     """Run the EXPORTED package through the station runtime on the held-out set."""
-    from trainer.evaluate import evaluate_package, load_heldout, print_report
+    from trainer.evaluate import evaluate_package, load_test_split, print_report
 
     try:
-        held = load_heldout(data, limit=limit)
+        held = load_test_split(data, limit=limit)
         report = evaluate_package(package, held, plots, threads=threads, precision=precision)
     except InspectorError as err:
         raise _fail(err) from None

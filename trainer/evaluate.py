@@ -34,7 +34,7 @@ ECE_BINS = 15
 
 
 @dataclass
-class HeldOut:
+class EvalSet:
     """Held-out frames: uint8 RGB images, their label names (class, or 'good' / defect type), masks."""
 
     images: list[np.ndarray]
@@ -62,8 +62,12 @@ def _read_mask(path: Path | None) -> np.ndarray | None:
     return m > 127  # masks are anti-aliased
 
 
-def load_heldout(data_dir: str | Path, seed: int = 0, limit: int | None = None) -> HeldOut:
-    """The fixed held-out set of a data folder (anomaly layout: test/; class folders: 20 % test split)."""
+def load_test_split(data_dir: str | Path, seed: int = 0, limit: int | None = None) -> EvalSet:
+    """A data folder's TEST split for offline package evaluation (``trainer package-*``, ``trainer evaluate``):
+    anomaly layout: test/; class folders: the 20 % stratified test split.
+
+    Not the station's held-out set: that one is ``trainer.heldout`` (half of every test/<class>, frozen by file
+    hash at commissioning, never trained on), which the retraining and the gates use."""
     from trainer.data import scan_anomaly, scan_class_folders, stratified_split
 
     root = Path(data_dir)
@@ -81,7 +85,7 @@ def load_heldout(data_dir: str | Path, seed: int = 0, limit: int | None = None) 
         samples, names = [samples[i] for i in picked], [names[i] for i in picked]
     images = [_read_rgb(s.path) for s in samples]
     masks = [_read_mask(s.mask) for s in samples]
-    return HeldOut(images, names, masks, source)
+    return EvalSet(images, names, masks, source)
 
 
 def run_package(package: ModelPackage, images: list[np.ndarray], threads: int = 2,
@@ -141,7 +145,7 @@ def _map_to_mask(amap: np.ndarray, mask_hw: tuple[int, int], manifest: Manifest)
     return cv2.resize(amap.astype(np.float32), (mask_hw[1], mask_hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def pixel_auroc(manifest: Manifest, outs: list[Any], held: HeldOut) -> float | None:
+def pixel_auroc(manifest: Manifest, outs: list[Any], held: EvalSet) -> float | None:
     """Pixel AUROC over defect images with masks plus good images (all-zero masks), at MASK_SIDE."""
     ys, ss = [], []
     for out, img, mask, name in zip(outs, held.images, held.masks or [None] * len(outs), held.label_names, strict=True):
@@ -174,7 +178,7 @@ def rate_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, floa
     return round(float(ci.low), 4), round(float(ci.high), 4)
 
 
-def anomaly_metrics(manifest: Manifest, outs: list[Any], held: HeldOut) -> dict[str, Any]:
+def anomaly_metrics(manifest: Manifest, outs: list[Any], held: EvalSet) -> dict[str, Any]:
     raw = np.array([o.anomaly_raw for o in outs], dtype=float)
     score = np.array([o.anomaly_score for o in outs], dtype=float)
     y = held.is_defect
@@ -203,7 +207,7 @@ def anomaly_metrics(manifest: Manifest, outs: list[Any], held: HeldOut) -> dict[
     }
 
 
-def evaluate_package(package: str | Path | ModelPackage, held: HeldOut, plots_dir: str | Path | None = None,
+def evaluate_package(package: str | Path | ModelPackage, held: EvalSet, plots_dir: str | Path | None = None,
                      threads: int = 2, precision: str = "auto") -> dict[str, Any]:
     """Metrics (and PNG plots) of the package on the held-out frames."""
     pkg = package if isinstance(package, ModelPackage) else load_package(package)

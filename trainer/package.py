@@ -41,7 +41,7 @@ from inspector.drift.reference import histogram
 from inspector.models.preprocess import Preprocessor
 from inspector.runtime.package import ModelPackage, hash_file, hash_tree, load_package, write_manifest
 from trainer.checklist import hardware_description, run_checklist
-from trainer.evaluate import GOOD, HeldOut, evaluate_package
+from trainer.evaluate import GOOD, EvalSet, evaluate_package
 from trainer.export import CHECK_BATCHES, ParityBounds, compare_with_torch, export_onnx, open_session, run_onnx
 from trainer.network import OUTPUT_MAP, OUTPUT_PROBS, OUTPUT_SCORE
 from trainer.quantize import QuantConfig, QuantReport, quantize_and_gate
@@ -93,7 +93,7 @@ def _pre(spec: PackageSpec, images: list[np.ndarray]) -> np.ndarray:
     return Preprocessor(spec.preprocess).batch(images)
 
 
-def _labels(spec: PackageSpec, held: HeldOut) -> np.ndarray | None:
+def _labels(spec: PackageSpec, held: EvalSet) -> np.ndarray | None:
     """Held-out class indices for the INT8 gate's accuracy (None when the labels are not the classes)."""
     if spec.class_names and all(n in spec.class_names for n in held.label_names):
         return np.array([spec.class_names.index(n) for n in held.label_names])
@@ -137,7 +137,7 @@ def _stat_rows(images: list[np.ndarray]) -> dict[str, list[float]]:
     return rows
 
 
-def drift_reference(spec: PackageSpec, held: HeldOut, outs: dict[str, np.ndarray]) -> dict[str, Any]:
+def drift_reference(spec: PackageSpec, held: EvalSet, outs: dict[str, np.ndarray]) -> dict[str, Any]:
     """Reference statistics of held-out good frames (all frames when no class is 'good')."""
     good = np.array([n == (spec.good_class or GOOD) for n in held.label_names])
     if not good.any():
@@ -174,7 +174,7 @@ def _expected(spec: PackageSpec, outs: dict[str, np.ndarray], i: int, label: str
     return want if verdicts and all(v == want for v in verdicts) else None
 
 
-def write_canaries(folder: Path, spec: PackageSpec, held: HeldOut, outs: dict[str, np.ndarray],
+def write_canaries(folder: Path, spec: PackageSpec, held: EvalSet, outs: dict[str, np.ndarray],
                    n: int = 4) -> list[Canary]:
     """Up to ``n`` held-out frames the model decides with a wide margin, half good, half defective."""
     from inspector.models.decode import encode_image
@@ -203,7 +203,7 @@ def _outputs(names: list[str]) -> Outputs:
 
 
 def _quantise(stage: Path, spec: PackageSpec, calibration: list[np.ndarray] | None, x_held: np.ndarray,
-              held: HeldOut, cfg: QuantConfig | None) -> QuantReport | None:
+              held: EvalSet, cfg: QuantConfig | None) -> QuantReport | None:
     if calibration is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -291,7 +291,7 @@ def line_config(threads: int = 2, policy: PolicySection | None = None) -> Statio
     return StationConfig(runtime=RuntimeSection(threads=threads), policy=policy or PolicySection())
 
 
-def build_package(out_dir: str | Path, net: nn.Module, spec: PackageSpec, heldout: HeldOut,
+def build_package(out_dir: str | Path, net: nn.Module, spec: PackageSpec, heldout: EvalSet,
                   calibration_images: list[np.ndarray] | None = None, quant_config: QuantConfig | None = None,
                   parity_bounds: ParityBounds | None = None, n_canaries: int = 4, threads: int = 2,
                   opset: int = 17, evaluate: bool = True, checklist: bool = True,
@@ -328,7 +328,7 @@ def _say(say: Callable[[str], None] | None) -> Callable[[str], None]:
     return say or (lambda msg: log.info("%s", msg))
 
 
-def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: HeldOut,
+def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: EvalSet,
                     calibration: list[np.ndarray] | None = None, qcfg: QuantConfig | None = None,
                     bounds: ParityBounds | None = None, n_canaries: int = 4, threads: int = 2, opset: int = 17,
                     say: Callable[[str], None] | None = None) -> Draft:
@@ -371,7 +371,7 @@ def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: 
     return Draft(stage, manifest, parity, quant)
 
 
-def finish_package(draft: Draft, held: HeldOut | None, extras: ManifestExtras | None = None, evaluate: bool = True,
+def finish_package(draft: Draft, held: EvalSet | None, extras: ManifestExtras | None = None, evaluate: bool = True,
                    checklist: bool = True, threads: int = 2,
                    say: Callable[[str], None] | None = None) -> tuple[Manifest, dict[str, Any]]:
     """Evaluate the draft through the station runtime, run the checklist on it, write ``manifest.json``

@@ -27,7 +27,7 @@ from inspector.models.preprocess import Preprocessor
 from trainer.anomaly import AnomalyConfig, fit_anomaly_scorer, threshold_f1_optimal, threshold_good_quantile
 from trainer.backbone import build_backbone
 from trainer.data import load_rgb, scan_anomaly, snapshot_hash
-from trainer.evaluate import HeldOut, load_heldout, rate_interval
+from trainer.evaluate import EvalSet, load_test_split, rate_interval
 from trainer.network import InspectionNet
 from trainer.package import BuildResult, PackageSpec, build_package
 from trainer.recipe import ClassifierRecipe
@@ -125,7 +125,7 @@ def build_anomaly_package(data_dir: str | Path, out: str | Path, cfg: AnomalyCon
     pre = Preprocessor(pre_spec)
     scorer, anomaly, fit_info = fit_anomaly(backbone, pre, good, cfg, console)
     net = InspectionNet(backbone, scorer=scorer).eval()
-    held = load_heldout(data_dir, limit=heldout_limit)
+    held = load_test_split(data_dir, limit=heldout_limit)
     points = operating_points(net_scores(net, pre, held.images), held.is_defect, anomaly.reject_raw)
     spec = PackageSpec(
         name=name, task="anomaly", preprocess=pre_spec, class_names=None, good_class="good",
@@ -155,7 +155,7 @@ def build_classifier_package(run_dir: str | Path, data_dir: str | Path, out: str
     root = Path(data_dir)
     test = [(root / p, c) for p, c in _split_items(split, "test")]
     train = [root / p for p, _ in _split_items(split, "train")]
-    held = HeldOut([_rgb(p) for p, _ in test], [c for _, c in test], [None] * len(test), f"{root} split test")
+    held = EvalSet([_rgb(p) for p, _ in test], [c for _, c in test], [None] * len(test), f"{root} split test")
     prep = meta["preprocess"]
     spec = PackageSpec(
         name=name, task="classification",
@@ -201,7 +201,7 @@ def build_combined_package(class_dir: Path, out: Path, recipe: ClassifierRecipe,
     scorer, anomaly, fit_info = fit_anomaly(net.backbone, Preprocessor(pre_spec), good, cfg, console)
     net.scorer = scorer
     test = [(class_dir / p, c) for p, c in _split_items(split, "test")]
-    held = HeldOut([_rgb(p) for p, _ in test], [c for _, c in test], [None] * len(test), f"{class_dir} split test")
+    held = EvalSet([_rgb(p) for p, _ in test], [c for _, c in test], [None] * len(test), f"{class_dir} split test")
     spec = PackageSpec(
         name=name, task="combined", preprocess=pre_spec, class_names=meta["class_names"], good_class="good",
         temperature=meta["temperature"], anomaly=anomaly,

@@ -286,9 +286,9 @@ def _class_folders(root: Path, items: list[LabelledImage], classes: list[str]) -
 
 
 def _heldout(items: list[LabelledImage]) -> Any:
-    from trainer.evaluate import HeldOut
+    from trainer.evaluate import EvalSet
 
-    return HeldOut(load_images(items), [i.label for i in items], [None] * len(items), "station held-out set")
+    return EvalSet(load_images(items), [i.label for i in items], [None] * len(items), "station held-out set")
 
 
 def train(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = None,

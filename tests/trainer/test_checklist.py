@@ -17,7 +17,7 @@ from inspector.runtime.package import load_package, write_manifest
 from tests.trainer.deploy_nets import rgb_images, tiny_net
 from trainer.checklist import run_checklist
 from trainer.cli_deploy import deploy_app
-from trainer.evaluate import HeldOut
+from trainer.evaluate import EvalSet
 from trainer.package import PackageSpec, build_package
 from trainer.quantize import QuantConfig
 
@@ -30,7 +30,7 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from inspector.models.preprocess import Preprocessor
 
     net = tiny_net(classes=0)
-    held = HeldOut(rgb_images(10, seed=3), ["good", "dent"] * 5, [None] * 10, "synthetic")
+    held = EvalSet(rgb_images(10, seed=3), ["good", "dent"] * 5, [None] * 10, "synthetic")
     with torch.no_grad():
         raw = net(torch.from_numpy(Preprocessor(PRE).batch(held.images)))[0].numpy()
     spec = PackageSpec(name="chk", task="anomaly", preprocess=PRE, class_names=None,

@@ -12,16 +12,16 @@ from inspector.contracts.errors import ModelPackageError
 from inspector.contracts.manifest import AnomalySpec, Preprocess
 from inspector.runtime.package import hash_file, load_package
 from tests.trainer.deploy_nets import rgb_images, tiny_net
-from trainer.evaluate import HeldOut
+from trainer.evaluate import EvalSet
 from trainer.package import PackageSpec, build_package
 from trainer.quantize import QuantConfig
 
 PRE = Preprocess(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
-def heldout(n: int = 12) -> HeldOut:
+def heldout(n: int = 12) -> EvalSet:
     names = ["good" if i % 2 == 0 else "blob" for i in range(n)]
-    return HeldOut(rgb_images(n, seed=5), names, [None] * n, "synthetic")
+    return EvalSet(rgb_images(n, seed=5), names, [None] * n, "synthetic")
 
 
 def spec(threshold: float) -> PackageSpec:
