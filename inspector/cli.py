@@ -33,8 +33,22 @@ class _StationApp(typer.Typer):
         except OSError as err:
             if err.errno not in STORAGE_ERRNOS:
                 raise
-            print(_error_line(storage_error(err)), file=sys.stderr)
+            print(_error_line(storage_error(err, None if err.filename else _data_dir_of_argv())), file=sys.stderr)
             sys.exit(2)
+
+
+def _data_dir_of_argv() -> Path | None:
+    """The data folder of the station file given with -c/--config (to name it when a write failed without a path)."""
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg in ("-c", "--config") and i + 1 < len(argv) else \
+            arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if value is not None:
+            try:
+                return load_config(value).data_dir.resolve()
+            except Exception:  # noqa: BLE001 - only for a better message
+                return None
+    return None
 
 
 app = _StationApp(help="Visual inspection station.", no_args_is_help=True, pretty_exceptions_enable=False)

@@ -22,13 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from inspector.bus.connection import EmbeddedRedis, _free_port
+from inspector.bus.connection import _free_port
 from inspector.contracts.config import ENV_PREFIX, NON_CONFIG_ENV
 
 INSPECTOR = [sys.executable, "-c", "from inspector.cli import app; app()"]
-THEIRS_TLS = "fail-fast on a refused TLS handshake is the bus-connection part of issue 20 (wait_until_up/client_for_url)"
-THEIRS_WAIT = "announcing the Redis wait at once is the bus-connection part of issue 20 (wait_until_up)"
-THEIRS_DISK = "naming a full disk when SQLite cannot write is the database part of issue 20 (inspector/store/db.py)"
 
 
 @dataclass
@@ -110,7 +107,6 @@ def test_bad_input_is_one_clear_line(name: str, tmp_path: Path) -> None:
     _assert_one_clear_line(case, out, took)
 
 
-@pytest.mark.xfail(strict=False, reason=THEIRS_WAIT)
 def test_wrong_port_wait_is_announced_at_once(tmp_path: Path) -> None:
     """A server that may still come up is awaited, but the wait and its bound are printed before it starts."""
     port = _closed_port()
@@ -179,7 +175,6 @@ def tls_port(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     sock.close()
 
 
-@pytest.mark.xfail(strict=False, reason=THEIRS_TLS)
 def test_wrong_ca_fails_fast(tmp_path: Path, tls_port: tuple[int, Path]) -> None:
     port, ca = tls_port
     case = Case(W, yaml=f"redis:\n  url: rediss://127.0.0.1:{port}/0\n  tls_ca_certs: {ca}\n",
@@ -188,7 +183,6 @@ def test_wrong_ca_fails_fast(tmp_path: Path, tls_port: tuple[int, Path]) -> None
     _assert_one_clear_line(case, out, took)  # default give_up_s (120 s): a refused handshake never heals
 
 
-@pytest.mark.xfail(strict=False, reason=THEIRS_TLS)
 def test_plain_url_to_tls_port_fails_fast(tmp_path: Path, tls_port: tuple[int, Path]) -> None:
     port, _ = tls_port
     case = Case(S, yaml=f"redis:\n  url: redis://127.0.0.1:{port}/0\n", names=(f"127.0.0.1:{port}",),
@@ -198,13 +192,6 @@ def test_plain_url_to_tls_port_fails_fast(tmp_path: Path, tls_port: tuple[int, P
 
 
 # -- disks: real tmpfs mounts ----------------------------------------------------------------------------------------
-
-@pytest.fixture
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("bad-input-redis"))
-    yield server.start()
-    server.stop()
-
 
 def _tmpfs(target: Path, options: str) -> None:
     target.mkdir(parents=True, exist_ok=True)
@@ -223,18 +210,24 @@ def mounts(tmp_path: Path) -> Iterator[list[Path]]:
         subprocess.run(["umount", "-l", str(m)], capture_output=True)
 
 
-def test_read_only_data_folder(tmp_path: Path, redis_server: str, mounts: list[Path]) -> None:
+OWNERS = {"station run": ["station", "run", "-c", "station.yaml"],
+          "worker --standalone": ["worker", "--standalone", "-c", "station.yaml", "--max-frames", "1"]}
+
+
+@pytest.mark.parametrize("owner", list(OWNERS))
+def test_read_only_data_folder(owner: str, tmp_path: Path, mounts: list[Path]) -> None:
+    """The process that owns the data folder (lock, embedded Redis) cannot write it: named, with the path."""
     ro = tmp_path / "ro"
     _tmpfs(ro, "ro,size=1m")
     mounts.append(ro)
-    case = Case(W, yaml=f"station: {{data_dir: {ro}/station}}\nredis: {{url: '{redis_server}'}}\n",
-                names=(str(ro), "read-only"), fix=("station.data_dir", "remount"))
+    case = Case(OWNERS[owner], yaml=f"station: {{data_dir: {ro}/station}}\n", names=(str(ro), "read-only"),
+                fix=("station.data_dir", "remount"))
     out, took = _run(case, tmp_path)
     _assert_one_clear_line(case, out, took)
 
 
-@pytest.mark.xfail(strict=False, reason=THEIRS_DISK)
-def test_full_disk_names_disk_space(tmp_path: Path, redis_server: str, mounts: list[Path]) -> None:
+@pytest.mark.parametrize("owner", list(OWNERS))
+def test_full_disk_names_disk_space(owner: str, tmp_path: Path, mounts: list[Path]) -> None:
     full = tmp_path / "full"
     _tmpfs(full, "size=64k")
     mounts.append(full)
@@ -247,7 +240,7 @@ def test_full_disk_names_disk_space(tmp_path: Path, redis_server: str, mounts: l
         pass
     finally:
         os.close(fd)
-    case = Case(W, yaml=f"station: {{data_dir: {full}/station}}\nredis: {{url: '{redis_server}'}}\n",
-                names=(str(full), "full"), fix=("free", "space"))
+    case = Case(OWNERS[owner], yaml=f"station: {{data_dir: {full}/station}}\n", names=(str(full), "full"),
+                fix=("free disk space",))
     out, took = _run(case, tmp_path)
     _assert_one_clear_line(case, out, took)
