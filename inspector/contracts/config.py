@@ -176,7 +176,7 @@ class RetentionSection(Section):
 
     interval_s: float = Field(60, ge=1, le=86_400, description="How often retention is applied.")
     stream_max_age_s: int = Field(
-        3600, ge=60, le=30 * 86_400,
+        600, ge=60, le=30 * 86_400,
         description="Verdict, event and review stream entries older than this are trimmed (XTRIM MINID, never past an "
                     "entry the recorder or retrain trigger has not yet taken); the exactly-once done-keys expire after "
                     "the same time (Redis memory is then flat: about 1.5 KB per verdict kept).",
