@@ -91,7 +91,10 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, cfg: StationConfig, config: Path | None, say: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: StationConfig, config: Path | None, say: Callable[[str], None] | None = None,
+                 specs: list[ProcessSpec] | None = None, child_output: Path | None = None) -> None:
+        """``specs`` replaces the process table planned from ``cfg`` (the demo runs its own camera command);
+        ``child_output`` appends the children's stdout and stderr to that file instead of inheriting them."""
         self.cfg = cfg
         self.section = cfg.supervisor
         self.data_dir = Path(cfg.station.data_dir).resolve()
@@ -100,7 +103,9 @@ class Supervisor:
         self.redis_policy = RestartPolicy(self.section)
         self.redis_next_start: float | None = None
         self.redis_started_at = 0.0
-        self.children = [Child(spec, RestartPolicy(self.section)) for spec in plan(cfg, config)]
+        self.children = [Child(spec, RestartPolicy(self.section)) for spec in (plan(cfg, config) if specs is None
+                                                                               else specs)]
+        self.child_output = child_output
         self.stop_event = threading.Event()
         self.signal_name: str | None = None
         self._say = say or (lambda line: print(line, flush=True))
@@ -185,8 +190,14 @@ class Supervisor:
 
     # ------------------------------------------------------------------ children
     def _spawn(self, child: Child) -> None:
-        child.proc = subprocess.Popen(list(child.spec.argv), stdin=subprocess.DEVNULL, start_new_session=True,
-                                      preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        out = open(self.child_output, "ab") if self.child_output is not None else None  # noqa: SIM115
+        try:
+            child.proc = subprocess.Popen(list(child.spec.argv), stdin=subprocess.DEVNULL, start_new_session=True,
+                                          stdout=out, stderr=subprocess.STDOUT if out is not None else None,
+                                          preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        finally:
+            if out is not None:
+                out.close()
         child.started_at = time.monotonic()
         child.state = ProcessState.RUNNING
         child.starts += 1
