@@ -90,6 +90,11 @@ class Names:
         return f"{self.base}:model:active"
 
     @property
+    def audit_head(self) -> str:
+        """String: the signed head (store id, sequence number, hash) of the audit chain, set at every write."""
+        return f"{self.base}:audit:head"
+
+    @property
     def model_channel(self) -> str:
         """Pub/sub channel announcing a new active model."""
         return f"{self.base}:model:changed"

@@ -1,36 +1,87 @@
-"""Append-only, hash-chained audit trail of every action that changes what the line does.
+"""Append-only, hash-chained, keyed audit trail of every action that changes what the line does.
 
-Each row stores ``prev_hash`` (the hash of the row before it, or 64 zeros for the first) and
-``hash = sha256(prev_hash + canonical JSON of {seq, ts, actor, action, target, old, new, details})``.
-Editing any field of a row breaks its hash; deleting a row breaks the next row's ``prev_hash`` link and
-the contiguity of ``seq``. Appends are serialised (a process lock, plus ``BEGIN IMMEDIATE`` on SQLite
-or a transaction-scoped advisory lock on PostgreSQL) and ``prev_hash`` is UNIQUE, so the chain never
-forks. Pass ``session=`` to record inside the transaction of the action itself (atomic with it).
+Each row stores ``prev_hash`` (the hash of the row before it, or 64 zeros for the first),
+``hash = sha256(prev_hash + canonical JSON of {seq, ts, actor, action, target, old, new, details})`` and
+``mac = HMAC-SHA256(station key, hash)``. The station key is held outside the database: the environment
+variable ``INSPECTOR_AUDIT_KEY``, else ``<data_dir>/secrets/audit.key`` (generated at first use, mode 0600).
 
-Limit: deleting the newest rows is only visible against an external anchor (``head()`` published
-elsewhere, e.g. in a report or another system).
+The chain head (store id, sequence number, hash) is kept three times, each copy signed with the key: in the
+database's ``audit_head`` row (same transaction as the append), in Redis (``Names.audit_head``) and in
+``<data_dir>/secrets/audit-head.json`` after every commit, plus a line in ``audit-checkpoints.jsonl`` every
+:data:`CHECKPOINT_EVERY` rows. :meth:`AuditLog.verify` names what was done (``VerifyReport.kinds``):
+
+* ``edited``: a row's content no longer matches its hash;
+* ``rewritten``: hashes and links are consistent but a row's HMAC is wrong or missing (the chain was
+  recomputed from an edited row onwards without the key), or an anchor's hash differs from the row's;
+* ``tail_deleted``: the newest rows are gone (the database's own head record, or an anchor, is ahead and
+  the database head record is not a genuine signed older head), also ``deleted`` for rows missing mid-chain;
+* ``replaced``: the database is internally consistent but older than the anchors (an older copy of the
+  file), or it is another database (another store id).
+
+Rows written before the key existed (``mac`` NULL, migration 0002) are "unkeyed legacy rows": they verify by
+hash and link, and the first keyed row signs the last of them through its ``prev_hash``. Appends are
+serialised (a process lock, plus ``BEGIN IMMEDIATE`` on SQLite or a transaction-scoped advisory lock on
+PostgreSQL) and ``prev_hash`` is UNIQUE, so the chain never forks. Pass ``session=`` to record inside the
+transaction of the action itself (atomic with it; the anchors are written when it commits).
+
+Limit: someone holding the station key (or root on the station) can rewrite everything; the Redis and file
+anchors then only help if they are copied off the machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import hmac
 import json
+import logging
+import os
+import secrets
 import threading
+import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
+from inspector.contracts.errors import InspectorError
 from inspector.contracts.messages import now
-from inspector.store.models import AuditRow
+from inspector.store.models import AuditHeadRow, AuditRow
 
 if TYPE_CHECKING:
+    import redis
+
     from inspector.store.db import Store
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 AUDIT_LOCK_KEY = 0x1D5_0002
+KEY_ENV = "INSPECTOR_AUDIT_KEY"
+CHECKPOINT_EVERY = 100
+REDIS_RETRY_S = 30.0
 _LOCK = threading.Lock()
+
+# Set the Redis anchor only forward, and never over the anchor of another store (kept as evidence).
+_ANCHOR_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, old = pcall(cjson.decode, cur)
+  if ok and old.store_id ~= ARGV[2] then return -1 end
+  if ok and tonumber(old.seq) >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class AuditKeyError(InspectorError):
+    """The station key of the audit trail is unsafe or missing."""
 
 
 def canonical(value: Any) -> str:
@@ -50,6 +101,59 @@ def row_hash(prev_hash: str, seq: int, ts: float, actor: str, action: str, targe
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+def row_mac(key: bytes, digest: str) -> str:
+    return hmac.new(key, b"audit-row:" + digest.encode(), hashlib.sha256).hexdigest()
+
+
+def head_mac(key: bytes, store_id: str, seq: int, digest: str) -> str:
+    return hmac.new(key, f"audit-head:{store_id}:{seq}:{digest}".encode(), hashlib.sha256).hexdigest()
+
+
+def secrets_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "secrets"
+
+
+def key_path(data_dir: Path) -> Path:
+    return secrets_dir(data_dir) / "audit.key"
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Create ``path`` with owner-only permissions (0600, its folder 0700) unless it exists."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+
+
+def read_secret(path: Path) -> str | None:
+    """The stripped content of an owner-only secret file; refuses one that others may read."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    if mode & 0o077:
+        raise AuditKeyError(f"{path} may be read by other users (mode {mode & 0o777:o})",
+                            f"chmod 600 {path} (and consider the key leaked: generate a new one)")
+    return path.read_text().strip() or None
+
+
+def station_key(data_dir: Path | None, create: bool = True) -> bytes | None:
+    """``INSPECTOR_AUDIT_KEY``, else the key file in the data folder (generated when ``create``)."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return env.encode()
+    if data_dir is None:
+        return None
+    path = key_path(data_dir)
+    if create and not path.exists():
+        write_secret(path, secrets.token_hex(32))
+    raw = read_secret(path)
+    return raw.encode() if raw else None
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     id: int
@@ -64,6 +168,29 @@ class AuditEntry:
     hash: str
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """A signed chain head kept outside the database."""
+
+    where: str
+    store_id: str
+    seq: int
+    hash: str
+    signed: bool
+
+    @staticmethod
+    def parse(where: str, raw: str | bytes | None, key: bytes | None) -> Anchor | None:
+        if not raw:
+            return None
+        try:
+            d = json.loads(raw)
+            store_id, seq, digest, mac = str(d["store_id"]), int(d["seq"]), str(d["hash"]), str(d.get("mac") or "")
+        except (ValueError, KeyError, TypeError):
+            return Anchor(where, "?", -1, "", False)
+        signed = key is not None and hmac.compare_digest(mac, head_mac(key, store_id, seq, digest))
+        return Anchor(where, store_id, seq, digest, signed)
+
+
 @dataclass
 class VerifyReport:
     ok: bool
@@ -71,10 +198,19 @@ class VerifyReport:
     head: str
     problems: list[str] = field(default_factory=list)
     bad_ids: list[int] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    legacy_rows: int = 0
 
     @property
     def first_bad_id(self) -> int | None:
         return self.bad_ids[0] if self.bad_ids else None
+
+    def bad(self, kind: str, problem: str, row_id: int | None = None) -> None:
+        self.kinds.add(kind)
+        self.problems.append(problem)
+        if row_id is not None and row_id not in self.bad_ids:
+            self.bad_ids.append(row_id)
 
 
 def _entry(r: AuditRow) -> AuditEntry:
@@ -82,18 +218,133 @@ def _entry(r: AuditRow) -> AuditEntry:
 
 
 class AuditLog:
+    """The audit trail of one store. ``data_dir`` (from the station config, else the SQLite file's folder)
+    holds the key and the file anchors; the Redis anchor is written when a client is attached
+    (:meth:`anchor_to`) or the station's Redis is found (``redis.url``, or a running embedded server)."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._key: bytes | None = None
+        self._redis: redis.Redis | None = None
+        self._redis_key: str | None = None
+        self._redis_failed_at = 0.0
 
+    # ------------------------------------------------------------------ key and anchors
+    @property
+    def data_dir(self) -> Path | None:
+        return getattr(self.store, "data_dir", None)
+
+    def key(self, create: bool = True) -> bytes | None:
+        if self._key is None:
+            self._key = station_key(self.data_dir, create)
+        return self._key
+
+    def anchor_to(self, client: redis.Redis, key: str) -> None:
+        """Also anchor the head in this Redis key at every write."""
+        self._redis, self._redis_key = client, key
+
+    def _station_redis(self) -> tuple[redis.Redis, str] | None:
+        if self._redis is not None and self._redis_key:
+            return self._redis, self._redis_key
+        cfg = getattr(self.store, "cfg", None)
+        if cfg is None or time.monotonic() - self._redis_failed_at < REDIS_RETRY_S:
+            return None
+        from inspector.bus.connection import client_for_url, resolve_url
+        from inspector.contracts.names import Names
+
+        try:
+            url = resolve_url(cfg, start_embedded=False)
+            section = cfg.redis.model_copy(update={"socket_timeout_s": min(cfg.redis.socket_timeout_s, 1.0)})
+            self._redis, self._redis_key = client_for_url(url, section), Names(cfg.redis.prefix, cfg.station.id).audit_head
+        except Exception:  # no Redis for this station now: the file anchor still holds
+            self._redis_failed_at = time.monotonic()
+            return None
+        return self._redis, self._redis_key
+
+    @property
+    def head_file(self) -> Path | None:
+        return secrets_dir(self.data_dir) / "audit-head.json" if self.data_dir else None
+
+    @property
+    def checkpoint_file(self) -> Path | None:
+        return secrets_dir(self.data_dir) / "audit-checkpoints.jsonl" if self.data_dir else None
+
+    def _anchor_now(self) -> None:
+        """Publish the committed head (read back from the database) to the file and Redis anchors."""
+        key = self.key()
+        if key is None:
+            return
+        try:
+            with self.store.session() as s:
+                h = s.get(AuditHeadRow, 1)
+                if h is None or h.mac is None:
+                    return
+                store_id, seq, digest = h.store_id, h.seq, h.hash
+        except Exception as err:  # the append committed; a missing anchor is reported by verify
+            log.warning("audit anchor: cannot read the head: %s", err)
+            return
+        body = canonical({"store_id": store_id, "seq": seq, "hash": digest, "ts": now(),
+                          "mac": head_mac(key, store_id, seq, digest)})
+        if self.head_file is not None:
+            try:
+                self._write_head_file(body, store_id, seq, key)
+            except OSError as err:
+                log.warning("audit anchor: cannot write %s: %s", self.head_file, err)
+        target = self._station_redis()
+        if target is not None:
+            client, rkey = target
+            try:
+                if client.eval(_ANCHOR_LUA, 1, rkey, seq, store_id, body) == -1:
+                    log.warning("audit anchor: %s anchors another database; left as it is", rkey)
+            except Exception as err:
+                log.warning("audit anchor: Redis %s not written: %s", rkey, err)
+                self._redis, self._redis_failed_at = None, time.monotonic()
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        assert self.head_file is not None
+        self.head_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(self.head_file.with_suffix(".lock"), "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _write_head_file(self, body: str, store_id: str, seq: int, key: bytes) -> None:
+        assert self.head_file is not None and self.checkpoint_file is not None
+        with self._file_lock():
+            old = Anchor.parse("file", _read(self.head_file), key)
+            if old is not None and old.signed and old.store_id != store_id:
+                log.warning("audit anchor: %s anchors another database (%s); left as it is", self.head_file, old.store_id)
+                return
+            if old is not None and old.signed and old.seq >= seq:
+                return
+            tmp = self.head_file.with_suffix(f".tmp{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(body)
+            os.replace(tmp, self.head_file)
+            if old is None or seq // CHECKPOINT_EVERY > max(old.seq, 0) // CHECKPOINT_EVERY:
+                fd = os.open(self.checkpoint_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                with os.fdopen(fd, "a") as fh:
+                    fh.write(body + "\n")
+
+    # ------------------------------------------------------------------ writing
     def record(self, actor: str, action: str, target: str, old: Any = None, new: Any = None,
                details: dict[str, Any] | None = None, session: Session | None = None) -> AuditEntry:
         """Append one row. With ``session`` the row commits (or rolls back) with the caller's transaction."""
+        key = self.key()
         if session is not None:
-            return self._append(session, actor, action, target, old, new, details or {})
+            entry = self._append(session, key, actor, action, target, old, new, details or {})
+            event.listen(session, "after_commit", lambda _s: self._anchor_now(), once=True)
+            return entry
         with self.store.session() as s:
-            return self._append(s, actor, action, target, old, new, details or {})
+            entry = self._append(s, key, actor, action, target, old, new, details or {})
+        self._anchor_now()
+        return entry
 
-    def _append(self, s: Session, actor: str, action: str, target: str, old: Any, new: Any,
+    def _append(self, s: Session, key: bytes | None, actor: str, action: str, target: str, old: Any, new: Any,
                 details: dict[str, Any]) -> AuditEntry:
         with _LOCK:
             if s.get_bind().dialect.name == "postgresql":
@@ -103,11 +354,18 @@ class AuditLog:
             ts, old, new, details = now(), plain(old), plain(new), plain(details)
             digest = row_hash(prev, seq, ts, actor, action, target, old, new, details)
             row = AuditRow(seq=seq, ts=ts, actor=actor, action=action, target=target, old=old, new=new,
-                           details=details, prev_hash=prev, hash=digest)
+                           details=details, prev_hash=prev, hash=digest, mac=row_mac(key, digest) if key else None)
             s.add(row)
+            head = s.get(AuditHeadRow, 1)
+            if head is None:
+                head = AuditHeadRow(id=1, store_id=uuid.uuid4().hex, seq=0, hash=GENESIS)
+                s.add(head)
+            head.seq, head.hash = seq, digest
+            head.mac = head_mac(key, head.store_id, seq, digest) if key else None
             s.flush()
             return _entry(row)
 
+    # ------------------------------------------------------------------ reading
     def entries(self, limit: int = 50, action: str | None = None) -> list[AuditEntry]:
         """Newest first."""
         q = select(AuditRow).order_by(AuditRow.seq.desc()).limit(limit)
@@ -120,36 +378,165 @@ class AuditLog:
         with self.store.session() as s:
             return s.scalar(select(AuditRow.hash).order_by(AuditRow.seq.desc()).limit(1)) or GENESIS
 
-    def verify(self, batch: int = 1000) -> VerifyReport:
-        """Walk the chain in order; report every row whose hash, link or sequence number is wrong."""
+    def anchors(self, client: redis.Redis | None = None) -> list[Anchor]:
+        """The external anchors that exist now (file, Redis)."""
+        key = self.key(create=False)
+        out: list[Anchor] = []
+        if self.head_file is not None:
+            a = Anchor.parse(f"anchor file {self.head_file}", _read(self.head_file), key)
+            if a is not None:
+                out.append(a)
+        target = (client, self._redis_key or self._default_redis_key()) if client is not None else self._station_redis()
+        if target is not None and target[1]:
+            try:
+                a = Anchor.parse(f"Redis key {target[1]}", target[0].get(target[1]), key)
+            except Exception as err:
+                log.warning("audit verify: Redis anchor not read: %s", err)
+                a = None
+            if a is not None:
+                out.append(a)
+        return out
+
+    def _default_redis_key(self) -> str | None:
+        cfg = getattr(self.store, "cfg", None)
+        if cfg is None:
+            return None
+        from inspector.contracts.names import Names
+
+        return Names(cfg.redis.prefix, cfg.station.id).audit_head
+
+    def checkpoints(self) -> dict[int, str]:
+        key = self.key(create=False)
+        out: dict[int, str] = {}
+        text_ = _read(self.checkpoint_file) if self.checkpoint_file else None
+        for line in (text_ or "").splitlines():
+            a = Anchor.parse("checkpoint", line, key)
+            if a is not None and a.signed:
+                out[a.seq] = a.hash
+        return out
+
+    def verify(self, batch: int = 1000, client: redis.Redis | None = None) -> VerifyReport:
+        """Walk the chain in order, then compare its head with the database's head record and the anchors."""
+        key = self.key(create=False)
         report = VerifyReport(ok=True, rows=0, head=GENESIS)
-        prev, expected_seq, after = GENESIS, 1, 0
+        walk = _Walk(key, self.checkpoints())
         with self.store.session() as s:
+            after = 0
             while True:
                 rows = s.scalars(select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(batch)).all()
                 if not rows:
                     break
                 for r in rows:
-                    _check_row(r, prev, expected_seq, report)
-                    prev, expected_seq, after = r.hash, r.seq + 1, r.seq
-                    report.rows += 1
-        report.head = prev
+                    walk.check(r, report)
+                    after = r.seq
+            db_head = s.get(AuditHeadRow, 1)
+        walk.finish(report)
+        report.head = walk.prev
+        _check_heads(report, walk, key, db_head, self.anchors(client))
         report.ok = not report.problems
         return report
 
 
-def _check_row(r: AuditRow, prev: str, expected_seq: int, report: VerifyReport) -> None:
-    if r.seq != expected_seq:
-        _bad(report, r.id, f"row {r.id}: sequence {r.seq} follows {expected_seq - 1}: "
-                           f"{r.seq - expected_seq} row(s) deleted before it")
-    if r.prev_hash != prev:
-        _bad(report, r.id, f"row {r.id}: link to the previous row is broken (a row before it was deleted or edited)")
-    digest = row_hash(r.prev_hash, r.seq, r.ts, r.actor, r.action, r.target, r.old, r.new, r.details)
-    if digest != r.hash:
-        _bad(report, r.id, f"row {r.id}: content does not match its hash (edited)")
+def _read(path: Path | None) -> str | None:
+    try:
+        return path.read_text() if path else None
+    except FileNotFoundError:
+        return None
 
 
-def _bad(report: VerifyReport, row_id: int, problem: str) -> None:
-    report.problems.append(problem)
-    if row_id not in report.bad_ids:
-        report.bad_ids.append(row_id)
+@dataclass
+class _Walk:
+    key: bytes | None
+    checkpoints: dict[int, str]
+    prev: str = GENESIS
+    last_seq: int = 0
+    hashes: dict[int, str] = field(default_factory=dict)
+    keyed_seen: bool = False
+    legacy: list[int] = field(default_factory=list)
+    rewritten: list[tuple[int, int]] = field(default_factory=list)  # (row id, seq)
+
+    def check(self, r: AuditRow, report: VerifyReport) -> None:
+        expected = self.last_seq + 1
+        if r.seq != expected:
+            report.bad("deleted",
+                       f"row {r.id}: sequence {r.seq} follows {expected - 1}: {r.seq - expected} row(s) deleted before it",
+                       r.id)
+        if r.prev_hash != self.prev:
+            report.bad("deleted", f"row {r.id}: link to the previous row is broken (a row before it was deleted or edited)",
+                       r.id)
+        digest = row_hash(r.prev_hash, r.seq, r.ts, r.actor, r.action, r.target, r.old, r.new, r.details)
+        if digest != r.hash:
+            report.bad("edited", f"row {r.id}: content does not match its hash (edited)", r.id)
+        elif self.key is not None and r.mac is None and not self.keyed_seen:
+            self.legacy.append(r.seq)
+        elif self.key is not None and not hmac.compare_digest(r.mac or "", row_mac(self.key, r.hash)):
+            self.rewritten.append((r.id, r.seq))
+        elif r.mac is not None:
+            self.keyed_seen = True
+        if r.seq in self.checkpoints and self.checkpoints[r.seq] != r.hash and digest == r.hash:
+            self.rewritten.append((r.id, r.seq))
+        self.hashes[r.seq] = r.hash
+        self.prev, self.last_seq = r.hash, r.seq
+        report.rows += 1
+
+    def finish(self, report: VerifyReport) -> None:
+        if self.rewritten:
+            first_id, first_seq = min(self.rewritten, key=lambda t: t[1])
+            report.bad_ids.extend(i for i, _ in sorted(set(self.rewritten), key=lambda t: t[1]) if i not in report.bad_ids)
+            report.bad("rewritten", f"chain rewritten from row {first_id} (seq {first_seq}) onwards: "
+                                    f"{len(set(self.rewritten))} row(s) carry hashes recomputed without the station key "
+                                    "(HMAC does not match)", first_id)
+        if self.legacy:
+            report.legacy_rows = len(self.legacy)
+            covered = "signed by the first keyed row after them" if self.keyed_seen else "not yet covered by a keyed row"
+            report.notes.append(f"{len(self.legacy)} unkeyed legacy row(s) (seq {self.legacy[0]}..{self.legacy[-1]}, "
+                                f"written before the station key): {covered}")
+        if self.key is None and report.rows:
+            report.notes.append("no station key (INSPECTOR_AUDIT_KEY or secrets/audit.key): HMACs and anchors not checked")
+
+
+def _check_heads(report: VerifyReport, walk: _Walk, key: bytes | None, db_head: AuditHeadRow | None,
+                 anchors: list[Anchor]) -> None:
+    """Compare the walked chain with the database's head record and the external anchors; one line per finding."""
+    if key is None:
+        return
+    last = walk.last_seq
+    genuine_db_head = (db_head is not None and db_head.mac is not None
+                       and hmac.compare_digest(db_head.mac, head_mac(key, db_head.store_id, db_head.seq, db_head.hash)))
+    rewritten = "rewritten" in report.kinds
+    if db_head is None:
+        if walk.keyed_seen:
+            report.bad("tail_deleted", "the database's head record is missing (deleted)")
+    elif db_head.seq > last:
+        report.bad("tail_deleted", f"tail deleted: the database's head record is at seq {db_head.seq}, the rows end at "
+                                   f"seq {last} ({db_head.seq - last} row(s) missing)")
+    elif walk.keyed_seen and (not genuine_db_head or db_head.seq != last or db_head.hash != walk.prev) and not rewritten:
+        report.bad("tail_deleted", f"tail deleted: the database's head record (seq {db_head.seq}) is not signed with "
+                                   "the station key: rows were removed and the record forged")
+    store_id = db_head.store_id if db_head is not None else None
+    ahead: list[Anchor] = []
+    for a in anchors:
+        if not a.signed:
+            report.bad("anchor", f"{a.where}: its signature does not match (edited, or signed with another key)")
+        elif store_id is not None and a.store_id != store_id:
+            report.bad("replaced", f"database replaced: {a.where} anchors another database (store id {a.store_id[:8]}…, "
+                                   f"this one {store_id[:8]}…)")
+        elif a.seq > last:
+            ahead.append(a)
+        elif a.seq > 0 and walk.hashes.get(a.seq) != a.hash and not rewritten:
+            report.bad("rewritten", f"chain rewritten: the row at seq {a.seq} is not the one {a.where} records")
+    if ahead and "tail_deleted" not in report.kinds:
+        top = max(a.seq for a in ahead)
+        where = " and ".join(a.where for a in ahead)
+        if genuine_db_head:
+            report.bad("replaced", f"database replaced by an older copy: it ends at seq {last}, {where} record seq {top} "
+                                   f"({top - last} row(s) newer than this file)")
+        else:
+            report.bad("tail_deleted", f"tail deleted: the rows end at seq {last}, {where} record seq {top}")
+    if walk.keyed_seen and not anchors:
+        report.notes.append("no external anchor found (secrets/audit-head.json, Redis): a replaced database file "
+                            "cannot be told from the original")
+
+
+__all__ = ["GENESIS", "Anchor", "AuditEntry", "AuditKeyError", "AuditLog", "VerifyReport", "canonical", "plain",
+           "read_secret", "row_hash", "station_key", "write_secret"]

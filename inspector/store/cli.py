@@ -40,13 +40,20 @@ def _service(cfg: StationConfig, store: Store) -> LabellingService:
 
 @audit_app.command("verify")
 def audit_verify(config: ConfigOpt = None) -> None:
-    """Check every row's hash and link; exit 1 if a row was edited or deleted."""
+    """Check every row's hash, HMAC and link, and the chain head against its anchors (database head record,
+    Redis, signed file); one line per finding (edited row, rewritten chain, deleted tail, replaced database);
+    exit 1 on any."""
     _, store = _open(config)
-    report = store.audit.verify()
-    store.close()
+    try:
+        report = store.audit.verify()
+    finally:
+        store.close()
+    for note in report.notes:
+        _console().print(f"[yellow]{note}[/yellow]", soft_wrap=True)
     for problem in report.problems:
-        _console().print(f"[red]{problem}[/red]")
+        _console().print(f"[red]{problem}[/red]", soft_wrap=True)
     if not report.ok:
+        _console().print(f"[bold red]audit trail tampered[/bold red]: {', '.join(sorted(report.kinds))}")
         raise typer.Exit(1)
     _console().print(f"[green]audit trail intact[/green]: {report.rows} rows, head {report.head[:16]}…")
 

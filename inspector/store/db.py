@@ -219,6 +219,10 @@ class Store:
         self._ready_lock = threading.Lock()
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self.watchdog = _Watchdog(engine, self.section.stall_s, url)
+        self.cfg: StationConfig | None = None  # set by open_store(cfg): the audit trail's Redis anchor
+        sqlite_file = make_url(url).database if engine.dialect.name == "sqlite" else None
+        #: where the audit key and anchors live (the station's data folder; else the SQLite file's folder)
+        self.data_dir: Path | None = Path(sqlite_file).resolve().parent if sqlite_file and sqlite_file != ":memory:" else None
         from inspector.store.audit import AuditLog  # local: audit imports Store types
 
         self.audit = AuditLog(self)
@@ -282,6 +286,8 @@ def open_store(target: StationConfig | StoreSection | str | Path, schema: str | 
     except Exception as err:
         raise StoreError(f"cannot open database {url!r}: {err}", "check store.url") from err
     store = Store(engine, url, schema, ready=False, section=section)
+    if isinstance(target, StationConfig):
+        store.cfg, store.data_dir = target, Path(target.station.data_dir).resolve()
     if not lazy:
         store.ensure_ready()
     return store
