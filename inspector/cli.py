@@ -82,11 +82,14 @@ def demo(
     data: Path | None = typer.Option(None, help="Replay this image folder instead of synthetic parts."),
     fps: float = typer.Option(30.0, help="Camera frames per second."),
     workers: int = typer.Option(1, min=1, max=8, help="Inspection workers."),
+    package: Path | None = typer.Option(None, "--package", help="Inspect with this model package instead of the "
+                                        "demo's own (trained on the first run)."),
     data_dir: Path = typer.Option(Path("station-data"), help="Station data folder (Redis AOF, models, database)."),
     config: Path | None = ConfigOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run a whole station offline: embedded Redis, camera, worker, live status."""
+    """Run a whole station offline under the station supervisor: embedded Redis, camera, workers (verdict
+    recorder, review routing), line outputs to a simulated PLC, drift monitor, RQ worker; live status."""
     _setup_logging(verbose)
     from inspector.demo import run_demo
 
@@ -104,7 +107,7 @@ def demo(
 
             run_gui(cfg, demo=True)
             return
-        run_demo(cfg, frames, headless, as_json, data, workers)
+        run_demo(cfg, frames, headless, as_json, data, workers, package=package)
     except InspectorError as err:
         _fail(err)
 

@@ -221,6 +221,8 @@ class DemoStation:
 
     def jobs(self) -> dict[str, int]:
         """The RQ retraining queue: queued, started, finished, failed (the last answer once Redis is gone)."""
+        if self._stopped:
+            return dict(self._jobs)
         try:
             from jobs.queues import station_queue
 
@@ -237,11 +239,28 @@ class DemoStation:
 
     def worker_stats(self) -> dict[str, object]:
         names = Names(self.cfg.redis.prefix, self.cfg.station.id)
+        if self._stopped:
+            return {}
         try:
             raw = self.client.get(names.heartbeat(f"{self.cfg.station.id}-worker-1"))
         except redis.RedisError:
             return {}
         return dict(json.loads(raw)) if raw else {}
+
+    def register_model(self) -> None:
+        """The demo's package in the model registry (audited once; active when no version is): ``inspector
+        trace`` shows its hash, and a promotion has an incumbent."""
+        from inspector.contracts.lifecycle import ModelStatus
+        from inspector.runtime.package import load_package
+        from inspector.store.models import ModelVersionRow
+        from inspector.store.records import register_model
+
+        pkg = load_package(self.cfg.model.package)
+        with self.store().session() as s:
+            active = s.scalar(select(func.count()).select_from(ModelVersionRow)
+                              .where(ModelVersionRow.status == ModelStatus.ACTIVE.value))
+        register_model(self.store(), pkg.version, str(Path(self.cfg.model.package).resolve()), pkg.package_sha256,
+                       actor="demo", status=ModelStatus.CANDIDATE if active else ModelStatus.ACTIVE)
 
     # ------------------------------------------------------------------ waiting
     def check_alive(self) -> None:
@@ -367,6 +386,7 @@ def start_demo_station(cfg: StationConfig, *, frames: int | None = None, workers
     console = console or Console(stderr=True)
     t0 = time.monotonic()
     cfg.model.package = package or ensure_demo_models(cfg, data, console)
+    deadline = time.monotonic() + ready_timeout_s  # from the model's being ready: training has its own pace
     plc = SimulatedPlc().start()
     supervisor: Supervisor | None = None
     thread: threading.Thread | None = None
@@ -398,13 +418,14 @@ def start_demo_station(cfg: StationConfig, *, frames: int | None = None, workers
 
         thread = threading.Thread(target=run, name="demo-supervisor", daemon=True)
         thread.start()
-        client = _wait_for_redis(cfg, thread, error, t0 + ready_timeout_s)
+        client = _wait_for_redis(cfg, thread, error, deadline)
         tally = VerdictTally(client, Names(cfg.redis.prefix, cfg.station.id).verdicts)
         events = EventTally(client, Names(cfg.redis.prefix, cfg.station.id).events)
         tally.start()
         events.start()
         station = DemoStation(cfg, path, supervisor, plc, client, tally, events, frames, report, log_path, thread)
-        _wait_ready(station, error, workers, t0 + ready_timeout_s)
+        station.register_model()
+        _wait_ready(station, error, workers, deadline)
         plc.reset()
         station.started_wall = time.time()
         station.started = time.monotonic()
@@ -532,8 +553,9 @@ def _no_interrupts() -> Iterator[None]:
 
 
 def run_demo(cfg: StationConfig, frames: int | None, headless: bool, as_json: bool, data: Path | None,
-             workers: int = 1, console: Console | None = None) -> dict[str, object]:
-    """``inspector demo``: start the demo station, show its live table (or nothing with --json), stop it."""
+             workers: int = 1, console: Console | None = None, package: Path | None = None) -> dict[str, object]:
+    """``inspector demo``: start the demo station, show its live table (or nothing with --json), stop it.
+    Interrupted (Ctrl-C, SIGTERM), it stops everything and exits with status 130."""
     command_started = time.monotonic()
     console = console or Console(stderr=as_json)
     station: DemoStation | None = None
@@ -541,7 +563,11 @@ def run_demo(cfg: StationConfig, frames: int | None, headless: bool, as_json: bo
     interrupted = False
     with _interrupts():
         try:
-            station = start_demo_station(cfg, frames=frames, workers=workers, data=data, console=console)
+            if package is not None and not (package / "manifest.json").is_file():
+                raise InspectorError(f"--package {package}: no model package there (no manifest.json)",
+                                     "give a package folder made by trainer package-* (or leave --package out)")
+            station = start_demo_station(cfg, frames=frames, workers=workers, package=package, data=data,
+                                         console=console)
             _watch(station, as_json or headless, console)
             if frames is not None:
                 station.settle()
@@ -559,18 +585,24 @@ def run_demo(cfg: StationConfig, frames: int | None, headless: bool, as_json: bo
     if interrupted:
         summary = station.summary(command_started)
     if as_json:
-        print(json.dumps(summary))
+        print(json.dumps(summary), flush=True)
     else:
         console.print(status_table(station))
+    if interrupted:
+        raise SystemExit(130)
     return summary
 
 
 def _watch(station: DemoStation, quiet: bool, console: Console) -> None:
     if quiet:
-        while not station.streaming_done():
+        next_check = 0.0
+        while True:
             station.poll()
-            station.check_alive()
-        return
+            if time.monotonic() >= next_check:  # the process table and camera report twice a second
+                station.check_alive()
+                if station.streaming_done():
+                    return
+                next_check = time.monotonic() + 0.5
     with Live(status_table(station), console=console, refresh_per_second=2) as live:
         next_draw = 0.0
         while not station.streaming_done():

@@ -20,7 +20,7 @@ from inspector.models.tiny_package import build_tiny_package
 from inspector.runtime.package import load_package
 
 # Bump when the demo's training changes: cached packages of an older revision are rebuilt.
-DEMO_MODEL_REVISION = 5
+DEMO_MODEL_REVISION = 6
 DEMO_GOOD = 240
 DEMO_DEFECTS_PER_CLASS = 60
 
