@@ -243,8 +243,11 @@ def validate_config(
     except InspectorError as err:
         _fail(err)
         return
+    from inspector.bus.connection import masked_url
+
+    redis_shown = "embedded" if cfg.redis.url is None else masked_url(cfg.redis.url)  # never print a password
     console.print(f"[green]{file} is valid[/green]: station {cfg.station.id}, camera {cfg.camera.id} "
-                  f"({cfg.camera.source.kind}), redis {'embedded' if cfg.redis.url is None else cfg.redis.url}")
+                  f"({cfg.camera.source.kind}), redis {redis_shown}")
 
 
 @app.command()

@@ -4,6 +4,14 @@
 Per-frame problems (corrupt image, wrong size, NaN output) become ERROR verdicts with their reason; a
 frame that keeps killing workers is dead-lettered after ``worker.max_deliveries`` and gets an ERROR
 verdict. SIGTERM finishes the batch in hand, then exits.
+
+Hot swap: the Redis hash ``active_model`` only says *that* the model changed. A worker loads a version
+only if the station's registry (the SQL store, the system of record) holds it as the active version with
+its gate report (or an audited forced promotion), the hash names the same package hash, and the package
+loaded from the registry's path has that hash. Every swap is audited (``model.swap``); anything else is
+refused with one log line and an audit row (``model.swap_refused``), and the old model keeps serving. So
+one ``HSET`` by whoever can write to Redis cannot put a model on the line: only ``jobs.registry``'s
+promote and rollback can.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from inspector.models.decode import decode_image
 from inspector.models.image_stats import image_stats
 from inspector.models.inference import InspectionModel, ModelOutput, heatmap_png
 from inspector.runtime.package import load_package
+from inspector.store.db import Store, open_store
+from inspector.store.models import ModelVersionRow
+from inspector.store.records import active_model
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +81,50 @@ def load_model(cfg: StationConfig, path: str | Path) -> InspectionModel:
 
 
 def active_model_path(client: redis.Redis, bus: StationBus) -> tuple[str, str] | None:
+    pointer = active_pointer(client, bus)
+    return None if pointer is None else (pointer[0], pointer[1])
+
+
+def active_pointer(client: redis.Redis, bus: StationBus) -> tuple[str, str, str] | None:
+    """(version, path, sha256) of the Redis ``active_model`` hash: a notice that the model changed, not a proof."""
     raw = client.hgetall(bus.names.active_model)
-    if not raw:
+    if not raw or b"version" not in raw:
         return None
-    return raw[b"version"].decode(), raw[b"path"].decode()
+    return raw[b"version"].decode(), raw.get(b"path", b"").decode(), raw.get(b"sha256", b"").decode()
+
+
+class SwapRefused(InspectorError):
+    """The registry does not back the model the Redis pointer names."""
+
+
+def registered_active(store: Store, version: str, sha256: str) -> ModelVersionRow:
+    """The registry row that lets a worker load ``version``: the active one, with this package hash and its
+    gate report (or an audited forced promotion). Raises :class:`SwapRefused` saying what is missing."""
+    row = active_model(store)
+    hint = "promote it through the registry: inspector jobs promote VERSION (or rollback)"
+    if row is None or row.version != version:
+        held = f"the registry's active version is {row.version}" if row is not None else "the registry has no active version"
+        raise SwapRefused(f"{version} is not the registry's active model ({held})", hint)
+    if not sha256 or sha256 != row.package_sha256:
+        raise SwapRefused(f"the pointer's package hash {sha256[:12] or '(none)'} is not the registered "
+                          f"{row.package_sha256[:12]} of {version}", hint)
+    if not (row.metrics or {}).get("gate") and not _forced(store, version):
+        raise SwapRefused(f"{version} has no gate report in the registry", "run it through the gate, then promote it")
+    return row
+
+
+def _forced(store: Store, version: str) -> bool:
+    return any(e.target == version for e in store.audit.entries(limit=1000, action="model.force_promote"))
 
 
 class Worker:
     def __init__(self, cfg: StationConfig, client: redis.Redis, model: InspectionModel | None = None,
-                 name: str | None = None, sinks: list[Sink] | None = None) -> None:
+                 name: str | None = None, sinks: list[Sink] | None = None, store: Store | None = None) -> None:
         self.cfg = cfg
         self.bus = StationBus(client, cfg)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self._store = store
+        self._unsure: tuple[str, str, str] | None = None  # last pointer the registry could not be asked about
         self.model = model or self._initial_model()
         self.sinks = sinks or []
         self.stop_event = threading.Event()
@@ -90,40 +133,88 @@ class Worker:
         self._next_reclaim = 0.0
         self._next_reload = time.monotonic() + cfg.worker.reload_poll_s
         self._next_heartbeat = 0.0
-        self._refused: set[tuple[str, str]] = set()
+        self._refused: set[tuple[str, str, str]] = set()
         self.bus.ensure_group(self.bus.names.frames, cfg.worker.group)
 
     # -- model -----------------------------------------------------------------------------------
     def _initial_model(self) -> InspectionModel:
         if self.cfg.model.package:
             return load_model(self.cfg, self.cfg.model.package)
-        active = active_model_path(self.bus.r, self.bus)
+        active = active_pointer(self.bus.r, self.bus)
         if active is None:
             raise ModelPackageError(
                 f"station {self.cfg.station.id} has no model: model.package is unset and no active model is registered",
                 "set model.package to a package folder, or promote one (inspector jobs promote)",
             )
-        return load_model(self.cfg, active[1])
+        row = registered_active(self.store, active[0], active[2])  # the registry, not Redis, says what to load
+        model = load_model(self.cfg, row.package_path)
+        if model.package.package_sha256 != row.package_sha256:
+            raise SwapRefused(f"the package at {row.package_path} is not the one registered as {row.version}",
+                              "restore the registered package, or register and promote the new one")
+        return model
+
+    @property
+    def store(self) -> Store:
+        """The station's registry (SQL store), opened on first use."""
+        if self._store is None:
+            self._store = open_store(self.cfg, lazy=True)
+        return self._store
 
     def maybe_reload(self) -> bool:
-        """Swap to the registered active model if it changed; keep the old one on any failure."""
-        active = active_model_path(self.bus.r, self.bus)
+        """Swap to the model the registry holds as active when the Redis pointer changed; keep the old one on any
+        refusal or failure. Every swap and every refusal is audited."""
+        active = active_pointer(self.bus.r, self.bus)
         if active is None or active[0] == self.model.version or active in self._refused:
             return False
-        version, path = active
+        version = active[0]
         try:
-            new = load_model(self.cfg, path)
+            row = registered_active(self.store, version, active[2])
+            new = load_model(self.cfg, row.package_path)
+            if new.package.package_sha256 != row.package_sha256:
+                new.close()
+                raise SwapRefused(f"the package at {row.package_path} is not the one registered as {version}",
+                                  "restore the registered package, or register and promote it as a new version")
         except InspectorError as err:
-            log.error("worker %s refused model %s: %s", self.name, version, err)
-            self._event(EventType.MODEL_REFUSED, "critical", f"model {version} refused, still serving {self.model.version}: {err.message}",
-                        version)
-            self.bus.r.hset(self.bus.names.active_model, "refused_by_" + self.name, version)
-            self._refused.add(active)  # refused once per (version, path): not reloaded on every poll
+            self._refuse(active, err)
+            return False
+        except Exception as err:  # noqa: BLE001 - the registry did not answer: keep serving, ask again next poll
+            if self._unsure != active:
+                log.error("worker %s: cannot check model %s with the registry, still serving %s: %s",
+                          self.name, version, self.model.version, self.store.describe(err))
+                self._unsure = active
+            return False
+        try:
+            self.store.audit.record(f"worker:{self.name}", "model.swap", version, {"version": self.model.version},
+                                    {"version": version, "package_sha256": row.package_sha256},
+                                    {"worker": self.name, "path": row.package_path})
+        except Exception as err:  # noqa: BLE001 - no swap without its audit row
+            new.close()
+            if self._unsure != active:
+                log.error("worker %s: swap to %s not audited (%s); still serving %s", self.name, version,
+                          self.store.describe(err), self.model.version)
+                self._unsure = active
             return False
         old, self.model = self.model, new  # atomic swap: one reference assignment between batches
         old.close()
+        self._unsure = None
         self._event(EventType.MODEL_RELOADED, "info", f"worker {self.name} now serves {version}", version)
         return True
+
+    def _refuse(self, active: tuple[str, str, str], err: InspectorError) -> None:
+        """One log line, one event, one audit row per refused pointer; it is not retried on every poll."""
+        version = active[0]
+        log.error("worker %s refused model %s, still serving %s: %s", self.name, version, self.model.version, err.message)
+        self._event(EventType.MODEL_REFUSED, "critical", f"model {version} refused, still serving {self.model.version}: {err.message}",
+                    version)
+        self.bus.r.hset(self.bus.names.active_model, "refused_by_" + self.name, version)
+        self._refused.add(active)
+        try:
+            self.store.audit.record(f"worker:{self.name}", "model.swap_refused", version,
+                                    {"version": self.model.version}, {"version": version, "path": active[1],
+                                                                      "sha256": active[2]},
+                                    {"worker": self.name, "why": err.message})
+        except Exception:  # noqa: BLE001 - refused whether or not the row could be written
+            log.exception("worker %s could not audit the refusal of %s", self.name, version)
 
     # -- loop --------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:

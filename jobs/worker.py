@@ -1,22 +1,70 @@
-"""Run an RQ worker for a station's queue, with the JSON serializer (and optionally RQ's scheduler)."""
+"""Run an RQ worker for a station's queue, with the JSON serializer (and optionally RQ's scheduler).
+
+The worker runs only the station's job functions (``jobs.queues.JOB_FUNCTIONS``): a job naming anything
+else fails with the reason in RQ's failed-job registry, nothing of it imported or run, and is audited
+(``job.refused``, actor ``rq-worker:<name>``) in the station's audit trail.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
 import redis
 from rq import SimpleWorker, Worker
+from rq.job import Job
+from rq.queue import Queue
 
 from inspector.contracts.config import StationConfig
-from jobs.queues import SERIALIZER, set_worker_config, station_queue
+from jobs.queues import SERIALIZER, StationJob, refusal, set_worker_config, station_queue
 from jobs.validation import schedule_validation
+
+log = logging.getLogger(__name__)
+
+
+class _Guard:
+    """Refuses and audits a job outside the allow-list before RQ runs it (``StationJob`` refuses it too)."""
+
+    station_cfg: StationConfig
+
+    def perform_job(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> bool:
+        why = refusal(job)
+        if why is not None:
+            log.error("RQ worker %s refused %s", getattr(self, "name", "?"), why)
+            _audit_refusal(self.station_cfg, getattr(self, "name", "?"), job, why)
+        return super().perform_job(job, queue, *args, **kwargs)  # type: ignore[misc]
+
+
+def _audit_refusal(cfg: StationConfig, worker: str, job: Job, why: str) -> None:
+    from inspector.store.db import open_store
+
+    try:
+        store = open_store(cfg)
+        try:
+            store.audit.record(f"rq-worker:{worker}", "job.refused", job.id, None, None,
+                               {"why": why, "origin": job.origin})
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - the job is refused whether or not the audit row could be written
+        log.exception("could not audit the refusal of job %s", job.id)
+
+
+class StationWorker(_Guard, Worker):
+    """RQ's forking worker, allow-listed."""
+
+
+class StationSimpleWorker(_Guard, SimpleWorker):
+    """RQ's in-process worker, allow-listed."""
 
 
 def make_worker(cfg: StationConfig, client: redis.Redis, name: str | None = None, simple: bool = False) -> Worker:
     """A worker bound to the station's queue; ``simple`` runs jobs in-process (tests, Windows)."""
     set_worker_config(cfg)
-    cls = SimpleWorker if simple else Worker
-    return cls([station_queue(cfg, client)], connection=client, serializer=SERIALIZER, name=name)
+    cls = StationSimpleWorker if simple else StationWorker
+    w = cls([station_queue(cfg, client)], connection=client, serializer=SERIALIZER, name=name, job_class=StationJob)
+    w.station_cfg = cfg
+    return w
 
 
 def run_worker(cfg: StationConfig, client: redis.Redis, burst: bool = False, with_scheduler: bool = False,

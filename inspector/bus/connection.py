@@ -8,6 +8,13 @@ server; every other process only connects. The server listens on 127.0.0.1 on a 
 ``<data_dir>/redis/port``, and its URL stays in ``<data_dir>/redis/url``: a restarted server comes back on the
 same URL, so clients that lost it reconnect with their ordinary retry. A server left running by an owner that
 died (``kill -9``) is adopted by the next owner, never doubled: two servers can never share one append-only file.
+
+The embedded server requires a password generated at its first start and kept in ``<data_dir>/redis/password``
+(mode 0600, like every file in ``<data_dir>/redis``); it reaches redis-server through an owner-only config
+file, never the command line (``ps`` would show it). The URL file holds the URL without the password;
+clients of the station (:func:`embedded_url`) read the password file and put it in the URL they connect with.
+Whoever cannot read the data folder's password file cannot talk to the station's Redis. Secrets never
+appear in output: :func:`masked_url` is what logs, ``validate-config`` and ``status`` print.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import atexit
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -32,7 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from inspector.contracts.config import RedisSection, StationConfig
+from inspector.contracts.config import RedisSection, StationConfig, masked_url
 from inspector.contracts.errors import TransportError
 
 log = logging.getLogger(__name__)
@@ -64,9 +72,13 @@ def _ping(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write ``text`` to ``path`` atomically, the file created with ``mode`` (owner-only by default)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask
     os.replace(tmp, path)
 
 
@@ -155,8 +167,42 @@ class EmbeddedRedis:
         return self.dir / "port"
 
     @property
-    def url(self) -> str:
+    def password_file(self) -> Path:
+        return self.dir / "password"
+
+    @property
+    def conf_file(self) -> Path:
+        return self.dir / "redis.conf"
+
+    @property
+    def public_url(self) -> str:
+        """The server's URL without the password (the URL file, logs)."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def url(self) -> str:
+        """The URL clients connect with: the password from the owner-only password file, when there is one."""
+        pw = self.password()
+        return f"redis://:{pw}@127.0.0.1:{self.port}/0" if pw else self.public_url
+
+    def password(self) -> str | None:
+        try:
+            return self.password_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def _ensure_password(self) -> str:
+        """The server's password, generated once (32 random bytes, URL-safe) into an owner-only file."""
+        pw = self.password()
+        if pw is None:
+            pw = secrets.token_urlsafe(32)
+            _write_atomic(self.password_file, pw + "\n")
+        os.chmod(self.password_file, 0o600)
+        return pw
+
+    def _write_conf(self, pw: str) -> None:
+        """The secret part of the server's settings, in an owner-only file read by redis-server at start."""
+        _write_atomic(self.conf_file, f"requirepass {pw}\n")
 
     def _persisted_port(self) -> int | None:
         try:
@@ -166,10 +212,8 @@ class EmbeddedRedis:
 
     def running_url(self) -> str | None:
         """URL of a server already serving this data folder, if one answers."""
-        if self.url_file.is_file():
-            url = self.url_file.read_text().strip()
-            if _ping(url):
-                return url
+        if self.url_file.is_file() and self.port is not None and _ping(self.url):
+            return self.url
         return None
 
     def alive(self) -> bool:
@@ -196,8 +240,18 @@ class EmbeddedRedis:
             raise TransportError(f"port {self.port} of {self.port_file} is taken by another Redis (serving {served})",
                                  f"stop that server, or delete {self.port_file} so the station picks a new port")
         self.pid, self.proc = pid, None
-        log.info("embedded Redis at %s adopted (pid %s, data in %s)", url, pid, self.dir)
+        log.info("embedded Redis at %s adopted (pid %s, data in %s)", masked_url(url), pid, self.dir)
         return True
+
+    def _lock_down(self, pw: str) -> None:
+        """A server of this folder started before it had a password (an older station): set it now."""
+        if _ping(self.public_url) and self._adopt(self.public_url):  # answers without a password
+            client = redis.Redis.from_url(self.public_url, socket_timeout=2, socket_connect_timeout=2)
+            try:
+                client.config_set("requirepass", pw)
+            finally:
+                client.close()
+            log.warning("embedded Redis at %s had no password; it has one now (%s)", self.public_url, self.password_file)
 
     def start(self, lock_wait_s: float = 0.0) -> str:
         """Own the station's server: take the lock, then adopt the running server or start one. Returns its URL."""
@@ -205,14 +259,18 @@ class EmbeddedRedis:
         if self.alive() and _ping(self.url):
             return self.url
         self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        pw = self._ensure_password()
         if self.port is None:
             self.port = self._persisted_port() or _free_port()
             _write_atomic(self.port_file, f"{self.port}\n")
+        self._lock_down(pw)
         if _ping(self.url) and self._adopt(self.url):
-            _write_atomic(self.url_file, self.url)
+            _write_atomic(self.url_file, self.public_url)
             return self.url
+        self._write_conf(pw)
         args = [
-            _redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+            _redis_server_binary(), str(self.conf_file), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
             "--logfile", str(self.dir / "redis.log"), "--daemonize", "no", "--protected-mode", "yes",
         ]
@@ -227,8 +285,8 @@ class EmbeddedRedis:
                     "or set redis.url to an external Redis",
                 )
             if _ping(self.url):
-                _write_atomic(self.url_file, self.url)
-                log.info("embedded Redis started at %s (data in %s)", self.url, self.dir)
+                _write_atomic(self.url_file, self.public_url)
+                log.info("embedded Redis started at %s (data in %s)", self.public_url, self.dir)
                 return self.url
             time.sleep(0.05)
         self.kill()
@@ -315,7 +373,7 @@ def client_for_url(url: str, section: RedisSection | None = None, decode: bool =
     try:
         return redis.Redis.from_url(url, **kwargs)
     except ValueError as err:  # a scheme that is not Redis (http://, ...), a malformed URL: never heals
-        raise TransportError(f"redis.url {url!r} is not a Redis URL: {err}",
+        raise TransportError(f"redis.url {masked_url(url)!r} is not a Redis URL: {masked_url(str(err))}",
                              "use redis://host:6379/0, rediss://host:6380/0 (TLS) or unix:///path/redis.sock") from None
 
 
@@ -372,9 +430,9 @@ def join_station(cfg: StationConfig, decode: bool = False) -> redis.Redis:
     deadline = time.monotonic() + give_up
     url = cfg.redis.url or embedded_url(cfg.station.data_dir)
     if cfg.redis.url and not _ping(cfg.redis.url, 2.0):
-        print(f"waiting up to {give_up:.0f} s for Redis at {cfg.redis.url} (redis.url)", file=sys.stderr, flush=True)
+        print(f"waiting up to {give_up:.0f} s for Redis at {masked_url(cfg.redis.url)} (redis.url)", file=sys.stderr, flush=True)
     elif not cfg.redis.url and (url is None or not _ping(url, 2.0)):
-        awaited = url or f"the embedded Redis of {Path(cfg.station.data_dir).resolve()} (its URL file)"
+        awaited = masked_url(url) if url else f"the embedded Redis of {Path(cfg.station.data_dir).resolve()} (its URL file)"
         print(f"waiting up to {give_up:.0f} s for {awaited}: run `inspector station run -c FILE` "
               "(or this command with --standalone to run it alone)", file=sys.stderr, flush=True)
     while url is None:

@@ -9,6 +9,7 @@ or ``INSPECTOR_WORKER__MAX_BATCH=4``. Values from the environment are parsed as 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,7 +68,8 @@ class RedisSection(Section):
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
         if url is not None and not url.startswith(REDIS_URL_SCHEMES):
-            raise ValueError(f"{url!r} is not a Redis URL: use redis://host:6379/0, rediss://host:6380/0 (TLS) "
+            shown = _shown("url", url)  # never echo a password
+            raise ValueError(f"{shown!r} is not a Redis URL: use redis://host:6379/0, rediss://host:6380/0 (TLS) "
                              "or unix:///path/to/redis.sock")
         return url
 
@@ -424,6 +426,21 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+SECRET_KEYS = ("password", "token", "secret", "pin")
+
+
+def masked_url(url: str | None) -> str:
+    """``url`` with its password (``redis://user:PW@host``) replaced by ``***``: what output may show."""
+    return re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", url) if url else str(url)
+
+
+def _shown(path: str, value: Any) -> Any:
+    """A bad value as an error message may show it: secrets masked, passwords in URLs masked."""
+    if any(k in path.rsplit(".", 1)[-1].lower() for k in SECRET_KEYS) and value is not None:
+        return "***"
+    return masked_url(value) if isinstance(value, str) else value
+
+
 def _explain(err: ValidationError, source: str) -> ConfigError:
     lines = []
     for e in err.errors():
@@ -431,7 +448,7 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
         if e["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key")
         else:
-            lines.append(f"{path}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
+            lines.append(f"{path}: {e['msg'].removeprefix('Value error, ')} (got {_shown(path, e.get('input'))!r})")
     first = err.errors()[0]
     hint = (
         "remove or rename the key; `inspector validate-config --schema` lists every key with its description"

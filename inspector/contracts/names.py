@@ -84,6 +84,11 @@ class Names:
     def worker_stats(self, worker: str) -> str:
         return f"{self.base}:wstats:{worker}"
 
+    def review_limit(self, sampler: str, window: str) -> str:
+        """A review sampler's shared rate-limit state: sorted set of picks (``minute``, ``hour``) or the day's
+        counter (``day:<UTC day number>``), shared by every worker of the station."""
+        return f"{self.base}:review:limit:{sampler}:{window}"
+
     @property
     def active_model(self) -> str:
         """Hash: version, path, sha256 of the package the workers must serve."""

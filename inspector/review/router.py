@@ -53,7 +53,7 @@ class ReviewRouter:
     def __init__(self, cfg: StationConfig, client: redis.Redis, names: Names, archive: Archive, store: Store,
                  samplers: list[Sampler] | None = None, consumer: str = "review-router") -> None:
         self.cfg, self.client, self.names, self.archive, self.store = cfg, client, names, archive, store
-        self.samplers = samplers if samplers is not None else default_samplers(cfg.review, cfg.policy)
+        self.samplers = samplers if samplers is not None else default_samplers(cfg.review, cfg.policy, client, names)
         self.consumer = consumer
         self.bus = StationBus(client, cfg)
         self.stats: Counter[str] = Counter()

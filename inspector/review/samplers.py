@@ -5,16 +5,26 @@ global random state) and returns a ``Pick`` (reason + priority) or None. ``RateL
 sliding minute and hour and per UTC calendar day (the daily cap); a limited pick is dropped and counted.
 The random PASS audit hashes the frame id with a seed, so every worker (and a redelivery) makes the same
 choice for the same frame.
+
+``RateLimiter`` keeps its windows in the process: N workers would allow N times the limits. The station's
+samplers use :class:`SharedRateLimiter` instead (:func:`default_samplers` with a Redis client): the same
+sliding minute and hour windows and daily cap, kept in Redis and taken in one Lua script (check every
+window, then ``ZADD`` + ``INCR`` with their expiry, atomically), so any number of workers share one limit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import redis
 
 from inspector.contracts.config import PolicySection, RateLimitSection, ReviewSection
 from inspector.contracts.messages import Decision, Verdict
+from inspector.contracts.names import Names
 
 DAY_S = 86_400
 
@@ -58,6 +68,49 @@ class RateLimiter:
         return True
 
 
+class Limiter(Protocol):
+    def allow(self, t: float) -> bool: ...
+
+
+# KEYS: minute set, hour set, day counter. ARGV: t, per_minute, per_hour, per_day, member, day_ttl_s.
+_TAKE = """
+local t = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - 60)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t - 3600)
+local day = tonumber(redis.call('GET', KEYS[3]) or '0')
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) or redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3])
+   or day >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], t, ARGV[5])
+redis.call('EXPIRE', KEYS[1], 120)
+redis.call('ZADD', KEYS[2], t, ARGV[5])
+redis.call('EXPIRE', KEYS[2], 3660)
+redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
+return 1
+"""
+
+
+class SharedRateLimiter:
+    """:class:`RateLimiter`'s windows and daily cap in Redis, shared by every worker of a station."""
+
+    def __init__(self, client: redis.Redis, names: Names, sampler: str, per_minute: int, per_hour: int,
+                 per_day: int) -> None:
+        self.client, self.names, self.sampler = client, names, sampler
+        self.per_minute, self.per_hour, self.per_day = per_minute, per_hour, per_day
+        self._take = client.register_script(_TAKE)
+
+    def allow(self, t: float) -> bool:
+        """Take one slot at time ``t`` if every shared window has room (atomic across workers)."""
+        day = int(t // DAY_S)
+        keys = [self.names.review_limit(self.sampler, "minute"), self.names.review_limit(self.sampler, "hour"),
+                self.names.review_limit(self.sampler, f"day:{day}")]
+        member = f"{t!r}:{uuid.uuid4().hex[:12]}"
+        return bool(self._take(keys=keys, args=[repr(t), self.per_minute, self.per_hour, self.per_day, member,
+                                                DAY_S + 3600]))
+
+
 def top_class(v: Verdict) -> tuple[str, float] | None:
     if not v.class_probs:
         return None
@@ -71,7 +124,7 @@ class Sampler:
     reason = "sampler"
     priority = 50
 
-    def __init__(self, limiter: RateLimiter) -> None:
+    def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
         self.stats: Counter[str] = Counter()
 
@@ -102,7 +155,7 @@ class DisagreementSampler(Sampler):
 
     reason, priority = "models_disagree", 70
 
-    def __init__(self, limiter: RateLimiter, policy: PolicySection) -> None:
+    def __init__(self, limiter: Limiter, policy: PolicySection) -> None:
         super().__init__(limiter)
         self.policy = policy
 
@@ -122,7 +175,7 @@ class AnomalyNearThresholdSampler(Sampler):
 
     reason, priority = "anomaly_near_threshold", 60
 
-    def __init__(self, limiter: RateLimiter, band: float) -> None:
+    def __init__(self, limiter: Limiter, band: float) -> None:
         super().__init__(limiter)
         self.band = band
 
@@ -135,7 +188,7 @@ class ConfidenceBandSampler(Sampler):
 
     reason, priority = "low_confidence", 50
 
-    def __init__(self, limiter: RateLimiter, band: tuple[float, float]) -> None:
+    def __init__(self, limiter: Limiter, band: tuple[float, float]) -> None:
         super().__init__(limiter)
         self.low, self.high = band
 
@@ -149,7 +202,7 @@ class PassAuditSampler(Sampler):
 
     reason, priority = "pass_audit", 10
 
-    def __init__(self, limiter: RateLimiter, one_in: int, seed: int = 0) -> None:
+    def __init__(self, limiter: Limiter, one_in: int, seed: int = 0) -> None:
         super().__init__(limiter)
         self.one_in, self.seed = one_in, seed
 
@@ -160,16 +213,23 @@ class PassAuditSampler(Sampler):
         return int.from_bytes(digest[:8], "big") % self.one_in == 0
 
 
-def default_samplers(review: ReviewSection, policy: PolicySection) -> list[Sampler]:
-    def lim() -> RateLimiter:
-        return RateLimiter.from_section(review.limits)
+def default_samplers(review: ReviewSection, policy: PolicySection, client: redis.Redis | None = None,
+                     names: Names | None = None) -> list[Sampler]:
+    """The station's samplers, each with its own limits: shared in Redis when ``client`` and ``names`` are
+    given (every worker of the station), else in this process only."""
+    lim_s = review.limits
+
+    def lim(reason: str) -> Limiter:
+        if client is not None and names is not None:
+            return SharedRateLimiter(client, names, reason, lim_s.per_minute, lim_s.per_hour, lim_s.per_day)
+        return RateLimiter.from_section(lim_s)
 
     return [
-        ReviewVerdictSampler(lim()),
-        DisagreementSampler(lim(), policy),
-        AnomalyNearThresholdSampler(lim(), review.anomaly_band),
-        ConfidenceBandSampler(lim(), review.confidence_band),
-        PassAuditSampler(lim(), review.audit_pass_one_in, review.audit_seed),
+        ReviewVerdictSampler(lim(ReviewVerdictSampler.reason)),
+        DisagreementSampler(lim(DisagreementSampler.reason), policy),
+        AnomalyNearThresholdSampler(lim(AnomalyNearThresholdSampler.reason), review.anomaly_band),
+        ConfidenceBandSampler(lim(ConfidenceBandSampler.reason), review.confidence_band),
+        PassAuditSampler(lim(PassAuditSampler.reason), review.audit_pass_one_in, review.audit_seed),
     ]
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inspector.bus.connection import EmbeddedRedis, StationLock, client_for_url, wait_until_up
+from inspector.bus.connection import EmbeddedRedis, StationLock, client_for_url, masked_url, wait_until_up
 from inspector.contracts.config import StationConfig, SupervisorSection
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.processes import STOP_STAGES, ProcessState
@@ -152,12 +152,12 @@ class Supervisor:
             client = client_for_url(self.cfg.redis.url, self.cfg.redis)
             wait_until_up(client, self.cfg.redis.reconnect.give_up_s)
             client.close()
-            self.say(f"redis: external server at {self.cfg.redis.url} answers")
+            self.say(f"redis: external server at {masked_url(self.cfg.redis.url)} answers")
             return
         self.redis = EmbeddedRedis(self.data_dir, self.cfg.redis.appendfsync, lock=self.lock)
         url = self.redis.start()
         self.redis_started_at = time.monotonic()
-        self.say(f"redis: running at {url} (pid {self.redis.pid}, data in {self.redis.dir})")
+        self.say(f"redis: running at {masked_url(url)} (pid {self.redis.pid}, data in {self.redis.dir})")
 
     def _watch_redis(self, now: float) -> None:
         if self.redis is None:
@@ -185,7 +185,7 @@ class Supervisor:
                 return
             self.redis_next_start = None
             self.redis_started_at = time.monotonic()
-            self.say(f"redis: restarted at {url} (pid {self.redis.pid})")
+            self.say(f"redis: restarted at {masked_url(url)} (pid {self.redis.pid})")
             self._write_state()
 
     # ------------------------------------------------------------------ children

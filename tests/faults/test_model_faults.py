@@ -1,8 +1,13 @@
 """Bad model packages are refused through the real hot-reload path (Redis ``active_model`` hash ->
-``Worker.maybe_reload``) while the old model keeps serving; a valid reload under load fails no frame."""
+``Worker.maybe_reload``) while the old model keeps serving; a valid reload under load fails no frame.
+
+The bad packages are registered as active in the registry directly (``inspector.store.records``: a package
+damaged after it was promoted), so the worker's own load-time checks are what refuses them; an unregistered
+pointer is refused before any load (``tests/faults/test_trust.py``)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -14,6 +19,8 @@ from inspector.bus.streams import StationBus, decode_message
 from inspector.contracts.messages import Decision, Event
 from inspector.contracts.names import Names
 from inspector.runtime.package import load_package, write_manifest
+from inspector.store.db import open_store
+from inspector.store.records import promote_model, register_model
 from tests.faults.harness import (
     Camera,
     frame_pool,
@@ -25,6 +32,8 @@ from tests.faults.harness import (
     write_config,
 )
 from tests.faults.reconcile import read_verdict_entries, reconcile
+from tests.faults.test_trust import promote_through_registry
+from tests.faults.test_trust import renamed_package as _rename_version
 from tests.spine_helpers import make_tiny_package
 
 pytestmark = pytest.mark.faults
@@ -95,14 +104,18 @@ def test_bad_packages_refused_old_model_serves_then_valid_reload(redis_url, redi
     try:
         assert wait_for(lambda: len(redis_client.keys(names.heartbeat_pattern)) >= 2, 60), workers[0].tail()
         cam.start(duration_s=16)
+        store = open_store(cfg)
         for kind, make_bad in BAD.items():
             bad = make_bad(_copy(tiny_package, tmp_path / "bad" / kind / "pkg"))
             version = f"bad-{kind}"
-            redis_client.hset(names.active_model, mapping={"version": version, "path": str(bad)})
+            sha = hashlib.sha256((bad / "manifest.json").read_bytes()).hexdigest()
+            register_model(store, version, str(bad), sha, {"gate": {"passed": True}}, "test")
+            promote_model(store, version, "test")  # damaged after promotion: the load is what must refuse it
+            redis_client.hset(names.active_model, mapping={"version": version, "path": str(bad), "sha256": sha})
             assert wait_for(lambda v=version: all(redis_client.hget(names.active_model, f"refused_by_{n}") == v.encode()
                                                   for n in ("a", "b")), 20), [w.tail() for w in workers]
         t_switch = time.time()
-        redis_client.hset(names.active_model, mapping={"version": load_package(new_pkg).version, "path": str(new_pkg)})
+        promote_through_registry(cfg, redis_client, store, new_pkg)
         cam.join(60)
         assert wait_settled(redis_client, cfg, timeout=60)
     finally:
@@ -121,12 +134,6 @@ def test_bad_packages_refused_old_model_serves_then_valid_reload(redis_url, redi
     assert all(v.decision is not Decision.ERROR for v, _ in entries), "a frame failed during the reloads"
     late = [v for v, t in entries if t > t_switch + 3]
     assert late and all(v.model_version == new_version for v in late)
-
-
-def _rename_version(pkg: Path, name: str) -> Path:
-    m = load_manifest(pkg)
-    write_manifest(pkg, m.model_copy(update={"version": f"{name}-{time.time_ns()}"}))
-    return pkg
 
 
 def test_refused_package_is_not_retried_every_poll(redis_url, redis_client, tiny_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
