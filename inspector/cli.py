@@ -85,6 +85,9 @@ def demo(
     package: Path | None = typer.Option(None, "--package", help="Inspect with this model package instead of the "
                                         "demo's own (trained on the first run)."),
     data_dir: Path = typer.Option(Path("station-data"), help="Station data folder (Redis AOF, models, database)."),
+    scenario: str | None = typer.Option(None, "--scenario", help="Play a scenario instead: 'drift' (the learning "
+                                        "loop: production, lighting change, drift alarm, labels, retraining, "
+                                        "gate, promotion, hot swap; in <data-dir>/scenario-drift)."),
     config: Path | None = ConfigOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -102,6 +105,11 @@ def demo(
                 cfg.camera.source.kind = "folder"
                 cfg.camera.source.path = data
                 cfg.camera.source.order = "shuffle"
+        if scenario is not None:
+            from inspector.demo_scenario import run_scenario
+
+            run_scenario(cfg, scenario, as_json)
+            return
         if not headless and not as_json and _display_available():
             from gui.app import run_gui  # noqa: PLC0415 - Qt only when a display exists
 
