@@ -42,7 +42,7 @@ QPushButton { padding: 6px 14px; }
 
 
 class LoginDialog(QDialog):
-    """Name, role and PIN; the PIN is checked against ``gui.<role>.pin_sha256``."""
+    """Name, role and PIN; the PIN is checked against ``gui.<role>.pin_hash`` (salted scrypt)."""
 
     def __init__(self, policy: RolePolicy, role: Role | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -198,7 +198,10 @@ def run_gui(cfg: StationConfig, role: Role | str | None = None, demo: bool = Fal
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setStyleSheet(APP_STYLE)
     resolve_url(cfg)  # start the embedded Redis now if this station uses one
-    login = LoginDialog(RolePolicy(cfg.gui), Role(role) if role else None)
+    from inspector.store.db import open_store
+
+    policy = RolePolicy(cfg.gui, cfg.identity, open_store(cfg, lazy=True))  # wrong PINs counted and audited
+    login = LoginDialog(policy, Role(role) if role else None)
     if login.exec() != QDialog.DialogCode.Accepted or login.session is None:
         return 1
     background: list[Any] = []

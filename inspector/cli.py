@@ -288,6 +288,7 @@ def line(config: Path | None = ConfigOpt) -> None:
 
 
 from inspector.bench.cli import bench_app  # noqa: E402
+from inspector.identity import identity_app as _identity_app  # noqa: E402
 from inspector.station.cli import station_app  # noqa: E402
 from inspector.store.cli import audit_app, review_app, trace  # noqa: E402
 from jobs.cli import jobs_app  # noqa: E402
@@ -297,6 +298,7 @@ app.add_typer(bench_app, name="bench", help="Benchmarks side by side: stages, ba
 app.add_typer(jobs_app, name="jobs", help="Retraining jobs on RQ: worker, retrain, promote, rollback, status, drift.")
 
 app.add_typer(audit_app, name="audit", help="Audit trail: verify the hash chain, show entries.")
+app.add_typer(_identity_app(), name="identity", help="Who you are to the station: roles, PIN hashes, personal tokens.")
 app.add_typer(review_app, name="review", help="Review queue and labelling from the command line.")
 app.add_typer(station_app, name="station", help="The station's processes under one supervisor: station run.")
 app.command("trace", help="Everything known about one part: verdict, scores, model and its hash, labels.")(trace)

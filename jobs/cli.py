@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from inspector.contracts.config import StationConfig, load_config
 from inspector.contracts.errors import InspectorError
+from inspector.contracts.lifecycle import Action
+
+if TYPE_CHECKING:
+    from inspector.store.db import Store
 
 jobs_app = typer.Typer(help="Retraining jobs on RQ, model promotion and rollback, drift monitoring.",
                        no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 ConfigOpt = typer.Option(None, "--config", "-c", help="Station YAML (default: built-in defaults + INSPECTOR_* env).")
-ActorOpt = typer.Option(getpass.getuser(), "--actor", help="Who acts (recorded in the audit trail; default: the OS user).")
-RoleOpt = typer.Option(..., "--role", envvar="INSPECTOR_ROLE",
-                       help="Your role: operator, quality or maintenance (recorded; until station roles are bound to "
-                            "users, it is claimed here and audited).")
+ActorOpt = typer.Option(None, "--actor", help="Who acts: always you (the OS user, or your INSPECTOR_TOKEN); "
+                                               "another name is refused and audited.")
+RoleOpt = typer.Option(None, "--role", envvar="INSPECTOR_ROLE",
+                       help="The role you act in: one that identity.users gives you (default: the first you hold "
+                            "that may do this). A role you do not hold is refused and audited.")
+
+
+def _who(cfg: StationConfig, store: Store, action: Action, role: str | None, actor: str | None,
+         target: str = "") -> tuple[str, str]:
+    """The identity running this command and its role for ``action`` (refusals are audited)."""
+    from inspector.identity import authorize
+
+    ident, acting = authorize(cfg, store, action, role, actor, target)
+    return ident.name, acting.value
 
 
 def _cfg(path: Path | None, station: str | None = None) -> StationConfig:
@@ -64,7 +78,7 @@ def worker(config: Path | None = ConfigOpt, burst: bool = typer.Option(False, he
 @jobs_app.command()
 def retrain(station: str = typer.Argument(..., help="Station id."),
             reason: str = typer.Option(..., "--reason", help="Why (recorded with the job and in the audit trail)."),
-            config: Path | None = ConfigOpt, actor: str = ActorOpt) -> None:
+            config: Path | None = ConfigOpt, actor: str | None = ActorOpt, role: str | None = RoleOpt) -> None:
     """Queue one retraining of STATION (refused while one runs)."""
     from inspector.store.db import open_store
     from jobs.maintenance import retrain_now
@@ -72,7 +86,8 @@ def retrain(station: str = typer.Argument(..., help="Station id."),
     try:
         cfg = _cfg(config, station)
         with open_store(cfg) as store:
-            req = retrain_now(cfg, _connect(cfg), store, reason, actor)
+            who, _ = _who(cfg, store, Action.RETRAIN, role, actor, station)
+            req = retrain_now(cfg, _connect(cfg), store, reason, who)
         console.print(f"{req.status}: job {req.job_id}")
     except InspectorError as err:
         _fail(err)
@@ -80,7 +95,7 @@ def retrain(station: str = typer.Argument(..., help="Station id."),
 
 @jobs_app.command()
 def promote(version: str | None = typer.Argument(None, help="Version (default: the newest waiting one)."),
-            config: Path | None = ConfigOpt, actor: str = ActorOpt, role: str = RoleOpt,
+            config: Path | None = ConfigOpt, actor: str | None = ActorOpt, role: str | None = RoleOpt,
             force: bool = typer.Option(False, "--force", help="Override a failed gate (maintenance role; audited)."),
             reason: str = typer.Option("", "--reason", help="Why (required with --force; audited).")) -> None:
     """Activate an approved version; workers hot-reload it. A failed or missing gate is refused (exit 3)."""
@@ -90,7 +105,8 @@ def promote(version: str | None = typer.Argument(None, help="Version (default: t
     try:
         cfg = _cfg(config)
         with open_store(cfg) as store:
-            done = registry.promote(cfg, _connect(cfg), store, version, actor, role=role, force=force, reason=reason)
+            who, acting = _who(cfg, store, Action.FORCE_PROMOTE if force else Action.PROMOTE, role, actor, version or "")
+            done = registry.promote(cfg, _connect(cfg), store, version, who, role=acting, force=force, reason=reason)
         console.print(f"promoted {done}")
     except InspectorError as err:
         _fail(err)
@@ -98,7 +114,7 @@ def promote(version: str | None = typer.Argument(None, help="Version (default: t
 
 @jobs_app.command()
 def approve(version: str = typer.Argument(..., help="Version to approve."), config: Path | None = ConfigOpt,
-            actor: str = ActorOpt, role: str = RoleOpt) -> None:
+            actor: str | None = ActorOpt, role: str | None = RoleOpt) -> None:
     """Approve a version whose gate passed (after reading its rows: `inspector jobs gate VERSION`)."""
     from inspector.store.db import open_store
     from jobs import registry
@@ -106,7 +122,8 @@ def approve(version: str = typer.Argument(..., help="Version to approve."), conf
     try:
         cfg = _cfg(config)
         with open_store(cfg) as store:
-            registry.approve(store, version, actor, role)
+            who, acting = _who(cfg, store, Action.APPROVE, role, actor, version)
+            registry.approve(store, version, who, acting)
         console.print(f"approved {version}")
     except InspectorError as err:
         _fail(err)
@@ -137,7 +154,7 @@ def gate(version: str = typer.Argument(..., help="Version."), config: Path | Non
 
 @jobs_app.command()
 def rollback(station: str = typer.Argument(..., help="Station id."), config: Path | None = ConfigOpt,
-             actor: str = ActorOpt, role: str = RoleOpt, reason: str = typer.Option("", help="Why.")) -> None:
+             actor: str | None = ActorOpt, role: str | None = RoleOpt, reason: str = typer.Option("", help="Why.")) -> None:
     """Re-activate the previously active model version."""
     from inspector.store.db import open_store
     from jobs import registry
@@ -145,7 +162,8 @@ def rollback(station: str = typer.Argument(..., help="Station id."), config: Pat
     try:
         cfg = _cfg(config, station)
         with open_store(cfg) as store:
-            done = registry.rollback(cfg, _connect(cfg), store, actor, reason, role=role)
+            who, acting = _who(cfg, store, Action.ROLLBACK, role, actor, station)
+            done = registry.rollback(cfg, _connect(cfg), store, who, reason, role=acting)
         console.print(f"rolled back to {done}")
     except InspectorError as err:
         _fail(err)
@@ -198,7 +216,7 @@ def drift(config: Path | None = ConfigOpt,
 
 @jobs_app.command()
 def maintenance(action: str = typer.Argument(..., help="camera-changed | collect | confirm | reject"),
-                config: Path | None = ConfigOpt, actor: str = ActorOpt,
+                config: Path | None = ConfigOpt, actor: str | None = ActorOpt, role: str | None = RoleOpt,
                 note: str = typer.Option("", help="Note recorded with the action.")) -> None:
     """Camera or lighting changed: record it, collect frames, confirm them (queues the refit)."""
     from inspector.store.db import open_store
@@ -206,14 +224,15 @@ def maintenance(action: str = typer.Argument(..., help="camera-changed | collect
 
     try:
         cfg = _cfg(config)
-        client = _connect(cfg)
         with open_store(cfg) as store:
+            who, _ = _who(cfg, store, Action.MAINTENANCE, role, actor, action)
+            client = _connect(cfg)
             if action == "camera-changed":
-                out: object = m.camera_changed(cfg, client, store, actor, note)
+                out: object = m.camera_changed(cfg, client, store, who, note)
             elif action == "collect":
                 out = m.collect(cfg, client)
             elif action in ("confirm", "reject"):
-                out = m.confirm(cfg, client, store, actor, good=action == "confirm")
+                out = m.confirm(cfg, client, store, who, good=action == "confirm")
             else:
                 raise InspectorError(f"unknown action {action!r}", "use camera-changed, collect, confirm or reject")
         console.print(out)

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inspector.contracts.errors import ConfigError
+from inspector.contracts.lifecycle import Role
 from inspector.contracts.processes import StationProcess
 
 ENV_PREFIX = "INSPECTOR_"
@@ -301,8 +302,43 @@ class LineSection(Section):
     require_camera: bool = Field(True, description="Ready also needs a live camera (heartbeat key or a recent frame).")
 
 
+SECRET_HASH_RE = r"^scrypt\$\d+\$\d+\$\d+\$[0-9a-f]{32}\$[0-9a-f]{64}$"
+
+
 class RoleSection(Section):
-    pin_sha256: str | None = Field(None, description="sha256 hex of the role's PIN (unset: role has no PIN).")
+    pin_hash: str | None = Field(None, pattern=SECRET_HASH_RE,
+                                 description="Salted scrypt hash of the role's PIN (`inspector identity hash-pin`; "
+                                             "unset: the role has no PIN).")
+    pin_sha256: str | None = Field(None, description="Refused: unsalted sha256 PIN hashes are searched in under a "
+                                                     "second; use pin_hash.")
+
+    @field_validator("pin_sha256")
+    @classmethod
+    def _no_unsalted_pin(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError("an unsalted sha256 PIN hash is refused (a 6-digit PIN is found from it in under a "
+                             "second): set pin_hash to the output of `inspector identity hash-pin`")
+        return value
+
+
+class TokenEntry(Section):
+    roles: list[Role] = Field(min_length=1, description="Roles the token's holder may act in.")
+    hash: str = Field(pattern=SECRET_HASH_RE, description="Salted scrypt hash of the token's secret "
+                                                          "(`inspector identity new-token NAME`).")
+
+
+class IdentitySection(Section):
+    """Who may act from the command line: the operating-system user (or a personal token) and its roles."""
+
+    users: dict[str, list[Role]] = Field(
+        default_factory=dict,
+        description="Operating-system user name -> roles. Empty: the user owning station.data_dir (who commissioned "
+                    "the station) holds maintenance and quality, and nobody else holds a role.")
+    tokens: dict[str, TokenEntry] = Field(
+        default_factory=dict, description="Personal tokens for remote use (INSPECTOR_TOKEN=name:secret or "
+                                          "INSPECTOR_TOKEN_FILE): name -> roles and salted hash.")
+    lockout_failures: int = Field(5, ge=1, le=100, description="Wrong PINs (per role) before the login locks.")
+    lockout_s: float = Field(300.0, gt=0, le=86_400, description="How long a locked login stays locked.")
 
 
 class GuiSection(Section):
@@ -355,6 +391,7 @@ class StationConfig(Section):
     jobs: JobsSection = Field(default_factory=JobsSection)
     line: LineSection = Field(default_factory=LineSection)
     gui: GuiSection = Field(default_factory=GuiSection)
+    identity: IdentitySection = Field(default_factory=IdentitySection)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
 
     @model_validator(mode="after")

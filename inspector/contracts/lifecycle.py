@@ -39,7 +39,8 @@ PROMOTABLE = frozenset({ModelStatus.GATED_PASS, ModelStatus.APPROVED, ModelStatu
 
 
 class Role(StrEnum):
-    """Who acts. Until the trust issue binds roles to operating-system users, the CLI takes ``--role``."""
+    """Who acts. The CLI binds roles to the operating-system user (or a personal token) through
+    ``identity.users`` / ``identity.tokens`` (see :mod:`inspector.identity`); the GUI through role PINs."""
 
     OPERATOR = "operator"
     QUALITY = "quality"
@@ -55,6 +56,9 @@ class Action(StrEnum):
     RETRAIN = "retrain.request"
     MAINTENANCE = "maintenance"
     LABEL = "review.label"
+    RELABEL = "review.relabel"
+    EXPORT = "review.export"
+    DISPUTE = "verdict.dispute"
 
 
 PERMISSIONS: dict[Action, frozenset[Role]] = {
@@ -65,7 +69,11 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.RETRAIN: frozenset({Role.QUALITY, Role.MAINTENANCE, Role.SYSTEM}),
     Action.MAINTENANCE: frozenset({Role.MAINTENANCE}),
     Action.LABEL: frozenset({Role.QUALITY}),
+    Action.RELABEL: frozenset({Role.QUALITY}),
+    Action.EXPORT: frozenset({Role.QUALITY, Role.MAINTENANCE}),
+    Action.DISPUTE: frozenset({Role.OPERATOR, Role.QUALITY, Role.MAINTENANCE}),
 }
+"""The one table of who may do what: the CLI (``inspector.identity.authorize``) and the GUI (``gui.state``)."""
 
 
 def may(role: Role | str, action: Action) -> bool:

@@ -66,6 +66,7 @@ KEY_ENV = "INSPECTOR_AUDIT_KEY"
 CHECKPOINT_EVERY = 100
 REDIS_RETRY_S = 30.0
 _LOCK = threading.Lock()
+_REDIS_FAILED: dict[str, float] = {}  # where the station's Redis did not answer, and when (monotonic)
 
 # Set the Redis anchor only forward, and never over the anchor of another store (kept as evidence).
 _ANCHOR_LUA = """
@@ -227,7 +228,6 @@ class AuditLog:
         self._key: bytes | None = None
         self._redis: redis.Redis | None = None
         self._redis_key: str | None = None
-        self._redis_failed_at = 0.0
 
     # ------------------------------------------------------------------ key and anchors
     @property
@@ -247,18 +247,23 @@ class AuditLog:
         if self._redis is not None and self._redis_key:
             return self._redis, self._redis_key
         cfg = getattr(self.store, "cfg", None)
-        if cfg is None or time.monotonic() - self._redis_failed_at < REDIS_RETRY_S:
+        where = str(cfg.redis.url or cfg.station.data_dir) if cfg is not None else ""
+        if cfg is None or time.monotonic() - _REDIS_FAILED.get(where, -REDIS_RETRY_S) < REDIS_RETRY_S:
             return None
         from inspector.bus.connection import client_for_url, resolve_url
         from inspector.contracts.names import Names
 
-        try:
+        try:  # short timeouts and retries: a dead Redis must not slow down the action being audited
             url = resolve_url(cfg, start_embedded=False)
-            section = cfg.redis.model_copy(update={"socket_timeout_s": min(cfg.redis.socket_timeout_s, 1.0)})
-            self._redis, self._redis_key = client_for_url(url, section), Names(cfg.redis.prefix, cfg.station.id).audit_head
+            section = cfg.redis.model_copy(update={
+                "socket_timeout_s": min(cfg.redis.socket_timeout_s, 0.5),
+                "reconnect": cfg.redis.reconnect.model_copy(update={"initial_s": 0.01, "max_s": 0.05, "give_up_s": 0.05})})
+            client = client_for_url(url, section)
+            client.ping()
         except Exception:  # no Redis for this station now: the file anchor still holds
-            self._redis_failed_at = time.monotonic()
+            _REDIS_FAILED[where] = time.monotonic()
             return None
+        self._redis, self._redis_key = client, Names(cfg.redis.prefix, cfg.station.id).audit_head
         return self._redis, self._redis_key
 
     @property
@@ -298,7 +303,7 @@ class AuditLog:
                     log.warning("audit anchor: %s anchors another database; left as it is", rkey)
             except Exception as err:
                 log.warning("audit anchor: Redis %s not written: %s", rkey, err)
-                self._redis, self._redis_failed_at = None, time.monotonic()
+                self._redis = None
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from inspector.archive import Archive
 from inspector.contracts.config import StationConfig, load_config
+from inspector.contracts.lifecycle import Action
 from inspector.review.labelling import LabelError, LabellingService
 from inspector.store.db import Store, open_store
 from inspector.store.models import LabelRow, ModelVersionRow, VerdictRow
@@ -24,6 +25,8 @@ def _console() -> Console:
     return Console()  # made per call: honours the terminal width (and COLUMNS) of the moment
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Station YAML file.")]
+UserOpt = Annotated[str | None, typer.Option("--user", "-u", help="Always you (the OS user or your token); another "
+                                                               "name is refused and audited.")]
 
 audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
 review_app = typer.Typer(help="The review queue and labelling.", no_args_is_help=True)
@@ -32,6 +35,18 @@ review_app = typer.Typer(help="The review queue and labelling.", no_args_is_help
 def _open(config: Path | None) -> tuple[StationConfig, Store]:
     cfg = load_config(config)
     return cfg, open_store(cfg)
+
+
+def _labeller(cfg: StationConfig, store: Store, action: Action, user: str | None, target: str = "") -> str:
+    """The identity running this (it must hold a role that may ``action``); refusals are audited, exit 2."""
+    from inspector.identity import IdentityRefused, authorize
+
+    try:
+        return authorize(cfg, store, action, None, user, target)[0].name
+    except IdentityRefused as err:
+        store.close()
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {err.message}\n[yellow]hint:[/yellow] {err.hint}")
+        raise typer.Exit(2) from None
 
 
 def _service(cfg: StationConfig, store: Store) -> LabellingService:
@@ -101,9 +116,10 @@ def review_stats(config: ConfigOpt = None) -> None:
 
 
 @review_app.command("next")
-def review_next(user: Annotated[str, typer.Option("--user", "-u")], config: ConfigOpt = None) -> None:
-    """Lease the next item for USER and show it."""
+def review_next(user: UserOpt = None, config: ConfigOpt = None) -> None:
+    """Lease the next item to you and show it."""
     cfg, store = _open(config)
+    user = _labeller(cfg, store, Action.LABEL, user, "review.next")
     item = _service(cfg, store).lease_next(user)
     store.close()
     if item is None:
@@ -119,10 +135,11 @@ def review_next(user: Annotated[str, typer.Option("--user", "-u")], config: Conf
 
 
 @review_app.command("label")
-def review_label(item: int, label: str, user: Annotated[str, typer.Option("--user", "-u")],
+def review_label(item: int, label: str, user: UserOpt = None,
                  note: Annotated[str | None, typer.Option()] = None, config: ConfigOpt = None) -> None:
-    """Label ITEM (leased by USER) as LABEL: good, unsure, or a defect class."""
+    """Label ITEM (leased by you) as LABEL: good, unsure, or a defect class."""
     cfg, store = _open(config)
+    user = _labeller(cfg, store, Action.LABEL, user, f"review item {item}")
     try:
         rec = _service(cfg, store).label(item, user, label, note)
     except LabelError as err:
@@ -138,6 +155,7 @@ def review_export(out: Path, layout: Annotated[str, typer.Option(help="classific
                   config: ConfigOpt = None) -> None:
     """Export labelled frames into OUT in the trainer's folder layout, as a hashed dataset version."""
     cfg, store = _open(config)
+    _labeller(cfg, store, Action.EXPORT, None, str(out))
     try:
         dv = _service(cfg, store).export_dataset(out, layout)
     except LabelError as err:

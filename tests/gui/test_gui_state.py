@@ -26,7 +26,7 @@ def verdict(decision: Decision = Decision.PASS, latency_ms: float = 50, brightne
 
 
 def test_login_checks_pin_hash_and_signs_actions() -> None:
-    policy = RolePolicy(GuiSection(maintenance=RoleSection(pin_sha256=pin_hash("4711"))))
+    policy = RolePolicy(GuiSection(maintenance=RoleSection(pin_hash=pin_hash("4711"))))
     with pytest.raises(LoginError):
         policy.login("Max", Role.MAINTENANCE, "0000")
     with pytest.raises(LoginError):

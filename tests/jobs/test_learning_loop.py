@@ -226,8 +226,8 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
         print(shown.stdout)
 
         # approve (quality) and promote (maintenance) through the CLI; workers swap
-        assert _cli("jobs.cli", "approve", v2, "--role", "quality", "--actor", "qe", *conf).returncode == 0
-        out = _cli("jobs.cli", "promote", v2, "--role", "maintenance", "--actor", "maint", *conf)
+        assert _cli("jobs.cli", "approve", v2, "--role", "quality", *conf).returncode == 0
+        out = _cli("jobs.cli", "promote", v2, "--role", "maintenance", *conf)
         assert out.returncode == 0, out.stderr
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not _workers_on(redis_client, bus, v2, 2):
@@ -270,7 +270,7 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
     # -- a degraded candidate is refused by `inspector jobs promote` with exit status 3, and audited -----------
     bad = _shuffled_candidate(cfg, store, active_model(store))
     assert bad["status"] == ModelStatus.GATED_FAIL
-    out = _cli("jobs.cli", "promote", bad["version"], "--role", "maintenance", "--actor", "maint", *conf)
+    out = _cli("jobs.cli", "promote", bad["version"], "--role", "maintenance", *conf)
     assert out.returncode == 3, out.stdout + out.stderr
     assert "FAIL" in out.stderr
     print(out.stderr)

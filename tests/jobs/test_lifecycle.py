@@ -18,6 +18,7 @@ import yaml
 
 from inspector.contracts.config import StationConfig
 from inspector.contracts.lifecycle import GateReport, GateRow, ModelStatus
+from inspector.identity import os_user
 from inspector.runtime.package import load_package
 from inspector.store.db import open_store
 from inspector.store.records import active_model
@@ -57,13 +58,13 @@ def test_failed_gate_is_refused_with_exit_3_and_audited(station, redis_client, t
     cfg, cfg_file, store = station
     path, sha = _package(tmp_path, "bad-1")
     assert registry.register_candidate(store, "bad-1", path, sha, _report(False), "job") is ModelStatus.GATED_FAIL
-    out = _cli(cfg_file, "promote", "bad-1", "--role", "maintenance", "--actor", "alice")
+    out = _cli(cfg_file, "promote", "bad-1", "--role", "maintenance")
     assert out.returncode == 3, out.stderr
     assert "FAIL recall_floor recall:crack on heldout: candidate 0.31, incumbent 0.6, limit 0.85" in out.stderr
     assert "false_reject_ceiling" not in out.stderr  # only failed rows are listed
     assert active_model(store) is None and not redis_client.exists(f"{cfg.redis.prefix}:{{{cfg.station.id}}}:model:active")
     refused = [e for e in store.audit.entries(limit=20) if e.action == "model.promote_refused"]
-    assert refused and refused[0].actor == "alice" and refused[0].target == "bad-1"
+    assert refused and refused[0].actor == os_user() and refused[0].target == "bad-1"
     # approval of a failed gate is refused too, and so is --force without a reason
     assert _cli(cfg_file, "approve", "bad-1", "--role", "quality").returncode == 3
     assert _cli(cfg_file, "promote", "bad-1", "--role", "maintenance", "--force").returncode == 2
@@ -71,13 +72,12 @@ def test_failed_gate_is_refused_with_exit_3_and_audited(station, redis_client, t
     out = _cli(cfg_file, "promote", "bad-1", "--role", "quality", "--force", "--reason", "line stopped")
     assert out.returncode == 2 and "may not" in out.stderr
     # --force --reason by maintenance: promoted and audited with the overridden rows
-    out = _cli(cfg_file, "promote", "bad-1", "--role", "maintenance", "--force", "--reason", "line stopped",
-               "--actor", "bob")
+    out = _cli(cfg_file, "promote", "bad-1", "--role", "maintenance", "--force", "--reason", "line stopped")
     assert out.returncode == 0, out.stderr
     row = active_model(store)
     assert row is not None and row.version == "bad-1"
     forced = [e for e in store.audit.entries(limit=20) if e.action == "model.force_promote"]
-    assert forced[0].actor == "bob" and forced[0].details["reason"] == "line stopped"
+    assert forced[0].actor == os_user() and forced[0].details["reason"] == "line stopped"
     assert forced[0].details["overridden_rows"][0]["metric"] == "recall:crack"
     assert store.audit.verify().ok
 

@@ -32,10 +32,10 @@ def test_cli_trace_review_and_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                                              reasons=["review_verdict"], priority=80, image_sha256=sha,
                                              decision=v.decision), image_ext="png")
     c = ["--config", str(cfg_file)]
-    out = runner.invoke(review_app, ["next", "--user", "ann", *c])
+    out = runner.invoke(review_app, ["next", *c])
     assert out.exit_code == 0, out.output
     item_id = next(int(w) for w in out.output.split() if w.isdigit())
-    assert runner.invoke(review_app, ["label", str(item_id), "scratch", "--user", "ann", *c]).exit_code == 0
+    assert runner.invoke(review_app, ["label", str(item_id), "scratch", *c]).exit_code == 0
     assert '"labelled": 1' in runner.invoke(review_app, ["stats", *c]).output
     assert runner.invoke(review_app, ["export", str(tmp_path / "ds"), *c]).exit_code == 0
     app = typer.Typer()
