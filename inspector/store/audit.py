@@ -457,6 +457,7 @@ class _Walk:
     last_seq: int = 0
     hashes: dict[int, str] = field(default_factory=dict)
     keyed_seen: bool = False
+    keyed_rows: int = 0
     legacy: list[int] = field(default_factory=list)
     rewritten: list[tuple[int, int]] = field(default_factory=list)  # (row id, seq)
 
@@ -480,6 +481,7 @@ class _Walk:
             self.keyed_seen = True
         if r.seq in self.checkpoints and self.checkpoints[r.seq] != r.hash and digest == r.hash:
             self.rewritten.append((r.id, r.seq))
+        self.keyed_rows += r.mac is not None
         self.hashes[r.seq] = r.hash
         self.prev, self.last_seq = r.hash, r.seq
         report.rows += 1
@@ -496,7 +498,10 @@ class _Walk:
             covered = "signed by the first keyed row after them" if self.keyed_seen else "not yet covered by a keyed row"
             report.notes.append(f"{len(self.legacy)} unkeyed legacy row(s) (seq {self.legacy[0]}..{self.legacy[-1]}, "
                                 f"written before the station key): {covered}")
-        if self.key is None and report.rows:
+        if self.key is None and self.keyed_rows:
+            report.bad("key_missing", f"station key missing (INSPECTOR_AUDIT_KEY or secrets/audit.key) but {self.keyed_rows} "
+                                      "row(s) are keyed: their HMACs cannot be checked (the key was removed or replaced)")
+        elif self.key is None and report.rows:
             report.notes.append("no station key (INSPECTOR_AUDIT_KEY or secrets/audit.key): HMACs and anchors not checked")
 
 

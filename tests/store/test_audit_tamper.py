@@ -66,6 +66,12 @@ def test_intact_chain_is_keyed_and_anchored(station, redis_client) -> None:  # t
     assert (cfg.station.data_dir / "secrets" / "audit-head.json").exists()
 
 
+def test_removed_key_is_named(station) -> None:  # type: ignore[no-untyped-def]
+    cfg, cfg_file, _ = station
+    key_path(cfg.station.data_dir).unlink()
+    _tampered(cfg_file, "key_missing")
+
+
 def test_edited_row_is_named(station) -> None:  # type: ignore[no-untyped-def]
     _, cfg_file, store = station
     with store.engine.begin() as conn:
