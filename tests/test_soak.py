@@ -16,13 +16,15 @@ import pytest
 
 from inspector.bench.soak import run_soak
 
-pytestmark = pytest.mark.slow
+SOAK_S = float(os.environ.get("INSPECTOR_SOAK_S", "1800"))
+#: pytest-timeout's default (600 s) would cut the 30-minute soak: its bound is the soak plus start-up and drain
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(SOAK_S) + 900)]
 
 
 def test_soak_memory_flat_and_disk_bounded(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     if "slow" not in (request.config.getoption("-m") or ""):
         pytest.skip("the soak runs by hand: pytest -m slow tests/test_soak.py (INSPECTOR_SOAK_S=240 for a short run)")
-    duration = float(os.environ.get("INSPECTOR_SOAK_S", "1800"))
+    duration = SOAK_S
     age = 300 if duration >= 1200 else 60
     retention = {"interval_s": 5, "stream_max_age_s": age, "verdict_rows_max": 4000, "archive_max_bytes": 2_000_000}
     rep = run_soak(fps=20, duration_s=duration, warmup_s=min(duration / 2, age + 60), sample_s=5,
