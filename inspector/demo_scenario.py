@@ -81,6 +81,11 @@ class DriftScenario:
     max_change_frames: int = 400    # no drift alarm by then: the scenario fails
     after_frames: int = 120         # frames after every worker swapped
     lighting_gain: float = 0.5      # the change: every pixel times this
+    # Consecutive tripped drift checks (10 frames apart) before the alarm. The job learns from the labels that
+    # exist when the alarm starts it: with the default 3 the alarm came after ~70 changed frames, the job's
+    # recent gate set held 8 labelled defects of the new lighting, short of jobs.min_gate_frames (10), and the
+    # gate (rightly) failed. 10 waits for ~140 changed frames, about 30 labelled defects. Gates: untouched.
+    drift_hysteresis: int = 10
     workers: int = 2
     job_wait_s: float = 900
     ready_wait_s: float = 180
@@ -261,6 +266,7 @@ def scenario_config(base: StationConfig, root: Path, size: DriftScenario, plc: S
     cfg.supervisor.processes = [StationProcess.WORKER, StationProcess.LINE, StationProcess.DRIFT,
                                 StationProcess.JOBS]  # the camera is the scenario's own: it knows the truth
     cfg.supervisor.workers = size.workers
+    cfg.drift.hysteresis = size.drift_hysteresis
     cfg.camera.fps = size.fps
     cfg.model.package = None  # workers serve the registered active model
     return cfg
@@ -276,6 +282,7 @@ class DriftRun:
         self.seconds: dict[str, float] = {}
         self.summary: dict[str, Any] = {"scenario": "drift", "image_size": size.image_size, "workers": size.workers,
                                         "lighting_gain": size.lighting_gain,
+                                        "drift_hysteresis": self.cfg.drift.hysteresis,
                                         "auto_promote": self.cfg.jobs.auto_promote}
         self.factory = PartFactory(seed=size.seed, size=size.image_size)
         self.gain = 1.0
