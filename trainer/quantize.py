@@ -10,10 +10,11 @@ is deleted unless it is faster by ``min_speedup`` and loses at most ``max_metric
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -107,6 +108,25 @@ def _check_calibration(images: Sequence[np.ndarray], cfg: QuantConfig) -> None:
         raise QuantizationError("no calibration images", "pass TRAINING images")
 
 
+class _DropPreprocessingAdvice(logging.Filter):
+    """ORT's quantiser logs "Please consider (to run) pre-processing before quantization" on the root logger at
+    every call; our graphs are exported with shapes inferred and optimised (``trainer.export``), so it is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_preprocessing_advice() -> Iterator[None]:
+    root = logging.getLogger()
+    drop = _DropPreprocessingAdvice()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration_images: Sequence[np.ndarray],
                   cfg: QuantConfig | None = None) -> int:
     """Write the INT8 QDQ model; return the number of quantised nodes."""
@@ -120,12 +140,13 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration_imag
               "percentile": CalibrationMethod.Percentile}[cfg.calibrate_method]
     input_name = open_session(fp32_path).get_inputs()[0].name
     try:
-        quantize_static(
-            str(fp32_path), str(int8_path), ImageReader(calibration_images, input_name),
-            quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=list(cfg.op_types), nodes_to_quantize=nodes, calibrate_method=method,
-        )
+        with _quiet_preprocessing_advice():
+            quantize_static(
+                str(fp32_path), str(int8_path), ImageReader(calibration_images, input_name),
+                quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(cfg.op_types), nodes_to_quantize=nodes, calibrate_method=method,
+            )
     except Exception as err:  # noqa: BLE001 - ORT quantisation raises many types
         raise QuantizationError(f"INT8 quantisation of {fp32_path} failed: {err}",
                                 "quantise fewer node types (Conv only) or keep fp32") from None
