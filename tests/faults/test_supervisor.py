@@ -148,7 +148,7 @@ def test_power_cut_restart_with_extra_workers_keeps_one_redis(tmp_path: Path, ti
     try:
         url_file = data_dir / "redis" / "url"
         assert wait_for(lambda: url_file.is_file(), 60), (logs / "supervisor.log").read_text()
-        url = url_file.read_text().strip()
+        url = EmbeddedRedis(data_dir).url  # with the owner-only password (the url file holds none)
         probe = _fast_client(url, cfg)
         cam_cfg = cfg.model_copy(deep=True)
         cam_cfg.redis.url = url  # the camera of the test keeps the ledger; it finds the restarted server on this URL
