@@ -1,16 +1,15 @@
 """The station GUI: role login, then the operator, quality-engineer and maintenance views.
 
-``run_gui(cfg, role=None, demo=False)`` is the entry point (``inspector gui`` / ``inspector demo``).
+``run_gui(cfg, role=None, demo=False)`` is the entry point (``inspector gui`` / ``inspector demo``; with ``demo`` it first
+starts the demo's whole station, ``inspector.demo.start_demo_station``, and signs in on it).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
 from typing import Any
 
-from PySide6.QtCore import QThread, Signal
 from PySide6.QtWidgets import (
     QApplication,
     QComboBox,
@@ -157,59 +156,31 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
 
-class DemoStation(QThread):
-    """``inspector demo`` with a display: model package, workers and camera in the background."""
-
-    failed = Signal(str)
-
-    def __init__(self, cfg: StationConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.stop_event = threading.Event()
-        self._stoppables: list[Any] = []
-
-    def run(self) -> None:
-        try:
-            from rich.console import Console
-
-            from inspector.bus.connection import connect
-            from inspector.demo import ensure_demo_models
-            from inspector.worker import Worker, load_model
-
-            package = ensure_demo_models(self.cfg, None, Console(stderr=True))
-            self.cfg.model.package = package
-            worker = Worker(self.cfg, connect(self.cfg), load_model(self.cfg, package), name="gui-demo-worker")
-            self._stoppables.append(worker)
-            threading.Thread(target=worker.run, daemon=True).start()
-        except Exception as err:  # noqa: BLE001
-            log.exception("demo station failed")
-            self.failed.emit(str(err))
-
-    def stop(self) -> None:
-        for s in self._stoppables:
-            s.stop()
-        self.wait(5000)
-
-
 def run_gui(cfg: StationConfig, role: Role | str | None = None, demo: bool = False) -> int:
     """Open the GUI (login first); with ``demo`` or ``gui.camera_source`` it also runs the camera."""
     from inspector.bus.connection import resolve_url
 
+    background: list[Any] = []
+    if demo:  # the demo's whole station (inspector.demo.start_demo_station: supervisor, workers, line, PLC, camera)
+        from rich.console import Console
+
+        from inspector.demo import start_demo_station
+
+        station = start_demo_station(cfg, console=Console(stderr=True))
+        background.append(station)
+        cfg = station.cfg
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setStyleSheet(APP_STYLE)
-    resolve_url(cfg)  # start the embedded Redis now if this station uses one
+    resolve_url(cfg)  # start the embedded Redis now if this station uses one (the demo's supervisor owns it)
     from inspector.store.db import open_store
 
     policy = RolePolicy(cfg.gui, cfg.identity, open_store(cfg, lazy=True))  # wrong PINs counted and audited
     login = LoginDialog(policy, Role(role) if role else None)
     if login.exec() != QDialog.DialogCode.Accepted or login.session is None:
+        for b in background:
+            b.stop()
         return 1
-    background: list[Any] = []
-    if demo:
-        station = DemoStation(cfg)
-        station.start()
-        background.append(station)
-    if demo or cfg.gui.camera_source:
+    if cfg.gui.camera_source and not demo:  # the demo station streams its own camera
         camera = CameraThread(cfg)
         camera.start()
         background.append(camera)
