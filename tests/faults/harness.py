@@ -228,3 +228,30 @@ def verdict_count(client: redis.Redis, cfg: StationConfig) -> int:
         return int(client.xlen(bus.names.verdicts))
     except (redis.RedisError, OSError):
         return -1
+
+
+# ------------------------------------------------- onto the line only through the registry (fault tests)
+def renamed_package(pkg: Path, name: str) -> Path:
+    """The package with a new, unique version in its manifest (re-hashed: still self-consistent)."""
+    from inspector.contracts.manifest import Manifest
+    from inspector.runtime.package import write_manifest
+
+    m = Manifest.model_validate_json((pkg / "manifest.json").read_text())
+    write_manifest(pkg, m.model_copy(update={"version": f"{name}-{time.time_ns()}"}))
+    return pkg
+
+
+def promote_through_registry(cfg: StationConfig, client: redis.Redis, store: Any, pkg: Path,
+                             actor: str = "maint") -> str:
+    """Register ``pkg`` with a passing gate report, approve it and promote it: the only way onto the line."""
+    from inspector.contracts.lifecycle import GateReport, GateRow, Role
+    from inspector.runtime.package import load_package
+    from jobs.registry import approve, promote, register_candidate
+
+    package = load_package(pkg)
+    gate = GateReport(passed=True, evaluated_at=time.time(), frame_sets={"heldout": 100},
+                      rows=[GateRow(gate="errors", metric="errors", frame_set="heldout", candidate=0, limit=0,
+                                    passed=True)])
+    register_candidate(store, package.version, str(pkg), package.package_sha256, gate, actor)
+    approve(store, package.version, actor, Role.MAINTENANCE)
+    return promote(cfg, client, store, package.version, actor, role=Role.MAINTENANCE)

@@ -24,6 +24,7 @@ from inspector.store.records import promote_model, register_model
 from tests.faults.harness import (
     Camera,
     frame_pool,
+    promote_through_registry,
     spawn_worker,
     station,
     stop_all,
@@ -31,9 +32,10 @@ from tests.faults.harness import (
     wait_settled,
     write_config,
 )
+from tests.faults.harness import (
+    renamed_package as _rename_version,
+)
 from tests.faults.reconcile import read_verdict_entries, reconcile
-from tests.faults.test_trust import promote_through_registry
-from tests.faults.test_trust import renamed_package as _rename_version
 from tests.spine_helpers import make_tiny_package
 
 pytestmark = pytest.mark.faults

@@ -31,17 +31,17 @@ import yaml
 from inspector.bus.connection import EmbeddedRedis, join_station
 from inspector.bus.streams import decode_message
 from inspector.contracts.config import StationConfig
-from inspector.contracts.lifecycle import GateReport, GateRow, Role
-from inspector.contracts.manifest import Manifest
 from inspector.contracts.messages import ReviewRequest
 from inspector.contracts.names import Names
-from inspector.runtime.package import load_package, write_manifest
+from inspector.runtime.package import load_package
 from inspector.store.db import Store, open_store
 from inspector.worker import Worker, load_model
 from tests.faults.harness import (
     REPO,
     Camera,
     frame_pool,
+    promote_through_registry,
+    renamed_package,
     spawn_worker,
     station,
     stop_all,
@@ -56,27 +56,6 @@ pytestmark = pytest.mark.faults
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def renamed_package(pkg: Path, name: str) -> Path:
-    """The package with a new, unique version in its manifest (re-hashed: still self-consistent)."""
-    m = Manifest.model_validate_json((pkg / "manifest.json").read_text())
-    write_manifest(pkg, m.model_copy(update={"version": f"{name}-{time.time_ns()}"}))
-    return pkg
-
-
-def promote_through_registry(cfg: StationConfig, client: redis.Redis, store: Store, pkg: Path,
-                             actor: str = "maint") -> str:
-    """Register ``pkg`` with a passing gate report, approve it and promote it: the only way onto the line."""
-    from jobs.registry import approve, promote, register_candidate
-
-    package = load_package(pkg)
-    gate = GateReport(passed=True, evaluated_at=time.time(), frame_sets={"heldout": 100},
-                      rows=[GateRow(gate="errors", metric="errors", frame_set="heldout", candidate=0, limit=0,
-                                    passed=True)])
-    register_candidate(store, package.version, str(pkg), package.package_sha256, gate, actor)
-    approve(store, package.version, actor, Role.MAINTENANCE)
-    return promote(cfg, client, store, package.version, actor, role=Role.MAINTENANCE)
-
-
 def flow(cfg: StationConfig, client: redis.Redis, package: Path, seconds: float = 3.0, fps: float = 20) -> Report:
     """Frames through a real worker (in this process) for ``seconds``, then the usual reconciliation."""
     names = Names(cfg.redis.prefix, cfg.station.id)
