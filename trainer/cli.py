@@ -64,13 +64,16 @@ def train_classifier_cmd(
         "runs/classifier"),
     limit_per_class: Annotated[int | None, typer.Option(help="Use at most N images per class (smoke runs).")] = None,
     log: Annotated[Path | None, typer.Option(help="Experiment log (default runs/experiments.jsonl).")] = None,
+    backbone: Annotated[str, typer.Option(help="Override the recipe's backbone (e.g. tf_efficientnet_lite1).")] = "",
+    image_size: Annotated[int, typer.Option(help="Override the recipe's input side (multiple of 32).")] = 0,
 ) -> None:
     """Train the defect classifier, calibrate it on validation, report held-out metrics, save the state."""
     from trainer.classifier_run import run_classifier_recipe
-    from trainer.recipe import load_recipe
+    from trainer.recipe import load_recipe, override_recipe
 
     try:
-        result = run_classifier_recipe(data, load_recipe(recipe), out, console, limit_per_class, log)
+        chosen = override_recipe(load_recipe(recipe), backbone=backbone or None, image_size=image_size or None)
+        result = run_classifier_recipe(data, chosen, out, console, limit_per_class, log)
     except InspectorError as err:
         raise _fail(err) from None
     console.print(metrics_table(result.metrics))

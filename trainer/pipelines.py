@@ -25,7 +25,7 @@ from inspector.contracts.errors import DataError
 from inspector.contracts.manifest import AnomalySpec, Preprocess
 from inspector.models.preprocess import Preprocessor
 from trainer.anomaly import AnomalyConfig, fit_anomaly_scorer, threshold_f1_optimal, threshold_good_quantile
-from trainer.backbone import build_backbone
+from trainer.backbone import build_backbone, check_image_size
 from trainer.data import load_rgb, scan_anomaly, snapshot_hash
 from trainer.evaluate import EvalSet, load_test_split, rate_interval
 from trainer.network import InspectionNet
@@ -119,6 +119,7 @@ def build_anomaly_package(data_dir: str | Path, out: str | Path, cfg: AnomalyCon
     data = scan_anomaly(Path(data_dir))
     if not data.train:
         raise DataError(f"{data_dir} has no train/good images", "use the anomaly layout: train/good, test/<class>")
+    check_image_size(cfg.backbone, cfg.image_size)
     good = [_rgb(s.path) for s in data.train]
     backbone, bspec = build_backbone(cfg.backbone, out_indices=cfg.out_indices)
     pre_spec = Preprocess(size=cfg.image_size, resize="stretch", mean=bspec.mean, std=bspec.std, color="gray")
@@ -143,14 +144,18 @@ def build_anomaly_package(data_dir: str | Path, out: str | Path, cfg: AnomalyCon
 
 
 def build_classifier_package(run_dir: str | Path, data_dir: str | Path, out: str | Path,
-                             name: str = "classifier") -> BuildResult:
-    """Export a ``trainer train-classifier`` run as a package, evaluated on the run's fixed test split."""
+                             name: str = "classifier", backbone: str | None = None,
+                             image_size: int | None = None) -> BuildResult:
+    """Export a ``trainer train-classifier`` run as a package, evaluated on the run's fixed test split.
+
+    ``backbone`` / ``image_size``: refuse unless the run was trained with them (a package cannot change either)."""
     import json
 
     from trainer.classifier_run import load_classifier
 
     run = Path(run_dir)
     net, meta = load_classifier(run)
+    _check_run_matches(run, meta, backbone, image_size)
     split = json.loads((run / "split.json").read_text())
     root = Path(data_dir)
     test = [(root / p, c) for p, c in _split_items(split, "test")]
@@ -170,6 +175,16 @@ def build_classifier_package(run_dir: str | Path, data_dir: str | Path, out: str
     )
     calib = [_rgb(p) for p in train[:: max(1, len(train) // 128)][:128]]
     return build_package(out, net, spec, held, calibration_images=calib, overwrite=True)
+
+
+def _check_run_matches(run: Path, meta: dict[str, Any], backbone: str | None, image_size: int | None) -> None:
+    arch, size = meta.get("architecture", {}), list(meta.get("preprocess", {}).get("size", []))
+    if backbone and arch.get("backbone") != backbone:
+        raise DataError(f"run {run} was trained on backbone {arch.get('backbone')!r}, not {backbone!r}",
+                        f"train it first: trainer train-classifier DATA --backbone {backbone} --out RUN")
+    if image_size and size and size != [image_size, image_size]:
+        raise DataError(f"run {run} was trained at {size[0]}x{size[1]} px, not {image_size}",
+                        f"train it first: trainer train-classifier DATA --image-size {image_size} --out RUN")
 
 
 def _split_items(split: dict[str, list[str]], part: str) -> list[tuple[str, str]]:

@@ -56,6 +56,18 @@ class ClassifierRecipe(BaseModel):
     split: SplitSpec = Field(default_factory=SplitSpec)
     threads: int = Field(2, ge=1, le=256, description="torch CPU threads.")
 
+    @model_validator(mode="after")
+    def _backbone_takes_size(self) -> ClassifierRecipe:
+        from inspector.contracts.errors import DataError
+        from trainer.backbone import check_backbone_name, check_image_size
+
+        try:
+            check_backbone_name(self.backbone)
+            check_image_size(self.backbone, self.image_size)
+        except DataError as err:
+            raise ValueError(f"{err.message} ({err.hint})") from None
+        return self
+
 
 def load_recipe(path: str | Path) -> ClassifierRecipe:
     p = Path(path)
@@ -67,3 +79,17 @@ def load_recipe(path: str | Path) -> ClassifierRecipe:
     except ValidationError as err:
         keys = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"recipe {p} is invalid: {keys}", "fix the named key (unknown keys are refused)") from None
+
+
+def override_recipe(recipe: ClassifierRecipe, backbone: str | None = None,
+                    image_size: int | None = None) -> ClassifierRecipe:
+    """The recipe with the command line's ``--backbone`` / ``--image-size`` (validated like the YAML's)."""
+    changes = {k: v for k, v in (("backbone", backbone), ("image_size", image_size)) if v}
+    if not changes:
+        return recipe
+    try:
+        return ClassifierRecipe.model_validate({**recipe.model_dump(), **changes})
+    except ValidationError as err:
+        keys = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"--backbone/--image-size: {keys}", "pick a backbone with offline weights and a side "
+                          "that is a multiple of 32") from None

