@@ -47,8 +47,9 @@ def package_anomaly_cmd(
     data: Annotated[Path, typer.Argument(help="Anomaly-layout folder: train/good, test/good, test/<defect>.")],
     out: Annotated[Path, typer.Option(help="Package folder to write.")],
     name: Annotated[str, typer.Option(help="Package name.")] = "anomaly",
-    method: Annotated[str, typer.Option(help="wknn (nearest whitened good patch, default), gaussian (PaDiM-style) "
-                                              "or knn (PatchCore-style).")] = "",
+    method: Annotated[str, typer.Option(help="wknn (nearest whitened good patch, default), gaussian (PaDiM-style), "
+                                              "knn (PatchCore-style), or anomalib's own models packaged for the "
+                                              "station: anomalib:padim, anomalib:patchcore.")] = "",
     backbone: Annotated[str, typer.Option(help=BACKBONE_HELP)] = "",
     image_size: Annotated[int, typer.Option(help="Square network input side in pixels (multiple of 32); "
                                                  "0: the default of the scorer.")] = 0,
@@ -57,21 +58,26 @@ def package_anomaly_cmd(
     """Fit the good-only anomaly model, set its threshold from held-out good parts, export, quantise, check."""
     from dataclasses import replace
 
+    from trainer.anomalib_package import ANOMALIB_METHODS, AnomalibConfig, build_anomalib_package
     from trainer.anomaly import ANOMALY_METHODS, AnomalyConfig
     from trainer.backbone import check_backbone_name, check_image_size
     from trainer.pipelines import build_anomaly_package
 
-    if method and method not in ANOMALY_METHODS:
-        console.print(f"[red]error:[/] --method {method!r} is not a scorer: use one of {', '.join(ANOMALY_METHODS)}")
+    if method and method not in ANOMALY_METHODS + ANOMALIB_METHODS:
+        console.print(f"[red]error:[/] --method {method!r} is not a scorer: use one of "
+                      f"{', '.join(ANOMALY_METHODS + ANOMALIB_METHODS)}")
         raise typer.Exit(code=2)
-    cfg = AnomalyConfig() if not method else replace(AnomalyConfig(), method=method)  # type: ignore[arg-type]
+    zoo = method in ANOMALIB_METHODS  # anomalib's model, packaged like ours (trainer/anomalib_package.py)
+    cfg = AnomalibConfig.from_method(method) if zoo else \
+        AnomalyConfig() if not method else replace(AnomalyConfig(), method=method)  # type: ignore[arg-type]
     try:
         if backbone:
             check_backbone_name(backbone)
-            cfg = replace(cfg, backbone=backbone)
+            cfg = replace(cfg, backbone=backbone)  # type: ignore[type-var]
         if image_size:
-            cfg = replace(cfg, image_size=check_image_size(cfg.backbone, image_size))
-        result = build_anomaly_package(data, out, cfg, name=name, console=console)
+            cfg = replace(cfg, image_size=check_image_size(cfg.backbone, image_size))  # type: ignore[type-var]
+        result = build_anomalib_package(data, out, cfg, name=name, console=console) if zoo else \
+            build_anomaly_package(data, out, cfg, name=name, console=console)  # type: ignore[arg-type]
     except InspectorError as err:
         raise _fail(err) from None
     if as_json:
