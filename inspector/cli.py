@@ -289,6 +289,7 @@ def line(config: Path | None = ConfigOpt) -> None:
 
 from inspector.bench.cli import bench_app  # noqa: E402
 from inspector.identity import identity_app as _identity_app  # noqa: E402
+from inspector.shadow_cli import shadow_app  # noqa: E402
 from inspector.station.cli import station_app  # noqa: E402
 from inspector.store.cli import audit_app, review_app, trace  # noqa: E402
 from jobs.cli import jobs_app  # noqa: E402
@@ -301,6 +302,7 @@ app.add_typer(audit_app, name="audit", help="Audit trail: verify the hash chain,
 app.add_typer(_identity_app(), name="identity", help="Who you are to the station: roles, PIN hashes, personal tokens.")
 app.add_typer(review_app, name="review", help="Review queue and labelling from the command line.")
 app.add_typer(station_app, name="station", help="The station's processes under one supervisor: station run.")
+app.add_typer(shadow_app, name="shadow", help="Shadow mode: a candidate judges live frames beside the active model.")
 app.command("trace", help="Everything known about one part: verdict, scores, model and its hash, labels.")(trace)
 
 

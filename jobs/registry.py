@@ -95,6 +95,28 @@ def _refuse(store: Store, row: ModelVersionRow, actor: str, why: str, hint: str,
     return GateRefused(f"promotion of {row.version} refused: {why}", hint, rows)
 
 
+def _shadow_period(cfg: StationConfig, store: Store, row: ModelVersionRow, actor: str) -> None:
+    """With ``shadow.required_frames`` set, a new version is promoted only after that many live frames judged in
+    shadow agreed with the active model's line outcome at least ``shadow.min_agreement`` of the time."""
+    need = cfg.shadow.required_frames
+    if need <= 0:
+        return
+    from inspector.store.shadow import shadow_report
+
+    rep = shadow_report(store, row.version, max_differences=0)
+    hint = f"run it in shadow first: `inspector shadow start {row.version}`, then `inspector jobs shadow-report {row.version}`"
+    if rep.compared < need:
+        raise _refuse(store, row, actor, f"its shadow period is not over: {rep.compared} of the {need} live frames "
+                                         "(shadow.required_frames) compared with the active model", hint, [])
+    agreement = rep.line_agreement or 0.0
+    if agreement < cfg.shadow.min_agreement:
+        raise _refuse(store, row, actor, f"in shadow it agreed with the active model's line outcome on "
+                                         f"{100 * agreement:.2f} % of {rep.compared} frames, below shadow.min_agreement "
+                                         f"{100 * cfg.shadow.min_agreement:.2f} %",
+                      f"read the differing parts: `inspector jobs shadow-report {row.version}`; override with --force "
+                      "--reason (maintenance role, audited)", [])
+
+
 def approve(store: Store, version: str, actor: str, role: Role | str) -> ModelStatus:
     """A person who read every gate row approves a gated_pass version for promotion."""
     check_role(role, Action.APPROVE)
@@ -139,6 +161,8 @@ def promote(cfg: StationConfig, client: redis.Redis, store: Store, version: str 
                       "review its gate rows and `inspector jobs approve VERSION` first", [])
     elif ModelStatus(row.status) not in PROMOTABLE:
         raise _refuse(store, row, actor, f"a {row.status} version cannot be promoted", "", [])
+    if not force and action == "model.promote" and row.status in (ModelStatus.GATED_PASS, ModelStatus.APPROVED):
+        _shadow_period(cfg, store, row, actor)
     _verified(row)
     previous = promote_model(store, version, actor, action, extra)
     bus = StationBus(client, cfg)

@@ -352,6 +352,27 @@ class GuiSection(Section):
     camera_source: bool = Field(False, description="The GUI streams the configured camera to the frames stream.")
 
 
+class ShadowSection(Section):
+    """A candidate judging live frames beside the active model (``inspector shadow run``): stored, never sent to
+    the line. Which candidate is set by ``inspector shadow start VERSION`` (audited), not here."""
+
+    max_lag_ms: float = Field(
+        2000, gt=0, le=600_000, description="Frames older than this when the shadow reads them are skipped (counted): "
+                                            "the shadow runs on spare capacity and never queues behind the line.")
+    nice: int = Field(10, ge=0, le=19, description="CPU niceness of the shadow process: the active model's workers go first.")
+    threads: int = Field(1, ge=1, le=256, description="Intra-op threads of the shadow candidate's CPU runtime.")
+    max_batch: int = Field(8, ge=1, le=256, description="Largest micro-batch of the shadow candidate.")
+    save_differing: int = Field(
+        500, ge=0, le=1_000_000, description="Images of the frames where the candidate and the active model differ, "
+                                             "archived per shadowed version for the report (0: none).")
+    required_frames: int = Field(
+        0, ge=0, le=10_000_000, description="Promotion needs at least this many live frames judged by the candidate "
+                                            "in shadow and compared with the active verdicts (0: no shadow period needed).")
+    min_agreement: float = Field(
+        0.95, ge=0, le=1, description="With required_frames set: the least share of compared frames on which the "
+                                      "candidate's line outcome (reject or not) matches the active model's.")
+
+
 class SupervisorSection(Section):
     """What ``inspector station run`` runs and how it restarts and stops them (see inspector/contracts/processes.py)."""
 
@@ -392,6 +413,7 @@ class StationConfig(Section):
     line: LineSection = Field(default_factory=LineSection)
     gui: GuiSection = Field(default_factory=GuiSection)
     identity: IdentitySection = Field(default_factory=IdentitySection)
+    shadow: ShadowSection = Field(default_factory=ShadowSection)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
 
     @model_validator(mode="after")

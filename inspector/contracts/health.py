@@ -20,6 +20,7 @@ class Health(StrEnum):
 class ConsumerRole(StrEnum):
     RECORDER = "recorder"
     REVIEW_ROUTER = "review-router"
+    SHADOW = "shadow"
 
 
 class ConsumerBeat(BaseModel):

@@ -59,6 +59,7 @@ class Action(StrEnum):
     RELABEL = "review.relabel"
     EXPORT = "review.export"
     DISPUTE = "verdict.dispute"
+    SHADOW = "model.shadow"  # start or stop judging live frames with a candidate, beside the active model
 
 
 PERMISSIONS: dict[Action, frozenset[Role]] = {
@@ -72,6 +73,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.RELABEL: frozenset({Role.QUALITY}),
     Action.EXPORT: frozenset({Role.QUALITY, Role.MAINTENANCE}),
     Action.DISPUTE: frozenset({Role.OPERATOR, Role.QUALITY, Role.MAINTENANCE}),
+    Action.SHADOW: frozenset({Role.MAINTENANCE, Role.SYSTEM}),
 }
 """The one table of who may do what: the CLI (``inspector.identity.authorize``) and the GUI (``gui.state``)."""
 

@@ -52,6 +52,7 @@ class Names:
     gui_group: str = "gui"
     retrain_trigger_group: str = "retrain-trigger"  # on the events stream: acts on DRIFT_ALARM events
     review_group: str = "review-router"  # on the review inbox: archive + review item, XACK only after both
+    shadow_group: str = "shadow"  # on the frames stream: the shadow candidate judges what the line's workers judge
 
     # keys
     def done(self, frame_id: str) -> str:
@@ -93,6 +94,11 @@ class Names:
     def active_model(self) -> str:
         """Hash: version, path, sha256 of the package the workers must serve."""
         return f"{self.base}:model:active"
+
+    @property
+    def shadow_model(self) -> str:
+        """Hash: version, sha256 of the candidate judged in shadow (never sent to the line); absent: no shadow."""
+        return f"{self.base}:model:shadow"
 
     @property
     def audit_head(self) -> str:

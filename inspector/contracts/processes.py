@@ -15,17 +15,19 @@ class StationProcess(StrEnum):
     LINE = "line"  # inspector line: MQTT / Modbus line outputs
     DRIFT = "drift"  # inspector jobs drift: drift monitor and retrain trigger
     JOBS = "jobs"  # inspector jobs worker --with-scheduler: the RQ worker
+    SHADOW = "shadow"  # inspector shadow run: a candidate judges live frames beside the active model, off the line
 
 
 # Start order (consumers before the producer, so no frame waits for a reader) and stop order (the producer
 # first, then the workers drain, then what reads their verdicts; Redis last).
 START_ORDER: tuple[StationProcess, ...] = (
-    StationProcess.WORKER, StationProcess.LINE, StationProcess.DRIFT, StationProcess.JOBS, StationProcess.CAMERA,
+    StationProcess.WORKER, StationProcess.LINE, StationProcess.DRIFT, StationProcess.JOBS, StationProcess.SHADOW,
+    StationProcess.CAMERA,
 )
 STOP_STAGES: tuple[tuple[StationProcess, ...], ...] = (
     (StationProcess.CAMERA,),
     (StationProcess.WORKER,),
-    (StationProcess.LINE, StationProcess.DRIFT, StationProcess.JOBS),
+    (StationProcess.LINE, StationProcess.DRIFT, StationProcess.JOBS, StationProcess.SHADOW),
 )
 
 

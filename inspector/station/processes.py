@@ -42,6 +42,8 @@ def plan(cfg: StationConfig, config: Path | None) -> list[ProcessSpec]:
             specs.append(ProcessSpec("line", kind, _cli("inspector.cli", "line", *conf)))
         elif kind is StationProcess.DRIFT:
             specs.append(ProcessSpec("drift", kind, _cli("jobs.cli", "drift", *conf)))
+        elif kind is StationProcess.SHADOW:
+            specs.append(ProcessSpec("shadow", kind, _cli("inspector.cli", "shadow", "run", *conf)))
         elif kind is StationProcess.JOBS:
             specs.append(ProcessSpec("jobs", kind, _cli("jobs.cli", "worker", *conf, "--with-scheduler")))
     return specs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String, Text, text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from inspector.contracts.lifecycle import ModelStatus
@@ -178,3 +178,28 @@ class DatasetVersionRow(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(JSON)
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class ShadowVerdictRow(Base):
+    """What a shadow candidate said of a live frame (``inspector shadow run``): never sent to the line. The
+    active model's verdict of the same frame is the ``verdicts`` row with this ``frame_id``."""
+
+    __tablename__ = "shadow_verdicts"
+    __table_args__ = (UniqueConstraint("version", "frame_id", name="uq_shadow_verdicts_version_frame_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(String(128), index=True)
+    frame_id: Mapped[str] = mapped_column(String(64), index=True)
+    part_id: Mapped[str] = mapped_column(String(128))
+    camera: Mapped[str] = mapped_column(String(64))
+    captured_at: Mapped[float] = mapped_column(Float, index=True)
+    decided_at: Mapped[float] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(String(8))
+    reject: Mapped[bool] = mapped_column(Boolean)
+    defect_class: Mapped[str | None] = mapped_column(String(64))
+    anomaly_score: Mapped[float | None] = mapped_column(Float)
+    infer_ms: Mapped[float | None] = mapped_column(Float)  # the candidate's model time per frame (batch share)
+    latency_ms: Mapped[float | None] = mapped_column(Float)  # capture to the shadow decision
+    error: Mapped[str | None] = mapped_column(Text)
+    image_sha256: Mapped[str | None] = mapped_column(String(64))  # archived when it differs from the active verdict
+    image_ext: Mapped[str | None] = mapped_column(String(8))

@@ -1,0 +1,300 @@
+"""Shadow mode: a candidate model judges live frames beside the active one, and nothing it says reaches the line.
+
+``inspector shadow run`` (a station process, started by the supervisor when ``shadow`` is in
+``supervisor.processes``) reads the frames stream in its own consumer group, so it sees every frame the
+workers see without taking any from them. It judges each frame with the candidate named by the Redis hash
+``model:shadow`` (set only by ``inspector shadow start VERSION``, audited; the version must be registered and
+its package must have the registered hash), decides with the station's policy and stores the result in
+``shadow_verdicts``. It never writes the verdicts stream, the done keys or the counters the line reads.
+
+It runs on spare capacity: niced (``shadow.nice``), on ``shadow.threads`` runtime threads, and frames older
+than ``shadow.max_lag_ms`` when it reads them are skipped and counted (``shadow_skipped``), so it never
+queues behind the line. Images of frames where the candidate's verdict differs from the active one are
+archived (up to ``shadow.save_differing`` per version) for ``inspector jobs shadow-report``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import redis
+
+from inspector.archive import Archive
+from inspector.bus.streams import Entry, StationBus, decode_message
+from inspector.contracts.config import StationConfig
+from inspector.contracts.errors import FrameError, InspectorError, ModelPackageError
+from inspector.contracts.health import ConsumerRole
+from inspector.contracts.messages import Decision, FrameMeta
+from inspector.decision import decide, line_rejects
+from inspector.models.decode import decode_image
+from inspector.models.inference import InspectionModel
+from inspector.progress import ConsumerHeartbeat, Progress
+from inspector.store.db import Store
+from inspector.store.models import ModelVersionRow
+from inspector.store.shadow import differing_without_image, images_saved, record_shadow_verdicts, set_shadow_image
+
+log = logging.getLogger(__name__)
+
+RECENT_IMAGES = 2000  # frames kept in memory until their active verdict is recorded (a few seconds at line rate)
+MATCH_AFTER_S = 1.0  # the recorder writes verdict rows within store.flush_ms; look for them after this
+
+
+class ShadowRefused(InspectorError):
+    """The version named for shadow mode cannot be shadowed."""
+
+
+def shadow_pointer(client: redis.Redis, bus: StationBus) -> tuple[str, str] | None:
+    raw = client.hgetall(bus.names.shadow_model)
+    if not raw or b"version" not in raw:
+        return None
+    return raw[b"version"].decode(), raw.get(b"sha256", b"").decode()
+
+
+def registered_version(store: Store, version: str) -> ModelVersionRow:
+    with store.session() as s:
+        row = s.get(ModelVersionRow, version)
+    if row is None:
+        raise ShadowRefused(f"model version {version} is not registered", "`inspector jobs status` lists versions")
+    return row
+
+
+def shadow_config(cfg: StationConfig) -> StationConfig:
+    """The station config the candidate runs under: the shadow's threads and batch, everything else the same."""
+    runtime = cfg.runtime.model_copy(update={"threads": cfg.shadow.threads})
+    worker = cfg.worker.model_copy(update={"max_batch": cfg.shadow.max_batch})
+    return cfg.model_copy(update={"runtime": runtime, "worker": worker})
+
+
+@dataclass
+class _Judged:
+    meta: FrameMeta
+    image: bytes
+    at: float
+
+
+class ShadowRunner:
+    """The shadow process's loop: read live frames, judge them with the candidate, store, acknowledge."""
+
+    def __init__(self, cfg: StationConfig, client: redis.Redis, store: Store, name: str = "shadow") -> None:
+        self.cfg, self.store, self.name = cfg, store, name
+        self.bus = StationBus(client, cfg)
+        self.names = self.bus.names
+        self.group = self.names.shadow_group
+        self.model: InspectionModel | None = None
+        self.pointer: tuple[str, str] | None = None
+        self._refused: set[tuple[str, str]] = set()
+        self.archive = Archive.for_data_dir(cfg.data_dir)
+        self.progress = Progress(ConsumerRole.SHADOW, name, cfg.store.stall_s)
+        self.heartbeat = ConsumerHeartbeat(client, self.names, self.progress)
+        self.counts: dict[str, int] = {"judged": 0, "skipped": 0, "trimmed": 0, "unreadable": 0, "saved_images": 0}
+        self._recent: OrderedDict[str, _Judged] = OrderedDict()
+        self._saved = 0
+        self._next_poll = 0.0
+        self._next_match = 0.0
+        self.stop_event = threading.Event()
+        self.bus.ensure_group(self.names.frames, self.group, start="$")
+
+    # -- which candidate -----------------------------------------------------------------------------
+    def poll_pointer(self) -> None:
+        """Load the candidate the Redis pointer names once the registry backs it; unload when it is cleared."""
+        pointer = shadow_pointer(self.bus.r, self.bus)
+        if pointer == self.pointer or (pointer is not None and pointer in self._refused):
+            return
+        if pointer is None:
+            log.info("shadow %s: shadow mode stopped (was %s)", self.name, self.pointer and self.pointer[0])
+            self._unload()
+            return
+        version, sha = pointer
+        try:
+            row = registered_version(self.store, version)
+            if row.package_sha256 != sha:
+                raise ShadowRefused(f"the shadow pointer's hash {sha[:12]} is not the registered {row.package_sha256[:12]}"
+                                    f" of {version}", "start it again with `inspector shadow start VERSION`")
+            from inspector.worker import load_model
+
+            model = load_model(shadow_config(self.cfg), row.package_path)
+            if model.package.package_sha256 != row.package_sha256:
+                model.close()
+                raise ShadowRefused(f"the package at {row.package_path} is not the one registered as {version}",
+                                    "restore the registered package")
+        except (InspectorError, ModelPackageError) as err:
+            log.error("shadow %s: %s refused: %s", self.name, version, err.message)
+            self._refused.add(pointer)
+            return
+        self._unload()
+        self.model, self.pointer = model, pointer
+        self._saved = images_saved(self.store, version)
+        self._skip_backlog()
+        log.info("shadow %s: judging live frames with %s (never sent to the line)", self.name, version)
+
+    def _unload(self) -> None:
+        if self.model is not None:
+            self.model.close()
+        self.model, self.pointer = None, None
+        self._recent.clear()
+
+    def _skip_backlog(self) -> None:
+        """A new candidate starts at the live end of the stream: what was pending or unread is skipped."""
+        self.bus.r.xgroup_setid(self.names.frames, self.group, "$")
+        while True:
+            pending = self.bus.r.xpending_range(self.names.frames, self.group, min="-", max="+", count=500)
+            if not pending:
+                return
+            self.bus.r.xack(self.names.frames, self.group, *[p["message_id"] for p in pending])
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def run(self, max_frames: int | None = None) -> dict[str, int]:
+        self.heartbeat.start()
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self.step()
+                except (redis.ConnectionError, redis.TimeoutError) as err:
+                    self.progress.failed(f"Redis: {err}")
+                    self.stop_event.wait(0.5)
+                    continue
+                except Exception as err:  # noqa: BLE001 - the shadow never takes the station down; say it and go on
+                    log.exception("shadow %s: step failed", self.name)
+                    self.progress.failed(str(err))
+                    self.stop_event.wait(1.0)
+                    continue
+                if max_frames is not None and self.counts["judged"] >= max_frames:
+                    break
+        finally:
+            self.heartbeat.stop()
+            self._unload()
+        return dict(self.counts)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def step(self) -> int:
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._next_poll = now + self.cfg.worker.reload_poll_s
+            self.poll_pointer()
+        if self.model is None:
+            self.progress.ok()
+            self.stop_event.wait(0.2)
+            return 0
+        entries = self.bus.read_new(self.names.frames, self.group, self.name, self.cfg.shadow.max_batch, block_ms=200)
+        n = self._judge(entries) if entries else 0
+        if now >= self._next_match:
+            self._next_match = now + MATCH_AFTER_S
+            self._save_differing()
+        self.progress.ok(n)
+        return n
+
+    def _fresh(self, entries: list[Entry]) -> list[tuple[Entry, FrameMeta]]:
+        fresh: list[tuple[Entry, FrameMeta]] = []
+        for entry in entries:
+            if entry.fields is None:
+                self.counts["trimmed"] += 1
+                continue
+            try:
+                meta = decode_message(entry.message_raw)
+            except InspectorError:
+                self.counts["unreadable"] += 1
+                continue
+            if not isinstance(meta, FrameMeta):
+                self.counts["unreadable"] += 1
+                continue
+            if (time.time() - meta.captured_at) * 1000 > self.cfg.shadow.max_lag_ms:
+                self.counts["skipped"] += 1
+                continue
+            fresh.append((entry, meta))
+        return fresh
+
+    def _judge(self, entries: list[Entry]) -> int:
+        assert self.model is not None and self.pointer is not None
+        fresh = self._fresh(entries)
+        skipped = len(entries) - len(fresh)
+        if skipped:
+            self.bus.count("shadow_skipped", skipped)
+        rows, images, decoded = [], [], []
+        for entry, meta in fresh:
+            try:
+                images.append(decode_image(entry.image, meta.encoding, self.cfg.worker.max_image_pixels))
+                decoded.append((entry, meta))
+            except FrameError as err:
+                rows.append(self._row(meta, Decision.ERROR, None, None, None, f"decode: {err.message}"))
+        if decoded:
+            t0 = time.perf_counter()
+            outputs = self.model.infer(images)
+            per_frame = (time.perf_counter() - t0) * 1000 / len(decoded)
+            for (entry, meta), out in zip(decoded, outputs, strict=True):
+                if isinstance(out, FrameError):
+                    rows.append(self._row(meta, Decision.ERROR, None, None, per_frame, f"model: {out.message}"))
+                    continue
+                result = decide(out.class_probs, out.anomaly_score, self.cfg.policy, out.classifier_decides)
+                rows.append(self._row(meta, result.decision, result.defect_class, out.anomaly_score, per_frame, None))
+                self._remember(meta, entry.image)
+        record_shadow_verdicts(self.store, rows)
+        self.bus.r.xack(self.names.frames, self.group, *[e.entry_id for e in entries])
+        self.counts["judged"] += len(rows)
+        return len(rows)
+
+    def _row(self, meta: FrameMeta, decision: Decision, defect_class: str | None, score: float | None,
+             infer_ms: float | None, error: str | None) -> dict[str, object]:
+        assert self.pointer is not None
+        return {"version": self.pointer[0], "frame_id": meta.id, "part_id": meta.part_id, "camera": meta.camera,
+                "captured_at": meta.captured_at, "decided_at": time.time(), "decision": decision.value,
+                "reject": line_rejects(decision, self.cfg.policy), "defect_class": defect_class,
+                "anomaly_score": score, "infer_ms": None if infer_ms is None else round(infer_ms, 3),
+                "latency_ms": round((time.time() - meta.captured_at) * 1000, 3), "error": error}
+
+    # -- images of the frames that differ --------------------------------------------------------------
+    def _remember(self, meta: FrameMeta, image: bytes) -> None:
+        if self.cfg.shadow.save_differing <= self._saved:
+            return
+        self._recent[meta.id] = _Judged(meta, image, time.monotonic())
+        while len(self._recent) > RECENT_IMAGES:
+            self._recent.popitem(last=False)
+
+    def _save_differing(self) -> None:
+        """Archive the images of judged frames whose active verdict is now recorded and differs."""
+        if not self._recent or self.pointer is None:
+            return
+        cutoff = time.monotonic() - MATCH_AFTER_S
+        due = [fid for fid, j in self._recent.items() if j.at <= cutoff]
+        if not due:
+            return
+        version = self.pointer[0]
+        for fid in differing_without_image(self.store, version, due):
+            if self._saved >= self.cfg.shadow.save_differing:
+                break
+            judged = self._recent[fid]
+            ext = "png" if judged.meta.encoding == "png" else "jpg"
+            sha = self.archive.put(judged.image, ext)
+            set_shadow_image(self.store, version, fid, sha, ext)
+            self._saved += 1
+            self.counts["saved_images"] += 1
+        too_old = time.monotonic() - 10 * MATCH_AFTER_S  # the recorder had its chance: forget the image
+        for fid in due:
+            judged_at = self._recent.get(fid)
+            if judged_at is not None and judged_at.at <= too_old:
+                self._recent.pop(fid, None)
+
+
+def run_shadow_process(cfg: StationConfig, client: redis.Redis, store: Store, name: str) -> dict[str, int]:
+    """``inspector shadow run``: nice the process, stop on SIGTERM, run until stopped."""
+    import signal
+
+    if cfg.shadow.nice:
+        try:
+            os.nice(cfg.shadow.nice)
+        except OSError as err:
+            log.warning("shadow %s: cannot lower its CPU priority (%s); it runs at normal priority", name, err)
+    runner = ShadowRunner(cfg, client, store, name)
+
+    def handler(_signum: int, _frame: object) -> None:
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return runner.run()
