@@ -254,6 +254,8 @@ def validate_config(
     from inspector.bus.connection import masked_url
 
     redis_shown = "embedded" if cfg.redis.url is None else masked_url(cfg.redis.url)  # never print a password
+    if cfg.redis.sentinel is not None:
+        redis_shown = f"sentinel master {cfg.redis.sentinel.master} via {', '.join(cfg.redis.sentinel.hosts)}"
     console.print(f"[green]{file} is valid[/green]: station {cfg.station.id}, camera {cfg.camera.id} "
                   f"({cfg.camera.source.kind}), redis {redis_shown}")
 

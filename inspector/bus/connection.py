@@ -35,10 +35,11 @@ from pathlib import Path
 import psutil
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, InvalidResponse, NoPermissionError
+from redis.exceptions import AuthenticationError, AuthorizationError, InvalidResponse, NoPermissionError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from inspector.contracts.config import RedisSection, StationConfig, masked_url
 from inspector.contracts.errors import TransportError
@@ -351,14 +352,25 @@ def _retry(section: RedisSection) -> Retry:
                        attempts)
 
 
-def client_for_url(url: str, section: RedisSection | None = None, decode: bool = False) -> redis.Redis:
-    """A redis-py client that retries with capped exponential backoff on connection errors."""
-    section = section or RedisSection()
+# What a client waits out with backoff: a lost connection, a timeout, no master elected yet (Sentinel's
+# MasterNotFoundError is a ConnectionError), and a demoted master that answers READONLY.
+TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionResetError, MasterNotFoundError, ReadOnlyError)
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def sentinel_url(section: RedisSection) -> str:
+    """What names a Sentinel-managed master in output and in the ``url`` argument of :func:`client_for_url`
+    (never a password): ``redis+sentinel://h1:26379,h2:26379/MASTER``."""
+    assert section.sentinel is not None
+    return f"{SENTINEL_SCHEME}{','.join(section.sentinel.hosts)}/{section.sentinel.master}"
+
+
+def _client_kwargs(section: RedisSection, decode: bool) -> dict[str, object]:
     kwargs: dict[str, object] = dict(
         socket_timeout=section.socket_timeout_s,
         socket_connect_timeout=min(section.socket_timeout_s, 2.0),
         retry=_retry(section),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionResetError],
+        retry_on_error=list(TRANSIENT_ERRORS),
         health_check_interval=10,
         decode_responses=decode,
     )
@@ -366,6 +378,44 @@ def client_for_url(url: str, section: RedisSection | None = None, decode: bool =
         kwargs["username"] = section.username
     if section.password:
         kwargs["password"] = section.password
+    return kwargs
+
+
+def sentinel_client(section: RedisSection, decode: bool = False) -> redis.Redis:
+    """A client of the master the sentinels name (``redis.sentinel``). Every connection asks the sentinels
+    where the master is, so after a failover the next attempt of the ordinary retry lands on the new master;
+    a connection to a demoted master (READONLY) is dropped and retried the same way."""
+    sc = section.sentinel
+    assert sc is not None
+    kwargs = _client_kwargs(section, decode)
+    # one try per sentinel and question: the master connection's own retry asks them all again (redis-py's
+    # default retry would spend ~10 s backing off on one sentinel that is down or refuses the password)
+    sentinel_kwargs: dict[str, object] = dict(socket_timeout=sc.socket_timeout_s,
+                                              socket_connect_timeout=sc.socket_timeout_s, retry=Retry(NoBackoff(), 0))
+    if sc.username:
+        sentinel_kwargs["username"] = sc.username
+    if sc.password:
+        sentinel_kwargs["password"] = sc.password
+    if section.tls:
+        kwargs["ssl"] = sentinel_kwargs["ssl"] = True
+        if section.tls_ca_certs:
+            kwargs["ssl_ca_certs"] = sentinel_kwargs["ssl_ca_certs"] = str(section.tls_ca_certs)
+    manager = Sentinel(sc.addresses(), sentinel_kwargs=sentinel_kwargs, **kwargs)
+    return manager.master_for(sc.master, redis_class=redis.Redis, **kwargs)
+
+
+def client_for_url(url: str, section: RedisSection | None = None, decode: bool = False) -> redis.Redis:
+    """A redis-py client that retries with capped exponential backoff on connection errors.
+
+    With ``redis.sentinel`` in ``section`` the client is Sentinel's (:func:`sentinel_client`) whatever ``url``
+    says (it is then :func:`sentinel_url`, for output): every station client follows a failover this way."""
+    section = section or RedisSection()
+    if section.sentinel is not None:
+        return sentinel_client(section, decode)
+    if url.startswith(SENTINEL_SCHEME):
+        raise TransportError(f"{url!r} names a Sentinel master, but redis.sentinel is not configured",
+                             "set redis.sentinel (hosts, master) in the station config")
+    kwargs = _client_kwargs(section, decode)
     if section.tls and url.startswith("redis://"):
         url = "rediss://" + url[len("redis://"):]
     if url.startswith("rediss://") and section.tls_ca_certs:
@@ -392,7 +442,9 @@ def resolve_url(cfg: StationConfig, start_embedded: bool = True) -> str:
     With ``start_embedded`` and no server answering, this process becomes the station's owner when nobody owns
     it (it takes the station lock and starts the server, stopping it at exit), or, when another process owns
     the station, returns that owner's fixed URL for the client to wait on. Without ``start_embedded`` a server
-    that does not answer is an error at once."""
+    that does not answer is an error at once. With ``redis.sentinel``: :func:`sentinel_url`."""
+    if cfg.redis.sentinel is not None:
+        return sentinel_url(cfg.redis)
     if cfg.redis.url:
         return cfg.redis.url
     data_dir = Path(cfg.station.data_dir).resolve()
@@ -428,6 +480,10 @@ def join_station(cfg: StationConfig, decode: bool = False) -> redis.Redis:
     on stderr, up to ``redis.reconnect.give_up_s`` for the station's Redis to answer."""
     give_up = cfg.redis.reconnect.give_up_s
     deadline = time.monotonic() + give_up
+    if cfg.redis.sentinel is not None:  # wait_until_up says what it waits for (the sentinels, the master)
+        client = sentinel_client(cfg.redis, decode)
+        wait_until_up(client, give_up)
+        return client
     url = cfg.redis.url or embedded_url(cfg.station.data_dir)
     if cfg.redis.url and not _ping(cfg.redis.url, 2.0):
         print(f"waiting up to {give_up:.0f} s for Redis at {masked_url(cfg.redis.url)} (redis.url)", file=sys.stderr, flush=True)
@@ -448,7 +504,9 @@ def join_station(cfg: StationConfig, decode: bool = False) -> redis.Redis:
 
 
 def station_url(cfg: StationConfig) -> str:
-    """``redis.url``, or the embedded server's fixed URL; never starts anything."""
+    """``redis.url`` (:func:`sentinel_url` with Sentinel), or the embedded server's fixed URL; never starts anything."""
+    if cfg.redis.sentinel is not None:
+        return sentinel_url(cfg.redis)
     url = cfg.redis.url or embedded_url(cfg.station.data_dir)
     if url is None:
         raise TransportError(f"no embedded Redis was ever started for {Path(cfg.station.data_dir).resolve()}",
@@ -463,6 +521,11 @@ def open_station_client(cfg: StationConfig, standalone: bool = False, decode: bo
 
 
 def _where(client: redis.Redis) -> str:
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        hosts = ",".join(f"{s.connection_pool.connection_kwargs.get('host')}:{s.connection_pool.connection_kwargs.get('port')}"
+                         for s in pool.sentinel_manager.sentinels)
+        return f"{SENTINEL_SCHEME}{hosts}/{pool.service_name}"
     kw = client.connection_pool.connection_kwargs
     tls = issubclass(client.connection_pool.connection_class, redis.SSLConnection)
     return f"{'rediss' if tls else 'redis'}://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
@@ -474,6 +537,10 @@ def _probe(client: redis.Redis) -> redis.Redis:
     kw = dict(pool.connection_kwargs, retry=Retry(NoBackoff(), 0))
     kw["socket_timeout"] = min(kw.get("socket_timeout") or 2.0, 2.0)
     kw["socket_connect_timeout"] = min(kw.get("socket_connect_timeout") or 2.0, 2.0)
+    if isinstance(pool, SentinelConnectionPool):  # ask the same sentinels for the same master, once
+        kw.pop("connection_pool", None)
+        return redis.Redis(connection_pool=SentinelConnectionPool(pool.service_name, pool.sentinel_manager,
+                                                                  connection_class=pool.connection_class, **kw))
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kw))
 
 
@@ -488,6 +555,9 @@ def _cannot_heal(err: Exception, where: str, tls: bool, closed_before: int) -> T
     """A failure that waiting will not cure: a refused TLS handshake, or a port that does not speak Redis."""
     chain = [err, err.__cause__, err.__context__]
     text = str(err)
+    if isinstance(err, MasterNotFoundError) and any(w in text for w in ("AuthenticationError", "WRONGPASS", "NOAUTH")):
+        return TransportError(f"the sentinels of {where} refused the credentials ({text})",
+                              "check redis.sentinel.password and redis.sentinel.username (the sentinels' requirepass)")
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or "CERTIFICATE_VERIFY_FAILED" in text:
         return TransportError(f"Redis at {where} refused: its TLS certificate is not trusted ({text})",
                               "set redis.tls_ca_certs to the CA bundle that signed the server's certificate")
@@ -518,7 +588,8 @@ def wait_until_up(client: redis.Redis, give_up_s: float, announce: bool = True) 
                 return
             except CREDENTIAL_ERRORS as err:
                 raise TransportError(f"Redis at {where} refused the credentials: {err}",
-                                     "check redis.username and redis.password (or the user:password in redis.url)") from None
+                                     "check redis.username and redis.password (or the user:password in redis.url; "
+                                     "with Sentinel, redis.sentinel.password is the sentinels' own)") from None
             except (redis.RedisError, OSError) as err:
                 fatal = _cannot_heal(err, where, tls, closed)
                 if fatal is not None:
@@ -529,8 +600,11 @@ def wait_until_up(client: redis.Redis, give_up_s: float, announce: bool = True) 
                           file=sys.stderr, flush=True)
                     announce = False
                 if time.monotonic() > deadline:
-                    raise TransportError(f"Redis at {where} does not answer after {give_up_s:.0f} s: {err}",
-                                         "check redis.url (host and port), that the server runs, and the network") from None
+                    hint = ("check redis.sentinel.hosts and redis.sentinel.master (`sentinel get-master-addr-by-name "
+                            "MASTER` on a sentinel), that a master is up, and the network"
+                            if where.startswith(SENTINEL_SCHEME) else
+                            "check redis.url (host and port), that the server runs, and the network")
+                    raise TransportError(f"Redis at {where} does not answer after {give_up_s:.0f} s: {err}", hint) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
     finally:

@@ -3,7 +3,8 @@
 Delivery is at-least-once; every write is idempotent by frame id. A verdict is committed by one Lua
 script that, atomically, marks the frame done (SET NX), appends the verdict, bumps the counters and
 acknowledges the frame: a redelivered frame can never yield a second verdict, and a crash can never
-leave a frame acknowledged without its verdict.
+leave a frame acknowledged without its verdict. With ``redis.wait_replicas`` > 0 the acknowledgement
+waits for ``WAIT``: the frame is acked only once the replicas hold its verdict (see commit_verdicts).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 
 import redis
 from pydantic import ValidationError
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 
 from inspector.contracts.config import StationConfig
-from inspector.contracts.errors import UnsafeInputError
+from inspector.contracts.errors import TransportError, UnsafeInputError
 from inspector.contracts.messages import MESSAGE_KINDS, Event, FrameMeta, Message, ReviewRequest, Verdict
 from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE, Names
 
@@ -29,9 +31,17 @@ if fresh then
   redis.call('HINCRBY', KEYS[4], 'verdicts', 1)
   redis.call('HINCRBY', KEYS[4], ARGV[7], 1)
 end
-if ARGV[2] ~= '' then redis.call('XACK', KEYS[3], ARGV[1], ARGV[2]) end
+if ARGV[2] ~= '' and ARGV[8] == '1' then redis.call('XACK', KEYS[3], ARGV[1], ARGV[2]) end
 if fresh then return 1 else return 0 end
 """
+
+
+class NotReplicated(TransportError, RedisConnectionError):
+    """A verdict commit that fewer replicas than ``redis.wait_replicas`` confirmed within ``redis.wait_timeout_ms``.
+
+    Not acknowledged: its frames stay pending and are reclaimed and committed again (the done key makes the
+    second commit a no-op where the first one survived). A ConnectionError, so every loop that waits out an
+    outage waits this out too."""
 
 
 _PUBLISH_FRAME = """
@@ -142,19 +152,46 @@ class StationBus:
                                maxlen=self.cfg.redis.events_maxlen, approximate=True))
 
     def commit_verdicts(self, items: list[tuple[Verdict, str]]) -> list[bool]:
-        """Atomically publish each verdict and ack its frame entry; False where the frame had one already."""
+        """Atomically publish each verdict and ack its frame entry; False where the frame had one already.
+
+        With ``redis.wait_replicas`` N > 0 (the default with Sentinel) the commits are followed, on the same
+        connection, by ``WAIT N redis.wait_timeout_ms``, and the frames are acknowledged (XACK) only once N
+        replicas hold the verdicts; fewer raises :class:`NotReplicated` and the frames stay pending, to be
+        reclaimed and committed again (exactly once: the done key)."""
         if not items:
             return []
+        replicas = self.cfg.redis.commit_replicas
+        try:
+            out = self._commit_batch(items, replicas)
+        except NoScriptError:  # a failover between loading the script and running it: the new master lacks it
+            out = self._commit_batch(items, replicas)
+        if replicas:
+            reached = int(out.pop())
+            if reached < replicas:
+                raise NotReplicated(
+                    f"verdict commit of {len(items)} frame(s) reached {reached} of {replicas} replica(s) within "
+                    f"{self.cfg.redis.wait_timeout_ms} ms (redis.wait_replicas): not acknowledged, retried",
+                    "check the replicas (`INFO replication` on the master); redis.wait_replicas 0 trades this wait "
+                    "for the loss of verdicts acknowledged just before a failover")
+            ids = [eid for _v, eid in items if eid]
+            if ids:
+                self.r.xack(self.names.frames, self.cfg.worker.group, *ids)
+        return [bool(x) for x in out]
+
+    def _commit_batch(self, items: list[tuple[Verdict, str]], replicas: int) -> list[object]:
         pipe = self.r.pipeline(transaction=False)
         n = self.names
+        ack_in_script = "0" if replicas else "1"
         for verdict, entry_id in items:
             self._commit(
                 keys=[n.done(verdict.frame_id), n.verdicts, n.frames, n.counters],
                 args=[self.cfg.worker.group, entry_id or "", verdict.id, self.cfg.retention.stream_max_age_s,
-                      self.cfg.redis.verdicts_maxlen, verdict.to_json(), verdict.decision.value.lower()],
+                      self.cfg.redis.verdicts_maxlen, verdict.to_json(), verdict.decision.value.lower(), ack_in_script],
                 client=pipe,
             )
-        return [bool(x) for x in pipe.execute()]
+        if replicas:  # WAIT counts the writes of this connection: it must run on the pipeline's own connection
+            pipe.execute_command("WAIT", replicas, self.cfg.redis.wait_timeout_ms)
+        return list(pipe.execute())
 
     def dead_letter(self, entry: Entry, reason: str, deliveries: int) -> None:
         fields = dict(entry.fields or {})

@@ -47,6 +47,36 @@ class ReconnectSection(Section):
     give_up_s: float = Field(120.0, gt=0, le=86400, description="Total time to keep retrying before raising.")
 
 
+class SentinelSection(Section):
+    """Redis Sentinel: the station asks the sentinels which server is the master and follows a failover."""
+
+    hosts: list[str] = Field(
+        ..., min_length=1, max_length=16,
+        description="Sentinels as host:port, e.g. [10.0.0.5:26379, 10.0.0.6:26379, 10.0.0.7:26379] (three on separate hosts).",
+    )
+    master: str = Field(
+        "inspector", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Name of the master the sentinels monitor (`sentinel monitor NAME ...` in sentinel.conf).",
+    )
+    username: str | None = Field(None, description="ACL user of the sentinels (their own, not the master's).")
+    password: str | None = Field(None, description="Password of the sentinels (sentinel requirepass); the master's is redis.password.")
+    socket_timeout_s: float = Field(0.5, gt=0, le=30, description="Timeout of one question to one sentinel.")
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_port(cls, hosts: list[str]) -> list[str]:
+        for i, h in enumerate(hosts):
+            host, sep, port = h.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"hosts[{i}] {h!r} is not host:port: write e.g. 10.0.0.5:26379 (26379 is Sentinel's port)")
+        if len(set(hosts)) != len(hosts):
+            raise ValueError("hosts lists a sentinel twice: list each sentinel once")
+        return hosts
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(h.rpartition(":")[0].strip("[]"), int(h.rpartition(":")[2])) for h in self.hosts]
+
+
 class RedisSection(Section):
     url: str | None = Field(
         None, description="redis:// or rediss:// URL of an external Redis. Unset: start an embedded redis-server."
@@ -64,6 +94,33 @@ class RedisSection(Section):
     events_maxlen: int = Field(10_000, ge=100, le=1_000_000, description="Bound of the events stream.")
     socket_timeout_s: float = Field(5.0, gt=0, le=120, description="Socket timeout of Redis calls.")
     reconnect: ReconnectSection = Field(default_factory=ReconnectSection)
+    sentinel: SentinelSection | None = Field(
+        None, description="Redis Sentinel (high availability): every client finds the master through the sentinels. "
+                          "Unset: redis.url or the embedded server.",
+    )
+    wait_replicas: int | None = Field(
+        None, ge=0, le=16,
+        description="A verdict is acknowledged only once WAIT says this many replicas hold it. Unset: 1 with "
+                    "redis.sentinel, 0 (no WAIT) otherwise.",
+    )
+    wait_timeout_ms: int = Field(
+        250, ge=1, le=60_000,
+        description="Longest WAIT on a verdict commit; fewer replicas by then: not acknowledged, the frame is retried.",
+    )
+
+    @property
+    def commit_replicas(self) -> int:
+        """Replicas a verdict commit waits for: ``wait_replicas``, or by default 1 with Sentinel, else 0."""
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        return 1 if self.sentinel is not None else 0
+
+    @model_validator(mode="after")
+    def _one_way_to_redis(self) -> RedisSection:
+        if self.sentinel is not None and self.url:
+            raise ValueError("redis.url and redis.sentinel are both set: with Sentinel the sentinels name the master; "
+                             "remove redis.url (keep redis.password for the master)")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -497,6 +554,8 @@ def _shown(path: str, value: Any) -> Any:
     """A bad value as an error message may show it: secrets masked, passwords in URLs masked."""
     if any(k in path.rsplit(".", 1)[-1].lower() for k in SECRET_KEYS) and value is not None:
         return "***"
+    if isinstance(value, dict):  # a section's own check shows the section: mask the secrets inside it
+        return {k: _shown(f"{path}.{k}", v) for k, v in value.items()}
     return masked_url(value) if isinstance(value, str) else value
 
 

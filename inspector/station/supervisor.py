@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inspector.bus.connection import EmbeddedRedis, StationLock, client_for_url, masked_url, wait_until_up
+from inspector.bus.connection import EmbeddedRedis, StationLock, client_for_url, masked_url, station_url, wait_until_up
 from inspector.contracts.config import StationConfig, SupervisorSection
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.processes import STOP_STAGES, ProcessState
@@ -148,11 +148,12 @@ class Supervisor:
 
     # ------------------------------------------------------------------ redis
     def _start_redis(self) -> None:
-        if self.cfg.redis.url:
-            client = client_for_url(self.cfg.redis.url, self.cfg.redis)
+        if self.cfg.redis.url or self.cfg.redis.sentinel:  # external (Sentinel: the master the sentinels name)
+            url = station_url(self.cfg)
+            client = client_for_url(url, self.cfg.redis)
             wait_until_up(client, self.cfg.redis.reconnect.give_up_s)
             client.close()
-            self.say(f"redis: external server at {masked_url(self.cfg.redis.url)} answers")
+            self.say(f"redis: external server at {masked_url(url)} answers")
             return
         self.redis = EmbeddedRedis(self.data_dir, self.cfg.redis.appendfsync, lock=self.lock)
         url = self.redis.start()
@@ -280,7 +281,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ state
     def table(self) -> dict[str, object]:
-        redis_state: dict[str, object] = {"external": self.cfg.redis.url} if self.redis is None else {
+        redis_state: dict[str, object] = {"external": masked_url(station_url(self.cfg))} if self.redis is None else {
             "pid": self.redis.pid, "url": self.redis.url,
             "state": (ProcessState.RUNNING if self.redis.alive() else ProcessState.BACKOFF).value}
         return {
