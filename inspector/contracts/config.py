@@ -28,6 +28,12 @@ NON_CONFIG_ENV = frozenset({
     "INSPECTOR_EXPERIMENT_LOG", "INSPECTOR_SOAK_S",
     "INSPECTOR_AUDIT_KEY", "INSPECTOR_TOKEN", "INSPECTOR_TOKEN_FILE",
 })
+# The OPC UA node set of a station's line output (inspector/line/opcua.py): name -> OPC UA built-in type.
+OPCUA_NODE_SET: dict[str, str] = {
+    "Ready": "Boolean", "Reject": "Boolean", "LastPartId": "String", "LastSeq": "UInt32", "LastSignal": "String",
+    "LastDecision": "String", "LastReason": "String", "LastDefectClass": "String", "ModelVersion": "String",
+    "Parts": "UInt32", "Accepts": "UInt32", "Rejects": "UInt32", "Heartbeat": "UInt32",
+}
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 STORE_URL_RE = r"^(sqlite|postgresql)(\+[A-Za-z0-9_]+)?://"
 
@@ -397,6 +403,45 @@ class IdentitySection(Section):
     lockout_failures: int = Field(5, ge=1, le=100, description="Wrong PINs (per role) before the login locks.")
     lockout_s: float = Field(300.0, gt=0, le=86_400, description="How long a locked login stays locked.")
 
+    opcua_url: str | None = Field(
+        None, description="opc.tcp://host:port/path: the endpoint the OPC UA server listens on (opcua_mode server) or "
+                          "the PLC's endpoint the station writes to (opcua_mode client). Unset: OPC UA off.")
+    opcua_mode: Literal["server", "client"] = Field(
+        "server", description="server: the station serves its node set (OPCUA_NODE_SET) under Objects/<station id>; "
+                              "client: the station writes the same values into the PLC's own nodes (opcua_nodes).")
+    opcua_namespace: str = Field("urn:inspector:station", min_length=1,
+                                 description="Namespace URI of the served node set (server mode).")
+    opcua_nodes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Client mode: node set name -> the PLC's node id (e.g. Reject: 'ns=3;s=Line.Reject'); names "
+                    "not listed are not written. Names: " + ", ".join(OPCUA_NODE_SET) + ".")
+    opcua_timeout_s: float = Field(2.0, gt=0, le=60, description="Longest wait for the OPC UA endpoint to answer "
+                                                                  "(connect or write) before retrying.")
+
+    @field_validator("opcua_url")
+    @classmethod
+    def _opcua_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$", url):
+            raise ValueError(f"{url!r} is not an OPC UA endpoint: use opc.tcp://host:4840/path")
+        return url
+
+    @field_validator("opcua_nodes")
+    @classmethod
+    def _opcua_nodes(cls, nodes: dict[str, str]) -> dict[str, str]:
+        for name, node_id in nodes.items():
+            if name not in OPCUA_NODE_SET:
+                raise ValueError(f"{name!r} is not in the OPC UA node set ({', '.join(OPCUA_NODE_SET)})")
+            if not re.match(r"^((ns=\d+|nsu=[^;]+);)?[isgb]=.+$", node_id):
+                raise ValueError(f"{node_id!r} (for {name}) is not an OPC UA node id: write e.g. ns=3;s=Line.{name} "
+                                 "or ns=3;i=1001")
+        return nodes
+
+    @model_validator(mode="after")
+    def _opcua_client_nodes(self) -> LineSection:
+        if self.opcua_url and self.opcua_mode == "client" and not self.opcua_nodes:
+            raise ValueError("line.opcua_nodes must name at least one PLC node (e.g. {Reject: 'ns=3;s=Line.Reject'}) "
+                             "when line.opcua_mode is 'client'")
+        return self
 
 class GuiSection(Section):
     operator: RoleSection = Field(default_factory=RoleSection)
@@ -498,6 +543,35 @@ def _check_env_key(key: str, path: list[str]) -> None:
         if field is None:
             where = ".".join(path[:depth]) or "the station config"
             known = ", ".join(model.model_fields)
+# Metrics port of each process kind: metrics.port_base + this offset (a worker: + METRICS_WORKER_OFFSET + its number).
+METRICS_PORT_OFFSETS: dict[str, int] = {"camera": 0, "line": 1, "drift": 2, "jobs": 3, "gui": 4}
+METRICS_WORKER_OFFSET = 10
+
+
+class MetricsSection(Section):
+    """Prometheus metrics (inspector/telemetry.py): every long-running process serves /metrics on its own port."""
+
+    enabled: bool = Field(False, description="Serve Prometheus metrics from every station process.")
+    host: str = Field("127.0.0.1", min_length=1, description="Address the metrics servers bind (0.0.0.0: every interface).")
+    port_base: int = Field(
+        9400, ge=1024, le=65_400,
+        description="Ports: camera +0, line +1, drift +2, jobs +3, gui +4, worker-N +10+N (worker-1: 9411); a worker "
+                    "without a numbered name (started by hand) +10.")
+    ports: dict[str, int] = Field(
+        default_factory=dict, description="Per-process ports overriding port_base (camera, line, drift, jobs, gui, "
+                                          "worker-N -> port; 0: that process serves none).")
+
+    @field_validator("ports")
+    @classmethod
+    def _process_names(cls, ports: dict[str, int]) -> dict[str, int]:
+        for name, port in ports.items():
+            if name not in METRICS_PORT_OFFSETS and not re.match(r"^worker(-\d{1,2})?$", name):
+                raise ValueError(f"{name!r} is not a station process: use camera, line, drift, jobs, gui or worker-N")
+            if not 0 <= port <= 65_535:
+                raise ValueError(f"port {port} of {name} is not a TCP port (1..65535, 0: off)")
+        return ports
+
+
             raise ConfigError(f"environment variable {key} matches no station key ({part!r} is not a key of {where})",
                               f"keys there: {known}; write {ENV_PREFIX}SECTION__KEY with two underscores between levels, "
                               f"or unset {key}")
@@ -518,6 +592,7 @@ def _single_underscore_hint(key: str) -> str:
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX) or key in NON_CONFIG_ENV:

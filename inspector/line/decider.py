@@ -18,7 +18,7 @@ import heapq
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from inspector.contracts.messages import Decision, FrameMeta, Verdict
@@ -64,6 +64,8 @@ class Outcome:
     reason: Reason
     decision: Decision | None
     decided_at: float
+    defect_class: str | None = None  # of the verdict that decided the part (None: no verdict)
+    model_version: str | None = None
 
     def payload(self) -> dict[str, object]:
         """JSON body of the MQTT decision message."""
@@ -133,7 +135,8 @@ class LineDecider:
             self._mark_decided(part.frame_id)
             self.ignored += 1
             return None
-        return self._decide(part, verdict.decision, now)
+        outcome = self._decide(part, verdict.decision, now)
+        return replace(outcome, defect_class=verdict.defect_class, model_version=verdict.model_version)
 
     def expire(self, now: float | None = None) -> list[Outcome]:
         """REJECT every pending part whose deadline has passed."""

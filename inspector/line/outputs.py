@@ -1,8 +1,8 @@
-"""Line outputs: where part outcomes and the ready signal go (MQTT, Modbus TCP, memory for tests).
+"""Line outputs: where part outcomes and the ready signal go (MQTT, Modbus TCP, OPC UA, memory for tests).
 
 Every output is an isolated sink: its calls never block the runner (MQTT publishes through paho's
 network thread, Modbus writes through a thread of its own), and a failing output never stops the
-others. Optional dependencies (paho-mqtt, pymodbus) are imported only when an output is configured.
+others. Optional dependencies (paho-mqtt, pymodbus, asyncua) are imported only when an output is configured.
 """
 
 from __future__ import annotations
@@ -225,4 +225,8 @@ def outputs_from_config(cfg: StationConfig) -> list[LineOutput]:
             pulse_s=cfg.line.reject_pulse_ms / 1000,
         )
         outs.append(ModbusOutput(cfg.line.modbus_url, mapping))
+    if cfg.line.opcua_url:
+        from inspector.line.opcua import OpcuaOutput
+
+        outs.append(OpcuaOutput(cfg))
     return outs
