@@ -363,6 +363,46 @@ class LineSection(Section):
     reject_pulse_ms: float = Field(200, gt=0, le=10_000, description="Length of the reject pulse on the Modbus coil.")
     health_poll_ms: float = Field(200, ge=20, le=1000, description="How often the ready signal re-checks worker and camera health.")
     require_camera: bool = Field(True, description="Ready also needs a live camera (heartbeat key or a recent frame).")
+    opcua_url: str | None = Field(
+        None, description="opc.tcp://host:port/path: the endpoint the OPC UA server listens on (opcua_mode server) or "
+                          "the PLC's endpoint the station writes to (opcua_mode client). Unset: OPC UA off.")
+    opcua_mode: Literal["server", "client"] = Field(
+        "server", description="server: the station serves its node set (OPCUA_NODE_SET) under Objects/<station id>; "
+                              "client: the station writes the same values into the PLC's own nodes (opcua_nodes).")
+    opcua_namespace: str = Field("urn:inspector:station", min_length=1,
+                                 description="Namespace URI of the served node set (server mode).")
+    opcua_nodes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Client mode: node set name -> the PLC's node id (e.g. Reject: 'ns=3;s=Line.Reject'); names "
+                    "not listed are not written. Names: " + ", ".join(OPCUA_NODE_SET) + ".")
+    opcua_timeout_s: float = Field(2.0, gt=0, le=60, description="Longest wait for the OPC UA endpoint to answer "
+                                                                  "(connect or write) before retrying.")
+
+    @field_validator("opcua_url")
+    @classmethod
+    def _opcua_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$", url):
+            raise ValueError(f"{url!r} is not an OPC UA endpoint: use opc.tcp://host:4840/path")
+        return url
+
+    @field_validator("opcua_nodes")
+    @classmethod
+    def _opcua_nodes(cls, nodes: dict[str, str]) -> dict[str, str]:
+        for name, node_id in nodes.items():
+            if name not in OPCUA_NODE_SET:
+                raise ValueError(f"{name!r} is not in the OPC UA node set ({', '.join(OPCUA_NODE_SET)})")
+            if not re.match(r"^((ns=\d+|nsu=[^;]+);)?[isgb]=.+$", node_id):
+                raise ValueError(f"{node_id!r} (for {name}) is not an OPC UA node id: write e.g. ns=3;s=Line.{name} "
+                                 "or ns=3;i=1001")
+        return nodes
+
+    @model_validator(mode="after")
+    def _opcua_client_nodes(self) -> LineSection:
+        if self.opcua_url and self.opcua_mode == "client" and not self.opcua_nodes:
+            raise ValueError("line.opcua_nodes must name at least one PLC node (e.g. {Reject: 'ns=3;s=Line.Reject'}) "
+                             "when line.opcua_mode is 'client'")
+        return self
+
 
 
 SECRET_HASH_RE = r"^scrypt\$\d+\$\d+\$\d+\$[0-9a-f]{32}\$[0-9a-f]{64}$"
@@ -403,45 +443,6 @@ class IdentitySection(Section):
     lockout_failures: int = Field(5, ge=1, le=100, description="Wrong PINs (per role) before the login locks.")
     lockout_s: float = Field(300.0, gt=0, le=86_400, description="How long a locked login stays locked.")
 
-    opcua_url: str | None = Field(
-        None, description="opc.tcp://host:port/path: the endpoint the OPC UA server listens on (opcua_mode server) or "
-                          "the PLC's endpoint the station writes to (opcua_mode client). Unset: OPC UA off.")
-    opcua_mode: Literal["server", "client"] = Field(
-        "server", description="server: the station serves its node set (OPCUA_NODE_SET) under Objects/<station id>; "
-                              "client: the station writes the same values into the PLC's own nodes (opcua_nodes).")
-    opcua_namespace: str = Field("urn:inspector:station", min_length=1,
-                                 description="Namespace URI of the served node set (server mode).")
-    opcua_nodes: dict[str, str] = Field(
-        default_factory=dict,
-        description="Client mode: node set name -> the PLC's node id (e.g. Reject: 'ns=3;s=Line.Reject'); names "
-                    "not listed are not written. Names: " + ", ".join(OPCUA_NODE_SET) + ".")
-    opcua_timeout_s: float = Field(2.0, gt=0, le=60, description="Longest wait for the OPC UA endpoint to answer "
-                                                                  "(connect or write) before retrying.")
-
-    @field_validator("opcua_url")
-    @classmethod
-    def _opcua_scheme(cls, url: str | None) -> str | None:
-        if url is not None and not re.match(r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$", url):
-            raise ValueError(f"{url!r} is not an OPC UA endpoint: use opc.tcp://host:4840/path")
-        return url
-
-    @field_validator("opcua_nodes")
-    @classmethod
-    def _opcua_nodes(cls, nodes: dict[str, str]) -> dict[str, str]:
-        for name, node_id in nodes.items():
-            if name not in OPCUA_NODE_SET:
-                raise ValueError(f"{name!r} is not in the OPC UA node set ({', '.join(OPCUA_NODE_SET)})")
-            if not re.match(r"^((ns=\d+|nsu=[^;]+);)?[isgb]=.+$", node_id):
-                raise ValueError(f"{node_id!r} (for {name}) is not an OPC UA node id: write e.g. ns=3;s=Line.{name} "
-                                 "or ns=3;i=1001")
-        return nodes
-
-    @model_validator(mode="after")
-    def _opcua_client_nodes(self) -> LineSection:
-        if self.opcua_url and self.opcua_mode == "client" and not self.opcua_nodes:
-            raise ValueError("line.opcua_nodes must name at least one PLC node (e.g. {Reject: 'ns=3;s=Line.Reject'}) "
-                             "when line.opcua_mode is 'client'")
-        return self
 
 class GuiSection(Section):
     operator: RoleSection = Field(default_factory=RoleSection)
@@ -497,52 +498,6 @@ class SupervisorSection(Section):
     lock_wait_s: float = Field(30.0, ge=0, le=3600, description="How long to wait for the data folder lock held by another process.")
 
 
-class StationConfig(Section):
-    """The whole station file. Every process validates it at start."""
-
-    station: StationSection = Field(default_factory=StationSection)
-    redis: RedisSection = Field(default_factory=RedisSection)
-    camera: CameraSection = Field(default_factory=CameraSection)
-    worker: WorkerSection = Field(default_factory=WorkerSection)
-    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
-    model: ModelSection = Field(default_factory=ModelSection)
-    policy: PolicySection = Field(default_factory=PolicySection)
-    store: StoreSection = Field(default_factory=StoreSection)
-    retention: RetentionSection = Field(default_factory=RetentionSection)
-    review: ReviewSection = Field(default_factory=ReviewSection)
-    drift: DriftSection = Field(default_factory=DriftSection)
-    jobs: JobsSection = Field(default_factory=JobsSection)
-    line: LineSection = Field(default_factory=LineSection)
-    gui: GuiSection = Field(default_factory=GuiSection)
-    identity: IdentitySection = Field(default_factory=IdentitySection)
-    shadow: ShadowSection = Field(default_factory=ShadowSection)
-    supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
-
-    @model_validator(mode="after")
-    def _cross_checks(self) -> StationConfig:
-        if self.camera.source.kind == "folder" and self.camera.source.path is None:
-            raise ValueError("camera.source.path is required when camera.source.kind is 'folder'")
-        if self.camera.source.kind == "video" and self.camera.source.path is None:
-            raise ValueError("camera.source.path is required when camera.source.kind is 'video'")
-        if self.camera.source.kind == "url" and not self.camera.source.url:
-            raise ValueError("camera.source.url is required when camera.source.kind is 'url'")
-        return self
-
-    @property
-    def data_dir(self) -> Path:
-        return self.station.data_dir
-
-
-def _check_env_key(key: str, path: list[str]) -> None:
-    """Refuse an INSPECTOR_* variable that names no station key (a typo would be ignored without a word)."""
-    model: type[BaseModel] | None = StationConfig
-    for depth, part in enumerate(path):
-        if model is None:
-            return  # below a leaf or a mapping (e.g. jobs.recall_floors): pydantic checks the rest
-        field = model.model_fields.get(part)
-        if field is None:
-            where = ".".join(path[:depth]) or "the station config"
-            known = ", ".join(model.model_fields)
 # Metrics port of each process kind: metrics.port_base + this offset (a worker: + METRICS_WORKER_OFFSET + its number).
 METRICS_PORT_OFFSETS: dict[str, int] = {"camera": 0, "line": 1, "drift": 2, "jobs": 3, "gui": 4}
 METRICS_WORKER_OFFSET = 10
@@ -572,6 +527,53 @@ class MetricsSection(Section):
         return ports
 
 
+class StationConfig(Section):
+    """The whole station file. Every process validates it at start."""
+
+    station: StationSection = Field(default_factory=StationSection)
+    redis: RedisSection = Field(default_factory=RedisSection)
+    camera: CameraSection = Field(default_factory=CameraSection)
+    worker: WorkerSection = Field(default_factory=WorkerSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    policy: PolicySection = Field(default_factory=PolicySection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
+    review: ReviewSection = Field(default_factory=ReviewSection)
+    drift: DriftSection = Field(default_factory=DriftSection)
+    jobs: JobsSection = Field(default_factory=JobsSection)
+    line: LineSection = Field(default_factory=LineSection)
+    gui: GuiSection = Field(default_factory=GuiSection)
+    identity: IdentitySection = Field(default_factory=IdentitySection)
+    shadow: ShadowSection = Field(default_factory=ShadowSection)
+    supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StationConfig:
+        if self.camera.source.kind == "folder" and self.camera.source.path is None:
+            raise ValueError("camera.source.path is required when camera.source.kind is 'folder'")
+        if self.camera.source.kind == "video" and self.camera.source.path is None:
+            raise ValueError("camera.source.path is required when camera.source.kind is 'video'")
+        if self.camera.source.kind == "url" and not self.camera.source.url:
+            raise ValueError("camera.source.url is required when camera.source.kind is 'url'")
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        return self.station.data_dir
+
+
+def _check_env_key(key: str, path: list[str]) -> None:
+    """Refuse an INSPECTOR_* variable that names no station key (a typo would be ignored without a word)."""
+    model: type[BaseModel] | None = StationConfig
+    for depth, part in enumerate(path):
+        if model is None:
+            return  # below a leaf or a mapping (e.g. jobs.recall_floors): pydantic checks the rest
+        field = model.model_fields.get(part)
+        if field is None:
+            where = ".".join(path[:depth]) or "the station config"
+            known = ", ".join(model.model_fields)
             raise ConfigError(f"environment variable {key} matches no station key ({part!r} is not a key of {where})",
                               f"keys there: {known}; write {ENV_PREFIX}SECTION__KEY with two underscores between levels, "
                               f"or unset {key}")
@@ -592,7 +594,6 @@ def _single_underscore_hint(key: str) -> str:
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    metrics: MetricsSection = Field(default_factory=MetricsSection)
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX) or key in NON_CONFIG_ENV:
