@@ -7,7 +7,7 @@ workers see without taking any from them. It judges each frame with the candidat
 its package must have the registered hash), decides with the station's policy and stores the result in
 ``shadow_verdicts``. It never writes the verdicts stream, the done keys or the counters the line reads.
 
-It runs on spare capacity: niced (``shadow.nice``), on ``shadow.threads`` runtime threads, and frames older
+It runs on spare capacity: niced (``shadow.nice``) and under SCHED_IDLE (``shadow.idle_priority``), on ``shadow.threads`` runtime threads, and frames older
 than ``shadow.max_lag_ms`` when it reads them are skipped and counted (``shadow_skipped``), so it never
 queues behind the line. Images of frames where the candidate's verdict differs from the active one are
 archived (up to ``shadow.save_differing`` per version) for ``inspector jobs shadow-report``.
@@ -96,6 +96,7 @@ class ShadowRunner:
         self._saved = 0
         self._next_poll = 0.0
         self._next_match = 0.0
+        self._next_read = 0.0
         self.stop_event = threading.Event()
         self.bus.ensure_group(self.names.frames, self.group, start="$")
 
@@ -182,8 +183,18 @@ class ShadowRunner:
             self.progress.ok()
             self.stop_event.wait(0.2)
             return 0
-        entries = self.bus.read_new(self.names.frames, self.group, self.name, self.cfg.shadow.max_batch, block_ms=200)
-        n = self._judge(entries) if entries else 0
+        wait_s = self._next_read - time.monotonic()
+        if wait_s > 0:
+            self.stop_event.wait(wait_s)
+        self._next_read = time.monotonic() + self.cfg.shadow.poll_ms / 1000
+        n = 0
+        while not self.stop_event.is_set():  # everything that arrived since the last poll, in batches
+            entries = self.bus.read_new(self.names.frames, self.group, self.name, self.cfg.shadow.max_batch, block_ms=None)
+            if not entries:
+                break
+            n += self._judge(entries)
+            if len(entries) < self.cfg.shadow.max_batch:
+                break
         if now >= self._next_match:
             self._next_match = now + MATCH_AFTER_S
             self._save_differing()
@@ -290,6 +301,11 @@ def run_shadow_process(cfg: StationConfig, client: redis.Redis, store: Store, na
             os.nice(cfg.shadow.nice)
         except OSError as err:
             log.warning("shadow %s: cannot lower its CPU priority (%s); it runs at normal priority", name, err)
+    if cfg.shadow.idle_priority and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as err:
+            log.warning("shadow %s: SCHED_IDLE refused (%s); it runs niced only", name, err)
     runner = ShadowRunner(cfg, client, store, name)
 
     def handler(_signum: int, _frame: object) -> None:

@@ -262,25 +262,15 @@ def trigger(config: Path | None = ConfigOpt,
         _fail(err)
 
 
-@jobs_app.command("shadow-report")
-def shadow_report(version: str = typer.Argument(..., help="Version judged in shadow (`inspector shadow start`)."),
-                  config: Path | None = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
-    """How VERSION judged live frames in shadow beside the active model: agreement, where they differ, latency."""
-    from inspector.shadow_cli import render_shadow_report
-    from inspector.store.db import open_store
-    from inspector.store.shadow import shadow_report as report_of
 
-    try:
-        cfg = _cfg(config)
-        with open_store(cfg) as store:
-            rep = report_of(store, version)
-    except InspectorError as err:
-        _fail(err)
-        return
-    if as_json:
-        print(rep.model_dump_json())
-    else:
-        console.print(render_shadow_report(rep))
+def _shadow_report_command():  # type: ignore[no-untyped-def]
+    from inspector.shadow_cli import report
+
+    return report
+
+
+jobs_app.command("shadow-report", help="How VERSION judged live frames in shadow beside the active model: agreement, "
+                                       "confusion, latencies and the parts where they differ.")(_shadow_report_command())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -463,8 +463,14 @@ class ShadowSection(Section):
         2000, gt=0, le=600_000, description="Frames older than this when the shadow reads them are skipped (counted): "
                                             "the shadow runs on spare capacity and never queues behind the line.")
     nice: int = Field(10, ge=0, le=19, description="CPU niceness of the shadow process: the active model's workers go first.")
+    idle_priority: bool = Field(
+        True, description="Run the shadow process under Linux's SCHED_IDLE policy (CPU only when nothing else wants "
+                          "it), beside its niceness; off or not Linux: niceness only.")
     threads: int = Field(1, ge=1, le=256, description="Intra-op threads of the shadow candidate's CPU runtime.")
-    max_batch: int = Field(8, ge=1, le=256, description="Largest micro-batch of the shadow candidate.")
+    max_batch: int = Field(16, ge=1, le=256, description="Largest micro-batch of the shadow candidate.")
+    poll_ms: float = Field(
+        500, ge=10, le=60_000, description="The shadow reads the frames that arrived every poll_ms, in one batch: few "
+                                           "Redis and database writes (each one fsynced) beside the line's own.")
     save_differing: int = Field(
         500, ge=0, le=1_000_000, description="Images of the frames where the candidate and the active model differ, "
                                              "archived per shadowed version for the report (0: none).")
