@@ -1,4 +1,5 @@
-"""Frame sources: synthetic demo parts, image-folder replay, video file, OpenCV device index, RTSP/GStreamer URL.
+"""Frame sources: synthetic demo parts, image-folder replay, video file, OpenCV device index, RTSP/GStreamer URL,
+GenICam camera (inspector/camera/genicam.py).
 
 A source yields ``Capture`` objects; ``read()`` returns None when a finite source is exhausted. Image
 folders are replayed without re-encoding: the file bytes go on the stream as they are.
@@ -119,5 +120,9 @@ def open_source(camera: CameraSection) -> FrameSource:
         return OpenCVSource(str(src.path), loop=src.loop)
     if src.kind == "device":
         return OpenCVSource(src.index)
+    if src.kind == "genicam":
+        from inspector.camera.genicam import open_genicam
+
+        return open_genicam(camera)
     url = src.url or ""
     return OpenCVSource(url, gstreamer="!" in url)
