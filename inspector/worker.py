@@ -32,6 +32,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from inspector import telemetry
 from inspector.bus.streams import Entry, StationBus, decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import FrameError, InspectorError, ModelPackageError
@@ -63,6 +64,7 @@ class Work:
 
 def load_model(cfg: StationConfig, path: str | Path) -> InspectionModel:
     """Verify, load and warm up a package; run its canary frames. Raises ModelPackageError when refused."""
+    t0 = time.perf_counter()
     package = load_package(path)
     model = InspectionModel(package, cfg.runtime, cfg.runtime.engine_cache_dir or cfg.data_dir / "engines",
                             max_batch=cfg.worker.max_batch)
@@ -77,6 +79,7 @@ def load_model(cfg: StationConfig, path: str | Path) -> InspectionModel:
             if got != canary.expected:
                 raise ModelPackageError(f"canary {canary.file} of {package.version} gave {got}, expected {canary.expected}",
                                         "the package does not behave as when it was validated; rebuild it")
+    telemetry.model_loaded(package.version, time.perf_counter() - t0)
     return model
 
 
@@ -284,6 +287,7 @@ class Worker:
         entries = self.bus.reclaim(self.bus.names.frames, wcfg.group, self.name, wcfg.reclaim_idle_ms, wcfg.max_batch)
         if entries:
             log.info("worker %s reclaimed %d stale entries", self.name, len(entries))
+            telemetry.reclaimed(self.bus.names.frames, wcfg.group, len(entries))
         return entries
 
     # -- per-frame outcome ---------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from typing import Any
 
 import redis
 
+from inspector import telemetry
 from inspector.bus.streams import StationBus, decode_message
 from inspector.contracts.config import DriftSection, StationConfig
 from inspector.contracts.errors import InspectorError
@@ -194,6 +195,7 @@ class DriftDetector:
             if len(values) < MIN_VALUES:
                 continue
             res = compare_numeric(list(values), self.ref.numeric[name])
+            telemetry.drift_numeric(name, res)
             if res is not None and harmless_direction(name, res.window_mean - res.ref_mean):
                 continue
             if res is not None and res.tripped(c.psi_threshold, self.p_value, c.mean_shift_sigma):

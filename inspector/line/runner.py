@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import redis
@@ -54,6 +55,7 @@ class LineRunner:
         self._groups_ready = False
         self.stop_event = threading.Event()
         self.counts = {"accept": 0, "reject": 0}
+        self.outcomes_by_reason: Counter[tuple[str, str]] = Counter()  # (signal, reason): the line's metrics
 
     # ------------------------------------------------------------------ setup
     def _ensure_groups(self) -> None:
@@ -142,6 +144,7 @@ class LineRunner:
 
     def _emit(self, outcome: Outcome) -> None:
         self.counts["accept" if outcome.signal.value == "ACCEPT" else "reject"] += 1
+        self.outcomes_by_reason[(outcome.signal.value, outcome.reason.value)] += 1
         log.debug("part %s: %s (%s)", outcome.part.part_id, outcome.signal.value, outcome.reason.value)
         for out in self.outputs:
             _safely(out.publish, outcome)
@@ -172,7 +175,11 @@ def _safely(fn: Callable[..., object], *args: object) -> None:
 
 def run_line(cfg: StationConfig, stop: threading.Event | None = None) -> LineRunner:
     """Run the line runner in the foreground until ``stop`` is set (or Ctrl-C); returns it for its counts."""
+    from inspector import telemetry
+
     runner = LineRunner(cfg)
+    telemetry.serve(cfg, "line")
+    telemetry.watch_line(runner)
     if stop is not None:
         runner.stop_event = stop
     try:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import redis
 from redis.exceptions import ResponseError
 
+from inspector import telemetry
 from inspector.contracts.config import StationConfig
 from inspector.contracts.health import ConsumerRole
 from inspector.contracts.messages import Verdict
@@ -57,6 +58,7 @@ class VerdictRecorder:
         self._batch = _Pending([], [], 0.0)
         self._group_ready = False
         self._last_reclaim = 0.0
+        telemetry.watch_recorder(self)
 
     # -- redis -----------------------------------------------------------------------------------
 

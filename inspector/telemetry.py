@@ -1,0 +1,384 @@
+"""Prometheus metrics of the station: every metric name defined here, once; each process serves its own.
+
+Every long-running process calls :func:`serve` from its entry point (``inspector camera | worker | line | gui``,
+``inspector jobs drift | worker``) and registers what it watches. Ports (``metrics.*`` in the station file):
+``metrics.port_base`` + camera 0, line 1, drift 2, jobs 3, gui 4, worker-N 10+N (``metrics.ports`` overrides any).
+A port in use is one log line and the process goes on without metrics: a metrics failure never stops inspection.
+
+What each process serves (besides prometheus-client's own process_* and python_* metrics):
+
+- every process with a station Redis client: the station view read at scrape time — stream length, and per
+  consumer group lag, pending entries and consumers (``inspector_stream_*``), the dead-letter stream's length,
+  the station counters that ``inspector status`` shows (``inspector_station_counter``), live workers and camera;
+- camera: frames published / not sent, camera silent;
+- worker (and its verdict recorder and review router): frames, verdicts by decision and defect class, per-stage
+  latency histograms, duplicates, errors, dead letters, reclaims, model version and load time, rows recorded;
+- line: parts by signal and reason, ready, parts in flight, output errors;
+- drift monitor: each statistic's PSI, KS p-value and mean shift against their bands, tripped statistics,
+  consecutive tripped checks, alarms;
+- jobs worker: RQ jobs of the station's queue by state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from inspector.contracts.config import METRICS_PORT_OFFSETS, METRICS_WORKER_OFFSET, StationConfig
+
+log = logging.getLogger(__name__)
+
+# Seconds; a line's deadline is ~0.5 s, so the fine end matters most.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+# ---------------------------------------------------------------------------------------------- names
+# Observed where things happen (hooks); the rest is read at scrape time by the collectors below.
+VERDICTS = Counter("inspector_verdicts", "Verdicts a worker committed, by decision and defect class.",
+                   ["decision", "defect_class"])
+STAGE_LATENCY = Histogram("inspector_stage_latency_seconds", "Per-stage latency of each verdict (decode, "
+                          "preprocess, infer, decide...; end_to_end: capture to decision).", ["stage"],
+                          buckets=LATENCY_BUCKETS)
+RECLAIMS = Counter("inspector_reclaims", "Stream entries this process took over from a dead or hung consumer.",
+                   ["stream", "group"])
+MODEL_LOAD_SECONDS = Gauge("inspector_model_load_seconds", "Time to verify, load, warm up and canary-check the "
+                           "model package this worker loaded last.", ["version"])
+MODEL_LOADS = Counter("inspector_model_loads", "Model packages loaded (start and hot swaps).")
+
+
+def worker_process(name: str | None) -> str:
+    """The metrics name of a worker: ``worker-N`` for the supervisor's numbered workers, else ``worker``."""
+    m = re.search(r"-worker-(\d+)$", name or "")
+    return f"worker-{int(m.group(1))}" if m else "worker"
+
+
+def metrics_port(cfg: StationConfig, process: str) -> int:
+    """The port ``process`` (camera, line, drift, jobs, gui, worker, worker-N) serves on; 0: none."""
+    if process in cfg.metrics.ports:
+        return cfg.metrics.ports[process]
+    if process in METRICS_PORT_OFFSETS:
+        return cfg.metrics.port_base + METRICS_PORT_OFFSETS[process]
+    m = re.match(r"^worker(?:-(\d+))?$", process)
+    if not m:
+        raise ValueError(f"unknown station process {process!r}")
+    return cfg.metrics.port_base + METRICS_WORKER_OFFSET + int(m.group(1) or 0)
+
+
+_served: dict[str, int] = {}
+_registered: set[str] = set()
+
+
+def serve(cfg: StationConfig, process: str, station: bool = True) -> int | None:
+    """Serve /metrics for this process (with the station view read from Redis unless ``station`` is False).
+    Returns the port, or None when metrics are off or the port cannot be bound (one log line; the process goes on)."""
+    if not cfg.metrics.enabled:
+        return None
+    if station:
+        register(f"station:{cfg.station.id}", lambda: StationCollector(cfg))
+    if process in _served:
+        return _served[process]
+    port = metrics_port(cfg, process)
+    if port == 0:
+        return None
+    host = cfg.metrics.host
+    try:
+        start_http_server(port, addr=host)
+    except OSError as err:
+        key = f"metrics.ports.{process}"
+        log.error("metrics port %s:%d of %s cannot be served (%s): %s goes on without metrics; free the port or "
+                  "set %s (or metrics.port_base)", host, port, process, err.strerror or err, process, key)
+        return None
+    _served[process] = port
+    log.info("%s serves Prometheus metrics on http://%s:%d/metrics", process, host, port)
+    return port
+
+
+def register(key: str, make: Callable[[], Collector]) -> None:
+    """Register a collector once per process (a second process object of the same kind replaces nothing)."""
+    if key in _registered:
+        return
+    _registered.add(key)
+    REGISTRY.register(make())
+
+
+def _try(fn: Callable[[], Iterable[Any]]) -> Iterable[Any]:
+    """A collector that fails (Redis away, an object mid-swap) yields nothing instead of breaking the scrape."""
+    try:
+        return list(fn())
+    except Exception as err:  # noqa: BLE001 - a scrape never raises
+        log.debug("metrics collector failed: %s", err)
+        return []
+
+
+# ---------------------------------------------------------------------------------------------- station view
+class StationCollector(Collector):
+    """The Redis-side view of the station, as `inspector status` computes it, read at every scrape."""
+
+    def __init__(self, cfg: StationConfig) -> None:
+        self.cfg = cfg
+        self.client: Any = None
+
+    def _client(self) -> Any:
+        if self.client is None:  # made at the first scrape: never waits on Redis for long
+            from inspector.bus.connection import station_url
+            from inspector.line.health import fast_client
+
+            self.client = fast_client(self.cfg, station_url(self.cfg), timeout_s=1.0)
+        return self.client
+
+    def collect(self) -> Iterable[Any]:
+        up = GaugeMetricFamily("inspector_redis_up", "1 when the station's Redis answered this scrape.")
+        try:
+            view = station_view(self.cfg, self._client())
+        except Exception as err:  # noqa: BLE001 - Redis away: say so, nothing else
+            log.debug("station metrics: %s", err)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        length = GaugeMetricFamily("inspector_stream_length", "Entries in a station stream.", labels=["stream"])
+        lag = GaugeMetricFamily("inspector_stream_lag", "Entries of the stream not yet delivered to the group.",
+                                labels=["stream", "group"])
+        pending = GaugeMetricFamily("inspector_stream_pending", "Entries delivered to the group and not yet "
+                                    "acknowledged.", labels=["stream", "group"])
+        consumers = GaugeMetricFamily("inspector_stream_consumers", "Consumers of the group.", labels=["stream", "group"])
+        for g in view["groups"]:
+            lag.add_metric([g["stream"], g["group"]], float(g["lag"]) if g["lag"] is not None else float("nan"))
+            pending.add_metric([g["stream"], g["group"]], g["pending"])
+            consumers.add_metric([g["stream"], g["group"]], g["consumers"])
+        for stream, n in view["lengths"].items():
+            length.add_metric([stream], n)
+        yield from (length, lag, pending, consumers)
+        dead = GaugeMetricFamily("inspector_dead_letters", "Entries in the dead-letter stream.")
+        dead.add_metric([], view["lengths"].get("dead_letter", 0))
+        yield dead
+        counters = CounterMetricFamily("inspector_station_counter", "The station's counters in Redis (what "
+                                       "`inspector status` shows as counter NAME).", labels=["name"])
+        for name, v in sorted(view["counters"].items()):
+            counters.add_metric([name], v)
+        yield counters
+        alive = GaugeMetricFamily("inspector_workers_alive", "Live worker heartbeat keys.")
+        alive.add_metric([], view["workers_alive"])
+        cam = GaugeMetricFamily("inspector_camera_alive", "1 while the camera's heartbeat key is alive.")
+        cam.add_metric([], 1 if view["camera_alive"] else 0)
+        yield alive
+        yield cam
+
+
+def stream_names(cfg: StationConfig) -> dict[str, str]:
+    """Every station stream by its short name (the label value)."""
+    from inspector.contracts.names import Names
+
+    n = Names(cfg.redis.prefix, cfg.station.id)
+    return {"frames": n.frames, "verdicts": n.verdicts, "events": n.events, "review": n.review,
+            "review_inbox": n.review_inbox, "dead_letter": n.dead_letter}
+
+
+def station_view(cfg: StationConfig, client: Any) -> dict[str, Any]:
+    """Lengths of the station streams, lag / pending / consumers of every consumer group on them, counters:
+    one reading shared by ``inspector status`` and the metrics (so the two always agree on what they mean)."""
+    import redis as _redis
+
+    from inspector.contracts.names import Names
+
+    n = Names(cfg.redis.prefix, cfg.station.id)
+    lengths: dict[str, int] = {}
+    groups: list[dict[str, Any]] = []
+    for short, key in stream_names(cfg).items():
+        try:
+            lengths[short] = int(client.xlen(key))
+            infos = client.xinfo_groups(key) if lengths[short] or client.exists(key) else []
+        except _redis.ResponseError:  # no such stream
+            lengths[short] = 0
+            continue
+        for g in infos:
+            g = {(k.decode() if isinstance(k, bytes) else k): v for k, v in g.items()}
+            name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
+            groups.append({"stream": short, "group": name, "lag": g.get("lag"),
+                           "pending": int(g.get("pending", 0) or 0), "consumers": int(g.get("consumers", 0) or 0)})
+    counters = {k.decode(): int(v) for k, v in client.hgetall(n.counters).items()}
+    workers = sum(1 for _ in client.scan_iter(match=n.heartbeat_pattern, count=500))
+    return {"lengths": lengths, "groups": groups, "counters": counters, "workers_alive": workers,
+            "camera_alive": bool(client.exists(n.camera_heartbeat(cfg.camera.id)))}
+
+
+# ---------------------------------------------------------------------------------------------- per process
+def _counter(name: str, doc: str, labels: list[str], rows: Iterable[tuple[list[str], float]]) -> CounterMetricFamily:
+    m = CounterMetricFamily(name, doc, labels=labels)
+    for values, v in rows:
+        m.add_metric(values, v)
+    return m
+
+
+def _gauge(name: str, doc: str, labels: list[str], rows: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
+    m = GaugeMetricFamily(name, doc, labels=labels)
+    for values, v in rows:
+        m.add_metric(values, v)
+    return m
+
+
+class _Watch(Collector):
+    def __init__(self, fn: Callable[[], Iterable[Any]]) -> None:
+        self.fn = fn
+
+    def collect(self) -> Iterable[Any]:
+        return _try(self.fn)
+
+
+def watch_camera(pub: Any) -> None:
+    """The camera publisher's own counts (``inspector camera``)."""
+    cam = pub.cam.id
+
+    def collect() -> Iterable[Any]:
+        yield _counter("inspector_frames_published", "Frames this camera process published to the frames stream.",
+                       ["camera"], [([cam], pub.seq - pub.not_sent)])
+        yield _counter("inspector_frames_not_sent", "Parts the camera saw while Redis was unreachable.",
+                       ["camera"], [([cam], pub.not_sent)])
+        yield _gauge("inspector_camera_silent", "1 while the camera has delivered no frame for camera.health_periods.",
+                     ["camera"], [([cam], 1 if pub.silent else 0)])
+    register("camera", lambda: _Watch(collect))
+
+
+def watch_worker(worker: Any) -> None:
+    """An inspection worker's counts and model (``inspector worker``); verdicts come through :func:`verdict_sink`."""
+    def collect() -> Iterable[Any]:
+        c, name = dict(worker.counts), worker.name
+        yield _counter("inspector_frames_inspected", "Frames this worker read and gave an outcome.", ["worker"],
+                       [([name], c.get("frames", 0))])
+        yield _counter("inspector_worker_verdicts", "New verdicts this worker committed.", ["worker"],
+                       [([name], c.get("verdicts", 0))])
+        yield _counter("inspector_worker_duplicates", "Verdicts for frames that had one already (redelivery).",
+                       ["worker"], [([name], c.get("duplicates", 0))])
+        yield _counter("inspector_worker_errors", "ERROR verdicts of this worker.", ["worker"],
+                       [([name], c.get("errors", 0))])
+        yield _counter("inspector_dead_lettered", "Frames this worker moved to the dead-letter stream.", ["worker"],
+                       [([name], c.get("dead_letter", 0))])
+        yield _gauge("inspector_model_info", "1 for the model version this worker serves.", ["worker", "version"],
+                     [([name, str(worker.model.version)], 1)])
+    register("worker", lambda: _Watch(collect))
+
+
+def verdict_sink(verdict: Any, image: Any = None, encoding: str | None = None) -> None:
+    """A worker sink (runs once per new verdict): verdicts by decision and defect class, stage latencies."""
+    VERDICTS.labels(verdict.decision.value, verdict.defect_class or "none").inc()
+    for stage, ms in (verdict.stage_ms or {}).items():
+        STAGE_LATENCY.labels(stage).observe(ms / 1000)
+    if verdict.latency_ms is not None:
+        STAGE_LATENCY.labels("end_to_end").observe(verdict.latency_ms / 1000)
+
+
+def model_loaded(version: str, seconds: float) -> None:
+    MODEL_LOADS.inc()
+    MODEL_LOAD_SECONDS.clear()
+    MODEL_LOAD_SECONDS.labels(version).set(seconds)
+
+
+def reclaimed(stream: str, group: str, n: int) -> None:
+    if n:
+        RECLAIMS.labels(stream.rsplit(":", 1)[-1], group).inc(n)
+
+
+def watch_recorder(recorder: Any) -> None:
+    """The verdict recorder's counts (a thread of ``inspector worker``)."""
+    def collect() -> Iterable[Any]:
+        s, who = dict(recorder.stats), recorder.consumer
+        yield _counter("inspector_verdicts_recorded", "Verdicts written to the station database.", ["consumer"],
+                       [([who], s.get("recorded", 0))])
+        yield _counter("inspector_recorder_batches", "Database transactions of the recorder.", ["consumer"],
+                       [([who], s.get("batches", 0))])
+        yield _counter("inspector_recorder_reclaimed", "Verdict entries the recorder took over from a dead one.",
+                       ["consumer"], [([who], s.get("reclaimed", 0))])
+        yield _counter("inspector_recorder_bad_entries", "Verdict entries that could not be recorded.", ["consumer"],
+                       [([who], s.get("bad_entries", 0))])
+    register("recorder", lambda: _Watch(collect))
+
+
+def watch_line(runner: Any) -> None:
+    """The line runner (``inspector line``): parts by signal and reason, ready, in flight, output errors."""
+    def collect() -> Iterable[Any]:
+        yield _counter("inspector_line_parts", "Parts given a line signal, by signal and reason.", ["signal", "reason"],
+                       [(list(k), v) for k, v in sorted(runner.outcomes_by_reason.items())])
+        h = runner.health
+        yield _gauge("inspector_line_ready", "1 while the line is told READY.", [], [([], 1 if h and h.ready else 0)])
+        yield _gauge("inspector_line_in_flight", "Parts waiting for a verdict or their deadline.", [],
+                     [([], runner.decider.pending)])
+        yield _gauge("inspector_line_deadline_seconds", "No PASS within this time of capture: reject.", [],
+                     [([], runner.decider.deadline_s)])
+        yield _counter("inspector_line_output_errors", "Failed writes or connections of a line output.", ["output"],
+                       [([type(o).__name__], getattr(o, "errors", 0)) for o in runner.outputs])
+    register("line", lambda: _Watch(collect))
+
+
+def watch_drift(monitor: Any) -> None:
+    """The drift monitor (``inspector jobs drift``): its statistics against their bands."""
+    cfg = monitor.cfg.drift
+
+    def collect() -> Iterable[Any]:
+        det = monitor.detector
+        yield _counter("inspector_drift_alarms", "DRIFT_ALARM events raised.", [], [([], len(monitor.alarms))])
+        yield _gauge("inspector_drift_band", "The bands the statistics are held against.", ["band"],
+                     [(["psi_threshold"], cfg.psi_threshold), (["p_value"], cfg.p_value),
+                      (["mean_shift_sigma"], cfg.mean_shift_sigma), (["hysteresis"], cfg.hysteresis)])
+        if det is None:
+            return
+        yield _counter("inspector_drift_checks", "Drift checks of the full window.", [], [([], det.checks)])
+        yield _gauge("inspector_drift_consecutive", "Consecutive checks with a tripped statistic (alarm at "
+                     "drift.hysteresis).", [], [([], det.consecutive)])
+        rows = list(_drift_numbers.items())
+        yield _gauge("inspector_drift_psi", "Population stability index of the window against the reference.",
+                     ["statistic"], [([k], v["psi"]) for k, v in rows])
+        yield _gauge("inspector_drift_ks_p", "KS-test p-value of the window against the reference.", ["statistic"],
+                     [([k], v["ks_p"]) for k, v in rows])
+        yield _gauge("inspector_drift_shift_sigma", "Window mean minus reference mean, in reference standard "
+                     "deviations.", ["statistic"], [([k], v["shift"]) for k, v in rows])
+        tripped = set(det.last.tripped) if getattr(det, "last", None) is not None else set()
+        names = sorted(set(_drift_numbers) | tripped)
+        yield _gauge("inspector_drift_tripped", "1 when the statistic tripped in the last check.", ["statistic"],
+                     [([k], 1 if k in tripped else 0) for k in names])
+    register("drift", lambda: _Watch(collect))
+
+
+_drift_numbers: dict[str, dict[str, float]] = {}
+
+
+def drift_numeric(name: str, result: Any) -> None:
+    """Hook of the drift detector's check: the numbers of one numeric statistic."""
+    if result is not None:
+        _drift_numbers[name] = {"psi": result.psi, "ks_p": result.ks_p, "shift": result.shift}
+
+
+def watch_jobs(cfg: StationConfig, client: Any) -> None:
+    """The RQ jobs worker (``inspector jobs worker``): the station queue's jobs by state."""
+    def collect() -> Iterable[Any]:
+        from rq.registry import (
+            DeferredJobRegistry,
+            FailedJobRegistry,
+            FinishedJobRegistry,
+            ScheduledJobRegistry,
+            StartedJobRegistry,
+        )
+
+        from jobs.queues import station_queue
+
+        q = station_queue(cfg, client)
+        rows = [(["queued"], q.count)]
+        for state, reg in (("started", StartedJobRegistry), ("finished", FinishedJobRegistry),
+                           ("failed", FailedJobRegistry), ("deferred", DeferredJobRegistry),
+                           ("scheduled", ScheduledJobRegistry)):
+            rows.append(([state], reg(queue=q).count))
+        yield _gauge("inspector_jobs", "Jobs of the station's RQ queue by state.", ["state"], rows)
+    register("jobs", lambda: _Watch(collect))
+
+
+def watch_gui(started_at: float | None = None) -> None:
+    """The GUI process: that it is up (the station view comes with its Redis client)."""
+    t0 = started_at or time.time()
+    register("gui", lambda: _Watch(lambda: [_gauge("inspector_gui_start_time_seconds", "When the GUI started.",
+                                                   [], [([], t0)])]))
