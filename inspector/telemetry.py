@@ -70,7 +70,7 @@ def metrics_port(cfg: StationConfig, process: str) -> int:
     return cfg.metrics.port_base + METRICS_WORKER_OFFSET + int(m.group(1) or 0)
 
 
-_served: dict[str, int] = {}
+_served: dict[str, int | None] = {}
 _registered: set[str] = set()
 
 
@@ -81,9 +81,10 @@ def serve(cfg: StationConfig, process: str, station: bool = True) -> int | None:
         return None
     if station:
         register(f"station:{cfg.station.id}", lambda: StationCollector(cfg))
-    if process in _served:
+    if process in _served:  # once per process: a second call neither retries nor repeats the line
         return _served[process]
     port = metrics_port(cfg, process)
+    _served[process] = None
     if port == 0:
         return None
     host = cfg.metrics.host
@@ -96,6 +97,20 @@ def serve(cfg: StationConfig, process: str, station: bool = True) -> int | None:
         return None
     _served[process] = port
     log.info("%s serves Prometheus metrics on http://%s:%d/metrics", process, host, port)
+    return port
+
+
+def start(cfg: StationConfig, process: str, watch: Callable[[Any], object] | None = None) -> int | None:
+    """:func:`serve`, then ``watch(this module)`` to register what the process watches; a failure of either is
+    logged and never stops the process."""
+    import sys
+
+    port = serve(cfg, process)
+    if watch is not None and cfg.metrics.enabled:
+        try:
+            watch(sys.modules[__name__])
+        except Exception as err:  # noqa: BLE001 - metrics never stop inspection
+            log.error("metrics of %s not registered (%s): the process goes on without them", process, err)
     return port
 
 
