@@ -38,12 +38,15 @@ log = logging.getLogger(__name__)
 # Seconds; a line's deadline is ~0.5 s, so the fine end matters most.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
+# Keys of Verdict.stage_ms that are not times.
+NOT_STAGES = frozenset({"batch_size"})
+
 # ---------------------------------------------------------------------------------------------- names
 # Observed where things happen (hooks); the rest is read at scrape time by the collectors below.
 VERDICTS = Counter("inspector_verdicts", "Verdicts a worker committed, by decision and defect class.",
                    ["decision", "defect_class"])
 STAGE_LATENCY = Histogram("inspector_stage_latency_seconds", "Per-stage latency of each verdict (decode, "
-                          "preprocess, infer, decide...; end_to_end: capture to decision).", ["stage"],
+                          "preprocess, infer, infer_batch, postprocess, decide; end_to_end: capture to decision).", ["stage"],
                           buckets=LATENCY_BUCKETS)
 RECLAIMS = Counter("inspector_reclaims", "Stream entries this process took over from a dead or hung consumer.",
                    ["stream", "group"])
@@ -71,7 +74,7 @@ def metrics_port(cfg: StationConfig, process: str) -> int:
 
 
 _served: dict[str, int | None] = {}
-_registered: set[str] = set()
+_registered: dict[str, Collector] = {}
 
 
 def serve(cfg: StationConfig, process: str, station: bool = True) -> int | None:
@@ -80,7 +83,7 @@ def serve(cfg: StationConfig, process: str, station: bool = True) -> int | None:
     if not cfg.metrics.enabled:
         return None
     if station:
-        register(f"station:{cfg.station.id}", lambda: StationCollector(cfg))
+        register(f"station:{cfg.station.id}", lambda: StationCollector(cfg), replace=False)
     if process in _served:  # once per process: a second call neither retries nor repeats the line
         return _served[process]
     port = metrics_port(cfg, process)
@@ -114,12 +117,16 @@ def start(cfg: StationConfig, process: str, watch: Callable[[Any], object] | Non
     return port
 
 
-def register(key: str, make: Callable[[], Collector]) -> None:
-    """Register a collector once per process (a second process object of the same kind replaces nothing)."""
-    if key in _registered:
-        return
-    _registered.add(key)
-    REGISTRY.register(make())
+def register(key: str, make: Callable[[], Collector], replace: bool = True) -> None:
+    """Register the collector of ``key``; a newer object of the same kind (a recorder made again, a second
+    runner in one process) replaces the older one, unless ``replace`` is False."""
+    old = _registered.get(key)
+    if old is not None:
+        if not replace:
+            return
+        REGISTRY.unregister(old)
+    _registered[key] = collector = make()
+    REGISTRY.register(collector)
 
 
 def _try(fn: Callable[[], Iterable[Any]]) -> Iterable[Any]:
@@ -284,7 +291,8 @@ def verdict_sink(verdict: Any, image: Any = None, encoding: str | None = None) -
     """A worker sink (runs once per new verdict): verdicts by decision and defect class, stage latencies."""
     VERDICTS.labels(verdict.decision.value, verdict.defect_class or "none").inc()
     for stage, ms in (verdict.stage_ms or {}).items():
-        STAGE_LATENCY.labels(stage).observe(ms / 1000)
+        if stage not in NOT_STAGES:
+            STAGE_LATENCY.labels(stage).observe(ms / 1000)
     if verdict.latency_ms is not None:
         STAGE_LATENCY.labels("end_to_end").observe(verdict.latency_ms / 1000)
 

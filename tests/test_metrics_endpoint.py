@@ -197,3 +197,14 @@ def test_every_process_serves_rising_counters_that_match_status(
     lines = [ln for ln in text.splitlines() if "metrics port" in ln]
     assert len(lines) == 1, lines
     assert f"127.0.0.1:{ports['worker-2']}" in lines[0] and "worker-2 goes on without metrics" in lines[0]
+
+
+def test_dashboard_uses_only_metric_names_the_station_defines() -> None:
+    """configs/grafana/station.json is built on inspector/telemetry.py's names (a renamed metric breaks this)."""
+    import re
+
+    defined = set(re.findall(r'"(inspector_[a-z_]+)"', (REPO / "inspector" / "telemetry.py").read_text()))
+    dashboard = json.loads((REPO / "configs" / "grafana" / "station.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {re.sub(r"_(total|bucket|count|sum)$", "", n) for e in exprs for n in re.findall(r"inspector_[a-z_]+", e)}
+    assert len(used) >= 25 and used <= defined, sorted(used - defined)
