@@ -161,7 +161,6 @@ def camera(
         fast.redis.reconnect.give_up_s = max(0.2, 3 / cfg.camera.fps)
         client = client_for_url(station_url(cfg), fast.redis)
         pub = CameraPublisher(StationBus(client, cfg), open_source(cfg.camera))
-        _metrics(cfg, "camera", lambda t: t.watch_camera(pub))
         n = pub.run(max_frames=frames)
         console.print(f"camera {cfg.camera.id}: {n - pub.not_sent} frames published, {pub.not_sent} not sent")
     except InspectorError as err:
@@ -185,9 +184,7 @@ def worker(
     try:
         cfg = _config(config)
         client = open_station_client(cfg, standalone)
-        _metrics(cfg, _worker_process(name))
         w = Worker(cfg, client, name=name, sinks=_sinks(cfg, client) if record else [])
-        _metrics(cfg, _worker_process(name), lambda t: (w.sinks.append(t.verdict_sink), t.watch_worker(w)))
         w.install_signal_handlers()
         recorder = _start_recorder(cfg, client, w.name) if record else None
         counts = w.run(max_frames=max_frames, idle_exit_s=idle_exit)
@@ -200,19 +197,6 @@ def worker(
         print(json.dumps(counts))
     except InspectorError as err:
         _fail(err)
-
-
-def _metrics(cfg: StationConfig, process: str, watch=None) -> None:  # type: ignore[no-untyped-def]
-    """Serve this process's Prometheus metrics (inspector.telemetry); never stops the process."""
-    from inspector.telemetry import start
-
-    start(cfg, process, watch)
-
-
-def _worker_process(name: str | None) -> str:
-    from inspector.telemetry import worker_process
-
-    return worker_process(name)
 
 
 def _sinks(cfg: StationConfig, client) -> list:  # type: ignore[no-untyped-def]
@@ -288,9 +272,7 @@ def gui(config: Path | None = ConfigOpt,
         _fail(InspectorError(f"the GUI cannot start: {err}", "pip install -e '.[gui]'"))
         return
     try:
-        cfg = _config(config)
-        _metrics(cfg, "gui", lambda t: t.watch_gui())
-        run_gui(cfg, role=role, demo=demo_station)
+        run_gui(_config(config), role=role, demo=demo_station)
     except InspectorError as err:
         _fail(err)
 
@@ -309,6 +291,7 @@ def line(config: Path | None = ConfigOpt) -> None:
 
 from inspector.bench.cli import bench_app  # noqa: E402
 from inspector.identity import identity_app as _identity_app  # noqa: E402
+from inspector.product_cli import product_app  # noqa: E402
 from inspector.shadow_cli import shadow_app  # noqa: E402
 from inspector.station.cli import station_app  # noqa: E402
 from inspector.store.cli import audit_app, review_app, trace  # noqa: E402
@@ -322,6 +305,7 @@ app.add_typer(audit_app, name="audit", help="Audit trail: verify the hash chain,
 app.add_typer(_identity_app(), name="identity", help="Who you are to the station: roles, PIN hashes, personal tokens.")
 app.add_typer(review_app, name="review", help="Review queue and labelling from the command line.")
 app.add_typer(station_app, name="station", help="The station's processes under one supervisor: station run.")
+app.add_typer(product_app, name="product", help="Products and changeover: which product is on the line, switch NAME.")
 app.add_typer(shadow_app, name="shadow", help="Shadow mode: a candidate judges live frames beside the active model.")
 app.command("trace", help="Everything known about one part: verdict, scores, model and its hash, labels.")(trace)
 

@@ -128,7 +128,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self._store = store
         self._unsure: tuple[str, str, str] | None = None  # last pointer the registry could not be asked about
-        self.model = model or self._initial_model()
+        self.product_models = self._product_models()  # every product's package, loaded and warm: no changeover reload
+        self.model = model or self._default_model()
         self.sinks = sinks or []
         self.stop_event = threading.Event()
         self.latency = LatencyWindow()
@@ -140,6 +141,17 @@ class Worker:
         self.bus.ensure_group(self.bus.names.frames, cfg.worker.group)
 
     # -- model -----------------------------------------------------------------------------------
+    def _product_models(self) -> dict[str, InspectionModel]:
+        return {name: load_model(self.cfg, product.package) for name, product in self.cfg.products.items()}
+
+    def _default_model(self) -> InspectionModel:
+        """The model of frames without a product: model.package, the registry's active one, else the default product's."""
+        if self.product_models and not self.cfg.model.package and active_pointer(self.bus.r, self.bus) is None:
+            from inspector.products import default_product
+
+            return self.product_models[default_product(self.cfg) or next(iter(self.product_models))]
+        return self._initial_model()
+
     def _initial_model(self) -> InspectionModel:
         if self.cfg.model.package:
             return load_model(self.cfg, self.cfg.model.package)
@@ -336,22 +348,35 @@ class Worker:
                 decoded.append(w)
             except FrameError as err:
                 w.verdict = self._error(w.meta, f"decode: {err.message}")
-        if not decoded:
-            return
-        model = self.model
-        t0 = time.perf_counter()
-        outputs = model.infer([w.image for w in decoded])  # type: ignore[misc]
-        infer_ms = (time.perf_counter() - t0) * 1000
-        self.latency.add("infer_batch", infer_ms)
-        for w, out in zip(decoded, outputs, strict=True):
-            if isinstance(out, FrameError):
-                w.verdict = self._error(w.meta, f"model: {out.message}", model.version)
-            else:
-                w.verdict = self._verdict(w, out, model)
+        by_model: dict[int, tuple[InspectionModel, list[Work]]] = {}
+        for w in decoded:  # each frame is judged by its own product's model; one batch per model
+            model = self._model_for(w.meta)
+            if model is None:
+                w.verdict = self._error(w.meta, f"product {w.meta.product!r} is not served by this worker "
+                                                f"(its products: {', '.join(self.product_models) or 'none'})")
+                continue
+            by_model.setdefault(id(model), (model, []))[1].append(w)
+        for model, group in by_model.values():
+            t0 = time.perf_counter()
+            outputs = model.infer([w.image for w in group])  # type: ignore[misc]
+            infer_ms = (time.perf_counter() - t0) * 1000
+            self.latency.add("infer_batch", infer_ms)
+            for w, out in zip(group, outputs, strict=True):
+                if isinstance(out, FrameError):
+                    w.verdict = self._error(w.meta, f"model: {out.message}", model.version)
+                else:
+                    w.verdict = self._verdict(w, out, model)
+
+    def _model_for(self, meta: FrameMeta) -> InspectionModel | None:
+        if meta.product is None:
+            return self.model
+        return self.product_models.get(meta.product)
 
     def _verdict(self, w: Work, out: ModelOutput, model: InspectionModel) -> Verdict:
         t0 = time.perf_counter()
-        result = decide(out.class_probs, out.anomaly_score, self.cfg.policy, out.classifier_decides)
+        product = self.cfg.products.get(w.meta.product) if w.meta.product is not None else None
+        policy = product.policy if product is not None and product.policy is not None else self.cfg.policy
+        result = decide(out.class_probs, out.anomaly_score, policy, out.classifier_decides)
         stage = {k: round(v, 3) for k, v in out.stage_ms.items()}
         stage["decide"] = round((time.perf_counter() - t0) * 1000, 3)
         stats = image_stats(w.image)  # type: ignore[arg-type]
@@ -362,7 +387,7 @@ class Worker:
             defect_class=result.defect_class, reasons=list(result.reasons), class_probs=out.class_probs,
             anomaly_score=out.anomaly_score, anomaly_raw=out.anomaly_raw, model_version=model.version,
             worker=self.name, latency_ms=round((time.time() - w.meta.captured_at) * 1000, 3), stage_ms=stage,
-            image_stats=stats, heatmap=heat, truth=w.meta.truth,
+            image_stats=stats, heatmap=heat, truth=w.meta.truth, product=w.meta.product,
         )
 
     def _error(self, meta: FrameMeta, reason: str, version: str | None = None) -> Verdict:
@@ -371,7 +396,7 @@ class Worker:
             station=meta.station, frame_id=meta.id, camera=meta.camera, seq=meta.seq, part_id=meta.part_id,
             captured_at=meta.captured_at, decision=Decision.ERROR, reject=line_rejects(Decision.ERROR, self.cfg.policy),
             reasons=[reason], error=reason, model_version=version or self.model.version, worker=self.name,
-            latency_ms=round((time.time() - meta.captured_at) * 1000, 3), truth=meta.truth,
+            latency_ms=round((time.time() - meta.captured_at) * 1000, 3), truth=meta.truth, product=meta.product,
         )
 
     def _publish(self, work: list[Work]) -> None:

@@ -20,6 +20,7 @@ from inspector.camera.sources import Capture, FrameSource
 from inspector.contracts.errors import TransportError
 from inspector.contracts.messages import Event, EventType, FrameMeta
 from inspector.models.decode import encode_image
+from inspector.products import current_product
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,11 @@ class CameraPublisher:
         self.stop_event = threading.Event()
 
     def _meta(self, cap: Capture, encoding: str, width: int | None, height: int | None) -> FrameMeta:
+        # the product on the line, read per frame: every frame published after a changeover returned carries it
+        product = current_product(self.bus.r, self.bus.cfg) if self.bus.cfg.products else None
         return FrameMeta(station=self.bus.cfg.station.id, camera=self.cam.id, seq=self.seq,
                          part_id=f"{self.cam.id}-{self.run_id}-{self.seq:07d}", captured_at=time.time(),
-                         encoding=encoding, width=width, height=height, truth=cap.truth)
+                         encoding=encoding, width=width, height=height, truth=cap.truth, product=product)
 
     def publish(self, cap: Capture) -> FrameMeta:
         if cap.encoded is not None:

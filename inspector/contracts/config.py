@@ -35,6 +35,7 @@ OPCUA_NODE_SET: dict[str, str] = {
     "Parts": "UInt32", "Accepts": "UInt32", "Rejects": "UInt32", "Heartbeat": "UInt32",
 }
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+PRODUCT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 STORE_URL_RE = r"^(sqlite|postgresql)(\+[A-Za-z0-9_]+)?://"
 
 
@@ -492,6 +493,13 @@ class GuiSection(Section):
     camera_source: bool = Field(False, description="The GUI streams the configured camera to the frames stream.")
 
 
+class ProductSection(Section):
+    """One product the line makes: the model package that judges its frames and, optionally, its own thresholds."""
+
+    package: Path = Field(description="Model package folder of this product; workers keep it loaded and warm.")
+    policy: PolicySection | None = Field(None, description="Decision thresholds of this product (unset: the station's policy).")
+
+
 class ShadowSection(Section):
     """A candidate judging live frames beside the active model (``inspector shadow run``): stored, never sent to
     the line. Which candidate is set by ``inspector shadow start VERSION`` (audited), not here."""
@@ -589,6 +597,11 @@ class StationConfig(Section):
     gui: GuiSection = Field(default_factory=GuiSection)
     identity: IdentitySection = Field(default_factory=IdentitySection)
     shadow: ShadowSection = Field(default_factory=ShadowSection)
+    products: dict[str, ProductSection] = Field(
+        default_factory=dict, description="Products the line makes, by name (`inspector product switch NAME` changes "
+                                          "over). Empty: one product, judged by model.package or the registry's active model.")
+    product: str | None = Field(None, description="The product on the line when the station first starts (default: "
+                                                  "the first of products).")
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
 
@@ -600,6 +613,12 @@ class StationConfig(Section):
             raise ValueError("camera.source.path is required when camera.source.kind is 'video'")
         if self.camera.source.kind == "url" and not self.camera.source.url:
             raise ValueError("camera.source.url is required when camera.source.kind is 'url'")
+        for name in self.products:
+            if not PRODUCT_RE.match(name):
+                raise ValueError(f"products: {name!r} is not a product name: use letters, digits, '_', '.' or '-' (at most 64)")
+        if self.product is not None and self.product not in self.products:
+            known = ", ".join(self.products) or "none (products is empty)"
+            raise ValueError(f"product {self.product!r} is not one of products: {known}")
         return self
 
     @property

@@ -60,6 +60,7 @@ class Action(StrEnum):
     EXPORT = "review.export"
     DISPUTE = "verdict.dispute"
     SHADOW = "model.shadow"  # start or stop judging live frames with a candidate, beside the active model
+    CHANGEOVER = "product.switch"  # the line changes to another product (its model judges the frames from then on)
 
 
 PERMISSIONS: dict[Action, frozenset[Role]] = {
@@ -74,6 +75,7 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.EXPORT: frozenset({Role.QUALITY, Role.MAINTENANCE}),
     Action.DISPUTE: frozenset({Role.OPERATOR, Role.QUALITY, Role.MAINTENANCE}),
     Action.SHADOW: frozenset({Role.MAINTENANCE, Role.SYSTEM}),
+    Action.CHANGEOVER: frozenset({Role.MAINTENANCE, Role.SYSTEM}),
 }
 """The one table of who may do what: the CLI (``inspector.identity.authorize``) and the GUI (``gui.state``)."""
 

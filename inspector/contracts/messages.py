@@ -57,6 +57,8 @@ class FrameMeta(Message):
     width: int | None = None
     height: int | None = None
     truth: str | None = Field(None, description="Known label of a replayed or synthetic part (demo, tests).")
+    product: str | None = Field(None, description="Product on the line when the frame was taken (station products; "
+                                                  "None: the station makes one product).")
 
     @property
     def frame_id(self) -> str:
@@ -102,6 +104,7 @@ class Verdict(Message):
     image_stats: ImageStats | None = None
     heatmap: str | None = Field(None, description="Anomaly map as base64 PNG (small), for the operator view.")
     truth: str | None = None
+    product: str | None = Field(None, description="The frame's product: its model judged it (model_version).")
 
 
 class ReviewRequest(Message):

@@ -96,6 +96,11 @@ class Names:
         return f"{self.base}:model:active"
 
     @property
+    def product(self) -> str:
+        """String: the product on the line now; the camera stamps it on every frame it publishes."""
+        return f"{self.base}:product"
+
+    @property
     def shadow_model(self) -> str:
         """Hash: version, sha256 of the candidate judged in shadow (never sent to the line); absent: no shadow."""
         return f"{self.base}:model:shadow"

@@ -54,6 +54,7 @@ class VerdictRow(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     truth: Mapped[str | None] = mapped_column(String(64))
+    product: Mapped[str | None] = mapped_column(String(64), index=True)  # 0004: the frame's product
 
 
 class ReviewItemRow(Base):

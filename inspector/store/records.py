@@ -37,7 +37,7 @@ def verdict_row(v: Verdict, station: str | None = None) -> dict[str, Any]:
         "reject": v.reject, "defect_class": v.defect_class, "reasons": list(v.reasons),
         "class_probs": v.class_probs, "anomaly_score": v.anomaly_score, "anomaly_raw": v.anomaly_raw,
         "model_version": v.model_version, "worker": v.worker, "latency_ms": v.latency_ms,
-        "error": v.error, "truth": v.truth,
+        "error": v.error, "truth": v.truth, "product": v.product,
     }
 
 
