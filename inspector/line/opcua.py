@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from inspector.contracts.config import OPCUA_NODE_SET, StationConfig
-from inspector.contracts.errors import InspectorError
+from inspector.contracts.errors import ConfigError, InspectorError
 from inspector.line.decider import Outcome, Signal
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,11 @@ class OpcuaOutput:
     """An isolated line output: a private asyncio loop thread runs the server (or the client) and every write."""
 
     def __init__(self, cfg: StationConfig) -> None:
-        import asyncua  # noqa: F401 - fail here, with the install hint, when the line extra is missing
+        try:
+            import asyncua  # noqa: F401 - fail here, with the install hint, when the line extra is missing
+        except ImportError as err:
+            raise ConfigError(f"line.opcua_url is set but the OPC UA library cannot be imported ({err})",
+                              "pip install -e '.[line]' (asyncua), or unset line.opcua_url") from None
 
         line = cfg.line
         if not line.opcua_url:

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import yaml
 
 from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
@@ -20,7 +26,7 @@ from inspector.contracts.messages import Decision, FrameMeta, Verdict
 from inspector.line import MemoryOutput, Signal
 from inspector.line.opcua import OpcuaOutput
 from inspector.line.outputs import outputs_from_config
-from tests.line.line_peers import free_port, publish_frame, wait_for
+from tests.line.line_peers import ModbusServer, free_port, publish_frame, wait_for
 from tests.line.test_line_runner import Running, line_cfg, make_healthy
 
 asyncua = pytest.importorskip("asyncua", reason="pip install -e '.[line]' (asyncua)")
@@ -329,3 +335,34 @@ def test_server_port_in_use_is_one_line_and_the_line_goes_on(
         assert len(lines) == 1 and "cannot listen on" in lines[0] and url in lines[0], lines
     finally:
         taken.close()
+
+
+def test_inspector_line_with_a_plc_that_does_not_answer(station_config: StationConfig, redis_client: redis.Redis,
+                                                        bus: StationBus, silent_endpoint: str, tmp_path: Path) -> None:
+    """The station process itself: `inspector line` with a hung OPC UA PLC prints one line about it, and its Modbus
+    output goes on signalling every part."""
+    modbus = ModbusServer().start()
+    cfg = line_cfg(station_config, opcua_url=silent_endpoint, opcua_mode="client", opcua_timeout_s=0.5,
+                   opcua_nodes={"Reject": "ns=2;s=Line.Reject", "Ready": "ns=2;s=Line.Ready"},
+                   modbus_url=f"modbus://127.0.0.1:{modbus.port}")
+    make_healthy(redis_client, cfg)
+    path = tmp_path / "station.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECTOR_")}
+    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "line", "--config", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert wait_for(lambda: modbus.coil(1), 30, 0.1), "the line never went ready on Modbus"
+        for seq in (51, 52, 53):
+            meta = publish_frame(bus, seq)
+            verdict(bus, meta, Decision.FAIL if seq == 52 else Decision.PASS)
+            assert wait_for(lambda s=seq: modbus.register(0) == s, 5), f"part {seq} never reached the PLC"
+        time.sleep(2)  # more reconnect attempts: still one line
+        assert proc.poll() is None, "inspector line died"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        modbus.stop()
+    lines = [ln for ln in err.splitlines() if "OPC UA" in ln or "asyncua" in ln]
+    assert len(lines) == 1, err
+    assert silent_endpoint in lines[0] and "does not answer" in lines[0] and "Traceback" not in err, err
