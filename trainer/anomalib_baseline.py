@@ -8,7 +8,9 @@
   file with ``torch.load(weights_only=False)`` (pickle). We only ever give it the file this module has just
   written itself into a private temporary folder; never point ``time_torch_inferencer`` at foreign files.
 
-PatchCore is not run by default: anomalib's coreset sampler takes hours on this CPU at its default ratio.
+``anomalib_peers`` gives ``inspector bench`` anomalib's own deployment paths (TorchInferencer, OpenVINOInferencer
+on anomalib's OpenVINO export) on the same split. anomalib's PatchCore coreset sampler takes hours on this CPU at
+its default ratio: models are fitted with ``trainer.anomalib_package.fit_anomalib`` (fast greedy k-center).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import nn
 
 from inspector.contracts.errors import DataError
 from trainer.anomaly import DEFECT_CLASSES, list_magnetic_tile, split_holdout, threshold_good_quantile
-from trainer.backbone import NORMALISATION, load_state_dict, resolve_weights
+from trainer.backbone import NORMALISATION
 
 
 @dataclass
@@ -44,14 +46,9 @@ class BaselineResult:
 
 def full_timm_model(name: str = "tf_efficientnet_lite0") -> nn.Module:
     """The whole timm network (anomalib picks nodes by name, e.g. ``blocks.2``) with the local weights."""
-    import timm
+    from trainer.anomalib_package import full_timm_model as with_source
 
-    model = timm.create_model(name, pretrained=False)
-    path = resolve_weights(name)
-    if path is None:
-        raise DataError(f"no local weights for {name}", "set INSPECTOR_WEIGHTS_DIR to the shared weights folder")
-    model.load_state_dict(load_state_dict(path), strict=False)
-    return model.eval()
+    return with_source(name)[0]
 
 
 @contextlib.contextmanager
@@ -171,23 +168,107 @@ def load_torch_inferencer(model_path: Path, trust_own_export: bool = False):  # 
             os.environ["TRUST_REMOTE_CODE"] = previous
 
 
-def bench_inferencer(package: object, x: np.ndarray) -> Callable[[], object]:
-    """For ``inspector bench``: fit anomalib PaDiM on the same split and backbone as our magnetic_tile model,
-    export it, and return one ``TorchInferencer.predict`` call on a real test frame (its accuracy is printed)."""
+@dataclass
+class BenchPeer:
+    """One anomalib inferencer for ``inspector bench``: one ``predict`` call on the bench frame, and its AUROC."""
+
+    name: str
+    fn: Callable[[], object]
+    image_auroc: float | None
+    note: str
+
+
+def _float_image(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255
+
+
+def set_post_processor_from_goods(module: nn.Module, hold_scores: np.ndarray, threshold: float) -> None:
+    """anomalib's post-processor normalises with min/max/threshold from a validation set (its default: the
+    test set). Here: the threshold from held-out GOOD parts, and a range so wide that no score is clipped at
+    0 or 1, so the normalised score keeps anomalib's raw ranking (its AUROC)."""
+    post = module.post_processor
+    spread = 50.0 * max(float(threshold - hold_scores.min()), float(hold_scores.max() - threshold), 1e-6)
+    for prefix in ("image", "pixel"):
+        getattr(post, f"_{prefix}_threshold").fill_(threshold)
+        getattr(post, f"{prefix}_min").fill_(threshold - spread)
+        getattr(post, f"{prefix}_max").fill_(threshold + spread)
+
+
+def anomalib_peers(data_dir: Path, frame: np.ndarray, threads: int, workdir: Path,
+                   models: tuple[str, ...] = ("padim",), say: Callable[[str], None] = print,
+                   image_size: tuple[int, int] = (256, 256)) -> tuple[list[BenchPeer], list[str]]:
+    """anomalib's own deployment paths for ``inspector bench``, on the split our package used.
+
+    For each model: fitted through anomalib's pre-processor (Resize + Normalize) on the fit part of
+    ``data_dir``'s train/good (the same ``split_holdout`` rule as ours), threshold from the held-out goods,
+    exported by anomalib itself (``to_torch``, ``to_openvino``: pre- and post-processing inside) into
+    ``workdir``, then run by anomalib's ``TorchInferencer`` and ``OpenVINOInferencer`` (f32, and bf16 where the
+    CPU has it). AUROC on the whole test split, frames resized to the model's input first (the OpenVINO export
+    has a fixed 256x256 input): through each OpenVINO inferencer frame by frame; for TorchInferencer through
+    the same Lightning module's forward (what its ``predict`` runs) in batches of 16."""
+    import contextlib
+
+    from anomalib.deploy import OpenVINOInferencer
     from PIL import Image
+    from sklearn.metrics import roc_auc_score
 
-    from inspector.contracts.paths import dataset_dir
+    from trainer.anomalib_package import AnomalibConfig, build_anomalib_module, export_anomalib_native, fit_anomalib
+    from trainer.data import load_rgb, scan_anomaly
+    from trainer.evaluate import load_test_split
+    from trainer.pipelines import split_holdout as split_indices
 
-    root = dataset_dir("magnetic_tile")
-    if root is None:
-        raise DataError("magnetic_tile not found: the anomalib baseline is fitted on it", "set INSPECTOR_SHARED_DATA")
-    export = Path(tempfile.mkdtemp(prefix="padim_bench_"))
-    res = run_padim_baseline(root, export_dir=export)
-    print(f"anomalib PaDiM baseline (same split, same backbone): image AUROC {res.image_auroc:.4f}, recall "
-          f"{res.recall_at_frr:.3f} at test false-reject {res.test_false_reject:.3f} (threshold from good only)")
-    inferencer = load_torch_inferencer(res.export_path, trust_own_export=True)
-    arr = np.asarray(Image.open(sorted((root / "test" / "crack").glob("*.jpg"))[0]).convert("RGB"))
-    return lambda: inferencer.predict(arr)
+    torch.set_num_threads(threads)
+    data = scan_anomaly(Path(data_dir))
+    good = [np.asarray(load_rgb(s.path)) for s in data.train]
+    held = load_test_split(data_dir)
+    peers: list[BenchPeer] = []
+    notes: list[str] = []
+    for kind in models:
+        cfg = AnomalibConfig(model=kind, image_size=image_size)  # type: ignore[arg-type]
+        h, w = cfg.image_size
+        module, weights = build_anomalib_module(cfg, pre_processor=True)
+        transform = module.pre_processor.transform
+        fit_idx, hold_idx = split_indices(len(good), cfg.holdout_every)
+
+        def batches(idx: list[int], transform=transform, bs: int = cfg.batch_size):  # type: ignore[no-untyped-def]
+            for i in range(0, len(idx), bs):
+                yield torch.stack([transform(_float_image(good[j])) for j in idx[i:i + bs]])
+
+        say(f"anomalib {kind}: fitting on {len(fit_idx)} good images of {data_dir} (same split as ours)")
+        info = fit_anomalib(module.model, batches(fit_idx), cfg)
+        with torch.no_grad():
+            hold = torch.cat([module.model(x).pred_score.reshape(-1) for x in batches(hold_idx)]).numpy()
+        thr = threshold_good_quantile(hold, cfg.target_false_reject)
+        set_post_processor_from_goods(module, hold, thr)
+        paths = export_anomalib_native(module, workdir / kind, cfg.image_size)
+        inferencers: dict[str, object] = {"torchinferencer": load_torch_inferencer(paths["torch"], trust_own_export=True)}
+        import openvino as ov
+
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        hints = ["f32"] + (["bf16"] if "BF16" in caps else [])
+        for hint in hints:
+            with contextlib.chdir(workdir):  # OpenVINOInferencer writes ./openvino_cache
+                inferencers[f"openvino_{hint}"] = OpenVINOInferencer(
+                    paths["openvino"], device="CPU",
+                    config={"INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": hint,
+                            "PERFORMANCE_HINT": "LATENCY"})
+        test = [np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR)) for img in held.images]
+        module.eval()
+        with torch.no_grad():  # TorchInferencer.predict is this module's forward, one frame at a time: batch it
+            torch_scores = np.concatenate([module(torch.stack([_float_image(t) for t in test[i:i + 16]]))
+                                           .pred_score.reshape(-1).numpy() for i in range(0, len(test), 16)])
+        for name, inf in inferencers.items():
+            scores = torch_scores if name == "torchinferencer" else \
+                np.array([float(np.asarray(inf.predict(img).pred_score).reshape(-1)[0]) for img in test])  # type: ignore[attr-defined]
+            auroc = float(roc_auc_score(held.is_defect, scores))
+            say(f"anomalib {kind} {name}: image AUROC {auroc:.4f} on {len(test)} test frames")
+            peers.append(BenchPeer(f"anomalib_{kind}_{name}", (lambda inf=inf: inf.predict(frame)), auroc,  # type: ignore[attr-defined,misc]
+                                   f"anomalib {kind} ({cfg.backbone} {list(cfg.layers)}, {h}x{w}) {name}"))
+        notes.append(f"anomalib {kind}: {cfg.backbone} {list(cfg.layers)} {h}x{w}, weights {weights}, fitted on "
+                     f"{info['fit_images']} train/good ({info['fit_s']} s), threshold from {len(hold_idx)} held-out goods; "
+                     f"exports by anomalib's to_torch / to_openvino (pre- and post-processing inside); OpenVINO "
+                     f"{ov.__version__} CPU capabilities {caps}")
+    return peers, notes
 
 
 def time_torch_inferencer(model_path: Path, image: str | Path, runs: int = 50, threads: int = 2,

@@ -1,5 +1,6 @@
 """The same model through every backend in one run, timed interleaved: PyTorch eager, ONNX Runtime FP32 and
-INT8, anomalib's TorchInferencer (when the trainer provides it), CUDA / TensorRT (when a GPU exists).
+INT8, CUDA / TensorRT (when a GPU exists); and, for an anomaly package, ours against anomalib's own
+deployment paths (TorchInferencer, OpenVINOInferencer) fitted on the same split (``ours_vs_anomalib``).
 
 The torch model is rebuilt from the package's recorded ``architecture``: the tiny numpy-built package maps to
 an equivalent torch module with the package's own weights; a timm ``backbone`` is built with the same shape
@@ -104,19 +105,86 @@ def torch_model_for(package: ModelPackage) -> tuple[Any | None, str]:
     return None, f"package architecture {arch or '{}'} names no buildable torch model"
 
 
-def anomalib_fn(package: ModelPackage, x: np.ndarray) -> tuple[Callable[[], object] | None, str]:
-    """anomalib's own TorchInferencer on the same-accuracy anomaly model, through trainer/anomalib_baseline.py."""
+def _data_source(package: ModelPackage) -> Path | None:
+    """The anomaly-layout folder (train/good, test/<class>) the package was built and evaluated on, if any."""
+    src = (package.manifest.data or {}).get("source")
+    if not src or package.manifest.anomaly is None:
+        return None
+    root = Path(str(src))
+    return root if (root / "train" / "good").is_dir() and (root / "test").is_dir() else None
+
+
+def _bench_frame(root: Path, size: tuple[int, int]) -> np.ndarray:
+    """One real test frame (the first defect image), resized to the anomalib export's fixed input, RGB uint8."""
+    from PIL import Image
+
+    files = sorted(p for p in (root / "test").glob("*/*") if p.parent.name != "good" and p.suffix.lower() in
+                   (".jpg", ".jpeg", ".png", ".bmp"))
+    with Image.open(files[0]) as im:
+        return np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+
+
+def _ours_fn(package: ModelPackage, frame: np.ndarray, runtime: Any) -> tuple[Callable[[], object], Any]:
+    from inspector.models.inference import InspectionModel
+
+    model = InspectionModel(package, runtime, max_batch=1)
+    model.warmup()
+    return (lambda: model.infer([frame])), model
+
+
+def ours_vs_anomalib(package: ModelPackage, threads: int, runs: int, models: tuple[str, ...] = ("padim",),
+                     say: Callable[[str], None] = print,
+                     image_size: tuple[int, int] = (256, 256)) -> tuple[list[dict[str, Any]], list[str]]:
+    """Ours (fp32 and the kept precision) against anomalib's TorchInferencer and OpenVINOInferencer on
+    anomalib's own exports, fitted on the same split; full inspection of one real frame at batch 1
+    (pre-processing, model, post-processing), in ONE interleaved run; AUROC beside each.
+
+    Ours: ``InspectionModel.infer`` (what the worker calls), its AUROC from the package's held-out evaluation
+    through the station runtime. anomalib: ``predict`` of each inferencer, its AUROC measured through that
+    inferencer on the same test split (``trainer.anomalib_baseline.anomalib_peers``)."""
+    from inspector.contracts.config import RuntimeSection
+
+    root = _data_source(package)
+    if root is None:
+        return [], ["ours vs anomalib: the package records no anomaly-layout data source (manifest data.source "
+                    "with train/good and test/): anomalib peers skipped"]
     try:
-        from trainer import anomalib_baseline  # type: ignore[attr-defined]
-    except ImportError:
-        return None, "trainer/anomalib_baseline.py not available in this checkout"
-    factory = getattr(anomalib_baseline, "bench_inferencer", None) or getattr(anomalib_baseline, "torch_inferencer_fn", None)
-    if factory is None:
-        return None, "trainer.anomalib_baseline has no bench_inferencer(package, batch) -> callable"
+        from trainer.anomalib_baseline import anomalib_peers
+    except ImportError as err:
+        return [], [f"ours vs anomalib: trainer / anomalib not importable ({err}): pip install -e '.[train]'"]
+    frame = _bench_frame(root, image_size)
+    metrics = package.manifest.metrics or {}
+    auroc_kept = (metrics.get("heldout") or {}).get("anomaly", {}).get("image_auroc")
+    auroc_fp32 = (metrics.get("heldout_fp32") or metrics.get("heldout") or {}).get("anomaly", {}).get("image_auroc")
+    fp32_fn, fp32_model = _ours_fn(package, frame, RuntimeSection(threads=threads, precision="fp32",
+                                                                   backend="onnxruntime"))
+    kept_fn, kept_model = _ours_fn(package, frame, RuntimeSection(threads=threads))
+    kept = f"{getattr(kept_model, 'backend', 'onnxruntime')} {kept_model.precision}"
+    fns: dict[str, Callable[[], object]] = {"ours_onnxruntime_fp32": fp32_fn}
+    meta: dict[str, tuple[float | None, str]] = {"ours_onnxruntime_fp32": (auroc_fp32, "ours, ONNX Runtime fp32")}
+    if kept != "onnxruntime fp32":
+        name = "ours_" + kept.replace(" ", "_")
+        fns[name], meta[name] = kept_fn, (auroc_kept, f"ours, kept by the package's gate: {kept}")
+    notes = [f"ours vs anomalib: frame {frame.shape[1]}x{frame.shape[0]} from {root}/test (a defect), batch 1, "
+             f"{threads} threads; ours' kept runtime: {kept}"]
     try:
-        return factory(package, x), "anomalib TorchInferencer"
-    except Exception as err:  # noqa: BLE001
-        return None, f"anomalib baseline failed: {err}"
+        with tempfile.TemporaryDirectory(prefix="anomalib_peers_") as tmp:
+            peers, peer_notes = anomalib_peers(root, frame, threads, Path(tmp), models, say=say, image_size=image_size)
+            for peer in peers:
+                fns[peer.name], meta[peer.name] = peer.fn, (peer.image_auroc, peer.note)
+            rows = []
+            for cache, block in (("warm", 5), ("cold", 1)):
+                res = interleaved(fns, runs, block=block, settle_s=0.3 if block > 1 else 0.0)
+                best_ours = min(v["p50_ms"] for k, v in res.items() if k.startswith("ours_"))
+                for name, r in res.items():
+                    auroc, what = meta[name]
+                    rows.append({"backend": name, "what": what, "cache": cache, "p50_ms": r["p50_ms"],
+                                 "p90_ms": r["p90_ms"], "image_auroc": round(auroc, 4) if auroc is not None else None,
+                                 "vs_best_ours": round(r["p50_ms"] / best_ours, 2)})
+    finally:
+        fp32_model.close()
+        kept_model.close()
+    return rows, notes + peer_notes
 
 
 def gpu_note() -> tuple[list[str], str]:
@@ -160,8 +228,6 @@ def package_backends(package: ModelPackage, threads: int, runs: int) -> tuple[li
         notes.append("onnxruntime_int8: the package has no INT8 file (not made, or it failed its gate)")
     gpu, gnote = gpu_note()
     notes.append(gnote)
-    an_fn, an_note = anomalib_fn(package, np.zeros((1, 3, h, w), np.float32))
-    notes.append(f"anomalib_torchinferencer: {an_note}")
 
     def fns(b: int, warm: bool) -> dict[str, Callable[[], object]]:
         x = np.random.default_rng(0).standard_normal((b, 3, h, w)).astype(np.float32)
@@ -171,8 +237,6 @@ def package_backends(package: ModelPackage, threads: int, runs: int) -> tuple[li
         out["onnxruntime_fp32"] = _ort_fn(package.file(package.manifest.model.fp32), x, threads, spinning=warm)
         if int8:
             out["onnxruntime_int8"] = _ort_fn(package.file(int8), x, threads, spinning=warm)
-        if an_fn is not None and b == 1:
-            out["anomalib_torchinferencer"] = an_fn
         for p in gpu:
             out[p.replace("ExecutionProvider", "").lower()] = _ort_fn(package.file(package.manifest.model.fp32), x, threads, [p])
         return out

@@ -62,7 +62,7 @@ def _fmt(v: object) -> str:
 
 
 def run_bench(package_dir: Path, source: str, threads: int, runs: int, frames: int, workers: list[int],
-              reference: str, skip: set[str]) -> dict[str, Any]:
+              reference: str, skip: set[str], anomalib: tuple[str, ...] = ("padim",)) -> dict[str, Any]:
     from inspector.bench import backends, pipeline, stages
     from inspector.bench.timing import machine
 
@@ -89,6 +89,14 @@ def run_bench(package_dir: Path, source: str, threads: int, runs: int, frames: i
                              ["model", "backend", "batch", "cache", "p50_ms", "per_frame_ms", "fps", "speedup_vs_torch"]))
         for n in notes:
             console.print(f"  note: {n}")
+    if "anomalib" not in skip and anomalib:
+        rows, notes = backends.ours_vs_anomalib(pkg, threads, runs, anomalib, say=console.print)
+        report["ours_vs_anomalib"], report["notes"] = rows, report["notes"] + notes
+        if rows:
+            console.print(_table("ours vs anomalib: same split, one interleaved run, batch 1, full inspection", rows,
+                                 ["backend", "cache", "p50_ms", "p90_ms", "image_auroc", "vs_best_ours"]))
+        for n in notes:
+            console.print(f"  note: {n}")
     if "pipeline" not in skip:
         bare = pipeline.bare_backend_fps(pkg, frame, threads, 8, runs)
         pipes = [pipeline.run_pipeline(package_dir, frame, n, threads, frames) for n in workers]
@@ -104,6 +112,14 @@ def run_bench(package_dir: Path, source: str, threads: int, runs: int, frames: i
     return report
 
 
+def _models(value: str) -> tuple[str, ...]:
+    names = tuple(m.strip().removeprefix("anomalib:") for m in value.split(",") if m.strip() and m.strip() != "none")
+    bad = [m for m in names if m not in ("padim", "patchcore")]
+    if bad:
+        raise typer.BadParameter(f"--anomalib {','.join(bad)}: use padim, patchcore or none")
+    return names
+
+
 @bench_app.callback(invoke_without_command=True)
 def bench(
     package: Path | None = typer.Option(None, "--package", "-p", help="Model package folder (default: demo's, else tiny)."),
@@ -114,7 +130,10 @@ def bench(
     frames: int = typer.Option(400, min=20, max=100_000, help="Frames for the pipeline throughput burst."),
     workers: str = typer.Option("1,2", help="Worker counts for the pipeline, comma separated."),
     reference: str = typer.Option("resnet18", help="timm reference CNN timed beside the package ('none' to skip)."),
-    skip: str = typer.Option("", help="Comma-separated parts to skip: stages, backends, pipeline."),
+    skip: str = typer.Option("", help="Comma-separated parts to skip: stages, backends, anomalib, pipeline."),
+    anomalib: str = typer.Option("padim", help="anomalib models fitted on the package's own split and timed against "
+                                               "it (TorchInferencer, OpenVINO): padim, patchcore, comma separated; "
+                                               "'none' to skip. Only for anomaly packages with a data source."),
 ) -> None:
     """Measure the station on this machine; every speed figure is a ratio from one run plus absolute medians."""
     logging.basicConfig(level=logging.WARNING)
@@ -122,7 +141,7 @@ def bench(
         try:
             pkg_dir, source = resolve_package(package, data_dir, Path(tmp))
             report = run_bench(pkg_dir, source, threads, runs, frames, [int(x) for x in workers.split(",") if x],
-                               reference, {s.strip() for s in skip.split(",") if s.strip()})
+                               reference, {s.strip() for s in skip.split(",") if s.strip()}, _models(anomalib))
         except InspectorError as err:
             Console(stderr=True).print(f"[bold red]error:[/bold red] {err.message}\n[yellow]hint:[/yellow] {err.hint}")
             raise typer.Exit(2) from None
