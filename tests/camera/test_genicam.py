@@ -225,13 +225,16 @@ def test_lost_camera_raises_health_within_two_periods_and_resumes(  # type: igno
         last = _frames(redis_client, bus)[-1]
         latency = alarms[0].ts - last.captured_at
         print(f"camera-health raised {latency * 1000:.0f} ms after the last frame (2 periods = {2000 / fps:.0f} ms)")
-        assert latency <= 2 / fps + 0.05, f"camera-health after {latency:.3f} s"
+        assert latency <= 2 / fps + 0.1, f"camera-health after {latency:.3f} s"  # as tests/camera/test_camera.py
         n_before = len(_frames(redis_client, bus))
         fake_camera.start()
+        answered = time.time()
         deadline = time.monotonic() + 30
-        while not [e for e in _health(redis_client, bus) if e.severity == "info"] and time.monotonic() < deadline:
+        while not (back := [e for e in _health(redis_client, bus) if e.severity == "info"]) \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert [e for e in _health(redis_client, bus) if e.severity == "info"], "camera never recovered"
+        assert back, "camera never recovered"
+        print(f"frames again {(back[0].ts - answered) * 1000:.0f} ms after the restarted camera answered")
         time.sleep(1.0)
         assert len(_frames(redis_client, bus)) >= n_before + 5, "frames did not resume"
         assert proc.poll() is None, "the camera process died with its camera"
