@@ -55,6 +55,8 @@ class AnomalyConfig:
     backbone: str = "tf_efficientnet_lite0"
     out_indices: tuple[int, ...] = (2, 3)  # timm stages: stride 8 (40 ch) and 16 (112 ch) for EffNet-Lite0
     image_size: tuple[int, int] = (256, 256)  # (height, width); images are stretched ("stretch" resize)
+    roi: tuple[int, int, int, int] | None = None  # (x, y, w, h) frame pixels cropped first (Preprocess.roi)
+    ignore: tuple[tuple[float, float, float, float], ...] = ()  # masked rectangles of the input (Preprocess.ignore)
     method: Literal["wknn", "gaussian", "knn"] = "wknn"
     pool: int = 1  # local average aggregation (3 for knn as in PatchCore; 1 best for gaussian)
     bank_size: int = 4096  # knn only

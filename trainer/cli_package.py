@@ -53,6 +53,10 @@ def package_anomaly_cmd(
     backbone: Annotated[str, typer.Option(help=BACKBONE_HELP)] = "",
     image_size: Annotated[int, typer.Option(help="Square network input side in pixels (multiple of 32); "
                                                  "0: the default of the scorer.")] = 0,
+    roi: Annotated[str, typer.Option(help="Region of interest x,y,w,h in frame pixels, cropped before the resize "
+                                          "(travels in the package: the station crops the same).")] = "",
+    ignore: Annotated[list[str] | None, typer.Option(help="Masked rectangle left,top,right,bottom as fractions of "
+                                                          "the network input (repeat for several): fixtures, background.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fit the good-only anomaly model, set its threshold from held-out good parts, export, quantise, check."""
@@ -76,6 +80,8 @@ def package_anomaly_cmd(
             cfg = replace(cfg, backbone=backbone)  # type: ignore[type-var]
         if image_size:
             cfg = replace(cfg, image_size=check_image_size(cfg.backbone, image_size))  # type: ignore[type-var]
+        if roi or ignore:
+            cfg = replace(cfg, **region_of_interest(roi, ignore or []))  # type: ignore[type-var]
         result = build_anomalib_package(data, out, cfg, name=name, console=console) if zoo else \
             build_anomaly_package(data, out, cfg, name=name, console=console)  # type: ignore[arg-type]
     except InspectorError as err:
@@ -84,6 +90,31 @@ def package_anomaly_cmd(
         print(json.dumps(_json(result), default=str))
     else:
         _summary(result)
+
+
+def region_of_interest(roi: str, ignore: list[str]) -> dict[str, object]:
+    """``--roi x,y,w,h`` and ``--ignore l,t,r,b`` checked as the package's Preprocess checks them (one line each)."""
+    from pydantic import ValidationError
+
+    from inspector.contracts.manifest import Preprocess
+
+    def numbers(text: str, what: str, n: int, kind: type) -> tuple:  # type: ignore[type-arg]
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != n:
+            raise InspectorError(f"{what} {text!r} is not {n} comma-separated numbers",
+                                 "write --roi x,y,w,h (pixels) or --ignore left,top,right,bottom (fractions 0-1)")
+        return values
+
+    out = {"roi": numbers(roi, "--roi", 4, int) if roi else None,
+           "ignore": tuple(numbers(r, "--ignore", 4, float) for r in ignore)}
+    try:
+        Preprocess(size=(64, 64), roi=out["roi"], ignore=list(out["ignore"]))  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise InspectorError(err.errors()[0]["msg"].removeprefix("Value error, "), "") from None
+    return out
 
 
 BACKBONE_HELP = ("timm backbone with offline ImageNet weights: tf_efficientnet_lite0 (default), tf_efficientnet_lite1, "

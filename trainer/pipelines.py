@@ -122,7 +122,8 @@ def build_anomaly_package(data_dir: str | Path, out: str | Path, cfg: AnomalyCon
     check_image_size(cfg.backbone, cfg.image_size)
     good = [_rgb(s.path) for s in data.train]
     backbone, bspec = build_backbone(cfg.backbone, out_indices=cfg.out_indices)
-    pre_spec = Preprocess(size=cfg.image_size, resize="stretch", mean=bspec.mean, std=bspec.std, color="gray")
+    pre_spec = Preprocess(size=cfg.image_size, resize="stretch", mean=bspec.mean, std=bspec.std, color="gray",
+                          roi=cfg.roi, ignore=list(cfg.ignore))
     pre = Preprocessor(pre_spec)
     scorer, anomaly, fit_info = fit_anomaly(backbone, pre, good, cfg, console)
     net = InspectionNet(backbone, scorer=scorer).eval()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inspector.contracts.lifecycle import GateReport, LineMetrics
 
@@ -30,6 +30,33 @@ class Preprocess(Strict):
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     color: Literal["rgb", "gray"] = Field("rgb", description="gray: the image is made grey, then copied to 3 channels.")
+    roi: tuple[int, int, int, int] | None = Field(
+        None, description="Region of interest (x, y, width, height) in camera-frame pixels, cropped before the resize; "
+                          "a frame it does not fit in is an ERROR verdict. Unset: the whole frame.")
+    ignore: list[tuple[float, float, float, float]] = Field(
+        default_factory=list, max_length=64,
+        description="Masked rectangles (left, top, right, bottom) as fractions of the network input, filled with the "
+                    "mean colour after the resize (they normalise to 0): fixtures, background. Training, evaluation "
+                    "and the station see the same pixels.")
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_inside(cls, roi: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if roi is not None:
+            x, y, w, h = roi
+            if x < 0 or y < 0 or w < 8 or h < 8:
+                raise ValueError(f"roi {list(roi)} is not a region: write [x, y, width, height] in frame pixels, "
+                                 "x and y >= 0, width and height >= 8")
+        return roi
+
+    @field_validator("ignore")
+    @classmethod
+    def _ignore_inside(cls, rects: list[tuple[float, float, float, float]]) -> list[tuple[float, float, float, float]]:
+        for i, (left, top, right, bottom) in enumerate(rects):
+            if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
+                raise ValueError(f"ignore[{i}] {[left, top, right, bottom]} is outside the image: write [left, top, "
+                                 "right, bottom] as fractions of the image, 0 <= left < right <= 1, 0 <= top < bottom <= 1")
+        return rects
 
 
 class Outputs(Strict):

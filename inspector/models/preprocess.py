@@ -66,10 +66,32 @@ class Preprocessor:
         self._bias = (-mean / std).reshape(3, 1, 1)
         # pad letterbox borders with the mean colour, so they normalise to 0
         self._pad = tuple(int(round(float(m) * 255)) for m in mean)
+        h, w = self.size  # masked rectangles of the network input, in pixels (filled with the mean colour too)
+        self._ignore = [(round(t * h), round(b * h), round(l_ * w), round(r * w)) for l_, t, r, b in spec.ignore]
 
     def resize(self, rgb: np.ndarray) -> np.ndarray:
-        """(H,W,3) uint8 at the network size, grey-converted when the manifest says so."""
-        rgb = _as_rgb(rgb)
+        """(H,W,3) uint8 at the network size: region of interest, grey when the manifest says so, masked rectangles."""
+        rgb = self._crop(_as_rgb(rgb))
+        if not self._ignore:
+            return self._resize(rgb)
+        out = self._resize(rgb)
+        if np.may_share_memory(out, rgb):  # never paint into the caller's frame
+            out = out.copy()
+        for top, bottom, left, right in self._ignore:
+            out[top:bottom, left:right] = self._pad
+        return out
+
+    def _crop(self, rgb: np.ndarray) -> np.ndarray:
+        if self.spec.roi is None:
+            return rgb
+        x, y, w, h = self.spec.roi
+        if x + w > rgb.shape[1] or y + h > rgb.shape[0]:
+            raise FrameError(f"region of interest x={x} y={y} w={w} h={h} lies outside the "
+                             f"{rgb.shape[1]}x{rgb.shape[0]} frame",
+                             "fix the package's preprocess.roi (trainer --roi) for this camera's frames")
+        return rgb[y:y + h, x:x + w]
+
+    def _resize(self, rgb: np.ndarray) -> np.ndarray:
         if self.spec.color == "gray":
             grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
             rgb = cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
