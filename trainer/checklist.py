@@ -165,7 +165,12 @@ def check_int8(manifest: Manifest) -> CheckItem:
     fig = (f"{q.get('metric')} fp32 {q.get('metric_fp32')} / int8 {q.get('metric_int8')}, "
            f"x{q.get('speedup', 0):.2f}: {'kept' if q.get('kept') else 'declined'}")
     reason = str(q.get("reason") or "")
-    consistent = bool(q.get("kept")) == bool(manifest.model.int8)  # kept <=> the file is in the package
+    runtime = manifest.benchmark.get("runtime")
+    if isinstance(runtime, dict):  # the precision gate's choice (trainer.precision): INT8 won <=> the file is in
+        consistent = (runtime.get("precision") == "int8") == bool(manifest.model.int8)
+        fig += f"; runtime kept {runtime.get('backend')} {runtime.get('precision')} x{runtime.get('speedup_vs_fp32', 1):.2f}"
+    else:
+        consistent = bool(q.get("kept")) == bool(manifest.model.int8)  # kept <=> the file is in the package
     ok = measured and consistent and bool(reason)
     return CheckItem("int8", title, ok, fig, reason or "no reason recorded")
 

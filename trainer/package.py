@@ -44,6 +44,7 @@ from trainer.checklist import hardware_description, run_checklist
 from trainer.evaluate import GOOD, EvalSet, evaluate_package
 from trainer.export import CHECK_BATCHES, ParityBounds, compare_with_torch, export_onnx, open_session, run_onnx
 from trainer.network import OUTPUT_MAP, OUTPUT_PROBS, OUTPUT_SCORE
+from trainer.precision import RuntimeChoice, select_runtime
 from trainer.quantize import QuantConfig, QuantReport, quantize_and_gate
 
 log = logging.getLogger(__name__)
@@ -203,18 +204,26 @@ def _outputs(names: list[str]) -> Outputs:
 
 
 def _quantise(stage: Path, spec: PackageSpec, calibration: list[np.ndarray] | None, x_held: np.ndarray,
-              held: EvalSet, cfg: QuantConfig | None) -> QuantReport | None:
+              held: EvalSet, cfg: QuantConfig | None,
+              bounds: ParityBounds | None = None) -> tuple[QuantReport | None, RuntimeChoice | None]:
+    """The INT8 graph (ONNX Runtime's own gate in ``QuantReport``), then every reduced-precision candidate
+    (ONNX Runtime INT8, OpenVINO bf16, OpenVINO INT8) through ``select_runtime``; the INT8 file stays in the
+    package only when an INT8 candidate won."""
     if calibration is None:
-        return None
+        return None, None
+    labels = _labels(spec, held)
+    reject_raw = spec.anomaly.reject_raw if spec.anomaly else None
     with tempfile.TemporaryDirectory() as tmp:
         tmp_int8 = Path(tmp) / INT8_FILE
         report = quantize_and_gate(stage / FP32_FILE, tmp_int8, list(_pre(spec, calibration)), x_held,
-                                   _labels(spec, held), cfg, defect_labels=held.is_defect,
-                                   reject_raw=spec.anomaly.reject_raw if spec.anomaly else None)
-        if report.kept:
+                                   labels, cfg, defect_labels=held.is_defect, reject_raw=reject_raw,
+                                   keep_declined=True)
+        choice = select_runtime(stage / FP32_FILE, tmp_int8, x_held, labels, held.is_defect, reject_raw, cfg, bounds,
+                                ort_int8=report)
+        if choice.precision == "int8":
             shutil.copyfile(tmp_int8, stage / INT8_FILE)
-            report.int8_path = INT8_FILE
-    return report
+        report.int8_path = INT8_FILE if report.kept and choice.precision == "int8" else None
+    return report, choice
 
 
 def _benchmark(net: nn.Module, stage: Path, x_held: np.ndarray, quant: QuantReport | None,
@@ -347,10 +356,14 @@ def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: 
     say(f"parity: {'passed' if parity.get('passed') else 'FAILED'} on {min(64, len(x_held))} held-out frames")
     if calibration is not None:
         say(f"INT8: quantising with {len(calibration)} training images, gating on {len(held.images)} held-out frames")
-    quant = _quantise(stage, spec, calibration, x_held, held, qcfg)
+    quant, choice = _quantise(stage, spec, calibration, x_held, held, qcfg, bounds)
     if quant is not None:
-        say(f"INT8 {'kept' if quant.kept else 'declined'}: {quant.reason}")
+        say(f"INT8 on ONNX Runtime {'passes' if quant.kept else 'fails'} its gate: {quant.reason}")
+    if choice is not None:
+        say(f"runtime kept: {choice.reason}")
     bench = _benchmark(net, stage, x_held, quant, threads, spec)
+    if choice is not None:
+        bench["runtime"] = choice.to_dict()
     say(f"benchmark: torch eager {bench['torch_eager_ms']:.2f} ms, ORT fp32 {bench['fp32_ms']:.2f} ms (batch 1)")
     outs = run_onnx(stage / FP32_FILE, x_held, threads=threads)
     canaries = write_canaries(stage, spec, held, outs, n_canaries)
@@ -359,8 +372,10 @@ def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: 
     manifest = Manifest(
         name=spec.name, version=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{short}", created_at=time.time(),
         task=spec.task,
-        model=ModelFiles(fp32=FP32_FILE, int8=INT8_FILE if quant and quant.kept else None,
-                         recommended="int8" if quant and quant.kept else "fp32", outputs=_outputs(names)),
+        model=ModelFiles(fp32=FP32_FILE, int8=INT8_FILE if choice and choice.precision == "int8" else None,
+                         recommended=choice.precision if choice else "fp32",  # type: ignore[arg-type]
+                         backend=choice.backend if choice else "onnxruntime",  # type: ignore[arg-type]
+                         outputs=_outputs(names)),
         preprocess=spec.preprocess, class_names=spec.class_names, good_class=spec.good_class,
         temperature=spec.temperature, anomaly=spec.anomaly, canaries=canaries,
         drift_reference=drift_reference(spec, held, outs), data=spec.data, augmentation=spec.augmentation,
@@ -395,7 +410,7 @@ def finish_package(draft: Draft, held: EvalSet | None, extras: ManifestExtras | 
         say(f"evaluate: {len(held.images)} held-out frames through the station runtime")
         pkg = draft_package(draft.stage, m)
         metrics["heldout"] = evaluate_package(pkg, held, threads=threads)
-        if draft.quant is not None and draft.quant.kept:
+        if m.model.recommended != "fp32":
             metrics["heldout_fp32"] = evaluate_package(pkg, held, threads=threads, precision="fp32")
         if "heldout" not in line:
             from inspector.evaluation import line_metrics, score_frames

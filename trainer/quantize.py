@@ -201,7 +201,12 @@ def heldout_metrics(model_path: str | Path, images: np.ndarray, labels: np.ndarr
                     defect_labels: np.ndarray | None = None) -> dict[str, float]:
     """Every held-out metric the model's outputs allow: accuracy (``labels`` = class indices) when it has
     class_probs; auroc (1 = defect: ``defect_labels``, or ``labels`` for a score-only model) when it has a score."""
-    out = run_onnx(model_path, images, threads=threads)
+    return metrics_from_outputs(run_onnx(model_path, images, threads=threads), labels, defect_labels)
+
+
+def metrics_from_outputs(out: dict[str, np.ndarray], labels: np.ndarray | None,
+                         defect_labels: np.ndarray | None = None) -> dict[str, float]:
+    """``heldout_metrics`` of outputs already computed (by any backend)."""
     metrics: dict[str, float] = {}
     if OUTPUT_PROBS in out and labels is not None:
         metrics["accuracy"] = float(np.mean(out[OUTPUT_PROBS].argmax(1) == labels))
@@ -242,7 +247,7 @@ def line_agreement(fp32_path: str | Path, int8_path: str | Path, images: np.ndar
 def quantize_and_gate(fp32_path: str | Path, int8_path: str | Path, calibration_images: Sequence[np.ndarray],
                       heldout_images: np.ndarray, heldout_labels: np.ndarray | None,
                       cfg: QuantConfig | None = None, defect_labels: np.ndarray | None = None,
-                      reject_raw: float | None = None) -> QuantReport:
+                      reject_raw: float | None = None, keep_declined: bool = False) -> QuantReport:
     """Quantise, benchmark both, evaluate both on the held-out set, keep or delete ``int8_path``.
 
     ``reject_raw``: the raw score the line rejects from; INT8 must then also judge the held-out frames as fp32
@@ -261,7 +266,7 @@ def quantize_and_gate(fp32_path: str | Path, int8_path: str | Path, calibration_
         m8["line_agreement"] = line_agreement(fp32_path, int8_path, heldout_images, reject_raw, cfg.threads)
     metric = max(m32, key=lambda k: (m32[k] - m8[k]) if np.isfinite(m32[k] - m8[k]) else np.inf)
     kept, reason = gate(fp32_ms, int8_ms, m32[metric], m8[metric], metric, cfg)
-    if not kept:
+    if not kept and not keep_declined:  # keep_declined: other backends still try the graph (trainer.precision)
         Path(int8_path).unlink(missing_ok=True)
     log.info("INT8 gate: %s", reason)
     return QuantReport(

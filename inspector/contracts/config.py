@@ -213,13 +213,16 @@ class WorkerSection(Section):
 
 
 class RuntimeSection(Section):
-    backend: Literal["onnxruntime", "tensorrt"] = Field("onnxruntime", description="Inference backend.")
+    backend: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = Field(
+        "auto", description="Inference backend. auto: the one the package's precision gate kept (model.backend) when "
+                            "it is installed here, else onnxruntime.")
     providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
         default_factory=lambda: ["cpu"], min_length=1, description="ONNX Runtime execution providers, in order."
     )
     threads: int = Field(2, ge=1, le=256, description="Intra-op threads of the CPU provider.")
-    precision: Literal["fp32", "fp16", "int8", "auto"] = Field(
-        "auto", description="auto: the package's recommended file (INT8 only if it passed its gate)."
+    precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = Field(
+        "auto", description="auto: the package's recommended precision (INT8/bf16 only if it passed its gate on the "
+                            "backend that runs it); bf16 needs the openvino backend, fp16 tensorrt."
     )
     engine_cache_dir: Path | None = Field(None, description="TensorRT engine cache; default <data_dir>/engines.")
 

@@ -71,7 +71,9 @@ class Outputs(Strict):
 class ModelFiles(Strict):
     fp32: str = "model.onnx"
     int8: str | None = None
-    recommended: Literal["fp32", "int8"] = "fp32"
+    recommended: Literal["fp32", "int8", "bf16"] = "fp32"
+    backend: Literal["onnxruntime", "openvino", "tensorrt"] = Field(
+        "onnxruntime", description="Backend on which the precision gate measured and kept ``recommended``.")
     input_name: str = "image"
     outputs: Outputs = Field(default_factory=Outputs)
 

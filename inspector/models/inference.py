@@ -20,7 +20,7 @@ from inspector.contracts.config import RuntimeSection
 from inspector.contracts.errors import FrameError, InspectorError, ModelPackageError
 from inspector.contracts.manifest import Manifest
 from inspector.models.preprocess import Preprocessor
-from inspector.runtime.base import Runner, create_runner
+from inspector.runtime.base import Runner, create_runner, resolve_backend
 from inspector.runtime.package import ModelPackage
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,21 @@ class ModelOutput:
     classifier_decides: bool = True  # manifest.model.outputs.classifier_decides
 
 
-def choose_model_file(manifest: Manifest, precision: str) -> tuple[str, str]:
-    """(relative ONNX path, resolved precision) for a requested precision (auto = manifest recommended)."""
+def choose_model_file(manifest: Manifest, precision: str, backend: str = "onnxruntime") -> tuple[str, str]:
+    """(relative ONNX path, resolved precision) for a requested precision on ``backend``.
+
+    auto = the manifest's recommended precision when the gate kept it on this backend (``model.backend``; an
+    INT8 graph kept on ONNX Runtime also serves TensorRT, as before), else fp32."""
     files = manifest.model
     if precision == "auto":
-        precision = files.recommended if (files.recommended == "fp32" or files.int8) else "fp32"
+        rec = files.recommended
+        same = files.backend == backend or (rec == "int8" and files.backend == "onnxruntime" and backend == "tensorrt")
+        precision = rec if same and (rec != "int8" or files.int8) else "fp32"
+    if precision == "bf16" and backend != "openvino":
+        raise ModelPackageError(
+            f"runtime.precision bf16 runs on the openvino backend only, not {backend}",
+            "set runtime.backend to openvino (or auto), or runtime.precision to auto or fp32",
+        )
     if precision == "int8":
         if not files.int8:
             raise ModelPackageError(
@@ -70,12 +80,13 @@ class InspectionModel:
         self.manifest = package.manifest
         self.version = package.version
         _check_outputs_usable(self.manifest)
-        relpath, self.precision = choose_model_file(self.manifest, precision or runtime_cfg.precision)
+        self.backend = resolve_backend(runtime_cfg, self.manifest.model.backend)
+        relpath, self.precision = choose_model_file(self.manifest, precision or runtime_cfg.precision, self.backend)
         self.preprocessor = Preprocessor(self.manifest.preprocess)
         self.max_batch = max_batch
         self.runner: Runner = create_runner(
             package.file(relpath), runtime_cfg, cache_dir, precision=self.precision, max_batch=max_batch,
-            input_hw=self.preprocessor.size,
+            input_hw=self.preprocessor.size, backend=self.backend,
         )
         log.info("model %s %s loaded from %s (%s)", self.manifest.name, self.version, relpath, self.precision)
 

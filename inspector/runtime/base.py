@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -10,7 +11,9 @@ import numpy as np
 
 from inspector.contracts.config import RuntimeSection
 
-Precision = str  # "fp32" | "fp16" | "int8": the resolved precision ("auto" is resolved by the caller)
+log = logging.getLogger(__name__)
+
+Precision = str  # "fp32" | "fp16" | "bf16" | "int8": the resolved precision ("auto" is resolved by the caller)
 
 
 @runtime_checkable
@@ -44,6 +47,21 @@ def resolve_precision(runtime_cfg: RuntimeSection, precision: str | None = None)
     return "fp32" if chosen == "auto" else chosen
 
 
+def resolve_backend(runtime_cfg: RuntimeSection, recorded: str | None = None) -> str:
+    """The backend to run: the configured one, or for ``auto`` the package's recorded ``model.backend``
+    (OpenVINO only when it is installed here; a TensorRT package needs ``backend: tensorrt`` set) else onnxruntime."""
+    if runtime_cfg.backend != "auto":
+        return runtime_cfg.backend
+    if recorded == "openvino":
+        from inspector.runtime.openvino_runner import openvino_available
+
+        if openvino_available():
+            return "openvino"
+        log.warning("the package's precision was kept on OpenVINO, which is not installed: running ONNX Runtime fp32 "
+                    "(pip install openvino)")
+    return "onnxruntime"
+
+
 def create_runner(
     onnx_path: str | Path,
     runtime_cfg: RuntimeSection,
@@ -51,17 +69,24 @@ def create_runner(
     precision: str | None = None,
     max_batch: int = 8,
     input_hw: tuple[int, int] | None = None,
+    backend: str | None = None,
 ) -> Runner:
     """Create the runner named by ``runtime_cfg.backend`` for one ONNX file.
 
     ``precision`` overrides ``runtime_cfg.precision`` (the caller resolves ``auto`` from the package);
     ``cache_dir`` holds built TensorRT engines (default: ``runtime_cfg.engine_cache_dir``);
+    ``backend`` overrides ``runtime_cfg.backend`` (the caller resolves ``auto`` with :func:`resolve_backend`);
     ``max_batch`` and ``input_hw`` (needed when the graph's H/W are dynamic) shape the native TensorRT
     engine's optimisation profile; ONNX Runtime ignores them.
     """
     prec = resolve_precision(runtime_cfg, precision)
     cache = Path(cache_dir) if cache_dir is not None else runtime_cfg.engine_cache_dir
-    if runtime_cfg.backend == "tensorrt":
+    chosen = backend or resolve_backend(runtime_cfg)
+    if chosen == "openvino":
+        from inspector.runtime.openvino_runner import OpenVinoRunner
+
+        return OpenVinoRunner(Path(onnx_path), threads=runtime_cfg.threads, precision=prec)
+    if chosen == "tensorrt":
         from inspector.runtime.tensorrt_runner import TensorRTRunner
 
         return TensorRTRunner(Path(onnx_path), precision=prec, cache_dir=cache, max_batch=max_batch, input_hw=input_hw)

@@ -63,7 +63,7 @@ def test_package_loads_and_every_hash_verifies(built: Path) -> None:
     assert m.version.startswith("tiny-") and m.version.endswith(m.files["model.onnx"][:8])
     assert m.parity["passed"] and m.benchmark["fp32_ms"] > 0 and m.benchmark["torch_eager_ms"] > 0
     assert "int8" in m.benchmark and m.benchmark["int8"]["reason"]
-    assert (m.model.int8 is not None) == bool(m.benchmark["int8"]["kept"])
+    assert (m.model.int8 is not None) == (m.benchmark["runtime"]["precision"] == "int8")
     assert m.data == {"snapshot": "abc123"} and m.augmentation == {"policy": "none"}
     assert 1 <= len(m.canaries) <= 4
 

@@ -1,0 +1,138 @@
+"""OpenVINO backend on the CPU: the package's ONNX graph compiled by OpenVINO, fp32, bf16 or INT8.
+
+- ``fp32``: the fp32 graph with ``INFERENCE_PRECISION_HINT=f32`` (OpenVINO would otherwise pick bf16 by itself
+  on CPUs that have it, and the station must run what the gate measured);
+- ``bf16``: the same fp32 graph with ``INFERENCE_PRECISION_HINT=bf16`` (AVX512-BF16 / AMX-BF16); refused on a
+  CPU whose OpenVINO capabilities lack BF16;
+- ``int8``: the package's QDQ INT8 graph (OpenVINO runs the quantised convolutions in INT8, the rest in f32).
+
+Batch 1, ``PERFORMANCE_HINT=LATENCY``, one stream, ``threads`` inference threads. Dynamic batch axes of the
+exported graph stay dynamic: OpenVINO reshapes per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inspector.contracts.errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install openvino (the 'openvino' extra: pip install -e '.[openvino]'), or set runtime.backend onnxruntime"
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cpu_capabilities() -> list[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of the CPU device (e.g. FP32, BF16, INT8); [] without OpenVINO."""
+    try:
+        import openvino as ov
+
+        return [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    except Exception:  # noqa: BLE001 - not installed, or no CPU plugin
+        return []
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU a precision was measured on: model name and the instruction-set flags that decide bf16/INT8 speed."""
+    name, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name == "unknown":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx_vnni")
+    return {"model": name, "flags": [f for f in wanted if f in flags], "openvino_capabilities": cpu_capabilities()}
+
+
+class OpenVinoRunner:
+    """Runs one ONNX file compiled by OpenVINO for the CPU."""
+
+    def __init__(self, onnx_path: Path, threads: int = 2, precision: str = "fp32") -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise BackendUnavailable("runtime.backend openvino: the openvino package is not installed",
+                                     INSTALL_HINT) from None
+        if precision not in PRECISION_HINTS:
+            raise BackendUnavailable(f"runtime.backend openvino runs fp32, bf16 or int8, not {precision!r}",
+                                     "set runtime.precision to auto, fp32, bf16 or int8 (fp16 is TensorRT's)")
+        self.path = Path(onnx_path)
+        self.threads = threads
+        self.precision = precision
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in cpu_capabilities():
+            raise BackendUnavailable(
+                f"this CPU ({cpu_description()['model']}) has no bf16 support in OpenVINO",
+                "set runtime.precision to auto or fp32 (bf16 needs AVX512-BF16 or AMX)")
+        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+                  "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": int(threads)}
+        try:
+            self.compiled = core.compile_model(str(self.path), "CPU", config)
+        except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+            raise BackendUnavailable(f"OpenVINO could not compile {self.path}: {str(err).splitlines()[0][:300]}",
+                                     "check the export (opset 17, static H/W), or set runtime.backend onnxruntime") from None
+        self.request = self.compiled.create_infer_request()
+        self._input = self.compiled.inputs[0].get_any_name()
+        self._outputs = [o.get_any_name() for o in self.compiled.outputs]
+        self._version = ov.__version__
+        log.info("OpenVINO %s: %s on CPU (%s, %d threads)", self._version, self.path.name, precision, threads)
+
+    @property
+    def input_name(self) -> str:
+        return self._input
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if batch.ndim != 4 or batch.dtype != np.float32:
+            raise ValueError(f"runner input must be float32 [B,3,H,W], got {batch.dtype} {batch.shape}")
+        result = self.request.infer({0: np.ascontiguousarray(batch)})
+        by_name = {out.get_any_name(): value for out, value in result.items()}
+        return {name: np.array(by_name[name], dtype=np.float32, copy=True) for name in self._outputs}
+
+    def warmup(self, input_hw: tuple[int, int] | None = None, batch_sizes: Sequence[int] = (1,)) -> float:
+        hw = input_hw or self._static_hw()
+        start = time.perf_counter()
+        for b in batch_sizes:
+            self.run(np.zeros((b, 3, *hw), np.float32))
+        return (time.perf_counter() - start) * 1000.0
+
+    def _static_hw(self) -> tuple[int, int]:
+        shape = self.compiled.inputs[0].get_partial_shape()
+        if len(shape) != 4 or shape[2].is_dynamic or shape[3].is_dynamic:
+            raise ValueError(f"{self.path.name}: input {shape} has dynamic H/W; pass input_hw to warmup()")
+        return int(shape[2].get_length()), int(shape[3].get_length())
+
+    def close(self) -> None:
+        self.request = None  # type: ignore[assignment]
+        self.compiled = None  # type: ignore[assignment]
+
+    def describe(self) -> dict[str, object]:
+        executed = None
+        if self.compiled is not None:
+            try:
+                executed = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+            except Exception:  # noqa: BLE001 - property not exposed by this version
+                executed = None
+        return {"backend": "openvino", "version": self._version, "file": self.path.name, "device": "CPU",
+                "precision": self.precision, "inference_precision": executed, "threads": self.threads}

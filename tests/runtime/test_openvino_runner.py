@@ -1,0 +1,134 @@
+"""OpenVINO backend: parity with ONNX Runtime (tiny graph and a real packaged network), bf16, the station's
+backend/precision choice from the package, and the refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from inspector.contracts.config import RuntimeSection
+from inspector.contracts.errors import BackendUnavailable, ModelPackageError
+from inspector.models.inference import InspectionModel, choose_model_file
+from inspector.runtime.base import Runner, create_runner, resolve_backend
+from inspector.runtime.package import load_package
+from tests.runtime.tiny_models import SIZE, tiny_manifest, tiny_model, write_tiny_package
+
+ov = pytest.importorskip("openvino", reason="pip install openvino (the 'openvino' extra)")
+
+from inspector.runtime.openvino_runner import OpenVinoRunner, cpu_capabilities, cpu_description  # noqa: E402
+
+HAS_BF16 = "BF16" in cpu_capabilities()
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    onnx.save(tiny_model(), str(path))
+    return path
+
+
+def _frames(n: int = 6) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 3, *SIZE)).astype(np.float32)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_openvino_fp32_matches_onnxruntime_on_the_tiny_graph(onnx_path: Path, batch: int) -> None:
+    ref = create_runner(onnx_path, RuntimeSection(backend="onnxruntime", threads=1))
+    runner = create_runner(onnx_path, RuntimeSection(backend="openvino", threads=1, precision="fp32"))
+    assert isinstance(runner, OpenVinoRunner) and isinstance(runner, Runner)
+    x = _frames(batch)
+    a, b = ref.run(x), runner.run(x)
+    assert set(b) == set(a) == set(runner.output_names)
+    for name in a:
+        assert b[name].shape == a[name].shape and b[name].dtype == np.float32
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6)
+    d = runner.describe()
+    assert d["backend"] == "openvino" and d["precision"] == "fp32" and d["threads"] == 1
+    assert runner.warmup(SIZE, (1, 2)) >= 0
+    runner.close()
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 in OpenVINO")
+def test_openvino_bf16_is_close_to_fp32(onnx_path: Path) -> None:
+    x = _frames()
+    a = create_runner(onnx_path, RuntimeSection(backend="onnxruntime")).run(x)
+    b = OpenVinoRunner(onnx_path, threads=2, precision="bf16").run(x)
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=2e-2, atol=2e-2)
+
+
+def test_unsupported_precision_is_refused_with_what_to_do(onnx_path: Path) -> None:
+    with pytest.raises(BackendUnavailable, match="fp32, bf16 or int8, not 'fp16'") as err:
+        OpenVinoRunner(onnx_path, precision="fp16")
+    assert "runtime.precision" in err.value.hint
+
+
+def test_cpu_description_names_the_model_and_the_flags() -> None:
+    cpu = cpu_description()
+    assert cpu["model"] != "unknown" and isinstance(cpu["flags"], list)
+    assert "FP32" in cpu["openvino_capabilities"]
+
+
+def test_station_runs_the_backend_and_precision_the_package_kept(tmp_path: Path) -> None:
+    pkg = load_package(write_tiny_package(tmp_path / "p", model={
+        "fp32": "model.onnx", "recommended": "bf16" if HAS_BF16 else "fp32", "backend": "openvino",
+        "outputs": {"class_probs": "class_probs", "anomaly_score": "anomaly_score", "anomaly_map": "anomaly_map"}}))
+    auto = InspectionModel(pkg, RuntimeSection())  # backend auto, precision auto
+    assert auto.backend == "openvino" and isinstance(auto.runner, OpenVinoRunner)
+    assert auto.precision == ("bf16" if HAS_BF16 else "fp32")
+    ort = InspectionModel(pkg, RuntimeSection(backend="onnxruntime"))
+    assert ort.backend == "onnxruntime" and ort.precision == "fp32"  # the gate kept bf16 on OpenVINO only
+    frame = np.full((40, 50, 3), 90, np.uint8)
+    a, b = ort.infer([frame])[0], auto.infer([frame])[0]
+    assert abs(a.anomaly_raw - b.anomaly_raw) <= 2e-2 * max(1.0, abs(a.anomaly_raw))  # type: ignore[union-attr,operator]
+    with pytest.raises(ModelPackageError, match="bf16 runs on the openvino backend only"):
+        choose_model_file(pkg.manifest, "bf16", "onnxruntime")
+
+
+def test_old_packages_keep_running_on_onnxruntime() -> None:
+    m = tiny_manifest()
+    assert m.model.backend == "onnxruntime"
+    assert resolve_backend(RuntimeSection(), m.model.backend) == "onnxruntime"
+    assert choose_model_file(m, "auto", "onnxruntime") == ("model.onnx", "fp32")
+
+
+@pytest.fixture(scope="module")
+def real_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real trained-network package (conv backbone, classifier head, anomaly scorer) built by the trainer,
+    with its precision gate run over ONNX Runtime INT8, OpenVINO bf16 and OpenVINO INT8."""
+    from inspector.models.preprocess import Preprocessor
+    from tests.trainer.deploy_nets import rgb_images, tiny_net
+    from tests.trainer.test_package import PRE, heldout, run_onnx_scores, spec
+    from trainer.package import build_package
+    from trainer.quantize import QuantConfig
+
+    net = tiny_net(classes=2)
+    held = heldout(16)
+    raw = run_onnx_scores(net, Preprocessor(PRE).batch(held.images))
+    out = tmp_path_factory.mktemp("ovpkg") / "pkg"
+    build_package(out, net, spec(float(np.quantile(raw, 0.9))), held, calibration_images=rgb_images(8, seed=9),
+                  quant_config=QuantConfig(allow_few_calibration=True, bench_runs=5, bench_warmup=1), n_canaries=2)
+    return out
+
+
+def test_real_package_parity_and_runtime_record(real_package: Path) -> None:
+    from tests.trainer.deploy_nets import rgb_images
+
+    pkg = load_package(real_package)
+    rt = pkg.manifest.benchmark["runtime"]
+    assert rt["cpu"]["model"] and "flags" in rt["cpu"]
+    assert {"backend", "precision", "speedup_vs_fp32", "metric_loss_points"} <= set(rt)
+    names = {(c["backend"], c["precision"]) for c in rt["candidates"]}
+    assert ("onnxruntime", "int8") in names and ("openvino", "int8") in names
+    assert ("openvino", "bf16") in names or not HAS_BF16
+    assert pkg.manifest.model.backend == rt["backend"] and pkg.manifest.model.recommended == rt["precision"]
+    frames = rgb_images(6, seed=3)
+    ort = InspectionModel(pkg, RuntimeSection(backend="onnxruntime", precision="fp32"))
+    vino = InspectionModel(pkg, RuntimeSection(backend="openvino", precision="fp32"))
+    for a, b in zip(ort.infer(frames), vino.infer(frames), strict=True):
+        assert abs(a.anomaly_raw - b.anomaly_raw) <= 1e-4 * max(1.0, abs(a.anomaly_raw))  # type: ignore[union-attr,operator]
+        for k, p in a.class_probs.items():  # type: ignore[union-attr]
+            assert abs(p - b.class_probs[k]) <= 1e-4  # type: ignore[index]
