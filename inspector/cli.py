@@ -161,6 +161,7 @@ def camera(
         fast.redis.reconnect.give_up_s = max(0.2, 3 / cfg.camera.fps)
         client = client_for_url(station_url(cfg), fast.redis)
         pub = CameraPublisher(StationBus(client, cfg), open_source(cfg.camera))
+        _metrics(cfg, "camera", lambda t: t.watch_camera(pub))
         n = pub.run(max_frames=frames)
         console.print(f"camera {cfg.camera.id}: {n - pub.not_sent} frames published, {pub.not_sent} not sent")
     except InspectorError as err:
@@ -184,7 +185,9 @@ def worker(
     try:
         cfg = _config(config)
         client = open_station_client(cfg, standalone)
+        _metrics(cfg, _worker_process(name))
         w = Worker(cfg, client, name=name, sinks=_sinks(cfg, client) if record else [])
+        _metrics(cfg, _worker_process(name), lambda t: (w.sinks.append(t.verdict_sink), t.watch_worker(w)))
         w.install_signal_handlers()
         recorder = _start_recorder(cfg, client, w.name) if record else None
         counts = w.run(max_frames=max_frames, idle_exit_s=idle_exit)
@@ -197,6 +200,19 @@ def worker(
         print(json.dumps(counts))
     except InspectorError as err:
         _fail(err)
+
+
+def _metrics(cfg: StationConfig, process: str, watch=None) -> None:  # type: ignore[no-untyped-def]
+    """Serve this process's Prometheus metrics (inspector.telemetry); never stops the process."""
+    from inspector.telemetry import start
+
+    start(cfg, process, watch)
+
+
+def _worker_process(name: str | None) -> str:
+    from inspector.telemetry import worker_process
+
+    return worker_process(name)
 
 
 def _sinks(cfg: StationConfig, client) -> list:  # type: ignore[no-untyped-def]
@@ -272,7 +288,9 @@ def gui(config: Path | None = ConfigOpt,
         _fail(InspectorError(f"the GUI cannot start: {err}", "pip install -e '.[gui]'"))
         return
     try:
-        run_gui(_config(config), role=role, demo=demo_station)
+        cfg = _config(config)
+        _metrics(cfg, "gui", lambda t: t.watch_gui())
+        run_gui(cfg, role=role, demo=demo_station)
     except InspectorError as err:
         _fail(err)
 

@@ -1,5 +1,6 @@
-"""``inspector status``: health of a station read from Redis (workers, camera, background consumers, lag,
-pending, dead letters). Unhealthy when no worker or no camera is alive, or when a consumer (verdict recorder,
+"""``inspector status``: health of a station read from Redis (workers, camera, background consumers, lag and
+pending of every consumer group on every station stream, dead letters; the same reading the Prometheus
+metrics serve, :func:`inspector.telemetry.station_view`). Unhealthy when no worker or no camera is alive, or when a consumer (verdict recorder,
 review router) reports itself stalled: its database or disk has not let it make progress for ``store.stall_s``."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from inspector.bus.connection import connect
 from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
 from inspector.contracts.health import ConsumerBeat, Health, stall_line
+from inspector.telemetry import station_view
 
 
 def station_status(cfg: StationConfig) -> dict[str, object]:
@@ -33,6 +35,7 @@ def station_status(cfg: StationConfig) -> dict[str, object]:
     groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g for g in bus.group_info(n.frames)}
     g = groups.get(cfg.worker.group, {})
     counters = bus.counters()
+    view = station_view(cfg, client)
     return {
         "station": cfg.station.id,
         "time": time.time(),
@@ -42,6 +45,7 @@ def station_status(cfg: StationConfig) -> dict[str, object]:
         "frames_in_stream": client.xlen(n.frames) if client.exists(n.frames) else 0,
         "pending": int(g.get("pending", 0) or 0),
         "lag": g.get("lag"),
+        "groups": view["groups"],
         "dead_letters": client.xlen(n.dead_letter) if client.exists(n.dead_letter) else 0,
         "counters": counters,
         "not_inspected": max(0, counters.get("published", 0) - counters.get("verdicts", 0) - int(g.get("pending", 0) or 0)),
@@ -59,6 +63,9 @@ def render_status(st: dict[str, object]) -> Table:
     for key in ("workers_alive", "camera_alive", "frames_in_stream", "pending", "lag", "dead_letters", "not_inspected",
                 "review_inbox"):
         t.add_row(key, str(st[key]))
+    for g in st.get("groups", []):  # type: ignore[union-attr]
+        t.add_row(f"group {g['stream']}/{g['group']}",
+                  f"lag {g['lag'] if g['lag'] is not None else '-'}  pending {g['pending']}  consumers {g['consumers']}")
     for c in st["consumers"]:  # type: ignore[union-attr]
         t.add_row(f"{c['role']} {c['consumer']}", f"{c['health'].upper()}  {c['done']} done, {c['errors']} errors")
     for line in st["stalled"]:  # type: ignore[union-attr]

@@ -38,12 +38,15 @@ log = logging.getLogger(__name__)
 # Seconds; a line's deadline is ~0.5 s, so the fine end matters most.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
+# Keys of Verdict.stage_ms that are not times.
+NOT_STAGES = frozenset({"batch_size"})
+
 # ---------------------------------------------------------------------------------------------- names
 # Observed where things happen (hooks); the rest is read at scrape time by the collectors below.
 VERDICTS = Counter("inspector_verdicts", "Verdicts a worker committed, by decision and defect class.",
                    ["decision", "defect_class"])
 STAGE_LATENCY = Histogram("inspector_stage_latency_seconds", "Per-stage latency of each verdict (decode, "
-                          "preprocess, infer, decide...; end_to_end: capture to decision).", ["stage"],
+                          "preprocess, infer, infer_batch, postprocess, decide; end_to_end: capture to decision).", ["stage"],
                           buckets=LATENCY_BUCKETS)
 RECLAIMS = Counter("inspector_reclaims", "Stream entries this process took over from a dead or hung consumer.",
                    ["stream", "group"])
@@ -70,8 +73,8 @@ def metrics_port(cfg: StationConfig, process: str) -> int:
     return cfg.metrics.port_base + METRICS_WORKER_OFFSET + int(m.group(1) or 0)
 
 
-_served: dict[str, int] = {}
-_registered: set[str] = set()
+_served: dict[str, int | None] = {}
+_registered: dict[str, Collector] = {}
 
 
 def serve(cfg: StationConfig, process: str, station: bool = True) -> int | None:
@@ -80,10 +83,11 @@ def serve(cfg: StationConfig, process: str, station: bool = True) -> int | None:
     if not cfg.metrics.enabled:
         return None
     if station:
-        register(f"station:{cfg.station.id}", lambda: StationCollector(cfg))
-    if process in _served:
+        register(f"station:{cfg.station.id}", lambda: StationCollector(cfg), replace=False)
+    if process in _served:  # once per process: a second call neither retries nor repeats the line
         return _served[process]
     port = metrics_port(cfg, process)
+    _served[process] = None
     if port == 0:
         return None
     host = cfg.metrics.host
@@ -99,12 +103,30 @@ def serve(cfg: StationConfig, process: str, station: bool = True) -> int | None:
     return port
 
 
-def register(key: str, make: Callable[[], Collector]) -> None:
-    """Register a collector once per process (a second process object of the same kind replaces nothing)."""
-    if key in _registered:
-        return
-    _registered.add(key)
-    REGISTRY.register(make())
+def start(cfg: StationConfig, process: str, watch: Callable[[Any], object] | None = None) -> int | None:
+    """:func:`serve`, then ``watch(this module)`` to register what the process watches; a failure of either is
+    logged and never stops the process."""
+    import sys
+
+    port = serve(cfg, process)
+    if watch is not None and cfg.metrics.enabled:
+        try:
+            watch(sys.modules[__name__])
+        except Exception as err:  # noqa: BLE001 - metrics never stop inspection
+            log.error("metrics of %s not registered (%s): the process goes on without them", process, err)
+    return port
+
+
+def register(key: str, make: Callable[[], Collector], replace: bool = True) -> None:
+    """Register the collector of ``key``; a newer object of the same kind (a recorder made again, a second
+    runner in one process) replaces the older one, unless ``replace`` is False."""
+    old = _registered.get(key)
+    if old is not None:
+        if not replace:
+            return
+        REGISTRY.unregister(old)
+    _registered[key] = collector = make()
+    REGISTRY.register(collector)
 
 
 def _try(fn: Callable[[], Iterable[Any]]) -> Iterable[Any]:
@@ -269,7 +291,8 @@ def verdict_sink(verdict: Any, image: Any = None, encoding: str | None = None) -
     """A worker sink (runs once per new verdict): verdicts by decision and defect class, stage latencies."""
     VERDICTS.labels(verdict.decision.value, verdict.defect_class or "none").inc()
     for stage, ms in (verdict.stage_ms or {}).items():
-        STAGE_LATENCY.labels(stage).observe(ms / 1000)
+        if stage not in NOT_STAGES:
+            STAGE_LATENCY.labels(stage).observe(ms / 1000)
     if verdict.latency_ms is not None:
         STAGE_LATENCY.labels("end_to_end").observe(verdict.latency_ms / 1000)
 

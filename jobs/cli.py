@@ -55,6 +55,13 @@ def _fail(err: InspectorError) -> None:
     raise typer.Exit(getattr(err, "exit_code", 2))
 
 
+def _metrics(cfg: StationConfig, process: str, watch) -> None:  # type: ignore[no-untyped-def]
+    """Serve this process's Prometheus metrics (inspector.telemetry); never stops the process."""
+    from inspector.telemetry import start
+
+    start(cfg, process, watch)
+
+
 def _connect(cfg: StationConfig):  # type: ignore[no-untyped-def]
     from inspector.bus.connection import connect
 
@@ -70,7 +77,9 @@ def worker(config: Path | None = ConfigOpt, burst: bool = typer.Option(False, he
 
     try:
         cfg = _cfg(config)
-        run_worker(cfg, _connect(cfg), burst=burst, with_scheduler=with_scheduler, name=name)
+        client = _connect(cfg)
+        _metrics(cfg, "jobs", lambda t: t.watch_jobs(cfg, client))
+        run_worker(cfg, client, burst=burst, with_scheduler=with_scheduler, name=name)
     except InspectorError as err:
         _fail(err)
 
@@ -203,6 +212,7 @@ def drift(config: Path | None = ConfigOpt,
         client = _connect(cfg)
         store = open_store(cfg)
         mon = DriftMonitor(cfg, client, store)
+        _metrics(cfg, "drift", lambda t: t.watch_drift(mon))
         stop = threading.Event()
         if auto_retrain:
             run_trigger_thread(cfg, client, stop, consumer=f"trigger-drift-{socket.gethostname()}")

@@ -39,7 +39,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, InvalidRes
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from inspector.contracts.config import RedisSection, StationConfig, masked_url
 from inspector.contracts.errors import TransportError
@@ -381,6 +381,28 @@ def _client_kwargs(section: RedisSection, decode: bool) -> dict[str, object]:
     return kwargs
 
 
+class StationSentinelConnection(SentinelManagedConnection):
+    """Asks the sentinels where the master is on every (re)connect.
+
+    redis-py's SentinelManagedConnection does so only in ``connect()``; a pipeline or a command sent on a
+    dropped connection reconnects through ``connect_check_health`` to the address it had, retrying that one
+    address: after a failover a worker's verdict commit kept dialing the dead master's port, then got READONLY
+    from it once it came back as a replica, for the whole ``reconnect.give_up_s`` (30 s measured; the fault
+    test tests/faults/test_sentinel_failover.py caught it)."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock:
+            return
+        if not retry_socket_connect:  # from connect_to(): the sentinels have just named the address
+            super().connect_check_health(check_health, retry_socket_connect=False)
+            return
+        self.connect()  # -> _connect_retry -> get_master_address -> connect_to(the current master)
+
+
+class StationSentinelSSLConnection(StationSentinelConnection, redis.SSLConnection):
+    pass
+
+
 def sentinel_client(section: RedisSection, decode: bool = False) -> redis.Redis:
     """A client of the master the sentinels name (``redis.sentinel``). Every connection asks the sentinels
     where the master is, so after a failover the next attempt of the ordinary retry lands on the new master;
@@ -397,11 +419,13 @@ def sentinel_client(section: RedisSection, decode: bool = False) -> redis.Redis:
     if sc.password:
         sentinel_kwargs["password"] = sc.password
     if section.tls:
-        kwargs["ssl"] = sentinel_kwargs["ssl"] = True
+        sentinel_kwargs["ssl"] = True
         if section.tls_ca_certs:
             kwargs["ssl_ca_certs"] = sentinel_kwargs["ssl_ca_certs"] = str(section.tls_ca_certs)
     manager = Sentinel(sc.addresses(), sentinel_kwargs=sentinel_kwargs, **kwargs)
-    return manager.master_for(sc.master, redis_class=redis.Redis, **kwargs)
+    return manager.master_for(sc.master, redis_class=redis.Redis,
+                              connection_class=StationSentinelSSLConnection if section.tls else StationSentinelConnection,
+                              **kwargs)
 
 
 def client_for_url(url: str, section: RedisSection | None = None, decode: bool = False) -> redis.Redis:

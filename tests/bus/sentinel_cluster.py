@@ -136,7 +136,7 @@ class SentinelCluster:
                 raise AssertionError(f"{dead} exited: " + "; ".join(self.log_tail(n) for n in dead))
             ok = True
             m = self.client(self.servers[0].port)
-            info = self._ask(lambda: m.info("replication"), {})
+            info = self._ask(lambda m=m: m.info("replication"), {})
             ok &= int(info.get("connected_slaves", 0)) == self.replicas
             for s in self.sentinels:
                 c = self.client(s.port, sentinel=True)
