@@ -24,6 +24,8 @@ from inspector.contracts.names import Names
 from inspector.progress import ConsumerHeartbeat
 from inspector.review.router import ReviewRouter
 from inspector.store import open_store
+from inspector.store.db import Store
+from inspector.store.part_recorder import PartRecorder
 from inspector.store.recorder import VerdictRecorder
 from inspector.store.retention import start_retention
 from inspector.worker import Sink
@@ -63,9 +65,12 @@ def start_recorder(cfg: StationConfig, client: redis.Redis, name: str) -> Callab
     thread.start()
     heartbeat.start()
     stop_retention = start_retention(cfg, client, recorder.store)  # retention runs where the recorder runs
+    stop_parts = _start_part_recorder(cfg, client, recorder.store, name) if cfg.parts.views else None
 
     def finish() -> int:
         stop_retention()
+        if stop_parts is not None:
+            stop_parts()
         deadline = time.monotonic() + cfg.store.stop_timeout_s
         stop.set()
         thread.join(cfg.store.stop_timeout_s)
@@ -85,6 +90,20 @@ def start_recorder(cfg: StationConfig, client: redis.Redis, name: str) -> Callab
                         "recorder", name, recorder.progress.error or "a database call did not return in time")
         heartbeat.stop()
         return drained[0]
+
+    return finish
+
+
+def _start_part_recorder(cfg: StationConfig, client: redis.Redis, store: Store, name: str) -> Callable[[], None]:
+    """The part verdicts of the parts stream into part_verdicts (parts.views), in a thread beside the recorder."""
+    recorder = PartRecorder(cfg, client, store, consumer=name)
+    stop = threading.Event()
+    thread = threading.Thread(target=recorder.run, args=(stop,), name="part-recorder", daemon=True)
+    thread.start()
+
+    def finish() -> None:
+        stop.set()
+        thread.join(cfg.store.stop_timeout_s)  # what is left stays pending for the next recorder
 
     return finish
 

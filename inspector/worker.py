@@ -350,6 +350,10 @@ class Worker:
                 w.verdict = self._error(w.meta, f"decode: {err.message}")
         by_model: dict[int, tuple[InspectionModel, list[Work]]] = {}
         for w in decoded:  # each frame is judged by its own product's model; one batch per model
+            if self.cfg.parts.views and w.meta.view not in self.cfg.parts.views:
+                w.verdict = self._error(w.meta, f"view {w.meta.view!r} is not one of parts.views "
+                                                f"({', '.join(self.cfg.parts.views)}): set camera.view to one of them")
+                continue
             model = self._model_for(w.meta)
             if model is None:
                 w.verdict = self._error(w.meta, f"product {w.meta.product!r} is not served by this worker "
@@ -387,7 +391,7 @@ class Worker:
             defect_class=result.defect_class, reasons=list(result.reasons), class_probs=out.class_probs,
             anomaly_score=out.anomaly_score, anomaly_raw=out.anomaly_raw, model_version=model.version,
             worker=self.name, latency_ms=round((time.time() - w.meta.captured_at) * 1000, 3), stage_ms=stage,
-            image_stats=stats, heatmap=heat, truth=w.meta.truth, product=w.meta.product,
+            image_stats=stats, heatmap=heat, truth=w.meta.truth, product=w.meta.product, view=w.meta.view,
         )
 
     def _error(self, meta: FrameMeta, reason: str, version: str | None = None) -> Verdict:
@@ -397,6 +401,7 @@ class Worker:
             captured_at=meta.captured_at, decision=Decision.ERROR, reject=line_rejects(Decision.ERROR, self.cfg.policy),
             reasons=[reason], error=reason, model_version=version or self.model.version, worker=self.name,
             latency_ms=round((time.time() - meta.captured_at) * 1000, 3), truth=meta.truth, product=meta.product,
+            view=meta.view,
         )
 
     def _publish(self, work: list[Work]) -> None:

@@ -25,6 +25,11 @@ from inspector.products import current_product
 log = logging.getLogger(__name__)
 
 
+def part_id_of(n: int) -> str:
+    """The part id shared by the views of the n-th part (parts.views)."""
+    return f"part-{n:09d}"
+
+
 class CameraPublisher:
     def __init__(self, bus: StationBus, source: FrameSource) -> None:
         self.bus = bus
@@ -42,8 +47,12 @@ class CameraPublisher:
     def _meta(self, cap: Capture, encoding: str, width: int | None, height: int | None) -> FrameMeta:
         # the product on the line, read per frame: every frame published after a changeover returned carries it
         product = current_product(self.bus.r, self.bus.cfg) if self.bus.cfg.products else None
+        part_id, view = f"{self.cam.id}-{self.run_id}-{self.seq:07d}", None
+        if self.bus.cfg.parts.views:  # several views per part: the n-th frame of every view shows part n
+            view = self.cam.view_of(self.seq)
+            part_id = part_id_of(self.bus.r.incr(self.bus.names.part_seq(view)))
         return FrameMeta(station=self.bus.cfg.station.id, camera=self.cam.id, seq=self.seq,
-                         part_id=f"{self.cam.id}-{self.run_id}-{self.seq:07d}", captured_at=time.time(),
+                         part_id=part_id, captured_at=time.time(), view=view,
                          encoding=encoding, width=width, height=height, truth=cap.truth, product=product)
 
     def publish(self, cap: Capture) -> FrameMeta:

@@ -189,6 +189,9 @@ class CameraSourceSection(Section):
     genicam: GenICamSection = Field(default_factory=GenICamSection)
 
 
+VIEW_RE = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
 class CameraSection(Section):
     id: str = Field("cam0", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Camera id within the station.")
     fps: float = Field(20.0, gt=0, le=1000, description="Frames per second to publish.")
@@ -196,6 +199,24 @@ class CameraSection(Section):
     jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality for encoded frames.")
     health_periods: float = Field(2.0, ge=1, le=100, description="A camera silent this many frame periods is unhealthy.")
     source: CameraSourceSection = Field(default_factory=CameraSourceSection)
+    view: str | None = Field(
+        None, pattern=VIEW_RE, description="The view of the part this camera takes (parts.views; unset: the camera "
+                                           "id when parts.views is set).")
+    views: list[str] = Field(
+        default_factory=list, description="Several trigger positions of this one camera: it takes these views of "
+                                          "each part in turn, the part changes after the last (instead of view).")
+
+    def view_of(self, seq: int) -> str:
+        """The view of the camera's ``seq``-th frame (with parts.views set)."""
+        return self.views[seq % len(self.views)] if self.views else (self.view or self.id)
+
+
+class PartsSection(Section):
+    """Parts seen by several cameras or trigger positions: the line gets one verdict per part, from all views."""
+
+    views: list[str] = Field(
+        default_factory=list, description="Views of every part, e.g. [top, side]: a part passes only when every view "
+                                          "passed by line.deadline_ms (empty: one frame is one part).")
 
 
 class WorkerSection(Section):
@@ -587,6 +608,7 @@ class StationConfig(Section):
     station: StationSection = Field(default_factory=StationSection)
     redis: RedisSection = Field(default_factory=RedisSection)
     camera: CameraSection = Field(default_factory=CameraSection)
+    parts: PartsSection = Field(default_factory=PartsSection)
     worker: WorkerSection = Field(default_factory=WorkerSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -619,10 +641,31 @@ class StationConfig(Section):
         for name in self.products:
             if not PRODUCT_RE.match(name):
                 raise ValueError(f"products: {name!r} is not a product name: use letters, digits, '_', '.' or '-' (at most 64)")
+        self._check_views()
         if self.product is not None and self.product not in self.products:
             known = ", ".join(self.products) or "none (products is empty)"
             raise ValueError(f"product {self.product!r} is not one of products: {known}")
         return self
+
+    def _check_views(self) -> None:
+        views = self.parts.views
+        for name in views:
+            if not re.match(VIEW_RE, name):
+                raise ValueError(f"parts.views: {name!r} is not a view name: use letters, digits, '_', '.' or '-'")
+        if len(set(views)) != len(views):
+            raise ValueError(f"parts.views: a view is named twice ({', '.join(views)})")
+        if self.camera.view is not None and self.camera.views:
+            raise ValueError("camera.view and camera.views are both set: set view (one position) or views (several)")
+        if not views:
+            if self.camera.view is not None or self.camera.views:
+                raise ValueError("camera.view/camera.views need parts.views (the views of every part)")
+            return
+        taken = self.camera.views or [self.camera.view or self.camera.id]
+        key = "camera.views" if self.camera.views else "camera.view" if self.camera.view else "camera.id"
+        for name in taken:
+            if name not in views:
+                raise ValueError(f"{key}: view {name!r} is not one of parts.views ({', '.join(views)}); set camera.view "
+                                 f"to one of them")
 
     @property
     def data_dir(self) -> Path:

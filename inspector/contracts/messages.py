@@ -59,6 +59,8 @@ class FrameMeta(Message):
     truth: str | None = Field(None, description="Known label of a replayed or synthetic part (demo, tests).")
     product: str | None = Field(None, description="Product on the line when the frame was taken (station products; "
                                                   "None: the station makes one product).")
+    view: str | None = Field(None, description="The view of the part this frame shows (parts.views; None: one frame "
+                                               "is one part).")
 
     @property
     def frame_id(self) -> str:
@@ -105,6 +107,38 @@ class Verdict(Message):
     heatmap: str | None = Field(None, description="Anomaly map as base64 PNG (small), for the operator view.")
     truth: str | None = None
     product: str | None = Field(None, description="The frame's product: its model judged it (model_version).")
+    view: str | None = Field(None, description="The frame's view of its part (parts.views).")
+
+
+class ViewResult(BaseModel):
+    """What one view of a part said (a PartVerdict's views)."""
+
+    model_config = ConfigDict(extra="forbid")
+    frame_id: str
+    decision: Decision
+    defect_class: str | None = None
+    model_version: str | None = None
+    camera: str | None = None
+
+
+class PartVerdict(Message):
+    """The line's one verdict of a part seen by several views (parts.views), on the parts stream, once per part."""
+
+    kind: Literal["part_verdict"] = "part_verdict"
+    part_id: str
+    decision: Decision = Field(description="FAIL if a view failed, REVIEW if one was unsure, ERROR if one erred or "
+                                           "is missing or late, PASS only when every view passed by the deadline.")
+    reject: bool
+    signal: str = Field(description="ACCEPT or REJECT, as sent to the line.")
+    reason: str = Field(description="The line reason (pass, fail, review, error, late_verdict, no_verdict_by_deadline).")
+    failed_view: str | None = Field(None, description="The view whose verdict decided a FAIL/REVIEW/ERROR part.")
+    defect_class: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+    views: dict[str, ViewResult] = Field(default_factory=dict)
+    missing: list[str] = Field(default_factory=list, description="Views with no verdict by the deadline.")
+    captured_at: float = Field(description="Capture time of the part's first view.")
+    decided_at: float
+    product: str | None = None
 
 
 class ReviewRequest(Message):
@@ -159,4 +193,5 @@ MESSAGE_KINDS: dict[str, type[Message]] = {
     "review": ReviewRequest,
     "review_job": ReviewJob,
     "event": Event,
+    "part_verdict": PartVerdict,
 }

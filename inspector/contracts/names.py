@@ -36,6 +36,11 @@ class Names:
         return f"{self.base}:review"
 
     @property
+    def parts(self) -> str:
+        """One PartVerdict per part seen by several views (parts.views), written once by the line process."""
+        return f"{self.base}:parts"
+
+    @property
     def dead_letter(self) -> str:
         return f"{self.base}:deadletter"
 
@@ -58,6 +63,14 @@ class Names:
     def done(self, frame_id: str) -> str:
         """Set once a frame has its verdict: makes verdicts idempotent by frame id."""
         return f"{self.base}:done:{frame_id}"
+
+    def part_done(self, part_id: str) -> str:
+        """Set once a part has its part verdict: a restarted line process never gives a part a second one."""
+        return f"{self.base}:partdone:{part_id}"
+
+    def part_seq(self, view: str) -> str:
+        """Counter of the frames taken of a view (INCR): the n-th frame of every view shows part n."""
+        return f"{self.base}:partseq:{view}"
 
     def heartbeat(self, worker: str) -> str:
         return f"{self.base}:hb:{worker}"

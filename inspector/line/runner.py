@@ -26,6 +26,7 @@ from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
 from inspector.line.decider import LineDecider, Outcome, Part
 from inspector.line.health import REDIS_ERRORS, Health, HealthProbe, camera_silence_s, fast_client
 from inspector.line.outputs import LineOutput, outputs_from_config
+from inspector.line.parts import PartCommitter, PartDecider, PartOutcome
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,11 @@ class LineRunner:
         self.names = Names(cfg.redis.prefix, cfg.station.id)
         self.client = client or fast_client(cfg, station_url(cfg), timeout_s=2.0)  # connect only, never own Redis
         self.outputs = list(outputs_from_config(cfg) if outputs is None else outputs)
-        self.decider = LineDecider(cfg.line.deadline_ms / 1000, clock=clock)
+        self.decider: LineDecider | PartDecider = LineDecider(cfg.line.deadline_ms / 1000, clock=clock)
+        self.parts: PartCommitter | None = None
+        if cfg.parts.views:  # several views per part: one outcome per part, its part verdict committed once
+            self.decider = PartDecider(cfg.parts.views, cfg.line.deadline_ms / 1000, cfg.station.id, clock=clock)
+            self.parts = PartCommitter(self.client, cfg)
         self.clock = clock
         self.probe = HealthProbe(self.client, self.names, cfg.camera.id, camera_silence_s(cfg), cfg.line.require_camera)
         self.health: Health | None = None
@@ -136,13 +141,15 @@ class LineRunner:
             return None
         if isinstance(msg, FrameMeta):
             self.last_frame_at = max(self.last_frame_at or 0.0, msg.captured_at)
-            self.decider.register(Part.from_meta(msg))
+            self.decider.register(msg if self.parts else Part.from_meta(msg))  # type: ignore[arg-type]
             return None
         if isinstance(msg, Verdict):
             return self.decider.on_verdict(msg)
         return None
 
     def _emit(self, outcome: Outcome) -> None:
+        if isinstance(outcome, PartOutcome) and self.parts and outcome.verdict and not self.parts.first(outcome.verdict):
+            return  # this part had its verdict before a restart: never a second signal
         self.counts["accept" if outcome.signal.value == "ACCEPT" else "reject"] += 1
         self.outcomes_by_reason[(outcome.signal.value, outcome.reason.value)] += 1
         log.debug("part %s: %s (%s)", outcome.part.part_id, outcome.signal.value, outcome.reason.value)

@@ -204,3 +204,25 @@ class ShadowVerdictRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     image_sha256: Mapped[str | None] = mapped_column(String(64))  # archived when it differs from the active verdict
     image_ext: Mapped[str | None] = mapped_column(String(8))
+
+
+class PartVerdictRow(Base):
+    """The line's one verdict of a part seen by several views (parts.views), with every view's result; the
+    views' own verdicts are the ``verdicts`` rows with this ``part_id``."""
+
+    __tablename__ = "part_verdicts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    part_id: Mapped[str] = mapped_column(String(128), unique=True)
+    station: Mapped[str] = mapped_column(String(64))
+    captured_at: Mapped[float] = mapped_column(Float, index=True)
+    decided_at: Mapped[float] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(String(8), index=True)
+    reject: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(String(32))
+    failed_view: Mapped[str | None] = mapped_column(String(64))
+    defect_class: Mapped[str | None] = mapped_column(String(64))
+    reasons: Mapped[list[Any]] = mapped_column(JSON)
+    views: Mapped[dict[str, Any]] = mapped_column(JSON)  # view -> {frame_id, decision, defect_class, model_version}
+    missing: Mapped[list[Any]] = mapped_column(JSON)  # views with no verdict by the deadline
+    product: Mapped[str | None] = mapped_column(String(64))

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 import redis
 from redis.exceptions import ResponseError
+from sqlalchemy.orm import Session
 
 from inspector import telemetry
 from inspector.contracts.config import StationConfig
 from inspector.contracts.health import ConsumerRole
-from inspector.contracts.messages import Verdict
+from inspector.contracts.messages import PartVerdict, Verdict
 from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
 from inspector.progress import Progress
 from inspector.store.db import Store
@@ -46,10 +47,13 @@ class _Pending:
 
 
 class VerdictRecorder:
-    def __init__(self, cfg: StationConfig, client: redis.Redis, store: Store, consumer: str) -> None:
+    message_type: type[Verdict] | type[PartVerdict] = Verdict  # what the stream holds (PartRecorder: part verdicts)
+
+    def __init__(self, cfg: StationConfig, client: redis.Redis, store: Store, consumer: str,
+                 stream: str | None = None) -> None:
         self.names = Names(cfg.redis.prefix, cfg.station.id)
         self.client, self.store, self.consumer = client, store, consumer
-        self.stream, self.group = self.names.verdicts, self.names.store_group
+        self.stream, self.group = stream or self.names.verdicts, self.names.store_group
         self.batch_size = cfg.store.batch_size
         self.flush_s = cfg.store.flush_ms / 1000
         self.reclaim_idle_ms = cfg.store.reclaim_idle_ms
@@ -58,7 +62,8 @@ class VerdictRecorder:
         self._batch = _Pending([], [], 0.0)
         self._group_ready = False
         self._last_reclaim = 0.0
-        telemetry.watch_recorder(self)
+        if stream is None:
+            telemetry.watch_recorder(self)
 
     # -- redis -----------------------------------------------------------------------------------
 
@@ -115,7 +120,7 @@ class VerdictRecorder:
         try:
             if raw is None:
                 raise ValueError("entry has no message field (trimmed or foreign entry)")
-            return Verdict.from_json(raw)
+            return self.message_type.from_json(raw)  # type: ignore[return-value]
         except Exception as err:  # noqa: BLE001 - a bad entry is counted and acknowledged, never fatal
             self.stats["bad_entries"] += 1
             log.warning("verdict entry %r on %s cannot be recorded: %s", entry_id, self.stream, err)
@@ -135,13 +140,16 @@ class VerdictRecorder:
         if not b.ids:
             return 0
         with self.store.session() as s:
-            inserted = insert_verdicts(s, b.verdicts)
+            inserted = self._insert(s, b.verdicts)
         self.client.xack(self.stream, self.group, *b.ids)
         self.stats["recorded"] += len(b.verdicts)
         self.stats["batches"] += 1
         self._batch = _Pending([], [], 0.0)
         self.progress.ok(len(b.ids))
         return inserted
+
+    def _insert(self, s: Session, rows: list[Verdict]) -> int:
+        return insert_verdicts(s, rows)
 
     # -- loops -------------------------------------------------------------------------------------
 

@@ -1,0 +1,55 @@
+"""Record every part verdict of the parts stream (``parts.views``) in ``part_verdicts``, exactly once per part.
+
+The same consumer as :class:`~inspector.store.recorder.VerdictRecorder` (consumer group ``store``, batched
+``INSERT .. ON CONFLICT (part_id) DO NOTHING``, XACK only after the commit, a dead recorder's entries taken
+over with XAUTOCLAIM), on the parts stream the line process writes. The worker process runs it in a thread
+beside the verdict recorder when ``parts.views`` is set (:func:`inspector.station_sinks.start_recorder`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from sqlalchemy import Table
+from sqlalchemy.orm import Session
+
+from inspector.contracts.config import StationConfig
+from inspector.contracts.messages import PartVerdict
+from inspector.contracts.names import Names
+from inspector.store.db import Store
+from inspector.store.models import PartVerdictRow
+from inspector.store.recorder import VerdictRecorder
+from inspector.store.records import insert_ignore
+
+PART_TABLE: Table = PartVerdictRow.__table__  # type: ignore[assignment]
+
+
+def part_row(v: PartVerdict) -> dict[str, Any]:
+    return {
+        "part_id": v.part_id, "station": v.station, "captured_at": v.captured_at, "decided_at": v.decided_at,
+        "decision": v.decision.value, "reject": v.reject, "reason": v.reason, "failed_view": v.failed_view,
+        "defect_class": v.defect_class, "reasons": list(v.reasons),
+        "views": {k: r.model_dump(mode="json", exclude_none=True) for k, r in v.views.items()},
+        "missing": list(v.missing), "product": v.product,
+    }
+
+
+def insert_part_verdicts(s: Session, verdicts: Sequence[PartVerdict]) -> int:
+    """Insert in the caller's transaction; returns how many were new (a part already recorded is ignored)."""
+    if not verdicts:
+        return 0
+    rows = list({v.part_id: part_row(v) for v in verdicts}.values())
+    result = s.execute(insert_ignore(s, PART_TABLE, "part_id"), rows)
+    return max(result.rowcount, 0) if result.rowcount is not None else 0
+
+
+class PartRecorder(VerdictRecorder):
+    message_type = PartVerdict
+
+    def __init__(self, cfg: StationConfig, client: redis.Redis, store: Store, consumer: str) -> None:
+        super().__init__(cfg, client, store, consumer, stream=Names(cfg.redis.prefix, cfg.station.id).parts)
+
+    def _insert(self, s: Session, rows: list[Any]) -> int:
+        return insert_part_verdicts(s, rows)
