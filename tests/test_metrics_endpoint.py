@@ -208,3 +208,98 @@ def test_dashboard_uses_only_metric_names_the_station_defines() -> None:
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {re.sub(r"_(total|bucket|count|sum)$", "", n) for e in exprs for n in re.findall(r"inspector_[a-z_]+", e)}
     assert len(used) >= 25 and used <= defined, sorted(used - defined)
+
+
+def test_drift_process_serves_its_statistics_against_their_bands(station_config: StationConfig, redis_client: Any,
+                                                                 tmp_path: Path) -> None:
+    """`inspector jobs drift` on a real Redis: PSI, KS p-value and mean shift per statistic, the bands, tripped
+    statistics and the alarm count on its metrics port, moving when the images darken."""
+    import numpy as np
+
+    from inspector.contracts.messages import Decision, ImageStats, Verdict
+    from inspector.contracts.names import Names
+    from inspector.drift.reference import reference_from_samples
+
+    rng = np.random.default_rng(3)
+
+    def stats(scale: float) -> dict[str, float]:
+        b = float(rng.normal(120, 8)) * scale
+        return {"brightness": b, "contrast": float(rng.normal(30, 3)) * scale, "sharpness": float(rng.normal(50, 5)),
+                "mean_r": b, "mean_g": b, "mean_b": b}
+
+    package = tmp_path / "pkg-v1"
+    package.mkdir()
+    (package / "manifest.json").write_text(json.dumps({
+        "name": "drift-metrics", "version": "v1", "created_at": 1.0, "task": "anomaly", "model": {},
+        "preprocess": {"size": [8, 8]},
+        "drift_reference": reference_from_samples([stats(1.0) for _ in range(400)], decisions=["PASS"] * 400)}))
+    base = _free_block(4)
+    cfg = station_config.model_copy(update={
+        "drift": station_config.drift.model_copy(update={"window": 100, "check_every": 10, "hysteresis": 2,
+                                                         "cooldown_s": 0}),
+        "metrics": station_config.metrics.model_copy(update={"enabled": True, "port_base": base})})
+    names = Names(cfg.redis.prefix, cfg.station.id)
+    redis_client.hset(names.active_model, mapping={"version": "v1", "path": str(package)})
+    config = tmp_path / "station.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECTOR_")}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "drift", "--config", str(config), "--no-auto-retrain"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    port = metrics_port(cfg, "drift")
+
+    def add(n: int, scale: float, start: int) -> None:
+        for i in range(start, start + n):
+            v = Verdict(station=cfg.station.id, frame_id=f"f{i}", camera="c", seq=i, part_id=f"p{i}", captured_at=0,
+                        decision=Decision.PASS, reject=False, model_version="v1", image_stats=ImageStats(**stats(scale)))
+            redis_client.xadd(names.verdicts, {b"m": v.to_json()})
+    try:
+        assert wait_for(lambda: total(scrape(port), "inspector_drift_band", band="psi_threshold") > 0, 60)
+        # the monitor's group starts at the end of the stream: feed once it reads
+        assert wait_for(lambda: any(g["name"] in (b"drift", "drift") for g in redis_client.xinfo_groups(names.verdicts)),
+                        30)
+        add(150, 1.0, 0)
+        assert wait_for(lambda: total(scrape(port), "inspector_drift_checks_total") >= 3, 30), scrape(port)
+        calm = scrape(port)
+        assert {lab["statistic"] for lab, _ in calm["inspector_drift_psi"]} >= {"brightness", "contrast"}
+        assert total(calm, "inspector_drift_alarms_total") == 0
+        assert total(calm, "inspector_drift_psi", statistic="brightness") < cfg.drift.psi_threshold
+        add(150, 0.7, 150)  # 30 % darker
+        assert wait_for(lambda: total(scrape(port), "inspector_drift_alarms_total") >= 1, 30)
+        dark = scrape(port)
+        assert total(dark, "inspector_drift_psi", statistic="brightness") > \
+            total(dark, "inspector_drift_band", band="psi_threshold")
+        assert total(dark, "inspector_drift_shift_sigma", statistic="brightness") < -1
+        assert total(dark, "inspector_drift_tripped", statistic="brightness") == 1
+        assert total(dark, "inspector_drift_consecutive") >= 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert "Traceback" not in out, out
+
+
+def test_gui_process_serves_metrics(station_config: StationConfig, redis_client: Any, tmp_path: Path) -> None:
+    """`inspector gui` (offscreen Qt) serves its port from the start, the station view included, even while its
+    log-in dialog waits."""
+    pytest.importorskip("PySide6", reason="pip install -e '.[gui]'")
+    base = _free_block(6)
+    cfg = station_config.model_copy(update={
+        "metrics": station_config.metrics.model_copy(update={"enabled": True, "port_base": base})})
+    config = tmp_path / "station.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECTOR_")}
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "gui", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    try:
+        port = metrics_port(cfg, "gui")
+        assert port == base + 4
+        assert wait_for(lambda: total(scrape(port), "inspector_gui_start_time_seconds") > 0, 60)
+        page = scrape(port)
+        assert total(page, "inspector_redis_up") == 1 and "inspector_workers_alive" in page
+    finally:
+        proc.kill()
+        proc.communicate(timeout=20)
