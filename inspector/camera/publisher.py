@@ -84,7 +84,11 @@ class CameraPublisher:
 
     def _watchdog(self) -> None:
         limit = self.cam.health_periods * self.period
-        while not self.stop_event.wait(self.period / 4):
+        tick = self.period / 4
+        while True:
+            due = self.last_frame + limit - time.monotonic()
+            if self.stop_event.wait(min(tick, due + 0.002) if due > 0 else tick):
+                return
             silent = time.monotonic() - self.last_frame > limit
             if silent != self.silent:
                 self.silent = silent
