@@ -77,6 +77,8 @@ class Outcome:
             "signal": self.signal.value,
             "reason": self.reason.value,
             "decision": self.decision.value if self.decision else None,
+            "defect_class": self.defect_class,
+            "model_version": self.model_version,
             "captured_at": self.part.captured_at,
             "decided_at": self.decided_at,
         }

@@ -80,6 +80,7 @@ class OpcuaOutput:
         self.served_ids: dict[str, str] = {}  # server mode: name -> node id string, once serving
         self._dirty: set[str] = set(self.values)
         self._release_at: float | None = None
+        self._repulse = False  # a reject came while the pulse was high: write low, then high again
         self._loop = asyncio.new_event_loop()
         self._queue: asyncio.Queue[object] | None = None
         self._started = threading.Event()
@@ -166,8 +167,6 @@ class OpcuaOutput:
             self._release_at = time.monotonic() + self.pulse_s
         else:
             self._set("Accepts", (self.values["Accepts"] + 1) % 2**32)
-
-    _repulse = False
 
     def _set(self, name: str, value: Any) -> None:
         if self.values.get(name) != value or name == "Reject":
