@@ -185,8 +185,7 @@ def run_line(cfg: StationConfig, stop: threading.Event | None = None) -> LineRun
     from inspector import telemetry
 
     runner = LineRunner(cfg)
-    telemetry.serve(cfg, "line")
-    telemetry.watch_line(runner)
+    telemetry.start(cfg, "line", lambda t: t.watch_line(runner))
     if stop is not None:
         runner.stop_event = stop
     try:
