@@ -18,7 +18,7 @@ from inspector.contracts.config import StationConfig, load_config
 from inspector.contracts.lifecycle import Action
 from inspector.review.labelling import LabelError, LabellingService
 from inspector.store.db import Store, open_store
-from inspector.store.models import LabelRow, ModelVersionRow, VerdictRow
+from inspector.store.models import LabelRow, ModelVersionRow, PartVerdictRow, VerdictRow
 
 
 def _console() -> Console:
@@ -94,17 +94,23 @@ def trace(part_id: Annotated[str, typer.Argument(help="Part id to trace.")], con
             .outerjoin(LabelRow, (LabelRow.frame_id == VerdictRow.frame_id) & LabelRow.is_current.is_(True))
             .where(VerdictRow.part_id == part_id).order_by(VerdictRow.captured_at)
         ).all()
+        part = s.scalars(select(PartVerdictRow).where(PartVerdictRow.part_id == part_id)).first()
     store.close()
+    view_of = {r.get("frame_id"): view for view, r in (part.views if part else {}).items()}
     if not rows:
         _console().print(f"[yellow]no verdict recorded for part {part_id}[/yellow]")
         raise typer.Exit(1)
-    table = Table("captured (UTC)", "camera", "frame", "decision", "class", "probs", "anomaly", "model",
+    table = Table("captured (UTC)", "camera", "view", "frame", "decision", "class", "probs", "anomaly", "model",
                   "package sha256", "latency ms", "label", title=f"part {part_id}")
     for v, sha, label, user in rows:
-        table.add_row(_time(v.captured_at), v.camera, v.frame_id[:12], v.decision, v.defect_class or "",
+        table.add_row(_time(v.captured_at), v.camera, view_of.get(v.frame_id, ""), v.frame_id[:12], v.decision, v.defect_class or "",
                       _short(v.class_probs), _num(v.anomaly_score), v.model_version or "", (sha or "?")[:16],
                       _num(v.latency_ms), f"{label} ({user})" if label else "")
     _console().print(table)
+    if part is not None:  # parts.views: the line's one verdict of the part, from every view
+        failed = f", view {part.failed_view}" if part.failed_view else ""
+        missing = f", missing view(s): {', '.join(part.missing)}" if part.missing else ""
+        _console().print(f"part verdict: {part.decision} ({part.reason}{failed}{missing}) {'; '.join(part.reasons)}")
 
 
 @review_app.command("stats")

@@ -7,11 +7,14 @@ import time
 
 import pytest
 import redis
+import yaml
+from typer.testing import CliRunner
 
 from inspector.bus.streams import StationBus
 from inspector.camera.publisher import CameraPublisher, part_id_of
 from inspector.camera.sources import Capture, FrameSource
 from inspector.camera.synthetic import PartFactory
+from inspector.cli import app
 from inspector.contracts.config import StationConfig, parse_config
 from inspector.contracts.errors import ConfigError
 from inspector.contracts.messages import Decision, FrameMeta, Verdict
@@ -170,7 +173,8 @@ def _wait(cond, timeout: float = 20) -> bool:  # type: ignore[no-untyped-def]
     return cond()
 
 
-def test_one_failing_view_fails_the_part_and_is_recorded_once(station_config, redis_client, tiny_package) -> None:  # type: ignore[no-untyped-def]
+def test_one_failing_view_fails_the_part_and_is_recorded_once(station_config, redis_client, tiny_package,  # type: ignore[no-untyped-def]
+                                                             tmp_path) -> None:  # type: ignore[no-untyped-def]
     cfg = views_cfg(station_config)
     names = Names(cfg.redis.prefix, cfg.station.id)
     good = _judged(cfg, tiny_package, Decision.PASS, ("good",))
@@ -210,6 +214,16 @@ def test_one_failing_view_fails_the_part_and_is_recorded_once(station_config, re
     assert rows[part_id_of(2)].decision == "FAIL" and rows[part_id_of(2)].failed_view == "side"
     assert rows[part_id_of(2)].views["side"]["decision"] == "FAIL" and rows[part_id_of(1)].reject is False
     store.close()
+    # inspector trace PART shows every view's verdict and the part verdict (the worker's recorder wrote the rows)
+    from inspector.store.recorder import VerdictRecorder
+
+    VerdictRecorder(cfg, redis_client, open_store(cfg), "rec1").drain()
+    config = tmp_path / "station.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    res = CliRunner().invoke(app, ["trace", part_id_of(2), "--config", str(config)], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert "side" in res.output and "top" in res.output
+    assert "part verdict: FAIL (fail, view side)" in res.output
 
 
 def test_missing_view_rejected_at_the_deadline(station_config, redis_client, tiny_package) -> None:  # type: ignore[no-untyped-def]
