@@ -183,13 +183,18 @@ def _safely(fn: Callable[..., object], *args: object) -> None:
 def run_line(cfg: StationConfig, stop: threading.Event | None = None) -> LineRunner:
     """Run the line runner in the foreground until ``stop`` is set (or Ctrl-C); returns it for its counts."""
     from inspector import telemetry
+    from inspector.line.changeover import start_changeover
 
     runner = LineRunner(cfg)
     telemetry.start(cfg, "line", lambda t: t.watch_line(runner))
+    changeover = start_changeover(cfg)  # the PLC's product requests on MQTT (stations with products)
     if stop is not None:
         runner.stop_event = stop
     try:
         runner.run()
     except KeyboardInterrupt:
         runner.stop()
+    finally:
+        if changeover is not None:
+            changeover.close()
     return runner
