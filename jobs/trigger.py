@@ -255,6 +255,10 @@ class RetrainTrigger:
             return "stale", None
         if self.bus.r.exists(self.names.drift_suppressed):
             return "suppressed", None
+        if event.data.get("product"):  # a product's own drift: its model is not the one a retraining rebuilds
+            log.warning("retrain trigger: drift of product %s (%s) is recorded; retrain that product's package by hand",
+                        event.data["product"], event.model_version)
+            return "product_alarm", None
         active = self.bus.r.hget(self.names.active_model, "version")
         active_version = active.decode() if isinstance(active, bytes) else active
         if event.model_version and active_version and event.model_version != active_version:

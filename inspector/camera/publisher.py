@@ -83,6 +83,8 @@ class CameraPublisher:
         (log.error if silent else log.info)(msg)
 
     def _watchdog(self) -> None:
+        """Camera health: the event is raised when ``health_periods`` frame periods pass without a frame (checked
+        at that moment, not on a coarse tick), and cleared by the next frame."""
         limit = self.cam.health_periods * self.period
         tick = self.period / 4
         while True:

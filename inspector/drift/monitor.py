@@ -36,7 +36,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,7 @@ class DriftAlarm:
     frames_seen: int
     ts: float
     model_version: str | None = None
+    product: str | None = None  # a product's own window and reference (station products), None: the active model's
 
     @property
     def source(self) -> str:
@@ -108,7 +109,8 @@ class DriftAlarm:
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "statistic": self.statistic, "value": self.value, "threshold": self.threshold,
-                "frames_seen": self.frames_seen, "model_version": self.model_version, "tripped": self.details}
+                "frames_seen": self.frames_seen, "model_version": self.model_version, "tripped": self.details,
+                **({"product": self.product} if self.product else {})}
 
 
 @dataclass
@@ -289,7 +291,19 @@ class DriftMonitor:
         self.detector: DriftDetector | None = None
         self.alarms: list[DriftAlarm] = []
         self.skipped = Counter[str]()
+        self.products = self._product_detectors()  # one window and reference per product: a changeover is no drift
         self.bus.ensure_group(self.names.verdicts, self.names.drift_group, start="$")
+
+    def _product_detectors(self) -> dict[str, DriftDetector]:
+        out: dict[str, DriftDetector] = {}
+        for name, product in self.cfg.products.items():
+            manifest, ref = load_reference(product.package)
+            if ref.empty:
+                log.warning("product %s: package %s has no drift reference: its drift is not monitored", name,
+                            manifest.version)
+                continue
+            out[name] = DriftDetector(ref, self.cfg.drift, self.clock, manifest.version)
+        return out
 
     # -- reference ---------------------------------------------------------------------------------
     def refresh_model(self) -> None:
@@ -325,8 +339,9 @@ class DriftMonitor:
         if not entries:
             return []
         suppressed = self.suppression() is not None
-        if self.detector is not None:
-            self.detector.suppressed = suppressed
+        for detector in [self.detector, *self.products.values()]:
+            if detector is not None:
+                detector.suppressed = suppressed
         raised = [a for a in (self._feed(e.message_raw) for e in entries) if a is not None]
         self.bus.r.xack(self.names.verdicts, self.names.drift_group, *[e.entry_id for e in entries])
         for alarm in raised:
@@ -339,6 +354,8 @@ class DriftMonitor:
         except InspectorError:
             self.skipped["unreadable"] += 1
             return None
+        if isinstance(v, Verdict) and v.product is not None:
+            return self._feed_product(v)
         if not isinstance(v, Verdict) or self.detector is None or v.model_version != self.version:
             self.skipped["other_model" if isinstance(v, Verdict) else "not_verdict"] += 1
             return None
@@ -348,10 +365,23 @@ class DriftMonitor:
             return None
         return self.detector.add(rec)
 
+    def _feed_product(self, v: Verdict) -> DriftAlarm | None:
+        """A product's frame goes to that product's window, against its own package's reference."""
+        detector = self.products.get(v.product or "")
+        if detector is None or v.model_version != detector.model_version:
+            self.skipped["other_model"] += 1
+            return None
+        rec = DriftRecord.from_verdict(v)
+        if rec is None:
+            self.skipped["no_stats"] += 1
+            return None
+        alarm = detector.add(rec)
+        return None if alarm is None else replace(alarm, product=v.product)
+
     def _poll_reports(self) -> None:
         """Hand the detector the frames operators reported since the last poll (audit rows, read once by id).
         The first poll looks back ``report_lookback_s``. A store error is logged; drift monitoring goes on."""
-        if self.store is None or self.detector is None:
+        if self.store is None or (self.detector is None and not self.products):
             return
         try:
             from sqlalchemy import select
@@ -370,7 +400,10 @@ class DriftMonitor:
             return
         if rows:
             self._last_report_id = int(rows[-1].id)
-        self.detector.note_reports(t.split(":", 1)[1] for _, t in rows if t.startswith("frame:"))
+        reported = [t.split(":", 1)[1] for _, t in rows if t.startswith("frame:")]
+        for detector in [self.detector, *self.products.values()]:
+            if detector is not None:
+                detector.note_reports(reported)
 
     def run(self, stop: threading.Event, block_ms: int = 500) -> None:
         while not stop.is_set():
@@ -383,9 +416,10 @@ class DriftMonitor:
     # -- outputs ----------------------------------------------------------------------------------------
     def _raise(self, alarm: DriftAlarm) -> None:
         self.alarms.append(alarm)
-        msg = (f"{alarm.source}: {alarm.statistic} = {alarm.value:.3g} (threshold {alarm.threshold:.3g}); "
+        msg = (f"{alarm.source}{f' of product {alarm.product}' if alarm.product else ''}: {alarm.statistic} = "
+               f"{alarm.value:.3g} (threshold {alarm.threshold:.3g}); "
                f"tripped: {', '.join(sorted(alarm.details))}")
-        self._event(EventType.DRIFT_ALARM, "warning", msg, alarm.as_dict())
+        self._event(EventType.DRIFT_ALARM, "warning", msg, alarm.as_dict(), alarm.model_version if alarm.product else None)
         if self.store is not None:
             try:
                 from inspector.store.records import record_drift_alarm
@@ -395,6 +429,7 @@ class DriftMonitor:
             except Exception:  # noqa: BLE001 - a failing side output never blocks the alarm event
                 log.exception("could not record the drift alarm in the store")
 
-    def _event(self, etype: EventType, severity: str, message: str, data: dict[str, Any]) -> None:
+    def _event(self, etype: EventType, severity: str, message: str, data: dict[str, Any],
+               version: str | None = None) -> None:
         self.bus.publish_event(Event(station=self.cfg.station.id, type=etype, severity=severity,  # type: ignore[arg-type]
-                                     message=message, model_version=self.version, data=data))
+                                     message=message, model_version=version or self.version, data=data))

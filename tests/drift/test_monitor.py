@@ -171,3 +171,48 @@ def test_wrong_verdict_reports_raise_an_operator_alarm_the_trigger_acts_on(stati
     job = station_queue(cfg, redis_client).jobs[0]
     assert job.args[2] == "operator_reports" and job.args[4] is False  # no condition change: the model is wrong
     store.close()
+
+
+def test_each_product_is_watched_against_its_own_reference(station_config, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two products whose parts look different: alternating between them is no drift (each window holds one
+    product's frames, against that product's package), and a real change of one product alarms for it alone."""
+    from inspector.contracts.config import parse_config
+
+    rng = np.random.default_rng(3)
+    dark = [{**_stats(rng), "brightness": b, "mean_r": b, "mean_g": b, "mean_b": b}
+            for b in rng.normal(60, 4, 400)]
+    _write_package(tmp_path / "bright-v1", _reference(rng), created_at=1.0)
+    _write_package(tmp_path / "dark-v1", reference_from_samples(dark, decisions=["PASS"] * 400), created_at=1.0)
+    doc = station_config.model_dump(mode="json", exclude_none=True)
+    doc["drift"] = {"window": 100, "check_every": 10, "hysteresis": 2, "cooldown_s": 0}
+    doc["products"] = {"bright": {"package": str(tmp_path / "bright-v1")}, "dark": {"package": str(tmp_path / "dark-v1")}}
+    cfg = parse_config(doc, environ={})
+    names = Names(cfg.redis.prefix, cfg.station.id)
+    mon = DriftMonitor(cfg, redis_client)
+    assert set(mon.products) == {"bright", "dark"}
+
+    def verdict(i: int, product: str, stats: dict[str, float]) -> bytes:
+        v = _verdict(cfg.station.id, f"{product}-v1", i, stats).model_copy(update={"product": product})
+        return v.to_json()
+
+    i = 0
+    for block in range(6):  # changeovers every 80 parts: bright, dark, bright, ...
+        product = "bright" if block % 2 == 0 else "dark"
+        for _ in range(80):
+            stats = _stats(rng) if product == "bright" else {**_stats(rng), **dict.fromkeys(
+                ("brightness", "mean_r", "mean_g", "mean_b"), float(rng.normal(60, 4)))}
+            redis_client.xadd(names.verdicts, {b"m": verdict(i, product, stats)})
+            i += 1
+    while mon.step(block_ms=None):
+        pass
+    assert mon.alarms == [], [a.as_dict() for a in mon.alarms]  # a changeover is not drift
+    for _ in range(200):  # the bright product's parts get 30 % darker
+        redis_client.xadd(names.verdicts, {b"m": verdict(i, "bright", _stats(rng, 0.7))})
+        i += 1
+    while mon.step(block_ms=None):
+        pass
+    assert mon.alarms and {a.product for a in mon.alarms} == {"bright"}
+    events = [json.loads(f[b"m"]) for _, f in redis_client.xrange(names.events)]
+    alarm = next(e for e in events if e["type"] == "drift_alarm")
+    assert alarm["data"]["product"] == "bright" and alarm["model_version"] == "bright-v1"
+    assert "of product bright" in alarm["message"]
