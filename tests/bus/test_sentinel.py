@@ -35,7 +35,7 @@ def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
 
 def _cfg(cluster: SentinelCluster, tmp_path: Path, **redis_over: object):  # type: ignore[no-untyped-def]
     return parse_config({"station": {"id": "hs1", "data_dir": str(tmp_path / "st")},
-                         "redis": cluster.redis_section(reconnect={"give_up_s": 20}, **redis_over)}, environ={})
+                         "redis": cluster.redis_section(**{"reconnect": {"give_up_s": 20}, **redis_over})}, environ={})
 
 
 def _verdict(i: int) -> Verdict:
@@ -213,3 +213,68 @@ def test_rq_job_submission_follows_a_failover(cluster: SentinelCluster, tmp_path
     assert cluster.client(new).exists(f"rq:job:{job.id}") == 1
     assert isinstance(client, redis.Redis)
     client.close()
+
+
+def test_commit_in_flight_at_the_kill_lands_on_the_new_master(cluster: SentinelCluster, tmp_path: Path) -> None:
+    """A verdict commit (a pipeline) in flight when the master dies must reconnect through the sentinels, not to
+    the dead master's port: redis-py's own SentinelManagedConnection kept dialing the old address for the whole
+    reconnect.give_up_s (30 s), then got READONLY from it once it came back as a replica."""
+    import threading
+
+    cfg = _cfg(cluster, tmp_path, reconnect={"give_up_s": 30})
+    client = connect(cfg)
+    bus = StationBus(client, cfg)
+    bus.ensure_group(bus.names.frames, cfg.worker.group)
+    longest = [0.0]
+    stop = threading.Event()
+
+    def commits() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            t0 = time.monotonic()
+            try:  # what a worker's step does: a blocking read, then the commit (WAIT 1)
+                bus.read_new(bus.names.frames, cfg.worker.group, "w", 4, block_ms=100)
+                bus.commit_verdicts([(_verdict(i), "")])
+            except NotReplicated:  # the replica is not back yet: not acknowledged (fine here)
+                pass
+            longest[0] = max(longest[0], time.monotonic() - t0)
+
+    th = threading.Thread(target=commits, daemon=True)
+    th.start()
+    time.sleep(1.0)
+    old = cluster.master_port()
+    assert old is not None
+    t_kill = time.monotonic()
+    cluster.kill(cluster.server_on(old))
+    new = cluster.wait_promoted(old)
+    election = time.monotonic() - t_kill
+    cluster.restart_as_replica(cluster.server_on(old), new)  # the old port answers again, READONLY
+    time.sleep(4.0)
+    stop.set()
+    th.join(40)
+    assert not th.is_alive()
+    print(f"SENTINEL_INFLIGHT election_s={election:.2f} longest_commit_s={longest[0]:.2f}")
+    assert longest[0] < election + 4.0, f"a commit took {longest[0]:.1f} s (election {election:.1f} s)"
+    assert client.connection_pool.master_address == ("127.0.0.1", new)
+    client.close()
+
+
+def test_station_keys_share_one_cluster_slot_and_rq_keys_do_not() -> None:
+    """The stated limit (README, Redis high availability): every key of ``Names`` hashes to the station's
+    Cluster slot; RQ's own keys (``rq:queue:...``, ``rq:job:...``) do not, so the station runs on one master
+    (standalone or Sentinel), not on Redis Cluster."""
+    from redis.crc import key_slot
+
+    from inspector.contracts.names import Names
+    from jobs.queues import queue_name
+
+    n = Names("insp", "line1")
+    keys = [getattr(n, a) for a in dir(n) if not a.startswith("_") and isinstance(getattr(type(n), a, None), property)]
+    keys = [k for k in keys if isinstance(k, str) and k.startswith("insp:")] + [n.done("frame-1")]
+    assert len(keys) > 8
+    slots = {k: key_slot(k.encode()) for k in keys}
+    assert len(set(slots.values())) == 1, slots
+    cfg = parse_config({"station": {"id": "line1"}}, environ={})
+    rq_keys = [f"rq:queue:{queue_name(cfg)}", "rq:job:0123", "rq:queues"]
+    assert all(key_slot(k.encode()) != next(iter(slots.values())) for k in rq_keys)

@@ -46,19 +46,23 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
-def commit_latency_ms(cfg, client, wait_replicas: int, n: int = 300) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """p50 and p99 of one-verdict commits (the worker's usual batch at line rate) on a scratch station."""
-    scratch = cfg.model_copy(update={"station": cfg.station.model_copy(update={"id": f"lat{wait_replicas}-{cfg.station.id}"}),
-                                     "redis": cfg.redis.model_copy(update={"wait_replicas": wait_replicas})})
-    bus = StationBus(client, scratch)
-    out: list[float] = []
-    for i in range(n):
-        v = Verdict(station=scratch.station.id, frame_id=f"lat-{i}", camera="c", seq=i, part_id=f"p{i}",
+def commit_latency_ms(cfg, client, n: int = 1000) -> dict[int, tuple[float, float]]:  # type: ignore[no-untyped-def]
+    """p50 and p99 of one-verdict commits (the worker's usual batch at line rate) without WAIT (0) and with
+    WAIT 1 (1), alternated so that the machine's load weighs on both alike; on scratch stations."""
+    buses = {}
+    for w in (0, 1):
+        st = cfg.station.model_copy(update={"id": f"lat{w}-{cfg.station.id}"})
+        buses[w] = StationBus(client, cfg.model_copy(update={"station": st,
+                                                              "redis": cfg.redis.model_copy(update={"wait_replicas": w})}))
+    out: dict[int, list[float]] = {0: [], 1: []}
+    for i in range(2 * n):
+        w = i % 2
+        v = Verdict(station=buses[w].cfg.station.id, frame_id=f"lat-{i}", camera="c", seq=i, part_id=f"p{i}",
                     captured_at=time.time(), decision=Decision.PASS, reject=False)
         t0 = time.perf_counter()
-        bus.commit_verdicts([(v, "")])
-        out.append((time.perf_counter() - t0) * 1000)
-    return _pct(out, 0.5), _pct(out, 0.99)
+        buses[w].commit_verdicts([(v, "")])
+        out[w].append((time.perf_counter() - t0) * 1000)
+    return {w: (_pct(x, 0.5), _pct(x, 0.99)) for w, x in out.items()}
 
 
 class TrackedWorker:
@@ -97,8 +101,8 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
         client = connect(cfg)
         names = Names(cfg.redis.prefix, cfg.station.id)
         StationBus(client, cfg).ensure_group(names.frames, cfg.worker.group)
-        lat_off = commit_latency_ms(cfg, client, 0)
-        lat_on = commit_latency_ms(cfg, client, 1)
+        lat = commit_latency_ms(cfg, client)
+        lat_off, lat_on = lat[0], lat[1]
 
         acked: dict[str, tuple[str, float]] = {}
         lock = threading.Lock()
