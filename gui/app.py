@@ -113,7 +113,7 @@ class MainWindow(QMainWindow):
         from gui.views.operator import OperatorView
 
         deadline = self.cfg.line.deadline_ms / 1000
-        self.operator = OperatorView(self.session, self.services, self.db, deadline)
+        self.operator = OperatorView(self.session, self.services, self.db, deadline, views=self.cfg.parts.views)
         self._add("operator", "Operator", self.operator)
         if self.session.can("view.quality"):
             from gui.views.quality import QualityView
@@ -136,6 +136,7 @@ class MainWindow(QMainWindow):
         f, op = self.feed, self.operator
         f.frames.connect(op.on_frames)
         f.verdicts.connect(op.on_verdicts)
+        f.parts.connect(op.on_parts)
         f.health.connect(op.on_health)
         f.connection.connect(op.on_connection)
         f.connection.connect(self._on_connection)

@@ -23,7 +23,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from inspector.bus.connection import resolve_url
 from inspector.bus.streams import decode_message
 from inspector.contracts.config import StationConfig
-from inspector.contracts.messages import Event, FrameMeta, Verdict
+from inspector.contracts.messages import Event, FrameMeta, PartVerdict, Verdict
 from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE, Names
 from inspector.line.health import REDIS_ERRORS, HealthProbe, camera_silence_s, fast_client
 
@@ -39,6 +39,7 @@ class FrameItem:
 class LiveFeed(QThread):
     frames = Signal(object)  # list[FrameItem], oldest first
     verdicts = Signal(object)  # list[Verdict]
+    parts = Signal(object)  # list[PartVerdict] (parts.views: the line's one verdict per part)
     events = Signal(object)  # list[Event]
     health = Signal(object)  # inspector.line.health.Health
     connection = Signal(bool)
@@ -72,6 +73,8 @@ class LiveFeed(QThread):
 
     def _tail(self, client: redis.Redis) -> None:
         streams = {self.names.frames: "", self.names.verdicts: "", self.names.events: ""}
+        if self.cfg.parts.views:
+            streams[self.names.parts] = ""
         for s in streams:
             last = client.xrevrange(s, count=1)
             streams[s] = last[0][0] if last else "0-0"
@@ -97,6 +100,7 @@ class LiveFeed(QThread):
         frames: list[FrameItem] = []
         verdicts: list[Verdict] = []
         events: list[Event] = []
+        parts: list[PartVerdict] = []
         for _eid, fields in entries:
             try:
                 msg = decode_message((fields or {}).get(STREAM_FIELD_MESSAGE))
@@ -109,12 +113,16 @@ class LiveFeed(QThread):
                 verdicts.append(msg)
             elif isinstance(msg, Event):
                 events.append(msg)
+            elif isinstance(msg, PartVerdict):
+                parts.append(msg)
         if frames:
             self.frames.emit(frames)
         if verdicts:
             self.verdicts.emit(verdicts)
         if events:
             self.events.emit(events)
+        if parts:
+            self.parts.emit(parts)
 
     def stop(self) -> None:
         self.requestInterruption()

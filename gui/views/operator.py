@@ -13,7 +13,7 @@ from gui.services import Services
 from gui.state import LiveStatus, RateMeter, ShiftCounters, UserSession
 from gui.widgets import BannerLabel, DecisionIndicator, ImageView, KeyValueGrid
 from gui.workers import DbWorker, FrameItem
-from inspector.contracts.messages import Verdict
+from inspector.contracts.messages import PartVerdict, Verdict
 from inspector.line.health import Health
 
 COUNTER_KEYS = ["Total", "Pass", "Fail", "Review", "Error", "Yield"]
@@ -22,8 +22,11 @@ PERF_KEYS = ["Frames/s", "Verdicts/s", "Latency ms", "Workers"]
 
 class OperatorView(QWidget):
     def __init__(self, session: UserSession, services: Services, db: DbWorker, deadline_s: float,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, views: list[str] | None = None) -> None:
         super().__init__(parent)
+        self.views = list(views or [])  # parts.views: the last part is shown with all its views, counted per part
+        self.view_verdicts: OrderedDict[str, Verdict] = OrderedDict()
+        self.last_part: PartVerdict | None = None
         self.session, self.services, self.db = session, services, db
         self.counters = ShiftCounters()
         self.status = LiveStatus(deadline_s)
@@ -50,6 +53,19 @@ class OperatorView(QWidget):
         toggles.addStretch(1)
         left = QVBoxLayout()
         left.addWidget(self.image, 1)
+        self.view_images: dict[str, ImageView] = {}
+        self.view_labels: dict[str, QLabel] = {}
+        if self.views:
+            strip = QHBoxLayout()
+            for view in self.views:
+                box = QVBoxLayout()
+                self.view_images[view] = ImageView(min_side=140)
+                self.view_labels[view] = QLabel(f"{view}: –", alignment=Qt.AlignmentFlag.AlignCenter)
+                self.view_labels[view].setStyleSheet("font-size: 14px; font-weight: bold;")
+                box.addWidget(self.view_images[view], 1)
+                box.addWidget(self.view_labels[view])
+                strip.addLayout(box)
+            left.addLayout(strip)
         left.addLayout(toggles)
 
         self.indicator = DecisionIndicator()
@@ -58,6 +74,8 @@ class OperatorView(QWidget):
         self.part = QLabel("Part: –")
         self.part.setStyleSheet("font-size: 14px; color: #475569;")
         self.part.setWordWrap(True)
+        if self.views:
+            self.part.setMinimumHeight(self.part.fontMetrics().lineSpacing() * 3)  # part id, signal and the reasons
         self.counter_grid = KeyValueGrid(COUNTER_KEYS, point_size=16)
         self.counter_grid.set_rows(self.counters.rows())
         self.perf_grid = KeyValueGrid(PERF_KEYS, point_size=12)
@@ -103,10 +121,22 @@ class OperatorView(QWidget):
 
     def on_verdicts(self, verdicts: list[Verdict]) -> None:
         for v in verdicts:
-            self.counters.add(v.decision)
+            if self.views:  # counted per part (on_parts); kept to draw the part's views
+                self.view_verdicts[v.frame_id] = v
+                while len(self.view_verdicts) > 200:
+                    self.view_verdicts.popitem(last=False)
+            else:
+                self.counters.add(v.decision)
             self.status.on_verdict(v)
             self.verdict_rate.tick()
             self.last_verdict, self.last_verdict_t = v, time.monotonic()
+        self._dirty = True
+
+    def on_parts(self, parts: list[PartVerdict]) -> None:
+        """The line's part verdicts (parts.views): the shift counts parts, the view shows the last one."""
+        for p in parts:
+            self.counters.add(p.decision)
+            self.last_part = p
         self._dirty = True
 
     def on_health(self, health: Health) -> None:
@@ -141,6 +171,26 @@ class OperatorView(QWidget):
         self.image.set_rgb(compose(img, v, overlay))
         self.shown_frame_id = item.meta.frame_id if item is not None else None
         self._show_verdict(self.last_verdict)
+        if self.views:
+            self._show_part(self.last_part, overlay)
+
+    def _show_part(self, p: PartVerdict | None, overlay: Overlay) -> None:
+        """Every view of the last part, each drawn with its own verdict; the indicator shows the part's."""
+        self.counter_grid.set_rows(self.counters.rows())
+        if p is None:
+            return
+        for view in self.views:
+            result = p.views.get(view)
+            item = self.frames.get(result.frame_id) if result else None
+            verdict = self.view_verdicts.get(result.frame_id) if result else None
+            img = decode_frame(item.data) if item is not None else None
+            self.view_images[view].set_rgb(compose(img, verdict, overlay, size=(240, 240)))
+            text = f"{view}: {result.decision.value}" + (f" · {result.defect_class}" if result.defect_class else "") \
+                if result else f"{view}: MISSING"
+            self.view_labels[view].setText(text)
+        self.indicator.set_decision(p.decision.value)
+        self.defect.setText(f"Defect: {p.defect_class or '–'}" + (f" ({p.failed_view})" if p.failed_view else ""))
+        self.part.setText(f"Part {p.part_id} · {p.signal} ({p.reason})\n{'; '.join(p.reasons[:3])}")
 
     def _show_verdict(self, v: Verdict | None) -> None:
         self.counter_grid.set_rows(self.counters.rows())
