@@ -262,3 +262,22 @@ def test_frame_of_unknown_view_is_an_error_never_a_pass(station_config, redis_cl
                                           "one of them"]
     [part] = read_part_verdicts(redis_client, names)
     assert (part.signal, part.decision, part.failed_view) == ("REJECT", Decision.ERROR, "bottom")
+
+
+def test_one_camera_several_trigger_positions(station_config, redis_client, tiny_package) -> None:  # type: ignore[no-untyped-def]
+    """camera.views: one camera takes the views of each part in turn; the part changes after the last view."""
+    cfg = views_cfg(station_config, camera="cam1", views=["top", "side"])
+    good = _judged(cfg, tiny_package, Decision.PASS, ("good",))
+    cam = CameraPublisher(StationBus(redis_client, cfg), _Frames([good] * 4))
+    metas = [cam.publish(cam.source.read()) for _ in range(4)]
+    assert [(m.part_id, m.view) for m in metas] == [(part_id_of(1), "top"), (part_id_of(1), "side"),
+                                                    (part_id_of(2), "top"), (part_id_of(2), "side")]
+    cam2 = CameraPublisher(StationBus(redis_client, cfg), _Frames([good] * 2))  # a restarted camera keeps the count
+    assert [cam2.publish(cam2.source.read()).part_id for _ in range(2)] == [part_id_of(3)] * 2
+    worker = Worker(cfg, redis_client, load_model(cfg, tiny_package), name="w1")
+    with Line(cfg) as line:
+        cam3 = CameraPublisher(StationBus(redis_client, cfg), _Frames([good] * 2))
+        assert {cam3.publish(cam3.source.read()).part_id for _ in range(2)} == {part_id_of(4)}
+        worker.run(max_frames=8, idle_exit_s=2)
+        assert _wait(lambda: len(line.out.outcomes) >= 4, 5)
+    assert [(o.part.part_id, o.signal) for o in line.out.outcomes] == [(part_id_of(n), Signal.ACCEPT) for n in (1, 2, 3, 4)]
