@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 
 import redis
 
+from inspector.bus.streams import decode_message
 from inspector.contracts.config import StationConfig
+from inspector.contracts.errors import InspectorError
 from inspector.contracts.messages import Decision, FrameMeta, PartVerdict, Verdict, ViewResult
 from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
 from inspector.line.decider import LineDecider, Outcome, Part, Reason, Signal
@@ -222,6 +224,42 @@ class PartCommitter:
                              args=[verdict.id, self.cfg.retention.stream_max_age_s, self.cfg.redis.verdicts_maxlen,
                                    verdict.to_json()])
         return bool(fresh)
+
+
+def replay_recent(client: redis.Redis, names: Names, decider: PartDecider) -> list[PartOutcome]:
+    """What a previous line process read but may not have decided (its parts live only in its memory): the frames
+    and verdicts of the last deadline (+ 2 s), up to where the line's group has read, fed to ``decider`` again.
+    Parts it did decide are decided again and refused by their done key (no second signal); the others get
+    their one outcome now or at their deadline."""
+    since_ms = int((decider.clock() - decider.deadline_s - 2.0) * 1000)
+    out: list[PartOutcome] = []
+    for stream in (names.frames, names.verdicts):
+        try:
+            groups = {_text(g["name"]): g for g in client.xinfo_groups(stream)}
+        except redis.ResponseError:
+            continue  # no stream yet
+        group = groups.get(names.line_group)
+        if group is None:
+            continue
+        last = _text(group["last-delivered-id"])
+        if last in ("0-0", "0"):
+            continue
+        for _eid, fields in client.xrange(stream, f"{since_ms}-0", last):
+            try:
+                msg = decode_message((fields or {}).get(STREAM_FIELD_MESSAGE))
+            except (InspectorError, ValueError):
+                continue
+            if isinstance(msg, FrameMeta):
+                decider.register(msg)
+            elif isinstance(msg, Verdict):
+                decided = decider.on_verdict(msg)
+                if decided is not None:
+                    out.append(decided)
+    return out
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def read_part_verdicts(client: redis.Redis, names: Names) -> list[PartVerdict]:

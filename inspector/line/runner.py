@@ -26,7 +26,7 @@ from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
 from inspector.line.decider import LineDecider, Outcome, Part
 from inspector.line.health import REDIS_ERRORS, Health, HealthProbe, camera_silence_s, fast_client
 from inspector.line.outputs import LineOutput, outputs_from_config
-from inspector.line.parts import PartCommitter, PartDecider, PartOutcome
+from inspector.line.parts import PartCommitter, PartDecider, PartOutcome, replay_recent
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class LineRunner:
         if cfg.parts.views:  # several views per part: one outcome per part, its part verdict committed once
             self.decider = PartDecider(cfg.parts.views, cfg.line.deadline_ms / 1000, cfg.station.id, clock=clock)
             self.parts = PartCommitter(self.client, cfg)
+        self._replayed = False
         self.clock = clock
         self.probe = HealthProbe(self.client, self.names, cfg.camera.id, camera_silence_s(cfg), cfg.line.require_camera)
         self.health: Health | None = None
@@ -80,6 +81,9 @@ class LineRunner:
         outcomes: list[Outcome] = []
         try:
             self._ensure_groups()
+            if self.parts is not None and not self._replayed:  # parts a previous line process held in memory
+                outcomes += replay_recent(self.client, self.names, self.decider)  # type: ignore[arg-type]
+                self._replayed = True
             outcomes += self._read(self._block_ms(max_block_ms))
         except REDIS_ERRORS as err:
             log.warning("line runner: Redis unreachable (%s); deadlines still enforced", err)

@@ -281,3 +281,32 @@ def test_one_camera_several_trigger_positions(station_config, redis_client, tiny
         worker.run(max_frames=8, idle_exit_s=2)
         assert _wait(lambda: len(line.out.outcomes) >= 4, 5)
     assert [(o.part.part_id, o.signal) for o in line.out.outcomes] == [(part_id_of(n), Signal.ACCEPT) for n in (1, 2, 3, 4)]
+
+
+def test_restarted_line_finishes_the_parts_the_dead_one_held(station_config, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """A line process dies holding a part with one view in: the next one replays the recent verdicts and gives that
+    part its one verdict; the part the dead one had already decided gets no second one."""
+    cfg = views_cfg(station_config, deadline_ms=3000)
+    names = Names(cfg.redis.prefix, cfg.station.id)
+    bus = StationBus(redis_client, cfg)
+
+    def verdict(part: str, view: str, decision: Decision) -> None:
+        v = _verdict(part, view, decision, time.time()).model_copy(update={"station": cfg.station.id})
+        assert bus.commit_verdicts([(v, "")]) == [True]
+
+    first = Line(cfg)
+    with first:
+        verdict("part-a", "top", Decision.PASS)
+        verdict("part-a", "side", Decision.FAIL)  # decided by the first line process
+        verdict("part-b", "top", Decision.PASS)  # part-b is held in its memory when it dies
+        assert _wait(lambda: len(first.out.outcomes) == 1 and first.runner.decider.pending == 1, 5)
+    second = Line(cfg)
+    with second:
+        assert _wait(lambda: second.runner.decider.pending == 1, 5), "the held part was replayed"
+        verdict("part-b", "side", Decision.PASS)
+        assert _wait(lambda: len(second.out.outcomes) == 1, 5)
+        time.sleep(0.3)
+    assert [(o.part.part_id, o.signal) for o in second.out.outcomes] == [("part-b", Signal.ACCEPT)]
+    parts = read_part_verdicts(redis_client, names)
+    assert sorted((p.part_id, p.decision) for p in parts) == [("part-a", Decision.FAIL), ("part-b", Decision.PASS)]
+    assert set(parts[-1].views) == {"top", "side"}
