@@ -8,14 +8,15 @@ beside the verdict recorder when ``parts.views`` is set (:func:`inspector.statio
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
-from sqlalchemy import Table
+from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
-from inspector.contracts.config import StationConfig
+from inspector.contracts.config import RetentionSection, StationConfig
 from inspector.contracts.messages import PartVerdict
 from inspector.contracts.names import Names
 from inspector.store.db import Store
@@ -43,6 +44,23 @@ def insert_part_verdicts(s: Session, verdicts: Sequence[PartVerdict]) -> int:
     rows = list({v.part_id: part_row(v) for v in verdicts}.values())
     result = s.execute(insert_ignore(s, PART_TABLE, "part_id"), rows)
     return max(result.rowcount, 0) if result.rowcount is not None else 0
+
+
+def delete_old_part_verdicts(store: Store, section: RetentionSection, now: float | None = None) -> int:
+    """Delete part rows captured more than ``retention.verdict_rows_max_age_s`` ago (retention's pass)."""
+    if section.verdict_rows_max_age_s <= 0:
+        return 0
+    cutoff = (time.time() if now is None else now) - section.verdict_rows_max_age_s
+    total = 0
+    while True:
+        with store.session() as s:
+            ids = list(s.scalars(select(PartVerdictRow.id).where(PartVerdictRow.captured_at < cutoff)
+                                 .limit(section.delete_batch)))
+            if ids:
+                s.execute(delete(PartVerdictRow).where(PartVerdictRow.id.in_(ids)))
+        total += len(ids)
+        if len(ids) < section.delete_batch:
+            return total
 
 
 class PartRecorder(VerdictRecorder):

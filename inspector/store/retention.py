@@ -38,6 +38,7 @@ from inspector.contracts.config import RetentionSection, StationConfig
 from inspector.contracts.names import Names
 from inspector.store.db import Store
 from inspector.store.models import ReviewItemRow, VerdictRow
+from inspector.store.part_recorder import delete_old_part_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,12 @@ class RetentionReport:
     images: int = 0
     image_bytes: int = 0
     review_items: int = 0
+    part_rows: int = 0  # part_verdicts rows (parts.views), same age as verdict rows
     seconds: float = 0.0
 
     def __str__(self) -> str:
         streams = ", ".join(f"{k} {v}" for k, v in self.stream_entries.items())
-        return (f"retention: trimmed stream entries ({streams}), {self.verdict_rows} verdict rows, {self.images} "
+        return (f"retention: trimmed stream entries ({streams}), {self.verdict_rows} verdict rows, {self.part_rows} part rows, {self.images} "
                 f"images ({self.image_bytes / 1e6:.1f} MB), {self.review_items} pending review items, {self.seconds:.2f} s")
 
 
@@ -187,7 +189,7 @@ class Retention:
     def streams(self) -> dict[str, tuple[str, ...]]:
         """Each trimmed stream with the groups whose unread or pending entries it keeps."""
         n = self.names
-        return {n.verdicts: (n.store_group,), n.events: (n.retrain_trigger_group,), n.review: ()}
+        return {n.verdicts: (n.store_group,), n.events: (n.retrain_trigger_group,), n.review: (), n.parts: (n.store_group,)}
 
     def run_once(self, now: float | None = None) -> RetentionReport:
         t0 = time.monotonic()
@@ -196,6 +198,7 @@ class Retention:
             report.stream_entries[stream.rsplit(":", 1)[-1]] = trim_stream(
                 self.client, stream, self.section.stream_max_age_s, protect, now)
         report.verdict_rows = delete_old_verdicts(self.store, self.section, now)
+        report.part_rows = delete_old_part_verdicts(self.store, self.section, now)
         report.images, report.image_bytes, report.review_items = prune_archive(self.store, self.archive, self.section, now)
         report.seconds = time.monotonic() - t0
         self.last = report

@@ -310,3 +310,26 @@ def test_restarted_line_finishes_the_parts_the_dead_one_held(station_config, red
     parts = read_part_verdicts(redis_client, names)
     assert sorted((p.part_id, p.decision) for p in parts) == [("part-a", Decision.FAIL), ("part-b", Decision.PASS)]
     assert set(parts[-1].views) == {"top", "side"}
+
+
+def test_retention_prunes_old_part_rows_and_trims_the_parts_stream(station_config, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from inspector.archive import Archive
+    from inspector.contracts.messages import PartVerdict
+    from inspector.store.part_recorder import insert_part_verdicts
+    from inspector.store.retention import Retention
+
+    cfg = views_cfg(station_config)
+    cfg.retention.verdict_rows_max_age_s, cfg.retention.delete_batch = 3600.0, 100
+    now = time.time()
+    store = open_store(cfg)
+    parts = [PartVerdict(station=cfg.station.id, part_id=f"part-{i}", decision=Decision.PASS, reject=False,
+                         signal="ACCEPT", reason="pass", captured_at=now - (7200 if i < 150 else 10), decided_at=now)
+             for i in range(160)]
+    with store.session() as s:
+        assert insert_part_verdicts(s, parts) == 160
+        assert insert_part_verdicts(s, parts[:5]) == 0  # a part is recorded once
+    report = Retention(cfg, redis_client, store, Archive.for_data_dir(cfg.data_dir)).run_once(now)
+    assert report.part_rows == 150 and "150 part rows" in str(report)
+    with store.session() as s:
+        assert sorted(r.part_id for r in s.query(PartVerdictRow)) == sorted(f"part-{i}" for i in range(150, 160))
+    store.close()
