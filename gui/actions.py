@@ -216,3 +216,48 @@ def active_reference(cfg: StationConfig, store: Store | None = None) -> ActiveRe
     if ref.empty:
         return ActiveReference(version, None, f"package {version} has no drift reference")
     return ActiveReference(version, ref)
+
+
+# --------------------------------------------------------------------------- products and shadow mode
+
+
+def line_product(cfg: StationConfig) -> str | None:
+    """The product on the line now (None: the station makes one product)."""
+    from inspector.products import current_product
+
+    client = _client(cfg)
+    try:
+        return current_product(client, cfg)
+    finally:
+        client.close()
+
+
+def change_over(cfg: StationConfig, store: Store, actor: str, product: str, role: str = "maintenance") -> str:
+    """Switch the line to ``product`` (refused for a product the station does not make); audited."""
+    from inspector.products import switch_product
+
+    client = _client(cfg)
+    try:
+        previous = switch_product(cfg, client, store, product, actor, role, source="gui")
+    finally:
+        client.close()
+    return f"{previous} -> {product}"
+
+
+def start_shadow(cfg: StationConfig, store: Store, actor: str, version: str, role: str = "maintenance") -> str:
+    """Judge live frames with ``version`` in shadow (registered, hash checked, never the active one); audited."""
+    from inspector.shadow_cli import start_shadow as start
+
+    client = _client(cfg)
+    try:
+        start(cfg, client, store, version, actor, role)
+    finally:
+        client.close()
+    return version
+
+
+def shadow_report(store: Store, version: str) -> Any:
+    """How ``version`` judged live frames in shadow beside the active model (inspector.store.shadow.ShadowReport)."""
+    from inspector.store.shadow import shadow_report as report
+
+    return report(store, version, max_differences=20)

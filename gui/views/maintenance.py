@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 from gui import actions
 from gui.services import Services
 from gui.state import DRIFT_STATS, DRIFT_TITLES, DriftSeries, UserSession
+from gui.views.lineup import LineupPanel
 from gui.workers import DbWorker
 from inspector.contracts.config import StationConfig
 from inspector.contracts.lifecycle import ModelStatus
@@ -163,6 +164,9 @@ class MaintenanceView(QWidget):
         for b in (self.approve_button, self.promote_button, self.rollback_button):
             mrow.addWidget(b)
         rv.addLayout(mrow)
+        self.lineup = LineupPanel(self.cfg, self.session, self.services, self.db, self._selected_version, self._say)
+        rv.addWidget(_heading("Line-up — product on the line, shadow candidate"))
+        rv.addWidget(self.lineup, 1)
 
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
@@ -265,6 +269,10 @@ class MaintenanceView(QWidget):
                "promote": lambda: actions.promote_model(self.services.store, actor, version or "", self.cfg, role),
                "rollback": lambda: actions.rollback_model(self.services.store, actor, self.cfg, role)}
         self._run(fns[kind], f"Model {kind} done ({{}}).", refresh=True)
+
+    def _say(self, text: str, ok: bool) -> None:
+        self.message.setText(text)
+        self.message.setStyleSheet(f"color:{'#15803d' if ok else '#b91c1c'}; font-weight:bold;")
 
     def _run(self, fn: Any, ok_text: str, refresh: bool = False) -> None:
         def done(result: object) -> None:

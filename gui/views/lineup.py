@@ -1,0 +1,150 @@
+"""The maintenance view's panel for what runs on the line: the product (changeover) and a shadow candidate.
+
+Changeover switches the product whose model judges the frames from the next one on; shadow mode judges live
+frames with the selected model version beside the active one (never on the line) and shows how they agree,
+the parts where they differ and the candidate's latency, read from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from gui import actions
+from gui.services import Services
+from gui.state import UserSession
+from gui.workers import DbWorker
+from inspector.contracts.config import StationConfig
+
+REPORT_ROWS = ("frames judged in shadow", "compared with the active verdict", "same decision",
+               "same line outcome", "frames that differ", "candidate model time p50 / p99 (ms)",
+               "active capture→decision p50 / p99 (ms)")
+
+
+class LineupPanel(QWidget):
+    def __init__(self, cfg: StationConfig, session: UserSession, services: Services, db: DbWorker,
+                 selected_version: Callable[[], str | None], say: Callable[[str, bool], None],
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.cfg, self.session, self.services, self.db = cfg, session, services, db
+        self.selected_version, self.say = selected_version, say
+        self.product_label = QLabel("Product: this station makes one product" if not cfg.products else "Product: …")
+        self.products = QComboBox()
+        self.products.addItems(list(cfg.products))
+        self.change_button = QPushButton("Change over…", clicked=self.change_over)
+        for w in (self.products, self.change_button):
+            w.setVisible(bool(cfg.products))
+        self.change_button.setEnabled(session.can("product.switch"))
+        self.shadow_button = QPushButton("Shadow selected version…", clicked=self.shadow_selected)
+        self.shadow_button.setEnabled(session.can("model.shadow"))
+        self.report_button = QPushButton("Shadow report of selected", clicked=self.refresh_report)
+        self.report = QTableWidget(len(REPORT_ROWS), 2)
+        self.report.setHorizontalHeaderLabels(["", "value"])
+        self.report.verticalHeader().setVisible(False)
+        for r, name in enumerate(REPORT_ROWS):
+            self.report.setItem(r, 0, QTableWidgetItem(name))
+        self.report.horizontalHeader().setStretchLastSection(True)
+        self.report.setColumnWidth(0, 215)
+        self.report.setMinimumHeight(200)
+        self.differences = QTableWidget(0, 3)
+        self.differences.setHorizontalHeaderLabels(["Part", "Active", "Candidate"])
+        self.differences.horizontalHeader().setStretchLastSection(True)
+        self.differences.setMinimumHeight(200)
+        self.last_report: Any = None
+
+        root = QVBoxLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(self.product_label, 1)
+        row.addWidget(self.products)
+        row.addWidget(self.change_button)
+        root.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(self.shadow_button)
+        row.addWidget(self.report_button)
+        root.addLayout(row)
+        body = QHBoxLayout()
+        body.addWidget(self.report, 1)
+        body.addWidget(self.differences, 1)
+        root.addLayout(body)
+        self.refresh_product()
+
+    def confirm(self, title: str, text: str) -> bool:  # replaced in tests
+        from PySide6.QtWidgets import QMessageBox
+
+        return QMessageBox.question(self, title, text) == QMessageBox.StandardButton.Yes
+
+    # ------------------------------------------------------------------ product
+    def refresh_product(self) -> None:
+        if self.cfg.products:
+            self.db.submit(lambda: actions.line_product(self.cfg), self._show_product,
+                           lambda msg: self.product_label.setText(f"Product: unknown ({msg})"))
+
+    def _show_product(self, product: str | None) -> None:
+        self.product_label.setText(f"Product on the line: {product}")
+        if product is not None:
+            self.products.setCurrentText(product)
+
+    def change_over(self) -> None:
+        self.session.require("product.switch")
+        product = self.products.currentText()
+        if not self.confirm("Confirm changeover", f"Change the line over to {product}? Its model judges the "
+                                                  "frames from the next one on."):
+            return
+        self.db.submit(lambda: actions.change_over(self.cfg, self.services.store, self.session.actor, product,
+                                                   self.session.role.value),
+                       lambda text: (self.say(f"Changeover: {text}.", True), self.refresh_product()),
+                       lambda msg: self.say(f"Changeover failed: {msg}", False))
+
+    # ------------------------------------------------------------------ shadow
+    def shadow_selected(self) -> None:
+        self.session.require("model.shadow")
+        version = self.selected_version()
+        if version is None:
+            self.say("Select a model version first.", False)
+            return
+        if not self.confirm("Confirm shadow mode", f"Judge live frames with {version} in shadow? Its verdicts are "
+                                                   "stored, never sent to the line."):
+            return
+        self.db.submit(lambda: actions.start_shadow(self.cfg, self.services.store, self.session.actor, version,
+                                                    self.session.role.value),
+                       lambda v: self.say(f"{v} judges live frames in shadow.", True),
+                       lambda msg: self.say(f"Shadow mode refused: {msg}", False))
+
+    def refresh_report(self) -> None:
+        version = self.selected_version()
+        if version is None:
+            self.say("Select a model version first.", False)
+            return
+        self.db.submit(lambda: actions.shadow_report(self.services.store, version), self._show_report,
+                       lambda msg: self.say(f"Could not read the shadow report: {msg}", False))
+
+    def _show_report(self, rep: Any) -> None:
+        self.last_report = rep
+
+        def pct(x: float | None) -> str:
+            return "–" if x is None else f"{100 * x:.2f} %"
+
+        def pair(d: dict[str, float]) -> str:
+            return f"{d['p50']} / {d['p99']}" if d.get("p50") is not None else "–"
+
+        values = [str(rep.judged), str(rep.compared), pct(rep.decision_agreement), pct(rep.line_agreement),
+                  str(rep.differing), pair(rep.candidate_infer_ms), pair(rep.active_latency_ms)]
+        for r, text in enumerate(values):
+            self.report.setItem(r, 1, QTableWidgetItem(text))
+        self.differences.setRowCount(len(rep.differences))
+        for r, d in enumerate(rep.differences):
+            cells = [d.part_id, f"{d.active_decision} {d.active_class or ''}".strip(),
+                     f"{d.shadow_decision} {d.shadow_class or ''}".strip()]
+            for c, text in enumerate(cells):
+                self.differences.setItem(r, c, QTableWidgetItem(text))
