@@ -153,6 +153,7 @@ class ReviewRequest(Message):
     model_version: str | None = None
     class_probs: dict[str, float] | None = None
     anomaly_score: float | None = None
+    product: str | None = Field(None, description="The frame's product: each product has its own review queue.")
 
 
 class ReviewJob(Message):

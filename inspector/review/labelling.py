@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from inspector.archive import Archive, normalise_ext
@@ -113,8 +113,9 @@ def _check_user(user: str) -> str:
 
 class LabellingService:
     def __init__(self, store: Store, archive: Archive, lease_s: float = 300.0,
-                 classes: set[str] | None = None) -> None:
+                 classes: set[str] | None = None, product: str | None = None) -> None:
         self.store, self.archive, self.lease_s = store, archive, lease_s
+        self.product = product  # set: this product's queue and labelled frames only (None: every product)
         self.classes = None if classes is None else set(classes) | {GOOD, UNSURE}
 
     # -- queue -----------------------------------------------------------------------------------
@@ -129,7 +130,8 @@ class LabellingService:
     def _available(self, user: str, t: float) -> Any:
         skipped = exists().where(and_(ReviewSkipRow.item_id == ReviewItemRow.id, ReviewSkipRow.user == user))
         expired = and_(ReviewItemRow.status == "leased", ReviewItemRow.lease_expires < t)
-        return and_(or_(ReviewItemRow.status == "pending", expired), ~skipped)
+        mine = ReviewItemRow.product == self.product if self.product is not None else true()
+        return and_(or_(ReviewItemRow.status == "pending", expired), ~skipped, mine)
 
     def lease_next(self, user: str) -> ReviewItemView | None:
         """The next item for ``user`` (held for lease_s), or None when the queue is empty for them."""
@@ -320,7 +322,8 @@ class LabellingService:
             raise LabelError(f"frame {frame_id} has no recorded verdict", "wait for the recorder, or check the id")
         req = ReviewRequest(station=v.station, frame_id=frame_id, part_id=v.part_id, camera=v.camera,
                             reasons=[reason], priority=priority, image_sha256=sha, decision=Decision(v.decision),
-                            model_version=v.model_version, class_probs=v.class_probs, anomaly_score=v.anomaly_score)
+                            model_version=v.model_version, class_probs=v.class_probs, anomaly_score=v.anomaly_score,
+                            product=v.product)
         item = ReviewItemRow(**review_item_row(req, ext, v.defect_class))
         s.add(item)
         return item
@@ -360,6 +363,8 @@ class LabellingService:
     def _export_plan(self, layout: str) -> tuple[dict[str, str], dict[str, int]]:
         q = select(LabelRow.label, ReviewItemRow.image_sha256).outerjoin(
             ReviewItemRow, ReviewItemRow.frame_id == LabelRow.frame_id).where(LabelRow.is_current.is_(True))
+        if self.product is not None:  # one product's training data: its frames' verdicts name it
+            q = q.join(VerdictRow, VerdictRow.frame_id == LabelRow.frame_id).where(VerdictRow.product == self.product)
         files: dict[str, str] = {}
         skipped = {"unsure": 0, "no_image": 0}
         with self.store.session() as s:

@@ -93,6 +93,7 @@ class ReviewRouter:
             station=verdict.station, frame_id=verdict.frame_id, part_id=verdict.part_id, camera=verdict.camera,
             reasons=job.reasons, priority=job.priority, image_sha256=sha, decision=verdict.decision,
             model_version=verdict.model_version, class_probs=verdict.class_probs, anomaly_score=verdict.anomaly_score,
+            product=verdict.product,
         )
         add_review_item(self.store, req, image_ext=ext, defect_class=verdict.defect_class)
         self.client.xadd(self.names.review, {STREAM_FIELD_MESSAGE: req.to_json()},

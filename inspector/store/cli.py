@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from inspector.archive import Archive
 from inspector.contracts.config import StationConfig, load_config
+from inspector.contracts.errors import InspectorError
 from inspector.contracts.lifecycle import Action
 from inspector.review.labelling import LabelError, LabellingService
 from inspector.store.db import Store, open_store
@@ -49,8 +50,15 @@ def _labeller(cfg: StationConfig, store: Store, action: Action, user: str | None
         raise typer.Exit(2) from None
 
 
-def _service(cfg: StationConfig, store: Store) -> LabellingService:
-    return LabellingService(store, Archive.for_data_dir(cfg.station.data_dir), cfg.review.lease_s)
+def _service(cfg: StationConfig, store: Store, product: str | None = None) -> LabellingService:
+    if product is not None and product not in cfg.products:
+        raise InspectorError(f"product {product!r} is not configured: the station makes "
+                             f"{', '.join(cfg.products) or 'one product (no products:)'}", "pass a configured --product")
+    return LabellingService(store, Archive.for_data_dir(cfg.station.data_dir), cfg.review.lease_s, product=product)
+
+
+ProductOpt = Annotated[str | None, typer.Option("--product", help="Only this product's items (its own review "
+                                                                  "queue and training data).")]
 
 
 @audit_app.command("verify")
@@ -122,11 +130,11 @@ def review_stats(config: ConfigOpt = None) -> None:
 
 
 @review_app.command("next")
-def review_next(user: UserOpt = None, config: ConfigOpt = None) -> None:
+def review_next(user: UserOpt = None, config: ConfigOpt = None, product: ProductOpt = None) -> None:
     """Lease the next item to you and show it."""
     cfg, store = _open(config)
     user = _labeller(cfg, store, Action.LABEL, user, "review.next")
-    item = _service(cfg, store).lease_next(user)
+    item = _service(cfg, store, product).lease_next(user)
     store.close()
     if item is None:
         _console().print("queue empty")
@@ -158,12 +166,12 @@ def review_label(item: int, label: str, user: UserOpt = None,
 
 @review_app.command("export")
 def review_export(out: Path, layout: Annotated[str, typer.Option(help="classification or anomaly")] = "classification",
-                  config: ConfigOpt = None) -> None:
+                  config: ConfigOpt = None, product: ProductOpt = None) -> None:
     """Export labelled frames into OUT in the trainer's folder layout, as a hashed dataset version."""
     cfg, store = _open(config)
     _labeller(cfg, store, Action.EXPORT, None, str(out))
     try:
-        dv = _service(cfg, store).export_dataset(out, layout)
+        dv = _service(cfg, store, product).export_dataset(out, layout)
     except LabelError as err:
         _console().print(f"[red]{err}[/red]")
         raise typer.Exit(1) from None

@@ -75,6 +75,7 @@ class ReviewItemRow(Base):
     model_version: Mapped[str | None] = mapped_column(String(128))
     image_sha256: Mapped[str | None] = mapped_column(String(64))
     image_ext: Mapped[str | None] = mapped_column(String(8))
+    product: Mapped[str | None] = mapped_column(String(64), index=True)  # 0006: each product has its own queue
     status: Mapped[str] = mapped_column(String(16), default="pending")
     leased_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires: Mapped[float | None] = mapped_column(Float)

@@ -62,6 +62,7 @@ def review_item_row(req: ReviewRequest, image_ext: str | None = None, defect_cla
         "priority": req.priority, "reasons": list(req.reasons), "decision": req.decision.value,
         "defect_class": defect_class, "class_probs": req.class_probs, "anomaly_score": req.anomaly_score,
         "model_version": req.model_version, "image_sha256": req.image_sha256, "image_ext": image_ext,
+        "product": req.product,
         "status": "pending", "leased_by": None, "lease_expires": None, "created_at": req.ts, "updated_at": t,
     }
 
