@@ -15,7 +15,9 @@ A frame whose publish the dead master acknowledged but had not yet replicated is
 publish does not WAIT): it has no verdict, so the line rejects that part; such frames are counted
 (``lost_in_failover``) and allowed only within a second before the kill.
 
-The workers are the station's Worker class, in threads of the test, so the test can keep the ledger of what
+The line is the station's LineRunner (its own Sentinel client, a memory output), checked the same way: one
+signal per part, ACCEPT only on a PASS, none in the election before the new master answered. The workers
+are the station's Worker class, in threads of the test, so the test can keep the ledger of what
 each was told was acknowledged; ``tests/bus/test_sentinel.py`` runs ``inspector worker`` as a process through
 Sentinel. Figures printed: election time, time closed, parts rejected while closed, commit latency p50/p99
 with and without WAIT.
@@ -33,6 +35,8 @@ from inspector.bus.connection import connect
 from inspector.bus.streams import StationBus
 from inspector.contracts.messages import Decision, Verdict
 from inspector.contracts.names import Names
+from inspector.line.outputs import MemoryOutput
+from inspector.line.runner import LineRunner
 from inspector.worker import Worker
 from tests.bus.sentinel_cluster import SentinelCluster
 from tests.faults.harness import Camera, frame_pool, station, wait_for, wait_settled
@@ -95,6 +99,7 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
     cluster = SentinelCluster(tmp_path / "cluster").start()
     workers: list[TrackedWorker] = []
     cam: Camera | None = None
+    line: LineRunner | None = None
     try:
         cfg = station("", tmp_path / "st", package,
                       redis={"url": None, **cluster.redis_section(wait_replicas=wait_replicas, wait_timeout_ms=250)})
@@ -109,6 +114,12 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
         workers = [TrackedWorker(cfg, f"w{i}", acked, lock) for i in range(2)]
         for w in workers:
             w.thread.start()
+        # the station's line runner on its own Sentinel client (fast_client, as `inspector line` makes it)
+        line_out = MemoryOutput()
+        line = LineRunner(cfg, outputs=[line_out])
+        line._ensure_groups()  # its groups start at "$": before the first frame
+        line_thread = threading.Thread(target=line.run, daemon=True)
+        line_thread.start()
         assert wait_for(lambda: len(client.keys(names.heartbeat_pattern)) >= 2, 60)
         cam = Camera(cfg, frame_pool(), fps, give_up_s=1.0)
         cam.start(duration_s=before_s + after_s)
@@ -125,6 +136,9 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
         t_replica = time.time()
         cam.join(before_s + after_s + 60)
         settled = wait_settled(client, cfg, timeout=60)
+        time.sleep(cfg.line.deadline_ms / 1000 + 0.5)  # the line's last deadlines pass
+        line.stop()
+        line_thread.join(10)
         for w in workers:
             w.stop()
         alive = [w.worker.name for w in workers if w.thread.is_alive()]
@@ -155,6 +169,26 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
         # a part captured in the election's last moment may pass on a PASS the new master committed in time;
         # every other part of the election must be rejected: nothing passes while no master answers
         passed_blind = [m.id for m in in_election if m.id in accepted and committed_at[m.id] < t_elected]
+        # the real line runner: one signal per part it saw, ACCEPT only on a PASS, none blind in the election
+        signals: dict[str, list[str]] = {}
+        for o in line_out.outcomes:
+            signals.setdefault(o.part.frame_id, []).append(o.signal.value)
+        line_accepted = {f for f, sig in signals.items() if sig == ["ACCEPT"]}
+        passes = {v.frame_id for v, _ in entries if v.decision is Decision.PASS}
+        line_blind = [m.id for m in in_election if m.id in line_accepted and committed_at.get(m.id, 0) < t_elected]
+        hist = line_out.ready_history
+
+        def ready_at(t: float) -> bool:
+            before = [r for when, r, _why in hist if when <= t]
+            return bool(before and before[-1])
+
+        down = t_kill if not ready_at(t_kill) else next((t for t, r, _w in hist if not r and t >= t_kill), float("nan"))
+        back = next((t for t, r, _w in hist if r and t > down), float("nan"))
+        ready_in_election = [round(t - t_kill, 2) for t, r, _w in hist if r and down < t < t_elected]
+        print(f"SENTINEL_LINE ready_down_after_s={down - t_kill:.2f} ready_again_after_s={back - t_kill:.2f} "
+              f"parts={len(signals)} accept={line.counts['accept']} reject={line.counts['reject']} "
+              f"election_parts_seen={sum(m.id in signals for m in in_election)} "
+              f"election_rejected={sum(signals.get(m.id) == ['REJECT'] for m in in_election)}")
         print(f"SENTINEL_FAILOVER wait_replicas={wait_replicas} election_s={t_elected - t_kill:.2f} "
               f"replica_back_s={t_replica - t_kill:.2f} parts_in_election={len(in_election)} "
               f"rejected_in_election={sum(m.id not in accepted for m in in_election)} "
@@ -169,6 +203,14 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
         assert all(m.id not in accepted for m in in_election if m.captured_at <= t_kill + late), \
             "the line accepted a part captured with no master to commit its verdict in time"
         assert rep.accepted > 0, "the line accepted nothing: the station never ran"
+        assert all(len(sig) == 1 for sig in signals.values()), "the line runner signalled a part twice"
+        assert set(signals) >= set(cam.ledger.sent) - {m.id for m in gone}, "the line runner missed parts sent"
+        assert line_accepted <= passes, "the line runner accepted a part without a PASS verdict"
+        assert not line_blind, f"the line runner accepted parts while no master answered: {line_blind[:3]}"
+        assert line.counts["accept"] > 0
+        assert down - t_kill <= 1.5 and not ready_in_election, \
+            f"the line was ready with no master: {[(round(t - t_kill, 2), r, w) for t, r, w in hist]}"
+        assert back == back, "the line never became ready again after the failover"
         assert first_ack_after == first_ack_after, "no verdict acknowledged after the election: the station never resumed"
         if wait_replicas:
             assert not lost_acked, f"{len(lost_acked)} acknowledged verdicts lost in the failover: {lost_acked[:3]}"
@@ -176,6 +218,8 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
     finally:
         if cam is not None:
             cam.stop()
+        if line is not None:
+            line.stop()
         for w in workers:
             if w.thread.is_alive():
                 w.worker.stop()
