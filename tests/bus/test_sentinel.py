@@ -278,3 +278,24 @@ def test_station_keys_share_one_cluster_slot_and_rq_keys_do_not() -> None:
     cfg = parse_config({"station": {"id": "line1"}}, environ={})
     rq_keys = [f"rq:queue:{queue_name(cfg)}", "rq:job:0123", "rq:queues"]
     assert all(key_slot(k.encode()) != next(iter(slots.values())) for k in rq_keys)
+
+
+def test_supervisor_and_validate_config_with_sentinel(cluster: SentinelCluster, tmp_path: Path) -> None:
+    """`inspector station run` starts no embedded Redis for a Sentinel station (it waits for the master the
+    sentinels name), and neither it nor `validate-config` prints a password."""
+    from inspector.station.supervisor import Supervisor
+
+    cfg = _cfg(cluster, tmp_path)
+    said: list[str] = []
+    sup = Supervisor(cfg, None, say=said.append, specs=[])
+    sup._start_redis()
+    assert sup.redis is None and not (Path(cfg.station.data_dir) / "redis").exists()
+    assert any("redis+sentinel://127.0.0.1:" in line and "answers" in line for line in said), said
+    assert "redis+sentinel://" in str(sup.table()["redis"])
+    config = write_config(cfg, tmp_path)
+    out = subprocess.run([sys.executable, "-m", "inspector.cli", "validate-config", str(config)], capture_output=True,
+                         text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "sentinel master inspector via 127.0.0.1:" in " ".join(out.stdout.split())
+    text = out.stdout + out.stderr + " ".join(said) + str(sup.table())
+    assert cluster.redis_section()["password"] not in text and "sentinel-secret-pw" not in text
