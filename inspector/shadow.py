@@ -97,6 +97,9 @@ class ShadowRunner:
         self._next_poll = 0.0
         self._next_match = 0.0
         self._next_read = 0.0
+        self._next_flush = 0.0
+        self._rows: list[dict[str, object]] = []
+        self._acks: list[str] = []
         self.stop_event = threading.Event()
         self.bus.ensure_group(self.names.frames, self.group, start="$")
 
@@ -134,6 +137,7 @@ class ShadowRunner:
         log.info("shadow %s: judging live frames with %s (never sent to the line)", self.name, version)
 
     def _unload(self) -> None:
+        self.flush(force=True)
         if self.model is not None:
             self.model.close()
         self.model, self.pointer = None, None
@@ -167,6 +171,10 @@ class ShadowRunner:
                 if max_frames is not None and self.counts["judged"] >= max_frames:
                     break
         finally:
+            try:
+                self.flush(force=True)
+            except Exception:  # noqa: BLE001 - unflushed frames stay pending; a restart skips them (live only)
+                log.exception("shadow %s: last rows not written", self.name)
             self.heartbeat.stop()
             self._unload()
         return dict(self.counts)
@@ -195,6 +203,7 @@ class ShadowRunner:
             n += self._judge(entries)
             if len(entries) < self.cfg.shadow.max_batch:
                 break
+        self.flush()
         if now >= self._next_match:
             self._next_match = now + MATCH_AFTER_S
             self._save_differing()
@@ -245,10 +254,20 @@ class ShadowRunner:
                 result = decide(out.class_probs, out.anomaly_score, self.cfg.policy, out.classifier_decides)
                 rows.append(self._row(meta, result.decision, result.defect_class, out.anomaly_score, per_frame, None))
                 self._remember(meta, entry.image)
-        record_shadow_verdicts(self.store, rows)
-        self.bus.r.xack(self.names.frames, self.group, *[e.entry_id for e in entries])
+        self._rows += rows
+        self._acks += [e.entry_id for e in entries]
         self.counts["judged"] += len(rows)
         return len(rows)
+
+    def flush(self, force: bool = False) -> None:
+        """Write the judged rows in one transaction, then acknowledge their frames (at most every flush_s:
+        the shadow's database and Redis writes stay few beside the line's own fsynced ones)."""
+        if not self._acks or (not force and time.monotonic() < self._next_flush):
+            return
+        record_shadow_verdicts(self.store, self._rows)
+        self.bus.r.xack(self.names.frames, self.group, *self._acks)
+        self._rows, self._acks = [], []
+        self._next_flush = time.monotonic() + self.cfg.shadow.flush_s
 
     def _row(self, meta: FrameMeta, decision: Decision, defect_class: str | None, score: float | None,
              infer_ms: float | None, error: str | None) -> dict[str, object]:

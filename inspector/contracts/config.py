@@ -540,6 +540,9 @@ class ShadowSection(Section):
     poll_ms: float = Field(
         500, ge=10, le=60_000, description="The shadow reads the frames that arrived every poll_ms, in one batch: few "
                                            "Redis and database writes (each one fsynced) beside the line's own.")
+    flush_s: float = Field(
+        2.0, ge=0, le=600, description="The shadow writes its rows and acknowledges their frames at most this often "
+                                       "(one transaction), so its fsynced writes stay few beside the line's.")
     save_differing: int = Field(
         500, ge=0, le=1_000_000, description="Images of the frames where the candidate and the active model differ, "
                                              "archived per shadowed version for the report (0: none).")
