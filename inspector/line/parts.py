@@ -42,6 +42,15 @@ class PartOutcome(Outcome):
 
     verdict: PartVerdict | None = None
 
+    def payload(self) -> dict[str, object]:
+        """The MQTT decision message of the part: the line's fields plus which view decided and each view's result."""
+        out = super().payload()
+        if self.verdict is not None:
+            out.update(failed_view=self.verdict.failed_view, defect_class=self.verdict.defect_class,
+                       missing=list(self.verdict.missing),
+                       views={v: r.decision.value for v, r in self.verdict.views.items()})
+        return out
+
 
 @dataclass
 class _InFlight:

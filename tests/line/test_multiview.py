@@ -86,6 +86,9 @@ def test_decider_rules() -> None:
     assert bad.signal is Signal.REJECT and bad.reason is Reason.FAIL
     assert (bad.verdict.decision, bad.verdict.failed_view, bad.verdict.defect_class) == (Decision.FAIL, "side", "scratch")
     assert "view side: FAIL (scratch)" in bad.verdict.reasons
+    assert {k: bad.payload()[k] for k in ("part_id", "signal", "failed_view", "defect_class", "views")} == {
+        "part_id": "p2", "signal": "REJECT", "failed_view": "side", "defect_class": "scratch",
+        "views": {"top": "REVIEW", "side": "FAIL"}}  # the part's MQTT decision message
     # REVIEW when one is unsure and none failed; ERROR rejects
     d.on_verdict(_verdict("p3", "top", Decision.PASS, t0))
     rv = d.on_verdict(_verdict("p3", "side", Decision.REVIEW, t0))
