@@ -19,7 +19,15 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import TransportError, UnsafeInputError
-from inspector.contracts.messages import MESSAGE_KINDS, Event, FrameMeta, Message, ReviewRequest, Verdict
+from inspector.contracts.messages import (
+    MESSAGE_KINDS,
+    SCHEMA_VERSION,
+    Event,
+    FrameMeta,
+    Message,
+    ReviewRequest,
+    Verdict,
+)
 from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE, Names
 
 log = logging.getLogger(__name__)
@@ -106,9 +114,13 @@ def decode_message(raw: bytes | None) -> Message:
     import json
 
     try:
-        kind = json.loads(raw).get("kind")
+        doc = json.loads(raw)
+        kind, version = doc.get("kind"), doc.get("v", SCHEMA_VERSION)
     except (ValueError, AttributeError) as err:
         raise UnsafeInputError(f"stream entry is not a JSON message: {err}", "messages are JSON objects") from None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise UnsafeInputError(f"{kind} message of schema version {version}, newer than this process's "
+                               f"{SCHEMA_VERSION}", "upgrade this station process to the producer's version")
     cls = MESSAGE_KINDS.get(kind)
     if cls is None:
         raise UnsafeInputError(f"unknown message kind {kind!r}", f"known kinds: {sorted(MESSAGE_KINDS)}")

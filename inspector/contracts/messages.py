@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from inspector.contracts.errors import UnsafeInputError
 
 SCHEMA_VERSION = 1
+"""The major schema version this code speaks. Fields a newer minor revision adds are ignored (a rolling upgrade
+never dead-letters the old side's messages); a message of a newer *major* version is refused by
+``inspector.bus.streams.decode_message``, and its consumer dead-letters it."""
 
 
 def new_id() -> str:
@@ -29,7 +32,7 @@ def now() -> float:
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     v: int = Field(SCHEMA_VERSION, description="Schema version.")
     id: str = Field(default_factory=new_id, description="Message id.")
@@ -75,7 +78,7 @@ class Decision(StrEnum):
 
 
 class ImageStats(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
     brightness: float
     contrast: float
     sharpness: float
