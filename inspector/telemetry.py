@@ -200,7 +200,7 @@ def stream_names(cfg: StationConfig) -> dict[str, str]:
 
     n = Names(cfg.redis.prefix, cfg.station.id)
     return {"frames": n.frames, "verdicts": n.verdicts, "events": n.events, "review": n.review,
-            "review_inbox": n.review_inbox, "dead_letter": n.dead_letter}
+            "review_inbox": n.review_inbox, "dead_letter": n.dead_letter, "parts": n.parts}
 
 
 def station_view(cfg: StationConfig, client: Any) -> dict[str, Any]:
