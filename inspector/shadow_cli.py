@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console, Group
@@ -14,7 +15,9 @@ from rich.table import Table
 from inspector.contracts.config import StationConfig, load_config
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.lifecycle import Action, ModelStatus
-from inspector.store.shadow import ShadowReport
+
+if TYPE_CHECKING:
+    from inspector.store.shadow import ShadowReport
 
 shadow_app = typer.Typer(help="Shadow mode: a candidate judges live frames beside the active model, never on the line.",
                          no_args_is_help=True, pretty_exceptions_enable=False)
