@@ -22,6 +22,7 @@ from inspector.runtime.package import load_package
 from inspector.worker import Worker, load_model
 from tests.spine_helpers import read_verdicts
 from trainer.anomalib_package import (
+    BACKBONE_SCOPES,
     AnomalibConfig,
     AnomalibStationNet,
     build_anomalib_module,
@@ -29,6 +30,7 @@ from trainer.anomalib_package import (
     check_against_anomalib,
     fit_anomalib,
 )
+from trainer.quantize import select_nodes
 
 PARTS_PX = 128  # the demo scenario's parts
 INPUT = (64, 64)
@@ -60,6 +62,8 @@ def test_package_verifies_and_declares_our_outputs(zoo_package) -> None:  # type
     assert m.anomaly.origin < m.anomaly.reject_raw < m.anomaly.threshold
     assert "anomaly_score_good" in m.drift_reference and m.checklist
     assert m.metrics["heldout"]["anomaly"]["image_auroc"] > 0.8
+    # the precision gate quantises the backbone's convolutions: they must be found under the declared scopes
+    assert len(select_nodes(result.path / m.model.fp32, ["Conv"], BACKBONE_SCOPES)) > 10
     if kind == "patchcore":
         assert m.data["memory_bank"] <= 512 and m.data["coreset_s"] < 60
 
