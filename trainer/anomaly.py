@@ -72,6 +72,7 @@ class AnomalyConfig:
     target_false_reject: float = 0.02
     batch_size: int = 16
     seed: int = 0
+    int8_refit: bool = True  # packaging: also gate an INT8 graph whose scorer is fitted on INT8 features
 
 
 # ----------------------------------------------------------------------------------------------- modules

@@ -80,6 +80,31 @@ def train_classifier_cmd(
     console.print(f"saved {out / 'classifier.pt'} (run {result.run_id})")
 
 
+@app.command("backbone-sweep")
+def backbone_sweep_cmd(
+    data: Annotated[Path, typer.Argument(help="Anomaly-layout folder, e.g. ../shared/data/magnetic_tile.")],
+    neu: Annotated[Path | None, typer.Option(help="Class-folder set for the linear-probe accuracy, e.g. "
+                                                  "../shared/data/neu_surface_defects.")] = None,
+    variants: Annotated[str, typer.Option(help="Comma-separated backbone@side.")] = (
+        "lite0@224,lite0@256,lite1@224,lite1@256,lite2@224,lite2@256"),
+    neu_per_class: Annotated[int, typer.Option(help="NEU images per class (subsample: the CPU is shared).")] = 100,
+    good_limit: Annotated[int | None, typer.Option(help="Use at most N train/good images (subsample).")] = None,
+    runs: Annotated[int, typer.Option(help="Timed turns per runner.")] = 40,
+    out: Annotated[Path, typer.Option(help="JSON report.")] = Path("runs/backbone_sweep.json"),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Lite0/1/2 at two sides each, side by side: AUROC, recall at the good-only threshold, bf16, NEU, p50."""
+    from trainer.backbone_sweep import run_sweep, save, table
+
+    try:
+        report = run_sweep(data, [v.strip() for v in variants.split(",") if v.strip()], neu, neu_per_class,
+                           good_limit, runs)
+    except InspectorError as err:
+        raise _fail(err) from None
+    save(report, out)
+    print(json.dumps(report) if as_json else table(report))
+
+
 @app.command("learning-curve")
 def learning_curve_cmd(
     data: Annotated[Path, typer.Argument(help="Anomaly-layout folder: train/good, test/good, test/<defect>.")],

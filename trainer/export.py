@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -140,6 +141,30 @@ def static_same_padding(net: nn.Module, sample_batch: torch.Tensor) -> Iterator[
             del m.forward  # back to the class's dynamic forward
 
 
+def restore_scopes(model: onnx.ModelProto) -> int:
+    """Give nodes the optimiser re-created (``node_Conv_12``: a Pad fused into its Conv) their module scope back,
+    from their output's name (``/backbone/blocks.0/.../conv_dw/Conv_output_0`` -> ``/backbone/.../conv_dw/Conv``).
+
+    INT8 chooses its nodes by scope (``trainer.quantize.select_nodes``: the backbone's, never the scorer's): without
+    this, onnxscript 0.7's renamed Convs fell out of the '/backbone/' scope and INT8 refused the graph."""
+    taken = {n.name for n in model.graph.node}
+    count = 0
+    for node in model.graph.node:
+        if node.name.startswith("/"):
+            continue
+        for out in node.output:
+            m = re.match(r"^(/.+)_output_\d+$", out)
+            if m:
+                name, k = m.group(1), 1
+                while name in taken:
+                    name, k = f"{m.group(1)}_{k}", k + 1
+                taken.add(name)
+                node.name = name
+                count += 1
+                break
+    return count
+
+
 def optimise_graph(path: Path) -> bool:
     """Fold constants and fuse constant Pads into their Convs with the ONNX optimiser (onnxscript), in place.
 
@@ -151,6 +176,7 @@ def optimise_graph(path: Path) -> bool:
         import onnxscript.optimizer
 
         model = onnxscript.optimizer.optimize(onnx.load(str(path)))
+        restore_scopes(model)
         onnx.save(model, str(path))
         return True
     except Exception as err:  # noqa: BLE001 - an optimiser failure must not lose the export

@@ -203,27 +203,63 @@ def _outputs(names: list[str]) -> Outputs:
                    anomaly_map=OUTPUT_MAP if OUTPUT_MAP in names else None)
 
 
+#: ``refit(int8_graph, scratch) -> net | None``: the network whose scorer was fitted on that INT8 graph's features
+#: (``trainer.int8_refit.make_refit``); quantised like the package's own and gated against its fp32 graph.
+Int8Refit = Callable[[Path, Path], "nn.Module | None"]
+
+
 def _quantise(stage: Path, spec: PackageSpec, calibration: list[np.ndarray] | None, x_held: np.ndarray,
-              held: EvalSet, cfg: QuantConfig | None,
-              bounds: ParityBounds | None = None) -> tuple[QuantReport | None, RuntimeChoice | None]:
+              held: EvalSet, cfg: QuantConfig | None, bounds: ParityBounds | None = None,
+              refit: Int8Refit | None = None, opset: int = 17,
+              ) -> tuple[QuantReport | None, RuntimeChoice | None, dict[str, Any] | None]:
     """The INT8 graph (ONNX Runtime's own gate in ``QuantReport``), then every reduced-precision candidate
     (ONNX Runtime INT8, OpenVINO bf16, OpenVINO INT8) through ``select_runtime``; the INT8 file stays in the
-    package only when an INT8 candidate won."""
+    package only when an INT8 candidate won. With ``refit``, a second INT8 graph whose scorer was fitted on
+    INT8 features is gated too, and the better of the two (kept first, then the smaller loss) is the INT8 graph."""
     if calibration is None:
-        return None, None
+        return None, None, None
+    cfg = cfg or QuantConfig()
     labels = _labels(spec, held)
     reject_raw = spec.anomaly.reject_raw if spec.anomaly else None
+    calib = list(_pre(spec, calibration))
+    refit_info: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp_int8 = Path(tmp) / INT8_FILE
-        report = quantize_and_gate(stage / FP32_FILE, tmp_int8, list(_pre(spec, calibration)), x_held,
+        report = quantize_and_gate(stage / FP32_FILE, tmp_int8, calib, x_held,
                                    labels, cfg, defect_labels=held.is_defect, reject_raw=reject_raw,
                                    keep_declined=True)
+        if refit is not None:
+            refit_info, refitted = _refit_int8(stage, tmp_int8, Path(tmp), refit, calib, x_held, labels, held,
+                                               reject_raw, cfg, opset)
+            if refitted is not None and _better(refitted, report):
+                shutil.copyfile(Path(tmp) / "refit.int8.onnx", tmp_int8)
+                report = refitted
+                refit_info["used"] = True
         choice = select_runtime(stage / FP32_FILE, tmp_int8, x_held, labels, held.is_defect, reject_raw, cfg, bounds,
                                 ort_int8=report)
         if choice.precision == "int8":
             shutil.copyfile(tmp_int8, stage / INT8_FILE)
         report.int8_path = INT8_FILE if report.kept and choice.precision == "int8" else None
-    return report, choice
+    return report, choice, refit_info
+
+
+def _better(a: QuantReport, b: QuantReport) -> bool:
+    return (a.kept, -(a.metric_fp32 - a.metric_int8)) > (b.kept, -(b.metric_fp32 - b.metric_int8))
+
+
+def _refit_int8(stage: Path, int8: Path, tmp: Path, refit: Int8Refit, calib: list[np.ndarray], x_held: np.ndarray,
+                labels: np.ndarray | None, held: EvalSet, reject_raw: float | None, cfg: QuantConfig,
+                opset: int) -> tuple[dict[str, Any], QuantReport | None]:
+    from trainer.quantize import gate_quantised, quantize_int8
+
+    net_q = refit(int8, tmp)
+    if net_q is None:
+        return {"used": False, "reason": "refit not possible for this graph"}, None
+    export_onnx(net_q.eval(), torch.from_numpy(x_held[:2]), tmp / "refit.onnx", opset)
+    n = quantize_int8(tmp / "refit.onnx", tmp / "refit.int8.onnx", calib, cfg)
+    rep = gate_quantised(stage / FP32_FILE, tmp / "refit.int8.onnx", len(calib), n, x_held, labels, cfg,
+                         held.is_defect, reject_raw, keep_declined=True)
+    return {"used": False, "report": rep.to_dict()}, rep
 
 
 def _benchmark(net: nn.Module, stage: Path, x_held: np.ndarray, quant: QuantReport | None,
@@ -305,7 +341,7 @@ def build_package(out_dir: str | Path, net: nn.Module, spec: PackageSpec, heldou
                   parity_bounds: ParityBounds | None = None, n_canaries: int = 4, threads: int = 2,
                   opset: int = 17, evaluate: bool = True, checklist: bool = True,
                   overwrite: bool = False, extras: ManifestExtras | None = None,
-                  say: Callable[[str], None] | None = None) -> BuildResult:
+                  say: Callable[[str], None] | None = None, int8_refit: Int8Refit | None = None) -> BuildResult:
     """Write a verified package folder at ``out_dir`` and return what went into it.
 
     ``heldout``: uint8 RGB frames of the fixed held-out set (parity, INT8 gate, canaries, drift reference,
@@ -321,7 +357,7 @@ def build_package(out_dir: str | Path, net: nn.Module, spec: PackageSpec, heldou
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         draft = prepare_package(stage, net, spec, heldout, calibration_images, quant_config, parity_bounds,
-                                n_canaries, threads, opset, say)
+                                n_canaries, threads, opset, say, int8_refit)
         manifest, report = finish_package(draft, heldout, extras, evaluate=evaluate, checklist=checklist,
                                           threads=threads, say=say)
         if out.exists():
@@ -340,7 +376,7 @@ def _say(say: Callable[[str], None] | None) -> Callable[[str], None]:
 def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: EvalSet,
                     calibration: list[np.ndarray] | None = None, qcfg: QuantConfig | None = None,
                     bounds: ParityBounds | None = None, n_canaries: int = 4, threads: int = 2, opset: int = 17,
-                    say: Callable[[str], None] | None = None) -> Draft:
+                    say: Callable[[str], None] | None = None, int8_refit: Int8Refit | None = None) -> Draft:
     """Export (checked at several batch sizes by ``export_onnx``), parity, the INT8 gate, benchmark,
     canaries and the held-out drift reference into ``stage``; the manifest stays in memory."""
     say = _say(say)
@@ -356,7 +392,10 @@ def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: 
     say(f"parity: {'passed' if parity.get('passed') else 'FAILED'} on {min(64, len(x_held))} held-out frames")
     if calibration is not None:
         say(f"INT8: quantising with {len(calibration)} training images, gating on {len(held.images)} held-out frames")
-    quant, choice = _quantise(stage, spec, calibration, x_held, held, qcfg, bounds)
+    quant, choice, refit_info = _quantise(stage, spec, calibration, x_held, held, qcfg, bounds, int8_refit, opset)
+    if refit_info is not None and "report" in refit_info:
+        say(f"INT8 with the scorer refitted on INT8 features: {refit_info['report']['reason']}"
+            f"{' (used)' if refit_info['used'] else ''}")
     if quant is not None:
         say(f"INT8 on ONNX Runtime {'passes' if quant.kept else 'fails'} its gate: {quant.reason}")
     if choice is not None:
@@ -364,6 +403,8 @@ def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: 
     bench = _benchmark(net, stage, x_held, quant, threads, spec)
     if choice is not None:
         bench["runtime"] = choice.to_dict()
+    if refit_info is not None:
+        bench["int8_refit"] = refit_info
     say(f"benchmark: torch eager {bench['torch_eager_ms']:.2f} ms, ORT fp32 {bench['fp32_ms']:.2f} ms (batch 1)")
     outs = run_onnx(stage / FP32_FILE, x_held, threads=threads)
     canaries = write_canaries(stage, spec, held, outs, n_canaries)

@@ -141,7 +141,25 @@ def build_anomaly_package(data_dir: str | Path, out: str | Path, cfg: AnomalyCon
         metrics={"operating_points": points},
         latency_target_ms=LATENCY_TARGET_MS, memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
     )
-    return build_package(out, net, spec, held, calibration_images=_calibration(good), overwrite=True)
+    refit = int8_scorer_refit(backbone, pre, good, cfg, fit_info, held.images[:1]) if cfg.int8_refit else None
+    return build_package(out, net, spec, held, calibration_images=_calibration(good), overwrite=True, int8_refit=refit)
+
+
+def int8_scorer_refit(backbone: torch.nn.Module, pre: Preprocessor, good: Sequence[np.ndarray], cfg: AnomalyConfig,
+                      fit_info: dict[str, Any], sample: Sequence[np.ndarray]) -> Any:
+    """The packaging hook that refits the scorer on the INT8 graph's features (``trainer.int8_refit``), on the
+    same good images and held-out split as the fp32 scorer, aligned to its origin and threshold quantile."""
+    from trainer.int8_refit import make_refit
+
+    fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
+
+    def fit_scorer(features: torch.nn.Module) -> tuple[torch.nn.Module, float, float]:
+        scorer = fit_anomaly_scorer(features, _batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
+        hold = net_scores(InspectionNet(features, scorer=scorer), pre, [good[i] for i in hold_idx])
+        return scorer, float(np.median(hold)), threshold_good_quantile(hold, cfg.target_false_reject)
+
+    return make_refit(backbone, fit_scorer, fit_info["score_origin"], fit_info["threshold_good_quantile"],
+                      lambda scorer: InspectionNet(backbone, scorer=scorer).eval(), pre.batch(list(sample)))
 
 
 def build_classifier_package(run_dir: str | Path, data_dir: str | Path, out: str | Path,

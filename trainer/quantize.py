@@ -257,6 +257,16 @@ def quantize_and_gate(fp32_path: str | Path, int8_path: str | Path, calibration_
     report names the metric that lost most."""
     cfg = cfg or QuantConfig()
     n_nodes = quantize_int8(fp32_path, int8_path, calibration_images, cfg)
+    return gate_quantised(fp32_path, int8_path, len(calibration_images), n_nodes, heldout_images, heldout_labels,
+                          cfg, defect_labels, reject_raw, keep_declined)
+
+
+def gate_quantised(fp32_path: str | Path, int8_path: str | Path, n_calibration: int, n_nodes: int,
+                   heldout_images: np.ndarray, heldout_labels: np.ndarray | None, cfg: QuantConfig,
+                   defect_labels: np.ndarray | None = None, reject_raw: float | None = None,
+                   keep_declined: bool = False) -> QuantReport:
+    """The gate of ``quantize_and_gate`` on an INT8 graph already written (e.g. one whose scorer was refitted
+    on INT8 features: ``trainer.int8_refit``), judged against ``fp32_path``."""
     fp32_ms, int8_ms = benchmark_pair(fp32_path, int8_path, heldout_images.shape, cfg.threads, cfg.bench_runs,
                                       cfg.bench_warmup)
     m32 = heldout_metrics(fp32_path, heldout_images, heldout_labels, cfg.threads, defect_labels)
@@ -272,6 +282,6 @@ def quantize_and_gate(fp32_path: str | Path, int8_path: str | Path, calibration_
     return QuantReport(
         fp32_ms=fp32_ms, int8_ms=int8_ms, speedup=fp32_ms / int8_ms if int8_ms > 0 else 0.0, metric=metric,
         metric_fp32=m32[metric], metric_int8=m8[metric], kept=kept, reason=reason,
-        n_calibration=len(calibration_images), quantized_nodes=n_nodes, threads=cfg.threads,
+        n_calibration=n_calibration, quantized_nodes=n_nodes, threads=cfg.threads,
         int8_path=str(int8_path) if kept else None, metrics_fp32=m32, metrics_int8=m8,
     )
