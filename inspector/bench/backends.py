@@ -114,7 +114,7 @@ def _data_source(package: ModelPackage) -> Path | None:
     return root if (root / "train" / "good").is_dir() and (root / "test").is_dir() else None
 
 
-def _bench_frame(root: Path, size: tuple[int, int]) -> np.ndarray:
+def bench_frame(root: Path, size: tuple[int, int]) -> np.ndarray:
     """One real test frame (the first defect image), resized to the anomalib export's fixed input, RGB uint8."""
     from PIL import Image
 
@@ -134,14 +134,16 @@ def _ours_fn(package: ModelPackage, frame: np.ndarray, runtime: Any) -> tuple[Ca
 
 def ours_vs_anomalib(package: ModelPackage, threads: int, runs: int, models: tuple[str, ...] = ("padim",),
                      say: Callable[[str], None] = print,
-                     image_size: tuple[int, int] = (256, 256)) -> tuple[list[dict[str, Any]], list[str]]:
+                     image_size: tuple[int, int] = (256, 256),
+                     peers: tuple[list[Any], list[str]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Ours (fp32 and the kept precision) against anomalib's TorchInferencer and OpenVINOInferencer on
     anomalib's own exports, fitted on the same split; full inspection of one real frame at batch 1
     (pre-processing, model, post-processing), in ONE interleaved run; AUROC beside each.
 
     Ours: ``InspectionModel.infer`` (what the worker calls), its AUROC from the package's held-out evaluation
     through the station runtime. anomalib: ``predict`` of each inferencer, its AUROC measured through that
-    inferencer on the same test split (``trainer.anomalib_baseline.anomalib_peers``)."""
+    inferencer on the same test split (``trainer.anomalib_baseline.anomalib_peers``; ``peers``: its result,
+    already made for this package's data source on ``bench_frame(root, image_size)``)."""
     from inspector.contracts.config import RuntimeSection
 
     root = _data_source(package)
@@ -152,7 +154,7 @@ def ours_vs_anomalib(package: ModelPackage, threads: int, runs: int, models: tup
         from trainer.anomalib_baseline import anomalib_peers
     except ImportError as err:
         return [], [f"ours vs anomalib: trainer / anomalib not importable ({err}): pip install -e '.[train]'"]
-    frame = _bench_frame(root, image_size)
+    frame = bench_frame(root, image_size)
     metrics = package.manifest.metrics or {}
     auroc_kept = (metrics.get("heldout") or {}).get("anomaly", {}).get("image_auroc")
     auroc_fp32 = (metrics.get("heldout_fp32") or metrics.get("heldout") or {}).get("anomaly", {}).get("image_auroc")
@@ -169,8 +171,9 @@ def ours_vs_anomalib(package: ModelPackage, threads: int, runs: int, models: tup
              f"{threads} threads; ours' kept runtime: {kept}"]
     try:
         with tempfile.TemporaryDirectory(prefix="anomalib_peers_") as tmp:
-            peers, peer_notes = anomalib_peers(root, frame, threads, Path(tmp), models, say=say, image_size=image_size)
-            for peer in peers:
+            found, peer_notes = peers or anomalib_peers(root, frame, threads, Path(tmp), models, say=say,
+                                                        image_size=image_size)
+            for peer in found:
                 fns[peer.name], meta[peer.name] = peer.fn, (peer.image_auroc, peer.note)
             rows = []
             for cache, block in (("warm", 5), ("cold", 1)):
