@@ -179,7 +179,7 @@ class BenchPeer:
 
 
 def _float_image(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float() / 255  # a writable copy
 
 
 def set_post_processor_from_goods(module: nn.Module, hold_scores: np.ndarray, threshold: float) -> None:
