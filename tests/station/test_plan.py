@@ -1,0 +1,19 @@
+"""The supervisor's process table: which command runs each configured process, in start order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inspector.contracts.config import parse_config
+from inspector.station.processes import plan
+
+
+def test_every_configured_process_gets_its_command_in_start_order(tmp_path: Path) -> None:
+    cfg = parse_config({"station": {"id": "s1", "data_dir": str(tmp_path)},
+                        "supervisor": {"processes": ["camera", "worker", "line", "drift", "jobs", "shadow"],
+                                       "workers": 2}}, environ={})
+    specs = plan(cfg, tmp_path / "station.yaml")
+    assert [s.name for s in specs] == ["worker-1", "worker-2", "line", "drift", "jobs", "shadow", "camera"]
+    shadow = next(s for s in specs if s.name == "shadow")
+    assert shadow.argv[1:5] == ("-m", "inspector.cli", "shadow", "run") and "--config" in shadow.argv
+    assert next(s for s in specs if s.name == "worker-2").argv[-1] == "s1-worker-2"
