@@ -88,3 +88,13 @@ def test_combined_gate_checks_every_metric() -> None:
     worst = max(m32, key=lambda k: m32[k] - m8[k])
     kept, reason = gate(10.0, 5.0, m32[worst], m8[worst], worst, cfg)
     assert worst == "auroc" and not kept and "auroc" in reason
+
+
+def test_keep_fp32_leaves_the_named_layers_unquantised(fp32: Path, tmp_path: Path) -> None:
+    n = quantize_int8(fp32, tmp_path / "q.onnx", list(images(10).numpy()),
+                      QuantConfig(**FAST, keep_fp32=["/backbone/s1/"]))
+    assert n == 2
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    dq_outputs = {o for node in graph.node if node.op_type == "DequantizeLinear" for o in node.output}
+    stem = [node for node in graph.node if node.name.startswith("/backbone/s1/") and node.op_type == "Conv"]
+    assert stem and not any(i in dq_outputs for i in stem[0].input)
