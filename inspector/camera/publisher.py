@@ -56,6 +56,7 @@ class CameraPublisher:
                          encoding=encoding, width=width, height=height, truth=cap.truth, product=product)
 
     def publish(self, cap: Capture) -> FrameMeta:
+        arrived = time.monotonic()  # camera health counts from the frame's arrival, not from the end of publishing
         if cap.encoded is not None:
             data, encoding, w, h = cap.encoded, cap.encoding, None, None
         else:
@@ -68,7 +69,7 @@ class CameraPublisher:
         ttl_ms = max(1, int(self.cam.health_periods * self.period * 1000))
         self.bus.r.set(self.bus.names.camera_heartbeat(self.cam.id), meta.id, px=ttl_ms)
         self.seq += 1
-        self.last_frame = time.monotonic()
+        self.last_frame = arrived
         return meta
 
     def _health_event(self, silent: bool) -> None:
