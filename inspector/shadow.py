@@ -41,7 +41,8 @@ from inspector.store.shadow import differing_without_image, images_saved, record
 log = logging.getLogger(__name__)
 
 RECENT_IMAGES = 2000  # frames kept in memory until their active verdict is recorded (a few seconds at line rate)
-MATCH_AFTER_S = 1.0  # the recorder writes verdict rows within store.flush_ms; look for them after this
+MATCH_AFTER_S = 1.0
+GAP_SAFETY = 1.3  # the candidate starts a frame only if 1.3 times its measured time fits before the next frame  # the recorder writes verdict rows within store.flush_ms; look for them after this
 
 
 class ShadowRefused(InspectorError):
@@ -97,6 +98,7 @@ class ShadowRunner:
         self._next_poll = 0.0
         self._next_match = 0.0
         self._next_read = 0.0
+        self._judge_s = 0.05  # the candidate's time per frame (decode + model + decide), measured as it runs
         self._next_flush = 0.0
         self._rows: list[dict[str, object]] = []
         self._acks: list[str] = []
@@ -133,8 +135,23 @@ class ShadowRunner:
         self._unload()
         self.model, self.pointer = model, pointer
         self._saved = images_saved(self.store, version)
+        self._judge_s = self._time_one(model)
         self._skip_backlog()
         log.info("shadow %s: judging live frames with %s (never sent to the line)", self.name, version)
+
+    def _time_one(self, model: InspectionModel) -> float:
+        """The candidate's time for one frame, measured on its canary before it judges live frames."""
+        package = model.package
+        files = [c.file for c in package.manifest.canaries]
+        if not files:
+            return 0.05
+        image = decode_image(package.file(files[0]).read_bytes(), "png" if files[0].endswith(".png") else "jpeg")
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model.infer([image])
+            best = min(best, time.perf_counter() - t0)
+        return best
 
     def _unload(self) -> None:
         self.flush(force=True)
@@ -191,24 +208,63 @@ class ShadowRunner:
             self.progress.ok()
             self.stop_event.wait(0.2)
             return 0
-        wait_s = self._next_read - time.monotonic()
-        if wait_s > 0:
-            self.stop_event.wait(wait_s)
-        self._next_read = time.monotonic() + self.cfg.shadow.poll_ms / 1000
-        n = 0
-        while not self.stop_event.is_set():  # everything that arrived since the last poll, in batches
-            entries = self.bus.read_new(self.names.frames, self.group, self.name, self.cfg.shadow.max_batch, block_ms=None)
-            if not entries:
-                break
-            n += self._judge(entries)
-            if len(entries) < self.cfg.shadow.max_batch:
-                break
+        n = self._judge_in_gaps() if self.cfg.shadow.pace == "gaps" else self._judge_batches()
         self.flush()
         if now >= self._next_match:
             self._next_match = now + MATCH_AFTER_S
             self._save_differing()
         self.progress.ok(n)
         return n
+
+    def _judge_batches(self) -> int:
+        """pace=batch: every poll_ms, everything that arrived since, in batches (a machine with cores to spare)."""
+        wait_s = self._next_read - time.monotonic()
+        if wait_s > 0:
+            self.stop_event.wait(wait_s)
+        self._next_read = time.monotonic() + self.cfg.shadow.poll_ms / 1000
+        n = 0
+        while not self.stop_event.is_set():
+            entries = self.bus.read_new(self.names.frames, self.group, self.name, self.cfg.shadow.max_batch, block_ms=None)
+            if not entries:
+                break
+            n += self._judge(entries)
+            if len(entries) < self.cfg.shadow.max_batch:
+                break
+        return n
+
+    def _judge_in_gaps(self) -> int:
+        """pace=gaps: judge one frame at a time, only while the line's workers have nothing to do and the
+        candidate's measured time fits before the camera's next frame is due (or the camera is between parts):
+        the active model never waits for the shadow's CPU. Returns within about 200 ms."""
+        n, until = 0, time.monotonic() + 0.2
+        while time.monotonic() < until and not self.stop_event.is_set():
+            if not self._line_idle():
+                self.stop_event.wait(0.003)
+                continue
+            entries = self.bus.read_new(self.names.frames, self.group, self.name, 1, block_ms=None)
+            if not entries:
+                self.stop_event.wait(0.01)
+                continue
+            t0 = time.perf_counter()
+            judged = self._judge(entries)
+            if judged:
+                self._judge_s = 0.8 * self._judge_s + 0.2 * (time.perf_counter() - t0)
+            n += judged
+        return n
+
+    def _line_idle(self) -> bool:
+        """No frame waits for the inspection workers, and the next one is not due before the candidate would be
+        done (the frames group's last delivered id is the newest frame's arrival, in Redis's milliseconds)."""
+        for g in self.bus.group_info(self.names.frames):
+            if g.get("name") in (self.cfg.worker.group, self.cfg.worker.group.encode()):
+                if (g.get("lag") or 0) or (g.get("pending") or 0):
+                    return False
+                last = g.get("last-delivered-id", b"0-0")
+                last = last.decode() if isinstance(last, bytes) else str(last)
+                since = time.time() - int(last.split("-")[0]) / 1000
+                period = 1.0 / self.cfg.camera.fps
+                return since > 2 * period or since + GAP_SAFETY * self._judge_s < period
+        return True  # no inspection workers' group yet: nothing to delay
 
     def _fresh(self, entries: list[Entry]) -> list[tuple[Entry, FrameMeta]]:
         fresh: list[tuple[Entry, FrameMeta]] = []

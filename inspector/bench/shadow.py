@@ -30,6 +30,7 @@ from inspector.contracts.config import StationConfig, load_config
 from inspector.contracts.lifecycle import ModelStatus
 
 WARMUP_S = 3.0  # the first seconds of a segment are left out: the candidate is loading or unloading
+STATION_WARMUP_S = 20.0  # the first seconds of the station (model warm-up, first database writes) are not measured
 
 
 def _station_file(folder: Path, package: Path, fps: float, workers: int) -> Path:
@@ -103,8 +104,11 @@ def run_bench(package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds:
         from inspector.contracts.names import Names
 
         names = Names(cfg.redis.prefix, cfg.station.id)
-        for r in range(rounds):
-            for condition in ("without shadow", "with shadow"):
+        say(f"warming up the station for {STATION_WARMUP_S:.0f} s (not measured)")
+        time.sleep(STATION_WARMUP_S)
+        for r in range(rounds):  # ABBA order: a slow drift of the machine weighs on both conditions alike
+            order = ("without shadow", "with shadow") if r % 2 == 0 else ("with shadow", "without shadow")
+            for condition in order:
                 if condition == "with shadow":
                     start_shadow(cfg, client, store, version, "bench", "maintenance")
                 else:
@@ -130,6 +134,8 @@ def run_bench(package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds:
         for condition, a, b in windows:
             if a <= captured < b and lat is not None:
                 latency[condition].append(lat)
+    segments = [{"condition": c, **_pcts([lat for cap, lat, _d in rows if a <= cap < b and lat is not None])}
+                for c, a, b in windows]
     out = {cond: _pcts(vals) for cond, vals in latency.items()}
     base, shadow = out["without shadow"], out["with shadow"]
     ratio = round(shadow["p99"] / base["p99"], 3) if base.get("p99") and shadow.get("p99") else None
@@ -137,7 +143,7 @@ def run_bench(package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds:
               "p99_ratio_with_to_without": ratio, "shadow_judged": report.judged, "shadow_compared": report.compared,
               "shadow_skipped": counters.get("shadow_skipped", 0), "candidate_infer_ms": report.candidate_infer_ms,
               "line_agreement": report.line_agreement, "verdicts": counters.get("verdicts", 0),
-              "errors": counters.get("error", 0), "package": str(package)}
+              "errors": counters.get("error", 0), "package": str(package), "segments": segments}
     shutil.rmtree(folder, ignore_errors=True)
     return result
 
@@ -167,6 +173,8 @@ def main(package: Path | None = typer.Option(None, help="Active package (default
 
         package = ensure_demo_package(load_config(None), None, console)
     result = run_bench(package, fps, segment_s, rounds, say=lambda line: console.print(line))
+    for seg in result["segments"]:  # type: ignore[union-attr]
+        console.print(f"  {seg['condition']:>15}: {seg.get('n')} frames, p50 {seg.get('p50')} ms, p99 {seg.get('p99')} ms")
     if as_json:
         print(json.dumps(result))
     else:

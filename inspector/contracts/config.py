@@ -466,7 +466,6 @@ class LineSection(Section):
         return self
 
 
-
 SECRET_HASH_RE = r"^scrypt\$\d+\$\d+\$\d+\$[0-9a-f]{32}\$[0-9a-f]{64}$"
 
 
@@ -537,6 +536,10 @@ class ShadowSection(Section):
                           "it), beside its niceness; off or not Linux: niceness only.")
     threads: int = Field(1, ge=1, le=256, description="Intra-op threads of the shadow candidate's CPU runtime.")
     max_batch: int = Field(16, ge=1, le=256, description="Largest micro-batch of the shadow candidate.")
+    pace: Literal["gaps", "batch"] = Field(
+        "gaps", description="gaps: judge one frame at a time right after the line's verdicts, only while the candidate's "
+                            "measured time fits before the camera's next frame (a station whose cores the workers "
+                            "use); batch: every poll_ms, all that arrived (a machine with cores to spare).")
     poll_ms: float = Field(
         500, ge=10, le=60_000, description="The shadow reads the frames that arrived every poll_ms, in one batch: few "
                                            "Redis and database writes (each one fsynced) beside the line's own.")
