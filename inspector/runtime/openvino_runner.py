@@ -91,7 +91,10 @@ class OpenVinoRunner:
                                      "check the export (opset 17, static H/W), or set runtime.backend onnxruntime") from None
         self.request = self.compiled.create_infer_request()
         self._input = self.compiled.inputs[0].get_any_name()
-        self._outputs = [o.get_any_name() for o in self.compiled.outputs]
+        # an output tensor can carry several names in OpenVINO; name each by the ONNX graph's own output name
+        wanted = _onnx_output_names(self.path)
+        self._outputs = [next((n for n in sorted(o.get_names()) if n in wanted), o.get_any_name())
+                         for o in self.compiled.outputs]
         self._version = ov.__version__
         log.info("OpenVINO %s: %s on CPU (%s, %d threads)", self._version, self.path.name, precision, threads)
 
@@ -107,8 +110,8 @@ class OpenVinoRunner:
         if batch.ndim != 4 or batch.dtype != np.float32:
             raise ValueError(f"runner input must be float32 [B,3,H,W], got {batch.dtype} {batch.shape}")
         result = self.request.infer({0: np.ascontiguousarray(batch)})
-        by_name = {out.get_any_name(): value for out, value in result.items()}
-        return {name: np.array(by_name[name], dtype=np.float32, copy=True) for name in self._outputs}
+        return {name: np.array(result[self.compiled.outputs[i]], dtype=np.float32, copy=True)
+                for i, name in enumerate(self._outputs)}
 
     def warmup(self, input_hw: tuple[int, int] | None = None, batch_sizes: Sequence[int] = (1,)) -> float:
         hw = input_hw or self._static_hw()
@@ -136,3 +139,12 @@ class OpenVinoRunner:
                 executed = None
         return {"backend": "openvino", "version": self._version, "file": self.path.name, "device": "CPU",
                 "precision": self.precision, "inference_precision": executed, "threads": self.threads}
+
+
+def _onnx_output_names(path: Path) -> set[str]:
+    """The graph output names of an ONNX file (its weights are not read)."""
+    if path.suffix != ".onnx":
+        return set()
+    import onnx
+
+    return {o.name for o in onnx.load(str(path), load_external_data=False).graph.output}
