@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from inspector.cli_options import ConfigOpt, RoleOpt, fail
 from inspector.contracts.config import load_config
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.lifecycle import Action
@@ -15,14 +16,6 @@ from inspector.contracts.lifecycle import Action
 product_app = typer.Typer(help="Products and changeover: each product's frames are judged by its own model.",
                           no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
-ConfigOpt = typer.Option(None, "--config", "-c", help="Station YAML (default: built-in defaults + INSPECTOR_* env).")
-RoleOpt = typer.Option(None, "--role", envvar="INSPECTOR_ROLE", help="The role you act in (maintenance).")
-
-
-def _fail(err: InspectorError) -> None:
-    line = f"error: {' '.join(err.message.split())}"
-    print(f"{line}; hint: {err.hint}" if err.hint else line, flush=True)
-    raise typer.Exit(2)
 
 
 @product_app.command("show")
@@ -35,7 +28,7 @@ def show(config: Path | None = ConfigOpt) -> None:
         cfg = load_config(config)
         now = current_product(join_station(cfg), cfg)
     except InspectorError as err:
-        _fail(err)
+        fail(err)
         return
     table = Table(title=f"products of station {cfg.station.id}")
     for col in ("product", "package", "policy", "on the line"):
@@ -61,4 +54,4 @@ def switch(product: str, config: Path | None = ConfigOpt, role: str | None = Rol
         previous = switch_product(cfg, join_station(cfg), store, product, ident.name, acting.value)
         console.print(f"changeover: {previous} -> {product}")
     except InspectorError as err:
-        _fail(err)
+        fail(err)

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console, Group
 from rich.table import Table
 
+from inspector.cli_options import ConfigOpt, RoleOpt, fail
 from inspector.contracts.config import StationConfig, load_config
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.lifecycle import Action, ModelStatus
@@ -22,14 +23,6 @@ if TYPE_CHECKING:
 shadow_app = typer.Typer(help="Shadow mode: a candidate judges live frames beside the active model, never on the line.",
                          no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
-ConfigOpt = typer.Option(None, "--config", "-c", help="Station YAML (default: built-in defaults + INSPECTOR_* env).")
-RoleOpt = typer.Option(None, "--role", envvar="INSPECTOR_ROLE", help="The role you act in (maintenance).")
-
-
-def _fail(err: InspectorError) -> None:
-    line = f"error: {' '.join(err.message.split())}"
-    print(f"{line}; hint: {err.hint}" if err.hint else line, flush=True)
-    raise typer.Exit(2)
 
 
 def _store(cfg: StationConfig):  # type: ignore[no-untyped-def]
@@ -52,7 +45,7 @@ def run(config: Path | None = ConfigOpt, name: str = typer.Option("shadow", help
         counts = run_shadow_process(cfg, open_station_client(cfg, standalone), _store(cfg), name)
         print(json.dumps(counts))
     except InspectorError as err:
-        _fail(err)
+        fail(err)
 
 
 def start_shadow(cfg: StationConfig, client, store, version: str, actor: str, role: str) -> None:  # type: ignore[no-untyped-def]
@@ -92,7 +85,7 @@ def start(version: str, config: Path | None = ConfigOpt, role: str | None = Role
         console.print(f"{version} now judges live frames in shadow (never on the line); "
                       f"`inspector jobs shadow-report {version}` compares it with the active model")
     except InspectorError as err:
-        _fail(err)
+        fail(err)
 
 
 @shadow_app.command("stop")
@@ -114,7 +107,7 @@ def stop(config: Path | None = ConfigOpt, role: str | None = RoleOpt) -> None:
                            {"shadow": None}, {"role": acting.value})
         console.print(f"shadow mode stopped (was {old.decode() if old else 'off'})")
     except InspectorError as err:
-        _fail(err)
+        fail(err)
 
 
 def render_shadow_report(report: ShadowReport) -> Group:
@@ -163,7 +156,7 @@ def report(version: str, config: Path | None = ConfigOpt, as_json: bool = typer.
         cfg = load_config(config)
         rep = shadow_report(_store(cfg), version)
     except InspectorError as err:
-        _fail(err)
+        fail(err)
         return
     if as_json:
         print(rep.model_dump_json())
