@@ -127,26 +127,60 @@ def select_runtime(fp32_path: str | Path, int8_path: str | Path | None, heldout:
     cfg = cfg or QuantConfig()
     fp32_path = Path(fp32_path)
     int8 = Path(int8_path) if int8_path is not None and Path(int8_path).is_file() else None
-    files = {"fp32": fp32_path, "int8": int8}
     base = open_runner(fp32_path, "onnxruntime", "fp32", cfg.threads)
     ref = run_all(base, heldout)
     m32 = metrics_from_outputs(ref, labels, defect_labels)
     if reject_raw is not None and OUTPUT_SCORE in ref:
         m32["line_agreement"] = 1.0
     choice = RuntimeChoice(metrics_fp32=m32, cpu=cpu_description(), threads=cfg.threads)
-    runners: list[tuple[tuple[str, str, str], Runner, dict[str, float]]] = []
-    ov_parity: str | None = None
     if ort_int8 is not None and int8 is not None and "onnxruntime" in backends:
         q = ort_int8
         choice.candidates.append(CandidateReport("onnxruntime", "int8", "int8", q.int8_ms, q.speedup, q.metrics_int8,
                                                  q.metric, (q.metric_fp32 - q.metric_int8) * 100, q.kept,
                                                  "onnxruntime int8: " + q.reason))
+    evidence = _HeldoutEvidence(heldout, labels, defect_labels, reject_raw, ref, m32)
+    runners = _open_candidates(choice, fp32_path, int8, backends, ort_int8 is not None, evidence, cfg,
+                               bounds or ParityBounds())
+    if not runners and ort_int8 is not None:
+        choice.fp32_ms = ort_int8.fp32_ms
+    elif runners:
+        _time_and_gate(choice, base, runners, heldout, m32, cfg)
+    else:
+        choice.fp32_ms = time_interleaved([base], heldout[:1].astype(np.float32), cfg.bench_runs, cfg.bench_warmup)[0]
+    base.close()
+    _pick_fastest_kept(choice)
+    log.info("runtime: %s", choice.reason)
+    return choice
+
+
+@dataclass
+class _HeldoutEvidence:
+    """The held-out frames, their labels and the fp32 reference every candidate is compared with."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    defect_labels: np.ndarray | None
+    reject_raw: float | None
+    ref: dict[str, np.ndarray]
+    metrics_fp32: dict[str, float]
+
+
+_OpenedCandidate = tuple[tuple[str, str, str], Runner, dict[str, float]]
+
+
+def _open_candidates(choice: RuntimeChoice, fp32_path: Path, int8: Path | None, backends: tuple[str, ...],
+                     ort_int8_gated: bool, evidence: _HeldoutEvidence, cfg: QuantConfig,
+                     bounds: ParityBounds) -> list[_OpenedCandidate]:
+    """Open and evaluate each candidate; a declined one (parity, could not open) goes straight to ``choice``."""
+    files = {"fp32": fp32_path, "int8": int8}
+    runners: list[_OpenedCandidate] = []
+    ov_parity: str | None = None
     for cand in _candidates(int8, backends):
-        if ort_int8 is not None and cand[0] == "onnxruntime":
+        if ort_int8_gated and cand[0] == "onnxruntime":
             continue
         backend, precision, which = cand
         if backend == "openvino" and ov_parity is None:
-            ov_parity = _openvino_parity(fp32_path, heldout, ref, cfg.threads, bounds or ParityBounds())
+            ov_parity = _openvino_parity(fp32_path, evidence.images, evidence.ref, cfg.threads, bounds)
         if backend == "openvino" and ov_parity:
             choice.candidates.append(CandidateReport(backend, precision, which, 0.0, 0.0, {}, "parity", 0.0, False,
                                                      f"OpenVINO f32 fails parity with ONNX Runtime fp32: {ov_parity}"))
@@ -157,28 +191,31 @@ def select_runtime(fp32_path: str | Path, int8_path: str | Path | None, heldout:
             choice.candidates.append(CandidateReport(backend, precision, which, 0.0, 0.0, {}, "open", 0.0, False,
                                                      f"could not open: {str(err).splitlines()[0][:200]}"))
             continue
-        got = run_all(runner, heldout)
-        mc = metrics_from_outputs(got, labels, defect_labels)
-        if "line_agreement" in m32 and reject_raw is not None:
-            mc["line_agreement"] = _agreement(ref, got, reject_raw)
+        got = run_all(runner, evidence.images)
+        mc = metrics_from_outputs(got, evidence.labels, evidence.defect_labels)
+        if "line_agreement" in evidence.metrics_fp32 and evidence.reject_raw is not None:
+            mc["line_agreement"] = _agreement(evidence.ref, got, evidence.reject_raw)
         runners.append((cand, runner, mc))
-    if not runners and ort_int8 is not None:
-        choice.fp32_ms = ort_int8.fp32_ms
-    elif runners:
-        times = time_interleaved([base] + [r for _, r, _ in runners], heldout[:1].astype(np.float32),
-                                 max(cfg.bench_runs, 40), cfg.bench_warmup)
-        choice.fp32_ms = times[0]
-        for ((backend, precision, which), runner, mc), ms in zip(runners, times[1:], strict=True):
-            loss = {k: m32[k] - mc[k] for k in m32 if k in mc}
-            metric = max(loss, key=lambda k: loss[k] if np.isfinite(loss[k]) else np.inf)
-            kept, reason = gate(times[0], ms, m32[metric], mc[metric], metric, cfg)
-            reason = f"{backend} {precision}: " + reason.replace("INT8", precision.upper())
-            choice.candidates.append(CandidateReport(backend, precision, which, ms, times[0] / ms if ms > 0 else 0.0,
-                                                     mc, metric, loss[metric] * 100, kept, reason))
-            runner.close()
-    else:
-        choice.fp32_ms = time_interleaved([base], heldout[:1].astype(np.float32), cfg.bench_runs, cfg.bench_warmup)[0]
-    base.close()
+    return runners
+
+
+def _time_and_gate(choice: RuntimeChoice, base: Runner, runners: list[_OpenedCandidate], heldout: np.ndarray,
+                   m32: dict[str, float], cfg: QuantConfig) -> None:
+    """Time the opened candidates interleaved with fp32, gate each and close it."""
+    times = time_interleaved([base] + [r for _, r, _ in runners], heldout[:1].astype(np.float32),
+                             max(cfg.bench_runs, 40), cfg.bench_warmup)
+    choice.fp32_ms = times[0]
+    for ((backend, precision, which), runner, mc), ms in zip(runners, times[1:], strict=True):
+        loss = {k: m32[k] - mc[k] for k in m32 if k in mc}
+        metric = max(loss, key=lambda k: loss[k] if np.isfinite(loss[k]) else np.inf)
+        kept, reason = gate(times[0], ms, m32[metric], mc[metric], metric, cfg)
+        reason = f"{backend} {precision}: " + reason.replace("INT8", precision.upper())
+        choice.candidates.append(CandidateReport(backend, precision, which, ms, times[0] / ms if ms > 0 else 0.0,
+                                                 mc, metric, loss[metric] * 100, kept, reason))
+        runner.close()
+
+
+def _pick_fastest_kept(choice: RuntimeChoice) -> None:
     kept = [c for c in choice.candidates if c.kept]
     if kept:
         best = max(kept, key=lambda c: c.speedup)
@@ -186,8 +223,6 @@ def select_runtime(fp32_path: str | Path, int8_path: str | Path | None, heldout:
         choice.speedup_vs_fp32, choice.metric_loss_points, choice.reason = best.speedup, best.metric_loss_points, best.reason
     elif choice.candidates:
         choice.reason = "no reduced precision kept (" + "; ".join(c.reason for c in choice.candidates) + ")"
-    log.info("runtime: %s", choice.reason)
-    return choice
 
 
 def _openvino_parity(fp32_path: Path, heldout: np.ndarray, ref: dict[str, np.ndarray], threads: int,
