@@ -23,16 +23,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class ModelStatus(StrEnum):
-    CANDIDATE = "candidate"
-    GATED_PASS = "gated_pass"
-    GATED_FAIL = "gated_fail"
-    APPROVED = "approved"
-    ACTIVE = "active"
-    RETIRED = "retired"
-    ROLLED_BACK = "rolled_back"
-
+from inspector.contracts.statuses import ModelStatus
 
 #: Statuses a version may be promoted from without ``--force`` (approval still applies to gated_pass).
 PROMOTABLE = frozenset({ModelStatus.GATED_PASS, ModelStatus.APPROVED, ModelStatus.RETIRED, ModelStatus.ROLLED_BACK})
@@ -138,3 +129,7 @@ class GateReport(Strict):
     @property
     def failed(self) -> list[GateRow]:
         return [r for r in self.rows if not r.passed]
+
+
+__all__ = ["PERMISSIONS", "PROMOTABLE", "Action", "GateReport", "GateRow", "LineMetrics", "ModelStatus", "Role", "Strict",
+           "may"]

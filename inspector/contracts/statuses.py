@@ -1,0 +1,38 @@
+"""Statuses stored in the system of record, as string enums.
+
+A :class:`~enum.StrEnum` member *is* its string (``ReviewStatus.PENDING == "pending"``), so the database
+columns store exactly the values they stored before these enums existed: no migration.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ReviewStatus(StrEnum):
+    """Where a review item stands in the labelling queue (``review_items.status``)."""
+
+    PENDING = "pending"
+    """Waiting for a labeller (also an item whose lease expired)."""
+    LEASED = "leased"
+    """Held by one labeller until ``lease_expires``; no one else is offered it."""
+    LABELLED = "labelled"
+    """Labelled; ``leased_by`` keeps who labelled it."""
+
+
+class ModelStatus(StrEnum):
+    """Where a model version stands in its lifecycle (``model_versions.status``).
+
+    See :mod:`inspector.contracts.lifecycle` for the transitions and who may make them.
+    """
+
+    CANDIDATE = "candidate"
+    GATED_PASS = "gated_pass"
+    GATED_FAIL = "gated_fail"
+    APPROVED = "approved"
+    ACTIVE = "active"
+    RETIRED = "retired"
+    ROLLED_BACK = "rolled_back"
+
+
+__all__ = ["ModelStatus", "ReviewStatus"]
