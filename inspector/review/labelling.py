@@ -34,12 +34,13 @@ from sqlalchemy.orm import Session
 
 from inspector.archive import Archive, normalise_ext
 from inspector.contracts.errors import InspectorError
+from inspector.contracts.labels import GOOD_LABEL, UNSURE_LABEL
 from inspector.contracts.messages import Decision, ReviewRequest, now
+from inspector.contracts.statuses import ReviewStatus
 from inspector.store.db import Store
 from inspector.store.models import DatasetVersionRow, LabelRow, ReviewItemRow, ReviewSkipRow, VerdictRow
 from inspector.store.records import insert_ignore, review_item_row
 
-GOOD, UNSURE = "good", "unsure"
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 LAYOUTS = ("classification", "anomaly")
 
@@ -63,7 +64,7 @@ class ReviewItemView:
     model_version: str | None
     image_sha256: str | None
     created_at: float
-    status: str = "pending"
+    status: str = ReviewStatus.PENDING
     leased_by: str | None = None
     lease_expires: float | None = None
 
@@ -116,7 +117,7 @@ class LabellingService:
                  classes: set[str] | None = None, product: str | None = None) -> None:
         self.store, self.archive, self.lease_s = store, archive, lease_s
         self.product = product  # set: this product's queue and labelled frames only (None: every product)
-        self.classes = None if classes is None else set(classes) | {GOOD, UNSURE}
+        self.classes = None if classes is None else set(classes) | {GOOD_LABEL, UNSURE_LABEL}
 
     # -- queue -----------------------------------------------------------------------------------
 
@@ -129,9 +130,9 @@ class LabellingService:
 
     def _available(self, user: str, t: float) -> Any:
         skipped = exists().where(and_(ReviewSkipRow.item_id == ReviewItemRow.id, ReviewSkipRow.user == user))
-        expired = and_(ReviewItemRow.status == "leased", ReviewItemRow.lease_expires < t)
+        expired = and_(ReviewItemRow.status == ReviewStatus.LEASED, ReviewItemRow.lease_expires < t)
         mine = ReviewItemRow.product == self.product if self.product is not None else true()
-        return and_(or_(ReviewItemRow.status == "pending", expired), ~skipped, mine)
+        return and_(or_(ReviewItemRow.status == ReviewStatus.PENDING, expired), ~skipped, mine)
 
     def lease_next(self, user: str) -> ReviewItemView | None:
         """The next item for ``user`` (held for lease_s), or None when the queue is empty for them."""
@@ -139,7 +140,7 @@ class LabellingService:
         with self.store.session() as s:
             t = now()
             held = s.scalar(select(ReviewItemRow).where(
-                ReviewItemRow.status == "leased", ReviewItemRow.leased_by == user, ReviewItemRow.lease_expires >= t,
+                ReviewItemRow.status == ReviewStatus.LEASED, ReviewItemRow.leased_by == user, ReviewItemRow.lease_expires >= t,
             ).order_by(ReviewItemRow.priority.desc(), ReviewItemRow.created_at).limit(1))
             if held is not None:
                 return _view(held)
@@ -156,7 +157,7 @@ class LabellingService:
     def _take(self, s: Session, item_id: int, user: str, t: float) -> bool:
         """Conditional UPDATE: succeeds only if the item is still free (the SQLite path relies on this)."""
         res = s.execute(update(ReviewItemRow).where(ReviewItemRow.id == item_id, self._available(user, t)).values(
-            status="leased", leased_by=user, lease_expires=t + self.lease_s, updated_at=t,
+            status=ReviewStatus.LEASED, leased_by=user, lease_expires=t + self.lease_s, updated_at=t,
         ).execution_options(synchronize_session=False))
         return res.rowcount == 1
 
@@ -164,15 +165,15 @@ class LabellingService:
         """Give the item back to the queue; it is not offered to ``user`` again."""
         user = _check_user(user)
         with self.store.session() as s:
-            self._release_held(s, item_id, user, status="pending")
+            self._release_held(s, item_id, user, status=ReviewStatus.PENDING)
             s.execute(insert_ignore(s, ReviewSkipRow.__table__, "item_id", "user"), [
                 {"item_id": item_id, "user": user, "at": now()}])
 
     def _release_held(self, s: Session, item_id: int, user: str, status: str) -> ReviewItemRow:
         t = now()
         res = s.execute(update(ReviewItemRow).where(
-            ReviewItemRow.id == item_id, ReviewItemRow.status == "leased", ReviewItemRow.leased_by == user,
-        ).values(status=status, leased_by=user if status == "labelled" else None, lease_expires=None, updated_at=t)
+            ReviewItemRow.id == item_id, ReviewItemRow.status == ReviewStatus.LEASED, ReviewItemRow.leased_by == user,
+        ).values(status=status, leased_by=user if status == ReviewStatus.LABELLED else None, lease_expires=None, updated_at=t)
             .execution_options(synchronize_session=False))
         if res.rowcount != 1:
             item = s.get(ReviewItemRow, item_id)
@@ -188,7 +189,7 @@ class LabellingService:
         """Label a leased item (only by its lease holder). Label, item status and audit row: one transaction."""
         user, label = _check_user(user), self.check_label(label)
         with self.store.session() as s:
-            item = self._release_held(s, item_id, user, status="labelled")
+            item = self._release_held(s, item_id, user, status=ReviewStatus.LABELLED)
             return self._write_label(s, item.frame_id, item.id, user, label, note, action="label")
 
     def _write_label(self, s: Session, frame_id: str, item_id: int | None, user: str, label: str,
@@ -214,8 +215,8 @@ class LabellingService:
             known = item is not None or s.scalar(select(VerdictRow.id).where(VerdictRow.frame_id == frame_id))
             if not known:
                 raise LabelError(f"frame {frame_id} has no verdict and no review item", "check the frame id")
-            if item is not None and item.status != "labelled":
-                item.status, item.leased_by, item.lease_expires, item.updated_at = "labelled", user, None, now()
+            if item is not None and item.status != ReviewStatus.LABELLED:
+                item.status, item.leased_by, item.lease_expires, item.updated_at = ReviewStatus.LABELLED, user, None, now()
             return self._write_label(s, frame_id, item.id if item else None, user, label, note, action="relabel")
 
     def undo_last(self, user: str) -> LabelRecord | None:
@@ -233,7 +234,7 @@ class LabellingService:
             if restored is None and row.item_id is not None:
                 t = now()
                 s.execute(update(ReviewItemRow).where(ReviewItemRow.id == row.item_id).values(
-                    status="leased", leased_by=user, lease_expires=t + self.lease_s, updated_at=t,
+                    status=ReviewStatus.LEASED, leased_by=user, lease_expires=t + self.lease_s, updated_at=t,
                 ).execution_options(synchronize_session=False))
             self.store.audit.record(user, "label.undo", f"frame:{row.frame_id}", row.label,
                                     restored.label if restored else None, {"label_id": row.id}, session=s)
@@ -287,13 +288,13 @@ class LabellingService:
             rows = s.execute(select(ReviewItemRow.status, ReviewItemRow.priority, ReviewItemRow.lease_expires)).all()
             by_label = dict(s.execute(select(LabelRow.label, func.count()).where(LabelRow.is_current.is_(True))
                                       .group_by(LabelRow.label)).all())
-        stats: dict[str, Any] = {"pending": 0, "leased": 0, "labelled": 0, "total": len(rows), "by_priority": {},
+        stats: dict[str, Any] = {**{str(st): 0 for st in ReviewStatus}, "total": len(rows), "by_priority": {},
                                  "labels": by_label}
         for status, priority, expires in rows:
-            if status == "leased" and expires is not None and expires < t:
-                status = "pending"
+            if status == ReviewStatus.LEASED and expires is not None and expires < t:
+                status = ReviewStatus.PENDING
             stats[status] = stats.get(status, 0) + 1
-            if status != "labelled":
+            if status != ReviewStatus.LABELLED:
                 stats["by_priority"][priority] = stats["by_priority"].get(priority, 0) + 1
         return stats
 
@@ -333,8 +334,8 @@ class LabellingService:
         item.priority = max(item.priority, priority)
         if item.image_sha256 is None and sha is not None:
             item.image_sha256, item.image_ext = sha, ext
-        if item.status == "labelled":
-            item.status, item.leased_by, item.lease_expires = "pending", None, None
+        if item.status == ReviewStatus.LABELLED:
+            item.status, item.leased_by, item.lease_expires = ReviewStatus.PENDING, None, None
         item.updated_at = now()
 
     # -- datasets --------------------------------------------------------------------------------
@@ -369,13 +370,13 @@ class LabellingService:
         skipped = {"unsure": 0, "no_image": 0}
         with self.store.session() as s:
             for label, sha in s.execute(q):
-                if label == UNSURE:
+                if label == UNSURE_LABEL:
                     skipped["unsure"] += 1
                 elif sha is None or not self.archive.exists(sha):
                     skipped["no_image"] += 1
                 else:
                     src = self.archive.path(sha)
-                    folder = label if layout == "classification" else ("train/good" if label == GOOD else f"test/{label}")
+                    folder = label if layout == "classification" else ("train/good" if label == GOOD_LABEL else f"test/{label}")
                     files[f"{folder}/{src.name}"] = sha
         return files, skipped
 

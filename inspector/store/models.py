@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from inspector.contracts.lifecycle import ModelStatus
+from inspector.contracts.statuses import ReviewStatus
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -21,9 +21,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-REVIEW_STATUSES = ("pending", "leased", "labelled")
-MODEL_STATUSES = tuple(s.value for s in ModelStatus)  # inspector.contracts.lifecycle
 
 
 class Base(DeclarativeBase):
@@ -76,7 +73,7 @@ class ReviewItemRow(Base):
     image_sha256: Mapped[str | None] = mapped_column(String(64))
     image_ext: Mapped[str | None] = mapped_column(String(8))
     product: Mapped[str | None] = mapped_column(String(64), index=True)  # 0006: each product has its own queue
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=ReviewStatus.PENDING)  # a ReviewStatus value
     leased_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)
@@ -123,7 +120,7 @@ class ModelVersionRow(Base):
     package_path: Mapped[str] = mapped_column(Text)
     package_sha256: Mapped[str] = mapped_column(String(64))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # a ModelStatus value
     created_at: Mapped[float] = mapped_column(Float)
     promoted_at: Mapped[float | None] = mapped_column(Float)
 
