@@ -1,6 +1,6 @@
 """RQ plumbing of a station: the JSON-only serializer, the station's queue, job keys and the worker context.
 
-Jobs are serialised with JSON only: :class:`StrictJSONSerializer` (an ``rq.serializers.JSONSerializer``)
+Jobs are serialised with JSON only: :class:`StrictJSONSerializer` (``inspector.contracts.jobqueue``)
 refuses anything that is not UTF-8 JSON, and names pickle payloads as such, so a pickled job is refused
 before anything in it runs. Job arguments are therefore plain JSON values (station id, reason, version).
 
@@ -16,36 +16,14 @@ A job gets the station config from the worker that runs it (:func:`set_worker_co
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import redis
 from rq import Queue
 from rq.job import Job
-from rq.serializers import JSONSerializer
 
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError, UnsafeInputError
+from inspector.contracts.jobqueue import REQUESTED_JOB_FUNCTIONS, StrictJSONSerializer, queue_name
 from inspector.contracts.names import Names
-
-
-class StrictJSONSerializer(JSONSerializer):
-    """JSON in, JSON out; a pickle (or any non-JSON) payload raises instead of being loaded."""
-
-    @staticmethod
-    def dumps(obj: Any, *args: Any, **kwargs: Any) -> bytes:
-        return json.dumps(obj, *args, **kwargs).encode("utf-8")
-
-    @staticmethod
-    def loads(data: bytes | str, *args: Any, **kwargs: Any) -> Any:
-        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        if raw[:1] == b"\x80":
-            raise UnsafeInputError("job payload is a pickle; refused, nothing executed", "jobs are JSON only")
-        try:
-            return json.loads(raw.decode("utf-8"), *args, **kwargs)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UnsafeInputError(f"job payload is not JSON ({err}); refused", "jobs are JSON only") from None
-
 
 SERIALIZER = StrictJSONSerializer
 
@@ -55,6 +33,7 @@ JOB_FUNCTIONS: frozenset[str] = frozenset({
     "jobs.pipeline.retrain",
     "jobs.maintenance.refit",
     "jobs.validation.validate",
+    *REQUESTED_JOB_FUNCTIONS,
 })
 
 
@@ -102,11 +81,6 @@ class StationJob(Job):
     @property
     def stopped_callback(self):  # type: ignore[no-untyped-def,override]
         return None
-
-
-def queue_name(cfg: StationConfig) -> str:
-    """One queue per station, so stations sharing a Redis never run each other's jobs."""
-    return f"{cfg.jobs.queue}-{cfg.station.id}"
 
 
 def station_queue(cfg: StationConfig, client: redis.Redis) -> Queue:
