@@ -21,12 +21,11 @@ import redis
 from inspector.archive import Archive
 from inspector.contracts.config import StationConfig
 from inspector.contracts.names import Names
-from inspector.progress import ConsumerHeartbeat
 from inspector.review.router import ReviewRouter
 from inspector.store import open_store
 from inspector.store.db import Store
-from inspector.store.part_recorder import PartRecorder
-from inspector.store.recorder import VerdictRecorder
+from inspector.recording.part_recorder import PartRecorder
+from inspector.recording.recorder import VerdictRecorder
 from inspector.store.retention import start_retention
 from inspector.worker import Sink
 
@@ -43,15 +42,12 @@ def build_sinks(cfg: StationConfig, client: redis.Redis, consumer: str | None = 
         return []
     router = ReviewRouter(cfg, client, _names(cfg), Archive.for_data_dir(cfg.data_dir), open_store(cfg, lazy=True),
                           consumer=consumer or f"{socket.gethostname()}-{os.getpid()}")
-    heartbeat = ConsumerHeartbeat(client, _names(cfg), router.progress)
-    router.start()
-    heartbeat.start()
+    router.start()  # its run() writes its own heartbeat (StreamConsumer)
 
     def review_sink(verdict, image, encoding):  # type: ignore[no-untyped-def]
         router.submit(verdict, image, encoding)
 
     review_sink.router = router  # type: ignore[attr-defined]
-    review_sink.heartbeat = heartbeat  # type: ignore[attr-defined]
     return [review_sink]
 
 
@@ -59,11 +55,9 @@ def start_recorder(cfg: StationConfig, client: redis.Redis, name: str) -> Callab
     """Start the verdict recorder thread; the returned function stops it within ``store.stop_timeout_s``
     (recording what is left when the database answers) and returns the rows drained at the end."""
     recorder = VerdictRecorder(cfg, client, open_store(cfg, lazy=True), consumer=name)
-    heartbeat = ConsumerHeartbeat(client, _names(cfg), recorder.progress)
     stop = threading.Event()
     thread = threading.Thread(target=recorder.run, args=(stop,), name="verdict-recorder", daemon=True)
-    thread.start()
-    heartbeat.start()
+    thread.start()  # its run() writes its own heartbeat (StreamConsumer)
     stop_retention = start_retention(cfg, client, recorder.store)  # retention runs where the recorder runs
     stop_parts = _start_part_recorder(cfg, client, recorder.store, name) if cfg.parts.views else None
 
@@ -88,7 +82,6 @@ def start_recorder(cfg: StationConfig, client: redis.Redis, name: str) -> Callab
         if thread.is_alive() or recorder.progress.error is not None:
             log.warning("verdict recorder %s stopped with verdicts not recorded (%s); they stay pending for the next "
                         "recorder", name, recorder.progress.error or "a database call did not return in time")
-        heartbeat.stop()
         return drained[0]
 
     return finish
@@ -113,6 +106,3 @@ def stop_sinks(sinks: list[Sink]) -> None:
         router = getattr(sink, "router", None)
         if router is not None:
             router.stop()
-        heartbeat = getattr(sink, "heartbeat", None)
-        if heartbeat is not None:
-            heartbeat.stop()

@@ -248,6 +248,14 @@ class StationBus:
             out += [Entry(_id(eid), fields or None) for eid, fields in entries]
         return out
 
+    def read_pending_own(self, stream: str, group: str, consumer: str, count: int) -> list[Entry]:
+        """Entries delivered to ``consumer`` and not acknowledged (its previous run died): XREADGROUP from ``0``."""
+        resp = self.r.xreadgroup(group, consumer, {stream: "0"}, count=count)
+        out: list[Entry] = []
+        for _stream, entries in resp or []:
+            out += [Entry(_id(eid), fields or None) for eid, fields in entries]
+        return out
+
     def reclaim(self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries pending longer than ``min_idle_ms`` (their consumer died or hung)."""
         resp = self.r.xautoclaim(stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count)

@@ -87,6 +87,12 @@ class Names:
     def consumer_heartbeat_pattern(self) -> str:
         return f"{self.base}:chb:*"
 
+    @property
+    def process_registry(self) -> str:
+        """Hash ``role:consumer`` -> JSON of that process's last heartbeat (no TTL): ``inspector status`` lists every
+        process ever seen, ``down`` once its heartbeat key has expired."""
+        return f"{self.base}:processes"
+
     def camera_heartbeat(self, camera: str) -> str:
         return f"{self.base}:camhb:{camera}"
 

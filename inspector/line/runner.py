@@ -14,13 +14,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import redis
 
 from inspector.bus.connection import station_url
+from inspector.bus.consumer import StreamConsumer
 from inspector.bus.streams import decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
+from inspector.contracts.health import ConsumerRole
 from inspector.contracts.messages import FrameMeta, Verdict
 from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
 from inspector.line.decider import LineDecider, Outcome, Part
@@ -33,8 +36,11 @@ log = logging.getLogger(__name__)
 CONSUMER = "line"
 
 
-class LineRunner:
-    """One per station. ``step()`` is one loop turn (tests drive it); ``run()`` loops until stopped."""
+class LineRunner(StreamConsumer):
+    """One per station. ``step()`` is one loop turn (tests drive it); ``run()`` loops until stopped (a
+    :class:`StreamConsumer` with a heartbeat; ``step`` itself rides out Redis outages to keep the deadlines)."""
+
+    role: ClassVar[ConsumerRole] = ConsumerRole.LINE_RUNNER
 
     def __init__(
         self,
@@ -43,9 +49,9 @@ class LineRunner:
         client: redis.Redis | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.cfg = cfg
-        self.names = Names(cfg.redis.prefix, cfg.station.id)
         self.client = client or fast_client(cfg, station_url(cfg), timeout_s=2.0)  # connect only, never own Redis
+        super().__init__(cfg, self.client, CONSUMER)
+        self.names = Names(cfg.redis.prefix, cfg.station.id)
         self.outputs = list(outputs_from_config(cfg) if outputs is None else outputs)
         self.decider: LineDecider | PartDecider = LineDecider(cfg.line.deadline_ms / 1000, clock=clock)
         self.parts: PartCommitter | None = None
@@ -59,7 +65,8 @@ class LineRunner:
         self.last_frame_at: float | None = None
         self._next_health = 0.0
         self._groups_ready = False
-        self.stop_event = threading.Event()
+        self._recovered = False
+        self.handled = 0  # stream entries read and acknowledged (frames and verdicts)
         self.counts = {"accept": 0, "reject": 0}
         self.outcomes_by_reason: Counter[tuple[str, str]] = Counter()  # (signal, reason): the line's metrics
 
@@ -84,10 +91,15 @@ class LineRunner:
             if self.parts is not None and not self._replayed:  # parts a previous line process held in memory
                 outcomes += replay_recent(self.client, self.names, self.decider)  # type: ignore[arg-type]
                 self._replayed = True
+            if not self._recovered:  # entries a previous line process read and never acknowledged (kill -9)
+                outcomes += self._read(None, start="0")
+                self._recovered = True
             outcomes += self._read(self._block_ms(max_block_ms))
+            self.progress.ok()
         except REDIS_ERRORS as err:
             log.warning("line runner: Redis unreachable (%s); deadlines still enforced", err)
             self._groups_ready = False
+            self.progress.failed(f"Redis unreachable: {err}")
             self._set_health(Health(False, False, 0, False, "Redis unreachable"))
             self.stop_event.wait(min(max_block_ms, 50) / 1000)
         outcomes += self.decider.expire()
@@ -96,17 +108,12 @@ class LineRunner:
         self._poll_health()
         return outcomes
 
-    def run(self) -> None:
+    def setup(self) -> None:
         log.info("line runner for station %s: deadline %.0f ms, %d output(s)",
                  self.cfg.station.id, self.cfg.line.deadline_ms, len(self.outputs))
-        try:
-            while not self.stop_event.is_set():
-                self.step()
-        finally:
-            self.close()
 
-    def stop(self) -> None:
-        self.stop_event.set()
+    def teardown(self) -> None:
+        self.close()
 
     def close(self) -> None:
         for out in self.outputs:
@@ -122,8 +129,8 @@ class LineRunner:
         wait = min(wait, until_health)
         return max(1, int(wait * 1000))
 
-    def _read(self, block_ms: int) -> list[Outcome]:
-        streams = {self.names.frames: ">", self.names.verdicts: ">"}
+    def _read(self, block_ms: int | None, start: str = ">") -> list[Outcome]:
+        streams = {self.names.frames: start, self.names.verdicts: start}
         resp = self.client.xreadgroup(self.names.line_group, CONSUMER, streams, count=200, block=block_ms)
         outcomes: list[Outcome] = []
         for stream, entries in resp or []:
@@ -135,6 +142,8 @@ class LineRunner:
                     outcomes.append(outcome)
             if ids:
                 self.client.xack(name, self.names.line_group, *ids)
+                self.handled += len(ids)
+                self.progress.ok(len(ids))
         return outcomes
 
     def _handle(self, stream: str, fields: dict[bytes, bytes] | None) -> Outcome | None:

@@ -6,8 +6,8 @@ Two halves, so that no sampled frame is lost to a database or disk error:
   (pure and cheap) and appends the picked frame, image included, to the review inbox stream
   (``Names.review_inbox``) in Redis. It never blocks on the disk or the database and never raises; when
   the inbox already holds ``review.queue_size`` frames the pick is dropped and counted (``review_dropped``).
-- **the consumer** (:meth:`ReviewRouter.run`, a thread of the worker process; consumer group
-  ``Names.review_group``), for each inbox entry:
+- **the consumer** (:meth:`ReviewRouter.run`, a :class:`~inspector.bus.consumer.StreamConsumer` on a thread of
+  the worker process; consumer group ``Names.review_group``), for each inbox entry:
 
   1. archive the image (content-addressed, atomic, fsynced): the item never points at a missing file;
   2. insert the review item (idempotent by frame id): the router is the writer of ``review_items``;
@@ -28,17 +28,18 @@ import logging
 import threading
 import time
 from collections import Counter
+from typing import ClassVar
 
 import redis
 
 from inspector.archive import Archive
-from inspector.bus.streams import Entry, StationBus
+from inspector.bus.consumer import StreamConsumer
+from inspector.bus.streams import Entry
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.health import ConsumerRole
 from inspector.contracts.messages import ReviewJob, ReviewRequest, Verdict
 from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE, Names
-from inspector.progress import Progress
 from inspector.review.samplers import Sampler, choose, default_samplers
 from inspector.store.db import Store
 from inspector.store.records import add_review_item
@@ -49,19 +50,20 @@ MAX_BACKOFF_S = 5.0
 READ_COUNT = 16
 
 
-class ReviewRouter:
+class ReviewRouter(StreamConsumer):
+    role: ClassVar[ConsumerRole] = ConsumerRole.REVIEW_ROUTER
+    retry_on: ClassVar[tuple[type[BaseException], ...]] = (Exception,)  # Redis, database or disk: entries stay pending
+    backoff_max_s: ClassVar[float] = MAX_BACKOFF_S
+
     def __init__(self, cfg: StationConfig, client: redis.Redis, names: Names, archive: Archive, store: Store,
                  samplers: list[Sampler] | None = None, consumer: str = "review-router") -> None:
-        self.cfg, self.client, self.names, self.archive, self.store = cfg, client, names, archive, store
+        super().__init__(cfg, client, consumer)
+        self.client, self.names, self.archive, self.store = client, names, archive, store
         self.samplers = samplers if samplers is not None else default_samplers(cfg.review, cfg.policy, client, names)
-        self.consumer = consumer
-        self.bus = StationBus(client, cfg)
         self.stats: Counter[str] = Counter()
-        self.progress = Progress(ConsumerRole.REVIEW_ROUTER, consumer, cfg.store.stall_s)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._next_reclaim = 0.0
+        self._held: list[Entry] = []
 
     def pick(self, verdict: Verdict, t: float | None = None) -> tuple[list[str], int] | None:
         """Reasons and priority if the verdict should be reviewed (consumes rate-limit slots)."""
@@ -144,57 +146,63 @@ class ReviewRouter:
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self.run, args=(self._stop,), name="review-router", daemon=True)
+            self.stop_event.clear()
+            self._thread = threading.Thread(target=self.run, args=(self.stop_event,), name="review-router", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None) -> None:  # type: ignore[override]
         """Route what the inbox holds now (unless delivery fails), then stop within ``timeout``
         (default ``store.stop_timeout_s``); whatever is left stays pending for the next router."""
+        self.stop_event.set()
         if self._thread is None:
             return
-        self._stop.set()
         self._thread.join(self.cfg.store.stop_timeout_s if timeout is None else timeout)
         if self._thread.is_alive():
             log.warning("review router %s did not finish within its stop bound; its entries stay pending", self.consumer)
         self._thread = None
 
-    def run(self, stop: threading.Event) -> None:
-        """Consume the inbox until ``stop``; when stopping, finish what is there and exit on the first failure."""
-        backoff = 0.05
-        held: list[Entry] = []
-        recovered = False
-        while True:
-            try:
-                self.bus.ensure_group(self.names.review_inbox, self.names.review_group)
-                if not recovered:  # entries delivered to this consumer name before a restart
-                    held = self._read("0", None) + held
-                    recovered = True
-                if not held:
-                    held = self._reclaim() or self._read(">", None if stop.is_set() else 200)
-                if not held:
-                    self.progress.ok()
-                    if stop.is_set():
-                        return
-                    continue
-                while held:
-                    self._handle(held[0])
-                    held.pop(0)
-                    self.progress.ok(1)
-                backoff = 0.05
-            except Exception as err:  # noqa: BLE001 - the entries stay pending and are retried
-                reason = self._reason(err)
-                self.stats["errors"] += 1
-                self.progress.failed(reason)
-                log.error("review router %s: %s; %d frames held, retrying in %.2f s", self.consumer, reason,
-                          len(held), backoff)
-                if stop.is_set():
+    def setup(self) -> None:
+        """The group, then the entries delivered to this consumer name before a restart (or a Redis failure)."""
+        self.bus.ensure_group(self.names.review_inbox, self.names.review_group)
+        own = self._read("0", None)
+        ids = {e.entry_id for e in own}
+        self._held = own + [e for e in self._held if e.entry_id not in ids]
+
+    def step(self) -> int:
+        """Route what is held, else what a dead router left, else what is new (blocking up to 200 ms)."""
+        if not self._held:
+            self._held = self._reclaim() or self._read(">", 200)
+        if not self._held:
+            self.progress.ok()
+            return 0
+        n = 0
+        while self._held:
+            self._handle(self._held[0])
+            self._held.pop(0)
+            self.progress.ok(1)
+            n += 1
+        return n
+
+    def teardown(self) -> None:
+        """Stopping: finish what the inbox holds now; the first failure leaves the rest pending."""
+        try:
+            self.setup()
+            while True:
+                if not self._held:
+                    self._held = self._reclaim() or self._read(">", None)
+                if not self._held:
                     return
-                stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                if isinstance(err, redis.RedisError):
-                    recovered = False  # re-read own pending: what is held may have been reclaimed meanwhile
-                    held = []
+                self.step()
+        except Exception as err:  # noqa: BLE001 - what is left stays pending for the next router
+            self.on_failure(err)
+
+    def on_failure(self, err: BaseException) -> str:
+        reason = self._reason(err)
+        self.stats["errors"] += 1
+        log.error("review router %s: %s; %d frames held", self.consumer, reason, len(self._held))
+        if isinstance(err, redis.RedisError):
+            self._held = []  # re-read own pending at setup: what was held may have been reclaimed meanwhile
+        return reason
 
     def _read(self, start: str, block_ms: int | None) -> list[Entry]:
         reply = self.client.xreadgroup(self.names.review_group, self.consumer, {self.names.review_inbox: start},
@@ -203,11 +211,8 @@ class ReviewRouter:
                 for _stream, entries in reply or [] for eid, fields in entries]
 
     def _reclaim(self) -> list[Entry]:
-        if time.monotonic() < self._next_reclaim:
-            return []
-        idle_ms = self.cfg.store.reclaim_idle_ms
-        self._next_reclaim = time.monotonic() + idle_ms / 2000
-        entries = self.bus.reclaim(self.names.review_inbox, self.names.review_group, self.consumer, idle_ms, READ_COUNT)
+        entries = self.reclaim_stale(self.names.review_inbox, self.names.review_group, self.cfg.store.reclaim_idle_ms,
+                                     READ_COUNT)
         self.stats["reclaimed"] += len(entries)
         return entries
 

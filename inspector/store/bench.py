@@ -20,7 +20,7 @@ from inspector.contracts.config import parse_config
 from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
 from inspector.store.db import open_store
 from inspector.store.fakes import make_verdict
-from inspector.store.recorder import VerdictRecorder
+from inspector.recording.recorder import VerdictRecorder
 from inspector.store.testing import drop_schema
 
 

@@ -38,7 +38,7 @@ from inspector.contracts.config import RetentionSection, StationConfig
 from inspector.contracts.names import Names
 from inspector.store.db import Store
 from inspector.store.models import ReviewItemRow, VerdictRow
-from inspector.store.part_recorder import delete_old_part_verdicts
+from inspector.store.part_verdicts import delete_old_part_verdicts
 
 log = logging.getLogger(__name__)
 

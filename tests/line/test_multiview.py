@@ -25,7 +25,7 @@ from inspector.line.parts import PartDecider, read_part_verdicts
 from inspector.models.decode import encode_image
 from inspector.store import open_store
 from inspector.store.models import PartVerdictRow
-from inspector.store.part_recorder import PartRecorder
+from inspector.recording.part_recorder import PartRecorder
 from inspector.worker import Worker, load_model
 
 VIEWS = ["top", "side"]
@@ -218,7 +218,7 @@ def test_one_failing_view_fails_the_part_and_is_recorded_once(station_config, re
     assert rows[part_id_of(2)].views["side"]["decision"] == "FAIL" and rows[part_id_of(1)].reject is False
     store.close()
     # inspector trace PART shows every view's verdict and the part verdict (the worker's recorder wrote the rows)
-    from inspector.store.recorder import VerdictRecorder
+    from inspector.recording.recorder import VerdictRecorder
 
     VerdictRecorder(cfg, redis_client, open_store(cfg), "rec1").drain()
     config = tmp_path / "station.yaml"
@@ -318,7 +318,7 @@ def test_restarted_line_finishes_the_parts_the_dead_one_held(station_config, red
 def test_retention_prunes_old_part_rows_and_trims_the_parts_stream(station_config, redis_client) -> None:  # type: ignore[no-untyped-def]
     from inspector.archive import Archive
     from inspector.contracts.messages import PartVerdict
-    from inspector.store.part_recorder import insert_part_verdicts
+    from inspector.store.part_verdicts import insert_part_verdicts
     from inspector.store.retention import Retention
 
     cfg = views_cfg(station_config)

@@ -11,7 +11,7 @@ from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
 from inspector.store import Store
 from inspector.store.fakes import make_verdict
 from inspector.store.models import VerdictRow
-from inspector.store.recorder import VerdictRecorder
+from inspector.recording.recorder import VerdictRecorder
 
 
 def rows(store: Store) -> int:

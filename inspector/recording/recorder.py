@@ -8,30 +8,31 @@ recorder takes them over with XAUTOCLAIM once they are idle ``store.reclaim_idle
 at-least-once and the insert is idempotent, so each frame has exactly one row. Entries that cannot be
 decoded are counted, logged and acknowledged (they would never decode on a retry either).
 
-The worker process runs ``VerdictRecorder.run(stop)`` in a thread. Redis and database failures are
+A :class:`~inspector.bus.consumer.StreamConsumer`: the worker process runs ``VerdictRecorder.run(stop)`` in a
+thread, ``python -m inspector.recording`` runs it as its own process. Redis and database failures are
 logged and retried with capped backoff; nothing is acknowledged that is not committed, so after a database
-outage the recorder catches up from its pending entries. Its :class:`~inspector.progress.Progress` says when it
-last made progress; a heartbeat thread reports it ``stalled`` after ``store.stall_s`` (``inspector status``).
+outage the recorder catches up from its pending entries. Its heartbeat reports it ``stalled`` after
+``store.stall_s`` without progress, and ``down`` once the process is gone (``inspector status``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import redis
-from redis.exceptions import ResponseError
 from sqlalchemy.orm import Session
 
 from inspector import telemetry
+from inspector.bus.consumer import StreamConsumer
+from inspector.bus.streams import Entry
 from inspector.contracts.config import StationConfig
 from inspector.contracts.health import ConsumerRole
 from inspector.contracts.messages import PartVerdict, Verdict
-from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
-from inspector.progress import Progress
+from inspector.contracts.names import Names
 from inspector.store.db import Store
 from inspector.store.records import insert_verdicts
 
@@ -41,89 +42,82 @@ MAX_BACKOFF_S = 5.0
 
 @dataclass
 class _Pending:
-    ids: list[bytes]
-    verdicts: list[Verdict]
-    first_at: float
+    ids: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    first_at: float = 0.0
 
 
-class VerdictRecorder:
+class VerdictRecorder(StreamConsumer):
+    role: ClassVar[ConsumerRole] = ConsumerRole.RECORDER
+    retry_on: ClassVar[tuple[type[BaseException], ...]] = (Exception,)  # Redis or database: nothing acked is lost
+    backoff_max_s: ClassVar[float] = MAX_BACKOFF_S
     message_type: type[Verdict] | type[PartVerdict] = Verdict  # what the stream holds (PartRecorder: part verdicts)
 
     def __init__(self, cfg: StationConfig, client: redis.Redis, store: Store, consumer: str,
                  stream: str | None = None) -> None:
+        super().__init__(cfg, client, consumer)
         self.names = Names(cfg.redis.prefix, cfg.station.id)
-        self.client, self.store, self.consumer = client, store, consumer
+        self.client, self.store = client, store
         self.stream, self.group = stream or self.names.verdicts, self.names.store_group
         self.batch_size = cfg.store.batch_size
         self.flush_s = cfg.store.flush_ms / 1000
         self.reclaim_idle_ms = cfg.store.reclaim_idle_ms
         self.stats: Counter[str] = Counter()
-        self.progress = Progress(ConsumerRole.RECORDER, consumer, cfg.store.stall_s)
-        self._batch = _Pending([], [], 0.0)
+        self._batch = _Pending()
         self._group_ready = False
-        self._last_reclaim = 0.0
         if stream is None:
             telemetry.watch_recorder(self)
 
     # -- redis -----------------------------------------------------------------------------------
 
     def ensure_group(self) -> None:
-        if self._group_ready:
-            return
-        try:
-            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as err:
-            if "BUSYGROUP" not in str(err):
-                raise
-        self._group_ready = True
+        if not self._group_ready:
+            self.bus.ensure_group(self.stream, self.group, start="0")
+            self._group_ready = True
 
-    def _read(self, start: str, block_ms: int | None) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+    def _read(self, start: str, block_ms: int | None) -> list[Entry]:
         room = max(1, self.batch_size - len(self._batch.ids))
-        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: start}, count=room, block=block_ms)
-        if not reply:
-            return []
-        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
-        return list(entries)
+        if start == "0":
+            return self.recover_own(self.stream, self.group, room)
+        return self.bus.read_new(self.stream, self.group, self.consumer, room, block_ms)
 
     def _reclaim(self) -> int:
-        """Take over entries idle longer than reclaim_idle_ms (their recorder died); returns how many."""
-        self._last_reclaim = time.monotonic()
-        start, n = "0-0", 0
+        """Take over every entry idle longer than reclaim_idle_ms (their recorder died); returns how many."""
+        self._next_reclaim = time.monotonic() + self.reclaim_idle_ms / 2000
+        n = 0
         while True:
-            reply = self.client.xautoclaim(self.stream, self.group, self.consumer, self.reclaim_idle_ms,
-                                           start_id=start, count=self.batch_size)
-            start, entries = reply[0], reply[1]
-            deleted = list(reply[2]) if len(reply) > 2 else []
-            if deleted:
-                self.client.xack(self.stream, self.group, *deleted)
+            entries = self.bus.reclaim(self.stream, self.group, self.consumer, self.reclaim_idle_ms, self.batch_size)
+            if not entries:
+                break
             self._add(entries)
             n += len(entries)
             self._flush_if_due(force=len(self._batch.ids) >= self.batch_size)
-            if start in (b"0-0", "0-0") or not entries:
-                break
         self.stats["reclaimed"] += n
         return n
 
     # -- batching ----------------------------------------------------------------------------------
 
-    def _add(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> None:
-        for entry_id, fields in entries:
-            verdict = self._decode(entry_id, fields)
+    def _add(self, entries: list[Entry]) -> None:
+        for entry in entries:
             if not self._batch.ids:
                 self._batch.first_at = time.monotonic()
-            self._batch.ids.append(entry_id)
+            self._batch.ids.append(entry.entry_id)
+            if entry.fields is None:  # deleted (trimmed) while pending: acknowledged with the batch, nothing to record
+                self.stats["deleted"] += 1
+                continue
+            verdict = self._decode(entry)
             if verdict is not None:
                 self._batch.verdicts.append(verdict)
 
-    def _decode(self, entry_id: bytes, fields: dict[bytes, bytes] | None) -> Verdict | None:
-        raw = (fields or {}).get(STREAM_FIELD_MESSAGE)
+    def _decode(self, entry: Entry) -> Verdict | None:
+        raw = entry.message_raw
         try:
             if raw is None:
-                raise ValueError("entry has no message field (trimmed or foreign entry)")
+                raise ValueError("entry has no message field (foreign entry)")
             return self.message_type.from_json(raw)  # type: ignore[return-value]
         except Exception as err:  # noqa: BLE001 - a bad entry is counted and acknowledged, never fatal
             self.stats["bad_entries"] += 1
-            log.warning("verdict entry %r on %s cannot be recorded: %s", entry_id, self.stream, err)
+            log.warning("verdict entry %r on %s cannot be recorded: %s", entry.entry_id, self.stream, err)
             return None
 
     def _flush_if_due(self, force: bool = False) -> int:
@@ -144,16 +138,40 @@ class VerdictRecorder:
         self.client.xack(self.stream, self.group, *b.ids)
         self.stats["recorded"] += len(b.verdicts)
         self.stats["batches"] += 1
-        self._batch = _Pending([], [], 0.0)
+        self._batch = _Pending()
         self.progress.ok(len(b.ids))
         return inserted
 
     def _insert(self, s: Session, rows: list[Verdict]) -> int:
         return insert_verdicts(s, rows)
 
-    # -- loops -------------------------------------------------------------------------------------
+    # -- lifecycle (StreamConsumer) ------------------------------------------------------------------
 
-    def step(self, block_ms: int | None) -> int:
+    def setup(self) -> None:
+        self.ensure_group()
+        self._recover_own()
+
+    def step(self) -> int:
+        if time.monotonic() >= self._next_reclaim:
+            self._reclaim()
+        b = self._batch
+        wait = self.flush_s if not b.ids else max(0.001, self.flush_s - (time.monotonic() - b.first_at))
+        return self.read_once(max(1, int(wait * 1000)))
+
+    def teardown(self) -> None:
+        try:
+            self.flush()
+        except Exception as err:  # noqa: BLE001 - entries stay pending and are re-read later
+            log.error("%s %s: final flush failed: %s", self.role.value, self.consumer, err)
+
+    def on_failure(self, err: BaseException) -> str:
+        self.stats["errors"] += 1
+        self._group_ready = False
+        reason = f"Redis: {err}" if isinstance(err, redis.RedisError) else self.store.describe(err)  # type: ignore[arg-type]
+        log.error("%s %s: %d verdicts held", self.role.value, self.consumer, len(self._batch.ids))
+        return reason
+
+    def read_once(self, block_ms: int | None) -> int:
         """Read once (blocking up to block_ms), flush when the batch is full or old; returns entries read."""
         entries = self._read(">", block_ms)
         self._add(entries)
@@ -165,10 +183,11 @@ class VerdictRecorder:
     def _recover_own(self) -> None:
         """Entries delivered to this consumer name before a restart and never acknowledged."""
         while True:
-            entries = self._read("0", None)
-            fresh = [e for e in entries if e[0] not in set(self._batch.ids)]
+            held = set(self._batch.ids)
+            fresh = [e for e in self._read("0", None) if e.entry_id not in held]
             if not fresh:
                 break
+            self.stats["recovered"] += len(fresh)
             self._add(fresh)
             self.flush()
         self.flush()
@@ -179,41 +198,7 @@ class VerdictRecorder:
         before = self.stats["recorded"] + self.stats["bad_entries"]
         self._recover_own()
         self._reclaim()
-        while self.step(None):
+        while self.read_once(None):
             pass
         self.flush()
         return self.stats["recorded"] + self.stats["bad_entries"] - before
-
-    def run(self, stop: threading.Event) -> None:
-        """Record until ``stop`` is set; then flush what was read. Failures are retried with backoff."""
-        backoff = 0.05
-        while not stop.is_set():
-            try:
-                self._run_once(stop)
-                return
-            except Exception as err:  # noqa: BLE001 - keep recording; nothing unacknowledged is lost
-                self.stats["errors"] += 1
-                self._group_ready = False
-                reason = self.store.describe(err) if not isinstance(err, redis.RedisError) else f"Redis: {err}"
-                self.progress.failed(reason)
-                log.error("verdict recorder %s: %s; %d verdicts held, retrying in %.2f s",
-                          self.consumer, reason, len(self._batch.ids), backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-        self._final_flush()
-
-    def _run_once(self, stop: threading.Event) -> None:
-        self.ensure_group()
-        self._recover_own()
-        while not stop.is_set():
-            if time.monotonic() - self._last_reclaim > self.reclaim_idle_ms / 2000:
-                self._reclaim()
-            wait = self.flush_s if not self._batch.ids else max(0.001, self.flush_s - (time.monotonic() - self._batch.first_at))
-            self.step(max(1, int(wait * 1000)))
-        self.flush()
-
-    def _final_flush(self) -> None:
-        try:
-            self.flush()
-        except Exception as err:  # noqa: BLE001 - entries stay pending and are re-read later
-            log.error("verdict recorder %s: final flush failed: %s", self.consumer, err)

@@ -1,10 +1,4 @@
-"""Record every part verdict of the parts stream (``parts.views``) in ``part_verdicts``, exactly once per part.
-
-The same consumer as :class:`~inspector.store.recorder.VerdictRecorder` (consumer group ``store``, batched
-``INSERT .. ON CONFLICT (part_id) DO NOTHING``, XACK only after the commit, a dead recorder's entries taken
-over with XAUTOCLAIM), on the parts stream the line process writes. The worker process runs it in a thread
-beside the verdict recorder when ``parts.views`` is set (:func:`inspector.station_sinks.start_recorder`).
-"""
+"""Part verdicts in the database (``part_verdicts``): rows, the idempotent insert, retention's delete."""
 
 from __future__ import annotations
 
@@ -12,16 +6,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import redis
 from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
-from inspector.contracts.config import RetentionSection, StationConfig
+from inspector.contracts.config import RetentionSection
 from inspector.contracts.messages import PartVerdict
-from inspector.contracts.names import Names
 from inspector.store.db import Store
 from inspector.store.models import PartVerdictRow
-from inspector.store.recorder import VerdictRecorder
 from inspector.store.records import insert_ignore
 
 PART_TABLE: Table = PartVerdictRow.__table__  # type: ignore[assignment]
@@ -61,13 +52,3 @@ def delete_old_part_verdicts(store: Store, section: RetentionSection, now: float
         total += len(ids)
         if len(ids) < section.delete_batch:
             return total
-
-
-class PartRecorder(VerdictRecorder):
-    message_type = PartVerdict
-
-    def __init__(self, cfg: StationConfig, client: redis.Redis, store: Store, consumer: str) -> None:
-        super().__init__(cfg, client, store, consumer, stream=Names(cfg.redis.prefix, cfg.station.id).parts)
-
-    def _insert(self, s: Session, rows: list[Any]) -> int:
-        return insert_part_verdicts(s, rows)

@@ -1,0 +1,1 @@
+"""Consumers that record the station streams in the database: verdicts and part verdicts."""
