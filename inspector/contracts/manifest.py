@@ -9,14 +9,14 @@ A package is a folder holding ``manifest.json`` and the files it lists with thei
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inspector.contracts.lifecycle import GateReport, LineMetrics
 
 MANIFEST_NAME = "manifest.json"
-PACKAGE_FORMAT = "inspector-package"
+PACKAGE_FORMAT: Final = "inspector-package"
 PACKAGE_FORMAT_VERSION = 1
 
 

@@ -9,6 +9,9 @@ from pydantic import Field
 
 from inspector.contracts.config.base import Section
 
+ExecutionProvider = Literal["tensorrt", "cuda", "cpu"]
+"""An ONNX Runtime execution provider the station can ask for."""
+
 
 class WorkerSection(Section):
     group: str = Field("inspector", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Consumer group of inspection workers.")
@@ -28,8 +31,8 @@ class RuntimeSection(Section):
     backend: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = Field(
         "auto", description="Inference backend. auto: the one the package's precision gate kept (model.backend) when "
                             "it is installed here, else onnxruntime.")
-    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
-        default_factory=lambda: ["cpu"], min_length=1, description="ONNX Runtime execution providers, in order."
+    providers: list[ExecutionProvider] = Field(
+        default_factory=lambda: list[ExecutionProvider](["cpu"]), min_length=1, description="ONNX Runtime execution providers, in order."
     )
     threads: int = Field(2, ge=1, le=256, description="Intra-op threads of the CPU provider.")
     precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = Field(
