@@ -1,8 +1,8 @@
 """Score frames the way the line runs them (InspectionModel + decide()) and summarise what the line did.
 
-The one place that runs a package on labelled frames for the retraining loop: the trainer's candidate
-evaluation, the gate, periodic validation and the camera-changed refit all call :func:`score_frames` and
-:func:`line_metrics`, so candidate and incumbent are compared on exactly what the station decides.
+The one place that runs a package on a list of frames off the line (:func:`infer_frames`): the trainer's
+offline package evaluation calls it directly; the trainer's candidate evaluation, the gate, periodic validation
+and the camera-changed refit all call :func:`score_frames` and :func:`line_metrics`, so candidate and incumbent are compared on exactly what the station decides.
 A part is rejected by the line unless its verdict is PASS (REVIEW and ERROR reject: fail safe).
 """
 
@@ -14,16 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.contracts.config import StationConfig
+from inspector.contracts.config import RuntimeSection, StationConfig
 from inspector.contracts.errors import FrameError
+from inspector.contracts.labels import GOOD_LABEL
 from inspector.contracts.lifecycle import LineMetrics
 from inspector.contracts.messages import ImageStats
 from inspector.decision import decide
 from inspector.models.image_stats import image_stats
-from inspector.models.inference import InspectionModel
+from inspector.models.inference import InspectionModel, ModelOutput
 from inspector.runtime.package import ModelPackage, load_package
-
-GOOD = "good"
 
 
 @dataclass
@@ -37,32 +36,43 @@ class Scored:
     stats: list[ImageStats] = field(default_factory=list)
 
 
+def infer_frames(package: ModelPackage, images: Sequence[np.ndarray], runtime: RuntimeSection,
+                 cache_dir: str | Path | None = None, max_batch: int = 8) -> list[ModelOutput | FrameError]:
+    """The one way to run a package on a list of frames off the line: ``images`` (uint8 RGB) through the
+    package's :class:`InspectionModel`, ``max_batch`` frames at a time, the model closed afterwards.
+    One output per frame, in order; a frame the model could not score gets a :class:`FrameError`."""
+    model = InspectionModel(package, runtime, cache_dir, max_batch=max_batch)
+    outs: list[ModelOutput | FrameError] = []
+    try:
+        for i in range(0, len(images), model.max_batch):
+            outs += model.infer(list(images[i:i + model.max_batch]))
+    finally:
+        model.close()
+    return outs
+
+
 def score_frames(package: str | Path | ModelPackage, images: Sequence[np.ndarray], cfg: StationConfig) -> Scored:
     """Run ``images`` (uint8 RGB) through the package with the station's runtime and decision policy."""
     pkg = package if isinstance(package, ModelPackage) else load_package(package)
-    model = InspectionModel(pkg, cfg.runtime, cfg.runtime.engine_cache_dir or cfg.data_dir / "engines",
-                            max_batch=cfg.worker.max_batch)
+    outs = infer_frames(pkg, images, cfg.runtime, cfg.runtime.engine_cache_dir or cfg.data_dir / "engines",
+                        max_batch=cfg.worker.max_batch)
     out = Scored()
-    try:
-        for i in range(0, len(images), model.max_batch):
-            for res in model.infer(list(images[i:i + model.max_batch])):
-                if isinstance(res, FrameError):
-                    out.decisions.append("ERROR")
-                    out.class_probs.append(None)
-                    out.anomaly_scores.append(None)
-                    out.anomaly_raw.append(None)
-                    continue
-                out.decisions.append(decide(res.class_probs, res.anomaly_score, cfg.policy, res.classifier_decides).decision.value)
-                out.class_probs.append(res.class_probs)
-                out.anomaly_scores.append(res.anomaly_score)
-                out.anomaly_raw.append(res.anomaly_raw)
-    finally:
-        model.close()
+    for res in outs:
+        if isinstance(res, FrameError):
+            out.decisions.append("ERROR")
+            out.class_probs.append(None)
+            out.anomaly_scores.append(None)
+            out.anomaly_raw.append(None)
+            continue
+        out.decisions.append(decide(res.class_probs, res.anomaly_score, cfg.policy, res.classifier_decides).decision.value)
+        out.class_probs.append(res.class_probs)
+        out.anomaly_scores.append(res.anomaly_score)
+        out.anomaly_raw.append(res.anomaly_raw)
     out.stats = [image_stats(img) for img in images]
     return out
 
 
-def line_metrics(decisions: Sequence[str], labels: Sequence[str], good: str = GOOD) -> LineMetrics:
+def line_metrics(decisions: Sequence[str], labels: Sequence[str], good: str = GOOD_LABEL) -> LineMetrics:
     """What the line did with labelled frames: false rejects of good parts, recall per defect class."""
     if len(decisions) != len(labels):
         raise ValueError(f"{len(decisions)} decisions for {len(labels)} labels")

@@ -26,9 +26,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from inspector.contracts.errors import DataError
+from inspector.contracts.labels import GOOD_LABEL
+from inspector.runtime.package import hash_file as file_sha256  # the one file hash; this module's name for it
+from trainer.heldout import load_rgb  # the one image reader (an RGB array); imported from here by the trainer
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-GOOD = "good"
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,6 @@ class AnomalyData:
     train: list[Sample]
     test: list[Sample]
     defects: list[str] = field(default_factory=list)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -86,20 +80,20 @@ def _mask_for(root: Path, defect: str, image: Path) -> Path | None:
 def scan_anomaly(root: str | Path) -> AnomalyData:
     """Samples of the MVTec-AD-style anomaly layout."""
     root = Path(root)
-    good_train = root / "train" / GOOD
+    good_train = root / "train" / GOOD_LABEL
     if not good_train.is_dir():
         raise DataError(f"{good_train} does not exist", "the anomaly layout needs train/good, test/good, test/<defect>")
-    train = [Sample(p, 0, GOOD, file_sha256(p)) for p in list_images(good_train)]
+    train = [Sample(p, 0, GOOD_LABEL, file_sha256(p)) for p in list_images(good_train)]
     test: list[Sample] = []
     defects: list[str] = []
     test_dir = root / "test"
     for d in sorted(x for x in test_dir.iterdir() if x.is_dir()) if test_dir.is_dir() else []:
-        is_good = d.name == GOOD
+        is_good = d.name == GOOD_LABEL
         if not is_good:
             defects.append(d.name)
         for p in list_images(d):
             mask = None if is_good else _mask_for(root, d.name, p)
-            test.append(Sample(p, 0 if is_good else 1, GOOD if is_good else "defect", file_sha256(p), mask,
+            test.append(Sample(p, 0 if is_good else 1, GOOD_LABEL if is_good else "defect", file_sha256(p), mask,
                                None if is_good else d.name))
     return AnomalyData(train, test, defects)
 
@@ -174,15 +168,6 @@ def split_summary(splits: dict[str, list[Sample]]) -> dict[str, Any]:
     return summary
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Open an image and return it as RGB (grey and palette images are converted)."""
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as err:
-        raise DataError(f"cannot read image {path}: {err}", "delete or replace the file") from None
-
-
 class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     """Images -> (normalised tensor [3,H,W], label) through ``transform`` (see ``trainer.augment``).
 
@@ -199,7 +184,7 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         s = self.samples[i]
-        return self.transform(load_rgb(s.path)), s.label
+        return self.transform(Image.fromarray(load_rgb(s.path))), s.label
 
     def labels(self) -> list[int]:
         return [s.label for s in self.samples]

@@ -21,13 +21,15 @@ from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, roc_curve
 
 from inspector.contracts.config import RuntimeSection
 from inspector.contracts.errors import DataError, FrameError
+from inspector.contracts.labels import GOOD_LABEL
 from inspector.contracts.manifest import Manifest
+from inspector.evaluation import infer_frames
 from inspector.models.preprocess import letterbox_geometry
 from inspector.runtime.package import ModelPackage, load_package
 
 log = logging.getLogger(__name__)
 
-GOOD = "good"
+GOOD = GOOD_LABEL  # not a second definition: the name trainer/package.py imports
 SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 MASK_SIDE = 128  # masks and maps are compared at this longer side (pixel AUROC)
 ECE_BINS = 15
@@ -44,13 +46,7 @@ class EvalSet:
 
     @property
     def is_defect(self) -> np.ndarray:
-        return np.array([n != GOOD for n in self.label_names], dtype=int)
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from trainer.data import load_rgb
-
-    return np.asarray(load_rgb(path))
+        return np.array([n != GOOD_LABEL for n in self.label_names], dtype=int)
 
 
 def _read_mask(path: Path | None) -> np.ndarray | None:
@@ -69,11 +65,12 @@ def load_test_split(data_dir: str | Path, seed: int = 0, limit: int | None = Non
     Not the station's held-out set: that one is ``trainer.heldout`` (half of every test/<class>, frozen by file
     hash at commissioning, never trained on), which the retraining and the gates use."""
     from trainer.data import scan_anomaly, scan_class_folders, stratified_split
+    from trainer.heldout import load_rgb
 
     root = Path(data_dir)
-    if (root / "train" / GOOD).is_dir():
+    if (root / "train" / GOOD_LABEL).is_dir():
         samples = scan_anomaly(root).test
-        names = [s.defect or GOOD for s in samples]
+        names = [s.defect or GOOD_LABEL for s in samples]
         source = f"{root}/test"
     else:
         all_samples, _ = scan_class_folders(root)
@@ -83,7 +80,7 @@ def load_test_split(data_dir: str | Path, seed: int = 0, limit: int | None = Non
     if limit is not None:
         picked = np.linspace(0, len(samples) - 1, min(limit, len(samples))).round().astype(int)
         samples, names = [samples[i] for i in picked], [names[i] for i in picked]
-    images = [_read_rgb(s.path) for s in samples]
+    images = [load_rgb(s.path) for s in samples]
     masks = [_read_mask(s.mask) for s in samples]
     return EvalSet(images, names, masks, source)
 
@@ -91,15 +88,8 @@ def load_test_split(data_dir: str | Path, seed: int = 0, limit: int | None = Non
 def run_package(package: ModelPackage, images: list[np.ndarray], threads: int = 2,
                 precision: str = "auto") -> list[Any]:
     """ModelOutputs of every image through InspectionModel; a FrameError fails the evaluation."""
-    from inspector.models.inference import InspectionModel
-
-    model = InspectionModel(package, RuntimeSection(threads=threads, precision=precision))  # type: ignore[arg-type]
-    try:
-        outs = []
-        for i in range(0, len(images), model.max_batch):
-            outs += model.infer(images[i:i + model.max_batch])
-    finally:
-        model.close()
+    runtime = RuntimeSection(threads=threads, precision=precision)  # type: ignore[arg-type]  # a CLI str, validated here
+    outs = infer_frames(package, images, runtime)
     bad = [(i, o) for i, o in enumerate(outs) if isinstance(o, FrameError)]
     if bad:
         raise DataError(f"{len(bad)} held-out frames failed inference, first #{bad[0][0]}: {bad[0][1]}",
@@ -149,7 +139,7 @@ def pixel_auroc(manifest: Manifest, outs: list[Any], held: EvalSet) -> float | N
     """Pixel AUROC over defect images with masks plus good images (all-zero masks), at MASK_SIDE."""
     ys, ss = [], []
     for out, img, mask, name in zip(outs, held.images, held.masks or [None] * len(outs), held.label_names, strict=True):
-        if out.anomaly_map is None or (mask is None and name != GOOD):
+        if out.anomaly_map is None or (mask is None and name != GOOD_LABEL):
             continue
         h, w = img.shape[:2]
         scale = min(1.0, MASK_SIDE / max(h, w))
@@ -186,7 +176,7 @@ def anomaly_metrics(manifest: Manifest, outs: list[Any], held: EvalSet) -> dict[
     pred = (score >= cut).astype(int)
     names = np.array(held.label_names)
     per_class: dict[str, Any] = {}
-    for d in sorted(set(held.label_names) - {GOOD}):
+    for d in sorted(set(held.label_names) - {GOOD_LABEL}):
         sel = names == d
         both = sel | (y == 0)
         per_class[d] = {"n": int(sel.sum()), "detection_rate": float(pred[sel].mean()),
@@ -218,7 +208,7 @@ def evaluate_package(package: str | Path | ModelPackage, held: EvalSet, plots_di
     if m.model.outputs.class_probs:
         labels = held.label_names
         if m.task == "combined" and m.class_names and set(m.class_names) == {m.good_class, "defect"}:
-            labels = [n if n == GOOD else "defect" for n in labels]
+            labels = [n if n == GOOD_LABEL else "defect" for n in labels]
         known = set(m.class_names or labels)
         keep = [i for i, n in enumerate(labels) if n in known]
         if m.class_names and len(keep) < len(labels) and keep:

@@ -30,11 +30,11 @@ from sqlalchemy import select
 
 from inspector.archive import Archive
 from inspector.contracts.errors import DataError
+from inspector.contracts.labels import GOOD_LABEL, UNSURE_LABEL
+from inspector.runtime.package import hash_file as file_sha256  # the one file hash; this module's name for it
 from inspector.store.db import Store
 from inspector.store.models import LabelRow, ReviewItemRow
 
-GOOD = "good"
-UNSURE = "unsure"
 HELDOUT_FILE = "heldout.json"
 FORMAT = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -69,20 +69,12 @@ class HeldOutSet:
         return dict(sorted(out.items()))
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
 
 
 def _require_layout(base: Path | None) -> Path:
-    if base is None or not (Path(base) / "train" / GOOD).is_dir() or not (Path(base) / "test").is_dir():
+    if base is None or not (Path(base) / "train" / GOOD_LABEL).is_dir() or not (Path(base) / "test").is_dir():
         raise DataError(f"base data {base} is not an anomaly-layout folder (train/good, test/<class>)",
                         "set jobs.base_data to such a folder, e.g. ../shared/data/magnetic_tile")
     return Path(base).resolve()
@@ -156,7 +148,7 @@ def load_heldout_set(data_dir: str | Path, base: str | Path | None = None, verif
 def base_training_items(base: str | Path, heldout: HeldOutSet) -> list[LabelledImage]:
     """Labelled training material of the base folder: train/good and every test image not held out."""
     root = _require_layout(Path(base))
-    out = [LabelledImage(str(p), GOOD, file_sha256(p), "base") for p in _images(root / "train" / GOOD)]
+    out = [LabelledImage(str(p), GOOD_LABEL, file_sha256(p), "base") for p in _images(root / "train" / GOOD_LABEL)]
     for folder in sorted(p for p in (root / "test").iterdir() if p.is_dir()):
         for p in _images(folder):
             sha = file_sha256(p)
@@ -170,7 +162,7 @@ def labelled_frames(store: Store, archive: Archive, since: float = 0.0,
     """Frames a person labelled (current, not undone, not 'unsure') in ``[since, until)``, with their archived image."""
     q = (select(LabelRow.label, ReviewItemRow.image_sha256, LabelRow.created_at)
          .join(ReviewItemRow, ReviewItemRow.frame_id == LabelRow.frame_id)
-         .where(LabelRow.is_current.is_(True), LabelRow.undone.is_(False), LabelRow.label != UNSURE,
+         .where(LabelRow.is_current.is_(True), LabelRow.undone.is_(False), LabelRow.label != UNSURE_LABEL,
                 LabelRow.created_at >= since, ReviewItemRow.image_sha256.is_not(None))
          .order_by(LabelRow.created_at))
     if until is not None:
@@ -188,7 +180,8 @@ def without_heldout(items: list[LabelledImage], heldout: HeldOutSet) -> tuple[li
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """uint8 RGB array of an image file; one clear error naming the file when it cannot be read."""
+    """uint8 RGB array (H, W, 3) of an image file (grey and palette images are converted); one clear error naming
+    the file when it cannot be read. The one image reader of the trainer: ``trainer.data`` imports it."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
