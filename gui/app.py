@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from gui.services import Services
 from gui.state import ROLE_TITLES, LoginError, Role, RolePolicy, UserSession
+from gui.submitter import JobSubmitter, RqJobSubmitter
 from gui.workers import CameraThread, DbWorker, LiveFeed
 from inspector.contracts.config import StationConfig
 
@@ -80,13 +81,15 @@ class LoginDialog(QDialog):
 
 
 class MainWindow(QMainWindow):
-    """Tabs for the views the signed-in role may use; one live feed and one DB worker shared by all."""
+    """Tabs for the views the signed-in role may use; one live feed and one DB worker shared by all; the job
+    submitter (RQ by default) is handed to the maintenance view."""
 
     def __init__(self, cfg: StationConfig, session: UserSession, services: Services | None = None,
-                 start_feed: bool = True) -> None:
+                 start_feed: bool = True, submitter: JobSubmitter | None = None) -> None:
         super().__init__()
         self.cfg, self.session = cfg, session
         self.services = services or Services(cfg)
+        self.submitter = submitter or RqJobSubmitter(cfg)
         self.setWindowTitle(f"Inspection station {cfg.station.id} — {session.actor}")
         self.resize(1280, 820)
         self.db = DbWorker(self)
@@ -123,7 +126,7 @@ class MainWindow(QMainWindow):
         if self.session.can("view.maintenance"):
             from gui.views.maintenance import MaintenanceView
 
-            self.maintenance = MaintenanceView(self.cfg, self.session, self.services, self.db)
+            self.maintenance = MaintenanceView(self.cfg, self.session, self.services, self.db, self.submitter)
             self._add("maintenance", "Maintenance", self.maintenance)
         default = {Role.QUALITY: "quality", Role.MAINTENANCE: "maintenance"}.get(self.session.role, "operator")
         self.tabs.setCurrentWidget(self.views[default])

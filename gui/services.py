@@ -1,4 +1,5 @@
-"""Back-end handles the views use from the DbWorker thread only: store, archive, labelling service."""
+"""Back-end handles the views use from the DbWorker thread only: store, archive, labelling service (the review
+queue, labels and history are read and written through the labelling service, never by SQL from the views)."""
 
 from __future__ import annotations
 
@@ -40,16 +41,3 @@ class Services:
             self._labelling = LabellingService(self.store, self.archive, self.cfg.review.lease_s)
         return self._labelling
 
-
-def open_review_queue(store: Any, limit: int = 200) -> list[Any]:
-    """Open review items (pending or leased), highest priority first, oldest first within a priority."""
-    from sqlalchemy import select
-
-    from inspector.store.models import ReviewItemRow
-
-    q = (select(ReviewItemRow).where(ReviewItemRow.status != "labelled")
-         .order_by(ReviewItemRow.priority.desc(), ReviewItemRow.created_at, ReviewItemRow.id).limit(limit))
-    with store.session() as s:
-        rows = list(s.scalars(q))
-        s.expunge_all()
-    return rows

@@ -1,7 +1,8 @@
 """Maintenance view: drift charts against reference bands, alarms, camera/retrain actions, jobs, models.
 
-Every action asks for confirmation, is signed by the person, and goes through ``gui.actions`` (audit
-trail + job adapter) on the DB worker thread.
+Every action asks for confirmation and is signed by the person. Retraining, camera changes, approval,
+promotion and rollback go through the view's job submitter (``gui.submitter``: RQ jobs run by the station's
+jobs worker, audited there); reads go through ``gui.actions``; both on the DB worker thread.
 
 The drift charts' bands are the active package's drift reference (``gui.state.DriftSeries``), read on the DB
 worker thread (``actions.active_reference``) at start, on every MODEL_RELOADED event and whenever verdicts
@@ -11,24 +12,19 @@ of a model version not seen before arrive: the bands follow the active model.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QHBoxLayout,
-    QHeaderView,
     QInputDialog,
     QLabel,
     QListWidget,
     QMessageBox,
-    QProgressBar,
     QPushButton,
     QSplitter,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -36,38 +32,32 @@ from PySide6.QtWidgets import (
 from gui import actions
 from gui.services import Services
 from gui.state import DRIFT_STATS, DRIFT_TITLES, DriftSeries, UserSession
+from gui.state.rows import GATE_TABLE, JOBS_TABLE, JobBoard, ModelRow, models_table
+from gui.submitter import JobSubmitter
+from gui.tables import RowTableModel, selected_row, table_view
 from gui.views.lineup import LineupPanel
 from gui.workers import DbWorker
 from inspector.contracts.config import StationConfig
-from inspector.contracts.lifecycle import ModelStatus
 from inspector.contracts.messages import Event, EventType, Verdict
+from inspector.contracts.statuses import ModelStatus
 
-JOB_COLUMNS = ["Job", "Kind", "Status", "Step", "Progress", "By"]
-GATE_COLUMNS = ["Gate", "Metric", "Frames", "Candidate", "Incumbent", "Limit", "Result"]
 ALARM_TYPES = {EventType.DRIFT_ALARM, EventType.CAMERA_HEALTH, EventType.MODEL_REFUSED, EventType.DEAD_LETTER,
                EventType.WORKER}
-
-
-def _table(columns: list[str]) -> QTableWidget:
-    t = QTableWidget(0, len(columns))
-    t.setHorizontalHeaderLabels(columns)
-    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    t.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-    t.verticalHeader().setVisible(False)
-    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-    t.horizontalHeader().setStretchLastSection(True)
-    return t
+CONFIRM_MODEL_ACTION = {"approve": "Approve model {version} for promotion?",
+                        "promote": "Promote model {version} to the line? Workers reload it at once.",
+                        "rollback": "Roll back to the previously active model?"}
 
 
 class MaintenanceView(QWidget):
     def __init__(self, cfg: StationConfig, session: UserSession, services: Services, db: DbWorker,
-                 parent: QWidget | None = None) -> None:
+                 submitter: JobSubmitter, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.cfg, self.session, self.services, self.db = cfg, session, services, db
+        self.cfg, self.session, self.services, self.db, self.submitter = cfg, session, services, db, submitter
         self.drift = DriftSeries()
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self.models: list[actions.ModelView] = []
+        self.jobs = JobBoard()
+        self.jobs_model = RowTableModel(JOBS_TABLE, self)
+        self.models_model = RowTableModel(models_table([]), self)
+        self.gate_model = RowTableModel(GATE_TABLE, self)
         self._dirty = False
         self._reference_pending = False
         self._versions_seen: set[str | None] = set()
@@ -99,6 +89,14 @@ class MaintenanceView(QWidget):
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self._build_drift())
+        split.addWidget(self._build_actions())
+        split.setSizes([620, 640])
+        root = QVBoxLayout(self)
+        root.addWidget(split)
+
+    def _build_drift(self) -> QWidget:
         pg.setConfigOptions(antialias=True, background="w", foreground="#334155")
         self.charts = pg.GraphicsLayoutWidget()
         self.curves: dict[str, pg.PlotDataItem] = {}
@@ -117,26 +115,6 @@ class MaintenanceView(QWidget):
         self.band_note.setStyleSheet("color:#64748b;")
         self.alarms = QListWidget()
         self.alarms.setMinimumHeight(90)
-
-        self.camera_button = QPushButton("Camera or lighting changed…", clicked=self.camera_changed)
-        self.retrain_button = QPushButton("Retrain now…", clicked=self.retrain)
-        for b in (self.camera_button, self.retrain_button):
-            b.setMinimumHeight(40)
-            b.setStyleSheet("font-weight:bold;")
-        self.message = QLabel("")
-        self.message.setWordWrap(True)
-        self.jobs_table = _table(JOB_COLUMNS)
-        self.models_table = _table(["Version", "Status"])
-        self.models_table.itemSelectionChanged.connect(self.show_gate)
-        self.gate_table = _table(GATE_COLUMNS)
-        self.gate_note = QLabel("Select a model version to see its gate: every row, candidate beside incumbent.")
-        self.gate_note.setWordWrap(True)
-        self.gate: actions.GateView | None = None
-        self.approve_button = QPushButton("Approve…", clicked=lambda: self.model_action("approve"))
-        self.promote_button = QPushButton("Promote…", clicked=lambda: self.model_action("promote"))
-        self.rollback_button = QPushButton("Roll back…", clicked=lambda: self.model_action("rollback"))
-        self.approve_button.setEnabled(False)  # until the selected version's gate rows are on screen
-
         left = QWidget()
         lv = QVBoxLayout(left)
         lv.addWidget(_heading("Drift — live statistics against reference bands"))
@@ -144,36 +122,47 @@ class MaintenanceView(QWidget):
         lv.addWidget(self.charts, 1)
         lv.addWidget(_heading("Alarms"))
         lv.addWidget(self.alarms)
+        return left
 
+    def _build_actions(self) -> QWidget:
+        self.camera_button = QPushButton("Camera or lighting changed…", clicked=self.camera_changed)
+        self.retrain_button = QPushButton("Retrain now…", clicked=self.retrain)
+        for b in (self.camera_button, self.retrain_button):
+            b.setMinimumHeight(40)
+            b.setStyleSheet("font-weight:bold;")
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.jobs_table = table_view(self.jobs_model)
         right = QWidget()
         rv = QVBoxLayout(right)
         rv.addWidget(_heading("Actions"))
-        row = QHBoxLayout()
-        row.addWidget(self.camera_button)
-        row.addWidget(self.retrain_button)
-        rv.addLayout(row)
+        rv.addLayout(_row(self.camera_button, self.retrain_button))
         rv.addWidget(self.message)
         rv.addWidget(_heading("Jobs"))
         rv.addWidget(self.jobs_table, 1)
+        self._build_models(rv)
+        self.lineup = LineupPanel(self.cfg, self.session, self.services, self.db, self._selected_version, self._say)
+        rv.addWidget(_heading("Line-up — product on the line, shadow candidate"))
+        rv.addWidget(self.lineup, 1)
+        return right
+
+    def _build_models(self, rv: QVBoxLayout) -> None:
+        self.models_table = table_view(self.models_model)
+        self.models_table.selectionModel().selectionChanged.connect(self.show_gate)
+        self.gate_table = table_view(self.gate_model)
+        self.gate_note = QLabel("Select a model version to see its gate: every row, candidate beside incumbent.")
+        self.gate_note.setWordWrap(True)
+        self.gate: actions.GateView | None = None
+        self.approve_button = QPushButton("Approve…", clicked=lambda: self.model_action("approve"))
+        self.promote_button = QPushButton("Promote…", clicked=lambda: self.model_action("promote"))
+        self.rollback_button = QPushButton("Roll back…", clicked=lambda: self.model_action("rollback"))
+        self.approve_button.setEnabled(False)  # until the selected version's gate rows are on screen
         rv.addWidget(_heading("Model versions — held-out metrics"))
         rv.addWidget(self.models_table, 1)
         rv.addWidget(_heading("Gate of the selected version"))
         rv.addWidget(self.gate_note)
         rv.addWidget(self.gate_table, 1)
-        mrow = QHBoxLayout()
-        for b in (self.approve_button, self.promote_button, self.rollback_button):
-            mrow.addWidget(b)
-        rv.addLayout(mrow)
-        self.lineup = LineupPanel(self.cfg, self.session, self.services, self.db, self._selected_version, self._say)
-        rv.addWidget(_heading("Line-up — product on the line, shadow candidate"))
-        rv.addWidget(self.lineup, 1)
-
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(left)
-        split.addWidget(right)
-        split.setSizes([620, 640])
-        root = QVBoxLayout(self)
-        root.addWidget(split)
+        rv.addLayout(_row(self.approve_button, self.promote_button, self.rollback_button))
 
     # ------------------------------------------------------------------ feed
     def on_verdicts(self, verdicts: list[Verdict]) -> None:
@@ -191,9 +180,8 @@ class MaintenanceView(QWidget):
         for e in events:
             if e.type is EventType.MODEL_RELOADED:
                 self.refresh_reference()
-            if e.type is EventType.JOB and "job_id" in e.data:
-                self.jobs.setdefault(str(e.data["job_id"]), {}).update(e.data)
-                self._show_jobs()
+            if e.type is EventType.JOB and self.jobs.update(e.data):
+                self.jobs_model.set_rows(self.jobs.rows())
             elif e.type in ALARM_TYPES:
                 self._alarm(f"[{e.severity}] {e.message}")
 
@@ -213,17 +201,6 @@ class MaintenanceView(QWidget):
                 self.bands[stat].setRegion((band.low, band.high))
             self.bands[stat].setVisible(band is not None)
 
-    def _show_jobs(self) -> None:
-        rows = sorted(self.jobs.values(), key=lambda j: str(j.get("job_id")))
-        self.jobs_table.setRowCount(len(rows))
-        for r, job in enumerate(rows):
-            for c, key in enumerate(["job_id", "kind", "status", "step"]):
-                self.jobs_table.setItem(r, c, QTableWidgetItem(str(job.get(key, ""))))
-            bar = QProgressBar()
-            bar.setValue(int(100 * float(job.get("progress", 0.0))))
-            self.jobs_table.setCellWidget(r, 4, bar)
-            self.jobs_table.setItem(r, 5, QTableWidgetItem(str(job.get("requested_by", ""))))
-
     # ------------------------------------------------------------------ dialogs (tests replace these)
     def confirm(self, title: str, text: str) -> bool:
         answer = QMessageBox.question(self, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
@@ -241,16 +218,16 @@ class MaintenanceView(QWidget):
         if note is None or not self.confirm("Confirm", f"Record a camera/lighting change and recalibrate?\n\n{note}"):
             return
         # the bands stay those of the active model: the refit package, once active, brings the new reference
-        self._run(lambda: actions.camera_changed(self.cfg, self.session.actor, note, self.services.store),
-                  "Camera change recorded; recalibration job {}.")
+        actor = self.session.actor
+        self._run(lambda: self.submitter.camera_changed(actor, note), "Camera change recorded; recalibration job {}.")
 
     def retrain(self) -> None:
         self.session.require("retrain")
         reason = self.ask_text("Retrain now", "Why retrain now? (recorded in the audit trail)")
         if reason is None or not self.confirm("Confirm retraining", f"Start a retraining job now?\n\n{reason}"):
             return
-        self._run(lambda: actions.request_retrain(self.cfg, self.session.actor, reason, self.services.store),
-                  "Retraining job {} queued.")
+        actor = self.session.actor
+        self._run(lambda: self.submitter.request_retrain(actor, reason), "Retraining job {} queued.")
 
     def model_action(self, kind: str) -> None:
         self.session.require(f"model.{kind}")
@@ -258,34 +235,26 @@ class MaintenanceView(QWidget):
         if kind != "rollback" and version is None:
             self.message.setText("Select a model version first.")
             return
-        what = {"approve": f"Approve model {version} for promotion?",
-                "promote": f"Promote model {version} to the line? Workers reload it at once.",
-                "rollback": "Roll back to the previously active model?"}[kind]
-        if not self.confirm("Confirm model change", what):
+        if not self.confirm("Confirm model change", CONFIRM_MODEL_ACTION[kind].format(version=version)):
             return
-        actor = self.session.actor
-        role = self.session.role.value
-        fns = {"approve": lambda: actions.approve_model(self.services.store, actor, version or "", role),
-               "promote": lambda: actions.promote_model(self.services.store, actor, version or "", self.cfg, role),
-               "rollback": lambda: actions.rollback_model(self.services.store, actor, self.cfg, role)}
-        self._run(fns[kind], f"Model {kind} done ({{}}).", refresh=True)
+        actor, role, submitter = self.session.actor, self.session.role.value, self.submitter
+        calls: dict[str, Callable[[], str]] = {
+            "approve": lambda: submitter.approve_model(version or "", actor, role),
+            "promote": lambda: submitter.promote_model(version or "", actor, role),
+            "rollback": lambda: submitter.rollback_model(actor, role)}
+        self._run(calls[kind], f"Model {kind} done ({{}}).", refresh=True)
 
     def _say(self, text: str, ok: bool) -> None:
         self.message.setText(text)
         self.message.setStyleSheet(f"color:{'#15803d' if ok else '#b91c1c'}; font-weight:bold;")
 
-    def _run(self, fn: Any, ok_text: str, refresh: bool = False) -> None:
+    def _run(self, fn: Callable[[], Any], ok_text: str, refresh: bool = False) -> None:
         def done(result: object) -> None:
-            self.message.setText(ok_text.format(result))
-            self.message.setStyleSheet("color:#15803d; font-weight:bold;")
+            self._say(ok_text.format(result), True)
             if refresh:
                 self.refresh_models()
 
-        def failed(msg: str) -> None:
-            self.message.setText(f"Failed: {msg}")
-            self.message.setStyleSheet("color:#b91c1c; font-weight:bold;")
-
-        self.db.submit(fn, done, failed)
+        self.db.submit(fn, done, lambda msg: self._say(f"Failed: {msg}", False))
 
     # ------------------------------------------------------------------ models
     def refresh_models(self) -> None:
@@ -305,16 +274,7 @@ class MaintenanceView(QWidget):
         if view.version != self._selected_version():
             return  # the selection moved on while the rows were read
         self.gate = view
-        rows = view.report.rows if view.report else []
-        self.gate_table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            cells = [row.gate, row.metric, row.frame_set, _num(row.candidate), _num(row.incumbent), _num(row.limit),
-                     "PASS" if row.passed else "FAIL"]
-            for c, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                if not row.passed:
-                    item.setForeground(QColor("#b91c1c"))
-                self.gate_table.setItem(r, c, item)
+        self.gate_model.set_rows(view.report.rows if view.report else [])
         if view.report is None:
             self.gate_note.setText(f"{view.version} ({view.status}): no gate ran — it cannot be approved or promoted.")
         else:
@@ -324,33 +284,26 @@ class MaintenanceView(QWidget):
         self.approve_button.setEnabled(view.status == ModelStatus.GATED_PASS and self.session.can("model.approve"))
 
     def _selected_version(self) -> str | None:
-        row = self.models_table.currentRow()
-        return self.models[row].version if 0 <= row < len(self.models) else None
+        row: ModelRow | None = self.models_model.row(selected_row(self.models_table))
+        return row.version if row is not None else None
 
-    def _show_models(self, models: list[actions.ModelView]) -> None:
-        self.models = models
-        metric_keys = sorted({k for m in models for k, v in m.metrics.items() if isinstance(v, int | float)})
-        cols = ["Version", "Status", "Created", *metric_keys]
-        self.models_table.setColumnCount(len(cols))
-        self.models_table.setHorizontalHeaderLabels(cols)
-        self.models_table.setRowCount(len(models))
-        for r, m in enumerate(models):
-            cells = [m.version, m.status, time.strftime("%Y-%m-%d %H:%M", time.localtime(m.created_at))]
-            cells += [f"{m.metrics[k]:.3f}" if k in m.metrics else "–" for k in metric_keys]
-            for c, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                if m.status == "active":
-                    font = item.font()
-                    font.setBold(True)
-                    item.setFont(font)
-                self.models_table.setItem(r, c, item)
-
-
-def _num(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3f}"
+    def _show_models(self, models: list[ModelRow]) -> None:
+        """Show the versions; the selected one stays selected (its gate is read again: its status may have changed)."""
+        selected = self._selected_version()
+        self.models_model.set_rows(models, models_table(models))
+        versions = [m.version for m in models]
+        if selected in versions:
+            self.models_table.selectRow(versions.index(selected))
 
 
 def _heading(text: str) -> QLabel:
     label = QLabel(text)
     label.setStyleSheet("font-weight:bold; font-size:15px; margin-top:4px;")
     return label
+
+
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for w in widgets:
+        row.addWidget(w)
+    return row

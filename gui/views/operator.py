@@ -44,6 +44,18 @@ class OperatorView(QWidget):
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
         self.banner = BannerLabel()
+        side = QWidget()
+        side.setLayout(self._build_side())
+        side.setFixedWidth(340)
+        body = QHBoxLayout()
+        body.addLayout(self._build_images(), 1)
+        body.addWidget(side)
+        root = QVBoxLayout(self)
+        root.addWidget(self.banner)
+        root.addLayout(body, 1)
+
+    def _build_images(self) -> QVBoxLayout:
+        """The live frame, one small picture per view of a part (parts.views), the overlay toggles."""
         self.image = ImageView(min_side=360)
         self.heat_box = QCheckBox("Anomaly heatmap", checked=True, toggled=self._mark_dirty)
         self.region_box = QCheckBox("Defect regions", checked=True, toggled=self._mark_dirty)
@@ -67,7 +79,10 @@ class OperatorView(QWidget):
                 strip.addLayout(box)
             left.addLayout(strip)
         left.addLayout(toggles)
+        return left
 
+    def _build_side(self) -> QVBoxLayout:
+        """The decision indicator, the part, shift counters, performance, the wrong-verdict button."""
         self.indicator = DecisionIndicator()
         self.defect = QLabel("Defect: –", objectName="defect")
         self.defect.setStyleSheet("font-size: 22px; font-weight: bold;")
@@ -86,9 +101,8 @@ class OperatorView(QWidget):
         self.feedback = QLabel("")
         self.feedback.setWordWrap(True)
         right = QVBoxLayout()
-        right.addWidget(self.indicator)
-        right.addWidget(self.defect)
-        right.addWidget(self.part)
+        for widget in (self.indicator, self.defect, self.part):
+            right.addWidget(widget)
         right.addSpacing(8)
         right.addWidget(_title("Shift"))
         right.addWidget(self.counter_grid)
@@ -98,16 +112,7 @@ class OperatorView(QWidget):
         right.addStretch(1)
         right.addWidget(self.wrong)
         right.addWidget(self.feedback)
-        side = QWidget()
-        side.setLayout(right)
-        side.setFixedWidth(340)
-
-        body = QHBoxLayout()
-        body.addLayout(left, 1)
-        body.addWidget(side)
-        root = QVBoxLayout(self)
-        root.addWidget(self.banner)
-        root.addLayout(body, 1)
+        return right
 
     # ------------------------------------------------------------------ feed slots
     def on_frames(self, items: list[FrameItem]) -> None:

@@ -95,3 +95,14 @@ def give_drift_reference(package: Path, brightness: list[float], version: str | 
         update["version"] = version
     write_manifest(package, manifest.model_copy(update=update))
     return ref
+
+
+def run_requested_job(qtbot: object, cfg: StationConfig, client: object, queued_before: int) -> None:
+    """Once the view's action waits on the station's queue, let the station's own RQ worker run that one job (the
+    jobs worker of a station does this; in-process here, at most one job, so a retraining it queues stays queued)."""
+    from jobs.queues import station_queue
+    from jobs.worker import make_worker
+
+    queue = station_queue(cfg, client)  # type: ignore[arg-type]
+    qtbot.waitUntil(lambda: queue.count == queued_before + 1, timeout=5000)  # type: ignore[attr-defined]
+    make_worker(cfg, client, simple=True).work(burst=True, max_jobs=1, logging_level="WARNING")  # type: ignore[arg-type]

@@ -62,7 +62,7 @@ def _drive(qtbot, win, cfg, services, screenshot) -> None:  # type: ignore[no-un
     rows = services.store.audit.entries(limit=5, action="product.switch")
     assert rows and rows[0].actor == "Max Maint (maintenance)" and rows[0].details["source"] == "gui"
 
-    qtbot.waitUntil(lambda: view.models_table.rowCount() == 1, timeout=5000)
+    qtbot.waitUntil(lambda: view.models_model.rowCount() == 1, timeout=5000)
     view.models_table.selectRow(0)
     panel.shadow_button.click()
     names = Names(cfg.redis.prefix, cfg.station.id)

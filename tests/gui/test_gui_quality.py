@@ -42,18 +42,19 @@ def test_label_ten_items_by_keyboard(qtbot: QtBot, station_config: StationConfig
     win.resize(1280, 820)
     win.show()
     view = win.quality
-    qtbot.waitUntil(lambda: view.item is not None and not view.busy, timeout=5000)
-    assert view.item.priority == 59  # highest priority first
-    qtbot.waitUntil(lambda: view.queue.rowCount() == 10, timeout=3000)
-    assert [view.queue.item(r, 0).text() for r in range(3)] == ["59", "58", "57"]
+    labelling = view.labelling
+    qtbot.waitUntil(lambda: labelling.item is not None and not labelling.busy, timeout=5000)
+    assert labelling.item.priority == 59  # highest priority first
+    qtbot.waitUntil(lambda: view.queue_model.rowCount() == 10, timeout=3000)
+    assert [view.queue_model.cell(r, 0) for r in range(3)] == ["59", "58", "57"]
     screenshot(win, "quality_review_queue")
 
     seen = []
     for i, key in enumerate(KEYS):
-        seen.append(view.item.frame_id)
+        seen.append(labelling.item.frame_id)
         qtbot.keyClick(view, key)
-        qtbot.waitUntil(lambda i=i: view.progress.labelled == i + 1 and not view.busy, timeout=3000)
-    assert view.item is None and "Queue empty" in view.header.text()
+        qtbot.waitUntil(lambda i=i: labelling.progress.labelled == i + 1 and not labelling.busy, timeout=3000)
+    assert labelling.item is None and "Queue empty" in view.header.text()
     assert sorted(seen) == sorted(frame_ids)
 
     history = services.labelling.history(user="Quinn Quality")
@@ -64,10 +65,10 @@ def test_label_ten_items_by_keyboard(qtbot: QtBot, station_config: StationConfig
 
     # Z undoes the last label: that item comes back at once, and G labels it again
     qtbot.keyClick(view, Qt.Key.Key_Z)
-    qtbot.waitUntil(lambda: view.progress.undone == 1 and not view.busy, timeout=3000)
-    assert view.item is not None and view.item.frame_id == seen[-1]
+    qtbot.waitUntil(lambda: labelling.progress.undone == 1 and not labelling.busy, timeout=3000)
+    assert labelling.item is not None and labelling.item.frame_id == seen[-1]
     qtbot.keyClick(view, "g")
-    qtbot.waitUntil(lambda: view.progress.labelled == 11 and not view.busy, timeout=3000)
+    qtbot.waitUntil(lambda: labelling.progress.labelled == 11 and not labelling.busy, timeout=3000)
     assert services.labelling.current_label(seen[-1]).label == "good"
 
     # audit trail is signed by the labeller
@@ -78,14 +79,14 @@ def test_label_ten_items_by_keyboard(qtbot: QtBot, station_config: StationConfig
     view.who.setCurrentIndex(1)
     view.label_filter.setText("good")
     view.refresh_history()
-    qtbot.waitUntil(lambda: view.history.rowCount() == 4, timeout=3000)
+    qtbot.waitUntil(lambda: view.history_model.rowCount() == 4, timeout=3000)
     view.history.selectRow(0)
     view.relabel_to.setCurrentText("chip")
     view.relabel_button.click()
     qtbot.waitUntil(lambda: "relabelled as chip" in view.message.text(), timeout=3000)
-    assert services.labelling.current_label(view._history_rows[0].frame_id).label == "chip"
+    assert services.labelling.current_label(view.history_model.row(0).frame_id).label == "chip"
     view.label_filter.setText("")
     view.refresh_history()
-    qtbot.waitUntil(lambda: view.history.rowCount() >= 12, timeout=3000)
+    qtbot.waitUntil(lambda: view.history_model.rowCount() >= 12, timeout=3000)
     screenshot(win, "quality_after_labelling")
     win.shutdown()
