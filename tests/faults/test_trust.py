@@ -118,12 +118,13 @@ def test_rq_job_naming_os_system_is_refused_dead_lettered_and_audited(redis_url,
 
 
 def test_allowed_job_names_are_exactly_the_station_jobs() -> None:
+    from inspector.contracts.jobqueue import REQUESTED_JOB_FUNCTIONS  # what a person asks for (jobs.requested)
     from jobs.maintenance import REFIT_FUNC
     from jobs.queues import JOB_FUNCTIONS
     from jobs.trigger import RETRAIN_FUNC
     from jobs.validation import VALIDATE_FUNC
 
-    assert {REFIT_FUNC, RETRAIN_FUNC, VALIDATE_FUNC} == JOB_FUNCTIONS
+    assert {REFIT_FUNC, RETRAIN_FUNC, VALIDATE_FUNC, *REQUESTED_JOB_FUNCTIONS} == JOB_FUNCTIONS
 
 
 # ------------------------------------------------------------------------------------------ registry-only swaps
