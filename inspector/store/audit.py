@@ -32,25 +32,38 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import hmac
-import json
 import logging
 import os
-import secrets
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
-from inspector.contracts.errors import InspectorError
 from inspector.contracts.messages import now
+from inspector.store.audit_signing import (
+    GENESIS,
+    KEY_ENV,
+    Anchor,
+    AuditKeyError,
+    canonical,
+    head_mac,
+    key_path,
+    plain,
+    read_secret,
+    read_text_or_none,
+    row_hash,
+    row_mac,
+    secrets_dir,
+    station_key,
+    write_secret,
+)
+from inspector.store.audit_verify import ChainWalk, VerifyReport, check_heads
 from inspector.store.models import AuditHeadRow, AuditRow
 
 if TYPE_CHECKING:
@@ -60,9 +73,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GENESIS = "0" * 64
 AUDIT_LOCK_KEY = 0x1D5_0002
-KEY_ENV = "INSPECTOR_AUDIT_KEY"
 CHECKPOINT_EVERY = 100
 REDIS_RETRY_S = 30.0
 _LOCK = threading.Lock()
@@ -81,80 +92,6 @@ return 1
 """
 
 
-class AuditKeyError(InspectorError):
-    """The station key of the audit trail is unsafe or missing."""
-
-
-def canonical(value: Any) -> str:
-    """Canonical JSON: sorted keys, no spaces, UTF-8; non-JSON values become strings."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def plain(value: Any) -> Any:
-    """The JSON value as it will read back from the database."""
-    return json.loads(canonical(value))
-
-
-def row_hash(prev_hash: str, seq: int, ts: float, actor: str, action: str, target: str,
-             old: Any, new: Any, details: Any) -> str:
-    body = canonical({"seq": seq, "ts": ts, "actor": actor, "action": action, "target": target,
-                      "old": old, "new": new, "details": details})
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
-
-
-def row_mac(key: bytes, digest: str) -> str:
-    return hmac.new(key, b"audit-row:" + digest.encode(), hashlib.sha256).hexdigest()
-
-
-def head_mac(key: bytes, store_id: str, seq: int, digest: str) -> str:
-    return hmac.new(key, f"audit-head:{store_id}:{seq}:{digest}".encode(), hashlib.sha256).hexdigest()
-
-
-def secrets_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "secrets"
-
-
-def key_path(data_dir: Path) -> Path:
-    return secrets_dir(data_dir) / "audit.key"
-
-
-def write_secret(path: Path, value: str) -> None:
-    """Create ``path`` with owner-only permissions (0600, its folder 0700) unless it exists."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
-
-
-def read_secret(path: Path) -> str | None:
-    """The stripped content of an owner-only secret file; refuses one that others may read."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return None
-    if mode & 0o077:
-        raise AuditKeyError(f"{path} may be read by other users (mode {mode & 0o777:o})",
-                            f"chmod 600 {path} (and consider the key leaked: generate a new one)")
-    return path.read_text().strip() or None
-
-
-def station_key(data_dir: Path | None, create: bool = True) -> bytes | None:
-    """``INSPECTOR_AUDIT_KEY``, else the key file in the data folder (generated when ``create``)."""
-    env = os.environ.get(KEY_ENV)
-    if env:
-        return env.encode()
-    if data_dir is None:
-        return None
-    path = key_path(data_dir)
-    if create and not path.exists():
-        write_secret(path, secrets.token_hex(32))
-    raw = read_secret(path)
-    return raw.encode() if raw else None
-
-
 @dataclass(frozen=True)
 class AuditEntry:
     id: int
@@ -167,51 +104,6 @@ class AuditEntry:
     new: Any
     details: dict[str, Any]
     hash: str
-
-
-@dataclass(frozen=True)
-class Anchor:
-    """A signed chain head kept outside the database."""
-
-    where: str
-    store_id: str
-    seq: int
-    hash: str
-    signed: bool
-
-    @staticmethod
-    def parse(where: str, raw: str | bytes | None, key: bytes | None) -> Anchor | None:
-        if not raw:
-            return None
-        try:
-            d = json.loads(raw)
-            store_id, seq, digest, mac = str(d["store_id"]), int(d["seq"]), str(d["hash"]), str(d.get("mac") or "")
-        except (ValueError, KeyError, TypeError):
-            return Anchor(where, "?", -1, "", False)
-        signed = key is not None and hmac.compare_digest(mac, head_mac(key, store_id, seq, digest))
-        return Anchor(where, store_id, seq, digest, signed)
-
-
-@dataclass
-class VerifyReport:
-    ok: bool
-    rows: int
-    head: str
-    problems: list[str] = field(default_factory=list)
-    bad_ids: list[int] = field(default_factory=list)
-    kinds: set[str] = field(default_factory=set)
-    notes: list[str] = field(default_factory=list)
-    legacy_rows: int = 0
-
-    @property
-    def first_bad_id(self) -> int | None:
-        return self.bad_ids[0] if self.bad_ids else None
-
-    def bad(self, kind: str, problem: str, row_id: int | None = None) -> None:
-        self.kinds.add(kind)
-        self.problems.append(problem)
-        if row_id is not None and row_id not in self.bad_ids:
-            self.bad_ids.append(row_id)
 
 
 def _entry(r: AuditRow) -> AuditEntry:
@@ -319,7 +211,7 @@ class AuditLog:
     def _write_head_file(self, body: str, store_id: str, seq: int, key: bytes) -> None:
         assert self.head_file is not None and self.checkpoint_file is not None
         with self._file_lock():
-            old = Anchor.parse("file", _read(self.head_file), key)
+            old = Anchor.parse("file", read_text_or_none(self.head_file), key)
             if old is not None and old.signed and old.store_id != store_id:
                 log.warning("audit anchor: %s anchors another database (%s); left as it is", self.head_file, old.store_id)
                 return
@@ -388,7 +280,7 @@ class AuditLog:
         key = self.key(create=False)
         out: list[Anchor] = []
         if self.head_file is not None:
-            a = Anchor.parse(f"anchor file {self.head_file}", _read(self.head_file), key)
+            a = Anchor.parse(f"anchor file {self.head_file}", read_text_or_none(self.head_file), key)
             if a is not None:
                 out.append(a)
         target = (client, self._redis_key or self._default_redis_key()) if client is not None else self._station_redis()
@@ -413,7 +305,7 @@ class AuditLog:
     def checkpoints(self) -> dict[int, str]:
         key = self.key(create=False)
         out: dict[int, str] = {}
-        text_ = _read(self.checkpoint_file) if self.checkpoint_file else None
+        text_ = read_text_or_none(self.checkpoint_file) if self.checkpoint_file else None
         for line in (text_ or "").splitlines():
             a = Anchor.parse("checkpoint", line, key)
             if a is not None and a.signed:
@@ -424,7 +316,7 @@ class AuditLog:
         """Walk the chain in order, then compare its head with the database's head record and the anchors."""
         key = self.key(create=False)
         report = VerifyReport(ok=True, rows=0, head=GENESIS)
-        walk = _Walk(key, self.checkpoints())
+        walk = ChainWalk(key, self.checkpoints())
         with self.store.session() as s:
             after = 0
             while True:
@@ -437,116 +329,10 @@ class AuditLog:
             db_head = s.get(AuditHeadRow, 1)
         walk.finish(report)
         report.head = walk.prev
-        _check_heads(report, walk, key, db_head, self.anchors(client))
+        check_heads(report, walk, key, db_head, self.anchors(client))
         report.ok = not report.problems
         return report
 
 
-def _read(path: Path | None) -> str | None:
-    try:
-        return path.read_text() if path else None
-    except FileNotFoundError:
-        return None
-
-
-@dataclass
-class _Walk:
-    key: bytes | None
-    checkpoints: dict[int, str]
-    prev: str = GENESIS
-    last_seq: int = 0
-    hashes: dict[int, str] = field(default_factory=dict)
-    keyed_seen: bool = False
-    keyed_rows: int = 0
-    legacy: list[int] = field(default_factory=list)
-    rewritten: list[tuple[int, int]] = field(default_factory=list)  # (row id, seq)
-
-    def check(self, r: AuditRow, report: VerifyReport) -> None:
-        expected = self.last_seq + 1
-        if r.seq != expected:
-            report.bad("deleted",
-                       f"row {r.id}: sequence {r.seq} follows {expected - 1}: {r.seq - expected} row(s) deleted before it",
-                       r.id)
-        if r.prev_hash != self.prev:
-            report.bad("deleted", f"row {r.id}: link to the previous row is broken (a row before it was deleted or edited)",
-                       r.id)
-        digest = row_hash(r.prev_hash, r.seq, r.ts, r.actor, r.action, r.target, r.old, r.new, r.details)
-        if digest != r.hash:
-            report.bad("edited", f"row {r.id}: content does not match its hash (edited)", r.id)
-        elif self.key is not None and r.mac is None and not self.keyed_seen:
-            self.legacy.append(r.seq)
-        elif self.key is not None and not hmac.compare_digest(r.mac or "", row_mac(self.key, r.hash)):
-            self.rewritten.append((r.id, r.seq))
-        elif r.mac is not None:
-            self.keyed_seen = True
-        if r.seq in self.checkpoints and self.checkpoints[r.seq] != r.hash and digest == r.hash:
-            self.rewritten.append((r.id, r.seq))
-        self.keyed_rows += r.mac is not None
-        self.hashes[r.seq] = r.hash
-        self.prev, self.last_seq = r.hash, r.seq
-        report.rows += 1
-
-    def finish(self, report: VerifyReport) -> None:
-        if self.rewritten:
-            first_id, first_seq = min(self.rewritten, key=lambda t: t[1])
-            report.bad_ids.extend(i for i, _ in sorted(set(self.rewritten), key=lambda t: t[1]) if i not in report.bad_ids)
-            report.bad("rewritten", f"chain rewritten from row {first_id} (seq {first_seq}) onwards: "
-                                    f"{len(set(self.rewritten))} row(s) carry hashes recomputed without the station key "
-                                    "(HMAC does not match)", first_id)
-        if self.legacy:
-            report.legacy_rows = len(self.legacy)
-            covered = "signed by the first keyed row after them" if self.keyed_seen else "not yet covered by a keyed row"
-            report.notes.append(f"{len(self.legacy)} unkeyed legacy row(s) (seq {self.legacy[0]}..{self.legacy[-1]}, "
-                                f"written before the station key): {covered}")
-        if self.key is None and self.keyed_rows:
-            report.bad("key_missing", f"station key missing (INSPECTOR_AUDIT_KEY or secrets/audit.key) but {self.keyed_rows} "
-                                      "row(s) are keyed: their HMACs cannot be checked (the key was removed or replaced)")
-        elif self.key is None and report.rows:
-            report.notes.append("no station key (INSPECTOR_AUDIT_KEY or secrets/audit.key): HMACs and anchors not checked")
-
-
-def _check_heads(report: VerifyReport, walk: _Walk, key: bytes | None, db_head: AuditHeadRow | None,
-                 anchors: list[Anchor]) -> None:
-    """Compare the walked chain with the database's head record and the external anchors; one line per finding."""
-    if key is None:
-        return
-    last = walk.last_seq
-    genuine_db_head = (db_head is not None and db_head.mac is not None
-                       and hmac.compare_digest(db_head.mac, head_mac(key, db_head.store_id, db_head.seq, db_head.hash)))
-    rewritten = "rewritten" in report.kinds
-    if db_head is None:
-        if walk.keyed_seen:
-            report.bad("tail_deleted", "the database's head record is missing (deleted)")
-    elif db_head.seq > last:
-        report.bad("tail_deleted", f"tail deleted: the database's head record is at seq {db_head.seq}, the rows end at "
-                                   f"seq {last} ({db_head.seq - last} row(s) missing)")
-    elif walk.keyed_seen and (not genuine_db_head or db_head.seq != last or db_head.hash != walk.prev) and not rewritten:
-        report.bad("tail_deleted", f"tail deleted: the database's head record (seq {db_head.seq}) is not signed with "
-                                   "the station key: rows were removed and the record forged")
-    store_id = db_head.store_id if db_head is not None else None
-    ahead: list[Anchor] = []
-    for a in anchors:
-        if not a.signed:
-            report.bad("anchor", f"{a.where}: its signature does not match (edited, or signed with another key)")
-        elif store_id is not None and a.store_id != store_id:
-            report.bad("replaced", f"database replaced: {a.where} anchors another database (store id {a.store_id[:8]}…, "
-                                   f"this one {store_id[:8]}…)")
-        elif a.seq > last:
-            ahead.append(a)
-        elif a.seq > 0 and walk.hashes.get(a.seq) != a.hash and not rewritten:
-            report.bad("rewritten", f"chain rewritten: the row at seq {a.seq} is not the one {a.where} records")
-    if ahead and "tail_deleted" not in report.kinds:
-        top = max(a.seq for a in ahead)
-        where = " and ".join(a.where for a in ahead)
-        if genuine_db_head:
-            report.bad("replaced", f"database replaced by an older copy: it ends at seq {last}, {where} record seq {top} "
-                                   f"({top - last} row(s) newer than this file)")
-        else:
-            report.bad("tail_deleted", f"tail deleted: the rows end at seq {last}, {where} record seq {top}")
-    if walk.keyed_seen and not anchors:
-        report.notes.append("no external anchor found (secrets/audit-head.json, Redis): a replaced database file "
-                            "cannot be told from the original")
-
-
-__all__ = ["GENESIS", "Anchor", "AuditEntry", "AuditKeyError", "AuditLog", "VerifyReport", "canonical", "plain",
-           "read_secret", "row_hash", "station_key", "write_secret"]
+__all__ = ["GENESIS", "KEY_ENV", "Anchor", "AuditEntry", "AuditKeyError", "AuditLog", "VerifyReport", "canonical",
+           "key_path", "plain", "read_secret", "row_hash", "station_key", "write_secret"]
