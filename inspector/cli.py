@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from inspector.contracts.config import StationConfig, load_config, schema_table
 from inspector.contracts.errors import STORAGE_ERRNOS, InspectorError, storage_error
+from inspector.plugins import PluginMissing, add_commands, provider
 
 
 def _error_line(err: InspectorError) -> str:
@@ -106,18 +108,23 @@ def demo(
                 cfg.camera.source.path = data
                 cfg.camera.source.order = "shuffle"
         if scenario is not None:
-            from inspector.demo_scenario import run_scenario
-
+            run_scenario = provider("demo_scenario", "pip install -e '.[train]'")  # jobs.scenario: the learning loop
             run_scenario(cfg, scenario, as_json)
             return
         if not headless and not as_json and _display_available():
-            from gui.app import run_gui  # noqa: PLC0415 - Qt only when a display exists
-
-            run_gui(cfg, demo=True)
+            _run_gui()(cfg, demo=True)  # Qt only when a display exists
             return
         run_demo(cfg, frames, headless, as_json, data, workers, package=package)
     except InspectorError as err:
         _fail(err)
+
+
+def _run_gui() -> Callable[..., int]:
+    """``gui.app.run_gui``, through the ``gui`` provider (the GUI is the top layer: never imported from here)."""
+    try:
+        return provider("gui", "pip install -e '.[gui]'")  # type: ignore[no-any-return]
+    except PluginMissing as err:
+        raise PluginMissing(f"the GUI cannot start: {err.message}", err.hint) from err
 
 
 def _display_available() -> bool:
@@ -283,9 +290,9 @@ def gui(config: Path | None = ConfigOpt,
     """Open the station GUI (operator, quality-engineer and maintenance views)."""
     _setup_logging()
     try:
-        from gui.app import run_gui
-    except ImportError as err:
-        _fail(InspectorError(f"the GUI cannot start: {err}", "pip install -e '.[gui]'"))
+        run_gui = _run_gui()
+    except PluginMissing as err:
+        _fail(err)
         return
     try:
         cfg = _config(config)
@@ -310,14 +317,14 @@ def line(config: Path | None = ConfigOpt) -> None:
 from inspector.bench.cli import bench_app  # noqa: E402
 from inspector.identity import identity_app as _identity_app  # noqa: E402
 from inspector.product_cli import product_app  # noqa: E402
+from inspector.review.cli import review_app  # noqa: E402
 from inspector.shadow_cli import shadow_app  # noqa: E402
 from inspector.station.cli import station_app  # noqa: E402
-from inspector.store.cli import audit_app, review_app, trace  # noqa: E402
-from jobs.cli import jobs_app  # noqa: E402
+from inspector.store.cli import audit_app, trace  # noqa: E402
 
 app.add_typer(bench_app, name="bench", help="Benchmarks side by side: stages, backends, pipeline, memory.")
 
-app.add_typer(jobs_app, name="jobs", help="Retraining jobs on RQ: worker, retrain, promote, rollback, status, drift.")
+add_commands(app)  # the upper layers' command groups (jobs), by entry point: inspector imports none of them
 
 app.add_typer(audit_app, name="audit", help="Audit trail: verify the hash chain, show entries.")
 app.add_typer(_identity_app(), name="identity", help="Who you are to the station: roles, PIN hashes, personal tokens.")

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the station: every metric name defined here, once; each process serves its own.
+"""Prometheus metrics of the station: every metric name defined here, once (the station view's in
+:mod:`inspector.telemetry_station`); each process serves its own.
 
 Every long-running process calls :func:`serve` from its entry point (``inspector camera | worker | line | gui``,
 ``inspector jobs drift | worker``) and registers what it watches. Ports (``metrics.*`` in the station file):
@@ -32,6 +33,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from inspector.contracts.config import METRICS_PORT_OFFSETS, METRICS_WORKER_OFFSET, StationConfig
+from inspector.telemetry_station import StationCollector, station_view
+
+__all__ = ["station_view"]  # inspector.status reads the station view from here
 
 log = logging.getLogger(__name__)
 
@@ -136,99 +140,6 @@ def _try(fn: Callable[[], Iterable[Any]]) -> Iterable[Any]:
     except Exception as err:  # noqa: BLE001 - a scrape never raises
         log.debug("metrics collector failed: %s", err)
         return []
-
-
-# ---------------------------------------------------------------------------------------------- station view
-class StationCollector(Collector):
-    """The Redis-side view of the station, as `inspector status` computes it, read at every scrape."""
-
-    def __init__(self, cfg: StationConfig) -> None:
-        self.cfg = cfg
-        self.client: Any = None
-
-    def _client(self) -> Any:
-        if self.client is None:  # made at the first scrape: never waits on Redis for long
-            from inspector.bus.connection import station_url
-            from inspector.line.health import fast_client
-
-            self.client = fast_client(self.cfg, station_url(self.cfg), timeout_s=1.0)
-        return self.client
-
-    def collect(self) -> Iterable[Any]:
-        up = GaugeMetricFamily("inspector_redis_up", "1 when the station's Redis answered this scrape.")
-        try:
-            view = station_view(self.cfg, self._client())
-        except Exception as err:  # noqa: BLE001 - Redis away: say so, nothing else
-            log.debug("station metrics: %s", err)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        length = GaugeMetricFamily("inspector_stream_length", "Entries in a station stream.", labels=["stream"])
-        lag = GaugeMetricFamily("inspector_stream_lag", "Entries of the stream not yet delivered to the group.",
-                                labels=["stream", "group"])
-        pending = GaugeMetricFamily("inspector_stream_pending", "Entries delivered to the group and not yet "
-                                    "acknowledged.", labels=["stream", "group"])
-        consumers = GaugeMetricFamily("inspector_stream_consumers", "Consumers of the group.", labels=["stream", "group"])
-        for g in view["groups"]:
-            lag.add_metric([g["stream"], g["group"]], float(g["lag"]) if g["lag"] is not None else float("nan"))
-            pending.add_metric([g["stream"], g["group"]], g["pending"])
-            consumers.add_metric([g["stream"], g["group"]], g["consumers"])
-        for stream, n in view["lengths"].items():
-            length.add_metric([stream], n)
-        yield from (length, lag, pending, consumers)
-        dead = GaugeMetricFamily("inspector_dead_letters", "Entries in the dead-letter stream.")
-        dead.add_metric([], view["lengths"].get("dead_letter", 0))
-        yield dead
-        counters = CounterMetricFamily("inspector_station_counter", "The station's counters in Redis (what "
-                                       "`inspector status` shows as counter NAME).", labels=["name"])
-        for name, v in sorted(view["counters"].items()):
-            counters.add_metric([name], v)
-        yield counters
-        alive = GaugeMetricFamily("inspector_workers_alive", "Live worker heartbeat keys.")
-        alive.add_metric([], view["workers_alive"])
-        cam = GaugeMetricFamily("inspector_camera_alive", "1 while the camera's heartbeat key is alive.")
-        cam.add_metric([], 1 if view["camera_alive"] else 0)
-        yield alive
-        yield cam
-
-
-def stream_names(cfg: StationConfig) -> dict[str, str]:
-    """Every station stream by its short name (the label value)."""
-    from inspector.contracts.names import Names
-
-    n = Names(cfg.redis.prefix, cfg.station.id)
-    return {"frames": n.frames, "verdicts": n.verdicts, "events": n.events, "review": n.review,
-            "review_inbox": n.review_inbox, "dead_letter": n.dead_letter, "parts": n.parts}
-
-
-def station_view(cfg: StationConfig, client: Any) -> dict[str, Any]:
-    """Lengths of the station streams, lag / pending / consumers of every consumer group on them, counters:
-    one reading shared by ``inspector status`` and the metrics (so the two always agree on what they mean)."""
-    import redis as _redis
-
-    from inspector.contracts.names import Names
-
-    n = Names(cfg.redis.prefix, cfg.station.id)
-    lengths: dict[str, int] = {}
-    groups: list[dict[str, Any]] = []
-    for short, key in stream_names(cfg).items():
-        try:
-            lengths[short] = int(client.xlen(key))
-            infos = client.xinfo_groups(key) if lengths[short] or client.exists(key) else []
-        except _redis.ResponseError:  # no such stream
-            lengths[short] = 0
-            continue
-        for g in infos:
-            g = {(k.decode() if isinstance(k, bytes) else k): v for k, v in g.items()}
-            name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
-            groups.append({"stream": short, "group": name, "lag": g.get("lag"),
-                           "pending": int(g.get("pending", 0) or 0), "consumers": int(g.get("consumers", 0) or 0)})
-    counters = {k.decode(): int(v) for k, v in client.hgetall(n.counters).items()}
-    workers = sum(1 for _ in client.scan_iter(match=n.heartbeat_pattern, count=500))
-    return {"lengths": lengths, "groups": groups, "counters": counters, "workers_alive": workers,
-            "camera_alive": bool(client.exists(n.camera_heartbeat(cfg.camera.id)))}
 
 
 # ---------------------------------------------------------------------------------------------- per process
@@ -377,8 +288,8 @@ def drift_numeric(name: str, result: Any) -> None:
         _drift_numbers[name] = {"psi": result.psi, "ks_p": result.ks_p, "shift": result.shift}
 
 
-def watch_jobs(cfg: StationConfig, client: Any) -> None:
-    """The RQ jobs worker (``inspector jobs worker``): the station queue's jobs by state."""
+def watch_jobs(q: Any) -> None:
+    """The RQ jobs worker (``inspector jobs worker``): the jobs of its queue ``q`` (an ``rq.Queue``) by state."""
     def collect() -> Iterable[Any]:
         from rq.registry import (
             DeferredJobRegistry,
@@ -388,9 +299,6 @@ def watch_jobs(cfg: StationConfig, client: Any) -> None:
             StartedJobRegistry,
         )
 
-        from jobs.queues import station_queue
-
-        q = station_queue(cfg, client)
         rows = [(["queued"], q.count)]
         for state, reg in (("started", StartedJobRegistry), ("finished", FinishedJobRegistry),
                            ("failed", FailedJobRegistry), ("deferred", DeferredJobRegistry),

@@ -73,12 +73,13 @@ def worker(config: Path | None = ConfigOpt, burst: bool = typer.Option(False, he
            with_scheduler: bool = typer.Option(False, "--with-scheduler", help="Run RQ's scheduler (periodic validation)."),
            name: str | None = typer.Option(None, help="Worker name.")) -> None:
     """Run an RQ worker on the station's Redis (embedded or URL) with the JSON serializer."""
+    from jobs.queues import station_queue
     from jobs.worker import run_worker
 
     try:
         cfg = _cfg(config)
         client = _connect(cfg)
-        _metrics(cfg, "jobs", lambda t: t.watch_jobs(cfg, client))
+        _metrics(cfg, "jobs", lambda t: t.watch_jobs(station_queue(cfg, client)))
         run_worker(cfg, client, burst=burst, with_scheduler=with_scheduler, name=name)
     except InspectorError as err:
         _fail(err)

@@ -200,10 +200,12 @@ def test_every_process_serves_rising_counters_that_match_status(
 
 
 def test_dashboard_uses_only_metric_names_the_station_defines() -> None:
-    """configs/grafana/station.json is built on inspector/telemetry.py's names (a renamed metric breaks this)."""
+    """configs/grafana/station.json is built on the names of inspector/telemetry.py and its station view,
+    inspector/telemetry_station.py (a renamed metric breaks this)."""
     import re
 
-    defined = set(re.findall(r'"(inspector_[a-z_]+)"', (REPO / "inspector" / "telemetry.py").read_text()))
+    sources = [REPO / "inspector" / "telemetry.py", REPO / "inspector" / "telemetry_station.py"]
+    defined = {n for f in sources for n in re.findall(r'"(inspector_[a-z_]+)"', f.read_text())}
     dashboard = json.loads((REPO / "configs" / "grafana" / "station.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {re.sub(r"_(total|bucket|count|sum)$", "", n) for e in exprs for n in re.findall(r"inspector_[a-z_]+", e)}

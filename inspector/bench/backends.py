@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from inspector.bench.timing import interleaved
+from inspector.plugins import PluginMissing, provider
 from inspector.runtime.package import ModelPackage
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ def ours_vs_anomalib(package: ModelPackage, threads: int, runs: int, models: tup
 
     Ours: ``InspectionModel.infer`` (what the worker calls), its AUROC from the package's held-out evaluation
     through the station runtime. anomalib: ``predict`` of each inferencer, its AUROC measured through that
-    inferencer on the same test split (``trainer.anomalib_baseline.anomalib_peers``; ``peers``: its result,
+    inferencer on the same test split (``trainer.anomalib_baseline.anomalib_peers``, the ``anomalib_peers``
+    provider; ``peers``: its result,
     already made for this package's data source on ``bench_frame(root, image_size)``)."""
     from inspector.contracts.config import RuntimeSection
 
@@ -150,10 +152,10 @@ def ours_vs_anomalib(package: ModelPackage, threads: int, runs: int, models: tup
     if root is None:
         return [], ["ours vs anomalib: the package records no anomaly-layout data source (manifest data.source "
                     "with train/good and test/): anomalib peers skipped"]
-    try:
-        from trainer.anomalib_baseline import anomalib_peers
-    except ImportError as err:
-        return [], [f"ours vs anomalib: trainer / anomalib not importable ({err}): pip install -e '.[train]'"]
+    try:  # trainer.anomalib_baseline.anomalib_peers, registered by the trainer (the bench never imports it)
+        anomalib_peers = provider("anomalib_peers", "pip install -e '.[train]'")
+    except PluginMissing as err:
+        return [], [f"ours vs anomalib: trainer / anomalib not importable ({err.message}): {err.hint}"]
     frame = bench_frame(root, image_size)
     metrics = package.manifest.metrics or {}
     auroc_kept = (metrics.get("heldout") or {}).get("anomaly", {}).get("image_auroc")

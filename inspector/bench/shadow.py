@@ -17,7 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -28,6 +30,7 @@ from sqlalchemy import select
 
 from inspector.contracts.config import StationConfig, load_config
 from inspector.contracts.lifecycle import ModelStatus
+from inspector.contracts.names import Names
 
 WARMUP_S = 3.0  # the first seconds of a segment are left out: the candidate is loading or unloading
 STATION_WARMUP_S = 20.0  # the first seconds of the station (model warm-up, first database writes) are not measured
@@ -66,12 +69,66 @@ def _pcts(values: list[float]) -> dict[str, float]:
             "mean": round(float(arr.mean()), 2)}
 
 
+def _join_started_station(cfg: StationConfig, proc: subprocess.Popen[bytes], log: Path) -> Any:
+    """A client of the station that ``proc`` (its supervisor) starts, once its Redis answers (60 s at most)."""
+    from inspector.bus.connection import join_station
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return join_station(cfg)
+        except Exception:  # noqa: BLE001 - the supervisor is still starting Redis
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the station did not start: {log.read_text()[-2000:]}") from None
+            time.sleep(0.3)
+
+
+def _alternate(cfg: StationConfig, client: Any, store: Any, version: str, rounds: int, segment_s: float,
+               say: Callable[[str], object]) -> list[tuple[str, float, float]]:
+    """``rounds`` segments without and with the shadow candidate, in ABBA order (a slow drift of the machine
+    weighs on both conditions alike); returns each segment's condition and measured window."""
+    from inspector.shadow_cli import start_shadow
+
+    names = Names(cfg.redis.prefix, cfg.station.id)
+    windows: list[tuple[str, float, float]] = []
+    for r in range(rounds):
+        order = ("without shadow", "with shadow") if r % 2 == 0 else ("with shadow", "without shadow")
+        for condition in order:
+            if condition == "with shadow":
+                start_shadow(cfg, client, store, version, "bench", "maintenance")
+            else:
+                client.delete(names.shadow_model)
+            t0 = time.time()
+            say(f"round {r + 1}/{rounds}: {condition} for {segment_s:.0f} s")
+            time.sleep(segment_s)
+            windows.append((condition, t0 + WARMUP_S, time.time()))
+    return windows
+
+
+def _figures(rows: list[Any], windows: list[tuple[str, float, float]], report: Any,
+             counters: dict[str, int]) -> dict[str, object]:
+    """Latency of the active model without and with the shadow, per condition and per segment; the shadow's own."""
+    latency: dict[str, list[float]] = {"without shadow": [], "with shadow": []}
+    for captured, lat, _decision in rows:
+        for condition, a, b in windows:
+            if a <= captured < b and lat is not None:
+                latency[condition].append(lat)
+    segments = [{"condition": c, **_pcts([lat for cap, lat, _d in rows if a <= cap < b and lat is not None])}
+                for c, a, b in windows]
+    out = {cond: _pcts(vals) for cond, vals in latency.items()}
+    base, shadow = out["without shadow"], out["with shadow"]
+    ratio = round(shadow["p99"] / base["p99"], 3) if base.get("p99") and shadow.get("p99") else None
+    return {"active_latency_ms": out,
+              "p99_ratio_with_to_without": ratio, "shadow_judged": report.judged, "shadow_compared": report.compared,
+              "shadow_skipped": counters.get("shadow_skipped", 0), "candidate_infer_ms": report.candidate_infer_ms,
+              "line_agreement": report.line_agreement, "verdicts": counters.get("verdicts", 0),
+              "errors": counters.get("error", 0), "segments": segments}
+
+
 def run_bench(package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds: int = 3, workers: int = 1,
               say=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Alternate ``rounds`` segments without and with the shadow candidate; returns the figures."""
-    from inspector.bus.connection import join_station
     from inspector.runtime.package import load_package
-    from inspector.shadow_cli import start_shadow
     from inspector.store.db import open_store
     from inspector.store.models import VerdictRow
     from inspector.store.records import register_model
@@ -85,38 +142,17 @@ def run_bench(package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds:
     proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "station", "run", "-c", str(path)],
                             stdout=subprocess.DEVNULL, stderr=(folder / "supervisor.log").open("wb"),
                             start_new_session=True)
-    windows: list[tuple[str, float, float]] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client = join_station(cfg)
-                break
-            except Exception:  # noqa: BLE001 - the supervisor is still starting Redis
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"the station did not start: {(folder / 'supervisor.log').read_text()[-2000:]}") from None
-                time.sleep(0.3)
+        client = _join_started_station(cfg, proc, folder / "supervisor.log")
         _wait_worker(cfg, client)
         store = open_store(cfg)
         pkg = load_package(candidate_dir)
         version = f"{pkg.version}-shadow"
         register_model(store, version, str(candidate_dir), pkg.package_sha256, {}, "bench", ModelStatus.GATED_PASS)
-        from inspector.contracts.names import Names
-
         names = Names(cfg.redis.prefix, cfg.station.id)
         say(f"warming up the station for {STATION_WARMUP_S:.0f} s (not measured)")
         time.sleep(STATION_WARMUP_S)
-        for r in range(rounds):  # ABBA order: a slow drift of the machine weighs on both conditions alike
-            order = ("without shadow", "with shadow") if r % 2 == 0 else ("with shadow", "without shadow")
-            for condition in order:
-                if condition == "with shadow":
-                    start_shadow(cfg, client, store, version, "bench", "maintenance")
-                else:
-                    client.delete(names.shadow_model)
-                t0 = time.time()
-                say(f"round {r + 1}/{rounds}: {condition} for {segment_s:.0f} s")
-                time.sleep(segment_s)
-                windows.append((condition, t0 + WARMUP_S, time.time()))
+        windows = _alternate(cfg, client, store, version, rounds, segment_s, say)
         client.delete(names.shadow_model)
         time.sleep(1.0)
         with store.session() as s:
@@ -129,21 +165,8 @@ def run_bench(package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-    latency: dict[str, list[float]] = {"without shadow": [], "with shadow": []}
-    for captured, lat, _decision in rows:
-        for condition, a, b in windows:
-            if a <= captured < b and lat is not None:
-                latency[condition].append(lat)
-    segments = [{"condition": c, **_pcts([lat for cap, lat, _d in rows if a <= cap < b and lat is not None])}
-                for c, a, b in windows]
-    out = {cond: _pcts(vals) for cond, vals in latency.items()}
-    base, shadow = out["without shadow"], out["with shadow"]
-    ratio = round(shadow["p99"] / base["p99"], 3) if base.get("p99") and shadow.get("p99") else None
-    result = {"fps": fps, "segment_s": segment_s, "rounds": rounds, "workers": workers, "active_latency_ms": out,
-              "p99_ratio_with_to_without": ratio, "shadow_judged": report.judged, "shadow_compared": report.compared,
-              "shadow_skipped": counters.get("shadow_skipped", 0), "candidate_infer_ms": report.candidate_infer_ms,
-              "line_agreement": report.line_agreement, "verdicts": counters.get("verdicts", 0),
-              "errors": counters.get("error", 0), "package": str(package), "segments": segments}
+    result = {"fps": fps, "segment_s": segment_s, "rounds": rounds, "workers": workers,
+              **_figures(rows, windows, report, counters), "package": str(package)}
     shutil.rmtree(folder, ignore_errors=True)
     return result
 
@@ -169,7 +192,7 @@ def main(package: Path | None = typer.Option(None, help="Active package (default
     """Active verdict latency with and without a shadow candidate, side by side in one run."""
     console = Console(stderr=as_json)
     if package is None:
-        from inspector.demo_models import ensure_demo_package
+        from inspector.demo.models import ensure_demo_package
 
         package = ensure_demo_package(load_config(None), None, console)
     result = run_bench(package, fps, segment_s, rounds, say=lambda line: console.print(line))

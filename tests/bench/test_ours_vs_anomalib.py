@@ -35,7 +35,7 @@ def test_package_without_a_data_source_skips_the_peers_with_a_note(tmp_path: Pat
 @pytest.mark.timeout(1800)  # anomalib's dynamo export alone took minutes on a 2-core CPU at load 15
 def test_ours_and_anomalib_peers_in_one_interleaved_run(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
-    from inspector.demo_scenario import DriftScenario, write_base_data
+    from jobs.scenario import DriftScenario, write_base_data
     from trainer.anomalib_package import AnomalibConfig, build_anomalib_package
 
     root = write_base_data(tmp_path / "parts", DriftScenario(image_size=128, train_good=50, test_good=10, test_defects=4))

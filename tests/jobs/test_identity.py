@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from inspector.contracts.config import IdentitySection, StationConfig, parse_config
 from inspector.identity import PinLockout, check_secret, hash_secret, os_user
+from inspector.review.cli import review_app
 from inspector.store import Store, open_store
-from inspector.store.cli import review_app
 from jobs.cli import jobs_app
 
 runner = CliRunner()

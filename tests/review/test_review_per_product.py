@@ -41,7 +41,7 @@ def test_review_queues_and_exports_are_per_product(station_config: StationConfig
 
 
 def test_an_unknown_product_queue_is_refused_in_one_line(station_config: StationConfig) -> None:
-    from inspector.store.cli import _service
+    from inspector.review.cli import _service
 
     with pytest.raises(InspectorError, match="product 'gearbox' is not configured"):
         _service(station_config, open_store(station_config), "gearbox")

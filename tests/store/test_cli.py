@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from inspector.archive import Archive
 from inspector.contracts.messages import Decision, ReviewRequest
+from inspector.review.cli import review_app
 from inspector.store import open_store
 from inspector.store import records as rec
-from inspector.store.cli import audit_app, review_app, trace
+from inspector.store.cli import audit_app, trace
 from inspector.store.fakes import make_verdict
 
 runner = CliRunner()

@@ -16,10 +16,10 @@ import torch
 from inspector.bus.streams import StationBus
 from inspector.camera.synthetic import PartFactory
 from inspector.contracts.messages import Decision, FrameMeta
-from inspector.demo_scenario import DriftScenario, write_base_data
 from inspector.models.decode import encode_image
 from inspector.runtime.package import load_package
 from inspector.worker import Worker, load_model
+from jobs.scenario import DriftScenario, write_base_data
 from tests.spine_helpers import read_verdicts
 from trainer.anomalib_package import (
     BACKBONE_SCOPES,

@@ -127,7 +127,7 @@ def test_demo_falls_back_to_the_tiny_model_with_one_last_resort_line(tmp_path: P
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from rich.console import Console
 
-    import inspector.demo_models as dm
+    import inspector.demo.models as dm
     import trainer.demo_training as dt
     from inspector.contracts.config import parse_config
 

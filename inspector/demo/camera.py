@@ -1,4 +1,4 @@
-"""The demo's camera process: ``python -m inspector.demo_camera --config FILE --go FILE --report FILE [--frames N]``.
+"""The demo's camera process: ``python -m inspector.demo.camera --config FILE --go FILE --report FILE [--frames N]``.
 
 The station supervisor runs it in the place of ``inspector camera``. It connects to the station's Redis, waits
 until the demo has seen every reader come up (the demo writes the ``--go`` file), streams the configured
@@ -37,7 +37,7 @@ def read_report(path: Path) -> dict[str, int | bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m inspector.demo_camera", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m inspector.demo.camera", description=__doc__)
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--go", type=Path, required=True, help="start streaming once this file exists")
     ap.add_argument("--report", type=Path, required=True, help="JSON file with the frames published so far")

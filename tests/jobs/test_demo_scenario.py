@@ -21,7 +21,8 @@ import pytest
 from inspector.bus.connection import StationLock, _ping, embedded_url
 from inspector.contracts.config import StationConfig
 from inspector.contracts.messages import Decision, ReviewRequest, Verdict
-from inspector.demo_scenario import DriftScenario, ScriptedQualityEngineer, rates, relight, write_base_data
+from jobs.scenario import DriftScenario, rates, relight, write_base_data
+from jobs.scenario.parts import ScriptedQualityEngineer
 
 ONLY_SLOW = pytest.mark.skipif(os.environ.get("INSPECTOR_SLOW") != "1",
                                reason="the drift scenario takes ~3 min on 2 cores (two real trainings): "
