@@ -1,4 +1,4 @@
-"""Statuses stored in the system of record, as string enums.
+"""Statuses stored in the system of record (and the job states kept in Redis), as string enums.
 
 A :class:`~enum.StrEnum` member *is* its string (``ReviewStatus.PENDING == "pending"``), so the database
 columns store exactly the values they stored before these enums existed: no migration.
@@ -35,4 +35,27 @@ class ModelStatus(StrEnum):
     ROLLED_BACK = "rolled_back"
 
 
-__all__ = ["ModelStatus", "ReviewStatus"]
+class RetrainRequestStatus(StrEnum):
+    """What became of a request to retrain or refit (``jobs.trigger.RetrainRequest.status``)."""
+
+    ENQUEUED = "enqueued"
+    """A new job is queued; its id is returned."""
+    RUNNING = "running"
+    """The station's retrain lock is held: the running job's id is returned, nothing queued."""
+    DEDUPED = "deduped"
+    """Another request came within ``jobs.retrain_dedupe_s``: dropped."""
+    REJECTED = "rejected"
+    """A refit was asked for a frame collection that is not awaiting confirmation."""
+
+
+class FrameCollectionStatus(StrEnum):
+    """Where the frame collection after a camera or lighting change stands (its state in Redis, ``jobs.maintenance``)."""
+
+    COLLECTING = "collecting"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    """Enough frames: a person confirms they are good before the refit."""
+    REFITTING = "refitting"
+    DONE = "done"
+
+
+__all__ = ["FrameCollectionStatus", "ModelStatus", "RetrainRequestStatus", "ReviewStatus"]

@@ -13,7 +13,7 @@ from inspector.archive import Archive
 from inspector.contracts import lifecycle
 from inspector.contracts.labels import GOOD_LABEL, UNSURE_LABEL
 from inspector.contracts.messages import Decision, ReviewRequest
-from inspector.contracts.statuses import ModelStatus, ReviewStatus
+from inspector.contracts.statuses import FrameCollectionStatus, ModelStatus, RetrainRequestStatus, ReviewStatus
 from inspector.review.labelling import LabellingService
 from inspector.store import Store, open_store
 from inspector.store import records as rec
@@ -38,6 +38,8 @@ def test_values_are_the_stored_strings() -> None:
     assert [s.value for s in ReviewStatus] == ["pending", "leased", "labelled"]
     assert [s.value for s in ModelStatus] == [
         "candidate", "gated_pass", "gated_fail", "approved", "active", "retired", "rolled_back"]
+    assert [s.value for s in RetrainRequestStatus] == ["enqueued", "running", "deduped", "rejected"]
+    assert [s.value for s in FrameCollectionStatus] == ["collecting", "awaiting_confirmation", "refitting", "done"]
     assert ReviewStatus.LEASED == "leased" and f"{ModelStatus.GATED_PASS}" == "gated_pass"
     assert lifecycle.ModelStatus is ModelStatus  # the old import path names the same enum
     assert (GOOD_LABEL, UNSURE_LABEL) == ("good", "unsure")
