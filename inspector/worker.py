@@ -21,33 +21,40 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
 import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from inspector import telemetry
-from inspector.bus.streams import Entry, StationBus, decode_message
+from inspector.bus.consumer import REDIS_ERRORS, StreamConsumer
+from inspector.bus.heartbeat import HEARTBEAT_ERRORS, register_beat, unregister
+from inspector.bus.streams import Entry, decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import FrameError, InspectorError, ModelPackageError
+from inspector.contracts.health import ConsumerRole
 from inspector.contracts.messages import Decision, Event, EventType, FrameMeta, Verdict
 from inspector.decision import decide, line_rejects
 from inspector.metrics import LatencyWindow
 from inspector.models.decode import decode_image
 from inspector.models.image_stats import image_stats
 from inspector.models.inference import InspectionModel, ModelOutput, heatmap_png
-from inspector.runtime.package import load_package
 from inspector.store.db import Store, open_store
-from inspector.store.models import ModelVersionRow
-from inspector.store.records import active_model
+from inspector.worker_model import (
+    ModelSwapping,
+    SwapRefused,
+    active_model_path,
+    active_pointer,
+    load_model,
+    registered_active,
+)
 
 log = logging.getLogger(__name__)
+
+__all__ = ["SwapRefused", "Worker", "Work", "active_model_path", "active_pointer", "load_model", "registered_active"]
 
 Sink = Callable[[Verdict, bytes, str], None]
 
@@ -62,82 +69,34 @@ class Work:
     image: object = None
 
 
-def load_model(cfg: StationConfig, path: str | Path) -> InspectionModel:
-    """Verify, load and warm up a package; run its canary frames. Raises ModelPackageError when refused."""
-    t0 = time.perf_counter()
-    package = load_package(path)
-    model = InspectionModel(package, cfg.runtime, cfg.runtime.engine_cache_dir or cfg.data_dir / "engines",
-                            max_batch=cfg.worker.max_batch)
-    model.warmup()
-    for canary in package.manifest.canaries:
-        data = package.file(canary.file).read_bytes()
-        out = model.infer([decode_image(data, "png" if canary.file.endswith(".png") else "jpeg")])[0]
-        if isinstance(out, FrameError):
-            raise ModelPackageError(f"canary {canary.file} of {package.version} failed: {out}", "rebuild the package")
-        if canary.expected not in ("ANY",):
-            got = decide(out.class_probs, out.anomaly_score, cfg.policy, out.classifier_decides).decision.value
-            if got != canary.expected:
-                raise ModelPackageError(f"canary {canary.file} of {package.version} gave {got}, expected {canary.expected}",
-                                        "the package does not behave as when it was validated; rebuild it")
-    telemetry.model_loaded(package.version, time.perf_counter() - t0)
-    return model
+class Worker(ModelSwapping, StreamConsumer):
+    """The inspection worker, a :class:`StreamConsumer` on the frames stream that writes its own heartbeat
+    (``Names.heartbeat``: its stats, read by the line's ready signal and ``inspector status``)."""
 
+    role: ClassVar[ConsumerRole] = ConsumerRole.WORKER
+    retry_on: ClassVar[tuple[type[BaseException], ...]] = REDIS_ERRORS
+    backoff_start_s: ClassVar[float] = 0.1
+    backoff_max_s: ClassVar[float] = 0.5
+    own_heartbeat: ClassVar[bool] = True
 
-def active_model_path(client: redis.Redis, bus: StationBus) -> tuple[str, str] | None:
-    pointer = active_pointer(client, bus)
-    return None if pointer is None else (pointer[0], pointer[1])
-
-
-def active_pointer(client: redis.Redis, bus: StationBus) -> tuple[str, str, str] | None:
-    """(version, path, sha256) of the Redis ``active_model`` hash: a notice that the model changed, not a proof."""
-    raw = client.hgetall(bus.names.active_model)
-    if not raw or b"version" not in raw:
-        return None
-    return raw[b"version"].decode(), raw.get(b"path", b"").decode(), raw.get(b"sha256", b"").decode()
-
-
-class SwapRefused(InspectorError):
-    """The registry does not back the model the Redis pointer names."""
-
-
-def registered_active(store: Store, version: str, sha256: str) -> ModelVersionRow:
-    """The registry row that lets a worker load ``version``: the active one, with this package hash and its
-    gate report (or an audited forced promotion). Raises :class:`SwapRefused` saying what is missing."""
-    row = active_model(store)
-    hint = "promote it through the registry: inspector jobs promote VERSION (or rollback)"
-    if row is None or row.version != version:
-        held = f"the registry's active version is {row.version}" if row is not None else "the registry has no active version"
-        raise SwapRefused(f"{version} is not the registry's active model ({held})", hint)
-    if not sha256 or sha256 != row.package_sha256:
-        raise SwapRefused(f"the pointer's package hash {sha256[:12] or '(none)'} is not the registered "
-                          f"{row.package_sha256[:12]} of {version}", hint)
-    if not (row.metrics or {}).get("gate") and not _forced(store, version):
-        raise SwapRefused(f"{version} has no gate report in the registry", "run it through the gate, then promote it")
-    return row
-
-
-def _forced(store: Store, version: str) -> bool:
-    return any(e.target == version for e in store.audit.entries(limit=1000, action="model.force_promote"))
-
-
-class Worker:
     def __init__(self, cfg: StationConfig, client: redis.Redis, model: InspectionModel | None = None,
                  name: str | None = None, sinks: list[Sink] | None = None, store: Store | None = None) -> None:
-        self.cfg = cfg
-        self.bus = StationBus(client, cfg)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        super().__init__(cfg, client, self.name)
         self._store = store
         self._unsure: tuple[str, str, str] | None = None  # last pointer the registry could not be asked about
         self.product_models = self._product_models()  # every product's package, loaded and warm: no changeover reload
         self.model = model or self._default_model()
         self.sinks = sinks or []
-        self.stop_event = threading.Event()
         self.latency = LatencyWindow()
         self.counts: dict[str, int] = {"frames": 0, "verdicts": 0, "duplicates": 0, "errors": 0, "dead_letter": 0}
         self._next_reclaim = 0.0
         self._next_reload = time.monotonic() + cfg.worker.reload_poll_s
         self._next_heartbeat = 0.0
         self._refused: set[tuple[str, str, str]] = set()
+        self._recovered: list[Entry] = []
+        self._limits: tuple[int | None, float | None] = (None, None)  # max_frames, idle_exit_s of run()
+        self._last_work = time.monotonic()
         self.bus.ensure_group(self.bus.names.frames, cfg.worker.group)
 
     # -- model -----------------------------------------------------------------------------------
@@ -175,62 +134,6 @@ class Worker:
             self._store = open_store(self.cfg, lazy=True)
         return self._store
 
-    def maybe_reload(self) -> bool:
-        """Swap to the model the registry holds as active when the Redis pointer changed; keep the old one on any
-        refusal or failure. Every swap and every refusal is audited."""
-        active = active_pointer(self.bus.r, self.bus)
-        if active is None or active[0] == self.model.version or active in self._refused:
-            return False
-        version = active[0]
-        try:
-            row = registered_active(self.store, version, active[2])
-            new = load_model(self.cfg, row.package_path)
-            if new.package.package_sha256 != row.package_sha256:
-                new.close()
-                raise SwapRefused(f"the package at {row.package_path} is not the one registered as {version}",
-                                  "restore the registered package, or register and promote it as a new version")
-        except InspectorError as err:
-            self._refuse(active, err)
-            return False
-        except Exception as err:  # noqa: BLE001 - the registry did not answer: keep serving, ask again next poll
-            if self._unsure != active:
-                log.error("worker %s: cannot check model %s with the registry, still serving %s: %s",
-                          self.name, version, self.model.version, self.store.describe(err))
-                self._unsure = active
-            return False
-        try:
-            self.store.audit.record(f"worker:{self.name}", "model.swap", version, {"version": self.model.version},
-                                    {"version": version, "package_sha256": row.package_sha256},
-                                    {"worker": self.name, "path": row.package_path})
-        except Exception as err:  # noqa: BLE001 - no swap without its audit row
-            new.close()
-            if self._unsure != active:
-                log.error("worker %s: swap to %s not audited (%s); still serving %s", self.name, version,
-                          self.store.describe(err), self.model.version)
-                self._unsure = active
-            return False
-        old, self.model = self.model, new  # atomic swap: one reference assignment between batches
-        old.close()
-        self._unsure = None
-        self._event(EventType.MODEL_RELOADED, "info", f"worker {self.name} now serves {version}", version)
-        return True
-
-    def _refuse(self, active: tuple[str, str, str], err: InspectorError) -> None:
-        """One log line, one event, one audit row per refused pointer; it is not retried on every poll."""
-        version = active[0]
-        log.error("worker %s refused model %s, still serving %s: %s", self.name, version, self.model.version, err.message)
-        self._event(EventType.MODEL_REFUSED, "critical", f"model {version} refused, still serving {self.model.version}: {err.message}",
-                    version)
-        self.bus.r.hset(self.bus.names.active_model, "refused_by_" + self.name, version)
-        self._refused.add(active)
-        try:
-            self.store.audit.record(f"worker:{self.name}", "model.swap_refused", version,
-                                    {"version": self.model.version}, {"version": version, "path": active[1],
-                                                                      "sha256": active[2]},
-                                    {"worker": self.name, "why": err.message})
-        except Exception:  # noqa: BLE001 - refused whether or not the row could be written
-            log.exception("worker %s could not audit the refusal of %s", self.name, version)
-
     # -- loop --------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: object) -> None:
@@ -240,27 +143,26 @@ class Worker:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def run(self, max_frames: int | None = None, idle_exit_s: float | None = None) -> dict[str, int]:
+    def run(self, max_frames: int | None = None, idle_exit_s: float | None = None) -> dict[str, int]:  # type: ignore[override]
         """Inspect until stopped (SIGTERM drains the batch in hand), ``max_frames``, or idle for ``idle_exit_s``."""
-        last_work = time.monotonic()
-        while not self.stop_event.is_set():
-            try:
-                n = self.step()
-            except (RedisConnectionError, RedisTimeoutError, ConnectionError) as err:
-                log.warning("worker %s: Redis unavailable (%s); retrying", self.name, err)
-                self.stop_event.wait(0.5)
-                continue
-            if n:
-                last_work = time.monotonic()
-            if max_frames is not None and self.counts["frames"] >= max_frames:
-                break
-            if idle_exit_s is not None and time.monotonic() - last_work > idle_exit_s:
-                break
-        self._heartbeat(force=True, alive=False)
+        self._limits, self._last_work = (max_frames, idle_exit_s), time.monotonic()
+        super().run()
         return dict(self.counts)
 
-    def stop(self) -> None:
-        self.stop_event.set()
+    def setup(self) -> None:
+        """The frames a previous run under this name read and never acknowledged go first (a supervised worker
+        keeps its name across restarts); the rest of them come back by reclaim once idle."""
+        self.bus.ensure_group(self.bus.names.frames, self.cfg.worker.group)
+        self._recovered = self.recover_own(self.bus.names.frames, self.cfg.worker.group, self.cfg.worker.max_batch)
+
+    def finished(self) -> bool:
+        max_frames, idle_exit_s = self._limits
+        if max_frames is not None and self.counts["frames"] >= max_frames:
+            return True
+        return idle_exit_s is not None and time.monotonic() - self._last_work > idle_exit_s
+
+    def teardown(self) -> None:
+        self._heartbeat(force=True, alive=False)
 
     def step(self) -> int:
         """Read one micro-batch (reclaimed entries first) and give every frame in it exactly one outcome."""
@@ -269,10 +171,12 @@ class Worker:
             self._next_reload = now + self.cfg.worker.reload_poll_s
             self.maybe_reload()
         self._heartbeat()
-        entries = self._reclaim(now)
+        entries, self._recovered = self._recovered, []
+        entries += self._reclaim(now)
         entries += self._read_batch(self.cfg.worker.max_batch - len(entries))
         if not entries:
             return 0
+        self._last_work = time.monotonic()
         work = self._triage(entries)
         self._inspect([w for w in work if w.verdict is None])
         self._publish(work)
@@ -440,9 +344,11 @@ class Worker:
         try:
             if alive:
                 self.bus.r.set(key, json.dumps(self.stats()), px=int(ttl * 1000))
+                register_beat(self.bus.r, self.bus.names, self.role, self.name, ttl)
             else:
                 self.bus.r.delete(key)
-        except (RedisConnectionError, RedisTimeoutError):
+                unregister(self.bus.r, self.bus.names, self.role, self.name)
+        except HEARTBEAT_ERRORS:
             pass
 
     def _event(self, etype: EventType, severity: str, message: str, version: str | None = None) -> None:

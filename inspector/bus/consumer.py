@@ -49,6 +49,7 @@ class StreamConsumer:
     backoff_start_s: ClassVar[float] = 0.05
     backoff_max_s: ClassVar[float] = 5.0
     heartbeat_period_s: ClassVar[float] = 1.0
+    own_heartbeat: ClassVar[bool] = False  # True: the consumer writes its heartbeat in its loop (the worker's stats)
 
     def __init__(self, cfg: StationConfig, client: redis.Redis, consumer: str, stall_s: float | None = None) -> None:
         self.cfg = cfg
@@ -71,6 +72,10 @@ class StreamConsumer:
     def teardown(self) -> None:
         """Flush, drain or close; runs once when the loop ends."""
 
+    def finished(self) -> bool:
+        """True ends the loop after a step (a worker's ``max_frames`` or idle exit); the stop event ends it too."""
+        return False
+
     def on_failure(self, err: BaseException) -> str:
         """Called on a retried failure before the backoff; returns the reason to log and report."""
         return f"Redis: {err}" if isinstance(err, redis.RedisError) else str(err)
@@ -80,14 +85,16 @@ class StreamConsumer:
         """Set up, step until ``stop`` (or :meth:`stop`), tear down; failures in ``retry_on`` back off and retry."""
         if stop is not None:
             self.stop_event = stop
-        self.heartbeat.start()
+        if not self.own_heartbeat:
+            self.heartbeat.start()
         try:
             self._loop()
         finally:
             try:
                 self.teardown()
             finally:
-                self.heartbeat.stop()
+                if not self.own_heartbeat:
+                    self.heartbeat.stop()
 
     def _loop(self) -> None:
         ready = False
@@ -98,6 +105,8 @@ class StreamConsumer:
                     ready = True
                 self.step()
                 self.backoff_s = self.backoff_start_s
+                if self.finished():
+                    return
             except self.retry_on as err:
                 ready = False
                 reason = self.on_failure(err)
