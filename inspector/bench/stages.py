@@ -84,7 +84,7 @@ def redis_round_trip(frame: np.ndarray, runs: int, appendfsync: str = "always") 
 def store_write(n: int = 2000) -> dict[str, Any]:
     """Batched verdict insert rate through the store's recorder (when inspector.store is installed)."""
     try:
-        from inspector.store.bench import bench_recording
+        from inspector.recording.bench import bench_recording
     except ImportError as err:
         return {"skipped": f"inspector.store not available: {err}"}
     try:

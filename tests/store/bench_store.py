@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from inspector.store.bench import bench_recording
+from inspector.recording.bench import bench_recording
 
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000

@@ -1,7 +1,7 @@
 """Benchmark of verdict recording: verdicts/s from a real Redis stream into the database, through the
 ``VerdictRecorder`` (read with the consumer group, decode, batched idempotent insert, XACK).
 
-    python -m inspector.store.bench [N] [--db URL] [--redis URL]
+    python -m inspector.recording.bench [N] [--db URL] [--redis URL]
 
 Without ``--redis`` an embedded redis-server is started in a temporary folder; without ``--db`` SQLite
 (WAL, synchronous=FULL) in that folder. PostgreSQL runs in a fresh schema, dropped afterwards.
@@ -18,9 +18,9 @@ from pathlib import Path
 from inspector.bus.connection import EmbeddedRedis, client_for_url
 from inspector.contracts.config import parse_config
 from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
+from inspector.recording.recorder import VerdictRecorder
 from inspector.store.db import open_store
 from inspector.store.fakes import make_verdict
-from inspector.recording.recorder import VerdictRecorder
 from inspector.store.testing import drop_schema
 
 
