@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -110,7 +111,7 @@ class FusionHead(nn.Module):
 def extract(backbone: nn.Module, embed: FeatureEmbedding, pool_take: Sequence[int], pre: Any,
             images: Sequence[np.ndarray], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """One backbone pass: (pooled [n, d_pool] via ``pool_stages``, wknn embeddings [n,C,h,w] float32)."""
-    from trainer.learning_curve import pool_stages
+    from trainer.learning_curve_features import pool_stages
 
     pooled, embs = [], []
     backbone.eval()
@@ -132,9 +133,28 @@ def fit_wknn(embed: FeatureEmbedding, embeddings: np.ndarray, cfg: AnomalyConfig
 
 def numpy_features(scorer: WhitenedKnnScorer, pooled: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
     """x of the learning curve: pooled stages beside ``anomaly_features`` of ``scorer``."""
-    from trainer.learning_curve import anomaly_features
+    from trainer.learning_curve_features import anomaly_features
 
     return np.concatenate([pooled, anomaly_features(scorer, embeddings)], 1)
+
+
+@dataclass
+class _FusionData:
+    """One backbone pass over the goods then the defects, and how the rows split."""
+
+    embed: FeatureEmbedding
+    blocks: list[int] | None
+    pool_take: list[int]
+    pooled: np.ndarray  # [n, d_pool]
+    emb: np.ndarray  # [n, C, h, w]
+    fit_rows: np.ndarray  # bank goods of the package's model
+    hold_rows: np.ndarray  # its held-out goods
+    def_rows: np.ndarray  # every labelled defect
+    probe_possible: bool
+
+    @property
+    def d_pool(self) -> int:
+        return int(self.pooled.shape[1])
 
 
 def fit_fused_scorer(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], defects: Sequence[np.ndarray],
@@ -142,76 +162,33 @@ def fit_fused_scorer(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], 
                      inner_folds: int = 4, threshold_folds: int = 5, say: Callable[[str], None] | None = None,
                      ) -> tuple[FusionHead, AnomalySpec, dict[str, Any]]:
     """The fused scorer of a combined package and its placed threshold (see the module docstring)."""
-    from inspector.contracts.errors import DataError
-    from trainer.anomaly import feature_positions, threshold_good_quantile
-    from trainer.fusion import fit_fusion
-    from trainer.learning_curve import threshold_upper_bound
-    from trainer.pipelines import split_holdout
+    from trainer.anomaly import threshold_good_quantile
+    from trainer.evaluate import rate_interval
+    from trainer.learning_curve_thresholds import threshold_upper_bound
 
     say = say or (lambda _m: None)
     fusion = fusion or FusionConfig()
-    if cfg.method != "wknn":
-        raise DataError(f"the fused score reads the wknn scorer, not {cfg.method!r}", "use method wknn")
-    fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
-    if len(hold_idx) < 10:
-        raise DataError(f"only {len(good)} good images: too few to hold out a threshold set",
-                        "collect at least 100 good images (200-500 recommended for anomaly detection)")
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    take = feature_positions(backbone, cfg.out_indices)
-    pool_take = feature_positions(backbone, POOL_STAGES)
-    embed = FeatureEmbedding(take, cfg.pool, cfg.downsample)
-    blocks = None
-    if cfg.whiten_blocks == "stage":
-        channels = list(backbone.feature_info.channels())  # type: ignore[union-attr, operator]
-        blocks = [channels[i] for i in take]
-    pooled, emb = extract(backbone, embed, pool_take, pre, list(good) + list(defects), cfg.batch_size)
+    data = _extract_fusion_data(backbone, pre, good, defects, cfg, fusion)
     seconds["features"] = round(time.perf_counter() - t0, 1)
-    n_good = len(good)
-    fit_rows, hold_rows = np.array(fit_idx), np.array(hold_idx)
-    def_rows = np.arange(n_good, n_good + len(defects))
-    d_pool = pooled.shape[1]
-    probe_possible = len(defects) >= max(fusion.min_defects, fusion.inner_folds)
-    say(f"fused scorer: {threshold_folds} fold(s): wknn bank on {len(fit_rows)} goods, fusion on them + "
+    say(f"fused scorer: {threshold_folds} fold(s): wknn bank on {len(data.fit_rows)} goods, fusion on them + "
         f"{len(defects)} labelled defects; every good scored once by the fold model that never saw it")
-    from threadpoolctl import threadpool_limits
-
-    def fit_one(fit_r: np.ndarray) -> tuple[WhitenedKnnScorer, FusionModel]:
-        t = time.perf_counter()
-        scorer = fit_wknn(embed, emb[fit_r], cfg, blocks)
-        seconds["wknn"] = seconds.get("wknn", 0.0) + round(time.perf_counter() - t, 1)
-        x_def = numpy_features(scorer, pooled[def_rows], emb[def_rows]) if len(def_rows) else None
-        t = time.perf_counter()
-        if probe_possible:  # the bank goods' anomaly features from inner scorers that never saw them
-            x_fit = np.zeros((len(fit_r), d_pool + 4 + 2 * emb.shape[1]), np.float32)
-            inner = np.arange(len(fit_r)) % inner_folds
-            for j in range(inner_folds):
-                s_j = fit_wknn(embed, emb[fit_r[inner != j]], cfg, blocks)
-                rows = fit_r[inner == j]
-                x_fit[inner == j] = numpy_features(s_j, pooled[rows], emb[rows])
-        else:  # fallback: only the normalisation uses them
-            x_fit = numpy_features(scorer, pooled[fit_r], emb[fit_r])
-        seconds["inner_wknn"] = seconds.get("inner_wknn", 0.0) + round(time.perf_counter() - t, 1)
-        x_train = x_fit if x_def is None else np.concatenate([x_fit, x_def])
-        y = np.r_[np.zeros(len(x_fit), bool), np.ones(0 if x_def is None else len(x_def), bool)]
-        with threadpool_limits(1):
-            return scorer, fit_fusion(x_train, x_train[:, d_pool], y, fusion)
-
     # fold f holds out the goods with index % holdout_every == f; fold 2 is fit_anomaly's split: the package's
     # model. The other folds' models only score their own held-out goods for the threshold (the fusion scores
     # are normalised by each model's training goods so that fold models share one threshold, as in the curve).
     folds = [2] + [f for f in range(cfg.holdout_every) if f != 2][:max(threshold_folds, 1) - 1]
-    fold_of = np.arange(n_good) % cfg.holdout_every
+    fold_of = np.arange(len(good)) % cfg.holdout_every
     scores_parts, probe_uses = [], []
-    scorer, model = fit_one(fit_rows)
-    x_hold = numpy_features(scorer, pooled[hold_rows], emb[hold_rows])
+    scorer, model = _fit_fold_model(data, data.fit_rows, cfg, fusion, inner_folds, seconds)
+    x_hold = numpy_features(scorer, data.pooled[data.hold_rows], data.emb[data.hold_rows])
     for f in folds[1:]:
-        s_f, m_f = fit_one(np.flatnonzero(fold_of != f))
+        s_f, m_f = _fit_fold_model(data, np.flatnonzero(fold_of != f), cfg, fusion, inner_folds, seconds)
         rows = np.flatnonzero(fold_of == f)
-        x_f = numpy_features(s_f, pooled[rows], emb[rows])
-        scores_parts.append(m_f.score(x_f, x_f[:, d_pool]))
+        x_f = numpy_features(s_f, data.pooled[rows], data.emb[rows])
+        scores_parts.append(m_f.score(x_f, x_f[:, data.d_pool]))
         probe_uses.append(m_f.uses_probe)
-    hold = np.concatenate([model.score(x_hold, x_hold[:, d_pool]), *scores_parts])
+    hold = np.concatenate([model.score(x_hold, x_hold[:, data.d_pool]), *scores_parts])
     shift = 1.0 - float(np.median(hold))  # the runtime needs a positive threshold: median held-out good at 1
     hold = hold + shift
     target = cfg.target_false_reject
@@ -219,20 +196,18 @@ def fit_fused_scorer(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], 
     origin = float(np.median(hold))
     spec = AnomalySpec.placed(q, origin, review_margin, threshold_method="good_quantile", target_false_reject=target)
     # the map in good-only units: what fit_anomaly would have placed for the wknn score alone
-    hold_w = np.exp(x_hold[:, d_pool].astype(np.float64))
+    hold_w = np.exp(x_hold[:, data.d_pool].astype(np.float64))
     spec_w = AnomalySpec.placed(threshold_good_quantile(hold_w, target), float(np.median(hold_w)), review_margin)
     scale = (spec.threshold - spec.origin) / (spec_w.threshold - spec_w.origin)
-    head = FusionHead(scorer, pool_take, model, scale, spec.origin - spec_w.origin * scale, shift).eval()
-    from trainer.evaluate import rate_interval
-
+    head = FusionHead(scorer, data.pool_take, model, scale, spec.origin - spec_w.origin * scale, shift).eval()
     k_above = int((hold > q).sum())
     seconds["total"] = round(time.perf_counter() - t0, 1)
     info = {
         "method": "fused: wknn good-only score + guarded ridge probe (trainer.fusion), one graph (FusionHead)",
         "fusion": model.summary(), "uses_probe": model.uses_probe, "labelled_defects": len(defects),
-        "fit_images": len(fit_rows), "threshold_images": len(hold), "threshold_folds": len(folds),
+        "fit_images": len(data.fit_rows), "threshold_images": len(hold), "threshold_folds": len(folds),
         "fold_models_using_probe": f"{sum(probe_uses) + model.uses_probe}/{len(folds)}",
-        "inner_folds": inner_folds if probe_possible else 0,
+        "inner_folds": inner_folds if data.probe_possible else 0,
         "threshold_rule": "upper_bound (95 % Clopper-Pearson on held-out goods, as trainer learning-curve)",
         "threshold_good_quantile": q, "score_origin": origin, "score_shift": shift, "target_false_reject": target,
         "threshold_goods_above": k_above, "threshold_frr_ci95": rate_interval(k_above, len(hold)),
@@ -241,3 +216,60 @@ def fit_fused_scorer(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], 
         "features": int(x_hold.shape[1]), "seconds": seconds,
     }
     return head, spec, info
+
+
+def _extract_fusion_data(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], defects: Sequence[np.ndarray],
+                         cfg: AnomalyConfig, fusion: FusionConfig) -> _FusionData:
+    """Check the inputs, split the goods as ``fit_anomaly`` does, and run the one backbone pass."""
+    from inspector.contracts.errors import DataError
+    from trainer.anomaly import feature_positions
+    from trainer.pipelines import split_holdout
+
+    if cfg.method != "wknn":
+        raise DataError(f"the fused score reads the wknn scorer, not {cfg.method!r}", "use method wknn")
+    fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
+    if len(hold_idx) < 10:
+        raise DataError(f"only {len(good)} good images: too few to hold out a threshold set",
+                        "collect at least 100 good images (200-500 recommended for anomaly detection)")
+    take = feature_positions(backbone, cfg.out_indices)
+    pool_take = feature_positions(backbone, POOL_STAGES)
+    embed = FeatureEmbedding(take, cfg.pool, cfg.downsample)
+    blocks = None
+    if cfg.whiten_blocks == "stage":
+        channels = list(backbone.feature_info.channels())  # type: ignore[union-attr, operator]
+        blocks = [channels[i] for i in take]
+    pooled, emb = extract(backbone, embed, pool_take, pre, list(good) + list(defects), cfg.batch_size)
+    n_good = len(good)
+    return _FusionData(embed, blocks, pool_take, pooled, emb, np.array(fit_idx), np.array(hold_idx),
+                       np.arange(n_good, n_good + len(defects)),
+                       len(defects) >= max(fusion.min_defects, fusion.inner_folds))
+
+
+def _fit_fold_model(data: _FusionData, fit_r: np.ndarray, cfg: AnomalyConfig, fusion: FusionConfig,
+                    inner_folds: int, seconds: dict[str, float]) -> tuple[WhitenedKnnScorer, FusionModel]:
+    """The ``wknn`` bank on the goods ``fit_r`` and the fusion on them plus every labelled defect."""
+    from threadpoolctl import threadpool_limits
+
+    from trainer.fusion import fit_fusion
+
+    embed, blocks, pooled, emb = data.embed, data.blocks, data.pooled, data.emb
+    def_rows, d_pool = data.def_rows, data.d_pool
+    t = time.perf_counter()
+    scorer = fit_wknn(embed, emb[fit_r], cfg, blocks)
+    seconds["wknn"] = seconds.get("wknn", 0.0) + round(time.perf_counter() - t, 1)
+    x_def = numpy_features(scorer, pooled[def_rows], emb[def_rows]) if len(def_rows) else None
+    t = time.perf_counter()
+    if data.probe_possible:  # the bank goods' anomaly features from inner scorers that never saw them
+        x_fit = np.zeros((len(fit_r), d_pool + 4 + 2 * emb.shape[1]), np.float32)
+        inner = np.arange(len(fit_r)) % inner_folds
+        for j in range(inner_folds):
+            s_j = fit_wknn(embed, emb[fit_r[inner != j]], cfg, blocks)
+            rows = fit_r[inner == j]
+            x_fit[inner == j] = numpy_features(s_j, pooled[rows], emb[rows])
+    else:  # fallback: only the normalisation uses them
+        x_fit = numpy_features(scorer, pooled[fit_r], emb[fit_r])
+    seconds["inner_wknn"] = seconds.get("inner_wknn", 0.0) + round(time.perf_counter() - t, 1)
+    x_train = x_fit if x_def is None else np.concatenate([x_fit, x_def])
+    y = np.r_[np.zeros(len(x_fit), bool), np.ones(0 if x_def is None else len(x_def), bool)]
+    with threadpool_limits(1):
+        return scorer, fit_fusion(x_train, x_train[:, d_pool], y, fusion)
