@@ -13,6 +13,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from inspector.contracts.labels import GOOD_LABEL
 from inspector.contracts.lifecycle import GateReport, LineMetrics
 
 MANIFEST_NAME = "manifest.json"
@@ -137,7 +138,7 @@ class Manifest(Strict):
     model: ModelFiles
     preprocess: Preprocess
     class_names: list[str] | None = None
-    good_class: str | None = "good"
+    good_class: str | None = GOOD_LABEL
     temperature: float | None = None
     anomaly: AnomalySpec | None = None
     files: dict[str, str] = Field(default_factory=dict, description="Relative path -> sha256 of every file.")

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from inspector.contracts.config.base import Section
+from inspector.contracts.labels import GOOD_LABEL
 
 ExecutionProvider = Literal["tensorrt", "cuda", "cpu"]
 """An ONNX Runtime execution provider the station can ask for."""
@@ -55,4 +56,4 @@ class PolicySection(Section):
     on_disagreement: Literal["review", "fail"] = Field("review", description="Verdict when the two models disagree.")
     reject_review: bool = Field(True, description="REVIEW rejects the part on the line (fail safe).")
     reject_error: bool = Field(True, description="ERROR rejects the part on the line (fail safe).")
-    good_class: str = Field("good", description="Name of the classifier's defect-free class.")
+    good_class: str = Field(GOOD_LABEL, description="Name of the classifier's defect-free class.")
