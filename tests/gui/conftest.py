@@ -16,6 +16,7 @@ from inspector.contracts.config import StationConfig
 from inspector.contracts.messages import Decision, FrameMeta, ImageStats, Verdict
 from inspector.models.decode import encode_image
 from inspector.models.inference import heatmap_png
+from inspector.store import records
 
 SCREENSHOT_DIR = Path(os.environ.get("GUI_SCREENSHOT_DIR", Path(__file__).parent / "screenshots-out"))
 
@@ -64,6 +65,20 @@ def publish_part(bus: StationBus, seq: int, decision: Decision, defect_class: st
     if with_verdict:
         assert bus.commit_verdicts([(v, "")]) == [True]
     return meta, v
+
+
+def queue_items(bus: StationBus, services: Services, n: int) -> list[str]:
+    """``n`` review items of recorded verdicts with archived images, priorities 50, 51, ... (frame ids returned)."""
+    frame_ids = []
+    for seq in range(n):
+        decision = Decision.REVIEW if seq % 2 else Decision.FAIL
+        _, v = publish_part(bus, seq, decision, "scratch", with_verdict=False)
+        records.record_verdicts(services.store, [v])
+        image = encode_image(part_image(seq, True), "jpeg", 85)
+        services.labelling.request_review(v.frame_id, "uncertain classifier", "router", priority=50 + seq,
+                                          image=image, encoding="jpeg")
+        frame_ids.append(v.frame_id)
+    return frame_ids
 
 
 @pytest.fixture

@@ -11,26 +11,10 @@ from gui.services import Services
 from gui.state import Role
 from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
-from inspector.contracts.messages import Decision
-from inspector.models.decode import encode_image
-from inspector.store import records
-from tests.gui.conftest import part_image, publish_part, session
+from tests.gui.conftest import queue_items, session
 
 KEYS = ["1", "2", "3", "g", "u", "1", "g", "2", "g", "3"]
 EXPECTED = ["scratch", "spot", "chip", "good", "unsure", "scratch", "good", "spot", "good", "chip"]
-
-
-def queue_items(bus: StationBus, services: Services, n: int) -> list[str]:
-    frame_ids = []
-    for seq in range(n):
-        decision = Decision.REVIEW if seq % 2 else Decision.FAIL
-        _, v = publish_part(bus, seq, decision, "scratch", with_verdict=False)
-        records.record_verdicts(services.store, [v])
-        image = encode_image(part_image(seq, True), "jpeg", 85)
-        services.labelling.request_review(v.frame_id, "uncertain classifier", "router", priority=50 + seq,
-                                          image=image, encoding="jpeg")
-        frame_ids.append(v.frame_id)
-    return frame_ids
 
 
 def test_label_ten_items_by_keyboard(qtbot: QtBot, station_config: StationConfig, redis_client: redis.Redis,
