@@ -80,7 +80,7 @@ def active_reference(cfg: StationConfig, store: Store | None = None) -> ActiveRe
     try:
         from inspector.contracts.names import Names
 
-        raw = client.hgetall(Names(cfg.redis.prefix, cfg.station.id).active_model)
+        raw: dict[bytes, bytes] = client.hgetall(Names(cfg.redis.prefix, cfg.station.id).active_model)  # type: ignore[assignment]  # redis types sync and async replies as one
     finally:
         client.close()
     if raw.get(b"version") and raw.get(b"path"):

@@ -99,12 +99,12 @@ class ProgressDelegate(QStyledItemDelegate):
             super().paint(painter, option, index)
             return
         bar = QStyleOptionProgressBar()
-        bar.rect = option.rect.adjusted(2, 2, -2, -2)  # type: ignore[attr-defined]  # PySide6 stubs lack it
+        bar.rect = option.rect.adjusted(2, 2, -2, -2)
         bar.minimum, bar.maximum = 0, 100
         bar.progress = int(100 * float(value))
         bar.text = f"{bar.progress} %"
         bar.textVisible = True
-        style = option.widget.style() if option.widget is not None else QApplication.style()  # type: ignore[attr-defined]  # PySide6 stubs lack it
+        style = option.widget.style() if option.widget is not None else QApplication.style()
         style.drawControl(QStyle.ControlElement.CE_ProgressBar, bar, painter)
 
 

@@ -192,3 +192,41 @@ GATE_TABLE: TableSpec[GateRow] = TableSpec([
     Column("Candidate", lambda r: _number(r.candidate)), Column("Incumbent", lambda r: _number(r.incumbent)),
     Column("Limit", lambda r: _number(r.limit)), Column("Result", lambda r: "PASS" if r.passed else "FAIL"),
 ], lambda r: Emphasis.NORMAL if r.passed else Emphasis.ALERT)
+
+
+# --------------------------------------------------------------------------- shadow report
+
+SHADOW_REPORT_LINES = ("frames judged in shadow", "compared with the active verdict", "same decision",
+                       "same line outcome", "frames that differ", "candidate model time p50 / p99 (ms)",
+                       "active capture→decision p50 / p99 (ms)")
+
+
+@dataclass(frozen=True)
+class ReportLine:
+    name: str
+    value: str = ""
+
+
+def shadow_report_lines(rep: Any | None) -> list[ReportLine]:
+    """The shadow report (``inspector.store.shadow.ShadowReport``) line by line; None: the names, no values yet."""
+    if rep is None:
+        return [ReportLine(name) for name in SHADOW_REPORT_LINES]
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.2f} %"
+
+    def pair(d: Mapping[str, float]) -> str:
+        return f"{d['p50']} / {d['p99']}" if d.get("p50") is not None else "–"
+
+    values = [str(rep.judged), str(rep.compared), pct(rep.decision_agreement), pct(rep.line_agreement),
+              str(rep.differing), pair(rep.candidate_infer_ms), pair(rep.active_latency_ms)]
+    return [ReportLine(name, value) for name, value in zip(SHADOW_REPORT_LINES, values, strict=True)]
+
+
+SHADOW_REPORT_TABLE: TableSpec[ReportLine] = TableSpec([Column("", lambda r: r.name),
+                                                        Column("value", lambda r: r.value)])
+SHADOW_DIFFERENCES_TABLE: TableSpec[Any] = TableSpec([  # rows: inspector.store.shadow.Difference
+    Column("Part", lambda d: d.part_id),
+    Column("Active", lambda d: f"{d.active_decision} {d.active_class or ''}".strip()),
+    Column("Candidate", lambda d: f"{d.shadow_decision} {d.shadow_class or ''}".strip()),
+])

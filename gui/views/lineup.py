@@ -10,26 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtWidgets import (
-    QComboBox,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QHeaderView, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from gui import actions
 from gui.services import Services
 from gui.state import UserSession
+from gui.state.rows import SHADOW_DIFFERENCES_TABLE, SHADOW_REPORT_TABLE, shadow_report_lines
+from gui.tables import RowTableModel, table_view
 from gui.workers import DbWorker
 from inspector.contracts.config import StationConfig
-
-REPORT_ROWS = ("frames judged in shadow", "compared with the active verdict", "same decision",
-               "same line outcome", "frames that differ", "candidate model time p50 / p99 (ms)",
-               "active capture→decision p50 / p99 (ms)")
 
 
 class LineupPanel(QWidget):
@@ -49,18 +38,14 @@ class LineupPanel(QWidget):
         self.shadow_button = QPushButton("Shadow selected version…", clicked=self.shadow_selected)
         self.shadow_button.setEnabled(session.can("model.shadow"))
         self.report_button = QPushButton("Shadow report of selected", clicked=self.refresh_report)
-        self.report = QTableWidget(len(REPORT_ROWS), 2)
-        self.report.setHorizontalHeaderLabels(["", "value"])
-        self.report.verticalHeader().setVisible(False)
-        for r, name in enumerate(REPORT_ROWS):
-            self.report.setItem(r, 0, QTableWidgetItem(name))
-        self.report.horizontalHeader().setStretchLastSection(True)
-        self.report.setColumnWidth(0, 215)
-        self.report.setMinimumHeight(200)
-        self.differences = QTableWidget(0, 3)
-        self.differences.setHorizontalHeaderLabels(["Part", "Active", "Candidate"])
-        self.differences.horizontalHeader().setStretchLastSection(True)
-        self.differences.setMinimumHeight(200)
+        self.report_model = RowTableModel(SHADOW_REPORT_TABLE, self)
+        self.report_model.set_rows(shadow_report_lines(None))
+        self.differences_model = RowTableModel(SHADOW_DIFFERENCES_TABLE, self)
+        self.report, self.differences = table_view(self.report_model), table_view(self.differences_model)
+        for table in (self.report, self.differences):
+            table.setMinimumHeight(200)
+        self.report.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.report.setColumnWidth(0, 215)  # the value column takes the rest
         self.last_report: Any = None
 
         root = QVBoxLayout(self)
@@ -131,20 +116,5 @@ class LineupPanel(QWidget):
 
     def _show_report(self, rep: Any) -> None:
         self.last_report = rep
-
-        def pct(x: float | None) -> str:
-            return "–" if x is None else f"{100 * x:.2f} %"
-
-        def pair(d: dict[str, float]) -> str:
-            return f"{d['p50']} / {d['p99']}" if d.get("p50") is not None else "–"
-
-        values = [str(rep.judged), str(rep.compared), pct(rep.decision_agreement), pct(rep.line_agreement),
-                  str(rep.differing), pair(rep.candidate_infer_ms), pair(rep.active_latency_ms)]
-        for r, text in enumerate(values):
-            self.report.setItem(r, 1, QTableWidgetItem(text))
-        self.differences.setRowCount(len(rep.differences))
-        for r, d in enumerate(rep.differences):
-            cells = [d.part_id, f"{d.active_decision} {d.active_class or ''}".strip(),
-                     f"{d.shadow_decision} {d.shadow_class or ''}".strip()]
-            for c, text in enumerate(cells):
-                self.differences.setItem(r, c, QTableWidgetItem(text))
+        self.report_model.set_rows(shadow_report_lines(rep))
+        self.differences_model.set_rows(rep.differences)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
+from pytestqt.qtbot import QtBot
 
 from gui.services import Services
 from gui.state import Role, UserSession
@@ -112,12 +114,12 @@ def give_drift_reference(package: Path, brightness: list[float], version: str | 
     return ref
 
 
-def run_requested_job(qtbot: object, cfg: StationConfig, client: object, queued_before: int) -> None:
+def run_requested_job(qtbot: QtBot, cfg: StationConfig, client: redis.Redis, queued_before: int) -> None:
     """Once the view's action waits on the station's queue, let the station's own RQ worker run that one job (the
     jobs worker of a station does this; in-process here, at most one job, so a retraining it queues stays queued)."""
     from jobs.queues import station_queue
     from jobs.worker import make_worker
 
-    queue = station_queue(cfg, client)  # type: ignore[arg-type]
-    qtbot.waitUntil(lambda: queue.count == queued_before + 1, timeout=5000)  # type: ignore[attr-defined]
-    make_worker(cfg, client, simple=True).work(burst=True, max_jobs=1, logging_level="WARNING")  # type: ignore[arg-type]
+    queue = station_queue(cfg, client)
+    qtbot.waitUntil(lambda: queue.count == queued_before + 1, timeout=5000)
+    make_worker(cfg, client, simple=True).work(burst=True, max_jobs=1, logging_level="WARNING")

@@ -69,7 +69,7 @@ def _drive(qtbot, win, cfg, services, screenshot) -> None:  # type: ignore[no-un
     qtbot.waitUntil(lambda: client.hget(names.shadow_model, "version") == b"cand-2", timeout=5000)
     panel.report_button.click()
     qtbot.waitUntil(lambda: panel.last_report is not None, timeout=5000)
-    assert panel.report.item(0, 1).text() == "3"  # judged in shadow (no active verdicts to compare with yet)
+    assert panel.report_model.cell(0, 1) == "3"  # judged in shadow (no active verdicts to compare with yet)
     screenshot(win, "maintenance-lineup")
 
 
