@@ -4,7 +4,8 @@ The view is given a :class:`JobSubmitter` (the app builds :class:`RqJobSubmitter
 one). :class:`RqJobSubmitter` enqueues each action by dotted path (``inspector.contracts.jobqueue``) on the
 station's RQ queue with the JSON serializer, so the GUI never imports the jobs package: the station's jobs worker
 runs the action (``jobs.requested``) with its own config, and the submitter waits (off the GUI thread) for its
-answer. Actions go to the front of the queue: they run before retraining jobs still waiting.
+answer. Actions go to the front of the queue: they run before retraining jobs still waiting. A station without
+a jobs worker (``supervisor.processes`` lacks ``jobs``) gets its action withdrawn after ``wait_s``, with the hint.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis
-from rq import Queue
+from rq import Queue, Worker
 from rq.job import Job, JobStatus
 
 from inspector.contracts.config import StationConfig
@@ -58,7 +59,11 @@ class JobSubmitter(Protocol):
 
 
 class JobNotAnswered(InspectorError):
-    """The action waits on the queue: no jobs worker ran it in time (it still runs when one does)."""
+    """The action waits on the queue: the jobs worker did not run it in time (it runs when the worker is free)."""
+
+
+class NoJobsWorker(InspectorError):
+    """No jobs worker serves the station's queue: the action was withdrawn without running."""
 
 
 def _failure(job: Job) -> str:
@@ -98,7 +103,8 @@ class RqJobSubmitter:
                                    "requested_by": actor})
 
     def answer(self, client: redis.Redis, job_id: str) -> Any:
-        """The job's return value once a worker ran it; its error as an InspectorError; JobNotAnswered on time-out."""
+        """The job's return value once a worker ran it; its error as an InspectorError; on time-out JobNotAnswered
+        (a busy worker will run it) or NoJobsWorker (withdrawn: no worker serves the queue)."""
         deadline = time.monotonic() + self.wait_s
         while True:
             job = Job.fetch(job_id, connection=client, serializer=StrictJSONSerializer)
@@ -108,10 +114,20 @@ class RqJobSubmitter:
             if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
                 raise InspectorError(_failure(job), "")
             if time.monotonic() >= deadline:
-                raise JobNotAnswered(f"job {job_id} waits on queue {queue_name(self.cfg)}: no jobs worker ran it "
-                                     f"within {self.wait_s:.0f} s (it runs when one does)",
-                                     "start the station's jobs worker: inspector jobs worker --config <station.yaml>")
+                raise self._not_answered(client, job)
             time.sleep(self.poll_s)
+
+    def _not_answered(self, client: redis.Redis, job: Job) -> InspectorError:
+        """No answer in time: with a jobs worker on the queue (busy) the action stays queued and runs next; with
+        none, it is withdrawn, so it never runs hours later when someone starts a worker."""
+        queue = Queue(queue_name(self.cfg), connection=client, serializer=StrictJSONSerializer)
+        hint = "start the station's jobs worker: inspector jobs worker --config <station.yaml>"
+        if Worker.count(queue=queue) > 0:
+            return JobNotAnswered(f"job {job.id} waits on queue {queue.name}: the jobs worker did not run it within "
+                                  f"{self.wait_s:.0f} s (it runs as soon as the worker is free)", hint)
+        job.cancel()
+        return NoJobsWorker(f"no jobs worker serves queue {queue.name}: the request was withdrawn, nothing was done",
+                            hint)
 
     def call(self, func: str, *args: Any, actor: str) -> str:
         """Enqueue ``func`` and wait for its answer (run this off the GUI thread)."""

@@ -10,7 +10,7 @@ import zlib
 import pytest
 import redis
 
-from gui.submitter import JobNotAnswered, RqJobSubmitter
+from gui.submitter import JobNotAnswered, NoJobsWorker, RqJobSubmitter
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.jobqueue import (
@@ -31,11 +31,16 @@ def test_every_requested_action_is_a_station_job_function() -> None:
 
 def test_an_action_waits_on_the_station_queue_under_its_dotted_name(station_config: StationConfig,
                                                                     redis_client: redis.Redis) -> None:
+    busy = make_worker(station_config, redis_client, simple=True)
+    busy.register_birth()  # a jobs worker serves the queue (busy elsewhere: it runs nothing now)
     submitter = RqJobSubmitter(station_config, wait_s=0.3)
-    with pytest.raises(JobNotAnswered, match="no jobs worker ran it"):
-        submitter.promote_model("v9", "Max Maint (maintenance)", "maintenance")
-    with pytest.raises(JobNotAnswered):
-        submitter.request_retrain("Max Maint (maintenance)", "scratches missed")
+    try:
+        with pytest.raises(JobNotAnswered, match="runs as soon as the worker is free"):
+            submitter.promote_model("v9", "Max Maint (maintenance)", "maintenance")
+        with pytest.raises(JobNotAnswered):
+            submitter.request_retrain("Max Maint (maintenance)", "scratches missed")
+    finally:
+        busy.register_death()
     queue = station_queue(station_config, redis_client)
     retrain, promote = queue.jobs  # a person's action goes to the front of the queue
     assert promote.func_name == PROMOTE_MODEL_FUNC == "jobs.requested.promote_model"
@@ -44,6 +49,14 @@ def test_an_action_waits_on_the_station_queue_under_its_dotted_name(station_conf
     assert refusal(promote) is None and refusal(retrain) is None, "the station's worker runs them"
     raw = zlib.decompress(redis_client.hget(promote.key, "data") or b"")  # RQ compresses the payload
     assert json.loads(raw)[0] == PROMOTE_MODEL_FUNC, "stored as JSON, never a pickle"
+
+
+def test_without_a_jobs_worker_the_action_is_withdrawn(station_config: StationConfig,
+                                                       redis_client: redis.Redis) -> None:
+    with pytest.raises(NoJobsWorker, match="no jobs worker serves queue .* nothing was done") as err:
+        RqJobSubmitter(station_config, wait_s=0.2).rollback_model("Max Maint (maintenance)", "maintenance")
+    assert "inspector jobs worker" in str(err.value)
+    assert station_queue(station_config, redis_client).count == 0, "it never runs later by surprise"
 
 
 def test_the_workers_answer_and_refusal_come_back(station_config: StationConfig, redis_client: redis.Redis) -> None:
