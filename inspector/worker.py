@@ -143,7 +143,7 @@ class Worker(ModelSwapping, StreamConsumer):
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def run(self, max_frames: int | None = None, idle_exit_s: float | None = None) -> dict[str, int]:  # type: ignore[override]
+    def run(self, max_frames: int | None = None, idle_exit_s: float | None = None) -> dict[str, int]:  # type: ignore[override]  # its limits, not a stop event
         """Inspect until stopped (SIGTERM drains the batch in hand), ``max_frames``, or idle for ``idle_exit_s``."""
         self._limits, self._last_work = (max_frames, idle_exit_s), time.monotonic()
         super().run()

@@ -170,8 +170,8 @@ def promote(cfg: StationConfig, client: redis.Redis, store: Store, version: str 
     pipe.delete(bus.names.active_model)
     pipe.hset(bus.names.active_model, mapping={"version": version, "path": row.package_path,
                                                "sha256": row.package_sha256})
-    pipe.publish(bus.names.model_channel, version)
-    pipe.execute()
+    pipe.execute()  # no pub/sub notice: workers poll this hash every worker.reload_poll_s (a missed message cannot
+    # strand a worker on the old model), the drift monitor reads it every step, and the JOB event below is the record
     bus.publish_event(Event(station=cfg.station.id, type=EventType.JOB, model_version=version,
                             message=f"{action}: {previous} -> {version} by {actor}",
                             data={"action": action, "previous": previous, "version": version}))

@@ -25,7 +25,6 @@ from inspector.contracts.messages import (
     Event,
     FrameMeta,
     Message,
-    ReviewRequest,
     Verdict,
 )
 from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE, Names
@@ -157,10 +156,6 @@ class StationBus:
 
     def publish_event(self, event: Event) -> str:
         return _id(self.r.xadd(self.names.events, {STREAM_FIELD_MESSAGE: event.to_json()},
-                               maxlen=self.cfg.redis.events_maxlen, approximate=True))
-
-    def publish_review(self, request: ReviewRequest) -> str:
-        return _id(self.r.xadd(self.names.review, {STREAM_FIELD_MESSAGE: request.to_json()},
                                maxlen=self.cfg.redis.events_maxlen, approximate=True))
 
     def commit_verdicts(self, items: list[tuple[Verdict, str]]) -> list[bool]:

@@ -130,11 +130,6 @@ class Names:
         return f"{self.base}:audit:head"
 
     @property
-    def model_channel(self) -> str:
-        """Pub/sub channel announcing a new active model."""
-        return f"{self.base}:model:changed"
-
-    @property
     def retention_lock(self) -> str:
         """Set for about ``retention.interval_s`` by the process running a retention pass: one pass per station."""
         return f"{self.base}:retention:lock"

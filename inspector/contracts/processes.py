@@ -13,6 +13,7 @@ class StationProcess(StrEnum):
     CAMERA = "camera"  # inspector camera
     WORKER = "worker"  # inspector worker (x supervisor.workers): inspection, verdict recorder, review routing
     LINE = "line"  # inspector line: MQTT / Modbus line outputs
+    RECORDER = "recorder"  # python -m inspector.recording: verdict / part recorders as their own process
     DRIFT = "drift"  # inspector jobs drift: drift monitor and retrain trigger
     JOBS = "jobs"  # inspector jobs worker --with-scheduler: the RQ worker
     SHADOW = "shadow"  # inspector shadow run: a candidate judges live frames beside the active model, off the line
@@ -21,13 +22,13 @@ class StationProcess(StrEnum):
 # Start order (consumers before the producer, so no frame waits for a reader) and stop order (the producer
 # first, then the workers drain, then what reads their verdicts; Redis last).
 START_ORDER: tuple[StationProcess, ...] = (
-    StationProcess.WORKER, StationProcess.LINE, StationProcess.DRIFT, StationProcess.JOBS, StationProcess.SHADOW,
+    StationProcess.WORKER, StationProcess.RECORDER, StationProcess.LINE, StationProcess.DRIFT, StationProcess.JOBS, StationProcess.SHADOW,
     StationProcess.CAMERA,
 )
 STOP_STAGES: tuple[tuple[StationProcess, ...], ...] = (
     (StationProcess.CAMERA,),
     (StationProcess.WORKER,),
-    (StationProcess.LINE, StationProcess.DRIFT, StationProcess.JOBS, StationProcess.SHADOW),
+    (StationProcess.LINE, StationProcess.RECORDER, StationProcess.DRIFT, StationProcess.JOBS, StationProcess.SHADOW),
 )
 
 

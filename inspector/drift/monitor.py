@@ -112,7 +112,7 @@ class DriftMonitor(StreamConsumer):
     # -- reference ---------------------------------------------------------------------------------
     def refresh_model(self) -> None:
         """Follow the active model: a new version brings a new reference and fresh windows."""
-        raw: dict[bytes, bytes] = self.bus.r.hgetall(self.names.active_model)  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = self.bus.r.hgetall(self.names.active_model)  # type: ignore[assignment]  # bytes client
         version = raw.get(b"version", b"").decode() or None
         if version is None or version == self.version:
             return

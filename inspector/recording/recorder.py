@@ -114,7 +114,7 @@ class VerdictRecorder(StreamConsumer):
         try:
             if raw is None:
                 raise ValueError("entry has no message field (foreign entry)")
-            return self.message_type.from_json(raw)  # type: ignore[return-value]
+            return self.message_type.from_json(raw)  # type: ignore[return-value]  # PartRecorder's PartVerdict
         except Exception as err:  # noqa: BLE001 - a bad entry is counted and acknowledged, never fatal
             self.stats["bad_entries"] += 1
             log.warning("verdict entry %r on %s cannot be recorded: %s", entry.entry_id, self.stream, err)
@@ -167,7 +167,7 @@ class VerdictRecorder(StreamConsumer):
     def on_failure(self, err: BaseException) -> str:
         self.stats["errors"] += 1
         self._group_ready = False
-        reason = f"Redis: {err}" if isinstance(err, redis.RedisError) else self.store.describe(err)  # type: ignore[arg-type]
+        reason = f"Redis: {err}" if isinstance(err, redis.RedisError) else self.store.describe(err)
         log.error("%s %s: %d verdicts held", self.role.value, self.consumer, len(self._batch.ids))
         return reason
 

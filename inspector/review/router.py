@@ -150,7 +150,7 @@ class ReviewRouter(StreamConsumer):
             self._thread = threading.Thread(target=self.run, args=(self.stop_event,), name="review-router", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float | None = None) -> None:  # type: ignore[override]
+    def stop(self, timeout: float | None = None) -> None:  # type: ignore[override]  # waits for its thread
         """Route what the inbox holds now (unless delivery fails), then stop within ``timeout``
         (default ``store.stop_timeout_s``); whatever is left stays pending for the next router."""
         self.stop_event.set()

@@ -38,6 +38,9 @@ def plan(cfg: StationConfig, config: Path | None) -> list[ProcessSpec]:
                                                                     f"{cfg.station.id}-worker-{i}")))
         elif kind is StationProcess.CAMERA:
             specs.append(ProcessSpec("camera", kind, _cli("inspector.cli", "camera", *conf)))
+        elif kind is StationProcess.RECORDER:  # a stable name: a restarted recorder re-reads its own pending entries
+            specs.append(ProcessSpec("recorder", kind, _cli("inspector.recording", *conf, "--name",
+                                                            f"{cfg.station.id}-recorder")))
         elif kind is StationProcess.LINE:
             specs.append(ProcessSpec("line", kind, _cli("inspector.cli", "line", *conf)))
         elif kind is StationProcess.DRIFT:
