@@ -78,8 +78,8 @@ def _decide_by_score(class_probs: Mapping[str, float] | None, anomaly_score: flo
     state, reason = _anomaly_view(float(anomaly_score), policy)
     defect = _named_defect(class_probs, policy)
     reasons = [reason.replace("anomaly score", "defect score")]
-    if defect is not None and state != "normal":
-        reasons.append(f"most likely {defect} p={float(class_probs[defect]):.3f}")  # type: ignore[index]
+    if defect is not None and class_probs is not None and state != "normal":
+        reasons.append(f"most likely {defect} p={float(class_probs[defect]):.3f}")
     if state == "anomalous":
         return _result(Decision.FAIL, defect or "anomaly", reasons, policy)
     if state == "near":

@@ -23,6 +23,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -116,7 +117,7 @@ def freeze_heldout(base: str | Path, data_dir: str | Path, frozen_by: str = "sys
     return _parse(body)
 
 
-def _parse(body: dict) -> HeldOutSet:  # type: ignore[type-arg]
+def _parse(body: dict[str, Any]) -> HeldOutSet:
     root = Path(body["source"])
     items = [LabelledImage(str(root / i["path"]), i["label"], i["sha256"], "heldout") for i in body["items"]]
     if _digest(items) != body["digest"]:

@@ -97,7 +97,7 @@ class AnomalySpec(Strict):
                                  "1 - review_margin, so REVIEW (which rejects) stays inside the target.")
 
     @classmethod
-    def placed(cls, good_quantile: float, origin: float, review_margin: float, **kw: object) -> AnomalySpec:
+    def placed(cls, good_quantile: float, origin: float, review_margin: float, **kw: Any) -> AnomalySpec:
         """A spec whose line rejects exactly the scores above ``good_quantile`` (raw).
 
         The decision rejects REVIEW, and REVIEW starts at normalised ``1 - margin``: a threshold placed at the
@@ -106,7 +106,7 @@ class AnomalySpec(Strict):
         and the threshold (normalised 1.0) sits above it; FAIL starts at ``1 + margin``."""
         o = origin if origin < good_quantile else 0.0
         threshold = o + (good_quantile - o) / (1.0 - review_margin)
-        return cls(threshold=threshold, score_origin=origin, review_margin=review_margin, **kw)  # type: ignore[arg-type]
+        return cls(threshold=threshold, score_origin=origin, review_margin=review_margin, **kw)
 
     @property
     def reject_raw(self) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,7 +43,7 @@ class Message(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes | str):  # type: ignore[no-untyped-def]
+    def from_json(cls, raw: bytes | str) -> Self:
         text = raw.decode() if isinstance(raw, bytes) else raw
         if isinstance(raw, bytes) and raw[:1] == b"\x80":
             raise UnsafeInputError("message looks like a pickle payload and was refused", "messages are JSON only")

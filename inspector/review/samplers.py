@@ -112,10 +112,11 @@ class SharedRateLimiter:
 
 
 def top_class(v: Verdict) -> tuple[str, float] | None:
-    if not v.class_probs:
+    probs = v.class_probs
+    if not probs:
         return None
-    name = max(v.class_probs, key=lambda k: v.class_probs[k])  # type: ignore[index]
-    return name, v.class_probs[name]
+    name = max(probs, key=probs.__getitem__)
+    return name, probs[name]
 
 
 class Sampler:
