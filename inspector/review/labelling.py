@@ -16,15 +16,10 @@ Labels are ``good``, ``unsure``, or a defect class name (``[A-Za-z0-9_.-]``, 1â€
 name on export; pass ``classes=`` to restrict them to the model's classes).
 """
 
+
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,77 +28,28 @@ from sqlalchemy import and_, exists, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from inspector.archive import Archive, normalise_ext
-from inspector.contracts.errors import InspectorError
 from inspector.contracts.labels import GOOD_LABEL, UNSURE_LABEL
 from inspector.contracts.messages import Decision, ReviewRequest, now
 from inspector.contracts.statuses import ReviewStatus
+from inspector.review import dataset_export
+from inspector.review.dataset_export import LAYOUTS
+from inspector.review.label_records import (
+    DatasetVersion,
+    LabelError,
+    LabelRecord,
+    ReviewItemView,
+    label_record,
+    review_item_view,
+)
 from inspector.store.db import Store
-from inspector.store.models import DatasetVersionRow, LabelRow, ReviewItemRow, ReviewSkipRow, VerdictRow
+from inspector.store.models import LabelRow, ReviewItemRow, ReviewSkipRow, VerdictRow
 from inspector.store.records import insert_ignore, review_item_row
 
+__all__ = ["LABEL_RE", "LAYOUTS", "DatasetVersion", "LabelError", "LabelRecord", "LabellingService", "ReviewItemView",
+           "_view"]
+
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-LAYOUTS = ("classification", "anomaly")
-
-
-class LabelError(InspectorError):
-    """A label action was refused (not the lease holder, unknown item, invalid label)."""
-
-
-@dataclass(frozen=True)
-class ReviewItemView:
-    id: int
-    frame_id: str
-    part_id: str
-    camera: str
-    priority: int
-    reasons: list[str]
-    decision: str
-    defect_class: str | None
-    class_probs: dict[str, float] | None
-    anomaly_score: float | None
-    model_version: str | None
-    image_sha256: str | None
-    created_at: float
-    status: str = ReviewStatus.PENDING
-    leased_by: str | None = None
-    lease_expires: float | None = None
-
-
-@dataclass(frozen=True)
-class LabelRecord:
-    id: int
-    frame_id: str
-    item_id: int | None
-    label: str
-    user: str
-    note: str | None
-    created_at: float
-    current: bool
-    undone: bool
-    supersedes_id: int | None
-
-
-@dataclass(frozen=True)
-class DatasetVersion:
-    hash: str
-    counts: dict[str, int]
-    layout: str = "classification"
-    path: str = ""
-    files: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-
-
-def _view(r: ReviewItemRow) -> ReviewItemView:
-    return ReviewItemView(
-        r.id, r.frame_id, r.part_id, r.camera, r.priority, list(r.reasons), r.decision, r.defect_class,
-        r.class_probs, r.anomaly_score, r.model_version, r.image_sha256, r.created_at, r.status, r.leased_by,
-        r.lease_expires,
-    )
-
-
-def _record(r: LabelRow) -> LabelRecord:
-    return LabelRecord(r.id, r.frame_id, r.item_id, r.label, r.user, r.note, r.created_at, r.is_current,
-                       r.undone, r.supersedes_id)
+_view = review_item_view  # the name inspector.review.open_queue imports
 
 
 def _check_user(user: str) -> str:
@@ -113,6 +59,8 @@ def _check_user(user: str) -> str:
 
 
 class LabellingService:
+    """The review queue, the labels and the dataset export of one store (see the module docstring)."""
+
     def __init__(self, store: Store, archive: Archive, lease_s: float = 300.0,
                  classes: set[str] | None = None, product: str | None = None) -> None:
         self.store, self.archive, self.lease_s = store, archive, lease_s
@@ -143,7 +91,7 @@ class LabellingService:
                 ReviewItemRow.status == ReviewStatus.LEASED, ReviewItemRow.leased_by == user, ReviewItemRow.lease_expires >= t,
             ).order_by(ReviewItemRow.priority.desc(), ReviewItemRow.created_at).limit(1))
             if held is not None:
-                return _view(held)
+                return review_item_view(held)
             for _ in range(20):
                 item_id = s.scalar(select(ReviewItemRow.id).where(self._available(user, t)).order_by(
                     ReviewItemRow.priority.desc(), ReviewItemRow.created_at, ReviewItemRow.id,
@@ -151,7 +99,7 @@ class LabellingService:
                 if item_id is None:
                     return None
                 if self._take(s, item_id, user, t):
-                    return _view(s.get_one(ReviewItemRow, item_id, populate_existing=True))
+                    return review_item_view(s.get_one(ReviewItemRow, item_id, populate_existing=True))
         return None
 
     def _take(self, s: Session, item_id: int, user: str, t: float) -> bool:
@@ -205,7 +153,7 @@ class LabellingService:
         s.flush()
         self.store.audit.record(user, action, f"frame:{frame_id}", prev.label if prev else None, label,
                                 {"item_id": item_id, "label_id": row.id, "note": note}, session=s)
-        return _record(row)
+        return label_record(row)
 
     def relabel(self, frame_id: str, user: str, label: str, note: str | None = None) -> LabelRecord:
         """Change a frame's label; the old label stays in the history. An open item for the frame is closed."""
@@ -238,7 +186,7 @@ class LabellingService:
                 ).execution_options(synchronize_session=False))
             self.store.audit.record(user, "label.undo", f"frame:{row.frame_id}", row.label,
                                     restored.label if restored else None, {"label_id": row.id}, session=s)
-            return _record(row)
+            return label_record(row)
 
     def _restore_previous(self, s: Session, row: LabelRow) -> LabelRow | None:
         prev_id = row.supersedes_id
@@ -264,17 +212,17 @@ class LabellingService:
         if since is not None:
             q = q.where(LabelRow.created_at >= (since.timestamp() if isinstance(since, datetime) else since))
         with self.store.session() as s:
-            return [_record(r) for r in s.scalars(q)]
+            return [label_record(r) for r in s.scalars(q)]
 
     def current_label(self, frame_id: str) -> LabelRecord | None:
         with self.store.session() as s:
             r = s.scalar(select(LabelRow).where(LabelRow.frame_id == frame_id, LabelRow.is_current.is_(True)))
-            return _record(r) if r else None
+            return label_record(r) if r else None
 
     def item(self, item_id: int) -> ReviewItemView | None:
         with self.store.session() as s:
             r = s.get(ReviewItemRow, item_id)
-            return _view(r) if r else None
+            return review_item_view(r) if r else None
 
     def image(self, item: ReviewItemView) -> bytes:
         if not item.image_sha256:
@@ -341,68 +289,9 @@ class LabellingService:
     # -- datasets --------------------------------------------------------------------------------
 
     def export_dataset(self, out_dir: str | Path, layout: str = "classification") -> DatasetVersion:
-        """Export current labels (not 'unsure') with archived images in the trainer's folder layout:
-        ``classification``: ``<label>/<sha>.<ext>``; ``anomaly``: ``train/good/`` and ``test/<label>/``.
-        ``out_dir`` must not exist or be empty; it is built beside it and renamed into place. The content
-        hash (sha256 over the sorted relative paths, which name the image digests) is recorded in
-        ``dataset_versions`` and written to ``dataset.json``."""
-        if layout not in LAYOUTS:
-            raise LabelError(f"unknown dataset layout {layout!r}", f"use one of {', '.join(LAYOUTS)}")
-        out = Path(out_dir).resolve()
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise LabelError(f"export folder {out} is not empty", "export into a new folder")
-        files, skipped = self._export_plan(layout)
-        digest = hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
-        counts: dict[str, int] = {}
-        for rel in files:
-            counts[rel.rsplit("/", 1)[0]] = counts.get(rel.rsplit("/", 1)[0], 0) + 1
-        dv = DatasetVersion(digest, counts, layout, str(out), len(files), skipped)
-        self._write_export(out, files, dv)
-        self._record_dataset(dv)
-        return dv
-
-    def _export_plan(self, layout: str) -> tuple[dict[str, str], dict[str, int]]:
-        q = select(LabelRow.label, ReviewItemRow.image_sha256).outerjoin(
-            ReviewItemRow, ReviewItemRow.frame_id == LabelRow.frame_id).where(LabelRow.is_current.is_(True))
-        if self.product is not None:  # one product's training data: its frames' verdicts name it
-            q = q.join(VerdictRow, VerdictRow.frame_id == LabelRow.frame_id).where(VerdictRow.product == self.product)
-        files: dict[str, str] = {}
-        skipped = {"unsure": 0, "no_image": 0}
-        with self.store.session() as s:
-            for label, sha in s.execute(q):
-                if label == UNSURE_LABEL:
-                    skipped["unsure"] += 1
-                elif sha is None or not self.archive.exists(sha):
-                    skipped["no_image"] += 1
-                else:
-                    src = self.archive.path(sha)
-                    folder = label if layout == "classification" else ("train/good" if label == GOOD_LABEL else f"test/{label}")
-                    files[f"{folder}/{src.name}"] = sha
-        return files, skipped
-
-    def _write_export(self, out: Path, files: dict[str, str], dv: DatasetVersion) -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
-            for rel, sha in files.items():
-                target = tmp / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(self.archive.path(sha), target)
-            manifest = {**asdict(dv), "files": sorted(files)}
-            (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-    def _record_dataset(self, dv: DatasetVersion) -> None:
-        with self.store.session() as s:
-            s.execute(insert_ignore(s, DatasetVersionRow.__table__, "hash"), [{
-                "hash": dv.hash, "layout": dv.layout, "counts": dv.counts, "path": dv.path, "created_at": now()}])
+        """Export current labels (not 'unsure') of this service's product (every product: None) with archived
+        images in the trainer's folder layout (``inspector.review.dataset_export.export_dataset``)."""
+        return dataset_export.export_dataset(self.store, self.archive, out_dir, layout, self.product)
 
     def dataset_versions(self) -> list[DatasetVersion]:
-        with self.store.session() as s:
-            rows = s.scalars(select(DatasetVersionRow).order_by(DatasetVersionRow.created_at.desc())).all()
-            return [DatasetVersion(r.hash, dict(r.counts), r.layout, r.path, sum(r.counts.values())) for r in rows]
+        return dataset_export.dataset_versions(self.store)
