@@ -17,3 +17,12 @@ def test_every_configured_process_gets_its_command_in_start_order(tmp_path: Path
     shadow = next(s for s in specs if s.name == "shadow")
     assert shadow.argv[1:5] == ("-m", "inspector.cli", "shadow", "run") and "--config" in shadow.argv
     assert next(s for s in specs if s.name == "worker-2").argv[-1] == "s1-worker-2"
+
+
+def test_the_recorder_process_starts_after_the_workers_with_a_stable_name(tmp_path: Path) -> None:
+    cfg = parse_config({"station": {"id": "s1", "data_dir": str(tmp_path)},
+                        "supervisor": {"processes": ["camera", "worker", "recorder", "line"]}}, environ={})
+    specs = plan(cfg, tmp_path / "station.yaml")
+    assert [s.name for s in specs] == ["worker-1", "recorder", "line", "camera"]
+    recorder = next(s for s in specs if s.name == "recorder")
+    assert recorder.argv[1:3] == ("-m", "inspector.recording") and recorder.argv[-2:] == ("--name", "s1-recorder")
