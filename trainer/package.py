@@ -21,68 +21,53 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from inspector.contracts.config import PolicySection, RuntimeSection, StationConfig
-from inspector.contracts.errors import InspectorError
 from inspector.contracts.lifecycle import GateReport, LineMetrics
-from inspector.contracts.manifest import AnomalySpec, Canary, Manifest, ModelFiles, Outputs, Preprocess
-from inspector.drift.reference import histogram
-from inspector.models.preprocess import Preprocessor
+from inspector.contracts.manifest import Manifest, ModelFiles, Outputs
 from inspector.runtime.package import ModelPackage, hash_file, hash_tree, load_package, write_manifest
-from trainer.checklist import hardware_description, run_checklist
-from trainer.evaluate import GOOD, EvalSet, evaluate_package
-from trainer.export import CHECK_BATCHES, ParityBounds, compare_with_torch, export_onnx, open_session, run_onnx
+from trainer.checklist import run_checklist
+from trainer.evaluate import EvalSet, evaluate_package
+from trainer.export import CHECK_BATCHES, ParityBounds, compare_with_torch, export_onnx, run_onnx
 from trainer.network import OUTPUT_MAP, OUTPUT_PROBS, OUTPUT_SCORE
-from trainer.precision import RuntimeChoice, select_runtime
-from trainer.quantize import QuantConfig, QuantReport, quantize_and_gate
+from trainer.package_benchmark import benchmark, ort_ms, torch_eager_ms
+from trainer.package_canaries import CANARY_SURE_FAIL, CANARY_SURE_PASS, CANARY_SURE_PROB, write_canaries
+from trainer.package_drift import HIST_BINS, drift_reference
+from trainer.package_int8 import Int8Refit, quantise
+from trainer.package_spec import (
+    FP32_FILE,
+    INT8_FILE,
+    PackageSpec,
+    PackagingError,
+    heldout_class_labels,
+    preprocess_frames,
+)
+from trainer.quantize import QuantConfig, QuantReport
+
+__all__ = [
+    "CANARY_SURE_FAIL", "CANARY_SURE_PASS", "CANARY_SURE_PROB", "FP32_FILE", "HIST_BINS", "INT8_FILE",
+    "BuildResult", "Draft", "Int8Refit", "ManifestExtras", "PackageSpec", "PackagingError", "build_package",
+    "draft_package", "drift_reference", "finish_package", "heldout_class_labels", "line_config", "ort_ms",
+    "prepare_package", "preprocess_frames", "torch_eager_ms", "write_canaries",
+]
 
 log = logging.getLogger(__name__)
-
-FP32_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-HIST_BINS = 20
-CANARY_SURE_PASS = 0.5  # normalised anomaly score at most this: a sure PASS
-CANARY_SURE_FAIL = 2.0  # at least this: a sure FAIL
-CANARY_SURE_PROB = 0.97
-
-
-class PackagingError(InspectorError):
-    """The package could not be built (bad inputs, a folder in the way, a failed verification)."""
-
-
-@dataclass
-class PackageSpec:
-    """What the manifest says about the model beyond the files (all figures are measured while building)."""
-
-    name: str
-    task: Literal["classification", "anomaly", "combined"]
-    preprocess: Preprocess
-    class_names: list[str] | None = None
-    good_class: str | None = GOOD
-    temperature: float | None = None
-    anomaly: AnomalySpec | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    augmentation: dict[str, Any] = field(default_factory=dict)
-    architecture: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    latency_target_ms: float | None = None
-    memory_budget_mb: float | None = None
-    target_hardware: str | None = None
 
 
 @dataclass
 class BuildResult:
+    """What ``build_package`` wrote: the folder, its manifest, and the parity, INT8 and checklist reports."""
+
     path: Path
     manifest: Manifest
     parity: dict[str, Any]
@@ -90,194 +75,11 @@ class BuildResult:
     checklist: dict[str, Any]
 
 
-def _pre(spec: PackageSpec, images: list[np.ndarray]) -> np.ndarray:
-    return Preprocessor(spec.preprocess).batch(images)
-
-
-def _labels(spec: PackageSpec, held: EvalSet) -> np.ndarray | None:
-    """Held-out class indices for the INT8 gate's accuracy (None when the labels are not the classes)."""
-    if spec.class_names and all(n in spec.class_names for n in held.label_names):
-        return np.array([spec.class_names.index(n) for n in held.label_names])
-    return None if spec.class_names else held.is_defect
-
-
-def torch_eager_ms(net: nn.Module, x: torch.Tensor, threads: int = 2, runs: int = 20) -> float:
-    """Median ms of the PyTorch eager network at batch 1: the baseline before any optimisation."""
-    torch.set_num_threads(threads)
-    net = net.eval()
-    times = []
-    with torch.no_grad():
-        for k in range(runs + 5):
-            t0 = time.perf_counter()
-            net(x)
-            if k >= 5:
-                times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
-
-def ort_ms(path: Path, x: np.ndarray, threads: int = 2, runs: int = 20) -> float:
-    sess = open_session(path, threads)
-    feed = {sess.get_inputs()[0].name: x}
-    for _ in range(3):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
-
-def _stat_rows(images: list[np.ndarray]) -> dict[str, list[float]]:
-    from inspector.models.image_stats import image_stats  # the station's own code: reference == live
-
-    rows: dict[str, list[float]] = {}
-    for img in images:
-        for k, v in image_stats(img).model_dump().items():
-            rows.setdefault(k, []).append(float(v))
-    return rows
-
-
-def drift_reference(spec: PackageSpec, held: EvalSet, outs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Reference statistics of held-out good frames (all frames when no class is 'good')."""
-    good = np.array([n == (spec.good_class or GOOD) for n in held.label_names])
-    if not good.any():
-        good = np.ones(len(held.images), bool)
-    ref: dict[str, Any] = {"n_frames": int(good.sum()), "frames": "held-out good" if not good.all() else "held-out"}
-    ref["image_stats"] = {k: histogram(v, HIST_BINS) for k, v in _stat_rows([held.images[i] for i in np.flatnonzero(good)]).items()}
-    if OUTPUT_PROBS in outs:
-        probs = outs[OUTPUT_PROBS]
-        ref["classifier_confidence"] = histogram(probs.max(1), HIST_BINS, 0.0, 1.0)
-        names = spec.class_names or [f"class_{i}" for i in range(probs.shape[1])]
-        pred = probs.argmax(1)
-        ref["class_mix"] = {n: float((pred == i).mean()) for i, n in enumerate(names)}
-        ref["class_mix_labels"] = {n: float(np.mean([x == n for x in held.label_names])) for n in names}
-    if OUTPUT_SCORE in outs and spec.anomaly is not None:
-        norm = np.array([spec.anomaly.normalise(float(v)) for v in outs[OUTPUT_SCORE][good]])
-        ref["anomaly_score_good"] = histogram(norm, HIST_BINS, min(-1.0, float(norm.min())), max(2.0, float(norm.max())))
-    return ref
-
-
-def _expected(spec: PackageSpec, outs: dict[str, np.ndarray], i: int, label: str) -> str | None:
-    """PASS / FAIL when the fp32 model is right with a wide margin on frame ``i``, else None."""
-    good_label = label == (spec.good_class or GOOD)
-    verdicts = []
-    if OUTPUT_SCORE in outs and spec.anomaly is not None:
-        s = spec.anomaly.normalise(float(outs[OUTPUT_SCORE][i]))
-        verdicts.append("PASS" if s <= CANARY_SURE_PASS else "FAIL" if s >= CANARY_SURE_FAIL else None)
-    if OUTPUT_PROBS in outs and spec.class_names:
-        p = outs[OUTPUT_PROBS][i]
-        k = int(p.argmax())
-        sure = p[k] >= CANARY_SURE_PROB and spec.class_names[k] == label
-        is_good_cls = spec.class_names[k] == spec.good_class
-        verdicts.append(None if not sure else "PASS" if is_good_cls else "FAIL")
-    want = "PASS" if good_label else "FAIL"
-    return want if verdicts and all(v == want for v in verdicts) else None
-
-
-def write_canaries(folder: Path, spec: PackageSpec, held: EvalSet, outs: dict[str, np.ndarray],
-                   n: int = 4) -> list[Canary]:
-    """Up to ``n`` held-out frames the model decides with a wide margin, half good, half defective."""
-    from inspector.models.decode import encode_image
-
-    sure = [(i, _expected(spec, outs, i, name)) for i, name in enumerate(held.label_names)]
-    passes = [(i, e) for i, e in sure if e == "PASS"]
-    fails = [(i, e) for i, e in sure if e == "FAIL"]
-    half = n // 2
-    picked = passes[:half] + fails[:n - half]
-    picked += (passes[half:] + fails[n - half:])[:n - len(picked)]
-    if not picked:  # nothing decided with margin: keep frames as smoke tests only
-        picked = [(i, "ANY") for i in range(min(n, len(held.images)))]
-    (folder / "canary").mkdir(exist_ok=True)
-    canaries = []
-    for k, (i, expected) in enumerate(picked):
-        rel = f"canary/{k:02d}_{held.label_names[i]}.png"
-        (folder / rel).write_bytes(encode_image(held.images[i], "png"))
-        canaries.append(Canary(file=rel, expected=expected))  # type: ignore[arg-type]
-    return canaries
-
-
 def _outputs(names: list[str]) -> Outputs:
+    """Which output names of the graph carry class probabilities, the anomaly score and the map."""
     return Outputs(class_probs=OUTPUT_PROBS if OUTPUT_PROBS in names else None,
                    anomaly_score=OUTPUT_SCORE if OUTPUT_SCORE in names else None,
                    anomaly_map=OUTPUT_MAP if OUTPUT_MAP in names else None)
-
-
-#: ``refit(int8_graph, scratch) -> net | None``: the network whose scorer was fitted on that INT8 graph's features
-#: (``trainer.int8_refit.make_refit``); quantised like the package's own and gated against its fp32 graph.
-Int8Refit = Callable[[Path, Path], "nn.Module | None"]
-
-
-def _quantise(stage: Path, spec: PackageSpec, calibration: list[np.ndarray] | None, x_held: np.ndarray,
-              held: EvalSet, cfg: QuantConfig | None, bounds: ParityBounds | None = None,
-              refit: Int8Refit | None = None, opset: int = 17,
-              ) -> tuple[QuantReport | None, RuntimeChoice | None, dict[str, Any] | None]:
-    """The INT8 graph (ONNX Runtime's own gate in ``QuantReport``), then every reduced-precision candidate
-    (ONNX Runtime INT8, OpenVINO bf16, OpenVINO INT8) through ``select_runtime``; the INT8 file stays in the
-    package only when an INT8 candidate won. With ``refit``, a second INT8 graph whose scorer was fitted on
-    INT8 features is gated too, and the better of the two (kept first, then the smaller loss) is the INT8 graph."""
-    if calibration is None:
-        return None, None, None
-    cfg = cfg or QuantConfig()
-    labels = _labels(spec, held)
-    reject_raw = spec.anomaly.reject_raw if spec.anomaly else None
-    calib = list(_pre(spec, calibration))
-    refit_info: dict[str, Any] | None = None
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_int8 = Path(tmp) / INT8_FILE
-        report = quantize_and_gate(stage / FP32_FILE, tmp_int8, calib, x_held,
-                                   labels, cfg, defect_labels=held.is_defect, reject_raw=reject_raw,
-                                   keep_declined=True)
-        if refit is not None:
-            refit_info, refitted = _refit_int8(stage, tmp_int8, Path(tmp), refit, calib, x_held, labels, held,
-                                               reject_raw, cfg, opset)
-            if refitted is not None and _better(refitted, report):
-                shutil.copyfile(Path(tmp) / "refit.int8.onnx", tmp_int8)
-                report = refitted
-                refit_info["used"] = True
-        choice = select_runtime(stage / FP32_FILE, tmp_int8, x_held, labels, held.is_defect, reject_raw, cfg, bounds,
-                                ort_int8=report)
-        if choice.precision == "int8":
-            shutil.copyfile(tmp_int8, stage / INT8_FILE)
-        report.int8_path = INT8_FILE if report.kept and choice.precision == "int8" else None
-    return report, choice, refit_info
-
-
-def _better(a: QuantReport, b: QuantReport) -> bool:
-    return (a.kept, -(a.metric_fp32 - a.metric_int8)) > (b.kept, -(b.metric_fp32 - b.metric_int8))
-
-
-def _refit_int8(stage: Path, int8: Path, tmp: Path, refit: Int8Refit, calib: list[np.ndarray], x_held: np.ndarray,
-                labels: np.ndarray | None, held: EvalSet, reject_raw: float | None, cfg: QuantConfig,
-                opset: int) -> tuple[dict[str, Any], QuantReport | None]:
-    from trainer.quantize import gate_quantised, quantize_int8
-
-    net_q = refit(int8, tmp)
-    if net_q is None:
-        return {"used": False, "reason": "refit not possible for this graph"}, None
-    export_onnx(net_q.eval(), torch.from_numpy(x_held[:2]), tmp / "refit.onnx", opset)
-    n = quantize_int8(tmp / "refit.onnx", tmp / "refit.int8.onnx", calib, cfg)
-    rep = gate_quantised(stage / FP32_FILE, tmp / "refit.int8.onnx", len(calib), n, x_held, labels, cfg,
-                         held.is_defect, reject_raw, keep_declined=True)
-    return {"used": False, "report": rep.to_dict()}, rep
-
-
-def _benchmark(net: nn.Module, stage: Path, x_held: np.ndarray, quant: QuantReport | None,
-               threads: int, spec: PackageSpec) -> dict[str, Any]:
-    x1 = x_held[:1]
-    bench: dict[str, Any] = {
-        "hardware": hardware_description(), "target_hardware": spec.target_hardware, "threads": threads,
-        "batch": 1, "input": list(x1.shape), "torch_eager_ms": torch_eager_ms(net, torch.from_numpy(x1), threads),
-        "fp32_ms": ort_ms(stage / FP32_FILE, x1, threads),
-    }
-    import onnxruntime
-
-    bench["onnxruntime"] = onnxruntime.__version__
-    bench["torch"] = torch.__version__
-    if quant is not None:
-        bench["int8"] = quant.to_dict()
-        bench["int8_ms"] = quant.int8_ms
-    return bench
 
 
 @dataclass
@@ -385,14 +187,14 @@ def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: 
     if len(held.images) < 2:
         raise PackagingError("the held-out set has fewer than 2 frames", "pass the fixed held-out set")
     net = net.eval()
-    x_held = _pre(spec, held.images)
+    x_held = preprocess_frames(spec, held.images)
     say(f"export: ONNX opset {opset}, checked at batch sizes {list(CHECK_BATCHES)}")
     export_onnx(net, torch.from_numpy(x_held[:2]), stage / FP32_FILE, opset)
     parity = compare_with_torch(net, stage / FP32_FILE, torch.from_numpy(x_held[:64]), bounds).to_dict()
     say(f"parity: {'passed' if parity.get('passed') else 'FAILED'} on {min(64, len(x_held))} held-out frames")
     if calibration is not None:
         say(f"INT8: quantising with {len(calibration)} training images, gating on {len(held.images)} held-out frames")
-    quant, choice, refit_info = _quantise(stage, spec, calibration, x_held, held, qcfg, bounds, int8_refit, opset)
+    quant, choice, refit_info = quantise(stage, spec, calibration, x_held, held, qcfg, bounds, int8_refit, opset)
     if refit_info is not None and "report" in refit_info:
         say(f"INT8 with the scorer refitted on INT8 features: {refit_info['report']['reason']}"
             f"{' (used)' if refit_info['used'] else ''}")
@@ -400,7 +202,7 @@ def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: 
         say(f"INT8 on ONNX Runtime {'passes' if quant.kept else 'fails'} its gate: {quant.reason}")
     if choice is not None:
         say(f"runtime kept: {choice.reason}")
-    bench = _benchmark(net, stage, x_held, quant, threads, spec)
+    bench = benchmark(net, stage, x_held, quant, threads, spec)
     if choice is not None:
         bench["runtime"] = choice.to_dict()
     if refit_info is not None:

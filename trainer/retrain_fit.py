@@ -280,9 +280,9 @@ def _score_decides(draft: Any, spec: Any, held: Any) -> Any:
     classifier only names the class, so its confidence must not pick or veto a canary)."""
     from trainer.export import run_onnx
     from trainer.network import OUTPUT_PROBS
-    from trainer.package import FP32_FILE, _pre, write_canaries
+    from trainer.package import FP32_FILE, preprocess_frames, write_canaries
 
-    outs = run_onnx(draft.stage / FP32_FILE, _pre(spec, held.images))
+    outs = run_onnx(draft.stage / FP32_FILE, preprocess_frames(spec, held.images))
     outs.pop(OUTPUT_PROBS, None)
     shutil.rmtree(draft.stage / "canary", ignore_errors=True)
     canaries = write_canaries(draft.stage, replace(spec, class_names=None), held, outs)
