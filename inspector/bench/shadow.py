@@ -128,12 +128,6 @@ def _figures(rows: list[Any], windows: list[tuple[str, float, float]], report: A
 def run_bench(package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds: int = 3, workers: int = 1,
               say=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Alternate ``rounds`` segments without and with the shadow candidate; returns the figures."""
-    from inspector.runtime.package import load_package
-    from inspector.store.db import open_store
-    from inspector.store.models import VerdictRow
-    from inspector.store.records import register_model
-    from inspector.store.shadow import shadow_report
-
     folder = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
     candidate_dir = folder / "candidate"
     shutil.copytree(package, candidate_dir)
@@ -144,21 +138,7 @@ def run_bench(package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds:
                             start_new_session=True)
     try:
         client = _join_started_station(cfg, proc, folder / "supervisor.log")
-        _wait_worker(cfg, client)
-        store = open_store(cfg)
-        pkg = load_package(candidate_dir)
-        version = f"{pkg.version}-shadow"
-        register_model(store, version, str(candidate_dir), pkg.package_sha256, {}, "bench", ModelStatus.GATED_PASS)
-        names = Names(cfg.redis.prefix, cfg.station.id)
-        say(f"warming up the station for {STATION_WARMUP_S:.0f} s (not measured)")
-        time.sleep(STATION_WARMUP_S)
-        windows = _alternate(cfg, client, store, version, rounds, segment_s, say)
-        client.delete(names.shadow_model)
-        time.sleep(1.0)
-        with store.session() as s:
-            rows = list(s.execute(select(VerdictRow.captured_at, VerdictRow.latency_ms, VerdictRow.decision)))
-        report = shadow_report(store, version, max_differences=0)
-        counters = {k.decode(): int(v) for k, v in client.hgetall(names.counters).items()}
+        rows, windows, report, counters = _measure(cfg, client, candidate_dir, rounds, segment_s, say)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -169,6 +149,34 @@ def run_bench(package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds:
               **_figures(rows, windows, report, counters), "package": str(package)}
     shutil.rmtree(folder, ignore_errors=True)
     return result
+
+
+def _measure(cfg: StationConfig, client: Any, candidate_dir: Path, rounds: int, segment_s: float,
+             say: Callable[[str], None]) -> tuple[list[Any], list[tuple[str, float, float]], Any, dict[str, int]]:
+    """On the running station: register the candidate, warm up, alternate the segments, read back the verdicts,
+    the shadow report and the station's counters."""
+    from inspector.runtime.package import load_package
+    from inspector.store.db import open_store
+    from inspector.store.models import VerdictRow
+    from inspector.store.records import register_model
+    from inspector.store.shadow import shadow_report
+
+    _wait_worker(cfg, client)
+    store = open_store(cfg)
+    pkg = load_package(candidate_dir)
+    version = f"{pkg.version}-shadow"
+    register_model(store, version, str(candidate_dir), pkg.package_sha256, {}, "bench", ModelStatus.GATED_PASS)
+    names = Names(cfg.redis.prefix, cfg.station.id)
+    say(f"warming up the station for {STATION_WARMUP_S:.0f} s (not measured)")
+    time.sleep(STATION_WARMUP_S)
+    windows = _alternate(cfg, client, store, version, rounds, segment_s, say)
+    client.delete(names.shadow_model)
+    time.sleep(1.0)
+    with store.session() as s:
+        rows = list(s.execute(select(VerdictRow.captured_at, VerdictRow.latency_ms, VerdictRow.decision)))
+    report = shadow_report(store, version, max_differences=0)
+    counters = {k.decode(): int(v) for k, v in client.hgetall(names.counters).items()}
+    return rows, windows, report, counters
 
 
 def render(result: dict[str, object]) -> Table:
