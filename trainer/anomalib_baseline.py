@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from torch import nn
 from inspector.contracts.errors import DataError
 from trainer.anomaly import DEFECT_CLASSES, list_magnetic_tile, split_holdout, threshold_good_quantile
 from trainer.backbone import NORMALISATION
+
+if TYPE_CHECKING:
+    from trainer.evaluate import EvalSet
 
 
 @dataclass
@@ -206,16 +210,8 @@ def anomalib_peers(data_dir: Path, frame: np.ndarray, threads: int, workdir: Pat
     CPU has it). AUROC on the whole test split, frames resized to the model's input first (the OpenVINO export
     has a fixed 256x256 input): through each OpenVINO inferencer frame by frame; for TorchInferencer through
     the same Lightning module's forward (what its ``predict`` runs) in batches of 16."""
-    import contextlib
-
-    from anomalib.deploy import OpenVINOInferencer
-    from PIL import Image
-    from sklearn.metrics import roc_auc_score
-
-    from trainer.anomalib_package import AnomalibConfig, build_anomalib_module, export_anomalib_native, fit_anomalib
     from trainer.data import load_rgb, scan_anomaly
     from trainer.evaluate import load_test_split
-    from trainer.pipelines import split_holdout as split_indices
 
     torch.set_num_threads(threads)
     data = scan_anomaly(Path(data_dir))
@@ -224,51 +220,69 @@ def anomalib_peers(data_dir: Path, frame: np.ndarray, threads: int, workdir: Pat
     peers: list[BenchPeer] = []
     notes: list[str] = []
     for kind in models:
-        cfg = AnomalibConfig(model=kind, image_size=image_size)  # type: ignore[arg-type]
-        h, w = cfg.image_size
-        module, weights = build_anomalib_module(cfg, pre_processor=True)
-        transform = module.pre_processor.transform
-        fit_idx, hold_idx = split_indices(len(good), cfg.holdout_every)
-
-        def batches(idx: list[int], transform=transform, bs: int = cfg.batch_size):  # type: ignore[no-untyped-def]
-            for i in range(0, len(idx), bs):
-                yield torch.stack([transform(_float_image(good[j])) for j in idx[i:i + bs]])
-
-        say(f"anomalib {kind}: fitting on {len(fit_idx)} good images of {data_dir} (same split as ours)")
-        info = fit_anomalib(module.model, batches(fit_idx), cfg)
-        with torch.no_grad():
-            hold = torch.cat([module.model(x).pred_score.reshape(-1) for x in batches(hold_idx)]).numpy()
-        thr = threshold_good_quantile(hold, cfg.target_false_reject)
-        set_post_processor_from_goods(module, hold, thr)
-        paths = export_anomalib_native(module, workdir / kind, cfg.image_size)
-        inferencers: dict[str, object] = {"torchinferencer": load_torch_inferencer(paths["torch"], trust_own_export=True)}
-        import openvino as ov
-
-        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        hints = ["f32"] + (["bf16"] if "BF16" in caps else [])
-        for hint in hints:
-            with contextlib.chdir(workdir):  # OpenVINOInferencer writes ./openvino_cache
-                inferencers[f"openvino_{hint}"] = OpenVINOInferencer(
-                    paths["openvino"], device="CPU",
-                    config={"INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": hint,
-                            "PERFORMANCE_HINT": "LATENCY"})
-        test = [np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR)) for img in held.images]
-        module.eval()
-        with torch.no_grad():  # TorchInferencer.predict is this module's forward, one frame at a time: batch it
-            torch_scores = np.concatenate([module(torch.stack([_float_image(t) for t in test[i:i + 16]]))
-                                           .pred_score.reshape(-1).numpy() for i in range(0, len(test), 16)])
-        for name, inf in inferencers.items():
-            scores = torch_scores if name == "torchinferencer" else \
-                np.array([float(np.asarray(inf.predict(img).pred_score).reshape(-1)[0]) for img in test])  # type: ignore[attr-defined]
-            auroc = float(roc_auc_score(held.is_defect, scores))
-            say(f"anomalib {kind} {name}: image AUROC {auroc:.4f} on {len(test)} test frames")
-            peers.append(BenchPeer(f"anomalib_{kind}_{name}", (lambda inf=inf: inf.predict(frame)), auroc,  # type: ignore[attr-defined,misc]
-                                   f"anomalib {kind} ({cfg.backbone} {list(cfg.layers)}, {h}x{w}) {name}"))
-        notes.append(f"anomalib {kind}: {cfg.backbone} {list(cfg.layers)} {h}x{w}, weights {weights}, fitted on "
-                     f"{info['fit_images']} train/good ({info['fit_s']} s), threshold from {len(hold_idx)} held-out goods; "
-                     f"exports by anomalib's to_torch / to_openvino (pre- and post-processing inside); OpenVINO "
-                     f"{ov.__version__} CPU capabilities {caps}")
+        model_peers, note = _model_peers(kind, data_dir, good, held, frame, threads, workdir, say, image_size)
+        peers += model_peers
+        notes.append(note)
     return peers, notes
+
+
+def _model_peers(kind: str, data_dir: Path, good: list[np.ndarray], held: EvalSet, frame: np.ndarray, threads: int,
+                 workdir: Path, say: Callable[[str], None],
+                 image_size: tuple[int, int]) -> tuple[list[BenchPeer], str]:
+    """One anomalib model: fitted, thresholded, exported by anomalib, and its inferencers as bench peers."""
+    from anomalib.deploy import OpenVINOInferencer
+    from PIL import Image
+    from sklearn.metrics import roc_auc_score
+
+    from trainer.anomalib_package import AnomalibConfig, build_anomalib_module, export_anomalib_native, fit_anomalib
+    from trainer.pipelines import split_holdout as split_indices
+
+    peers: list[BenchPeer] = []
+    cfg = AnomalibConfig(model=kind, image_size=image_size)  # type: ignore[arg-type]
+    h, w = cfg.image_size
+    module, weights = build_anomalib_module(cfg, pre_processor=True)
+    transform = module.pre_processor.transform
+    fit_idx, hold_idx = split_indices(len(good), cfg.holdout_every)
+
+    def batches(idx: list[int], transform=transform, bs: int = cfg.batch_size):  # type: ignore[no-untyped-def]
+        for i in range(0, len(idx), bs):
+            yield torch.stack([transform(_float_image(good[j])) for j in idx[i:i + bs]])
+
+    say(f"anomalib {kind}: fitting on {len(fit_idx)} good images of {data_dir} (same split as ours)")
+    info = fit_anomalib(module.model, batches(fit_idx), cfg)
+    with torch.no_grad():
+        hold = torch.cat([module.model(x).pred_score.reshape(-1) for x in batches(hold_idx)]).numpy()
+    thr = threshold_good_quantile(hold, cfg.target_false_reject)
+    set_post_processor_from_goods(module, hold, thr)
+    paths = export_anomalib_native(module, workdir / kind, cfg.image_size)
+    inferencers: dict[str, object] = {"torchinferencer": load_torch_inferencer(paths["torch"], trust_own_export=True)}
+    import openvino as ov
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    hints = ["f32"] + (["bf16"] if "BF16" in caps else [])
+    for hint in hints:
+        with contextlib.chdir(workdir):  # OpenVINOInferencer writes ./openvino_cache
+            inferencers[f"openvino_{hint}"] = OpenVINOInferencer(
+                paths["openvino"], device="CPU",
+                config={"INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": hint,
+                        "PERFORMANCE_HINT": "LATENCY"})
+    test = [np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR)) for img in held.images]
+    module.eval()
+    with torch.no_grad():  # TorchInferencer.predict is this module's forward, one frame at a time: batch it
+        torch_scores = np.concatenate([module(torch.stack([_float_image(t) for t in test[i:i + 16]]))
+                                       .pred_score.reshape(-1).numpy() for i in range(0, len(test), 16)])
+    for name, inf in inferencers.items():
+        scores = torch_scores if name == "torchinferencer" else \
+            np.array([float(np.asarray(inf.predict(img).pred_score).reshape(-1)[0]) for img in test])  # type: ignore[attr-defined]
+        auroc = float(roc_auc_score(held.is_defect, scores))
+        say(f"anomalib {kind} {name}: image AUROC {auroc:.4f} on {len(test)} test frames")
+        peers.append(BenchPeer(f"anomalib_{kind}_{name}", (lambda inf=inf: inf.predict(frame)), auroc,  # type: ignore[attr-defined,misc]
+                               f"anomalib {kind} ({cfg.backbone} {list(cfg.layers)}, {h}x{w}) {name}"))
+    note = (f"anomalib {kind}: {cfg.backbone} {list(cfg.layers)} {h}x{w}, weights {weights}, fitted on "
+            f"{info['fit_images']} train/good ({info['fit_s']} s), threshold from {len(hold_idx)} held-out goods; "
+            f"exports by anomalib's to_torch / to_openvino (pre- and post-processing inside); OpenVINO "
+            f"{ov.__version__} CPU capabilities {caps}")
+    return peers, note
 
 
 def time_torch_inferencer(model_path: Path, image: str | Path, runs: int = 50, threads: int = 2,
