@@ -95,6 +95,7 @@ class Worker(ModelSwapping, StreamConsumer):
         self._next_heartbeat = 0.0
         self._refused: set[tuple[str, str, str]] = set()
         self._recovered: list[Entry] = []
+        self._started = False
         self._limits: tuple[int | None, float | None] = (None, None)  # max_frames, idle_exit_s of run()
         self._last_work = time.monotonic()
         self.bus.ensure_group(self.bus.names.frames, cfg.worker.group)
@@ -150,10 +151,13 @@ class Worker(ModelSwapping, StreamConsumer):
         return dict(self.counts)
 
     def setup(self) -> None:
-        """The frames a previous run under this name read and never acknowledged go first (a supervised worker
-        keeps its name across restarts); the rest of them come back by reclaim once idle."""
+        """At start, the frames a previous run under this name read and never acknowledged go first (a supervised
+        worker keeps its name across restarts); the rest of them come back by reclaim once idle. Not after a Redis
+        failure: re-reading would count a delivery per outage toward ``worker.max_deliveries``."""
         self.bus.ensure_group(self.bus.names.frames, self.cfg.worker.group)
-        self._recovered = self.recover_own(self.bus.names.frames, self.cfg.worker.group, self.cfg.worker.max_batch)
+        if not self._started:
+            self._recovered = self.recover_own(self.bus.names.frames, self.cfg.worker.group, self.cfg.worker.max_batch)
+            self._started = True
 
     def finished(self) -> bool:
         max_frames, idle_exit_s = self._limits
