@@ -33,6 +33,7 @@ from inspector.contracts.errors import InspectorError
 from inspector.contracts.manifest import AnomalySpec, Manifest
 from inspector.contracts.messages import Event, EventType, FrameMeta
 from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE
+from inspector.contracts.statuses import FrameCollectionStatus, RetrainRequestStatus
 from inspector.drift.monitor import suppression_key
 from inspector.drift.reference import reference_from_samples
 from inspector.evaluation import line_metrics, score_frames
@@ -67,7 +68,7 @@ def camera_changed(cfg: StationConfig, client: redis.Redis, store: Store, actor:
     """Record a planned camera or lighting change, suppress drift alarms, start collecting frames."""
     since = time.time()
     state = {"id": uuid.uuid4().hex[:12], "since": since, "want": cfg.jobs.collect_frames, "have": 0,
-             "status": "collecting", "note": note, "by": actor}
+             "status": FrameCollectionStatus.COLLECTING, "note": note, "by": actor}
     client.set(suppression_key(names_of(cfg)), json.dumps({"since": since, "reason": "camera or lighting changed",
                                                             "by": actor, "note": note}))
     _save_state(client, cfg, state)
@@ -83,7 +84,7 @@ def collection_dir(cfg: StationConfig, collection_id: str) -> Path:
 def collect(cfg: StationConfig, client: redis.Redis, max_entries: int = 10_000) -> dict[str, Any]:
     """Copy frames captured since the change (up to the wanted number) into the collection folder."""
     state = _state(client, cfg)
-    if state is None or state["status"] != "collecting":
+    if state is None or state["status"] != FrameCollectionStatus.COLLECTING:
         raise InspectorError("no frame collection is open", "run the 'camera or lighting changed' action first")
     folder = collection_dir(cfg, state["id"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,7 @@ def collect(cfg: StationConfig, client: redis.Redis, max_entries: int = 10_000) 
             (folder / f"{state['have']:05d}.{ext}").write_bytes(fields[STREAM_FIELD_IMAGE])
             state["have"] += 1
     if state["have"] >= state["want"]:
-        state["status"] = "awaiting_confirmation"
+        state["status"] = FrameCollectionStatus.AWAITING_CONFIRMATION
         _event(cfg, client, f"{state['have']} frames collected: a person must confirm they are good", **state)
     _save_state(client, cfg, state)
     return state
@@ -106,7 +107,7 @@ def collect(cfg: StationConfig, client: redis.Redis, max_entries: int = 10_000) 
 def confirm(cfg: StationConfig, client: redis.Redis, store: Store, actor: str, good: bool = True) -> RetrainRequest:
     """A person confirmed (or rejected) the collected frames; confirmed frames queue the refit job."""
     state = _state(client, cfg)
-    if state is None or state["status"] != "awaiting_confirmation":
+    if state is None or state["status"] != FrameCollectionStatus.AWAITING_CONFIRMATION:
         raise InspectorError("no collected frames await confirmation", "collect frames first")
     need = 2 * cfg.jobs.min_gate_frames
     if good and state["have"] < need:
@@ -116,22 +117,22 @@ def confirm(cfg: StationConfig, client: redis.Redis, store: Store, actor: str, g
     store.audit.record(actor, "maintenance.frames_confirmed" if good else "maintenance.frames_rejected",
                        cfg.station.id, None, {"collection": state["id"], "frames": state["have"]})
     if not good:
-        state["status"] = "collecting"
+        state["status"] = FrameCollectionStatus.COLLECTING
         state["have"] = 0
         state["since"] = time.time()
         _save_state(client, cfg, state)
-        return RetrainRequest("rejected", None)
+        return RetrainRequest(RetrainRequestStatus.REJECTED, None)
     job_id = f"refit-{state['id']}"
     keys = JobKeys(names_of(cfg))
     if not client.set(keys.lock, job_id, nx=True, ex=lock_ttl_s(cfg)):
-        return RetrainRequest("running", (client.get(keys.lock) or b"").decode())
-    state["status"] = "refitting"
+        return RetrainRequest(RetrainRequestStatus.RUNNING, (client.get(keys.lock) or b"").decode())
+    state["status"] = FrameCollectionStatus.REFITTING
     _save_state(client, cfg, state)
     station_queue(cfg, client).enqueue(REFIT_FUNC, cfg.station.id, state["id"], actor, job_id=job_id,
                                        meta={"station": cfg.station.id, "kind": "refit", "step": "queued",
                                              "progress": 0.0, "reason": "camera or lighting changed"})
     client.lpush(keys.history, job_id)
-    return RetrainRequest("enqueued", job_id)
+    return RetrainRequest(RetrainRequestStatus.ENQUEUED, job_id)
 
 
 def retrain_now(cfg: StationConfig, client: redis.Redis, store: Store, reason: str, actor: str) -> RetrainRequest:
@@ -150,7 +151,7 @@ def refit(station: str, collection_id: str, actor: str) -> dict[str, Any]:
     try:
         result = refit_package(cfg, job.connection, store, collection_id, actor, job.id)
         state = _state(job.connection, cfg) or {}
-        state["status"] = "done"
+        state["status"] = FrameCollectionStatus.DONE
         _save_state(job.connection, cfg, state)
         return result
     finally:

@@ -53,6 +53,7 @@ from inspector.bus.streams import Entry, StationBus, decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.messages import Event, EventType
+from inspector.contracts.statuses import RetrainRequestStatus
 from inspector.drift.reference import IMAGE_STATS
 from jobs.queues import JobKeys, names_of, station_queue
 
@@ -70,7 +71,7 @@ return 0
 
 @dataclass(frozen=True)
 class RetrainRequest:
-    status: str  # enqueued | running | deduped
+    status: RetrainRequestStatus
     job_id: str | None
 
 
@@ -96,16 +97,16 @@ def request_retrain(cfg: StationConfig, client: redis.Redis, reason: str, source
     if dedupe and cfg.jobs.retrain_dedupe_s > 0:
         fresh = client.set(keys.dedupe, reason, nx=True, px=int(cfg.jobs.retrain_dedupe_s * 1000))
         if not fresh:
-            return RetrainRequest("deduped", lock_holder(client, cfg))
+            return RetrainRequest(RetrainRequestStatus.DEDUPED, lock_holder(client, cfg))
     job_id = f"retrain-{uuid.uuid4().hex[:12]}"
     if not client.set(keys.lock, job_id, nx=True, ex=lock_ttl_s(cfg)):
-        return RetrainRequest("running", lock_holder(client, cfg))
+        return RetrainRequest(RetrainRequestStatus.RUNNING, lock_holder(client, cfg))
     try:
         _enqueue(cfg, client, job_id, reason, source, actor, condition_changed, data or {})
     except BaseException:
         release_lock(client, cfg, job_id)
         raise
-    return RetrainRequest("enqueued", job_id)
+    return RetrainRequest(RetrainRequestStatus.ENQUEUED, job_id)
 
 
 def _enqueue(cfg: StationConfig, client: redis.Redis, job_id: str, reason: str, source: str, actor: str,

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.lifecycle import ModelStatus
 from inspector.contracts.messages import ReviewRequest, Verdict, now
+from inspector.contracts.statuses import ReviewStatus
 from inspector.store.db import Store
 from inspector.store.models import DriftAlarmRow, ModelVersionRow, ReviewItemRow, VerdictRow
 
@@ -63,7 +64,7 @@ def review_item_row(req: ReviewRequest, image_ext: str | None = None, defect_cla
         "defect_class": defect_class, "class_probs": req.class_probs, "anomaly_score": req.anomaly_score,
         "model_version": req.model_version, "image_sha256": req.image_sha256, "image_ext": image_ext,
         "product": req.product,
-        "status": "pending", "leased_by": None, "lease_expires": None, "created_at": req.ts, "updated_at": t,
+        "status": ReviewStatus.PENDING, "leased_by": None, "lease_expires": None, "created_at": req.ts, "updated_at": t,
     }
 
 

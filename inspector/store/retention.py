@@ -36,6 +36,7 @@ from sqlalchemy import delete, func, select
 from inspector.archive import SHA_RE, TMP_PREFIX, Archive
 from inspector.contracts.config import RetentionSection, StationConfig
 from inspector.contracts.names import Names
+from inspector.contracts.statuses import ReviewStatus
 from inspector.store.db import Store
 from inspector.store.models import ReviewItemRow, VerdictRow
 from inspector.store.part_verdicts import delete_old_part_verdicts
@@ -154,7 +155,7 @@ def prune_archive(store: Store, archive: Archive, section: RetentionSection,
     files = archive_files(archive)
     total = sum(size for _, size, _, _ in files)
     with store.session() as s:
-        protected = set(s.scalars(select(ReviewItemRow.image_sha256).where(ReviewItemRow.status != "pending")))
+        protected = set(s.scalars(select(ReviewItemRow.image_sha256).where(ReviewItemRow.status != ReviewStatus.PENDING)))
     removed: list[str] = []
     freed = 0
     for mtime, size, path, sha in files:
@@ -173,7 +174,7 @@ def prune_archive(store: Store, archive: Archive, section: RetentionSection,
         chunk = removed[i:i + section.delete_batch]
         with store.session() as s:
             items += s.execute(delete(ReviewItemRow).where(ReviewItemRow.image_sha256.in_(chunk),
-                                                           ReviewItemRow.status == "pending")).rowcount or 0
+                                                           ReviewItemRow.status == ReviewStatus.PENDING)).rowcount or 0
     return len(removed), freed, items
 
 
