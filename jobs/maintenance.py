@@ -36,7 +36,7 @@ from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE
 from inspector.contracts.statuses import FrameCollectionStatus, RetrainRequestStatus
 from inspector.drift.monitor import suppression_key
 from inspector.drift.reference import reference_from_samples
-from inspector.evaluation import line_metrics, score_frames
+from inspector.evaluation import infer_frames, line_metrics, score_frames
 from inspector.gates import evaluate_gates
 from inspector.runtime.package import hash_file, load_package, write_manifest
 from inspector.store.db import Store, open_store
@@ -229,11 +229,5 @@ def _refit_threshold(cfg: StationConfig, stage: Path, images: list[np.ndarray]) 
 
 
 def _raw_scores(cfg: StationConfig, stage: Path, images: list[np.ndarray]) -> np.ndarray:
-    from inspector.models.inference import InspectionModel
-
-    model = InspectionModel(load_package(stage), cfg.runtime, max_batch=cfg.worker.max_batch)
-    try:
-        outs = model.infer(images)
-    finally:
-        model.close()
+    outs = infer_frames(load_package(stage), images, cfg.runtime, max_batch=cfg.worker.max_batch)
     return np.array([o.anomaly_raw for o in outs if getattr(o, "anomaly_raw", None) is not None], dtype=float)

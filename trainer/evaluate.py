@@ -29,7 +29,6 @@ from inspector.runtime.package import ModelPackage, load_package
 
 log = logging.getLogger(__name__)
 
-GOOD = GOOD_LABEL  # not a second definition: the name trainer/package.py imports
 SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 MASK_SIDE = 128  # masks and maps are compared at this longer side (pixel AUROC)
 ECE_BINS = 15
