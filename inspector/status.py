@@ -6,7 +6,8 @@
   (its heartbeat key expired: the process died or hangs; a clean stop removes it from the registry); the
   camera by its own heartbeat key, and the station's RQ workers by the keys RQ keeps for them;
 - lag and pending of every consumer group on every station stream, dead letters, counters: the same reading
-  the Prometheus metrics serve (:func:`inspector.telemetry_station.station_view`).
+  the Prometheus metrics serve (:func:`inspector.telemetry_station.station_view`). Lag is what ``XINFO GROUPS``
+  reports, Redis 7 and later; on Redis 6.2 (the embedded server) it is unknown (``-``) and pending stands alone.
 
 Unhealthy when no worker or no camera is alive, when a consumer reports itself stalled, or when a registered
 process is down. A process down for longer than ``FORGET_AFTER_S`` is forgotten (removed from the registry
@@ -30,10 +31,9 @@ from inspector.contracts.config import StationConfig
 from inspector.contracts.health import ConsumerBeat, ConsumerRole, Health, stall_line
 from inspector.contracts.jobqueue import queue_name
 from inspector.contracts.names import Names
-from inspector.telemetry_station import station_view, stream_names
+from inspector.telemetry_station import station_view
 
 FORGET_AFTER_S = 3600.0
-LAG_COUNT_CAP = 100_000  # Redis 6.2 has no XINFO lag: counted with XRANGE, up to this many entries
 RQ_WORKERS_BY_QUEUE = "rq:workers:{queue}"  # RQ's own registry (rq.worker_registration.WORKERS_BY_QUEUE_KEY)
 
 
@@ -64,19 +64,6 @@ def _rq_rows(client: redis.Redis, queue: str, now: float) -> list[dict[str, obje
                      "heartbeat_age_s": age, "ttl_s": None, "health": (Health.OK if alive else Health.DOWN).value,
                      "detail": "" if alive else f"RQ worker {key}: its key expired"})
     return rows
-
-
-def fill_lag(cfg: StationConfig, client: redis.Redis, groups: list[dict[str, Any]]) -> None:
-    """Redis 6.2 reports no ``lag``: count the entries after each group's last-delivered id instead."""
-    keys = stream_names(cfg)
-    for g in groups:
-        if g.get("lag") is not None or g["stream"] not in keys:
-            continue
-        key = keys[g["stream"]]
-        for info in client.xinfo_groups(key):
-            if _text(info["name"]) == g["group"]:
-                last = _text(info["last-delivered-id"])
-                g["lag"] = len(client.xrange(key, min=f"({last}", max="+", count=LAG_COUNT_CAP))
 
 
 def process_table(cfg: StationConfig, client: redis.Redis, n: Names, now: float | None = None) -> list[dict[str, object]]:
@@ -115,7 +102,6 @@ def station_status(cfg: StationConfig) -> dict[str, object]:
     g = groups.get(cfg.worker.group, {})
     counters = bus.counters()
     view = station_view(cfg, client)
-    fill_lag(cfg, client, view["groups"])
     camera_alive = bool(client.exists(n.camera_heartbeat(cfg.camera.id)))
     return {
         "station": cfg.station.id,
