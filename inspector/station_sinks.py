@@ -21,11 +21,11 @@ import redis
 from inspector.archive import Archive
 from inspector.contracts.config import StationConfig
 from inspector.contracts.names import Names
+from inspector.recording.part_recorder import PartRecorder
+from inspector.recording.recorder import VerdictRecorder
 from inspector.review.router import ReviewRouter
 from inspector.store import open_store
 from inspector.store.db import Store
-from inspector.recording.part_recorder import PartRecorder
-from inspector.recording.recorder import VerdictRecorder
 from inspector.store.retention import start_retention
 from inspector.worker import Sink
 

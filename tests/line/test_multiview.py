@@ -23,9 +23,9 @@ from inspector.decision import decide
 from inspector.line import LineRunner, MemoryOutput, Reason, Signal
 from inspector.line.parts import PartDecider, read_part_verdicts
 from inspector.models.decode import encode_image
+from inspector.recording.part_recorder import PartRecorder
 from inspector.store import open_store
 from inspector.store.models import PartVerdictRow
-from inspector.recording.part_recorder import PartRecorder
 from inspector.worker import Worker, load_model
 
 VIEWS = ["top", "side"]

@@ -8,10 +8,10 @@ from sqlalchemy import func, select
 
 from inspector.contracts.config import StationConfig
 from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
+from inspector.recording.recorder import VerdictRecorder
 from inspector.store import Store
 from inspector.store.fakes import make_verdict
 from inspector.store.models import VerdictRow
-from inspector.recording.recorder import VerdictRecorder
 
 
 def rows(store: Store) -> int:
