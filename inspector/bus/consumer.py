@@ -87,14 +87,16 @@ class StreamConsumer:
             self.stop_event = stop
         if not self.own_heartbeat:
             self.heartbeat.start()
+        clean = False
         try:
             self._loop()
+            clean = True
         finally:
             try:
                 self.teardown()
             finally:
                 if not self.own_heartbeat:
-                    self.heartbeat.stop()
+                    self.heartbeat.stop(unregister_process=clean)  # a crash stays listed, as down
 
     def _loop(self) -> None:
         ready = False

@@ -54,8 +54,11 @@ class StationHeartbeat(ConsumerHeartbeat):
             log.debug("process registry entry of %s not written: %s", self.key, err)
         return beat
 
-    def stop(self) -> None:
+    def stop(self, unregister_process: bool = True) -> None:
+        """Stop beating and delete the key; a clean stop also leaves the registry, a crash stays listed ``down``."""
         super().stop()
+        if not unregister_process:
+            return
         try:
             unregister(self.client, self.names, self.progress.role, self.progress.consumer)
         except HEARTBEAT_ERRORS:

@@ -65,6 +65,8 @@ def test_other_errors_end_the_loop_after_teardown(station_config: StationConfig,
     else:
         raise AssertionError("a non-retried error must propagate")
     assert c.torn_down
+    rows = process_rows(redis_client, c.bus.names)  # a crash is no clean stop: listed, and down at once
+    assert [(r["name"], r["health"]) for r in rows] == [("flaky", "down")]
 
 
 def test_heartbeat_registers_and_a_clean_stop_unregisters(station_config: StationConfig,
