@@ -99,7 +99,10 @@ def _class_folders(root: Path, items: list[LabelledImage], classes: list[str]) -
 
 @dataclass
 class _Fitted:
-    """The candidate's network and what its manifest says about it, filled in as the fit goes on."""
+    """The candidate's network and what its manifest says about it, filled in as the fit goes on.
+
+    ``net`` is None until the network has a head: an anomaly-only candidate starts from ``backbone`` alone and
+    gets its network once the good-only scorer is fitted (a network needs a classifier or a scorer)."""
 
     net: Any
     pre_spec: Preprocess
@@ -108,6 +111,7 @@ class _Fitted:
     temperature: float | None
     classes: list[str] | None = None
     anomaly: Any = None
+    backbone: Any = None
 
 
 def train(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = None,
@@ -188,15 +192,15 @@ def _fit_classifier(cfg: StationConfig, stage: Path, items: list[LabelledImage],
 
 
 def _plain_backbone(acfg: Any, inc: Manifest | None, size: int) -> _Fitted:
-    """The ImageNet backbone alone (an anomaly-only package: no classifier head, no augmentation)."""
+    """The ImageNet backbone alone (an anomaly-only package: no classifier head, no augmentation); the network
+    is built around it once the good-only scorer exists (``_fit_good_only_score``)."""
     from trainer.backbone import build_backbone
-    from trainer.network import InspectionNet
 
     backbone, bspec = build_backbone(acfg.backbone, out_indices=acfg.out_indices)
     color = inc.preprocess.color if inc is not None else "gray"
     pre_spec = Preprocess(size=(size, size), resize="stretch", mean=bspec.mean, std=bspec.std, color=color)
-    return _Fitted(InspectionNet(backbone), pre_spec, {"backbone": acfg.backbone, "weights": bspec.weights},
-                   {"policy": "none", "reason": "good-only density model: no augmentation"}, None)
+    return _Fitted(None, pre_spec, {"backbone": acfg.backbone, "weights": bspec.weights},
+                   {"policy": "none", "reason": "good-only density model: no augmentation"}, None, backbone=backbone)
 
 
 def _fit_fused_score(fitted: _Fitted, acfg: Any, scorer_goods: list[LabelledImage],
@@ -228,19 +232,24 @@ def _fit_fused_score(fitted: _Fitted, acfg: Any, scorer_goods: list[LabelledImag
 
 def _fit_good_only_score(fitted: _Fitted, acfg: Any, scorer_goods: list[LabelledImage], goods_from: str,
                          data: dict[str, Any], seconds: dict[str, float], say: Say) -> None:
-    """The good-only anomaly scorer of an anomaly-only package."""
+    """The good-only anomaly scorer of an anomaly-only package; the network is built here, around its scorer."""
     import torch
 
     from inspector.models.preprocess import Preprocessor
+    from trainer.network import InspectionNet
     from trainer.pipelines import fit_anomaly
 
     acfg = replace(acfg, image_size=tuple(fitted.pre_spec.size), backbone=fitted.architecture["backbone"])
     say(f"train: good-only {acfg.method} scorer on {len(scorer_goods)} good frames ({goods_from})")
     t = time.perf_counter()
     torch.set_num_threads(2)
-    scorer, fitted.anomaly, fit_info = fit_anomaly(fitted.net.backbone, Preprocessor(fitted.pre_spec),
+    backbone = fitted.backbone if fitted.net is None else fitted.net.backbone
+    scorer, fitted.anomaly, fit_info = fit_anomaly(backbone, Preprocessor(fitted.pre_spec),
                                                    load_images(scorer_goods), acfg, Console(quiet=True))
-    fitted.net.scorer = scorer
+    if fitted.net is None:
+        fitted.net = InspectionNet(backbone, scorer=scorer)
+    else:
+        fitted.net.scorer = scorer
     seconds["anomaly"] = round(time.perf_counter() - t, 1)
     data["anomaly"] = fit_info
     fitted.architecture.update({"scorer": acfg.method, "scorer_out_indices": list(acfg.out_indices)})
