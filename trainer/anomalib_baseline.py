@@ -16,12 +16,11 @@ its default ratio: models are fitted with ``trainer.anomalib_package.fit_anomali
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,20 +54,6 @@ def full_timm_model(name: str = "tf_efficientnet_lite0") -> nn.Module:
     return with_source(name)[0]
 
 
-@contextlib.contextmanager
-def conv2d_same_as_leaf() -> Iterator[None]:
-    """torch.fx cannot trace timm's ``Conv2dSame`` (TF 'same' padding); make it a leaf inside anomalib."""
-    import anomalib.models.components.feature_extractors.timm as fe
-    from timm.layers import Conv2dSame
-
-    original = fe.create_feature_extractor
-    fe.create_feature_extractor = functools.partial(original, tracer_kwargs={"leaf_modules": [Conv2dSame]})
-    try:
-        yield
-    finally:
-        fe.create_feature_extractor = original
-
-
 def _link_folder(files: list[str], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for f in files:
@@ -80,6 +65,8 @@ def build_padim(backbone_name: str, layers: list[str], n_features: int, image_si
     from anomalib.models import Padim
     from anomalib.pre_processing import PreProcessor
     from torchvision.transforms import v2
+
+    from trainer.anomalib_package import conv2d_same_as_leaf
 
     mean, std = NORMALISATION[backbone_name]
     pre = PreProcessor(transform=v2.Compose([v2.Resize(image_size), v2.Normalize(mean=mean, std=std)]))

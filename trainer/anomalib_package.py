@@ -30,8 +30,10 @@ anomalib pitfalls handled (../shared/FIELD-NOTES.md):
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -96,6 +98,20 @@ def full_timm_model(name: str, require_weights: bool = True) -> tuple[nn.Module,
     return model.eval(), str(path)
 
 
+@contextlib.contextmanager
+def conv2d_same_as_leaf() -> Iterator[None]:
+    """torch.fx cannot trace timm's ``Conv2dSame`` (TF 'same' padding); make it a leaf inside anomalib."""
+    import anomalib.models.components.feature_extractors.timm as fe
+    from timm.layers import Conv2dSame
+
+    original = fe.create_feature_extractor
+    fe.create_feature_extractor = functools.partial(original, tracer_kwargs={"leaf_modules": [Conv2dSame]})
+    try:
+        yield
+    finally:
+        fe.create_feature_extractor = original
+
+
 def build_anomalib_module(cfg: AnomalibConfig, pre_processor: bool = True) -> tuple[Any, str]:
     """anomalib's Lightning module (``Padim`` / ``Patchcore``) on our backbone; (module, weights source).
 
@@ -104,7 +120,6 @@ def build_anomalib_module(cfg: AnomalibConfig, pre_processor: bool = True) -> tu
     from anomalib.pre_processing import PreProcessor
     from torchvision.transforms import v2
 
-    from trainer.anomalib_baseline import conv2d_same_as_leaf
     from trainer.backbone import NORMALISATION
 
     torch.manual_seed(cfg.seed)  # PaDiM's random channel subset

@@ -30,14 +30,14 @@ Fraction 0 is the good-only ``wknn`` scorer through the same cross-fit (threshol
 
 Modules: ``learning_curve_folds`` (the bookkeeping of steps 2-4), ``learning_curve_features`` (step 1 and the
 anomaly cross-fit), ``learning_curve_thresholds`` (threshold rules, intervals), ``learning_curve_report`` (points,
-table, plot); this module holds the configuration and step 5, and is the experiment's one import path.
+table, plot), ``learning_curve_config`` (CurveConfig); this module holds step 5 and is the experiment's one import path.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
-from trainer.anomaly import AnomalyConfig
-from trainer.fusion import FusionConfig, fit_fusion
+from trainer.fusion import fit_fusion
+from trainer.learning_curve_config import CurveConfig
 from trainer.learning_curve_features import (
     CACHE_VERSION,
     AnomalyCrossFit,
@@ -82,25 +82,6 @@ __all__ = [
     "pool_stages", "print_curve", "run_learning_curve", "split_test_good", "test_good_hashes",
     "threshold_upper_bound",
 ]
-
-
-@dataclass(frozen=True)
-class CurveConfig:
-    """The experiment's fixed choices (the README documents them; none is tuned on the scored images)."""
-
-    fractions: tuple[float, ...] = (0.0, 0.05, 0.10, 0.25, 0.50)
-    good_folds: int = 5
-    inner_good_folds: int = 4
-    rotations: int = 4  # labelled folds per fraction (all of them when there are fewer, e.g. 2 at 50 %)
-    good_rotations: int = 2  # test/good halves (sha256 order, as trainer.heldout): one scored, one thresholds
-    target_false_reject: float = 0.02
-    #: "upper_bound_per_population": the stricter of the Clopper-Pearson thresholds of each good population among
-    #: the threshold goods (held-out train/good, the test/good half); "upper_bound": that rule on them pooled;
-    #: "quantile": the plain (1 - target) quantile of the pooled threshold goods.
-    threshold_rule: str = "upper_bound_per_population"
-    seed: int = 0
-    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
-    fusion: FusionConfig = field(default_factory=FusionConfig)
 
 
 # ----------------------------------------------------------------------------------------------- the curve

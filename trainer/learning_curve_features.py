@@ -23,7 +23,7 @@ from trainer.anomaly import AnomalyConfig
 from trainer.learning_curve_folds import good_fold_ids
 
 if TYPE_CHECKING:
-    from trainer.learning_curve import CurveConfig
+    from trainer.learning_curve_config import CurveConfig
 
 CACHE_VERSION = "lc1"
 

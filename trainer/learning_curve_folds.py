@@ -14,7 +14,7 @@ import numpy as np
 from inspector.contracts.errors import DataError
 
 if TYPE_CHECKING:
-    from trainer.learning_curve import CurveConfig
+    from trainer.learning_curve_config import CurveConfig
 
 
 def good_fold_ids(n: int, folds: int, seed: int = 0) -> np.ndarray:
