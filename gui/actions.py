@@ -21,7 +21,7 @@ from inspector.store import Store
 
 def _client(cfg: StationConfig) -> redis.Redis:
     from inspector.bus.connection import resolve_url
-    from inspector.line.health import fast_client
+    from inspector.bus.fast import fast_client
 
     return fast_client(cfg, resolve_url(cfg, start_embedded=False), timeout_s=5.0)
 

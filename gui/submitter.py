@@ -90,7 +90,7 @@ class RqJobSubmitter:
 
     def _station_client(self) -> redis.Redis:
         from inspector.bus.connection import resolve_url
-        from inspector.line.health import fast_client
+        from inspector.bus.fast import fast_client
 
         return fast_client(self.cfg, resolve_url(self.cfg, start_embedded=False), timeout_s=5.0)
 

@@ -21,11 +21,12 @@ import redis
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from inspector.bus.connection import resolve_url
+from inspector.bus.fast import fast_client
 from inspector.bus.streams import decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.messages import Event, FrameMeta, PartVerdict, Verdict
 from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE, Names
-from inspector.line.health import REDIS_ERRORS, HealthProbe, camera_silence_s, fast_client
+from inspector.line.health import REDIS_ERRORS, HealthProbe, camera_silence_s
 
 log = logging.getLogger(__name__)
 

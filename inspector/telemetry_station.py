@@ -10,20 +10,17 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from inspector.contracts.config import ReconnectSection, StationConfig
+from inspector.contracts.config import StationConfig
 
 log = logging.getLogger("inspector.telemetry")
 
 
 def _scrape_client(cfg: StationConfig) -> Any:
-    """A client that fails fast (1 s, no long reconnect) so that a scrape never stalls on an absent Redis
-    (the same settings as the line's health probe, ``inspector.line.health.fast_client``, which the metrics
-    cannot import: the line imports the metrics)."""
-    from inspector.bus.connection import client_for_url, station_url
+    """A client that fails fast (1 s, no long reconnect) so that a scrape never stalls on an absent Redis."""
+    from inspector.bus.connection import station_url
+    from inspector.bus.fast import fast_client
 
-    section = cfg.redis.model_copy(
-        update={"socket_timeout_s": 1.0, "reconnect": ReconnectSection(initial_s=0.02, max_s=0.1, give_up_s=0.2)})
-    return client_for_url(station_url(cfg), section, False)
+    return fast_client(cfg, station_url(cfg), timeout_s=1.0)
 
 
 class StationCollector(Collector):

@@ -13,7 +13,8 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from inspector.contracts.config import ReconnectSection, StationConfig
+from inspector.bus.fast import fast_client as fast_client  # the old import path (inspector.line.runner)
+from inspector.contracts.config import StationConfig
 from inspector.contracts.names import Names
 
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -46,16 +47,6 @@ def evaluate(redis_ok: bool, workers: int, camera_ok: bool, require_camera: bool
 def camera_silence_s(cfg: StationConfig) -> float:
     """A camera that published nothing for this long is silent (``camera.health_periods`` frame periods)."""
     return cfg.camera.health_periods / cfg.camera.fps
-
-
-def fast_client(cfg: StationConfig, url: str, timeout_s: float = 0.5, decode: bool = False) -> redis.Redis:
-    """A client that fails fast instead of retrying for ``reconnect.give_up_s``: health must never stall."""
-    from inspector.bus.connection import client_for_url
-
-    section = cfg.redis.model_copy(
-        update={"socket_timeout_s": timeout_s, "reconnect": ReconnectSection(initial_s=0.02, max_s=0.1, give_up_s=0.2)}
-    )
-    return client_for_url(url, section, decode)
 
 
 class HealthProbe:
