@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from inspector.camera.sources import Capture, FrameSource
+from inspector.camera.frame import Capture, FrameSource
 from inspector.contracts.config import CameraSection, GenICamSection
 from inspector.contracts.errors import BackendUnavailable, ConfigError, InspectorError
 

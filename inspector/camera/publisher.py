@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from inspector.bus.streams import StationBus
-from inspector.camera.sources import Capture, FrameSource
+from inspector.camera.frame import Capture, FrameSource
 from inspector.contracts.errors import TransportError
 from inspector.contracts.messages import Event, EventType, FrameMeta
 from inspector.models.decode import encode_image

@@ -8,39 +8,16 @@ folders are replayed without re-encoding: the file bytes go on the stream as the
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numpy as np
 
+from inspector.camera.frame import Capture, FrameSource
 from inspector.camera.synthetic import PartFactory
 from inspector.contracts.config import CameraSection
 from inspector.contracts.errors import ConfigError, InspectorError
 
 IMAGE_SUFFIXES = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
-
-
-@dataclass
-class Capture:
-    image: np.ndarray | None = None  # RGB uint8, when the source decodes
-    encoded: bytes | None = None  # encoded bytes, when the source has them already
-    encoding: str = "jpeg"
-    truth: str | None = None
-    name: str | None = None
-
-
-class FrameSource:
-    def read(self) -> Capture | None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __iter__(self) -> Iterator[Capture]:
-        while (cap := self.read()) is not None:
-            yield cap
 
 
 class SyntheticSource(FrameSource):
@@ -126,3 +103,6 @@ def open_source(camera: CameraSection) -> FrameSource:
         return open_genicam(camera)
     url = src.url or ""
     return OpenCVSource(url, gstreamer="!" in url)
+
+
+__all__ = ["Capture", "FolderSource", "FrameSource", "OpenCVSource", "SyntheticSource", "list_images", "open_source"]

@@ -38,9 +38,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
@@ -68,8 +69,6 @@ from inspector.store.models import AuditHeadRow, AuditRow
 
 if TYPE_CHECKING:
     import redis
-
-    from inspector.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +109,19 @@ def _entry(r: AuditRow) -> AuditEntry:
     return AuditEntry(r.id, r.seq, r.ts, r.actor, r.action, r.target, r.old, r.new, r.details, r.hash)
 
 
+class SessionSource(Protocol):
+    """What the audit trail needs of its store (:class:`inspector.store.db.Store`, which imports this module):
+    one transaction at a time; ``data_dir`` and ``cfg`` are read when the store has them."""
+
+    def session(self) -> AbstractContextManager[Session]: ...
+
+
 class AuditLog:
     """The audit trail of one store. ``data_dir`` (from the station config, else the SQLite file's folder)
     holds the key and the file anchors; the Redis anchor is written when a client is attached
     (:meth:`anchor_to`) or the station's Redis is found (``redis.url``, or a running embedded server)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SessionSource) -> None:
         self.store = store
         self._key: bytes | None = None
         self._redis: redis.Redis | None = None

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inspector.contracts.config import StationConfig, StoreSection
 from inspector.contracts.errors import STORAGE_ERRNOS, InspectorError, storage_error
+from inspector.store.audit import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +224,6 @@ class Store:
         sqlite_file = make_url(url).database if engine.dialect.name == "sqlite" else None
         #: where the audit key and anchors live (the station's data folder; else the SQLite file's folder)
         self.data_dir: Path | None = Path(sqlite_file).resolve().parent if sqlite_file and sqlite_file != ":memory:" else None
-        from inspector.store.audit import AuditLog  # local: audit imports Store types
-
         self.audit = AuditLog(self)
 
     @property
