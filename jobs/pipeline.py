@@ -25,6 +25,7 @@ from rq.job import Job
 from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
 from inspector.contracts.messages import Event, EventType
+from inspector.contracts.statuses import PipelineStepStatus
 from inspector.store.db import Store, open_store
 from jobs import registry, steps
 from jobs.queues import worker_config
@@ -48,7 +49,7 @@ class Run:
 
     def step(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         self._meta(step=name, progress=STEPS.index(name) / len(STEPS))
-        self.job.meta["steps"][name] = {"status": "running", "started": time.time()}
+        self.job.meta["steps"][name] = {"status": PipelineStepStatus.RUNNING, "started": time.time()}
         self.job.save_meta()
         t0 = time.perf_counter()
         try:
@@ -57,7 +58,7 @@ class Run:
             self._failed(name, err)
             raise
         secs = round(time.perf_counter() - t0, 2)
-        self.job.meta["steps"][name] = {"status": "done", "seconds": secs, "info": _brief(info)}
+        self.job.meta["steps"][name] = {"status": PipelineStepStatus.DONE, "seconds": secs, "info": _brief(info)}
         self.job.save_meta()
         self.store.audit.record(ACTOR, f"retrain.{name}", self.job.id, None, _brief(info), {"seconds": secs})
         return info
@@ -74,7 +75,7 @@ class Run:
 
     def _failed(self, name: str, err: Exception) -> None:
         msg = f"{type(err).__name__}: {err}"
-        self.job.meta["steps"][name] = {"status": "failed", "error": msg}
+        self.job.meta["steps"][name] = {"status": PipelineStepStatus.FAILED, "error": msg}
         self._meta(step=name, error=msg)
         self.job.save_meta()
         self.event("critical", f"retraining failed at step {name}: {msg}", step=name, error=msg,

@@ -53,7 +53,7 @@ from inspector.bus.streams import Entry, StationBus, decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.messages import Event, EventType
-from inspector.contracts.statuses import RetrainRequestStatus
+from inspector.contracts.statuses import AlarmOutcome, RetrainRequestStatus
 from inspector.drift.reference import IMAGE_STATS
 from jobs.queues import JobKeys, names_of, station_queue
 
@@ -151,7 +151,7 @@ class TriggerOutcome:
     entry_id: str
     event_id: str
     source: str
-    status: str  # enqueued | running | deduped | suppressed | stale | stale_model | failed
+    status: RetrainRequestStatus | AlarmOutcome
     job_id: str | None = None
 
 
@@ -198,8 +198,8 @@ class RetrainTrigger:
                 raise  # not acknowledged: handled again once Redis is back
             except Exception:  # noqa: BLE001 - a bug on one alarm must not spin the consumer on it forever
                 log.exception("retrain trigger: handling entry %s failed; acknowledged", entry.entry_id)
-                self.counts["failed"] += 1
-                outcome = TriggerOutcome(entry.entry_id, "", "", "failed")
+                self.counts[AlarmOutcome.FAILED] += 1
+                outcome = TriggerOutcome(entry.entry_id, "", "", AlarmOutcome.FAILED)
             if outcome is not None:
                 out.append(outcome)
             self.bus.r.xack(self.names.events, self.group, entry.entry_id)
@@ -241,7 +241,7 @@ class RetrainTrigger:
         try:
             msg = decode_message(entry.message_raw)
         except InspectorError:
-            self.counts["unreadable"] += 1
+            self.counts[AlarmOutcome.UNREADABLE] += 1
             return None
         if not isinstance(msg, Event) or msg.type is not EventType.DRIFT_ALARM:
             return None
@@ -251,19 +251,19 @@ class RetrainTrigger:
         log.info("retrain trigger: %s alarm %s -> %s %s", source, msg.id, status, job_id or "")
         return TriggerOutcome(entry.entry_id, msg.id, source, status, job_id)
 
-    def _decide(self, event: Event, source: str) -> tuple[str, str | None]:
+    def _decide(self, event: Event, source: str) -> tuple[RetrainRequestStatus | AlarmOutcome, str | None]:
         if self.clock() - event.ts > self.cfg.jobs.alarm_max_age_s:
-            return "stale", None
+            return AlarmOutcome.STALE, None
         if self.bus.r.exists(self.names.drift_suppressed):
-            return "suppressed", None
+            return AlarmOutcome.SUPPRESSED, None
         if event.data.get("product"):  # a product's own drift: its model is not the one a retraining rebuilds
             log.warning("retrain trigger: drift of product %s (%s) is recorded; retrain that product's package by hand",
                         event.data["product"], event.model_version)
-            return "product_alarm", None
+            return AlarmOutcome.PRODUCT_ALARM, None
         active = self.bus.r.hget(self.names.active_model, "version")
         active_version = active.decode() if isinstance(active, bytes) else active
         if event.model_version and active_version and event.model_version != active_version:
-            return "stale_model", None
+            return AlarmOutcome.STALE_MODEL, None
         req = request_retrain(self.cfg, self.bus.r, f"{source} alarm: {event.message}"[:500], source=source,
                               actor=f"{source}-alarm", condition_changed=condition_changed(event),
                               data={"alarm_event": event.id, "model_version": event.model_version,

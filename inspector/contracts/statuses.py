@@ -48,6 +48,32 @@ class RetrainRequestStatus(StrEnum):
     """A refit was asked for a frame collection that is not awaiting confirmation."""
 
 
+class AlarmOutcome(StrEnum):
+    """What the retrain trigger did with a drift alarm when it asked for no retraining (``jobs.trigger``; when it
+    asked, the outcome is the request's :class:`RetrainRequestStatus`)."""
+
+    STALE = "stale"
+    """Older than ``jobs.alarm_max_age_s``."""
+    SUPPRESSED = "suppressed"
+    """Drift alarms are suppressed (a camera or lighting change awaits its refit)."""
+    PRODUCT_ALARM = "product_alarm"
+    """A product's own drift: recorded; that product's package is retrained by hand."""
+    STALE_MODEL = "stale_model"
+    """Raised against a model that is no longer the active one."""
+    FAILED = "failed"
+    """Handling the entry raised; it was acknowledged so that it cannot block the consumer."""
+    UNREADABLE = "unreadable"
+    """The entry is not a message this version can decode."""
+
+
+class PipelineStepStatus(StrEnum):
+    """Where one step of a retraining job stands (``job.meta["steps"][<step>]["status"]``, ``jobs.pipeline``)."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class FrameCollectionStatus(StrEnum):
     """Where the frame collection after a camera or lighting change stands (its state in Redis, ``jobs.maintenance``)."""
 
@@ -58,4 +84,6 @@ class FrameCollectionStatus(StrEnum):
     DONE = "done"
 
 
-__all__ = ["FrameCollectionStatus", "ModelStatus", "RetrainRequestStatus", "ReviewStatus"]
+__all__ = [
+    "AlarmOutcome", "FrameCollectionStatus", "ModelStatus", "PipelineStepStatus", "RetrainRequestStatus", "ReviewStatus",
+]

@@ -19,6 +19,7 @@ from inspector.contracts.errors import InspectorError
 from inspector.contracts.jobqueue import StrictJSONSerializer, queue_name
 from inspector.contracts.messages import EventType
 from inspector.contracts.names import Names
+from inspector.contracts.processes import ProcessState
 from inspector.demo.camera import read_report
 from inspector.demo.tally import EventTally, VerdictTally, chunks
 from inspector.line.sim_plc import SimulatedPlc
@@ -147,7 +148,7 @@ class DemoStation:
         """Raise when the supervisor stopped on its own, or a station process was left failed."""
         if not self.thread.is_alive() and not self._stopped:
             raise InspectorError("the demo's station supervisor stopped", f"see {self.log_path}")
-        failed = [n for n, st in self.processes().items() if st == "failed"]
+        failed = [n for n, st in self.processes().items() if st == ProcessState.FAILED]
         if failed:
             raise InspectorError(f"demo station process {', '.join(failed)} keeps exiting: left failed",
                                  f"see {self.log_path}")

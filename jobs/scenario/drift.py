@@ -146,7 +146,7 @@ class DriftRun(ScenarioLine):
         return self.summary
 
     def wait_job(self) -> dict[str, Any]:
-        from rq.job import Job
+        from rq.job import Job, JobStatus
 
 
         assert self.client is not None
@@ -166,7 +166,8 @@ class DriftRun(ScenarioLine):
                 last_step[0] = step
                 self.say(f"retraining job {job.id[:8]}: {step}; labels so far "
                          f"{dict(self.qe.labelled) if self.qe else {}}")
-            return status is not None and status.value in ("finished", "failed", "stopped", "canceled")
+            return status is not None and status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED,
+                                                      JobStatus.CANCELED)
 
         with self.console.status("[bold]retraining (RQ worker) while the line keeps running[/]"):
             deadline = time.monotonic() + self.size.job_wait_s
