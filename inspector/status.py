@@ -7,7 +7,8 @@
   camera by its own heartbeat key, and the station's RQ workers by the keys RQ keeps for them;
 - lag and pending of every consumer group on every station stream, dead letters, counters: the same reading
   the Prometheus metrics serve (:func:`inspector.telemetry_station.station_view`). Lag is what ``XINFO GROUPS``
-  reports, Redis 7 and later; on Redis 6.2 (the embedded server) it is unknown (``-``) and pending stands alone.
+  reports on Redis 7; on Redis 6.2 (the embedded server) it is counted inside Redis (:mod:`inspector.bus.lag`),
+  shown as ``>=N`` where the count stopped at its cap.
 
 Unhealthy when no worker or no camera is alive, when a consumer reports itself stalled, or when a registered
 process is down. A process down for longer than ``FORGET_AFTER_S`` is forgotten (removed from the registry
@@ -26,6 +27,7 @@ from rich.table import Table
 
 from inspector.bus.connection import connect
 from inspector.bus.heartbeat import process_rows, registry_field
+from inspector.bus.lag import Lag
 from inspector.bus.streams import StationBus
 from inspector.contracts.config import StationConfig
 from inspector.contracts.health import ConsumerBeat, ConsumerRole, Health, stall_line
@@ -102,6 +104,7 @@ def station_status(cfg: StationConfig) -> dict[str, object]:
     g = groups.get(cfg.worker.group, {})
     counters = bus.counters()
     view = station_view(cfg, client)
+    frames_group = next((v for v in view["groups"] if v["stream"] == "frames" and v["group"] == cfg.worker.group), None)
     camera_alive = bool(client.exists(n.camera_heartbeat(cfg.camera.id)))
     return {
         "station": cfg.station.id,
@@ -111,7 +114,7 @@ def station_status(cfg: StationConfig) -> dict[str, object]:
         "camera_alive": camera_alive,
         "frames_in_stream": client.xlen(n.frames) if client.exists(n.frames) else 0,
         "pending": int(g.get("pending", 0) or 0),
-        "lag": g.get("lag"),
+        "lag": None if frames_group is None else str(Lag(frames_group["lag"], frames_group["lag_capped"])),
         "groups": view["groups"],
         "dead_letters": client.xlen(n.dead_letter) if client.exists(n.dead_letter) else 0,
         "counters": counters,
@@ -141,7 +144,7 @@ def render_status(st: dict[str, Any]) -> Table:
                   + (f"  pid {p['pid']}" if p["pid"] else ""))
     for g in st.get("groups", []):
         t.add_row(f"group {g['stream']}/{g['group']}",
-                  f"lag {g['lag'] if g['lag'] is not None else '-'}  pending {g['pending']}  consumers {g['consumers']}")
+                  f"lag {Lag(g['lag'], g['lag_capped'])}  pending {g['pending']}  consumers {g['consumers']}")
     for c in st["consumers"]:
         t.add_row(f"{c['role']} {c['consumer']}", f"{c['health'].upper()}  {c['done']} done, {c['errors']} errors")
     for line in st["stalled"]:

@@ -47,18 +47,21 @@ class StationCollector(Collector):
         up.add_metric([], 1)
         yield up
         length = GaugeMetricFamily("inspector_stream_length", "Entries in a station stream.", labels=["stream"])
-        lag = GaugeMetricFamily("inspector_stream_lag", "Entries of the stream not yet delivered to the group.",
-                                labels=["stream", "group"])
+        lag = GaugeMetricFamily("inspector_stream_lag", "Entries of the stream not yet delivered to the group "
+                                "(a lower bound when inspector_stream_lag_capped is 1).", labels=["stream", "group"])
+        capped = GaugeMetricFamily("inspector_stream_lag_capped", "1 when the lag count stopped at its cap "
+                                   "(the lag is at least that many).", labels=["stream", "group"])
         pending = GaugeMetricFamily("inspector_stream_pending", "Entries delivered to the group and not yet "
                                     "acknowledged.", labels=["stream", "group"])
         consumers = GaugeMetricFamily("inspector_stream_consumers", "Consumers of the group.", labels=["stream", "group"])
         for g in view["groups"]:
-            lag.add_metric([g["stream"], g["group"]], float(g["lag"]) if g["lag"] is not None else float("nan"))
+            lag.add_metric([g["stream"], g["group"]], float(g["lag"]))
+            capped.add_metric([g["stream"], g["group"]], 1 if g["lag_capped"] else 0)
             pending.add_metric([g["stream"], g["group"]], g["pending"])
             consumers.add_metric([g["stream"], g["group"]], g["consumers"])
         for stream, n in view["lengths"].items():
             length.add_metric([stream], n)
-        yield from (length, lag, pending, consumers)
+        yield from (length, lag, capped, pending, consumers)
         dead = GaugeMetricFamily("inspector_dead_letters", "Entries in the dead-letter stream.")
         dead.add_metric([], view["lengths"].get("dead_letter", 0))
         yield dead
@@ -86,9 +89,12 @@ def stream_names(cfg: StationConfig) -> dict[str, str]:
 
 def station_view(cfg: StationConfig, client: Any) -> dict[str, Any]:
     """Lengths of the station streams, lag / pending / consumers of every consumer group on them, counters:
-    one reading shared by ``inspector status`` and the metrics (so the two always agree on what they mean)."""
+    one reading shared by ``inspector status`` and the metrics (so the two always agree on what they mean).
+    Lag is :func:`inspector.bus.lag.group_lag` (Redis 7's own, else counted inside Redis up to a cap:
+    ``lag_capped`` then says it is at least ``lag``)."""
     import redis as _redis
 
+    from inspector.bus.lag import group_lag
     from inspector.contracts.names import Names
 
     n = Names(cfg.redis.prefix, cfg.station.id)
@@ -104,7 +110,8 @@ def station_view(cfg: StationConfig, client: Any) -> dict[str, Any]:
         for g in infos:
             g = {(k.decode() if isinstance(k, bytes) else k): v for k, v in g.items()}
             name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
-            groups.append({"stream": short, "group": name, "lag": g.get("lag"),
+            lag = group_lag(client, key, g)
+            groups.append({"stream": short, "group": name, "lag": lag.entries, "lag_capped": lag.capped,
                            "pending": int(g.get("pending", 0) or 0), "consumers": int(g.get("consumers", 0) or 0)})
     counters = {k.decode(): int(v) for k, v in client.hgetall(n.counters).items()}
     workers = sum(1 for _ in client.scan_iter(match=n.heartbeat_pattern, count=500))
