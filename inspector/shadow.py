@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import redis
 
 from inspector.archive import Archive
+from inspector.bus.heartbeat import StationHeartbeat
+from inspector.bus.lag import group_lag
 from inspector.bus.streams import Entry, StationBus, decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import FrameError, InspectorError, ModelPackageError
@@ -33,7 +35,7 @@ from inspector.contracts.messages import Decision, FrameMeta
 from inspector.decision import decide, line_rejects
 from inspector.models.decode import decode_image
 from inspector.models.inference import InspectionModel
-from inspector.progress import ConsumerHeartbeat, Progress
+from inspector.progress import Progress
 from inspector.store.db import Store
 from inspector.store.models import ModelVersionRow
 from inspector.store.shadow import differing_without_image, images_saved, record_shadow_verdicts, set_shadow_image
@@ -91,7 +93,7 @@ class ShadowRunner:
         self._refused: set[tuple[str, str]] = set()
         self.archive = Archive.for_data_dir(cfg.data_dir)
         self.progress = Progress(ConsumerRole.SHADOW, name, cfg.store.stall_s)
-        self.heartbeat = ConsumerHeartbeat(client, self.names, self.progress)
+        self.heartbeat = StationHeartbeat(client, self.names, self.progress)  # listed in `inspector status`
         self.counts: dict[str, int] = {"judged": 0, "skipped": 0, "trimmed": 0, "unreadable": 0, "saved_images": 0}
         self._recent: OrderedDict[str, _Judged] = OrderedDict()
         self._saved = 0
@@ -172,6 +174,7 @@ class ShadowRunner:
     # -- loop ----------------------------------------------------------------------------------------
     def run(self, max_frames: int | None = None) -> dict[str, int]:
         self.heartbeat.start()
+        clean = False
         try:
             while not self.stop_event.is_set():
                 try:
@@ -187,12 +190,13 @@ class ShadowRunner:
                     continue
                 if max_frames is not None and self.counts["judged"] >= max_frames:
                     break
+            clean = True
         finally:
             try:
                 self.flush(force=True)
             except Exception:  # noqa: BLE001 - unflushed frames stay pending; a restart skips them (live only)
                 log.exception("shadow %s: last rows not written", self.name)
-            self.heartbeat.stop()
+            self.heartbeat.stop(unregister_process=clean)  # a crash stays listed, as down
             self._unload()
         return dict(self.counts)
 
@@ -257,7 +261,7 @@ class ShadowRunner:
         done (the frames group's last delivered id is the newest frame's arrival, in Redis's milliseconds)."""
         for g in self.bus.group_info(self.names.frames):
             if g.get("name") in (self.cfg.worker.group, self.cfg.worker.group.encode()):
-                if (g.get("lag") or 0) or (g.get("pending") or 0):
+                if (g.get("pending") or 0) or group_lag(self.bus.r, self.names.frames, g, cap=1).entries:
                     return False
                 last = g.get("last-delivered-id", b"0-0")
                 last = last.decode() if isinstance(last, bytes) else str(last)

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from inspector.archive import Archive
+from inspector.bus.heartbeat import process_rows
 from inspector.bus.streams import StationBus
 from inspector.camera.synthetic import PartFactory
 from inspector.contracts.config import StationConfig
@@ -79,6 +80,8 @@ def test_shadow_judges_live_frames_off_the_line_and_its_report_matches_the_store
     try:
         start_shadow(cfg, redis_client, store, candidate, "tester", "maintenance")
         _wait(lambda: shadow.model is not None)
+        # the shadow is listed with the station's other processes (`inspector status`)
+        assert ("shadow", "shadow-1", "ok") in _processes(redis_client, bus)
         n = 120
         metas = []
         for i in range(0, n, 20):  # 20 fps, like a camera
@@ -94,6 +97,7 @@ def test_shadow_judges_live_frames_off_the_line_and_its_report_matches_the_store
         for t in threads:
             t.join(15)
         stop_recorder()
+    assert not [p for p in _processes(redis_client, bus) if p[0] == "shadow"]  # a clean stop leaves the registry
 
     # the line's stream holds exactly one verdict per frame, every one from the active model
     assert len(verdicts) == n and {v.frame_id for v in verdicts} == {m.id for m in metas}
@@ -122,6 +126,10 @@ def test_shadow_judges_live_frames_off_the_line_and_its_report_matches_the_store
     assert all(archive.exists(d.image_sha256) for d in saved)  # type: ignore[arg-type]
     print(f"\nshadow: {report.compared} frames compared, line agreement {report.line_agreement}, "
           f"{report.differing} differ ({len(saved)} images), candidate infer p50 {report.candidate_infer_ms}")
+
+
+def _processes(client, bus: StationBus) -> list[tuple[object, object, object]]:  # type: ignore[no-untyped-def]
+    return [(p["role"], p["name"], p["health"]) for p in process_rows(client, bus.names)]
 
 
 def store_rows(store, table):  # type: ignore[no-untyped-def]
