@@ -48,6 +48,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 from rq import Retry
+from rq.job import JobStatus
 
 from inspector.bus.streams import Entry, StationBus, decode_message
 from inspector.contracts.config import StationConfig
@@ -124,7 +125,7 @@ def _enqueue(cfg: StationConfig, client: redis.Redis, job_id: str, reason: str, 
     pipe.execute()
     StationBus(client, cfg).publish_event(Event(
         station=cfg.station.id, type=EventType.JOB, message=f"retraining queued ({source}): {reason}",
-        data={"job_id": job_id, "kind": "retrain", "status": "queued", "step": "queued", "progress": 0.0,
+        data={"job_id": job_id, "kind": "retrain", "status": JobStatus.QUEUED.value, "step": "queued", "progress": 0.0,
               "requested_by": actor, "reason": reason, "source": source}))
 
 
