@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 from gui.services import Services
 from gui.state import ROLE_TITLES, LoginError, Role, RolePolicy, UserSession
 from gui.submitter import JobSubmitter, RqJobSubmitter
-from gui.workers import CameraThread, DbWorker, LiveFeed
+from gui.workers import CameraThread, DbWorker, LiveFeed, ReviewNotices
 from inspector.contracts.config import StationConfig
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class MainWindow(QMainWindow):
         self.db = DbWorker(self)
         self.db.start()
         self.feed = LiveFeed(cfg, parent=self)
+        self.review_notices = ReviewNotices(cfg, parent=self)  # read only while the quality view exists
         self.tabs = QTabWidget()
         self.views: dict[str, QWidget] = {}
         self._build_views()
@@ -111,6 +112,8 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         if start_feed:
             self.feed.start()
+            if "quality" in self.views:
+                self.review_notices.start()
 
     def _build_views(self) -> None:
         from gui.views.operator import OperatorView
@@ -143,6 +146,8 @@ class MainWindow(QMainWindow):
         f.health.connect(op.on_health)
         f.connection.connect(op.on_connection)
         f.connection.connect(self._on_connection)
+        if "quality" in self.views:
+            self.review_notices.arrived.connect(self.quality.on_review_notice)
         if "maintenance" in self.views:
             f.verdicts.connect(self.maintenance.on_verdicts)
             f.events.connect(self.maintenance.on_events)
@@ -153,6 +158,7 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         self.feed.stop()
+        self.review_notices.stop()
         self.db.stop()
 
     def closeEvent(self, event) -> None:  # type: ignore[no-untyped-def] # noqa: N802 - Qt override

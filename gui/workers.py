@@ -4,6 +4,8 @@
   Redis restart (reports ``connection(False)`` while down, resumes from the stream ends when back).
 - :class:`DbWorker` runs database and service calls one after another on its own thread and hands each
   result back to the GUI thread through a signal.
+- :class:`ReviewNotices` blocks on the review stream and signals each new review item at once (the quality
+  view refreshes its queue then; its SQL poll is only the slow fallback).
 - :class:`CameraThread` lets the GUI be the station's camera (the shared camera publisher).
 """
 
@@ -128,6 +130,54 @@ class LiveFeed(QThread):
     def stop(self) -> None:
         self.requestInterruption()
         self.wait(3000)
+
+
+class ReviewNotices(QThread):
+    """Reads the review stream (``Names.review``: one notice per review item the router stored) with a blocking
+    XREAD from its newest entry on and emits ``arrived(n)`` per batch of new notices. Notices arriving within
+    ``settle_ms`` of each other make one signal, so a burst costs the view one queue query. Survives a Redis
+    restart like :class:`LiveFeed` (notices written while it was away are covered by the view's poll)."""
+
+    arrived = Signal(int)
+
+    def __init__(self, cfg: StationConfig, block_ms: int = 1000, settle_ms: int = 100,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.cfg, self.block_ms, self.settle_ms = cfg, block_ms, settle_ms
+        self.stream = Names(cfg.redis.prefix, cfg.station.id).review
+        self.ready = False  # True once reading (tests wait for it before they publish)
+
+    def run(self) -> None:
+        while not self.isInterruptionRequested():
+            client: redis.Redis | None = None
+            try:
+                client = fast_client(self.cfg, resolve_url(self.cfg, start_embedded=False),
+                                     timeout_s=self.block_ms / 1000 + 1.0)
+                self._read(client)  # returns only on interruption
+            except (*REDIS_ERRORS, redis.RedisError) as err:
+                log.debug("review notices: Redis unavailable (%s)", err)
+                self.ready = False
+                self.msleep(500)
+            finally:
+                if client is not None:
+                    client.close()
+
+    def _read(self, client: redis.Redis) -> None:
+        newest: Any = client.xrevrange(self.stream, count=1)
+        last: Any = newest[0][0] if newest else "0-0"  # from the end: no notice between two reads is lost
+        self.ready = True
+        while not self.isInterruptionRequested():
+            got: Any = client.xread({self.stream: last}, count=500, block=self.block_ms) or []
+            entries = [e for _stream, batch in got for e in batch]
+            if not entries:
+                continue
+            last = entries[-1][0]
+            self.arrived.emit(len(entries))
+            self.msleep(self.settle_ms)
+
+    def stop(self) -> None:
+        self.requestInterruption()
+        self.wait(self.block_ms + 2000)
 
 
 Job = Callable[[], Any]

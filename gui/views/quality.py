@@ -33,6 +33,7 @@ from gui.widgets import ImageView
 from gui.workers import DbWorker
 from inspector.contracts.config import StationConfig
 
+QUEUE_POLL_MS = 10_000  # the SQL poll of the queue: a fallback when no review notice arrived for this long
 HISTORY_PERIODS = (("Last hour", 3600), ("Today", 86400), ("Last 7 days", 7 * 86400), ("All", 0))
 
 
@@ -49,7 +50,7 @@ class QualityView(QWidget):
         self.queue_model = RowTableModel(QUEUE_TABLE, self)
         self.history_model = RowTableModel(HISTORY_TABLE, self)
         self._build()
-        self._queue_timer = QTimer(self, interval=2000, timeout=self.refresh_queue)
+        self._queue_timer = QTimer(self, interval=QUEUE_POLL_MS, timeout=self.refresh_queue)
         self._queue_timer.start()
         self.load_next()
         self.refresh_queue()
@@ -205,6 +206,12 @@ class QualityView(QWidget):
 
         labelling = self.services.labelling
         self.db.submit(lambda: [QueueRow.of(i) for i in open_items(labelling)], self._show_queue)
+
+    def on_review_notice(self, count: int) -> None:
+        """New review items announced on the review stream (``gui.workers.ReviewNotices``): refresh now, and
+        push the fallback poll back by a full period."""
+        self._queue_timer.start()
+        self.refresh_queue()
 
     def _show_queue(self, rows: list[QueueRow]) -> None:
         self.queue_title.setText(f"Review queue — {len(rows)} open (by priority)")
