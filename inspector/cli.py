@@ -181,7 +181,9 @@ def worker(
     max_frames: int | None = typer.Option(None, help="Exit after N frames."),
     idle_exit: float | None = typer.Option(None, help="Exit after this many idle seconds."),
     name: str | None = typer.Option(None, help="Consumer name (default host-pid)."),
-    record: bool = typer.Option(True, help="Record verdicts in the station database."),
+    record: bool = typer.Option(True, help="Run a verdict recorder thread (off where the station runs the recorder "
+                                      "process: the supervisor passes --no-record then)."),
+    review: bool = typer.Option(True, help="Route uncertain frames to the review queue (with review.enabled)."),
     standalone: bool = StandaloneOpt,
 ) -> None:
     """Inspect frames from the station's stream until SIGTERM (which drains the batch in hand)."""
@@ -193,14 +195,14 @@ def worker(
         cfg = _config(config)
         client = open_station_client(cfg, standalone)
         _metrics(cfg, _worker_process(name))
-        w = Worker(cfg, client, name=name, sinks=_sinks(cfg, client) if record else [])
+        w = Worker(cfg, client, name=name, sinks=_sinks(cfg, client) if review else [])
         _metrics(cfg, _worker_process(name), lambda t: (w.sinks.append(t.verdict_sink), t.watch_worker(w)))
         w.install_signal_handlers()
         recorder = _start_recorder(cfg, client, w.name) if record else None
         counts = w.run(max_frames=max_frames, idle_exit_s=idle_exit)
         if recorder is not None:
             recorder()
-        if record:
+        if review:
             from inspector.station_sinks import stop_sinks
 
             stop_sinks(w.sinks)

@@ -103,7 +103,7 @@ def _config_file(cfg: StationConfig, folder: Path, package: Path) -> Path:
 
 def _spawn_worker(config: Path, name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "inspector.cli", "worker", "--config", str(config), "--name", name,
-                             "--idle-exit", "6", "--no-record"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--idle-exit", "6", "--no-record", "--no-review"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_kill_9_of_one_of_two_workers_loses_nothing(station_config, redis_client, tiny_package, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -48,7 +48,7 @@ def _config(url: str, data_dir: Path, package: Path, threads: int) -> StationCon
 def _spawn(config: Path, name: str, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as fh:
         return subprocess.Popen([sys.executable, "-m", "inspector.cli", "worker", "--config", str(config), "--name", name,
-                                 "--idle-exit", "30", "--no-record"], stdout=fh, stderr=subprocess.STDOUT)
+                                 "--idle-exit", "30", "--no-record", "--no-review"], stdout=fh, stderr=subprocess.STDOUT)
 
 
 def _wait_verdicts(client: Any, stream: str, n: int, timeout: float) -> float:

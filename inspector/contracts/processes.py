@@ -11,7 +11,7 @@ class StationProcess(StrEnum):
 
     REDIS = "redis"  # the embedded server: started first, stopped last (not listed in supervisor.processes)
     CAMERA = "camera"  # inspector camera
-    WORKER = "worker"  # inspector worker (x supervisor.workers): inspection, verdict recorder, review routing
+    WORKER = "worker"  # inspector worker (x supervisor.workers): inspection, review routing, verdict recorder (not with RECORDER)
     LINE = "line"  # inspector line: MQTT / Modbus line outputs
     RECORDER = "recorder"  # python -m inspector.recording: verdict / part recorders as their own process
     DRIFT = "drift"  # inspector jobs drift: drift monitor and retrain trigger

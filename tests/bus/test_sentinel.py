@@ -168,7 +168,7 @@ def test_cli_worker_and_rq_go_through_sentinel(cluster: SentinelCluster, tmp_pat
     config = write_config(cfg, tmp_path)
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "worker", "--config", str(config), "--name", "w0",
-                             "--idle-exit", "20", "--no-record"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+                             "--idle-exit", "20", "--no-record", "--no-review"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         client = connect(cfg)
         bus = StationBus(client, cfg)

@@ -64,7 +64,7 @@ def spawn_worker(config: Path, name: str, logs: Path, idle_exit: float = 30.0, r
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
         [sys.executable, "-m", "inspector.cli", "worker", "--config", str(config), "--name", name,
-         "--idle-exit", str(idle_exit), "--record" if record else "--no-record"],
+         "--idle-exit", str(idle_exit), *(("--record",) if record else ("--no-record", "--no-review"))],
         stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env,
     )
     fh.close()

@@ -197,7 +197,7 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
 
     # -- workers serve v1 on the new lighting while the RQ worker retrains -------------------------------------
     frames = [encode_image(img, "jpeg", 90) for img in dark_stream[:40]]
-    workers = [_spawn(["inspector.cli", "worker", *conf, "--name", f"w{k}", "--no-record"], tmp_path / f"w{k}.log")
+    workers = [_spawn(["inspector.cli", "worker", *conf, "--name", f"w{k}", "--no-record", "--no-review"], tmp_path / f"w{k}.log")
                for k in range(2)]
     rq_worker = _spawn(["jobs.cli", "worker", *conf, "--burst"], tmp_path / "rq.log")
     published: list[FrameMeta] = []

@@ -50,8 +50,10 @@ class SupervisorSection(Section):
 
     processes: list[StationProcess] = Field(
         default_factory=lambda: [StationProcess.CAMERA, StationProcess.WORKER, StationProcess.LINE],
-        description="Station processes to run: camera, worker, line, drift, jobs (the embedded Redis is always "
-                    "started first when redis.url is unset).",
+        description="Station processes to run: camera, worker, line, recorder, drift, jobs, shadow (the embedded "
+                    "Redis is always started first when redis.url is unset). Without recorder each worker records "
+                    "its verdicts on a thread of its own; with recorder that one process records them all and the "
+                    "workers run no recorder thread (review routing stays in the workers).",
     )
     workers: int = Field(1, ge=1, le=64, description="Inspection worker processes.")
     restart_initial_s: float = Field(0.5, gt=0, le=600, description="First wait before restarting a process that exited.")
