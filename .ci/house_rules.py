@@ -94,9 +94,10 @@ def import_cycles(root: Path = ROOT) -> list[tuple[str, str]]:
     rows = []
     for parent in ("", *PACKAGES):
         children = sorted(graph.find_children(parent)) if parent else list(PACKAGES)
-        edges = {a: {b for b in children if a != b and graph.direct_import_exists(importer=a, imported=b,
-                                                                                  as_packages=True)}
-                 for a in children}
+        edges = {
+            a: {b for b in children if a != b and graph.direct_import_exists(importer=a, imported=b, as_packages=True)}
+            for a in children
+        }
         for component in _strongly_connected(children, edges):
             links = [f"{a} -> {b}" for a in component for b in sorted(edges[a]) if b in component]
             rows.append((parent or "(top level)", "; ".join(links)))

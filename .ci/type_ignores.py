@@ -61,8 +61,11 @@ def count(root: Path) -> dict[str, int]:
 
 def compare(counts: dict[str, int], baseline: dict[str, int]) -> tuple[list[str], list[str]]:
     """(files whose count grew, files whose count fell), each as a printable line."""
-    grew = [f"{f}: {n} bare '# type: ignore' (baseline {baseline.get(f, 0)})"
-            for f, n in sorted(counts.items()) if n > baseline.get(f, 0)]
+    grew = [
+        f"{f}: {n} bare '# type: ignore' (baseline {baseline.get(f, 0)})"
+        for f, n in sorted(counts.items())
+        if n > baseline.get(f, 0)
+    ]
     fell = [f"{f}: {counts.get(f, 0)} (baseline {b})" for f, b in sorted(baseline.items()) if counts.get(f, 0) < b]
     return grew, fell
 

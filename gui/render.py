@@ -70,8 +70,9 @@ def _blend_heat(img: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
     return (img * (1 - weight) + colour * weight).astype(np.uint8)
 
 
-def compose(image: np.ndarray | None, verdict: Verdict | None, overlay: Overlay = Overlay(),
-            size: tuple[int, int] = (480, 480)) -> np.ndarray:
+def compose(
+    image: np.ndarray | None, verdict: Verdict | None, overlay: Overlay = Overlay(), size: tuple[int, int] = (480, 480)
+) -> np.ndarray:
     """The picture the operator sees: the frame, heatmap and regions if asked, a coloured decision frame."""
     if image is None:
         img = np.full((size[1], size[0], 3), 30, np.uint8)

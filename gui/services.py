@@ -40,4 +40,3 @@ class Services:
 
             self._labelling = LabellingService(self.store, self.archive, self.cfg.review.lease_s)
         return self._labelling
-

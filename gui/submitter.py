@@ -82,8 +82,13 @@ def _failure(job: Job) -> str:
 class RqJobSubmitter:
     """Enqueues each action by dotted path on the station's queue and waits up to ``wait_s`` for its answer."""
 
-    def __init__(self, cfg: StationConfig, connect: Callable[[], redis.Redis] | None = None,
-                 wait_s: float = 30.0, poll_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        connect: Callable[[], redis.Redis] | None = None,
+        wait_s: float = 30.0,
+        poll_s: float = 0.1,
+    ) -> None:
         self.cfg = cfg
         self._connect = connect or self._station_client
         self.wait_s, self.poll_s = wait_s, poll_s
@@ -97,10 +102,17 @@ class RqJobSubmitter:
     def enqueue(self, client: redis.Redis, func: str, *args: Any, actor: str) -> Job:
         """Put ``func(station, *args)`` at the front of the station's queue (JSON arguments only)."""
         queue = Queue(queue_name(self.cfg), connection=client, serializer=StrictJSONSerializer)
-        return queue.enqueue(func, self.cfg.station.id, *args, job_timeout=ACTION_TIMEOUT_S, result_ttl=RESULT_TTL_S,
-                             failure_ttl=30 * RESULT_TTL_S, at_front=True, description=f"{func} by {actor}",
-                             meta={"station": self.cfg.station.id, "kind": func.rsplit(".", 1)[-1],
-                                   "requested_by": actor})
+        return queue.enqueue(
+            func,
+            self.cfg.station.id,
+            *args,
+            job_timeout=ACTION_TIMEOUT_S,
+            result_ttl=RESULT_TTL_S,
+            failure_ttl=30 * RESULT_TTL_S,
+            at_front=True,
+            description=f"{func} by {actor}",
+            meta={"station": self.cfg.station.id, "kind": func.rsplit(".", 1)[-1], "requested_by": actor},
+        )
 
     def answer(self, client: redis.Redis, job_id: str) -> Any:
         """The job's return value once a worker ran it; its error as an InspectorError; on time-out JobNotAnswered
@@ -123,11 +135,15 @@ class RqJobSubmitter:
         queue = Queue(queue_name(self.cfg), connection=client, serializer=StrictJSONSerializer)
         hint = "start the station's jobs worker: inspector jobs worker --config <station.yaml>"
         if Worker.count(queue=queue) > 0:
-            return JobNotAnswered(f"job {job.id} waits on queue {queue.name}: the jobs worker did not run it within "
-                                  f"{self.wait_s:.0f} s (it runs as soon as the worker is free)", hint)
+            return JobNotAnswered(
+                f"job {job.id} waits on queue {queue.name}: the jobs worker did not run it within "
+                f"{self.wait_s:.0f} s (it runs as soon as the worker is free)",
+                hint,
+            )
         job.cancel()
-        return NoJobsWorker(f"no jobs worker serves queue {queue.name}: the request was withdrawn, nothing was done",
-                            hint)
+        return NoJobsWorker(
+            f"no jobs worker serves queue {queue.name}: the request was withdrawn, nothing was done", hint
+        )
 
     def call(self, func: str, *args: Any, actor: str) -> str:
         """Enqueue ``func`` and wait for its answer (run this off the GUI thread)."""

@@ -45,8 +45,11 @@ class ImageView(QLabel):
 
     def _rescale(self) -> None:
         if self._pixmap is not None:
-            self.setPixmap(self._pixmap.scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio,
-                                               Qt.TransformationMode.SmoothTransformation))
+            self.setPixmap(
+                self._pixmap.scaled(
+                    self.size(), Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
+                )
+            )
 
 
 class DecisionIndicator(QLabel):

@@ -72,8 +72,9 @@ def _named_defect(class_probs: Mapping[str, float] | None, policy: PolicySection
     return max(defects, key=lambda k: defects[k]) if defects else None
 
 
-def _decide_by_score(class_probs: Mapping[str, float] | None, anomaly_score: float,
-                     policy: PolicySection) -> DecisionResult:
+def _decide_by_score(
+    class_probs: Mapping[str, float] | None, anomaly_score: float, policy: PolicySection
+) -> DecisionResult:
     """A fused defect score decides; the classifier only names the defect class."""
     state, reason = _anomaly_view(float(anomaly_score), policy)
     defect = _named_defect(class_probs, policy)
@@ -87,8 +88,12 @@ def _decide_by_score(class_probs: Mapping[str, float] | None, anomaly_score: flo
     return _result(Decision.PASS, None, reasons, policy)
 
 
-def decide(class_probs: Mapping[str, float] | None, anomaly_score: float | None, policy: PolicySection,
-           classifier_decides: bool = True) -> DecisionResult:
+def decide(
+    class_probs: Mapping[str, float] | None,
+    anomaly_score: float | None,
+    policy: PolicySection,
+    classifier_decides: bool = True,
+) -> DecisionResult:
     """PASS / FAIL / REVIEW / ERROR for one part from its model outputs.
 
     ``classifier_decides=False`` (the package's ``outputs.classifier_decides``): the anomaly score is a fused
@@ -109,7 +114,9 @@ def decide(class_probs: Mapping[str, float] | None, anomaly_score: float | None,
 
     fails = cls_state == "defect" or an_state == "anomalous"
     if fails:
-        contradicted = (an_state == "anomalous" and cls_state == "good") or (cls_state == "defect" and an_state == "normal")
+        contradicted = (an_state == "anomalous" and cls_state == "good") or (
+            cls_state == "defect" and an_state == "normal"
+        )
         if contradicted:
             reasons.append("models disagree")
             if policy.on_disagreement == "review":

@@ -36,8 +36,13 @@ class Scored:
     stats: list[ImageStats] = field(default_factory=list)
 
 
-def infer_frames(package: ModelPackage, images: Sequence[np.ndarray], runtime: RuntimeSection,
-                 cache_dir: str | Path | None = None, max_batch: int = 8) -> list[ModelOutput | FrameError]:
+def infer_frames(
+    package: ModelPackage,
+    images: Sequence[np.ndarray],
+    runtime: RuntimeSection,
+    cache_dir: str | Path | None = None,
+    max_batch: int = 8,
+) -> list[ModelOutput | FrameError]:
     """The one way to run a package on a list of frames off the line: ``images`` (uint8 RGB) through the
     package's :class:`InspectionModel`, ``max_batch`` frames at a time, the model closed afterwards.
     One output per frame, in order; a frame the model could not score gets a :class:`FrameError`."""
@@ -45,7 +50,7 @@ def infer_frames(package: ModelPackage, images: Sequence[np.ndarray], runtime: R
     outs: list[ModelOutput | FrameError] = []
     try:
         for i in range(0, len(images), model.max_batch):
-            outs += model.infer(list(images[i:i + model.max_batch]))
+            outs += model.infer(list(images[i : i + model.max_batch]))
     finally:
         model.close()
     return outs
@@ -54,8 +59,13 @@ def infer_frames(package: ModelPackage, images: Sequence[np.ndarray], runtime: R
 def score_frames(package: str | Path | ModelPackage, images: Sequence[np.ndarray], cfg: StationConfig) -> Scored:
     """Run ``images`` (uint8 RGB) through the package with the station's runtime and decision policy."""
     pkg = package if isinstance(package, ModelPackage) else load_package(package)
-    outs = infer_frames(pkg, images, cfg.runtime, cfg.runtime.engine_cache_dir or cfg.data_dir / "engines",
-                        max_batch=cfg.worker.max_batch)
+    outs = infer_frames(
+        pkg,
+        images,
+        cfg.runtime,
+        cfg.runtime.engine_cache_dir or cfg.data_dir / "engines",
+        max_batch=cfg.worker.max_batch,
+    )
     out = Scored()
     for res in outs:
         if isinstance(res, FrameError):
@@ -64,7 +74,9 @@ def score_frames(package: str | Path | ModelPackage, images: Sequence[np.ndarray
             out.anomaly_scores.append(None)
             out.anomaly_raw.append(None)
             continue
-        out.decisions.append(decide(res.class_probs, res.anomaly_score, cfg.policy, res.classifier_decides).decision.value)
+        out.decisions.append(
+            decide(res.class_probs, res.anomaly_score, cfg.policy, res.classifier_decides).decision.value
+        )
         out.class_probs.append(res.class_probs)
         out.anomaly_scores.append(res.anomaly_score)
         out.anomaly_raw.append(res.anomaly_raw)
@@ -84,7 +96,14 @@ def line_metrics(decisions: Sequence[str], labels: Sequence[str], good: str = GO
     frr = float(rejected[is_good].mean()) if is_good.any() else None
     recall_all = float(rejected[~is_good].mean()) if (~is_good).any() else None
     parts = [x for x in ((1 - frr) if frr is not None else None, recall_all) if x is not None]
-    return LineMetrics(n=len(labels), n_good=int(is_good.sum()), n_defect=int((~is_good).sum()),
-                       false_reject_rate=frr, recall=recall, n_per_class={c: int((lab == c).sum()) for c in classes},
-                       recall_all=recall_all, balanced_accuracy=float(np.mean(parts)) if parts else None,
-                       errors=sum(d == "ERROR" for d in decisions))
+    return LineMetrics(
+        n=len(labels),
+        n_good=int(is_good.sum()),
+        n_defect=int((~is_good).sum()),
+        false_reject_rate=frr,
+        recall=recall,
+        n_per_class={c: int((lab == c).sum()) for c in classes},
+        recall_all=recall_all,
+        balanced_accuracy=float(np.mean(parts)) if parts else None,
+        errors=sum(d == "ERROR" for d in decisions),
+    )

@@ -57,25 +57,54 @@ def _regression_rows(name: str, cand: LineMetrics, inc: LineMetrics, tol: float)
         if cls not in inc.recall:
             continue
         limit = inc.recall[cls] - _slack(tol, cand.n_per_class.get(cls, 0))
-        rows.append(GateRow(gate="no_regression", metric=f"recall:{cls}", frame_set=name, candidate=r,
-                            incumbent=inc.recall[cls], limit=round(limit, 6), passed=r >= limit - 1e-9))
+        rows.append(
+            GateRow(
+                gate="no_regression",
+                metric=f"recall:{cls}",
+                frame_set=name,
+                candidate=r,
+                incumbent=inc.recall[cls],
+                limit=round(limit, 6),
+                passed=r >= limit - 1e-9,
+            )
+        )
     if cand.false_reject_rate is not None and inc.false_reject_rate is not None:
         limit = inc.false_reject_rate + _slack(tol, cand.n_good)
-        rows.append(GateRow(gate="no_regression", metric="false_reject_rate", frame_set=name,
-                            candidate=cand.false_reject_rate, incumbent=inc.false_reject_rate,
-                            limit=round(limit, 6), passed=cand.false_reject_rate <= limit + 1e-9))
+        rows.append(
+            GateRow(
+                gate="no_regression",
+                metric="false_reject_rate",
+                frame_set=name,
+                candidate=cand.false_reject_rate,
+                incumbent=inc.false_reject_rate,
+                limit=round(limit, 6),
+                passed=cand.false_reject_rate <= limit + 1e-9,
+            )
+        )
     if cand.balanced_accuracy is not None and inc.balanced_accuracy is not None:
         one_frame = 1.0 / (2 * min(cand.n_good, cand.n_defect)) if min(cand.n_good, cand.n_defect) else 0.0
         limit = inc.balanced_accuracy - tol - one_frame
-        rows.append(GateRow(gate="no_regression", metric="balanced_accuracy", frame_set=name,
-                            candidate=cand.balanced_accuracy, incumbent=inc.balanced_accuracy,
-                            limit=round(limit, 6), passed=cand.balanced_accuracy >= limit - 1e-9))
+        rows.append(
+            GateRow(
+                gate="no_regression",
+                metric="balanced_accuracy",
+                frame_set=name,
+                candidate=cand.balanced_accuracy,
+                incumbent=inc.balanced_accuracy,
+                limit=round(limit, 6),
+                passed=cand.balanced_accuracy >= limit - 1e-9,
+            )
+        )
     return rows
 
 
-def evaluate_gates(candidate: Mapping[str, LineMetrics | None], incumbent: Mapping[str, LineMetrics | None],
-                   jobs: JobsSection, incumbent_version: str | None = None,
-                   primary: str = HELDOUT) -> GateReport:
+def evaluate_gates(
+    candidate: Mapping[str, LineMetrics | None],
+    incumbent: Mapping[str, LineMetrics | None],
+    jobs: JobsSection,
+    incumbent_version: str | None = None,
+    primary: str = HELDOUT,
+) -> GateReport:
     """The gate report of a candidate. ``candidate`` / ``incumbent``: line metrics per frame set, scored on
     the same frames; ``primary`` is the set the absolute limits apply to (the fixed held-out set; the
     confirmed frames of a camera-changed refit)."""
@@ -83,37 +112,93 @@ def evaluate_gates(candidate: Mapping[str, LineMetrics | None], incumbent: Mappi
     main = candidate.get(primary)
     inc_main = incumbent.get(primary)
     if main is None:
-        rows.append(GateRow(gate="enough_frames", metric="n", frame_set=primary, candidate=0.0,
-                            limit=float(jobs.min_gate_frames), passed=False))
+        rows.append(
+            GateRow(
+                gate="enough_frames",
+                metric="n",
+                frame_set=primary,
+                candidate=0.0,
+                limit=float(jobs.min_gate_frames),
+                passed=False,
+            )
+        )
     else:
         n_min = float(jobs.min_gate_frames)
-        rows.append(GateRow(gate="enough_frames", metric="n_good", frame_set=primary, candidate=float(main.n_good),
-                            limit=n_min, passed=main.n_good >= n_min))
+        rows.append(
+            GateRow(
+                gate="enough_frames",
+                metric="n_good",
+                frame_set=primary,
+                candidate=float(main.n_good),
+                limit=n_min,
+                passed=main.n_good >= n_min,
+            )
+        )
         if main.n_defect or primary == HELDOUT:
-            rows.append(GateRow(gate="enough_frames", metric="n_defect", frame_set=primary,
-                                candidate=float(main.n_defect), limit=n_min, passed=main.n_defect >= n_min))
+            rows.append(
+                GateRow(
+                    gate="enough_frames",
+                    metric="n_defect",
+                    frame_set=primary,
+                    candidate=float(main.n_defect),
+                    limit=n_min,
+                    passed=main.n_defect >= n_min,
+                )
+            )
         frr = main.false_reject_rate
         ceiling = ceiling_rate(jobs.false_reject_ceiling, main.n_good)
-        rows.append(GateRow(gate="false_reject_ceiling", metric="false_reject_rate", frame_set=primary, candidate=frr,
-                            incumbent=inc_main.false_reject_rate if inc_main else None,
-                            limit=round(ceiling, 6), passed=frr is not None and frr <= ceiling + 1e-9))
+        rows.append(
+            GateRow(
+                gate="false_reject_ceiling",
+                metric="false_reject_rate",
+                frame_set=primary,
+                candidate=frr,
+                incumbent=inc_main.false_reject_rate if inc_main else None,
+                limit=round(ceiling, 6),
+                passed=frr is not None and frr <= ceiling + 1e-9,
+            )
+        )
         for cls, r in sorted(main.recall.items()):
             floor = floor_rate(jobs.recall_floors.get(cls, jobs.recall_floor), main.n_per_class.get(cls, 0))
-            rows.append(GateRow(gate="recall_floor", metric=f"recall:{cls}", frame_set=primary, candidate=r,
-                                incumbent=inc_main.recall.get(cls) if inc_main else None, limit=round(floor, 6),
-                                passed=r >= floor - 1e-9))
+            rows.append(
+                GateRow(
+                    gate="recall_floor",
+                    metric=f"recall:{cls}",
+                    frame_set=primary,
+                    candidate=r,
+                    incumbent=inc_main.recall.get(cls) if inc_main else None,
+                    limit=round(floor, 6),
+                    passed=r >= floor - 1e-9,
+                )
+            )
     for name, cand in sorted(candidate.items()):
         if cand is None:
             continue
-        rows.append(GateRow(gate="errors", metric="error_verdicts", frame_set=name, candidate=float(cand.errors),
-                            limit=0.0, passed=cand.errors == 0))
+        rows.append(
+            GateRow(
+                gate="errors",
+                metric="error_verdicts",
+                frame_set=name,
+                candidate=float(cand.errors),
+                limit=0.0,
+                passed=cand.errors == 0,
+            )
+        )
         inc = incumbent.get(name)
         if inc is not None:
             rows += _regression_rows(name, cand, inc, jobs.regression_tolerance)
     settings: dict[str, float | dict[str, float]] = {
-        "recall_floor": jobs.recall_floor, "recall_floors": dict(jobs.recall_floors),
-        "false_reject_ceiling": jobs.false_reject_ceiling, "regression_tolerance": jobs.regression_tolerance,
-        "min_gate_frames": float(jobs.min_gate_frames)}
-    return GateReport(passed=bool(rows) and all(r.passed for r in rows), rows=rows, incumbent_version=incumbent_version,
-                      frame_sets={k: v.n for k, v in candidate.items() if v is not None}, settings=settings,
-                      evaluated_at=time.time())
+        "recall_floor": jobs.recall_floor,
+        "recall_floors": dict(jobs.recall_floors),
+        "false_reject_ceiling": jobs.false_reject_ceiling,
+        "regression_tolerance": jobs.regression_tolerance,
+        "min_gate_frames": float(jobs.min_gate_frames),
+    }
+    return GateReport(
+        passed=bool(rows) and all(r.passed for r in rows),
+        rows=rows,
+        incumbent_version=incumbent_version,
+        frame_sets={k: v.n for k, v in candidate.items() if v is not None},
+        settings=settings,
+        evaluated_at=time.time(),
+    )

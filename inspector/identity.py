@@ -117,8 +117,9 @@ def _token(environ: Mapping[str, str]) -> str | None:
     try:
         return read_secret(Path(path))
     except (AuditKeyError, OSError) as err:
-        raise IdentityRefused(f"token file {path}: {getattr(err, 'message', err)}",
-                              f"keep it owner-only: chmod 600 {path}") from None
+        raise IdentityRefused(
+            f"token file {path}: {getattr(err, 'message', err)}", f"keep it owner-only: chmod 600 {path}"
+        ) from None
 
 
 def current_identity(cfg: StationConfig, environ: Mapping[str, str] | None = None) -> Identity:
@@ -129,16 +130,25 @@ def current_identity(cfg: StationConfig, environ: Mapping[str, str] | None = Non
         name, _, secret = token.partition(":")
         entry = cfg.identity.tokens.get(name)
         if entry is None or not secret or not check_secret(secret, entry.hash):
-            raise IdentityRefused(f"the personal token {name!r} is not valid for station {cfg.station.id}",
-                                  "ask the station's maintenance for a token (inspector identity new-token), or "
-                                  f"unset {TOKEN_ENV} / {TOKEN_FILE_ENV} to act as your operating-system user")
+            raise IdentityRefused(
+                f"the personal token {name!r} is not valid for station {cfg.station.id}",
+                "ask the station's maintenance for a token (inspector identity new-token), or "
+                f"unset {TOKEN_ENV} / {TOKEN_FILE_ENV} to act as your operating-system user",
+            )
         return Identity(f"token:{name}", frozenset(entry.roles), "token")
     name = os_user()
     return Identity(name, _roles_of(cfg.identity, name, cfg.station.data_dir), "os user")
 
 
-def authorize(cfg: StationConfig, store: Store | None, action: Action, claimed_role: str | None = None,
-              actor: str | None = None, target: str = "", environ: Mapping[str, str] | None = None) -> tuple[Identity, Role]:
+def authorize(
+    cfg: StationConfig,
+    store: Store | None,
+    action: Action,
+    claimed_role: str | None = None,
+    actor: str | None = None,
+    target: str = "",
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Identity, Role]:
     """The identity running this and the role it acts in for ``action``; raises :class:`IdentityRefused`
     (audited as ``auth.refused`` with the identity) when it may not."""
     ident: Identity | None = None
@@ -147,28 +157,45 @@ def authorize(cfg: StationConfig, store: Store | None, action: Action, claimed_r
         return ident, _role_for(ident, action, claimed_role, actor)
     except IdentityRefused as err:
         if store is not None:
-            store.audit.record(ident.name if ident else os_user(), "auth.refused", target or action.value, None, None,
-                               {"action": action.value, "claimed_role": claimed_role, "claimed_actor": actor,
-                                "holds": sorted(r.value for r in ident.roles) if ident else [],
-                                "source": ident.source if ident else "token", "why": err.message})
+            store.audit.record(
+                ident.name if ident else os_user(),
+                "auth.refused",
+                target or action.value,
+                None,
+                None,
+                {
+                    "action": action.value,
+                    "claimed_role": claimed_role,
+                    "claimed_actor": actor,
+                    "holds": sorted(r.value for r in ident.roles) if ident else [],
+                    "source": ident.source if ident else "token",
+                    "why": err.message,
+                },
+            )
         raise
 
 
 def _role_for(ident: Identity, action: Action, claimed_role: str | None, actor: str | None) -> Role:
     if actor is not None and actor != ident.name:
-        raise IdentityRefused(f"{ident.name} may not act as {actor!r}: the audit trail records who runs the command",
-                              "drop --actor/--user; every action is signed with the operating-system user or token")
+        raise IdentityRefused(
+            f"{ident.name} may not act as {actor!r}: the audit trail records who runs the command",
+            "drop --actor/--user; every action is signed with the operating-system user or token",
+        )
     if not ident.roles:
-        raise IdentityRefused(f"{ident.source} {ident.name!r} may not {action.value}: it holds no role at this station",
-                              "ask maintenance to map your user in identity.users of the station config")
+        raise IdentityRefused(
+            f"{ident.source} {ident.name!r} may not {action.value}: it holds no role at this station",
+            "ask maintenance to map your user in identity.users of the station config",
+        )
     if claimed_role:
         try:
             role = Role(claimed_role)
         except ValueError:
             raise IdentityRefused(f"unknown role {claimed_role!r}", "use operator, quality or maintenance") from None
         if role not in ident.roles:
-            raise IdentityRefused(f"{ident.name} may not act as {role.value} (holds: {ident.holds()})",
-                                  "claim a role you hold, or ask maintenance to map it in identity.users")
+            raise IdentityRefused(
+                f"{ident.name} may not act as {role.value} (holds: {ident.holds()})",
+                "claim a role you hold, or ask maintenance to map it in identity.users",
+            )
         if not may(role, action):
             allowed = ", ".join(r.value for r in ROLE_ORDER if may(r, action))
             raise IdentityRefused(f"role {role.value!r} may not {action.value}", f"this needs one of: {allowed}")
@@ -177,8 +204,9 @@ def _role_for(ident: Identity, action: Action, claimed_role: str | None, actor: 
         if role in ident.roles and may(role, action):
             return role
     allowed = ", ".join(r.value for r in ROLE_ORDER if may(r, action))
-    raise IdentityRefused(f"{ident.name} may not {action.value} (holds: {ident.holds()})",
-                          f"this needs one of: {allowed}")
+    raise IdentityRefused(
+        f"{ident.name} may not {action.value} (holds: {ident.holds()})", f"this needs one of: {allowed}"
+    )
 
 
 # ------------------------------------------------------------------------------------------ lock-out
@@ -203,10 +231,17 @@ class PinLockout:
         from inspector.store.models import AuditRow
 
         with self.store.session() as s:
-            ok = s.scalar(select(func.max(AuditRow.ts)).where(AuditRow.action == "auth.login", AuditRow.target == target))
+            ok = s.scalar(
+                select(func.max(AuditRow.ts)).where(AuditRow.action == "auth.login", AuditRow.target == target)
+            )
             since = max(since, ok or 0.0)
-            return list(s.scalars(select(AuditRow.ts).where(AuditRow.action == "auth.pin_failed", AuditRow.target == target,
-                                                          AuditRow.ts > since).order_by(AuditRow.ts)))
+            return list(
+                s.scalars(
+                    select(AuditRow.ts)
+                    .where(AuditRow.action == "auth.pin_failed", AuditRow.target == target, AuditRow.ts > since)
+                    .order_by(AuditRow.ts)
+                )
+            )
 
     def check(self, target: str) -> None:
         """Raise :class:`LockedOut` while ``target`` is locked."""
@@ -214,8 +249,10 @@ class PinLockout:
         failures = self._failures(target, now)
         if len(failures) >= self.section.lockout_failures:
             wait = failures[-1] + self.section.lockout_s - now
-            raise LockedOut(f"{target}: locked after {len(failures)} wrong PINs; try again in {max(wait, 1):.0f} s",
-                            "or ask maintenance; every attempt is in the audit trail")
+            raise LockedOut(
+                f"{target}: locked after {len(failures)} wrong PINs; try again in {max(wait, 1):.0f} s",
+                "or ask maintenance; every attempt is in the audit trail",
+            )
 
     def failed(self, target: str, name: str) -> None:
         now = time.time()
@@ -224,8 +261,12 @@ class PinLockout:
         if self.store is not None:
             self.store.audit.record(name, "auth.pin_failed", target, details={"name": name})
         if len(self._failures(target, now)) >= self.section.lockout_failures and self.store is not None:
-            self.store.audit.record(name, "auth.locked_out", target,
-                                    details={"failures": self.section.lockout_failures, "for_s": self.section.lockout_s})
+            self.store.audit.record(
+                name,
+                "auth.locked_out",
+                target,
+                details={"failures": self.section.lockout_failures, "for_s": self.section.lockout_s},
+            )
 
     def succeeded(self, target: str, name: str) -> None:
         with self._lock:
@@ -234,8 +275,17 @@ class PinLockout:
             self.store.audit.record(name, "auth.login", target)
 
 
-__all__ = ["Identity", "IdentityRefused", "LockedOut", "PinLockout", "authorize", "check_secret", "current_identity",
-           "hash_secret", "os_user"]
+__all__ = [
+    "Identity",
+    "IdentityRefused",
+    "LockedOut",
+    "PinLockout",
+    "authorize",
+    "check_secret",
+    "current_identity",
+    "hash_secret",
+    "os_user",
+]
 
 
 # ------------------------------------------------------------------------------------------ CLI

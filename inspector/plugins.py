@@ -60,12 +60,17 @@ def provider(name: str, extra_hint: str | None = None) -> Any:
 
 def _add_missing(app: typer.Typer, name: str, why: str) -> None:
     """``name`` as a command that takes any arguments and only prints one line naming the fix (exit 2)."""
+
     def missing(ctx: typer.Context) -> None:
         print(f"error: the '{name}' command is not available ({why}); hint: {INSTALL_HINT}", file=sys.stderr)
         raise typer.Exit(2)
 
-    app.command(name, help=UPPER_COMMANDS.get(name, ""), add_help_option=False,
-                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(missing)
+    app.command(
+        name,
+        help=UPPER_COMMANDS.get(name, ""),
+        add_help_option=False,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(missing)
 
 
 def add_commands(app: typer.Typer) -> None:

@@ -13,8 +13,11 @@ from inspector.contracts.config import load_config
 from inspector.contracts.errors import InspectorError
 from inspector.contracts.lifecycle import Action
 
-product_app = typer.Typer(help="Products and changeover: each product's frames are judged by its own model.",
-                          no_args_is_help=True, pretty_exceptions_enable=False)
+product_app = typer.Typer(
+    help="Products and changeover: each product's frames are judged by its own model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 
 
@@ -34,7 +37,9 @@ def show(config: Path | None = ConfigOpt) -> None:
     for col in ("product", "package", "policy", "on the line"):
         table.add_column(col)
     for name, product in cfg.products.items():
-        table.add_row(name, str(product.package), "own" if product.policy else "station's", "yes" if name == now else "")
+        table.add_row(
+            name, str(product.package), "own" if product.policy else "station's", "yes" if name == now else ""
+        )
     console.print(table if cfg.products else "this station makes one product (no `products:` in its file)")
 
 

@@ -43,29 +43,51 @@ def current_product(client: redis.Redis, cfg: StationConfig) -> str | None:
 
 def check_product(cfg: StationConfig, product: str) -> None:
     if not cfg.products:
-        raise ProductError(f"cannot switch to product {product!r}: this station has no products configured",
-                           "list the products and their packages under `products:` in the station file")
+        raise ProductError(
+            f"cannot switch to product {product!r}: this station has no products configured",
+            "list the products and their packages under `products:` in the station file",
+        )
     if product not in cfg.products:
-        raise ProductError(f"product {product!r} is not configured: the station makes {', '.join(cfg.products)}",
-                           "add it under `products:` with its package, or switch to a configured one")
+        raise ProductError(
+            f"product {product!r} is not configured: the station makes {', '.join(cfg.products)}",
+            "add it under `products:` with its package, or switch to a configured one",
+        )
 
 
-def switch_product(cfg: StationConfig, client: redis.Redis, store, product: str, actor: str,  # type: ignore[no-untyped-def]
-                   role: str, source: str = "cli") -> str | None:
+def switch_product(
+    cfg: StationConfig,
+    client: redis.Redis,
+    store,
+    product: str,
+    actor: str,  # type: ignore[no-untyped-def]
+    role: str,
+    source: str = "cli",
+) -> str | None:
     """Change the line over to ``product``; returns the previous one. Refused (and nothing changes) for a product
     the station does not know. Audited as ``product.switch`` and announced on the events stream."""
     check_product(cfg, product)
     names = Names(cfg.redis.prefix, cfg.station.id)
     previous = current_product(client, cfg)
     client.set(names.product, product)
-    store.audit.record(actor, "product.switch", product, {"product": previous}, {"product": product},
-                       {"role": role, "source": source, "at": time.time()})
+    store.audit.record(
+        actor,
+        "product.switch",
+        product,
+        {"product": previous},
+        {"product": product},
+        {"role": role, "source": source, "at": time.time()},
+    )
     try:
         from inspector.bus.streams import StationBus
 
-        StationBus(client, cfg).publish_event(Event(station=cfg.station.id, type=EventType.MAINTENANCE,
-                                                    message=f"changeover: {previous} -> {product} ({actor})",
-                                                    data={"product": product, "previous": previous}))
+        StationBus(client, cfg).publish_event(
+            Event(
+                station=cfg.station.id,
+                type=EventType.MAINTENANCE,
+                message=f"changeover: {previous} -> {product} ({actor})",
+                data={"product": product, "previous": previous},
+            )
+        )
     except redis.RedisError:  # the switch holds; only its announcement is missing
         pass
     return previous

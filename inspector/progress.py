@@ -49,9 +49,16 @@ class Progress:
             age = time.monotonic() - self._last
             stalled = age > self.stall_s
             reason = self._error or (f"a call has not returned for {age:.0f} s" if stalled else None)
-            return ConsumerBeat(role=self.role, consumer=self.consumer, health=Health.STALLED if stalled else Health.OK,
-                                reason=reason, stalled_s=round(age, 1) if stalled else 0.0, done=self.done,
-                                errors=self.errors, ts=time.time())
+            return ConsumerBeat(
+                role=self.role,
+                consumer=self.consumer,
+                health=Health.STALLED if stalled else Health.OK,
+                reason=reason,
+                stalled_s=round(age, 1) if stalled else 0.0,
+                done=self.done,
+                errors=self.errors,
+                ts=time.time(),
+            )
 
 
 class ConsumerHeartbeat:

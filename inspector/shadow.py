@@ -121,15 +121,20 @@ class ShadowRunner:
         try:
             row = registered_version(self.store, version)
             if row.package_sha256 != sha:
-                raise ShadowRefused(f"the shadow pointer's hash {sha[:12]} is not the registered {row.package_sha256[:12]}"
-                                    f" of {version}", "start it again with `inspector shadow start VERSION`")
+                raise ShadowRefused(
+                    f"the shadow pointer's hash {sha[:12]} is not the registered {row.package_sha256[:12]}"
+                    f" of {version}",
+                    "start it again with `inspector shadow start VERSION`",
+                )
             from inspector.worker import load_model
 
             model = load_model(shadow_config(self.cfg), row.package_path)
             if model.package.package_sha256 != row.package_sha256:
                 model.close()
-                raise ShadowRefused(f"the package at {row.package_path} is not the one registered as {version}",
-                                    "restore the registered package")
+                raise ShadowRefused(
+                    f"the package at {row.package_path} is not the one registered as {version}",
+                    "restore the registered package",
+                )
         except (InspectorError, ModelPackageError) as err:
             log.error("shadow %s: %s refused: %s", self.name, version, err.message)
             self._refused.add(pointer)
@@ -228,7 +233,9 @@ class ShadowRunner:
         self._next_read = time.monotonic() + self.cfg.shadow.poll_ms / 1000
         n = 0
         while not self.stop_event.is_set():
-            entries = self.bus.read_new(self.names.frames, self.group, self.name, self.cfg.shadow.max_batch, block_ms=None)
+            entries = self.bus.read_new(
+                self.names.frames, self.group, self.name, self.cfg.shadow.max_batch, block_ms=None
+            )
             if not entries:
                 break
             n += self._judge(entries)
@@ -329,14 +336,31 @@ class ShadowRunner:
         self._rows, self._acks = [], []
         self._next_flush = time.monotonic() + self.cfg.shadow.flush_s
 
-    def _row(self, meta: FrameMeta, decision: Decision, defect_class: str | None, score: float | None,
-             infer_ms: float | None, error: str | None) -> dict[str, object]:
+    def _row(
+        self,
+        meta: FrameMeta,
+        decision: Decision,
+        defect_class: str | None,
+        score: float | None,
+        infer_ms: float | None,
+        error: str | None,
+    ) -> dict[str, object]:
         assert self.pointer is not None
-        return {"version": self.pointer[0], "frame_id": meta.id, "part_id": meta.part_id, "camera": meta.camera,
-                "captured_at": meta.captured_at, "decided_at": time.time(), "decision": decision.value,
-                "reject": line_rejects(decision, self.cfg.policy), "defect_class": defect_class,
-                "anomaly_score": score, "infer_ms": None if infer_ms is None else round(infer_ms, 3),
-                "latency_ms": round((time.time() - meta.captured_at) * 1000, 3), "error": error}
+        return {
+            "version": self.pointer[0],
+            "frame_id": meta.id,
+            "part_id": meta.part_id,
+            "camera": meta.camera,
+            "captured_at": meta.captured_at,
+            "decided_at": time.time(),
+            "decision": decision.value,
+            "reject": line_rejects(decision, self.cfg.policy),
+            "defect_class": defect_class,
+            "anomaly_score": score,
+            "infer_ms": None if infer_ms is None else round(infer_ms, 3),
+            "latency_ms": round((time.time() - meta.captured_at) * 1000, 3),
+            "error": error,
+        }
 
     # -- images of the frames that differ --------------------------------------------------------------
     def _remember(self, meta: FrameMeta, image: bytes) -> None:

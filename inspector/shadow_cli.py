@@ -20,8 +20,11 @@ from inspector.contracts.lifecycle import Action, ModelStatus
 if TYPE_CHECKING:
     from inspector.store.shadow import ShadowReport
 
-shadow_app = typer.Typer(help="Shadow mode: a candidate judges live frames beside the active model, never on the line.",
-                         no_args_is_help=True, pretty_exceptions_enable=False)
+shadow_app = typer.Typer(
+    help="Shadow mode: a candidate judges live frames beside the active model, never on the line.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 
 
@@ -32,9 +35,13 @@ def _store(cfg: StationConfig):  # type: ignore[no-untyped-def]
 
 
 @shadow_app.command("run")
-def run(config: Path | None = ConfigOpt, name: str = typer.Option("shadow", help="Consumer name."),
-        standalone: bool = typer.Option(False, "--standalone", help="Own the station's embedded Redis when no "
-                                                                     "supervisor runs it.")) -> None:
+def run(
+    config: Path | None = ConfigOpt,
+    name: str = typer.Option("shadow", help="Consumer name."),
+    standalone: bool = typer.Option(
+        False, "--standalone", help="Own the station's embedded Redis when no supervisor runs it."
+    ),
+) -> None:
     """Judge live frames with the candidate set by `inspector shadow start` until SIGTERM (a station process)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from inspector.bus.connection import open_station_client
@@ -59,16 +66,24 @@ def start_shadow(cfg: StationConfig, client, store, version: str, actor: str, ro
         raise ShadowRefused(f"{version} is the active model", "shadow a candidate: `inspector jobs status` lists them")
     package = load_package(row.package_path)
     if package.package_sha256 != row.package_sha256:
-        raise ShadowRefused(f"the package of {version} at {row.package_path} changed since it was registered",
-                            "restore the registered package, or register the new one as a new version")
+        raise ShadowRefused(
+            f"the package of {version} at {row.package_path} changed since it was registered",
+            "restore the registered package, or register the new one as a new version",
+        )
     bus = StationBus(client, cfg)
     old = client.hget(bus.names.shadow_model, "version")
     pipe = client.pipeline(transaction=True)
     pipe.delete(bus.names.shadow_model)
     pipe.hset(bus.names.shadow_model, mapping={"version": version, "sha256": row.package_sha256, "at": time.time()})
     pipe.execute()
-    store.audit.record(actor, "model.shadow_start", version, {"shadow": old.decode() if old else None},
-                       {"shadow": version, "package_sha256": row.package_sha256}, {"role": role})
+    store.audit.record(
+        actor,
+        "model.shadow_start",
+        version,
+        {"shadow": old.decode() if old else None},
+        {"shadow": version, "package_sha256": row.package_sha256},
+        {"role": role},
+    )
 
 
 @shadow_app.command("start")
@@ -82,8 +97,10 @@ def start(version: str, config: Path | None = ConfigOpt, role: str | None = Role
         store = _store(cfg)
         ident, acting = authorize(cfg, store, Action.SHADOW, role, None, version)
         start_shadow(cfg, join_station(cfg), store, version, ident.name, acting.value)
-        console.print(f"{version} now judges live frames in shadow (never on the line); "
-                      f"`inspector jobs shadow-report {version}` compares it with the active model")
+        console.print(
+            f"{version} now judges live frames in shadow (never on the line); "
+            f"`inspector jobs shadow-report {version}` compares it with the active model"
+        )
     except InspectorError as err:
         fail(err)
 
@@ -103,8 +120,14 @@ def stop(config: Path | None = ConfigOpt, role: str | None = RoleOpt) -> None:
         old = client.hget(names.shadow_model, "version")
         ident, acting = authorize(cfg, store, Action.SHADOW, role, None, old.decode() if old else "")
         client.delete(names.shadow_model)
-        store.audit.record(ident.name, "model.shadow_stop", old.decode() if old else "", {"shadow": old.decode() if old else None},
-                           {"shadow": None}, {"role": acting.value})
+        store.audit.record(
+            ident.name,
+            "model.shadow_stop",
+            old.decode() if old else "",
+            {"shadow": old.decode() if old else None},
+            {"shadow": None},
+            {"role": acting.value},
+        )
         console.print(f"shadow mode stopped (was {old.decode() if old else 'off'})")
     except InspectorError as err:
         fail(err)
@@ -112,6 +135,7 @@ def stop(config: Path | None = ConfigOpt, role: str | None = RoleOpt) -> None:
 
 def render_shadow_report(report: ShadowReport) -> Group:
     """The report as the tables a maintenance engineer reads."""
+
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.2f} %"
 
@@ -122,13 +146,17 @@ def render_shadow_report(report: ShadowReport) -> Group:
     head.add_row("same line outcome (reject or not)", pct(report.line_agreement))
     head.add_row("frames that differ", str(report.differing))
     head.add_row("candidate ERROR verdicts", str(report.shadow_errors))
-    head.add_row("active versions compared with", ", ".join(f"{v} ({n})" for v, n in report.active_versions.items()) or "-")
+    head.add_row(
+        "active versions compared with", ", ".join(f"{v} ({n})" for v, n in report.active_versions.items()) or "-"
+    )
     lat = Table(title="latency (ms)")
     for col in ("", "p50", "p99", "frames"):
         lat.add_column(col)
-    for label, d in (("candidate model time / frame", report.candidate_infer_ms),
-                     ("candidate: capture -> decision", report.candidate_latency_ms),
-                     ("active: capture -> decision", report.active_latency_ms)):
+    for label, d in (
+        ("candidate model time / frame", report.candidate_infer_ms),
+        ("candidate: capture -> decision", report.candidate_latency_ms),
+        ("active: capture -> decision", report.active_latency_ms),
+    ):
         lat.add_row(label, str(d.get("p50", "-")), str(d.get("p99", "-")), str(int(d.get("n", 0))))
     decisions = sorted({d for row in report.confusion.values() for d in row} | set(report.confusion))
     conf = Table(title="active (rows) x candidate (columns)")
@@ -141,9 +169,12 @@ def render_shadow_report(report: ShadowReport) -> Group:
     for col in ("part", "active", "candidate", "image"):
         diff.add_column(col)
     for d in report.differences[:20]:
-        diff.add_row(d.part_id, f"{d.active_decision} {d.active_class or ''}".strip(),
-                     f"{d.shadow_decision} {d.shadow_class or ''}".strip(),
-                     f"{d.image_sha256[:12]}.{d.image_ext}" if d.image_sha256 else "-")
+        diff.add_row(
+            d.part_id,
+            f"{d.active_decision} {d.active_class or ''}".strip(),
+            f"{d.shadow_decision} {d.shadow_class or ''}".strip(),
+            f"{d.image_sha256[:12]}.{d.image_ext}" if d.image_sha256 else "-",
+        )
     return Group(head, lat, conf, diff)
 
 

@@ -40,8 +40,14 @@ def build_sinks(cfg: StationConfig, client: redis.Redis, consumer: str | None = 
     """Review routing: sampling on the verdict path, archive and database work on the router's thread."""
     if not cfg.review.enabled:
         return []
-    router = ReviewRouter(cfg, client, _names(cfg), Archive.for_data_dir(cfg.data_dir), open_store(cfg, lazy=True),
-                          consumer=consumer or f"{socket.gethostname()}-{os.getpid()}")
+    router = ReviewRouter(
+        cfg,
+        client,
+        _names(cfg),
+        Archive.for_data_dir(cfg.data_dir),
+        open_store(cfg, lazy=True),
+        consumer=consumer or f"{socket.gethostname()}-{os.getpid()}",
+    )
     router.start()  # its run() writes its own heartbeat (StreamConsumer)
 
     def review_sink(verdict, image, encoding):  # type: ignore[no-untyped-def]
@@ -70,6 +76,7 @@ def start_recorder(cfg: StationConfig, client: redis.Redis, name: str) -> Callab
         thread.join(cfg.store.stop_timeout_s)
         drained = [0]
         if not thread.is_alive() and recorder.progress.error is None:
+
             def drain() -> None:
                 try:
                     drained[0] = recorder.drain()
@@ -80,8 +87,11 @@ def start_recorder(cfg: StationConfig, client: redis.Redis, name: str) -> Callab
             last.start()
             last.join(max(0.1, deadline - time.monotonic()))
         if thread.is_alive() or recorder.progress.error is not None:
-            log.warning("verdict recorder %s stopped with verdicts not recorded (%s); they stay pending for the next "
-                        "recorder", name, recorder.progress.error or "a database call did not return in time")
+            log.warning(
+                "verdict recorder %s stopped with verdicts not recorded (%s); they stay pending for the next recorder",
+                name,
+                recorder.progress.error or "a database call did not return in time",
+            )
         return drained[0]
 
     return finish

@@ -45,9 +45,16 @@ def _text(raw: bytes | str) -> str:
 
 def _camera_row(client: redis.Redis, n: Names, camera: str) -> dict[str, object]:
     ttl_ms = int(client.pttl(n.camera_heartbeat(camera)))
-    return {"role": ConsumerRole.CAMERA.value, "name": camera, "host": "", "pid": 0, "heartbeat_age_s": None,
-            "ttl_s": None, "health": (Health.OK if ttl_ms != -2 else Health.DOWN).value,
-            "detail": "" if ttl_ms != -2 else f"camera {camera}: no heartbeat"}
+    return {
+        "role": ConsumerRole.CAMERA.value,
+        "name": camera,
+        "host": "",
+        "pid": 0,
+        "heartbeat_age_s": None,
+        "ttl_s": None,
+        "health": (Health.OK if ttl_ms != -2 else Health.DOWN).value,
+        "detail": "" if ttl_ms != -2 else f"camera {camera}: no heartbeat",
+    }
 
 
 def _rq_rows(client: redis.Redis, queue: str, now: float) -> list[dict[str, object]]:
@@ -62,13 +69,24 @@ def _rq_rows(client: redis.Redis, queue: str, now: float) -> list[dict[str, obje
             except ValueError:
                 age = None
         alive = bool(client.exists(key))
-        rows.append({"role": ConsumerRole.RQ_WORKER.value, "name": key.rsplit(":", 1)[-1], "host": "", "pid": 0,
-                     "heartbeat_age_s": age, "ttl_s": None, "health": (Health.OK if alive else Health.DOWN).value,
-                     "detail": "" if alive else f"RQ worker {key}: its key expired"})
+        rows.append(
+            {
+                "role": ConsumerRole.RQ_WORKER.value,
+                "name": key.rsplit(":", 1)[-1],
+                "host": "",
+                "pid": 0,
+                "heartbeat_age_s": age,
+                "ttl_s": None,
+                "health": (Health.OK if alive else Health.DOWN).value,
+                "detail": "" if alive else f"RQ worker {key}: its key expired",
+            }
+        )
     return rows
 
 
-def process_table(cfg: StationConfig, client: redis.Redis, n: Names, now: float | None = None) -> list[dict[str, object]]:
+def process_table(
+    cfg: StationConfig, client: redis.Redis, n: Names, now: float | None = None
+) -> list[dict[str, object]]:
     """Every known process of the station with its heartbeat age and health; forgets long-dead entries."""
     now = time.time() if now is None else now
     rows = process_rows(client, n, now)
@@ -76,8 +94,15 @@ def process_table(cfg: StationConfig, client: redis.Redis, n: Names, now: float 
         age = row["heartbeat_age_s"]
         if row["health"] == Health.DOWN.value and isinstance(age, float) and age > FORGET_AFTER_S:
             client.hdel(n.process_registry, registry_field(ConsumerRole(str(row["role"])), str(row["name"])))
-    rows = [r for r in rows if not (r["health"] == Health.DOWN.value and isinstance(r["heartbeat_age_s"], float)
-                                    and r["heartbeat_age_s"] > FORGET_AFTER_S)]
+    rows = [
+        r
+        for r in rows
+        if not (
+            r["health"] == Health.DOWN.value
+            and isinstance(r["heartbeat_age_s"], float)
+            and r["heartbeat_age_s"] > FORGET_AFTER_S
+        )
+    ]
     rows.append(_camera_row(client, n, cfg.camera.id))
     return rows + _rq_rows(client, queue_name(cfg), now)
 
@@ -98,8 +123,11 @@ def station_status(cfg: StationConfig) -> dict[str, object]:
             consumers.append(ConsumerBeat.model_validate_json(raw))
     stalled = [stall_line(c) for c in consumers if c.health is Health.STALLED]
     processes = process_table(cfg, client, n)
-    down = [str(p["detail"]) for p in processes if p["health"] == Health.DOWN.value and p["role"] not in
-            (ConsumerRole.CAMERA.value,)]
+    down = [
+        str(p["detail"])
+        for p in processes
+        if p["health"] == Health.DOWN.value and p["role"] not in (ConsumerRole.CAMERA.value,)
+    ]
     groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g for g in bus.group_info(n.frames)}
     g = groups.get(cfg.worker.group, {})
     counters = bus.counters()
@@ -118,7 +146,9 @@ def station_status(cfg: StationConfig) -> dict[str, object]:
         "groups": view["groups"],
         "dead_letters": client.xlen(n.dead_letter) if client.exists(n.dead_letter) else 0,
         "counters": counters,
-        "not_inspected": max(0, counters.get("published", 0) - counters.get("verdicts", 0) - int(g.get("pending", 0) or 0)),
+        "not_inspected": max(
+            0, counters.get("published", 0) - counters.get("verdicts", 0) - int(g.get("pending", 0) or 0)
+        ),
         "processes": processes,
         "down": down,
         "consumers": [c.model_dump(mode="json") for c in consumers],
@@ -132,19 +162,31 @@ def render_status(st: dict[str, Any]) -> Table:
     t = Table(title=f"station {st['station']} — {'HEALTHY' if st['healthy'] else 'NOT HEALTHY (line rejecting)'}")
     t.add_column("item")
     t.add_column("value", justify="right")
-    for key in ("workers_alive", "camera_alive", "frames_in_stream", "pending", "lag", "dead_letters", "not_inspected",
-                "review_inbox"):
+    for key in (
+        "workers_alive",
+        "camera_alive",
+        "frames_in_stream",
+        "pending",
+        "lag",
+        "dead_letters",
+        "not_inspected",
+        "review_inbox",
+    ):
         t.add_row(key, str(st[key]))
     for p in st.get("processes", []):
         age = p["heartbeat_age_s"]
         health = str(p["health"]).upper()
         colour = "green" if p["health"] == Health.OK.value else "red"
-        t.add_row(f"process {p['role']} {p['name']}",
-                  f"[{colour}]{health}[/{colour}]  heartbeat {f'{age:.1f} s ago' if age is not None else '-'}"
-                  + (f"  pid {p['pid']}" if p["pid"] else ""))
+        t.add_row(
+            f"process {p['role']} {p['name']}",
+            f"[{colour}]{health}[/{colour}]  heartbeat {f'{age:.1f} s ago' if age is not None else '-'}"
+            + (f"  pid {p['pid']}" if p["pid"] else ""),
+        )
     for g in st.get("groups", []):
-        t.add_row(f"group {g['stream']}/{g['group']}",
-                  f"lag {Lag(g['lag'], g['lag_capped'])}  pending {g['pending']}  consumers {g['consumers']}")
+        t.add_row(
+            f"group {g['stream']}/{g['group']}",
+            f"lag {Lag(g['lag'], g['lag_capped'])}  pending {g['pending']}  consumers {g['consumers']}",
+        )
     for c in st["consumers"]:
         t.add_row(f"{c['role']} {c['consumer']}", f"{c['health'].upper()}  {c['done']} done, {c['errors']} errors")
     for line in st["stalled"]:
@@ -155,5 +197,8 @@ def render_status(st: dict[str, Any]) -> Table:
         t.add_row(f"counter {k}", str(v))
     for w in st["workers"]:
         lat = w.get("latency_ms", {}).get("end_to_end", {})
-        t.add_row(f"worker {w['worker']}", f"{w['model_version']}  e2e p50 {lat.get('p50', '-')} ms p99 {lat.get('p99', '-')} ms")
+        t.add_row(
+            f"worker {w['worker']}",
+            f"{w['model_version']}  e2e p50 {lat.get('p50', '-')} ms p99 {lat.get('p99', '-')} ms",
+        )
     return t

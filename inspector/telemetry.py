@@ -47,15 +47,24 @@ NOT_STAGES = frozenset({"batch_size"})
 
 # ---------------------------------------------------------------------------------------------- names
 # Observed where things happen (hooks); the rest is read at scrape time by the collectors below.
-VERDICTS = Counter("inspector_verdicts", "Verdicts a worker committed, by decision and defect class.",
-                   ["decision", "defect_class"])
-STAGE_LATENCY = Histogram("inspector_stage_latency_seconds", "Per-stage latency of each verdict (decode, "
-                          "preprocess, infer, infer_batch, postprocess, decide; end_to_end: capture to decision).", ["stage"],
-                          buckets=LATENCY_BUCKETS)
-RECLAIMS = Counter("inspector_reclaims", "Stream entries this process took over from a dead or hung consumer.",
-                   ["stream", "group"])
-MODEL_LOAD_SECONDS = Gauge("inspector_model_load_seconds", "Time to verify, load, warm up and canary-check the "
-                           "model package this worker loaded last.", ["version"])
+VERDICTS = Counter(
+    "inspector_verdicts", "Verdicts a worker committed, by decision and defect class.", ["decision", "defect_class"]
+)
+STAGE_LATENCY = Histogram(
+    "inspector_stage_latency_seconds",
+    "Per-stage latency of each verdict (decode, "
+    "preprocess, infer, infer_batch, postprocess, decide; end_to_end: capture to decision).",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+RECLAIMS = Counter(
+    "inspector_reclaims", "Stream entries this process took over from a dead or hung consumer.", ["stream", "group"]
+)
+MODEL_LOAD_SECONDS = Gauge(
+    "inspector_model_load_seconds",
+    "Time to verify, load, warm up and canary-check the model package this worker loaded last.",
+    ["version"],
+)
 MODEL_LOADS = Counter("inspector_model_loads", "Model packages loaded (start and hot swaps).")
 
 
@@ -99,8 +108,16 @@ def serve(cfg: StationConfig, process: str, station: bool = True) -> int | None:
         start_http_server(port, addr=host)
     except OSError as err:
         key = f"metrics.ports.{process}"
-        log.error("metrics port %s:%d of %s cannot be served (%s): %s goes on without metrics; free the port or "
-                  "set %s (or metrics.port_base)", host, port, process, err.strerror or err, process, key)
+        log.error(
+            "metrics port %s:%d of %s cannot be served (%s): %s goes on without metrics; free the port or "
+            "set %s (or metrics.port_base)",
+            host,
+            port,
+            process,
+            err.strerror or err,
+            process,
+            key,
+        )
         return None
     _served[process] = port
     log.info("%s serves Prometheus metrics on http://%s:%d/metrics", process, host, port)
@@ -170,31 +187,67 @@ def watch_camera(pub: Any) -> None:
     cam = pub.cam.id
 
     def collect() -> Iterable[Any]:
-        yield _counter("inspector_frames_published", "Frames this camera process published to the frames stream.",
-                       ["camera"], [([cam], pub.seq - pub.not_sent)])
-        yield _counter("inspector_frames_not_sent", "Parts the camera saw while Redis was unreachable.",
-                       ["camera"], [([cam], pub.not_sent)])
-        yield _gauge("inspector_camera_silent", "1 while the camera has delivered no frame for camera.health_periods.",
-                     ["camera"], [([cam], 1 if pub.silent else 0)])
+        yield _counter(
+            "inspector_frames_published",
+            "Frames this camera process published to the frames stream.",
+            ["camera"],
+            [([cam], pub.seq - pub.not_sent)],
+        )
+        yield _counter(
+            "inspector_frames_not_sent",
+            "Parts the camera saw while Redis was unreachable.",
+            ["camera"],
+            [([cam], pub.not_sent)],
+        )
+        yield _gauge(
+            "inspector_camera_silent",
+            "1 while the camera has delivered no frame for camera.health_periods.",
+            ["camera"],
+            [([cam], 1 if pub.silent else 0)],
+        )
+
     register("camera", lambda: _Watch(collect))
 
 
 def watch_worker(worker: Any) -> None:
     """An inspection worker's counts and model (``inspector worker``); verdicts come through :func:`verdict_sink`."""
+
     def collect() -> Iterable[Any]:
         c, name = dict(worker.counts), worker.name
-        yield _counter("inspector_frames_inspected", "Frames this worker read and gave an outcome.", ["worker"],
-                       [([name], c.get("frames", 0))])
-        yield _counter("inspector_worker_verdicts", "New verdicts this worker committed.", ["worker"],
-                       [([name], c.get("verdicts", 0))])
-        yield _counter("inspector_worker_duplicates", "Verdicts for frames that had one already (redelivery).",
-                       ["worker"], [([name], c.get("duplicates", 0))])
-        yield _counter("inspector_worker_errors", "ERROR verdicts of this worker.", ["worker"],
-                       [([name], c.get("errors", 0))])
-        yield _counter("inspector_dead_lettered", "Frames this worker moved to the dead-letter stream.", ["worker"],
-                       [([name], c.get("dead_letter", 0))])
-        yield _gauge("inspector_model_info", "1 for the model version this worker serves.", ["worker", "version"],
-                     [([name, str(worker.model.version)], 1)])
+        yield _counter(
+            "inspector_frames_inspected",
+            "Frames this worker read and gave an outcome.",
+            ["worker"],
+            [([name], c.get("frames", 0))],
+        )
+        yield _counter(
+            "inspector_worker_verdicts",
+            "New verdicts this worker committed.",
+            ["worker"],
+            [([name], c.get("verdicts", 0))],
+        )
+        yield _counter(
+            "inspector_worker_duplicates",
+            "Verdicts for frames that had one already (redelivery).",
+            ["worker"],
+            [([name], c.get("duplicates", 0))],
+        )
+        yield _counter(
+            "inspector_worker_errors", "ERROR verdicts of this worker.", ["worker"], [([name], c.get("errors", 0))]
+        )
+        yield _counter(
+            "inspector_dead_lettered",
+            "Frames this worker moved to the dead-letter stream.",
+            ["worker"],
+            [([name], c.get("dead_letter", 0))],
+        )
+        yield _gauge(
+            "inspector_model_info",
+            "1 for the model version this worker serves.",
+            ["worker", "version"],
+            [([name, str(worker.model.version)], 1)],
+        )
+
     register("worker", lambda: _Watch(collect))
 
 
@@ -221,32 +274,68 @@ def reclaimed(stream: str, group: str, n: int) -> None:
 
 def watch_recorder(recorder: Any) -> None:
     """The verdict recorder's counts (a thread of ``inspector worker``)."""
+
     def collect() -> Iterable[Any]:
         s, who = dict(recorder.stats), recorder.consumer
-        yield _counter("inspector_verdicts_recorded", "Verdicts written to the station database.", ["consumer"],
-                       [([who], s.get("recorded", 0))])
-        yield _counter("inspector_recorder_batches", "Database transactions of the recorder.", ["consumer"],
-                       [([who], s.get("batches", 0))])
-        yield _counter("inspector_recorder_reclaimed", "Verdict entries the recorder took over from a dead one.",
-                       ["consumer"], [([who], s.get("reclaimed", 0))])
-        yield _counter("inspector_recorder_bad_entries", "Verdict entries that could not be recorded.", ["consumer"],
-                       [([who], s.get("bad_entries", 0))])
+        yield _counter(
+            "inspector_verdicts_recorded",
+            "Verdicts written to the station database.",
+            ["consumer"],
+            [([who], s.get("recorded", 0))],
+        )
+        yield _counter(
+            "inspector_recorder_batches",
+            "Database transactions of the recorder.",
+            ["consumer"],
+            [([who], s.get("batches", 0))],
+        )
+        yield _counter(
+            "inspector_recorder_reclaimed",
+            "Verdict entries the recorder took over from a dead one.",
+            ["consumer"],
+            [([who], s.get("reclaimed", 0))],
+        )
+        yield _counter(
+            "inspector_recorder_bad_entries",
+            "Verdict entries that could not be recorded.",
+            ["consumer"],
+            [([who], s.get("bad_entries", 0))],
+        )
+
     register("recorder", lambda: _Watch(collect))
 
 
 def watch_line(runner: Any) -> None:
     """The line runner (``inspector line``): parts by signal and reason, ready, in flight, output errors."""
+
     def collect() -> Iterable[Any]:
-        yield _counter("inspector_line_parts", "Parts given a line signal, by signal and reason.", ["signal", "reason"],
-                       [(list(k), v) for k, v in sorted(runner.outcomes_by_reason.items())])
+        yield _counter(
+            "inspector_line_parts",
+            "Parts given a line signal, by signal and reason.",
+            ["signal", "reason"],
+            [(list(k), v) for k, v in sorted(runner.outcomes_by_reason.items())],
+        )
         h = runner.health
         yield _gauge("inspector_line_ready", "1 while the line is told READY.", [], [([], 1 if h and h.ready else 0)])
-        yield _gauge("inspector_line_in_flight", "Parts waiting for a verdict or their deadline.", [],
-                     [([], runner.decider.pending)])
-        yield _gauge("inspector_line_deadline_seconds", "No PASS within this time of capture: reject.", [],
-                     [([], runner.decider.deadline_s)])
-        yield _counter("inspector_line_output_errors", "Failed writes or connections of a line output.", ["output"],
-                       [([type(o).__name__], getattr(o, "errors", 0)) for o in runner.outputs])
+        yield _gauge(
+            "inspector_line_in_flight",
+            "Parts waiting for a verdict or their deadline.",
+            [],
+            [([], runner.decider.pending)],
+        )
+        yield _gauge(
+            "inspector_line_deadline_seconds",
+            "No PASS within this time of capture: reject.",
+            [],
+            [([], runner.decider.deadline_s)],
+        )
+        yield _counter(
+            "inspector_line_output_errors",
+            "Failed writes or connections of a line output.",
+            ["output"],
+            [([type(o).__name__], getattr(o, "errors", 0)) for o in runner.outputs],
+        )
+
     register("line", lambda: _Watch(collect))
 
 
@@ -257,25 +346,54 @@ def watch_drift(monitor: Any) -> None:
     def collect() -> Iterable[Any]:
         det = monitor.detector
         yield _counter("inspector_drift_alarms", "DRIFT_ALARM events raised.", [], [([], len(monitor.alarms))])
-        yield _gauge("inspector_drift_band", "The bands the statistics are held against.", ["band"],
-                     [(["psi_threshold"], cfg.psi_threshold), (["p_value"], cfg.p_value),
-                      (["mean_shift_sigma"], cfg.mean_shift_sigma), (["hysteresis"], cfg.hysteresis)])
+        yield _gauge(
+            "inspector_drift_band",
+            "The bands the statistics are held against.",
+            ["band"],
+            [
+                (["psi_threshold"], cfg.psi_threshold),
+                (["p_value"], cfg.p_value),
+                (["mean_shift_sigma"], cfg.mean_shift_sigma),
+                (["hysteresis"], cfg.hysteresis),
+            ],
+        )
         if det is None:
             return
         yield _counter("inspector_drift_checks", "Drift checks of the full window.", [], [([], det.checks)])
-        yield _gauge("inspector_drift_consecutive", "Consecutive checks with a tripped statistic (alarm at "
-                     "drift.hysteresis).", [], [([], det.consecutive)])
+        yield _gauge(
+            "inspector_drift_consecutive",
+            "Consecutive checks with a tripped statistic (alarm at drift.hysteresis).",
+            [],
+            [([], det.consecutive)],
+        )
         rows = list(_drift_numbers.items())
-        yield _gauge("inspector_drift_psi", "Population stability index of the window against the reference.",
-                     ["statistic"], [([k], v["psi"]) for k, v in rows])
-        yield _gauge("inspector_drift_ks_p", "KS-test p-value of the window against the reference.", ["statistic"],
-                     [([k], v["ks_p"]) for k, v in rows])
-        yield _gauge("inspector_drift_shift_sigma", "Window mean minus reference mean, in reference standard "
-                     "deviations.", ["statistic"], [([k], v["shift"]) for k, v in rows])
+        yield _gauge(
+            "inspector_drift_psi",
+            "Population stability index of the window against the reference.",
+            ["statistic"],
+            [([k], v["psi"]) for k, v in rows],
+        )
+        yield _gauge(
+            "inspector_drift_ks_p",
+            "KS-test p-value of the window against the reference.",
+            ["statistic"],
+            [([k], v["ks_p"]) for k, v in rows],
+        )
+        yield _gauge(
+            "inspector_drift_shift_sigma",
+            "Window mean minus reference mean, in reference standard deviations.",
+            ["statistic"],
+            [([k], v["shift"]) for k, v in rows],
+        )
         tripped = set(det.last.tripped) if getattr(det, "last", None) is not None else set()
         names = sorted(set(_drift_numbers) | tripped)
-        yield _gauge("inspector_drift_tripped", "1 when the statistic tripped in the last check.", ["statistic"],
-                     [([k], 1 if k in tripped else 0) for k in names])
+        yield _gauge(
+            "inspector_drift_tripped",
+            "1 when the statistic tripped in the last check.",
+            ["statistic"],
+            [([k], 1 if k in tripped else 0) for k in names],
+        )
+
     register("drift", lambda: _Watch(collect))
 
 
@@ -290,6 +408,7 @@ def drift_numeric(name: str, result: Any) -> None:
 
 def watch_jobs(q: Any) -> None:
     """The RQ jobs worker (``inspector jobs worker``): the jobs of its queue ``q`` (an ``rq.Queue``) by state."""
+
     def collect() -> Iterable[Any]:
         from rq.registry import (
             DeferredJobRegistry,
@@ -300,16 +419,23 @@ def watch_jobs(q: Any) -> None:
         )
 
         rows = [(["queued"], q.count)]
-        for state, reg in (("started", StartedJobRegistry), ("finished", FinishedJobRegistry),
-                           ("failed", FailedJobRegistry), ("deferred", DeferredJobRegistry),
-                           ("scheduled", ScheduledJobRegistry)):
+        for state, reg in (
+            ("started", StartedJobRegistry),
+            ("finished", FinishedJobRegistry),
+            ("failed", FailedJobRegistry),
+            ("deferred", DeferredJobRegistry),
+            ("scheduled", ScheduledJobRegistry),
+        ):
             rows.append(([state], reg(queue=q).count))
         yield _gauge("inspector_jobs", "Jobs of the station's RQ queue by state.", ["state"], rows)
+
     register("jobs", lambda: _Watch(collect))
 
 
 def watch_gui(started_at: float | None = None) -> None:
     """The GUI process: that it is up (the station view comes with its Redis client)."""
     t0 = started_at or time.time()
-    register("gui", lambda: _Watch(lambda: [_gauge("inspector_gui_start_time_seconds", "When the GUI started.",
-                                                   [], [([], t0)])]))
+    register(
+        "gui",
+        lambda: _Watch(lambda: [_gauge("inspector_gui_start_time_seconds", "When the GUI started.", [], [([], t0)])]),
+    )

@@ -47,13 +47,25 @@ class StationCollector(Collector):
         up.add_metric([], 1)
         yield up
         length = GaugeMetricFamily("inspector_stream_length", "Entries in a station stream.", labels=["stream"])
-        lag = GaugeMetricFamily("inspector_stream_lag", "Entries of the stream not yet delivered to the group "
-                                "(a lower bound when inspector_stream_lag_capped is 1).", labels=["stream", "group"])
-        capped = GaugeMetricFamily("inspector_stream_lag_capped", "1 when the lag count stopped at its cap "
-                                   "(the lag is at least that many).", labels=["stream", "group"])
-        pending = GaugeMetricFamily("inspector_stream_pending", "Entries delivered to the group and not yet "
-                                    "acknowledged.", labels=["stream", "group"])
-        consumers = GaugeMetricFamily("inspector_stream_consumers", "Consumers of the group.", labels=["stream", "group"])
+        lag = GaugeMetricFamily(
+            "inspector_stream_lag",
+            "Entries of the stream not yet delivered to the group "
+            "(a lower bound when inspector_stream_lag_capped is 1).",
+            labels=["stream", "group"],
+        )
+        capped = GaugeMetricFamily(
+            "inspector_stream_lag_capped",
+            "1 when the lag count stopped at its cap (the lag is at least that many).",
+            labels=["stream", "group"],
+        )
+        pending = GaugeMetricFamily(
+            "inspector_stream_pending",
+            "Entries delivered to the group and not yet acknowledged.",
+            labels=["stream", "group"],
+        )
+        consumers = GaugeMetricFamily(
+            "inspector_stream_consumers", "Consumers of the group.", labels=["stream", "group"]
+        )
         for g in view["groups"]:
             lag.add_metric([g["stream"], g["group"]], float(g["lag"]))
             capped.add_metric([g["stream"], g["group"]], 1 if g["lag_capped"] else 0)
@@ -65,8 +77,11 @@ class StationCollector(Collector):
         dead = GaugeMetricFamily("inspector_dead_letters", "Entries in the dead-letter stream.")
         dead.add_metric([], view["lengths"].get("dead_letter", 0))
         yield dead
-        counters = CounterMetricFamily("inspector_station_counter", "The station's counters in Redis (what "
-                                       "`inspector status` shows as counter NAME).", labels=["name"])
+        counters = CounterMetricFamily(
+            "inspector_station_counter",
+            "The station's counters in Redis (what `inspector status` shows as counter NAME).",
+            labels=["name"],
+        )
         for name, v in sorted(view["counters"].items()):
             counters.add_metric([name], v)
         yield counters
@@ -83,8 +98,15 @@ def stream_names(cfg: StationConfig) -> dict[str, str]:
     from inspector.contracts.names import Names
 
     n = Names(cfg.redis.prefix, cfg.station.id)
-    return {"frames": n.frames, "verdicts": n.verdicts, "events": n.events, "review": n.review,
-            "review_inbox": n.review_inbox, "dead_letter": n.dead_letter, "parts": n.parts}
+    return {
+        "frames": n.frames,
+        "verdicts": n.verdicts,
+        "events": n.events,
+        "review": n.review,
+        "review_inbox": n.review_inbox,
+        "dead_letter": n.dead_letter,
+        "parts": n.parts,
+    }
 
 
 def station_view(cfg: StationConfig, client: Any) -> dict[str, Any]:
@@ -111,9 +133,22 @@ def station_view(cfg: StationConfig, client: Any) -> dict[str, Any]:
             g = {(k.decode() if isinstance(k, bytes) else k): v for k, v in g.items()}
             name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
             lag = group_lag(client, key, g)
-            groups.append({"stream": short, "group": name, "lag": lag.entries, "lag_capped": lag.capped,
-                           "pending": int(g.get("pending", 0) or 0), "consumers": int(g.get("consumers", 0) or 0)})
+            groups.append(
+                {
+                    "stream": short,
+                    "group": name,
+                    "lag": lag.entries,
+                    "lag_capped": lag.capped,
+                    "pending": int(g.get("pending", 0) or 0),
+                    "consumers": int(g.get("consumers", 0) or 0),
+                }
+            )
     counters = {k.decode(): int(v) for k, v in client.hgetall(n.counters).items()}
     workers = sum(1 for _ in client.scan_iter(match=n.heartbeat_pattern, count=500))
-    return {"lengths": lengths, "groups": groups, "counters": counters, "workers_alive": workers,
-            "camera_alive": bool(client.exists(n.camera_heartbeat(cfg.camera.id)))}
+    return {
+        "lengths": lengths,
+        "groups": groups,
+        "counters": counters,
+        "workers_alive": workers,
+        "camera_alive": bool(client.exists(n.camera_heartbeat(cfg.camera.id))),
+    }

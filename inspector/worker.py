@@ -79,8 +79,15 @@ class Worker(ModelSwapping, StreamConsumer):
     backoff_max_s: ClassVar[float] = 0.5
     own_heartbeat: ClassVar[bool] = True
 
-    def __init__(self, cfg: StationConfig, client: redis.Redis, model: InspectionModel | None = None,
-                 name: str | None = None, sinks: list[Sink] | None = None, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        client: redis.Redis,
+        model: InspectionModel | None = None,
+        name: str | None = None,
+        sinks: list[Sink] | None = None,
+        store: Store | None = None,
+    ) -> None:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         super().__init__(cfg, client, self.name)
         self._store = store
@@ -124,8 +131,10 @@ class Worker(ModelSwapping, StreamConsumer):
         row = registered_active(self.store, active[0], active[2])  # the registry, not Redis, says what to load
         model = load_model(self.cfg, row.package_path)
         if model.package.package_sha256 != row.package_sha256:
-            raise SwapRefused(f"the package at {row.package_path} is not the one registered as {row.version}",
-                              "restore the registered package, or register and promote the new one")
+            raise SwapRefused(
+                f"the package at {row.package_path} is not the one registered as {row.version}",
+                "restore the registered package, or register and promote the new one",
+            )
         return model
 
     @property
@@ -214,7 +223,9 @@ class Worker(ModelSwapping, StreamConsumer):
     def _triage(self, entries: list[Entry]) -> list[Work]:
         """Parse, dedupe, dead-letter and expire; what is left needs inspection (verdict None)."""
         work: list[Work] = []
-        deliveries = self.bus.delivery_counts(self.bus.names.frames, self.cfg.worker.group, [e.entry_id for e in entries])
+        deliveries = self.bus.delivery_counts(
+            self.bus.names.frames, self.cfg.worker.group, [e.entry_id for e in entries]
+        )
         for entry in entries:
             if entry.fields is None:  # trimmed from the bounded stream while pending
                 self.bus.count("not_inspected")
@@ -223,9 +234,13 @@ class Worker(ModelSwapping, StreamConsumer):
             try:
                 meta = decode_message(entry.message_raw)
                 if not isinstance(meta, FrameMeta):
-                    raise FrameError(f"entry {entry.entry_id} on the frames stream is a {meta.kind}", "only frames belong there")
+                    raise FrameError(
+                        f"entry {entry.entry_id} on the frames stream is a {meta.kind}", "only frames belong there"
+                    )
             except InspectorError as err:
-                self.bus.dead_letter(entry, f"unreadable frame message: {err.message}", deliveries.get(entry.entry_id, 1))
+                self.bus.dead_letter(
+                    entry, f"unreadable frame message: {err.message}", deliveries.get(entry.entry_id, 1)
+                )
                 self.bus.ack([entry.entry_id])
                 self.counts["dead_letter"] += 1
                 continue
@@ -237,7 +252,9 @@ class Worker(ModelSwapping, StreamConsumer):
                 item.verdict = self._error(meta, f"dead-lettered after {n - 1} failed deliveries")
             elif self.cfg.worker.expire_ms and (time.time() - meta.captured_at) * 1000 > self.cfg.worker.expire_ms:
                 self.bus.count("expired")
-                item.verdict = self._error(meta, f"expired: {(time.time() - meta.captured_at) * 1000:.0f} ms old when read")
+                item.verdict = self._error(
+                    meta, f"expired: {(time.time() - meta.captured_at) * 1000:.0f} ms old when read"
+                )
             work.append(item)
         done = self.bus.is_done([w.meta.id for w in work])
         for w, is_done in zip(work, done, strict=True):
@@ -259,13 +276,19 @@ class Worker(ModelSwapping, StreamConsumer):
         by_model: dict[int, tuple[InspectionModel, list[Work]]] = {}
         for w in decoded:  # each frame is judged by its own product's model; one batch per model
             if self.cfg.parts.views and w.meta.view not in self.cfg.parts.views:
-                w.verdict = self._error(w.meta, f"view {w.meta.view!r} is not one of parts.views "
-                                                f"({', '.join(self.cfg.parts.views)}): set camera.view to one of them")
+                w.verdict = self._error(
+                    w.meta,
+                    f"view {w.meta.view!r} is not one of parts.views "
+                    f"({', '.join(self.cfg.parts.views)}): set camera.view to one of them",
+                )
                 continue
             model = self._model_for(w.meta)
             if model is None:
-                w.verdict = self._error(w.meta, f"product {w.meta.product!r} is not served by this worker "
-                                                f"(its products: {', '.join(self.product_models) or 'none'})")
+                w.verdict = self._error(
+                    w.meta,
+                    f"product {w.meta.product!r} is not served by this worker "
+                    f"(its products: {', '.join(self.product_models) or 'none'})",
+                )
                 continue
             by_model.setdefault(id(model), (model, []))[1].append(w)
         for model, group in by_model.values():
@@ -294,21 +317,48 @@ class Worker(ModelSwapping, StreamConsumer):
         stats = image_stats(w.image)  # type: ignore[arg-type]
         heat = heatmap_png(out.anomaly_map) if out.anomaly_map is not None else None
         return Verdict(
-            station=w.meta.station, frame_id=w.meta.id, camera=w.meta.camera, seq=w.meta.seq, part_id=w.meta.part_id,
-            captured_at=w.meta.captured_at, decision=result.decision, reject=result.reject,
-            defect_class=result.defect_class, reasons=list(result.reasons), class_probs=out.class_probs,
-            anomaly_score=out.anomaly_score, anomaly_raw=out.anomaly_raw, model_version=model.version,
-            worker=self.name, latency_ms=round((time.time() - w.meta.captured_at) * 1000, 3), stage_ms=stage,
-            image_stats=stats, heatmap=heat, truth=w.meta.truth, product=w.meta.product, view=w.meta.view,
+            station=w.meta.station,
+            frame_id=w.meta.id,
+            camera=w.meta.camera,
+            seq=w.meta.seq,
+            part_id=w.meta.part_id,
+            captured_at=w.meta.captured_at,
+            decision=result.decision,
+            reject=result.reject,
+            defect_class=result.defect_class,
+            reasons=list(result.reasons),
+            class_probs=out.class_probs,
+            anomaly_score=out.anomaly_score,
+            anomaly_raw=out.anomaly_raw,
+            model_version=model.version,
+            worker=self.name,
+            latency_ms=round((time.time() - w.meta.captured_at) * 1000, 3),
+            stage_ms=stage,
+            image_stats=stats,
+            heatmap=heat,
+            truth=w.meta.truth,
+            product=w.meta.product,
+            view=w.meta.view,
         )
 
     def _error(self, meta: FrameMeta, reason: str, version: str | None = None) -> Verdict:
         self.counts["errors"] += 1
         return Verdict(
-            station=meta.station, frame_id=meta.id, camera=meta.camera, seq=meta.seq, part_id=meta.part_id,
-            captured_at=meta.captured_at, decision=Decision.ERROR, reject=line_rejects(Decision.ERROR, self.cfg.policy),
-            reasons=[reason], error=reason, model_version=version or self.model.version, worker=self.name,
-            latency_ms=round((time.time() - meta.captured_at) * 1000, 3), truth=meta.truth, product=meta.product,
+            station=meta.station,
+            frame_id=meta.id,
+            camera=meta.camera,
+            seq=meta.seq,
+            part_id=meta.part_id,
+            captured_at=meta.captured_at,
+            decision=Decision.ERROR,
+            reject=line_rejects(Decision.ERROR, self.cfg.policy),
+            reasons=[reason],
+            error=reason,
+            model_version=version or self.model.version,
+            worker=self.name,
+            latency_ms=round((time.time() - meta.captured_at) * 1000, 3),
+            truth=meta.truth,
+            product=meta.product,
             view=meta.view,
         )
 
@@ -335,8 +385,13 @@ class Worker(ModelSwapping, StreamConsumer):
 
     # -- health ---------------------------------------------------------------------------------------
     def stats(self) -> dict[str, object]:
-        return {"worker": self.name, "model_version": self.model.version, "counts": self.counts,
-                "latency_ms": self.latency.percentiles(), "ts": time.time()}
+        return {
+            "worker": self.name,
+            "model_version": self.model.version,
+            "counts": self.counts,
+            "latency_ms": self.latency.percentiles(),
+            "ts": time.time(),
+        }
 
     def _heartbeat(self, force: bool = False, alive: bool = True) -> None:
         now = time.monotonic()
@@ -357,7 +412,15 @@ class Worker(ModelSwapping, StreamConsumer):
 
     def _event(self, etype: EventType, severity: str, message: str, version: str | None = None) -> None:
         try:
-            self.bus.publish_event(Event(station=self.cfg.station.id, type=etype, severity=severity,  # type: ignore[arg-type]
-                                         message=message, model_version=version, data={"worker": self.name}))
+            self.bus.publish_event(
+                Event(
+                    station=self.cfg.station.id,
+                    type=etype,
+                    severity=severity,  # type: ignore[arg-type]
+                    message=message,
+                    model_version=version,
+                    data={"worker": self.name},
+                )
+            )
         except Exception:  # noqa: BLE001
             log.exception("could not publish event")

@@ -31,8 +31,9 @@ def load_model(cfg: StationConfig, path: str | Path) -> InspectionModel:
     """Verify, load and warm up a package; run its canary frames. Raises ModelPackageError when refused."""
     t0 = time.perf_counter()
     package = load_package(path)
-    model = InspectionModel(package, cfg.runtime, cfg.runtime.engine_cache_dir or cfg.data_dir / "engines",
-                            max_batch=cfg.worker.max_batch)
+    model = InspectionModel(
+        package, cfg.runtime, cfg.runtime.engine_cache_dir or cfg.data_dir / "engines", max_batch=cfg.worker.max_batch
+    )
     model.warmup()
     for canary in package.manifest.canaries:
         data = package.file(canary.file).read_bytes()
@@ -42,8 +43,10 @@ def load_model(cfg: StationConfig, path: str | Path) -> InspectionModel:
         if canary.expected not in ("ANY",):
             got = decide(out.class_probs, out.anomaly_score, cfg.policy, out.classifier_decides).decision.value
             if got != canary.expected:
-                raise ModelPackageError(f"canary {canary.file} of {package.version} gave {got}, expected {canary.expected}",
-                                        "the package does not behave as when it was validated; rebuild it")
+                raise ModelPackageError(
+                    f"canary {canary.file} of {package.version} gave {got}, expected {canary.expected}",
+                    "the package does not behave as when it was validated; rebuild it",
+                )
     telemetry.model_loaded(package.version, time.perf_counter() - t0)
     return model
 
@@ -71,11 +74,18 @@ def registered_active(store: Store, version: str, sha256: str) -> ModelVersionRo
     row = active_model(store)
     hint = "promote it through the registry: inspector jobs promote VERSION (or rollback)"
     if row is None or row.version != version:
-        held = f"the registry's active version is {row.version}" if row is not None else "the registry has no active version"
+        held = (
+            f"the registry's active version is {row.version}"
+            if row is not None
+            else "the registry has no active version"
+        )
         raise SwapRefused(f"{version} is not the registry's active model ({held})", hint)
     if not sha256 or sha256 != row.package_sha256:
-        raise SwapRefused(f"the pointer's package hash {sha256[:12] or '(none)'} is not the registered "
-                          f"{row.package_sha256[:12]} of {version}", hint)
+        raise SwapRefused(
+            f"the pointer's package hash {sha256[:12] or '(none)'} is not the registered "
+            f"{row.package_sha256[:12]} of {version}",
+            hint,
+        )
     if not (row.metrics or {}).get("gate") and not _forced(store, version):
         raise SwapRefused(f"{version} has no gate report in the registry", "run it through the gate, then promote it")
     return row
@@ -111,26 +121,43 @@ class ModelSwapping:
             new = load_model(self.cfg, row.package_path)
             if new.package.package_sha256 != row.package_sha256:
                 new.close()
-                raise SwapRefused(f"the package at {row.package_path} is not the one registered as {version}",
-                                  "restore the registered package, or register and promote it as a new version")
+                raise SwapRefused(
+                    f"the package at {row.package_path} is not the one registered as {version}",
+                    "restore the registered package, or register and promote it as a new version",
+                )
         except InspectorError as err:
             self._refuse(active, err)
             return False
         except Exception as err:  # noqa: BLE001 - the registry did not answer: keep serving, ask again next poll
             if self._unsure != active:
-                log.error("worker %s: cannot check model %s with the registry, still serving %s: %s",
-                          self.name, version, self.model.version, self.store.describe(err))
+                log.error(
+                    "worker %s: cannot check model %s with the registry, still serving %s: %s",
+                    self.name,
+                    version,
+                    self.model.version,
+                    self.store.describe(err),
+                )
                 self._unsure = active
             return False
         try:
-            self.store.audit.record(f"worker:{self.name}", "model.swap", version, {"version": self.model.version},
-                                    {"version": version, "package_sha256": row.package_sha256},
-                                    {"worker": self.name, "path": row.package_path})
+            self.store.audit.record(
+                f"worker:{self.name}",
+                "model.swap",
+                version,
+                {"version": self.model.version},
+                {"version": version, "package_sha256": row.package_sha256},
+                {"worker": self.name, "path": row.package_path},
+            )
         except Exception as err:  # noqa: BLE001 - no swap without its audit row
             new.close()
             if self._unsure != active:
-                log.error("worker %s: swap to %s not audited (%s); still serving %s", self.name, version,
-                          self.store.describe(err), self.model.version)
+                log.error(
+                    "worker %s: swap to %s not audited (%s); still serving %s",
+                    self.name,
+                    version,
+                    self.store.describe(err),
+                    self.model.version,
+                )
                 self._unsure = active
             return False
         old, self.model = self.model, new  # atomic swap: one reference assignment between batches
@@ -142,15 +169,25 @@ class ModelSwapping:
     def _refuse(self, active: tuple[str, str, str], err: InspectorError) -> None:
         """One log line, one event, one audit row per refused pointer; it is not retried on every poll."""
         version = active[0]
-        log.error("worker %s refused model %s, still serving %s: %s", self.name, version, self.model.version, err.message)
-        self._event(EventType.MODEL_REFUSED, "critical", f"model {version} refused, still serving {self.model.version}: {err.message}",
-                    version)
+        log.error(
+            "worker %s refused model %s, still serving %s: %s", self.name, version, self.model.version, err.message
+        )
+        self._event(
+            EventType.MODEL_REFUSED,
+            "critical",
+            f"model {version} refused, still serving {self.model.version}: {err.message}",
+            version,
+        )
         self.bus.r.hset(self.bus.names.active_model, "refused_by_" + self.name, version)
         self._refused.add(active)
         try:
-            self.store.audit.record(f"worker:{self.name}", "model.swap_refused", version,
-                                    {"version": self.model.version}, {"version": version, "path": active[1],
-                                                                      "sha256": active[2]},
-                                    {"worker": self.name, "why": err.message})
+            self.store.audit.record(
+                f"worker:{self.name}",
+                "model.swap_refused",
+                version,
+                {"version": self.model.version},
+                {"version": version, "path": active[1], "sha256": active[2]},
+                {"worker": self.name, "why": err.message},
+            )
         except Exception:  # noqa: BLE001 - refused whether or not the row could be written
             log.exception("worker %s could not audit the refusal of %s", self.name, version)

@@ -17,19 +17,30 @@ from inspector.contracts.lifecycle import Action
 if TYPE_CHECKING:
     from inspector.store.db import Store
 
-jobs_app = typer.Typer(help="Retraining jobs on RQ, model promotion and rollback, drift monitoring.",
-                       no_args_is_help=True, pretty_exceptions_enable=False)
+jobs_app = typer.Typer(
+    help="Retraining jobs on RQ, model promotion and rollback, drift monitoring.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 ConfigOpt = typer.Option(None, "--config", "-c", help="Station YAML (default: built-in defaults + INSPECTOR_* env).")
-ActorOpt = typer.Option(None, "--actor", help="Who acts: always you (the OS user, or your INSPECTOR_TOKEN); "
-                                               "another name is refused and audited.")
-RoleOpt = typer.Option(None, "--role", envvar="INSPECTOR_ROLE",
-                       help="The role you act in: one that identity.users gives you (default: the first you hold "
-                            "that may do this). A role you do not hold is refused and audited.")
+ActorOpt = typer.Option(
+    None,
+    "--actor",
+    help="Who acts: always you (the OS user, or your INSPECTOR_TOKEN); another name is refused and audited.",
+)
+RoleOpt = typer.Option(
+    None,
+    "--role",
+    envvar="INSPECTOR_ROLE",
+    help="The role you act in: one that identity.users gives you (default: the first you hold "
+    "that may do this). A role you do not hold is refused and audited.",
+)
 
 
-def _who(cfg: StationConfig, store: Store, action: Action, role: str | None, actor: str | None,
-         target: str = "") -> tuple[str, str]:
+def _who(
+    cfg: StationConfig, store: Store, action: Action, role: str | None, actor: str | None, target: str = ""
+) -> tuple[str, str]:
     """The identity running this command and its role for ``action`` (refusals are audited)."""
     from inspector.identity import authorize
 
@@ -40,8 +51,10 @@ def _who(cfg: StationConfig, store: Store, action: Action, role: str | None, act
 def _cfg(path: Path | None, station: str | None = None) -> StationConfig:
     cfg = load_config(path)
     if station is not None and station != cfg.station.id:
-        raise InspectorError(f"station {station!r} is not the configured station {cfg.station.id!r}",
-                             "pass the config file of that station with --config")
+        raise InspectorError(
+            f"station {station!r} is not the configured station {cfg.station.id!r}",
+            "pass the config file of that station with --config",
+        )
     return cfg
 
 
@@ -69,9 +82,12 @@ def _connect(cfg: StationConfig):  # type: ignore[no-untyped-def]
 
 
 @jobs_app.command()
-def worker(config: Path | None = ConfigOpt, burst: bool = typer.Option(False, help="Exit when the queue is empty."),
-           with_scheduler: bool = typer.Option(False, "--with-scheduler", help="Run RQ's scheduler (periodic validation)."),
-           name: str | None = typer.Option(None, help="Worker name.")) -> None:
+def worker(
+    config: Path | None = ConfigOpt,
+    burst: bool = typer.Option(False, help="Exit when the queue is empty."),
+    with_scheduler: bool = typer.Option(False, "--with-scheduler", help="Run RQ's scheduler (periodic validation)."),
+    name: str | None = typer.Option(None, help="Worker name."),
+) -> None:
     """Run an RQ worker on the station's Redis (embedded or URL) with the JSON serializer."""
     from jobs.queues import station_queue
     from jobs.worker import run_worker
@@ -86,9 +102,13 @@ def worker(config: Path | None = ConfigOpt, burst: bool = typer.Option(False, he
 
 
 @jobs_app.command()
-def retrain(station: str = typer.Argument(..., help="Station id."),
-            reason: str = typer.Option(..., "--reason", help="Why (recorded with the job and in the audit trail)."),
-            config: Path | None = ConfigOpt, actor: str | None = ActorOpt, role: str | None = RoleOpt) -> None:
+def retrain(
+    station: str = typer.Argument(..., help="Station id."),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded with the job and in the audit trail)."),
+    config: Path | None = ConfigOpt,
+    actor: str | None = ActorOpt,
+    role: str | None = RoleOpt,
+) -> None:
     """Queue one retraining of STATION (refused while one runs)."""
     from inspector.store.db import open_store
     from jobs.maintenance import retrain_now
@@ -104,10 +124,14 @@ def retrain(station: str = typer.Argument(..., help="Station id."),
 
 
 @jobs_app.command()
-def promote(version: str | None = typer.Argument(None, help="Version (default: the newest waiting one)."),
-            config: Path | None = ConfigOpt, actor: str | None = ActorOpt, role: str | None = RoleOpt,
-            force: bool = typer.Option(False, "--force", help="Override a failed gate (maintenance role; audited)."),
-            reason: str = typer.Option("", "--reason", help="Why (required with --force; audited).")) -> None:
+def promote(
+    version: str | None = typer.Argument(None, help="Version (default: the newest waiting one)."),
+    config: Path | None = ConfigOpt,
+    actor: str | None = ActorOpt,
+    role: str | None = RoleOpt,
+    force: bool = typer.Option(False, "--force", help="Override a failed gate (maintenance role; audited)."),
+    reason: str = typer.Option("", "--reason", help="Why (required with --force; audited)."),
+) -> None:
     """Activate an approved version; workers hot-reload it. A failed or missing gate is refused (exit 3)."""
     from inspector.store.db import open_store
     from jobs import registry
@@ -115,7 +139,9 @@ def promote(version: str | None = typer.Argument(None, help="Version (default: t
     try:
         cfg = _cfg(config)
         with open_store(cfg) as store:
-            who, acting = _who(cfg, store, Action.FORCE_PROMOTE if force else Action.PROMOTE, role, actor, version or "")
+            who, acting = _who(
+                cfg, store, Action.FORCE_PROMOTE if force else Action.PROMOTE, role, actor, version or ""
+            )
             done = registry.promote(cfg, _connect(cfg), store, version, who, role=acting, force=force, reason=reason)
         console.print(f"promoted {done}")
     except InspectorError as err:
@@ -123,8 +149,12 @@ def promote(version: str | None = typer.Argument(None, help="Version (default: t
 
 
 @jobs_app.command()
-def approve(version: str = typer.Argument(..., help="Version to approve."), config: Path | None = ConfigOpt,
-            actor: str | None = ActorOpt, role: str | None = RoleOpt) -> None:
+def approve(
+    version: str = typer.Argument(..., help="Version to approve."),
+    config: Path | None = ConfigOpt,
+    actor: str | None = ActorOpt,
+    role: str | None = RoleOpt,
+) -> None:
     """Approve a version whose gate passed (after reading its rows: `inspector jobs gate VERSION`)."""
     from inspector.store.db import open_store
     from jobs import registry
@@ -140,8 +170,11 @@ def approve(version: str = typer.Argument(..., help="Version to approve."), conf
 
 
 @jobs_app.command()
-def gate(version: str = typer.Argument(..., help="Version."), config: Path | None = ConfigOpt,
-         as_json: bool = typer.Option(False, "--json")) -> None:
+def gate(
+    version: str = typer.Argument(..., help="Version."),
+    config: Path | None = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Every gate row of a version: candidate beside incumbent, the limit, PASS/FAIL."""
     from inspector.store.db import open_store
     from jobs import registry
@@ -156,15 +189,23 @@ def gate(version: str = typer.Argument(..., help="Version."), config: Path | Non
         _fail(err)
         return
     if as_json:
-        print(json.dumps({"version": version, "status": row.status,
-                          "gate": report.model_dump(mode="json") if report else None}))
+        print(
+            json.dumps(
+                {"version": version, "status": row.status, "gate": report.model_dump(mode="json") if report else None}
+            )
+        )
         return
     console.print(gate_table(version, row.status, report))
 
 
 @jobs_app.command()
-def rollback(station: str = typer.Argument(..., help="Station id."), config: Path | None = ConfigOpt,
-             actor: str | None = ActorOpt, role: str | None = RoleOpt, reason: str = typer.Option("", help="Why.")) -> None:
+def rollback(
+    station: str = typer.Argument(..., help="Station id."),
+    config: Path | None = ConfigOpt,
+    actor: str | None = ActorOpt,
+    role: str | None = RoleOpt,
+    reason: str = typer.Option("", help="Why."),
+) -> None:
     """Re-activate the previously active model version."""
     from inspector.store.db import open_store
     from jobs import registry
@@ -198,9 +239,12 @@ def status(config: Path | None = ConfigOpt, as_json: bool = typer.Option(False, 
 
 
 @jobs_app.command()
-def drift(config: Path | None = ConfigOpt,
-          auto_retrain: bool = typer.Option(True, help="Also run the retrain trigger here (a thread consuming "
-                                                       "DRIFT_ALARM events: locked, deduped).")) -> None:
+def drift(
+    config: Path | None = ConfigOpt,
+    auto_retrain: bool = typer.Option(
+        True, help="Also run the retrain trigger here (a thread consuming DRIFT_ALARM events: locked, deduped)."
+    ),
+) -> None:
     """Run the drift monitor on the verdicts stream (and, by default, the retrain trigger) until Ctrl-C."""
     import socket
 
@@ -226,9 +270,13 @@ def drift(config: Path | None = ConfigOpt,
 
 
 @jobs_app.command()
-def maintenance(action: str = typer.Argument(..., help="camera-changed | collect | confirm | reject"),
-                config: Path | None = ConfigOpt, actor: str | None = ActorOpt, role: str | None = RoleOpt,
-                note: str = typer.Option("", help="Note recorded with the action.")) -> None:
+def maintenance(
+    action: str = typer.Argument(..., help="camera-changed | collect | confirm | reject"),
+    config: Path | None = ConfigOpt,
+    actor: str | None = ActorOpt,
+    role: str | None = RoleOpt,
+    note: str = typer.Option("", help="Note recorded with the action."),
+) -> None:
     """Camera or lighting changed: record it, collect frames, confirm them (queues the refit)."""
     from inspector.store.db import open_store
     from jobs import maintenance as m
@@ -251,11 +299,13 @@ def maintenance(action: str = typer.Argument(..., help="camera-changed | collect
         _fail(err)
 
 
-
 @jobs_app.command()
-def trigger(config: Path | None = ConfigOpt,
-            consumer: str | None = typer.Option(None, help="Consumer name in the retrain-trigger group "
-                                                           "(default trigger-<host>; keep it across restarts).")) -> None:
+def trigger(
+    config: Path | None = ConfigOpt,
+    consumer: str | None = typer.Option(
+        None, help="Consumer name in the retrain-trigger group (default trigger-<host>; keep it across restarts)."
+    ),
+) -> None:
     """Run the retrain trigger until Ctrl-C: DRIFT_ALARM events from any source -> one retraining (deduped, locked)."""
     import socket
 
@@ -273,15 +323,17 @@ def trigger(config: Path | None = ConfigOpt,
         _fail(err)
 
 
-
 def _shadow_report_command():  # type: ignore[no-untyped-def]
     from inspector.shadow_cli import report
 
     return report
 
 
-jobs_app.command("shadow-report", help="How VERSION judged live frames in shadow beside the active model: agreement, "
-                                       "confusion, latencies and the parts where they differ.")(_shadow_report_command())
+jobs_app.command(
+    "shadow-report",
+    help="How VERSION judged live frames in shadow beside the active model: agreement, "
+    "confusion, latencies and the parts where they differ.",
+)(_shadow_report_command())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,17 +60,27 @@ def _save_state(client: redis.Redis, cfg: StationConfig, state: dict[str, Any]) 
 
 
 def _event(cfg: StationConfig, client: redis.Redis, message: str, **data: Any) -> None:
-    StationBus(client, cfg).publish_event(Event(station=cfg.station.id, type=EventType.MAINTENANCE,
-                                                message=message, data=data))
+    StationBus(client, cfg).publish_event(
+        Event(station=cfg.station.id, type=EventType.MAINTENANCE, message=message, data=data)
+    )
 
 
 def camera_changed(cfg: StationConfig, client: redis.Redis, store: Store, actor: str, note: str = "") -> dict[str, Any]:
     """Record a planned camera or lighting change, suppress drift alarms, start collecting frames."""
     since = time.time()
-    state = {"id": uuid.uuid4().hex[:12], "since": since, "want": cfg.jobs.collect_frames, "have": 0,
-             "status": FrameCollectionStatus.COLLECTING, "note": note, "by": actor}
-    client.set(suppression_key(names_of(cfg)), json.dumps({"since": since, "reason": "camera or lighting changed",
-                                                            "by": actor, "note": note}))
+    state = {
+        "id": uuid.uuid4().hex[:12],
+        "since": since,
+        "want": cfg.jobs.collect_frames,
+        "have": 0,
+        "status": FrameCollectionStatus.COLLECTING,
+        "note": note,
+        "by": actor,
+    }
+    client.set(
+        suppression_key(names_of(cfg)),
+        json.dumps({"since": since, "reason": "camera or lighting changed", "by": actor, "note": note}),
+    )
     _save_state(client, cfg, state)
     store.audit.record(actor, "maintenance.camera_changed", cfg.station.id, None, state, {"note": note})
     _event(cfg, client, f"camera or lighting changed ({actor}): drift alarms suppressed until the refit", **state)
@@ -111,11 +121,18 @@ def confirm(cfg: StationConfig, client: redis.Redis, store: Store, actor: str, g
         raise InspectorError("no collected frames await confirmation", "collect frames first")
     need = 2 * cfg.jobs.min_gate_frames
     if good and state["have"] < need:
-        raise InspectorError(f"only {state['have']} frames were collected; a refit needs {need} confirmed frames "
-                             "(half fit the threshold, half are the gate's confirmed set)",
-                             f"set jobs.collect_frames to at least {need} and collect again")
-    store.audit.record(actor, "maintenance.frames_confirmed" if good else "maintenance.frames_rejected",
-                       cfg.station.id, None, {"collection": state["id"], "frames": state["have"]})
+        raise InspectorError(
+            f"only {state['have']} frames were collected; a refit needs {need} confirmed frames "
+            "(half fit the threshold, half are the gate's confirmed set)",
+            f"set jobs.collect_frames to at least {need} and collect again",
+        )
+    store.audit.record(
+        actor,
+        "maintenance.frames_confirmed" if good else "maintenance.frames_rejected",
+        cfg.station.id,
+        None,
+        {"collection": state["id"], "frames": state["have"]},
+    )
     if not good:
         state["status"] = FrameCollectionStatus.COLLECTING
         state["have"] = 0
@@ -128,9 +145,20 @@ def confirm(cfg: StationConfig, client: redis.Redis, store: Store, actor: str, g
         return RetrainRequest(RetrainRequestStatus.RUNNING, (client.get(keys.lock) or b"").decode())
     state["status"] = FrameCollectionStatus.REFITTING
     _save_state(client, cfg, state)
-    station_queue(cfg, client).enqueue(REFIT_FUNC, cfg.station.id, state["id"], actor, job_id=job_id,
-                                       meta={"station": cfg.station.id, "kind": "refit", "step": "queued",
-                                             "progress": 0.0, "reason": "camera or lighting changed"})
+    station_queue(cfg, client).enqueue(
+        REFIT_FUNC,
+        cfg.station.id,
+        state["id"],
+        actor,
+        job_id=job_id,
+        meta={
+            "station": cfg.station.id,
+            "kind": "refit",
+            "step": "queued",
+            "progress": 0.0,
+            "reason": "camera or lighting changed",
+        },
+    )
     client.lpush(keys.history, job_id)
     return RetrainRequest(RetrainRequestStatus.ENQUEUED, job_id)
 
@@ -159,8 +187,9 @@ def refit(station: str, collection_id: str, actor: str) -> dict[str, Any]:
         store.close()
 
 
-def refit_package(cfg: StationConfig, client: redis.Redis, store: Store, collection_id: str, actor: str,
-                  job_id: str) -> dict[str, Any]:
+def refit_package(
+    cfg: StationConfig, client: redis.Redis, store: Store, collection_id: str, actor: str, job_id: str
+) -> dict[str, Any]:
     """New threshold, normalisation and drift reference from the confirmed frames, through the same gate.
 
     The confirmed frames are split in two (even / odd positions): the first half fits the threshold and the
@@ -177,9 +206,11 @@ def refit_package(cfg: StationConfig, client: redis.Redis, store: Store, collect
     frames = sorted(p for p in collection_dir(cfg, collection_id).iterdir() if p.is_file())
     need = 2 * cfg.jobs.min_gate_frames
     if len(frames) < need:
-        raise InspectorError(f"only {len(frames)} confirmed frames in collection {collection_id}; a refit needs "
-                             f"{need} (half fit the threshold, half are the gate's confirmed set)",
-                             f"collect more frames (jobs.collect_frames >= {need}) and confirm them")
+        raise InspectorError(
+            f"only {len(frames)} confirmed frames in collection {collection_id}; a refit needs "
+            f"{need} (half fit the threshold, half are the gate's confirmed set)",
+            f"collect more frames (jobs.collect_frames >= {need}) and confirm them",
+        )
     images = [load_rgb(p) for p in frames]
     fit, check = images[0::2], images[1::2]
     stage = models_dir(cfg) / f".staging-{job_id}"
@@ -189,28 +220,53 @@ def refit_package(cfg: StationConfig, client: redis.Redis, store: Store, collect
     held = load_heldout_set(cfg.data_dir, cfg.jobs.base_data)
     held_images, held_labels = load_images(held.items), [i.label for i in held.items]
     cand_pkg = load_package(stage)
-    cand = {"confirmed": line_metrics(score_frames(cand_pkg, check, cfg).decisions, ["good"] * len(check)),
-            "heldout": line_metrics(score_frames(cand_pkg, held_images, cfg).decisions, held_labels)}
+    cand = {
+        "confirmed": line_metrics(score_frames(cand_pkg, check, cfg).decisions, ["good"] * len(check)),
+        "heldout": line_metrics(score_frames(cand_pkg, held_images, cfg).decisions, held_labels),
+    }
     inc = {"heldout": line_metrics(score_frames(row.package_path, held_images, cfg).decisions, held_labels)}
     gate = evaluate_gates(cand, inc, cfg.jobs, row.version, primary="confirmed")
     scored = score_frames(cand_pkg, fit, cfg)
-    ref = reference_from_samples(scored.stats, scored.class_probs, scored.anomaly_scores, scored.decisions,
-                                 frames=f"{len(fit)} confirmed frames after a camera or lighting change")
+    ref = reference_from_samples(
+        scored.stats,
+        scored.class_probs,
+        scored.anomaly_scores,
+        scored.decisions,
+        frames=f"{len(fit)} confirmed frames after a camera or lighting change",
+    )
     version = f"{manifest.name}-refit-{time.strftime('%Y%m%d-%H%M%S')}-{hash_file(stage / manifest.model.fp32)[:8]}"
-    manifest = manifest.model_copy(update={"version": version, "created_at": time.time(), "drift_reference": ref,
-                                           "line_metrics": cand, "gate": gate,
-                                           "data": {**manifest.data, "refit_from": row.version,
-                                                    "collection": collection_id, "fit_frames": len(fit),
-                                                    "gate_frames": len(check)}})
+    manifest = manifest.model_copy(
+        update={
+            "version": version,
+            "created_at": time.time(),
+            "drift_reference": ref,
+            "line_metrics": cand,
+            "gate": gate,
+            "data": {
+                **manifest.data,
+                "refit_from": row.version,
+                "collection": collection_id,
+                "fit_frames": len(fit),
+                "gate_frames": len(check),
+            },
+        }
+    )
     write_manifest(stage, manifest)
     pkg = load_package(stage)
     final = models_dir(cfg) / version
     stage.rename(final)
-    status = register_candidate(store, version, str(final), pkg.package_sha256, gate, actor,
-                                {"refit_from": row.version})
+    status = register_candidate(
+        store, version, str(final), pkg.package_sha256, gate, actor, {"refit_from": row.version}
+    )
     promoted = auto_promote(cfg, client, store, version, actor, details={"job_id": job_id, "kind": "refit"})
-    return {"version": version, "path": str(final), "status": status.value, "gate_passed": gate.passed,
-            "failed_rows": [r.line() for r in gate.failed], "promoted": promoted}
+    return {
+        "version": version,
+        "path": str(final),
+        "status": status.value,
+        "gate_passed": gate.passed,
+        "failed_rows": [r.line() for r in gate.failed],
+        "promoted": promoted,
+    }
 
 
 def _refit_threshold(cfg: StationConfig, stage: Path, images: list[np.ndarray]) -> Manifest:
@@ -219,12 +275,21 @@ def _refit_threshold(cfg: StationConfig, stage: Path, images: list[np.ndarray]) 
         return write_manifest(stage, manifest)
     scored_raw = _raw_scores(cfg, stage, images)
     target = manifest.anomaly.target_false_reject or 0.01
-    placed = AnomalySpec.placed(float(np.quantile(scored_raw, 1 - target)) * THRESHOLD_MARGIN,
-                                float(np.median(scored_raw)), cfg.policy.anomaly_review_margin)
-    anomaly = manifest.anomaly.model_copy(update={
-        "threshold": placed.threshold, "score_origin": placed.score_origin, "review_margin": placed.review_margin,
-        "score_min": float(scored_raw.min()), "score_max": float(scored_raw.max()),
-        "threshold_method": "good_quantile"})
+    placed = AnomalySpec.placed(
+        float(np.quantile(scored_raw, 1 - target)) * THRESHOLD_MARGIN,
+        float(np.median(scored_raw)),
+        cfg.policy.anomaly_review_margin,
+    )
+    anomaly = manifest.anomaly.model_copy(
+        update={
+            "threshold": placed.threshold,
+            "score_origin": placed.score_origin,
+            "review_margin": placed.review_margin,
+            "score_min": float(scored_raw.min()),
+            "score_max": float(scored_raw.max()),
+            "threshold_method": "good_quantile",
+        }
+    )
     return write_manifest(stage, manifest.model_copy(update={"anomaly": anomaly}))
 
 

@@ -78,16 +78,28 @@ class Run:
         self.job.meta["steps"][name] = {"status": PipelineStepStatus.FAILED, "error": msg}
         self._meta(step=name, error=msg)
         self.job.save_meta()
-        self.event("critical", f"retraining failed at step {name}: {msg}", step=name, error=msg,
-                   traceback=traceback.format_exc()[-2000:])
+        self.event(
+            "critical",
+            f"retraining failed at step {name}: {msg}",
+            step=name,
+            error=msg,
+            traceback=traceback.format_exc()[-2000:],
+        )
         try:
             self.store.audit.record(ACTOR, "retrain.failed", self.job.id, None, {"step": name, "error": msg})
         except Exception:  # noqa: BLE001 - the event above already surfaced the failure
             log.exception("could not audit the failure")
 
     def event(self, severity: str, message: str, **data: Any) -> None:
-        self.bus.publish_event(Event(station=self.cfg.station.id, type=EventType.JOB, severity=severity,  # type: ignore[arg-type]
-                                     message=message, data={"job_id": self.job.id, **data}))
+        self.bus.publish_event(
+            Event(
+                station=self.cfg.station.id,
+                type=EventType.JOB,
+                severity=severity,  # type: ignore[arg-type]
+                message=message,
+                data={"job_id": self.job.id, **data},
+            )
+        )
 
 
 def _brief(info: dict[str, Any]) -> dict[str, Any]:
@@ -95,8 +107,9 @@ def _brief(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if not isinstance(v, list)}
 
 
-def retrain(station: str, reason: str, source: str = "manual", actor: str = "system",
-            condition_changed: bool = False) -> dict[str, Any]:
+def retrain(
+    station: str, reason: str, source: str = "manual", actor: str = "system", condition_changed: bool = False
+) -> dict[str, Any]:
     """RQ entry point of one retraining of ``station``."""
     job = get_current_job()
     if job is None:
@@ -118,8 +131,14 @@ def _retrain(run: Run, reason: str, source: str, actor: str, condition_changed: 
     stage = steps.staging_dir(cfg, job.id)
     steps.models_dir(cfg).mkdir(parents=True, exist_ok=True)
     steps.sweep_staging(cfg, keep="")  # an earlier attempt's half-built folder is thrown away
-    run.store.audit.record(actor, "retrain.started", job.id, None, {"reason": reason, "source": source},
-                           {"attempt": job.meta["attempt"], "condition_changed": condition_changed})
+    run.store.audit.record(
+        actor,
+        "retrain.started",
+        job.id,
+        None,
+        {"reason": reason, "source": source},
+        {"attempt": job.meta["attempt"], "condition_changed": condition_changed},
+    )
     run.event("info", f"retraining started: {reason}", step="started")
     inc = steps.incumbent_of(run.store)
     run.step("snapshot", lambda: steps.snapshot(cfg, run.store, stage, inc, condition_changed, say))
@@ -127,17 +146,37 @@ def _retrain(run: Run, reason: str, source: str, actor: str, condition_changed: 
     run.step("evaluate", lambda: steps.evaluate(cfg, stage, inc, say))
     pkg = run.step("package", lambda: steps.package(cfg, stage, job.id, reason, say))
     reg = run.step("register", lambda: _register(run, pkg))
-    promoted = run.step("promote", lambda: {"promoted": registry.auto_promote(
-        cfg, job.connection, run.store, pkg["version"], ACTOR,
-        details={"job_id": job.id, "reason": reason, "incumbent": inc.version})})["promoted"]
-    result = {"passed": reg["passed"], "promoted": promoted, "status": reg["status"],
-              "failed_rows": reg["failed_rows"], "task": pkg["task"]}
+    promoted = run.step(
+        "promote",
+        lambda: {
+            "promoted": registry.auto_promote(
+                cfg,
+                job.connection,
+                run.store,
+                pkg["version"],
+                ACTOR,
+                details={"job_id": job.id, "reason": reason, "incumbent": inc.version},
+            )
+        },
+    )["promoted"]
+    result = {
+        "passed": reg["passed"],
+        "promoted": promoted,
+        "status": reg["status"],
+        "failed_rows": reg["failed_rows"],
+        "task": pkg["task"],
+    }
     run._meta(step="done", progress=1.0, version=pkg["version"], promoted=promoted)
     job.save_meta()
     release_lock(job.connection, cfg, job.id)
-    run.event("info", f"retraining finished: {pkg['version']} "
-                      f"{'promoted' if promoted else 'waits for approval' if reg['passed'] else 'rejected by the gate'}",
-              step="done", version=pkg["version"], **result)
+    run.event(
+        "info",
+        f"retraining finished: {pkg['version']} "
+        f"{'promoted' if promoted else 'waits for approval' if reg['passed'] else 'rejected by the gate'}",
+        step="done",
+        version=pkg["version"],
+        **result,
+    )
     return {"version": pkg["version"], "path": pkg["path"], **result}
 
 
@@ -146,7 +185,17 @@ def _register(run: Run, pkg: dict[str, Any]) -> dict[str, Any]:
     from trainer.retrain import gate_of
 
     gate = gate_of(pkg["path"])
-    status = registry.register_candidate(run.store, pkg["version"], pkg["path"], pkg["sha256"], gate, ACTOR,
-                                         metrics={"task": pkg["task"], "checklist_failed": pkg["checklist_failed"]})
-    return {"status": str(status), "passed": bool(gate and gate.passed),
-            "failed_rows": [r.line() for r in gate.failed] if gate else []}
+    status = registry.register_candidate(
+        run.store,
+        pkg["version"],
+        pkg["path"],
+        pkg["sha256"],
+        gate,
+        ACTOR,
+        metrics={"task": pkg["task"], "checklist_failed": pkg["checklist_failed"]},
+    )
+    return {
+        "status": str(status),
+        "passed": bool(gate and gate.passed),
+        "failed_rows": [r.line() for r in gate.failed] if gate else [],
+    }

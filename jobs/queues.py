@@ -29,12 +29,14 @@ SERIALIZER = StrictJSONSerializer
 
 #: The only functions a station's RQ worker runs (import paths, exactly as enqueued). Each ``*_FUNC``
 #: constant of ``jobs.trigger``, ``jobs.maintenance`` and ``jobs.validation`` must be here (tested).
-JOB_FUNCTIONS: frozenset[str] = frozenset({
-    "jobs.pipeline.retrain",
-    "jobs.maintenance.refit",
-    "jobs.validation.validate",
-    *REQUESTED_JOB_FUNCTIONS,
-})
+JOB_FUNCTIONS: frozenset[str] = frozenset(
+    {
+        "jobs.pipeline.retrain",
+        "jobs.maintenance.refit",
+        "jobs.validation.validate",
+        *REQUESTED_JOB_FUNCTIONS,
+    }
+)
 
 
 class JobRefused(UnsafeInputError):
@@ -66,8 +68,9 @@ class StationJob(Job):
     def func(self):  # type: ignore[no-untyped-def,override]
         why = refusal(self)
         if why is not None:
-            raise JobRefused(f"refused, nothing executed: {why}",
-                             f"only {', '.join(sorted(JOB_FUNCTIONS))} run on a station's queue")
+            raise JobRefused(
+                f"refused, nothing executed: {why}", f"only {', '.join(sorted(JOB_FUNCTIONS))} run on a station's queue"
+            )
         return super().func
 
     @property
@@ -84,8 +87,13 @@ class StationJob(Job):
 
 
 def station_queue(cfg: StationConfig, client: redis.Redis) -> Queue:
-    return Queue(queue_name(cfg), connection=client, serializer=SERIALIZER, default_timeout=cfg.jobs.job_timeout_s,
-                 job_class=StationJob)
+    return Queue(
+        queue_name(cfg),
+        connection=client,
+        serializer=SERIALIZER,
+        default_timeout=cfg.jobs.job_timeout_s,
+        job_class=StationJob,
+    )
 
 
 class JobKeys:
@@ -115,6 +123,8 @@ def set_worker_config(cfg: StationConfig) -> None:
 def worker_config(station: str) -> StationConfig:
     cfg = _WORKER_CONFIGS.get(station)
     if cfg is None:
-        raise InspectorError(f"this RQ worker has no config for station {station!r}",
-                             "start it with `inspector jobs worker --config <station.yaml>` of that station")
+        raise InspectorError(
+            f"this RQ worker has no config for station {station!r}",
+            "start it with `inspector jobs worker --config <station.yaml>` of that station",
+        )
     return cfg

@@ -57,10 +57,19 @@ def gate_of(row: ModelVersionRow) -> GateReport | None:
     return GateReport.model_validate(raw) if raw else None
 
 
-def register_candidate(store: Store, version: str, path: str, sha256: str, gate: GateReport | None, actor: str,
-                       metrics: dict[str, Any] | None = None) -> ModelStatus:
+def register_candidate(
+    store: Store,
+    version: str,
+    path: str,
+    sha256: str,
+    gate: GateReport | None,
+    actor: str,
+    metrics: dict[str, Any] | None = None,
+) -> ModelStatus:
     """Register a new version with its gate report; its status says whether the gate passed."""
-    status = ModelStatus.CANDIDATE if gate is None else ModelStatus.GATED_PASS if gate.passed else ModelStatus.GATED_FAIL
+    status = (
+        ModelStatus.CANDIDATE if gate is None else ModelStatus.GATED_PASS if gate.passed else ModelStatus.GATED_FAIL
+    )
     body = {**(metrics or {}), "gate": gate.model_dump(mode="json") if gate else None}
     register_model(store, version, path, sha256, body, actor, status=status)
     return status
@@ -85,13 +94,21 @@ def newest_candidate(store: Store) -> str | None:
 def _verified(row: ModelVersionRow) -> None:
     package = load_package(row.package_path)  # refuses a corrupt, edited or half-built package
     if package.package_sha256 != row.package_sha256:
-        raise InspectorError(f"package of {row.version} changed since it was registered ({row.package_path})",
-                             "restore the registered package, or register the new one as a new version")
+        raise InspectorError(
+            f"package of {row.version} changed since it was registered ({row.package_path})",
+            "restore the registered package, or register the new one as a new version",
+        )
 
 
 def _refuse(store: Store, row: ModelVersionRow, actor: str, why: str, hint: str, rows: list[GateRow]) -> GateRefused:
-    store.audit.record(actor, "model.promote_refused", row.version, {"status": row.status}, None,
-                       {"why": why, "failed_rows": [r.model_dump(mode="json") for r in rows]})
+    store.audit.record(
+        actor,
+        "model.promote_refused",
+        row.version,
+        {"status": row.status},
+        None,
+        {"why": why, "failed_rows": [r.model_dump(mode="json") for r in rows]},
+    )
     return GateRefused(f"promotion of {row.version} refused: {why}", hint, rows)
 
 
@@ -106,15 +123,28 @@ def _shadow_period(cfg: StationConfig, store: Store, row: ModelVersionRow, actor
     rep = shadow_report(store, row.version, max_differences=0)
     hint = f"run it in shadow first: `inspector shadow start {row.version}`, then `inspector jobs shadow-report {row.version}`"
     if rep.compared < need:
-        raise _refuse(store, row, actor, f"its shadow period is not over: {rep.compared} of the {need} live frames "
-                                         "(shadow.required_frames) compared with the active model", hint, [])
+        raise _refuse(
+            store,
+            row,
+            actor,
+            f"its shadow period is not over: {rep.compared} of the {need} live frames "
+            "(shadow.required_frames) compared with the active model",
+            hint,
+            [],
+        )
     agreement = rep.line_agreement or 0.0
     if agreement < cfg.shadow.min_agreement:
-        raise _refuse(store, row, actor, f"in shadow it agreed with the active model's line outcome on "
-                                         f"{100 * agreement:.2f} % of {rep.compared} frames, below shadow.min_agreement "
-                                         f"{100 * cfg.shadow.min_agreement:.2f} %",
-                      f"read the differing parts: `inspector jobs shadow-report {row.version}`; override with --force "
-                      "--reason (maintenance role, audited)", [])
+        raise _refuse(
+            store,
+            row,
+            actor,
+            f"in shadow it agreed with the active model's line outcome on "
+            f"{100 * agreement:.2f} % of {rep.compared} frames, below shadow.min_agreement "
+            f"{100 * cfg.shadow.min_agreement:.2f} %",
+            f"read the differing parts: `inspector jobs shadow-report {row.version}`; override with --force "
+            "--reason (maintenance role, audited)",
+            [],
+        )
 
 
 def approve(store: Store, version: str, actor: str, role: Role | str) -> ModelStatus:
@@ -123,16 +153,30 @@ def approve(store: Store, version: str, actor: str, role: Role | str) -> ModelSt
     row = get_version(store, version)
     if row.status != ModelStatus.GATED_PASS:
         gate = gate_of(row)
-        raise _refuse(store, row, actor, f"it is {row.status}, only a gated_pass version can be approved",
-                      "a failed gate can only be overridden by `promote --force --reason` (maintenance)",
-                      gate.failed if gate else [])
+        raise _refuse(
+            store,
+            row,
+            actor,
+            f"it is {row.status}, only a gated_pass version can be approved",
+            "a failed gate can only be overridden by `promote --force --reason` (maintenance)",
+            gate.failed if gate else [],
+        )
     set_model_status(store, version, ModelStatus.APPROVED, actor, Action.APPROVE.value, {"role": str(role)})
     return ModelStatus.APPROVED
 
 
-def promote(cfg: StationConfig, client: redis.Redis, store: Store, version: str | None, actor: str,
-            role: Role | str = Role.MAINTENANCE, force: bool = False, reason: str = "",
-            action: str = "model.promote", details: dict[str, Any] | None = None) -> str:
+def promote(
+    cfg: StationConfig,
+    client: redis.Redis,
+    store: Store,
+    version: str | None,
+    actor: str,
+    role: Role | str = Role.MAINTENANCE,
+    force: bool = False,
+    reason: str = "",
+    action: str = "model.promote",
+    details: dict[str, Any] | None = None,
+) -> str:
     """Verify and activate ``version`` (default: the newest waiting one) under the lifecycle's rules."""
     check_role(role, Action.FORCE_PROMOTE if force else Action.PROMOTE)
     version = version or newest_candidate(store)
@@ -147,18 +191,32 @@ def promote(cfg: StationConfig, client: redis.Redis, store: Store, version: str 
         if not reason.strip():
             raise InspectorError("--force needs --reason", "say why the gate is overridden; it is audited")
         action = Action.FORCE_PROMOTE.value
-        extra.update(reason=reason, overridden_rows=[r.model_dump(mode="json") for r in (gate.failed if gate else [])],
-                     status_before=row.status)
+        extra.update(
+            reason=reason,
+            overridden_rows=[r.model_dump(mode="json") for r in (gate.failed if gate else [])],
+            status_before=row.status,
+        )
     elif row.status == ModelStatus.GATED_FAIL:
         assert gate is not None
-        raise _refuse(store, row, actor, f"{len(gate.failed)} gate row(s) failed",
-                      "retrain with more labels, or override with --force --reason (maintenance role, audited)",
-                      gate.failed)
+        raise _refuse(
+            store,
+            row,
+            actor,
+            f"{len(gate.failed)} gate row(s) failed",
+            "retrain with more labels, or override with --force --reason (maintenance role, audited)",
+            gate.failed,
+        )
     elif row.status == ModelStatus.CANDIDATE:
         raise _refuse(store, row, actor, "its gate never ran", "evaluate it through the retraining job's gate", [])
     elif row.status == ModelStatus.GATED_PASS and not cfg.jobs.auto_promote and action == "model.promote":
-        raise _refuse(store, row, actor, "it is not approved (jobs.auto_promote is off)",
-                      "review its gate rows and `inspector jobs approve VERSION` first", [])
+        raise _refuse(
+            store,
+            row,
+            actor,
+            "it is not approved (jobs.auto_promote is off)",
+            "review its gate rows and `inspector jobs approve VERSION` first",
+            [],
+        )
     elif ModelStatus(row.status) not in PROMOTABLE:
         raise _refuse(store, row, actor, f"a {row.status} version cannot be promoted", "", [])
     if not force and action == "model.promote" and row.status in (ModelStatus.GATED_PASS, ModelStatus.APPROVED):
@@ -168,18 +226,31 @@ def promote(cfg: StationConfig, client: redis.Redis, store: Store, version: str 
     bus = StationBus(client, cfg)
     pipe = client.pipeline(transaction=True)
     pipe.delete(bus.names.active_model)
-    pipe.hset(bus.names.active_model, mapping={"version": version, "path": row.package_path,
-                                               "sha256": row.package_sha256})
+    pipe.hset(
+        bus.names.active_model, mapping={"version": version, "path": row.package_path, "sha256": row.package_sha256}
+    )
     pipe.execute()  # no pub/sub notice: workers poll this hash every worker.reload_poll_s (a missed message cannot
     # strand a worker on the old model), the drift monitor reads it every step, and the JOB event below is the record
-    bus.publish_event(Event(station=cfg.station.id, type=EventType.JOB, model_version=version,
-                            message=f"{action}: {previous} -> {version} by {actor}",
-                            data={"action": action, "previous": previous, "version": version}))
+    bus.publish_event(
+        Event(
+            station=cfg.station.id,
+            type=EventType.JOB,
+            model_version=version,
+            message=f"{action}: {previous} -> {version} by {actor}",
+            data={"action": action, "previous": previous, "version": version},
+        )
+    )
     return version
 
 
-def auto_promote(cfg: StationConfig, client: redis.Redis, store: Store, version: str, actor: str,
-                 details: dict[str, Any] | None = None) -> bool:
+def auto_promote(
+    cfg: StationConfig,
+    client: redis.Redis,
+    store: Store,
+    version: str,
+    actor: str,
+    details: dict[str, Any] | None = None,
+) -> bool:
     """Promote ``version`` without a person only when ``jobs.auto_promote`` is on and its gate passed."""
     if not cfg.jobs.auto_promote:
         return False
@@ -194,22 +265,43 @@ def auto_promote(cfg: StationConfig, client: redis.Redis, store: Store, version:
 def previous_version(store: Store) -> str | None:
     """The version that was active before the current one (the newest retired one that was ever promoted)."""
     with store.session() as s:
-        q = select(ModelVersionRow.version).where(ModelVersionRow.status == ModelStatus.RETIRED.value,
-                                                  ModelVersionRow.promoted_at.is_not(None))
+        q = select(ModelVersionRow.version).where(
+            ModelVersionRow.status == ModelStatus.RETIRED.value, ModelVersionRow.promoted_at.is_not(None)
+        )
         return s.scalar(q.order_by(ModelVersionRow.promoted_at.desc()).limit(1))
 
 
-def rollback(cfg: StationConfig, client: redis.Redis, store: Store, actor: str, reason: str = "",
-             role: Role | str = Role.MAINTENANCE) -> str:
+def rollback(
+    cfg: StationConfig,
+    client: redis.Redis,
+    store: Store,
+    actor: str,
+    reason: str = "",
+    role: Role | str = Role.MAINTENANCE,
+) -> str:
     """Re-activate the previously active version; the replaced one becomes ``rolled_back``."""
     check_role(role, Action.ROLLBACK)
     target = previous_version(store)
     current = active_model(store)
     if target is None:
         raise InspectorError("there is no previous model version to roll back to", "promote a version instead")
-    done = promote(cfg, client, store, target, actor, role=role, action="model.rollback",
-                   details={"from": current.version if current else None, "reason": reason})
+    done = promote(
+        cfg,
+        client,
+        store,
+        target,
+        actor,
+        role=role,
+        action="model.rollback",
+        details={"from": current.version if current else None, "reason": reason},
+    )
     if current is not None:
-        set_model_status(store, current.version, ModelStatus.ROLLED_BACK, actor, "model.rolled_back",
-                         {"reason": reason, "replaced_by": done})
+        set_model_status(
+            store,
+            current.version,
+            ModelStatus.ROLLED_BACK,
+            actor,
+            "model.rolled_back",
+            {"reason": reason, "replaced_by": done},
+        )
     return done

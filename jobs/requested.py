@@ -48,8 +48,7 @@ def request_retrain(station: str, actor: str, reason: str) -> str:
     def act(cfg: StationConfig, client: redis.Redis, store: Store) -> str:
         result = enqueue_retrain(cfg, client, reason, source="gui", actor=actor)
         job_id = result.job_id or result.status
-        details: dict[str, Any] = {"kind": "retrain", "requested_by": actor, "reason": reason,
-                                   "status": result.status}
+        details: dict[str, Any] = {"kind": "retrain", "requested_by": actor, "reason": reason, "status": result.status}
         store.audit.record(actor, "retrain.request", cfg.station.id, None, {"job_id": job_id}, details)
         return job_id
 
@@ -59,8 +58,9 @@ def request_retrain(station: str, actor: str, reason: str) -> str:
 def camera_changed(station: str, actor: str, note: str) -> str:
     """Camera or lighting changed: drift alarms suppressed, frames collected (jobs.maintenance, audited there).
     Returns the collection id."""
-    return _run(station, lambda cfg, client, store: str(maintenance.camera_changed(cfg, client, store, actor,
-                                                                                     note)["id"]))
+    return _run(
+        station, lambda cfg, client, store: str(maintenance.camera_changed(cfg, client, store, actor, note)["id"])
+    )
 
 
 def approve_model(station: str, version: str, actor: str, role: str) -> str:
@@ -76,5 +76,6 @@ def promote_model(station: str, version: str, actor: str, role: str) -> str:
 
 def rollback_model(station: str, actor: str, role: str) -> str:
     """Re-activate the previous version through the registry (audited ``model.rollback``); returns it."""
-    return _run(station, lambda cfg, client, store: registry.rollback(cfg, client, store, actor, reason="GUI",
-                                                                     role=role))
+    return _run(
+        station, lambda cfg, client, store: registry.rollback(cfg, client, store, actor, reason="GUI", role=role)
+    )

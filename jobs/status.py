@@ -27,28 +27,65 @@ def job_rows(cfg: StationConfig, client: redis.Redis, limit: int = 20) -> list[d
             rows.append({"id": jid, "status": "expired"})
             continue
         meta = job.meta or {}
-        rows.append({"id": jid, "status": job.get_status().value, "kind": meta.get("kind"),
-                     "step": meta.get("step"), "progress": meta.get("progress"), "reason": meta.get("reason"),
-                     "version": meta.get("version"), "error": meta.get("error"),
-                     "enqueued_at": job.enqueued_at, "retries_left": job.retries_left})
+        rows.append(
+            {
+                "id": jid,
+                "status": job.get_status().value,
+                "kind": meta.get("kind"),
+                "step": meta.get("step"),
+                "progress": meta.get("progress"),
+                "reason": meta.get("reason"),
+                "version": meta.get("version"),
+                "error": meta.get("error"),
+                "enqueued_at": job.enqueued_at,
+                "retries_left": job.retries_left,
+            }
+        )
     return rows
 
 
 def jobs_status(cfg: StationConfig, client: redis.Redis) -> dict[str, Any]:
     with open_store(cfg) as store:
-        versions = [{"version": m.version, "status": m.status, "created_at": m.created_at,
-                     "promoted_at": m.promoted_at, "path": m.package_path} for m in list_models(store)]
-    return {"station": cfg.station.id, "lock": lock_holder(client, cfg), "jobs": job_rows(cfg, client),
-            "versions": versions}
+        versions = [
+            {
+                "version": m.version,
+                "status": m.status,
+                "created_at": m.created_at,
+                "promoted_at": m.promoted_at,
+                "path": m.package_path,
+            }
+            for m in list_models(store)
+        ]
+    return {
+        "station": cfg.station.id,
+        "lock": lock_holder(client, cfg),
+        "jobs": job_rows(cfg, client),
+        "versions": versions,
+    }
 
 
 def render(st: dict[str, Any]) -> list[Table]:
-    jobs = Table("job", "kind", "status", "step", "progress", "version / error", "reason",
-                 title=f"jobs of {st['station']} (lock: {st['lock'] or 'free'})")
+    jobs = Table(
+        "job",
+        "kind",
+        "status",
+        "step",
+        "progress",
+        "version / error",
+        "reason",
+        title=f"jobs of {st['station']} (lock: {st['lock'] or 'free'})",
+    )
     for j in st["jobs"]:
         prog = f"{100 * j['progress']:.0f}%" if j.get("progress") is not None else ""
-        jobs.add_row(j["id"], j.get("kind") or "", j["status"], j.get("step") or "", prog,
-                     j.get("version") or j.get("error") or "", j.get("reason") or "")
+        jobs.add_row(
+            j["id"],
+            j.get("kind") or "",
+            j["status"],
+            j.get("step") or "",
+            prog,
+            j.get("version") or j.get("error") or "",
+            j.get("reason") or "",
+        )
     versions = Table("version", "status", "promoted at", "path", title="model versions")
     for v in st["versions"]:
         versions.add_row(v["version"], v["status"], f"{v['promoted_at']:.0f}" if v["promoted_at"] else "", v["path"])
@@ -66,9 +103,24 @@ def gate_table(version: str, status: str, report: GateReport | None) -> Table:
         t.add_row("a version without a gate report cannot be promoted")
         return t
     verdict = "PASSED" if report.passed else f"FAILED ({len(report.failed)} rows)"
-    t = Table("gate", "metric", "frames", "candidate", f"incumbent ({report.incumbent_version or 'none'})", "limit",
-              "result", title=f"gate of {version} ({status}): {verdict}; frame sets {report.frame_sets}")
+    t = Table(
+        "gate",
+        "metric",
+        "frames",
+        "candidate",
+        f"incumbent ({report.incumbent_version or 'none'})",
+        "limit",
+        "result",
+        title=f"gate of {version} ({status}): {verdict}; frame sets {report.frame_sets}",
+    )
     for r in report.rows:
-        t.add_row(r.gate, r.metric, r.frame_set, _fmt(r.candidate), _fmt(r.incumbent), _fmt(r.limit),
-                  "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]")
+        t.add_row(
+            r.gate,
+            r.metric,
+            r.frame_set,
+            _fmt(r.candidate),
+            _fmt(r.incumbent),
+            _fmt(r.limit),
+            "[green]PASS[/]" if r.passed else "[bold red]FAIL[/]",
+        )
     return t

@@ -18,8 +18,17 @@ from inspector.store.records import active_model
 from trainer import retrain
 from trainer.retrain import models_dir, staging_dir, sweep_staging
 
-__all__ = ["Incumbent", "evaluate", "incumbent_of", "models_dir", "package", "snapshot", "staging_dir",
-           "sweep_staging", "train"]
+__all__ = [
+    "Incumbent",
+    "evaluate",
+    "incumbent_of",
+    "models_dir",
+    "package",
+    "snapshot",
+    "staging_dir",
+    "sweep_staging",
+    "train",
+]
 
 Say = Callable[[str], None]
 
@@ -43,8 +52,9 @@ def incumbent_of(store: Store) -> Incumbent:
     return Incumbent(row.version, row.package_path, float(row.promoted_at or row.created_at or 0.0))
 
 
-def snapshot(cfg: StationConfig, store: Store, stage: Path, inc: Incumbent, condition_changed: bool,
-             say: Say | None = None) -> dict[str, Any]:
+def snapshot(
+    cfg: StationConfig, store: Store, stage: Path, inc: Incumbent, condition_changed: bool, say: Say | None = None
+) -> dict[str, Any]:
     return {**retrain.snapshot(cfg, store, stage, inc.since, condition_changed, say=say), "incumbent": inc.as_dict()}
 
 

@@ -90,9 +90,16 @@ def lock_holder(client: redis.Redis, cfg: StationConfig) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def request_retrain(cfg: StationConfig, client: redis.Redis, reason: str, source: str = "manual",
-                    actor: str = "system", condition_changed: bool = False, dedupe: bool = True,
-                    data: dict[str, Any] | None = None) -> RetrainRequest:
+def request_retrain(
+    cfg: StationConfig,
+    client: redis.Redis,
+    reason: str,
+    source: str = "manual",
+    actor: str = "system",
+    condition_changed: bool = False,
+    dedupe: bool = True,
+    data: dict[str, Any] | None = None,
+) -> RetrainRequest:
     """Enqueue one retraining job for the station unless one runs or was just requested."""
     keys = JobKeys(names_of(cfg))
     if dedupe and cfg.jobs.retrain_dedupe_s > 0:
@@ -110,23 +117,62 @@ def request_retrain(cfg: StationConfig, client: redis.Redis, reason: str, source
     return RetrainRequest(RetrainRequestStatus.ENQUEUED, job_id)
 
 
-def _enqueue(cfg: StationConfig, client: redis.Redis, job_id: str, reason: str, source: str, actor: str,
-             condition_changed: bool, data: dict[str, Any]) -> None:
+def _enqueue(
+    cfg: StationConfig,
+    client: redis.Redis,
+    job_id: str,
+    reason: str,
+    source: str,
+    actor: str,
+    condition_changed: bool,
+    data: dict[str, Any],
+) -> None:
     q = station_queue(cfg, client)
     retry = Retry(max=cfg.jobs.retries, interval=1) if cfg.jobs.retries else None
-    q.enqueue(RETRAIN_FUNC, cfg.station.id, reason, source, actor, condition_changed,
-              job_id=job_id, job_timeout=cfg.jobs.job_timeout_s, retry=retry, result_ttl=7 * 86_400,
-              failure_ttl=30 * 86_400, description=f"retrain {cfg.station.id}: {reason}",
-              meta={"station": cfg.station.id, "kind": "retrain", "reason": reason, "source": source,
-                    "step": "queued", "progress": 0.0, "data": data})
+    q.enqueue(
+        RETRAIN_FUNC,
+        cfg.station.id,
+        reason,
+        source,
+        actor,
+        condition_changed,
+        job_id=job_id,
+        job_timeout=cfg.jobs.job_timeout_s,
+        retry=retry,
+        result_ttl=7 * 86_400,
+        failure_ttl=30 * 86_400,
+        description=f"retrain {cfg.station.id}: {reason}",
+        meta={
+            "station": cfg.station.id,
+            "kind": "retrain",
+            "reason": reason,
+            "source": source,
+            "step": "queued",
+            "progress": 0.0,
+            "data": data,
+        },
+    )
     pipe = client.pipeline(transaction=False)
     pipe.lpush(JobKeys(names_of(cfg)).history, job_id)
     pipe.ltrim(JobKeys(names_of(cfg)).history, 0, 99)
     pipe.execute()
-    StationBus(client, cfg).publish_event(Event(
-        station=cfg.station.id, type=EventType.JOB, message=f"retraining queued ({source}): {reason}",
-        data={"job_id": job_id, "kind": "retrain", "status": JobStatus.QUEUED.value, "step": "queued", "progress": 0.0,
-              "requested_by": actor, "reason": reason, "source": source}))
+    StationBus(client, cfg).publish_event(
+        Event(
+            station=cfg.station.id,
+            type=EventType.JOB,
+            message=f"retraining queued ({source}): {reason}",
+            data={
+                "job_id": job_id,
+                "kind": "retrain",
+                "status": JobStatus.QUEUED.value,
+                "step": "queued",
+                "progress": 0.0,
+                "requested_by": actor,
+                "reason": reason,
+                "source": source,
+            },
+        )
+    )
 
 
 # --------------------------------------------------------------------------- the consumer
@@ -162,8 +208,13 @@ class RetrainTrigger:
     ``consumer``: this process's name in the group; restart under the same name to pick up its own pending
     entries. ``clock``: wall time (injectable for tests of the age limit)."""
 
-    def __init__(self, cfg: StationConfig, client: redis.Redis, consumer: str = "trigger-1",
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        client: redis.Redis,
+        consumer: str = "trigger-1",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cfg = cfg
         self.bus = StationBus(client, cfg)
         self.names = self.bus.names
@@ -258,23 +309,36 @@ class RetrainTrigger:
         if self.bus.r.exists(self.names.drift_suppressed):
             return AlarmOutcome.SUPPRESSED, None
         if event.data.get("product"):  # a product's own drift: its model is not the one a retraining rebuilds
-            log.warning("retrain trigger: drift of product %s (%s) is recorded; retrain that product's package by hand",
-                        event.data["product"], event.model_version)
+            log.warning(
+                "retrain trigger: drift of product %s (%s) is recorded; retrain that product's package by hand",
+                event.data["product"],
+                event.model_version,
+            )
             return AlarmOutcome.PRODUCT_ALARM, None
         active = self.bus.r.hget(self.names.active_model, "version")
         active_version = active.decode() if isinstance(active, bytes) else active
         if event.model_version and active_version and event.model_version != active_version:
             return AlarmOutcome.STALE_MODEL, None
-        req = request_retrain(self.cfg, self.bus.r, f"{source} alarm: {event.message}"[:500], source=source,
-                              actor=f"{source}-alarm", condition_changed=condition_changed(event),
-                              data={"alarm_event": event.id, "model_version": event.model_version,
-                                    "tripped": sorted(event.data.get("tripped") or {}),
-                                    "statistic": event.data.get("statistic")})
+        req = request_retrain(
+            self.cfg,
+            self.bus.r,
+            f"{source} alarm: {event.message}"[:500],
+            source=source,
+            actor=f"{source}-alarm",
+            condition_changed=condition_changed(event),
+            data={
+                "alarm_event": event.id,
+                "model_version": event.model_version,
+                "tripped": sorted(event.data.get("tripped") or {}),
+                "statistic": event.data.get("statistic"),
+            },
+        )
         return req.status, req.job_id
 
 
-def run_trigger_thread(cfg: StationConfig, client: redis.Redis, stop: threading.Event,
-                       consumer: str = "trigger-1") -> threading.Thread:
+def run_trigger_thread(
+    cfg: StationConfig, client: redis.Redis, stop: threading.Event, consumer: str = "trigger-1"
+) -> threading.Thread:
     """Start a :class:`RetrainTrigger` on a daemon thread (beside the drift monitor in ``jobs drift``)."""
     trigger = RetrainTrigger(cfg, client, consumer)
     t = threading.Thread(target=trigger.run, args=(stop,), name="retrain-trigger", daemon=True)

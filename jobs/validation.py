@@ -107,9 +107,13 @@ class SetCheck:
     skipped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"frame_set": self.frame_set, "n": self.n, "skipped": self.skipped,
-                "metrics": self.metrics.model_dump() if self.metrics else None,
-                "drops": [d.as_dict() for d in self.drops]}
+        return {
+            "frame_set": self.frame_set,
+            "n": self.n,
+            "skipped": self.skipped,
+            "metrics": self.metrics.model_dump() if self.metrics else None,
+            "drops": [d.as_dict() for d in self.drops],
+        }
 
 
 @dataclass
@@ -130,9 +134,12 @@ class ValidationReport:
         return next(c for c in self.checks if c.frame_set == frame_set)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "fired": self.fired,
-                "recorded": self.recorded.model_dump() if self.recorded else None,
-                "checks": [c.as_dict() for c in self.checks]}
+        return {
+            "version": self.version,
+            "fired": self.fired,
+            "recorded": self.recorded.model_dump() if self.recorded else None,
+            "checks": [c.as_dict() for c in self.checks],
+        }
 
 
 def one_frame(metric: str, m: LineMetrics) -> tuple[float, int]:
@@ -161,8 +168,9 @@ def compare(now: LineMetrics, recorded: LineMetrics, tolerance: float, frame_set
         ("balanced_accuracy", now.balanced_accuracy, recorded.balanced_accuracy, 1),
         ("recall_all", now.recall_all, recorded.recall_all, 1),
     ]
-    pairs += [(f"recall:{c}", now.recall[c], recorded.recall[c], 1)
-              for c in sorted(set(now.recall) & set(recorded.recall))]
+    pairs += [
+        (f"recall:{c}", now.recall[c], recorded.recall[c], 1) for c in sorted(set(now.recall) & set(recorded.recall))
+    ]
     drops = []
     for metric, cur, rec, sign in pairs:
         if cur is None or rec is None:
@@ -198,8 +206,9 @@ def _active(cfg: StationConfig, client: redis.Redis, store: Store) -> tuple[str,
     raise InspectorError("no active model to validate", "promote one first")
 
 
-def run_validation(cfg: StationConfig, client: redis.Redis, store: Store | None = None,
-                   now: float | None = None) -> ValidationReport:
+def run_validation(
+    cfg: StationConfig, client: redis.Redis, store: Store | None = None, now: float | None = None
+) -> ValidationReport:
     """Score the active model on the held-out set and on the last window's labelled frames; alarm on a drop."""
     own = store is None
     store = open_store(cfg) if store is None else store
@@ -218,12 +227,19 @@ def run_validation(cfg: StationConfig, client: redis.Redis, store: Store | None 
         except DataError as err:
             held.skipped = f"no usable held-out set: {err.message}"
         recent = SetCheck(RECENT)
-        labelled = [i for i in labelled_frames(store, Archive.for_data_dir(cfg.data_dir), since=now - cfg.jobs.validation_window_s,
-                                               until=now + 1e-6) if i.sha256 not in held_hashes]
+        labelled = [
+            i
+            for i in labelled_frames(
+                store, Archive.for_data_dir(cfg.data_dir), since=now - cfg.jobs.validation_window_s, until=now + 1e-6
+            )
+            if i.sha256 not in held_hashes
+        ]
         recent.n = len(labelled)
         if len(labelled) < cfg.jobs.validation_min_frames:
-            recent.skipped = (f"only {len(labelled)} frames labelled in the last {cfg.jobs.validation_window_s:g} s "
-                              f"(jobs.validation_min_frames = {cfg.jobs.validation_min_frames})")
+            recent.skipped = (
+                f"only {len(labelled)} frames labelled in the last {cfg.jobs.validation_window_s:g} s "
+                f"(jobs.validation_min_frames = {cfg.jobs.validation_min_frames})"
+            )
         else:
             recent.metrics = _score(cfg, path, labelled)
         for check in (held, recent):
@@ -245,27 +261,55 @@ def _publish(cfg: StationConfig, client: redis.Redis, store: Store, report: Vali
     bus = StationBus(client, cfg)
     checked = [f"{c.frame_set} ({c.n} frames)" for c in report.checks if c.skipped is None]
     skipped = [f"{c.frame_set} skipped: {c.skipped}" for c in report.checks if c.skipped is not None]
-    data: dict[str, Any] = {"source": SOURCE, "kind": "validation", "version": report.version,
-                            "checks": [c.as_dict() for c in report.checks]}
+    data: dict[str, Any] = {
+        "source": SOURCE,
+        "kind": "validation",
+        "version": report.version,
+        "checks": [c.as_dict() for c in report.checks],
+    }
     if not report.fired:
         msg = f"validation of {report.version}: no drop on " + (", ".join(checked) or "nothing")
         if skipped:
             msg += "; " + "; ".join(skipped)
-        bus.publish_event(Event(station=cfg.station.id, type=EventType.JOB, severity="info", message=msg,
-                                model_version=report.version, data={**data, "status": "no_drop"}))
+        bus.publish_event(
+            Event(
+                station=cfg.station.id,
+                type=EventType.JOB,
+                severity="info",
+                message=msg,
+                model_version=report.version,
+                data={**data, "status": "no_drop"},
+            )
+        )
         return
     worst = max(report.drops, key=lambda d: d.excess)
     tripped = {d.name: d.as_dict() for d in report.drops}
     data.update(statistic=f"validation:{worst.name}", value=worst.now, threshold=worst.limit, tripped=tripped)
     try:
-        record_drift_alarm(store, cfg.station.id, f"validation:{worst.name}", worst.now, worst.limit,
-                           {"version": report.version, "source": SOURCE, "tripped": tripped}, now)
+        record_drift_alarm(
+            store,
+            cfg.station.id,
+            f"validation:{worst.name}",
+            worst.now,
+            worst.limit,
+            {"version": report.version, "source": SOURCE, "tripped": tripped},
+            now,
+        )
     except Exception:  # noqa: BLE001 - a failing side output never blocks the alarm event
         log.exception("could not record the validation alarm in the store")
     msg = f"validation of {report.version}: " + ", ".join(
-        f"{d.name} {d.recorded:.3f} -> {d.now:.3f} (allowed {d.allowed:.3f})" for d in report.drops)
-    bus.publish_event(Event(station=cfg.station.id, type=EventType.DRIFT_ALARM, severity="warning", message=msg,
-                            model_version=report.version, data=data))
+        f"{d.name} {d.recorded:.3f} -> {d.now:.3f} (allowed {d.allowed:.3f})" for d in report.drops
+    )
+    bus.publish_event(
+        Event(
+            station=cfg.station.id,
+            type=EventType.DRIFT_ALARM,
+            severity="warning",
+            message=msg,
+            model_version=report.version,
+            data=data,
+        )
+    )
 
 
 def validate(station: str, reschedule: bool = False) -> dict[str, Any]:
@@ -290,6 +334,12 @@ def schedule_validation(cfg: StationConfig, client: redis.Redis) -> str | None:
         return None
     if not client.set(JobKeys(names_of(cfg)).validation_next, "1", nx=True, ex=int(interval) + 60):
         return None
-    job = station_queue(cfg, client).enqueue_in(timedelta(seconds=interval), VALIDATE_FUNC, cfg.station.id, True,
-                                                 description=f"validate {cfg.station.id}", result_ttl=86_400)
+    job = station_queue(cfg, client).enqueue_in(
+        timedelta(seconds=interval),
+        VALIDATE_FUNC,
+        cfg.station.id,
+        True,
+        description=f"validate {cfg.station.id}",
+        result_ttl=86_400,
+    )
     return job.id

@@ -42,8 +42,9 @@ def _audit_refusal(cfg: StationConfig, worker: str, job: Job, why: str) -> None:
     try:
         store = open_store(cfg)
         try:
-            store.audit.record(f"rq-worker:{worker}", "job.refused", job.id, None, None,
-                               {"why": why, "origin": job.origin})
+            store.audit.record(
+                f"rq-worker:{worker}", "job.refused", job.id, None, None, {"why": why, "origin": job.origin}
+            )
         finally:
             store.close()
     except Exception:  # noqa: BLE001 - the job is refused whether or not the audit row could be written
@@ -67,8 +68,14 @@ def make_worker(cfg: StationConfig, client: redis.Redis, name: str | None = None
     return w
 
 
-def run_worker(cfg: StationConfig, client: redis.Redis, burst: bool = False, with_scheduler: bool = False,
-               name: str | None = None, simple: bool = False) -> bool:
+def run_worker(
+    cfg: StationConfig,
+    client: redis.Redis,
+    burst: bool = False,
+    with_scheduler: bool = False,
+    name: str | None = None,
+    simple: bool = False,
+) -> bool:
     """Work the station's queue. The process lowers its own CPU priority by ``jobs.worker_nice`` first: on a
     2-core station a retraining at the line's priority starved the inspection workers until frames expired
     (5 ERROR verdicts, 5-7 s old, measured in the learning-loop acceptance test)."""

@@ -53,8 +53,10 @@ def redis_client(station_config: StationConfig):  # type: ignore[no-untyped-def]
 def _require_dataset(name: str) -> Path:
     path = dataset_dir(name)
     if path is None:
-        pytest.skip(f"real data set {name!r} not found: set INSPECTOR_SHARED_DATA to the folder holding it "
-                    f"(default ../shared/data beside the repository)")
+        pytest.skip(
+            f"real data set {name!r} not found: set INSPECTOR_SHARED_DATA to the folder holding it "
+            f"(default ../shared/data beside the repository)"
+        )
     return path
 
 

@@ -26,16 +26,29 @@ def publish_parts(bus: StationBus, n: int, seed: int = 3, camera: str = "cam0") 
     metas = []
     for seq in range(n):
         kind = f.sample_kind(0.3)
-        meta = FrameMeta(station=bus.cfg.station.id, camera=camera, seq=seq, part_id=f"p{seq}",
-                         captured_at=time.time(), encoding="jpeg", truth=kind)
+        meta = FrameMeta(
+            station=bus.cfg.station.id,
+            camera=camera,
+            seq=seq,
+            part_id=f"p{seq}",
+            captured_at=time.time(),
+            encoding="jpeg",
+            truth=kind,
+        )
         bus.publish_frame(meta, encode_image(f.make(kind), "jpeg", 90))
         metas.append(meta)
     return metas
 
 
 def publish_raw(bus: StationBus, data: bytes, seq: int, encoding: str = "jpeg") -> FrameMeta:
-    meta = FrameMeta(station=bus.cfg.station.id, camera="cam0", seq=seq, part_id=f"raw{seq}",
-                     captured_at=time.time(), encoding=encoding)
+    meta = FrameMeta(
+        station=bus.cfg.station.id,
+        camera="cam0",
+        seq=seq,
+        part_id=f"raw{seq}",
+        captured_at=time.time(),
+        encoding=encoding,
+    )
     bus.publish_frame(meta, data)
     return meta
 
@@ -58,8 +71,14 @@ def wait_for_verdicts(client: redis.Redis, bus: StationBus, n: int, timeout: flo
     return read_verdicts(client, bus)
 
 
-def label_frames(cfg, store, frames: list[tuple[bytes, str]], ext: str = "png", tag: str = "lab",  # type: ignore[no-untyped-def]
-                 user: str = "reviewer") -> None:
+def label_frames(
+    cfg,
+    store,
+    frames: list[tuple[bytes, str]],
+    ext: str = "png",
+    tag: str = "lab",  # type: ignore[no-untyped-def]
+    user: str = "reviewer",
+) -> None:
     """People label frames as the quality view does: archived image, review item, lease, current label.
 
     ``frames``: (encoded image bytes, label) pairs; ``tag`` prefixes the frame ids (unique per call site)."""
@@ -72,9 +91,20 @@ def label_frames(cfg, store, frames: list[tuple[bytes, str]], ext: str = "png", 
     svc = LabellingService(store, archive)
     for k, (data, label) in enumerate(frames):
         sha = archive.put(data, ext)
-        add_review_item(store, ReviewRequest(station=cfg.station.id, frame_id=f"{tag}{k}", part_id=f"{tag}{k}",
-                                             camera="cam0", reasons=["uncertain"], priority=1, image_sha256=sha,
-                                             decision=Decision.REVIEW), image_ext=ext)
+        add_review_item(
+            store,
+            ReviewRequest(
+                station=cfg.station.id,
+                frame_id=f"{tag}{k}",
+                part_id=f"{tag}{k}",
+                camera="cam0",
+                reasons=["uncertain"],
+                priority=1,
+                image_sha256=sha,
+                decision=Decision.REVIEW,
+            ),
+            image_ext=ext,
+        )
         item = svc.lease_next(user)
         assert item is not None
         svc.label(item.id, user, label)

@@ -46,11 +46,19 @@ def _run(case: Case, tmp: Path) -> tuple[subprocess.CompletedProcess[str], float
         (tmp / "station.yaml").write_bytes(case.yaml.replace("{tmp}", str(tmp)).encode("latin-1"))
     t0 = time.monotonic()
     try:
-        out = subprocess.run(INSPECTOR + argv, cwd=tmp, env=env, capture_output=True, text=True,
-                             errors="replace", timeout=case.within_s + 2)
+        out = subprocess.run(
+            INSPECTOR + argv,
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=case.within_s + 2,
+        )
     except subprocess.TimeoutExpired as err:
-        pytest.fail(f"inspector {' '.join(argv)} was still waiting after {case.within_s + 2:.0f} s; "
-                    f"it printed: {err.stderr!r}")
+        pytest.fail(
+            f"inspector {' '.join(argv)} was still waiting after {case.within_s + 2:.0f} s; it printed: {err.stderr!r}"
+        )
     return out, time.monotonic() - t0
 
 
@@ -80,20 +88,41 @@ CASES = {
     "empty station file": Case(V, yaml="# nothing here\n", names=("station.yaml", "empty"), fix=("station:",)),
     "empty station file (worker)": Case(W, yaml="\n", names=("station.yaml", "empty"), fix=("station:",)),
     "non-UTF-8 station file": Case(V, yaml="station:\n  id: caf\xe9\n", names=("station.yaml", "UTF-8"), fix=("save",)),
-    "store.url not a URL": Case(V, yaml="store:\n  url: not-a-url\n", names=("store.url", "not-a-url"),
-                                fix=("sqlite:///", "postgresql")),
-    "http:// Redis URL": Case(V, yaml="redis:\n  url: http://127.0.0.1:6379/0\n", names=("redis.url", "http://"),
-                              fix=("redis://",)),
-    "http:// Redis URL (status)": Case(S, yaml="redis:\n  url: http://127.0.0.1:6379/0\n", names=("redis.url",),
-                                       fix=("redis://",)),
-    "env override with one underscore": Case(V, yaml="station: {id: s1}\n", env={"INSPECTOR_REDIS_URL": "redis://h:1/0"},
-                                             names=("INSPECTOR_REDIS_URL",), fix=("INSPECTOR_REDIS__URL",)),
-    "env override naming no key": Case(W, yaml="station: {id: s1}\n", env={"INSPECTOR_WORKER__MAX_BACH": "4"},
-                                       names=("INSPECTOR_WORKER__MAX_BACH", "max_bach"), fix=("max_batch",)),
-    "wrong Redis port": Case(S, yaml="redis:\n  url: redis://127.0.0.1:{port}/0\n  reconnect: {give_up_s: 3}\n",
-                             names=("127.0.0.1:{port}",), fix=("redis.url",)),
-    "wrong Redis host": Case(W, yaml="redis:\n  url: redis://no-such-host.invalid:6379/0\n  reconnect: {give_up_s: 3}\n",
-                             names=("no-such-host.invalid",), fix=("redis.url",)),
+    "store.url not a URL": Case(
+        V, yaml="store:\n  url: not-a-url\n", names=("store.url", "not-a-url"), fix=("sqlite:///", "postgresql")
+    ),
+    "http:// Redis URL": Case(
+        V, yaml="redis:\n  url: http://127.0.0.1:6379/0\n", names=("redis.url", "http://"), fix=("redis://",)
+    ),
+    "http:// Redis URL (status)": Case(
+        S, yaml="redis:\n  url: http://127.0.0.1:6379/0\n", names=("redis.url",), fix=("redis://",)
+    ),
+    "env override with one underscore": Case(
+        V,
+        yaml="station: {id: s1}\n",
+        env={"INSPECTOR_REDIS_URL": "redis://h:1/0"},
+        names=("INSPECTOR_REDIS_URL",),
+        fix=("INSPECTOR_REDIS__URL",),
+    ),
+    "env override naming no key": Case(
+        W,
+        yaml="station: {id: s1}\n",
+        env={"INSPECTOR_WORKER__MAX_BACH": "4"},
+        names=("INSPECTOR_WORKER__MAX_BACH", "max_bach"),
+        fix=("max_batch",),
+    ),
+    "wrong Redis port": Case(
+        S,
+        yaml="redis:\n  url: redis://127.0.0.1:{port}/0\n  reconnect: {give_up_s: 3}\n",
+        names=("127.0.0.1:{port}",),
+        fix=("redis.url",),
+    ),
+    "wrong Redis host": Case(
+        W,
+        yaml="redis:\n  url: redis://no-such-host.invalid:6379/0\n  reconnect: {give_up_s: 3}\n",
+        names=("no-such-host.invalid",),
+        fix=("redis.url",),
+    ),
 }
 
 
@@ -101,8 +130,14 @@ CASES = {
 def test_bad_input_is_one_clear_line(name: str, tmp_path: Path) -> None:
     case = CASES[name]
     port = str(_closed_port())
-    case = Case([a.replace("{port}", port) for a in case.argv], case.yaml.replace("{port}", port), case.env,
-                tuple(n.replace("{port}", port) for n in case.names), case.fix, case.within_s)
+    case = Case(
+        [a.replace("{port}", port) for a in case.argv],
+        case.yaml.replace("{port}", port),
+        case.env,
+        tuple(n.replace("{port}", port) for n in case.names),
+        case.fix,
+        case.within_s,
+    )
     out, took = _run(case, tmp_path)
     _assert_one_clear_line(case, out, took)
 
@@ -110,11 +145,19 @@ def test_bad_input_is_one_clear_line(name: str, tmp_path: Path) -> None:
 def test_wrong_port_wait_is_announced_at_once(tmp_path: Path) -> None:
     """A server that may still come up is awaited, but the wait and its bound are printed before it starts."""
     port = _closed_port()
-    (tmp_path / "station.yaml").write_text(f"redis:\n  url: redis://127.0.0.1:{port}/0\n  reconnect: {{give_up_s: 5}}\n")
+    (tmp_path / "station.yaml").write_text(
+        f"redis:\n  url: redis://127.0.0.1:{port}/0\n  reconnect: {{give_up_s: 5}}\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) or k in NON_CONFIG_ENV}
     t0 = time.monotonic()
-    proc = subprocess.Popen(INSPECTOR + ["worker", "-c", "station.yaml"], cwd=tmp_path, env=env, text=True,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        INSPECTOR + ["worker", "-c", "station.yaml"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         assert proc.stderr is not None
         first = proc.stderr.readline()
@@ -129,13 +172,35 @@ def test_wrong_port_wait_is_announced_at_once(tmp_path: Path) -> None:
 
 # -- TLS: real TLS endpoints with a throw-away certificate ----------------------------------------------------------
 
+
 def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make the test certificate")
     key, cert = folder / f"{name}.key", folder / f"{name}.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return key, cert
 
 
@@ -177,21 +242,30 @@ def tls_port(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 def test_wrong_ca_fails_fast(tmp_path: Path, tls_port: tuple[int, Path]) -> None:
     port, ca = tls_port
-    case = Case(W, yaml=f"redis:\n  url: rediss://127.0.0.1:{port}/0\n  tls_ca_certs: {ca}\n",
-                names=("certificate",), fix=("redis.tls_ca_certs", "tls_ca_certs"))
+    case = Case(
+        W,
+        yaml=f"redis:\n  url: rediss://127.0.0.1:{port}/0\n  tls_ca_certs: {ca}\n",
+        names=("certificate",),
+        fix=("redis.tls_ca_certs", "tls_ca_certs"),
+    )
     out, took = _run(case, tmp_path)
     _assert_one_clear_line(case, out, took)  # default give_up_s (120 s): a refused handshake never heals
 
 
 def test_plain_url_to_tls_port_fails_fast(tmp_path: Path, tls_port: tuple[int, Path]) -> None:
     port, _ = tls_port
-    case = Case(S, yaml=f"redis:\n  url: redis://127.0.0.1:{port}/0\n", names=(f"127.0.0.1:{port}",),
-                fix=("rediss://", "redis.tls"))
+    case = Case(
+        S,
+        yaml=f"redis:\n  url: redis://127.0.0.1:{port}/0\n",
+        names=(f"127.0.0.1:{port}",),
+        fix=("rediss://", "redis.tls"),
+    )
     out, took = _run(case, tmp_path)
     _assert_one_clear_line(case, out, took)
 
 
 # -- disks: real tmpfs mounts ----------------------------------------------------------------------------------------
+
 
 def _tmpfs(target: Path, options: str) -> None:
     target.mkdir(parents=True, exist_ok=True)
@@ -210,8 +284,10 @@ def mounts(tmp_path: Path) -> Iterator[list[Path]]:
         subprocess.run(["umount", "-l", str(m)], capture_output=True)
 
 
-OWNERS = {"station run": ["station", "run", "-c", "station.yaml"],
-          "worker --standalone": ["worker", "--standalone", "-c", "station.yaml", "--max-frames", "1"]}
+OWNERS = {
+    "station run": ["station", "run", "-c", "station.yaml"],
+    "worker --standalone": ["worker", "--standalone", "-c", "station.yaml", "--max-frames", "1"],
+}
 
 
 @pytest.mark.parametrize("owner", list(OWNERS))
@@ -220,8 +296,12 @@ def test_read_only_data_folder(owner: str, tmp_path: Path, mounts: list[Path]) -
     ro = tmp_path / "ro"
     _tmpfs(ro, "ro,size=1m")
     mounts.append(ro)
-    case = Case(OWNERS[owner], yaml=f"station: {{data_dir: {ro}/station}}\n", names=(str(ro), "read-only"),
-                fix=("station.data_dir", "remount"))
+    case = Case(
+        OWNERS[owner],
+        yaml=f"station: {{data_dir: {ro}/station}}\n",
+        names=(str(ro), "read-only"),
+        fix=("station.data_dir", "remount"),
+    )
     out, took = _run(case, tmp_path)
     _assert_one_clear_line(case, out, took)
 
@@ -240,7 +320,11 @@ def test_full_disk_names_disk_space(owner: str, tmp_path: Path, mounts: list[Pat
         pass
     finally:
         os.close(fd)
-    case = Case(OWNERS[owner], yaml=f"station: {{data_dir: {full}/station}}\n", names=(str(full), "full"),
-                fix=("free disk space",))
+    case = Case(
+        OWNERS[owner],
+        yaml=f"station: {{data_dir: {full}/station}}\n",
+        names=(str(full), "full"),
+        fix=("free disk space",),
+    )
     out, took = _run(case, tmp_path)
     _assert_one_clear_line(case, out, took)

@@ -35,15 +35,17 @@ def _package(folder: Path, name: str, seed: int) -> Path:
 @pytest.fixture
 def products_config(station_config: StationConfig, tmp_path: Path) -> StationConfig:
     doc = station_config.model_dump(mode="json", exclude_none=True)
-    doc["products"] = {"bracket": {"package": str(_package(tmp_path / "a", "bracket-model", 1))},
-                       "housing": {"package": str(_package(tmp_path / "b", "housing-model", 2)),
-                                   "policy": {"pass_confidence": 0.8}}}
+    doc["products"] = {
+        "bracket": {"package": str(_package(tmp_path / "a", "bracket-model", 1))},
+        "housing": {"package": str(_package(tmp_path / "b", "housing-model", 2)), "policy": {"pass_confidence": 0.8}},
+    }
     doc["camera"] = {"fps": 60}
     return parse_config(doc, environ={})
 
 
 def test_changeover_under_load_never_judges_a_frame_with_another_products_model(
-        products_config: StationConfig, redis_client) -> None:
+    products_config: StationConfig, redis_client
+) -> None:
     cfg = products_config
     store = open_store(cfg)
     version = {name: load_package(p.package).version for name, p in cfg.products.items()}
@@ -52,9 +54,13 @@ def test_changeover_under_load_never_judges_a_frame_with_another_products_model(
     camera = CameraPublisher(bus, SyntheticSource(seed=4, size=96))
     published: list[tuple[str, str | None]] = []  # (frame id, product) in publish order
     threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
-    threads.append(threading.Thread(target=camera.run, kwargs={"max_frames": 600,
-                                                              "on_frame": lambda m, _c: published.append((m.id, m.product))},
-                                    daemon=True))
+    threads.append(
+        threading.Thread(
+            target=camera.run,
+            kwargs={"max_frames": 600, "on_frame": lambda m, _c: published.append((m.id, m.product))},
+            daemon=True,
+        )
+    )
     for t in threads:
         t.start()
     switches = []
@@ -84,7 +90,7 @@ def test_changeover_under_load_never_judges_a_frame_with_another_products_model(
     # no frame crosses a switch: a frame published after a switch returned carries the new product
     for n_before, product in switches:
         if n_before + 1 < len(published):
-            assert all(p == product for _fid, p in published[n_before + 1:n_before + 10]), (n_before, product)
+            assert all(p == product for _fid, p in published[n_before + 1 : n_before + 10]), (n_before, product)
     counts = {p: sum(1 for _f, q in published if q == p) for p in cfg.products}
     assert all(n > 50 for n in counts.values()), counts
     # each switch is an audit row with the old and new product
@@ -92,8 +98,9 @@ def test_changeover_under_load_never_judges_a_frame_with_another_products_model(
     assert len(switched) == len(switches)
 
 
-def test_an_unknown_product_is_refused_and_the_current_one_keeps_running(products_config: StationConfig,
-                                                                         redis_client) -> None:
+def test_an_unknown_product_is_refused_and_the_current_one_keeps_running(
+    products_config: StationConfig, redis_client
+) -> None:
     store = open_store(products_config)
     switch_product(products_config, redis_client, store, "housing", "tester", "maintenance")
     with pytest.raises(ProductError, match=r"product 'gearbox' is not configured: the station makes bracket, housing"):

@@ -31,8 +31,10 @@ def test_bad_value_is_named_with_its_path() -> None:
 
 
 def test_environment_overrides_nested_keys() -> None:
-    cfg = parse_config({"worker": {"max_batch": 2}}, environ={"INSPECTOR_WORKER__MAX_BATCH": "16",
-                                                              "INSPECTOR_REDIS__URL": "redis://h:1/0"})
+    cfg = parse_config(
+        {"worker": {"max_batch": 2}},
+        environ={"INSPECTOR_WORKER__MAX_BATCH": "16", "INSPECTOR_REDIS__URL": "redis://h:1/0"},
+    )
     assert cfg.worker.max_batch == 16 and cfg.redis.url == "redis://h:1/0"
 
 

@@ -67,9 +67,13 @@ def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _demo(data_dir: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "inspector.cli", "demo", "--headless", "--data-dir", str(data_dir),
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "inspector.cli", "demo", "--headless", "--data-dir", str(data_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def _station_processes(data_dir: Path) -> list[str]:
@@ -136,16 +140,18 @@ def test_ctrl_c_while_training_leaves_nothing_behind(tmp_path: Path, tiny_packag
 
 
 @pytest.mark.parametrize("phase", ["start-up", "streaming"])
-def test_ctrl_c_leaves_no_process_and_no_lock_and_the_next_demo_starts(tmp_path: Path, tiny_package: Path,
-                                                                       phase: str) -> None:
+def test_ctrl_c_leaves_no_process_and_no_lock_and_the_next_demo_starts(
+    tmp_path: Path, tiny_package: Path, phase: str
+) -> None:
     data_dir = tmp_path / "station"
     proc = _demo(data_dir, "--package", str(tiny_package), "--json")
     if phase == "start-up":  # the supervisor has started Redis and its first children, the camera waits
         assert wait_for(lambda: (data_dir / "supervisor.json").exists(), 60), proc.stderr
     else:
         report = data_dir / "demo-camera.json"
-        assert wait_for(lambda: report.exists() and json.loads(report.read_text() or "{}").get("published", 0) >= 20,
-                     120), "the demo did not stream"
+        assert wait_for(
+            lambda: report.exists() and json.loads(report.read_text() or "{}").get("published", 0) >= 20, 120
+        ), "the demo did not stream"
         children = json.loads((data_dir / "supervisor.json").read_text())["processes"]
         assert {"camera", "worker-1", "line", "drift", "jobs"} <= set(children)
     rc, out, err = _interrupt(proc)

@@ -7,16 +7,30 @@ from inspector.contracts.lifecycle import LineMetrics
 from inspector.evaluation import line_metrics
 from inspector.gates import evaluate_gates
 
-JOBS = JobsSection(recall_floor=0.8, recall_floors={"crack": 0.5}, false_reject_ceiling=0.05,
-                   regression_tolerance=0.01, min_gate_frames=10)
+JOBS = JobsSection(
+    recall_floor=0.8,
+    recall_floors={"crack": 0.5},
+    false_reject_ceiling=0.05,
+    regression_tolerance=0.01,
+    min_gate_frames=10,
+)
 
 
 def _m(frr: float, recall: dict[str, float], n_good: int = 50, n_per: int = 50, errors: int = 0) -> LineMetrics:
     n_def = n_per * len(recall)
     rec_all = sum(recall.values()) / len(recall) if recall else None
     ba = ((1 - frr) + rec_all) / 2 if rec_all is not None else 1 - frr
-    return LineMetrics(n=n_good + n_def, n_good=n_good, n_defect=n_def, false_reject_rate=frr, recall=recall,
-                       n_per_class={c: n_per for c in recall}, recall_all=rec_all, balanced_accuracy=ba, errors=errors)
+    return LineMetrics(
+        n=n_good + n_def,
+        n_good=n_good,
+        n_defect=n_def,
+        false_reject_rate=frr,
+        recall=recall,
+        n_per_class={c: n_per for c in recall},
+        recall_all=rec_all,
+        balanced_accuracy=ba,
+        errors=errors,
+    )
 
 
 def _failed(report) -> set[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
@@ -32,8 +46,11 @@ def test_passing_candidate_and_first_model() -> None:
 
 def test_each_limit_fails_its_own_row() -> None:
     bad = evaluate_gates({"heldout": _m(0.08, {"crack": 0.4, "blowhole": 0.7})}, {}, JOBS)
-    assert _failed(bad) == {("false_reject_ceiling", "false_reject_rate", "heldout"),
-                            ("recall_floor", "recall:crack", "heldout"), ("recall_floor", "recall:blowhole", "heldout")}
+    assert _failed(bad) == {
+        ("false_reject_ceiling", "false_reject_rate", "heldout"),
+        ("recall_floor", "recall:crack", "heldout"),
+        ("recall_floor", "recall:blowhole", "heldout"),
+    }
     few = evaluate_gates({"heldout": _m(0.0, {"crack": 1.0}, n_per=3)}, {}, JOBS)
     assert _failed(few) == {("enough_frames", "n_defect", "heldout")}
     err = evaluate_gates({"heldout": _m(0.0, {"crack": 1.0}, errors=1)}, {}, JOBS)
@@ -71,8 +88,12 @@ def test_false_reject_ceiling_counts_whole_parts() -> None:
 
     assert abs(ceiling_rate(0.02, 97) - 2 / 97) < 1e-12  # 1.94 parts -> 2 parts allowed
     assert abs(ceiling_rate(0.02, 100) - 0.02) < 1e-12  # exactly 2 parts: no rounding
-    two = evaluate_gates({"heldout": _m(2 / 97, {"crack": 0.9}, n_good=97)}, {}, JOBS.model_copy(update={"false_reject_ceiling": 0.02}))
-    three = evaluate_gates({"heldout": _m(3 / 97, {"crack": 0.9}, n_good=97)}, {}, JOBS.model_copy(update={"false_reject_ceiling": 0.02}))
+    two = evaluate_gates(
+        {"heldout": _m(2 / 97, {"crack": 0.9}, n_good=97)}, {}, JOBS.model_copy(update={"false_reject_ceiling": 0.02})
+    )
+    three = evaluate_gates(
+        {"heldout": _m(3 / 97, {"crack": 0.9}, n_good=97)}, {}, JOBS.model_copy(update={"false_reject_ceiling": 0.02})
+    )
     assert two.passed and ("false_reject_ceiling", "false_reject_rate", "heldout") in _failed(three)
 
 

@@ -32,9 +32,13 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The four packages and pyproject.toml, copied (Python files only)."""
     root = tmp_path_factory.mktemp("layers")
     for package in PACKAGES:
-        shutil.copytree(ROOT / package, root / package,
-                        ignore=lambda d, names: [n for n in names if not (n.endswith(".py") or (Path(d) / n).is_dir())
-                                                 or n == "__pycache__"])
+        shutil.copytree(
+            ROOT / package,
+            root / package,
+            ignore=lambda d, names: [
+                n for n in names if not (n.endswith(".py") or (Path(d) / n).is_dir()) or n == "__pycache__"
+            ],
+        )
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     return root
 
@@ -42,8 +46,13 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lint(root: Path, contract: str) -> subprocess.CompletedProcess[str]:
     """``lint-imports`` on the copy in ``root`` (its packages first on the path), one contract."""
     assert LINT is not None
-    return subprocess.run([LINT, "--config", str(root / "pyproject.toml"), "--contract", contract, "--no-cache"],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [LINT, "--config", str(root / "pyproject.toml"), "--contract", contract, "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def planted(root: Path, module: str, line: str) -> Path:
@@ -55,18 +64,42 @@ def planted(root: Path, module: str, line: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("contract", "name", "module", "line", "named"), [
-    ("layers", "Layers: gui > jobs > trainer > inspector", "inspector.decision", "import trainer  # planted",
-     "inspector.decision -> trainer"),
-    ("layers", "Layers: gui > jobs > trainer > inspector", "trainer.recipe",
-     "def _f():\n    from jobs import queues  # planted, lazily", "trainer.recipe -> jobs.queues"),
-    ("gui-no-jobs", "gui reaches jobs by RQ dotted-path strings only", "gui.render", "import jobs.queues  # planted",
-     "gui.render -> jobs.queues"),
-    ("contracts-pure", "inspector.contracts imports only pydantic, yaml and the standard library",
-     "inspector.contracts.names", "import redis  # planted", "inspector.contracts.names -> redis"),
-])
-def test_a_planted_import_breaks_its_contract_and_is_named(tree: Path, contract: str, name: str, module: str,
-                                                           line: str, named: str) -> None:
+@pytest.mark.parametrize(
+    ("contract", "name", "module", "line", "named"),
+    [
+        (
+            "layers",
+            "Layers: gui > jobs > trainer > inspector",
+            "inspector.decision",
+            "import trainer  # planted",
+            "inspector.decision -> trainer",
+        ),
+        (
+            "layers",
+            "Layers: gui > jobs > trainer > inspector",
+            "trainer.recipe",
+            "def _f():\n    from jobs import queues  # planted, lazily",
+            "trainer.recipe -> jobs.queues",
+        ),
+        (
+            "gui-no-jobs",
+            "gui reaches jobs by RQ dotted-path strings only",
+            "gui.render",
+            "import jobs.queues  # planted",
+            "gui.render -> jobs.queues",
+        ),
+        (
+            "contracts-pure",
+            "inspector.contracts imports only pydantic, yaml and the standard library",
+            "inspector.contracts.names",
+            "import redis  # planted",
+            "inspector.contracts.names -> redis",
+        ),
+    ],
+)
+def test_a_planted_import_breaks_its_contract_and_is_named(
+    tree: Path, contract: str, name: str, module: str, line: str, named: str
+) -> None:
     clean = lint(tree, contract)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert f"{name}" in clean.stdout and "KEPT" in clean.stdout
@@ -82,11 +115,33 @@ def test_a_planted_import_breaks_its_contract_and_is_named(tree: Path, contract:
 
 
 def test_the_inspector_command_lists_every_command_group() -> None:
-    out = subprocess.run([sys.executable, "-m", "inspector.cli", "--help"], capture_output=True, text=True,
-                         timeout=120, env={"COLUMNS": "200", "PATH": ""}, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "200", "PATH": ""},
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
-    for command in ("demo", "camera", "worker", "status", "validate-config", "gui", "line", "trace", "bench", "jobs",
-                    "audit", "identity", "review", "station", "product", "shadow"):
+    for command in (
+        "demo",
+        "camera",
+        "worker",
+        "status",
+        "validate-config",
+        "gui",
+        "line",
+        "trace",
+        "bench",
+        "jobs",
+        "audit",
+        "identity",
+        "review",
+        "station",
+        "product",
+        "shadow",
+    ):
         assert f" {command} " in out.stdout, command
 
 

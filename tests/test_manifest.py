@@ -26,4 +26,7 @@ def test_threshold_placed_for_the_review_band_rejects_exactly_above_the_good_qua
     policy = PolicySection(anomaly_review_margin=0.15)
     assert decide(None, spec.normalise(2.99), policy).decision.value == "PASS"
     assert decide(None, spec.normalise(3.0), policy).decision.value == "REVIEW"  # the line rejects from the quantile
-    assert decide(None, spec.normalise(spec.origin + 1.2 * (spec.threshold - spec.origin)), policy).decision.value == "FAIL"
+    assert (
+        decide(None, spec.normalise(spec.origin + 1.2 * (spec.threshold - spec.origin)), policy).decision.value
+        == "FAIL"
+    )

@@ -67,8 +67,13 @@ def total(page: dict[str, list[tuple[dict[str, str], float]]], sample: str, **la
 
 
 def status(config: Path) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "inspector.cli", "status", "--config", str(config), "--json"],
-                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "status", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -95,8 +100,12 @@ def station(tmp_path: Path, tiny_package: Path) -> Iterator[tuple[StationConfig,
         "worker": {"max_batch": 4},
         "review": {"enabled": False},
         "line": {"deadline_ms": 2000},
-        "supervisor": {"processes": ["camera", "worker", "line", "drift", "jobs"], "workers": 2,
-                       "restart_initial_s": 0.5, "stop_timeout_s": 15},
+        "supervisor": {
+            "processes": ["camera", "worker", "line", "drift", "jobs"],
+            "workers": 2,
+            "restart_initial_s": 0.5,
+            "stop_timeout_s": 15,
+        },
         "metrics": {"enabled": True, "port_base": base},
     }
     cfg = parse_config(data, environ={})
@@ -109,8 +118,13 @@ def station(tmp_path: Path, tiny_package: Path) -> Iterator[tuple[StationConfig,
     env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECTOR_") or k == "INSPECTOR_SLOW"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     with open(log, "ab") as fh:
-        sup = subprocess.Popen([sys.executable, "-m", "inspector.cli", "station", "run", "--config", str(config)],
-                               stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        sup = subprocess.Popen(
+            [sys.executable, "-m", "inspector.cli", "station", "run", "--config", str(config)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
     try:
         yield cfg, config, log, taken
     finally:
@@ -124,15 +138,19 @@ def station(tmp_path: Path, tiny_package: Path) -> Iterator[tuple[StationConfig,
 
 
 def test_every_process_serves_rising_counters_that_match_status(
-        station: tuple[StationConfig, Path, Path, socket.socket]) -> None:
+    station: tuple[StationConfig, Path, Path, socket.socket],
+) -> None:
     cfg, config, log, _taken = station
     ports = {p: metrics_port(cfg, p) for p in PROCESSES}
     serving = [p for p in PROCESSES if p != "worker-2"]
 
     def all_up() -> bool:
         pages = {p: scrape(ports[p]) for p in serving}
-        return total(pages["worker-1"], "inspector_verdicts_total") > 0 and \
-            total(pages["line"], "inspector_line_parts_total") > 0
+        return (
+            total(pages["worker-1"], "inspector_verdicts_total") > 0
+            and total(pages["line"], "inspector_line_parts_total") > 0
+        )
+
     assert wait_for(all_up, 180), log.read_text()[-4000:]
 
     first = {p: scrape(ports[p]) for p in serving}
@@ -150,6 +168,7 @@ def test_every_process_serves_rising_counters_that_match_status(
     # frames: the camera's own count against the station's published counter
     def published(page: dict) -> float:  # type: ignore[type-arg]
         return total(page, "inspector_frames_published_total", camera=cfg.camera.id)
+
     assert published(first["camera"]) < published(before["camera"]), "frames do not rise"
     assert published(before["camera"]) <= st["counters"]["published"] <= published(after["camera"])
     assert total(after["camera"], "inspector_station_counter_total", name="published") >= st["counters"]["published"]
@@ -157,6 +176,7 @@ def test_every_process_serves_rising_counters_that_match_status(
     # verdicts: the workers' by decision and defect class add up to the station's verdicts counter
     def verdicts(pages: dict) -> float:  # type: ignore[type-arg]
         return total(pages["worker-1"], "inspector_verdicts_total")
+
     # worker-2 serves no metrics (its port is taken); its own count comes from the status heartbeat
     w2 = [w for w in st["workers"] if w["worker"].endswith("-worker-2")]
     assert w2 and w2[0]["counts"]["verdicts"] > 0, "worker-2 stopped inspecting without its metrics port"
@@ -171,13 +191,20 @@ def test_every_process_serves_rising_counters_that_match_status(
     assert [lab["version"] for lab, _ in after["worker-1"]["inspector_model_info"]]
     assert total(after["worker-1"], "inspector_model_load_seconds") > 0
     assert total(after["worker-1"], "inspector_verdicts_recorded_total") > 0
-    assert total(before["line"], "inspector_station_counter_total", name="verdicts") <= st["counters"]["verdicts"] \
+    assert (
+        total(before["line"], "inspector_station_counter_total", name="verdicts")
+        <= st["counters"]["verdicts"]
         <= total(after["line"], "inspector_station_counter_total", name="verdicts")
+    )
 
     # lag and pending of every consumer group: the same groups in status and metrics, the same values
     groups = {(g["stream"], g["group"]): g for g in st["groups"]}
-    assert ("frames", cfg.worker.group) in groups and ("verdicts", "line") in groups and \
-        ("verdicts", "store") in groups and ("verdicts", "drift") in groups, sorted(groups)
+    assert (
+        ("frames", cfg.worker.group) in groups
+        and ("verdicts", "line") in groups
+        and ("verdicts", "store") in groups
+        and ("verdicts", "drift") in groups
+    ), sorted(groups)
     lag = {(lab["stream"], lab["group"]): v for lab, v in after["line"]["inspector_stream_lag"]}
     pending = {(lab["stream"], lab["group"]): v for lab, v in after["line"]["inspector_stream_pending"]}
     assert set(lag) == set(groups)
@@ -212,8 +239,9 @@ def test_dashboard_uses_only_metric_names_the_station_defines() -> None:
     assert len(used) >= 25 and used <= defined, sorted(used - defined)
 
 
-def test_drift_process_serves_its_statistics_against_their_bands(station_config: StationConfig, redis_client: Any,
-                                                                 tmp_path: Path) -> None:
+def test_drift_process_serves_its_statistics_against_their_bands(
+    station_config: StationConfig, redis_client: Any, tmp_path: Path
+) -> None:
     """`inspector jobs drift` on a real Redis: PSI, KS p-value and mean shift per statistic, the bands, tripped
     statistics and the alarm count on its metrics port, moving when the images darken."""
     import numpy as np
@@ -226,39 +254,76 @@ def test_drift_process_serves_its_statistics_against_their_bands(station_config:
 
     def stats(scale: float) -> dict[str, float]:
         b = float(rng.normal(120, 8)) * scale
-        return {"brightness": b, "contrast": float(rng.normal(30, 3)) * scale, "sharpness": float(rng.normal(50, 5)),
-                "mean_r": b, "mean_g": b, "mean_b": b}
+        return {
+            "brightness": b,
+            "contrast": float(rng.normal(30, 3)) * scale,
+            "sharpness": float(rng.normal(50, 5)),
+            "mean_r": b,
+            "mean_g": b,
+            "mean_b": b,
+        }
 
     package = tmp_path / "pkg-v1"
     package.mkdir()
-    (package / "manifest.json").write_text(json.dumps({
-        "name": "drift-metrics", "version": "v1", "created_at": 1.0, "task": "anomaly", "model": {},
-        "preprocess": {"size": [8, 8]},
-        "drift_reference": reference_from_samples([stats(1.0) for _ in range(400)], decisions=["PASS"] * 400)}))
+    (package / "manifest.json").write_text(
+        json.dumps(
+            {
+                "name": "drift-metrics",
+                "version": "v1",
+                "created_at": 1.0,
+                "task": "anomaly",
+                "model": {},
+                "preprocess": {"size": [8, 8]},
+                "drift_reference": reference_from_samples([stats(1.0) for _ in range(400)], decisions=["PASS"] * 400),
+            }
+        )
+    )
     base = _free_block(4)
-    cfg = station_config.model_copy(update={
-        "drift": station_config.drift.model_copy(update={"window": 100, "check_every": 10, "hysteresis": 2,
-                                                         "cooldown_s": 0}),
-        "metrics": station_config.metrics.model_copy(update={"enabled": True, "port_base": base})})
+    cfg = station_config.model_copy(
+        update={
+            "drift": station_config.drift.model_copy(
+                update={"window": 100, "check_every": 10, "hysteresis": 2, "cooldown_s": 0}
+            ),
+            "metrics": station_config.metrics.model_copy(update={"enabled": True, "port_base": base}),
+        }
+    )
     names = Names(cfg.redis.prefix, cfg.station.id)
     redis_client.hset(names.active_model, mapping={"version": "v1", "path": str(package)})
     config = tmp_path / "station.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECTOR_")}
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "drift", "--config", str(config), "--no-auto-retrain"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "drift", "--config", str(config), "--no-auto-retrain"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     port = metrics_port(cfg, "drift")
 
     def add(n: int, scale: float, start: int) -> None:
         for i in range(start, start + n):
-            v = Verdict(station=cfg.station.id, frame_id=f"f{i}", camera="c", seq=i, part_id=f"p{i}", captured_at=0,
-                        decision=Decision.PASS, reject=False, model_version="v1", image_stats=ImageStats(**stats(scale)))
+            v = Verdict(
+                station=cfg.station.id,
+                frame_id=f"f{i}",
+                camera="c",
+                seq=i,
+                part_id=f"p{i}",
+                captured_at=0,
+                decision=Decision.PASS,
+                reject=False,
+                model_version="v1",
+                image_stats=ImageStats(**stats(scale)),
+            )
             redis_client.xadd(names.verdicts, {b"m": v.to_json()})
+
     try:
         assert wait_for(lambda: total(scrape(port), "inspector_drift_band", band="psi_threshold") > 0, 60)
         # the monitor's group starts at the end of the stream: feed once it reads
-        assert wait_for(lambda: any(g["name"] in (b"drift", "drift") for g in redis_client.xinfo_groups(names.verdicts)),
-                        30)
+        assert wait_for(
+            lambda: any(g["name"] in (b"drift", "drift") for g in redis_client.xinfo_groups(names.verdicts)), 30
+        )
         add(150, 1.0, 0)
         # every calm frame checked (the window fills at 100, then a check every 10) before it is read
         assert wait_for(lambda: total(scrape(port), "inspector_drift_checks_total") >= 6, 30), scrape(port)
@@ -269,8 +334,9 @@ def test_drift_process_serves_its_statistics_against_their_bands(station_config:
         add(150, 0.7, 150)  # 30 % darker
         assert wait_for(lambda: total(scrape(port), "inspector_drift_alarms_total") >= 1, 30)
         dark = scrape(port)
-        assert total(dark, "inspector_drift_psi", statistic="brightness") > \
-            total(dark, "inspector_drift_band", band="psi_threshold")
+        assert total(dark, "inspector_drift_psi", statistic="brightness") > total(
+            dark, "inspector_drift_band", band="psi_threshold"
+        )
         assert total(dark, "inspector_drift_shift_sigma", statistic="brightness") < -1
         assert total(dark, "inspector_drift_tripped", statistic="brightness") == 1
         assert total(dark, "inspector_drift_consecutive") >= 2
@@ -289,14 +355,21 @@ def test_gui_process_serves_metrics(station_config: StationConfig, redis_client:
     log-in dialog waits."""
     pytest.importorskip("PySide6", reason="pip install -e '.[gui]'")
     base = _free_block(6)
-    cfg = station_config.model_copy(update={
-        "metrics": station_config.metrics.model_copy(update={"enabled": True, "port_base": base})})
+    cfg = station_config.model_copy(
+        update={"metrics": station_config.metrics.model_copy(update={"enabled": True, "port_base": base})}
+    )
     config = tmp_path / "station.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECTOR_")}
     env["QT_QPA_PLATFORM"] = "offscreen"
-    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "gui", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inspector.cli", "gui", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     try:
         port = metrics_port(cfg, "gui")
         assert port == base + 4

@@ -43,15 +43,23 @@ def _candidate(folder: Path) -> Path:
 def _register(store, path: Path, status: ModelStatus = ModelStatus.GATED_PASS) -> str:  # type: ignore[no-untyped-def]
     package = load_package(path)
     gate = GateReport(passed=True, rows=[], evaluated_at=time.time())
-    register_model(store, package.version, str(path), package.package_sha256,
-                   {"gate": gate.model_dump(mode="json")}, "test", status=status)
+    register_model(
+        store,
+        package.version,
+        str(path),
+        package.package_sha256,
+        {"gate": gate.model_dump(mode="json")},
+        "test",
+        status=status,
+    )
     return package.version
 
 
 def _cfg(station_config: StationConfig, tiny_package: Path, **shadow: object) -> StationConfig:
     model = station_config.model.model_copy(update={"package": tiny_package})
-    return station_config.model_copy(update={
-        "model": model, "shadow": station_config.shadow.model_copy(update={"nice": 0, **shadow})})
+    return station_config.model_copy(
+        update={"model": model, "shadow": station_config.shadow.model_copy(update={"nice": 0, **shadow})}
+    )
 
 
 def _thread(target, *args):  # type: ignore[no-untyped-def]
@@ -68,7 +76,8 @@ def _wait(cond, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_shadow_judges_live_frames_off_the_line_and_its_report_matches_the_store(
-        station_config: StationConfig, redis_client, tiny_package: Path, tmp_path: Path) -> None:
+    station_config: StationConfig, redis_client, tiny_package: Path, tmp_path: Path
+) -> None:
     cfg = _cfg(station_config, tiny_package)
     store = open_store(cfg)
     candidate = _register(store, _candidate(tmp_path / "cand"))
@@ -124,8 +133,10 @@ def test_shadow_judges_live_frames_off_the_line_and_its_report_matches_the_store
     assert saved and len(saved) >= len(differing) // 2
     archive = Archive.for_data_dir(cfg.data_dir)
     assert all(archive.exists(d.image_sha256) for d in saved)  # type: ignore[arg-type]
-    print(f"\nshadow: {report.compared} frames compared, line agreement {report.line_agreement}, "
-          f"{report.differing} differ ({len(saved)} images), candidate infer p50 {report.candidate_infer_ms}")
+    print(
+        f"\nshadow: {report.compared} frames compared, line agreement {report.line_agreement}, "
+        f"{report.differing} differ ({len(saved)} images), candidate infer p50 {report.candidate_infer_ms}"
+    )
 
 
 def _processes(client, bus: StationBus) -> list[tuple[object, object, object]]:  # type: ignore[no-untyped-def]
@@ -138,7 +149,8 @@ def store_rows(store, table):  # type: ignore[no-untyped-def]
 
 
 def test_a_pointer_the_registry_does_not_back_is_refused_and_nothing_is_judged(
-        station_config: StationConfig, redis_client, tiny_package: Path, tmp_path: Path) -> None:
+    station_config: StationConfig, redis_client, tiny_package: Path, tmp_path: Path
+) -> None:
     cfg = _cfg(station_config, tiny_package)
     store = open_store(cfg)
     bus = StationBus(redis_client, cfg)
@@ -156,8 +168,9 @@ def test_a_pointer_the_registry_does_not_back_is_refused_and_nothing_is_judged(
         start_shadow(cfg, redis_client, store, active, "tester", "maintenance")
 
 
-def test_promotion_waits_for_the_shadow_period(station_config: StationConfig, redis_client, tiny_package: Path,
-                                               tmp_path: Path) -> None:
+def test_promotion_waits_for_the_shadow_period(
+    station_config: StationConfig, redis_client, tiny_package: Path, tmp_path: Path
+) -> None:
     cfg = _cfg(station_config, tiny_package, required_frames=30, min_agreement=0.9)
     cfg = cfg.model_copy(update={"jobs": cfg.jobs.model_copy(update={"auto_promote": True})})
     store = open_store(cfg)

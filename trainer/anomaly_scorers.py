@@ -72,8 +72,9 @@ def _finish(dist: Tensor, blur: SeparableBlur) -> tuple[Tensor, Tensor]:
 class PositionalGaussianScorer(nn.Module):
     """Mahalanobis distance to a per-position Gaussian (mean [P,C], precision [P,C,C], P = h*w)."""
 
-    def __init__(self, embed: FeatureEmbedding, mean: Tensor, precision: Tensor, grid: tuple[int, int],
-                 blur_sigma: float) -> None:
+    def __init__(
+        self, embed: FeatureEmbedding, mean: Tensor, precision: Tensor, grid: tuple[int, int], blur_sigma: float
+    ) -> None:
         super().__init__()
         self.embed = embed
         self.grid = (int(grid[0]), int(grid[1]))
@@ -112,8 +113,16 @@ class WhitenedKnnScorer(nn.Module):
     compares all shifted queries with the bank, so the bank is read once.
     """
 
-    def __init__(self, embed: FeatureEmbedding, mean: Tensor, whiten: Sequence[Tensor], bank: Tensor,
-                 grid: tuple[int, int], neighbours: str, blur_sigma: float) -> None:
+    def __init__(
+        self,
+        embed: FeatureEmbedding,
+        mean: Tensor,
+        whiten: Sequence[Tensor],
+        bank: Tensor,
+        grid: tuple[int, int],
+        neighbours: str,
+        blur_sigma: float,
+    ) -> None:
         super().__init__()
         if neighbours not in NEIGHBOURS:
             raise AnomalyModelError(f"unknown neighbours {neighbours!r}", f"use one of {sorted(NEIGHBOURS)}")
@@ -125,8 +134,10 @@ class WhitenedKnnScorer(nn.Module):
         self.register_buffer("mean", mean.float().contiguous())
         self.blocks = [int(f.shape[-1]) for f in whiten]
         if sum(self.blocks) != mean.shape[-1]:
-            raise AnomalyModelError(f"whitening blocks {self.blocks} do not cover {mean.shape[-1]} channels",
-                                    "fit the blocks on the same embedding as the mean")
+            raise AnomalyModelError(
+                f"whitening blocks {self.blocks} do not cover {mean.shape[-1]} channels",
+                "fit the blocks on the same embedding as the mean",
+            )
         for i, factor in enumerate(whiten):
             self.register_buffer(f"whiten{i}", factor.float().contiguous())
         self.register_buffer("bank_t", bank.float().transpose(1, 2).contiguous())  # [P,C,N]
@@ -134,9 +145,9 @@ class WhitenedKnnScorer(nn.Module):
         inside = torch.ones(h, w, dtype=torch.bool)  # every neighbour of the position is on the grid
         for dy, dx in self.offsets:
             inside[: max(0, -dy)] = False
-            inside[h - max(0, dy):] = False
+            inside[h - max(0, dy) :] = False
             inside[:, : max(0, -dx)] = False
-            inside[:, w - max(0, dx):] = False
+            inside[:, w - max(0, dx) :] = False
         self.register_buffer("border", ~inside.view(1, 1, h, w))
         self.blur = SeparableBlur(blur_sigma)
 
@@ -159,7 +170,7 @@ class WhitenedKnnScorer(nn.Module):
         zz = (z * z).sum(-1)
         zmap = z.permute(1, 2, 0).reshape(-1, c, h, w)
         zpad = F.pad(zmap, (r, r, r, r)) if r > 0 else zmap
-        q = torch.cat([zpad[:, :, r - dy:r - dy + h, r - dx:r - dx + w] for dy, dx in self.offsets])
+        q = torch.cat([zpad[:, :, r - dy : r - dy + h, r - dx : r - dx + w] for dy, dx in self.offsets])
         q = q.flatten(2).permute(2, 0, 1)  # [P,OB,C]: bank position b meets the query at b - (dy,dx)
         d2 = (q * q).sum(-1, keepdim=True) - 2 * torch.matmul(q, self.bank_t) + self.bank_sq  # [P,OB,N]
         near, arg = d2.min(-1)  # [P,OB]
@@ -173,8 +184,8 @@ class WhitenedKnnScorer(nn.Module):
         for i, (dy, dx) in enumerate(self.offsets):  # pick the winner per position on 1-channel maps
             nd, nr = near[i], row[i]
             if r > 0:  # back to query positions; outside the grid counts as no match
-                nd = F.pad(nd, (r, r, r, r), value=1e30)[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
-                nr = F.pad(nr, (r, r, r, r))[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
+                nd = F.pad(nd, (r, r, r, r), value=1e30)[:, :, r + dy : r + dy + h, r + dx : r + dx + w]
+                nr = F.pad(nr, (r, r, r, r))[:, :, r + dy : r + dy + h, r + dx : r + dx + w]
             if best is None or best_row is None:
                 best, best_row = nd, nr
             else:
@@ -203,14 +214,14 @@ class WhitenedKnnScorer(nn.Module):
         best = torch.where(self.border, zzmap, torch.full_like(zzmap, 1e30))
         zpad = F.pad(zmap, (r, r, r, r)) if r > 0 else zmap
         # bank position b meets the query at b - (dy,dx): all offsets in ONE GEMM, so the bank is read once
-        q = torch.cat([zpad[:, :, r - dy:r - dy + h, r - dx:r - dx + w] for dy, dx in self.offsets])  # [OB,C,h,w]
+        q = torch.cat([zpad[:, :, r - dy : r - dy + h, r - dx : r - dx + w] for dy, dx in self.offsets])  # [OB,C,h,w]
         q = q.flatten(2).permute(2, 0, 1)  # [P,OB,C], O offsets
         d2 = (q * q).sum(-1, keepdim=True) - 2 * torch.matmul(q, self.bank_t) + self.bank_sq  # [P,OB,N]
         near_all = d2.amin(-1).transpose(0, 1).reshape(len(self.offsets), -1, 1, h, w)  # at bank positions
         for i, (dy, dx) in enumerate(self.offsets):
             near = near_all[i]
             if r > 0:  # back to query positions; outside the grid counts as no match
-                near = F.pad(near, (r, r, r, r), value=1e30)[:, :, r + dy:r + dy + h, r + dx:r + dx + w]
+                near = F.pad(near, (r, r, r, r), value=1e30)[:, :, r + dy : r + dy + h, r + dx : r + dx + w]
             best = torch.minimum(best, near)
         return _finish(best.clamp_min(0).sqrt(), self.blur)
 
@@ -245,7 +256,7 @@ def whiten(x: Tensor, mean: Tensor, factors: Sequence[Tensor]) -> Tensor:
         return torch.matmul(x, factors[0])
     parts, start = [], 0
     for f in factors:
-        parts.append(torch.matmul(x[..., start:start + f.shape[-1]], f))
+        parts.append(torch.matmul(x[..., start : start + f.shape[-1]], f))
         start += f.shape[-1]
     return torch.cat(parts, -1)
 

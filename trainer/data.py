@@ -65,10 +65,10 @@ def scan_class_folders(root: str | Path) -> tuple[list[Sample], list[str]]:
         raise DataError(f"data folder {root} does not exist", "pass a folder holding one sub-folder per class")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and list_images(d))
     if len(classes) < 2:
-        raise DataError(f"{root} has {len(classes)} class folder(s) with images", "a classifier needs at least 2 classes")
-    samples = [
-        Sample(p, i, name, file_sha256(p)) for i, name in enumerate(classes) for p in list_images(root / name)
-    ]
+        raise DataError(
+            f"{root} has {len(classes)} class folder(s) with images", "a classifier needs at least 2 classes"
+        )
+    samples = [Sample(p, i, name, file_sha256(p)) for i, name in enumerate(classes) for p in list_images(root / name)]
     return samples, classes
 
 
@@ -93,8 +93,16 @@ def scan_anomaly(root: str | Path) -> AnomalyData:
             defects.append(d.name)
         for p in list_images(d):
             mask = None if is_good else _mask_for(root, d.name, p)
-            test.append(Sample(p, 0 if is_good else 1, GOOD_LABEL if is_good else "defect", file_sha256(p), mask,
-                               None if is_good else d.name))
+            test.append(
+                Sample(
+                    p,
+                    0 if is_good else 1,
+                    GOOD_LABEL if is_good else "defect",
+                    file_sha256(p),
+                    mask,
+                    None if is_good else d.name,
+                )
+            )
     return AnomalyData(train, test, defects)
 
 
@@ -115,9 +123,7 @@ def _allocation(n: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
-def stratified_split(
-    samples: Sequence[Sample], fractions: dict[str, float], seed: int = 0
-) -> dict[str, list[Sample]]:
+def stratified_split(samples: Sequence[Sample], fractions: dict[str, float], seed: int = 0) -> dict[str, list[Sample]]:
     """Deterministic stratified split; samples sharing a sha256 stay together (no leakage).
 
     A group of identical files is stratified by its first sample's label; identical files with different
@@ -130,8 +136,10 @@ def stratified_split(
         labels = {s.label_name for s in group}
         if len(labels) > 1:
             paths = ", ".join(str(s.path) for s in group)
-            raise DataError(f"identical files carry different labels {sorted(labels)}: {paths}",
-                            "fix the labels or delete the duplicate")
+            raise DataError(
+                f"identical files carry different labels {sorted(labels)}: {paths}",
+                "fix the labels or delete the duplicate",
+            )
         by_label[group[0].label].append(sorted(group, key=lambda s: str(s.path)))
     for label in sorted(by_label):
         groups = by_label[label]

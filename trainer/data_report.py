@@ -70,9 +70,18 @@ def _class_rows(groups: dict[str, list[Sample]], need: Need) -> list[dict[str, A
     for name, items in sorted(groups.items()):
         n = len(items)
         status = "ok" if n >= need.low else "below minimum"
-        rows.append({"class": name, "count": n, "min_pretrained": need.low, "good_pretrained": need.high,
-                     "min_scratch": need.low * SCRATCH_FACTOR[0], "good_scratch": need.high * SCRATCH_FACTOR[1],
-                     "status": status, **_sizes(items)})
+        rows.append(
+            {
+                "class": name,
+                "count": n,
+                "min_pretrained": need.low,
+                "good_pretrained": need.high,
+                "min_scratch": need.low * SCRATCH_FACTOR[0],
+                "good_scratch": need.high * SCRATCH_FACTOR[1],
+                "status": status,
+                **_sizes(items),
+            }
+        )
     return rows
 
 
@@ -83,13 +92,17 @@ def _warnings(task: Task, rows: list[dict[str, Any]], need: Need, dups: list[lis
             label = "train/good" if task == "anomaly" else f"class {r['class']}"
             if task == "anomaly" and r["class"] != "train/good":
                 continue
-            out.append(f"{label} has {r['count']} images, below the {need.low:,} minimum of {need.what}; "
-                       f"pretrained fine-tuning may still work, collect more (from scratch needs "
-                       f"{need.low * SCRATCH_FACTOR[0]:,}-{need.high * SCRATCH_FACTOR[1]:,})")
+            out.append(
+                f"{label} has {r['count']} images, below the {need.low:,} minimum of {need.what}; "
+                f"pretrained fine-tuning may still work, collect more (from scratch needs "
+                f"{need.low * SCRATCH_FACTOR[0]:,}-{need.high * SCRATCH_FACTOR[1]:,})"
+            )
     good = next((r for r in rows if r["class"] == "train/good"), None)
     if good is not None and need.low <= good["count"] < 1000:
-        out.append(f"train/good has {good['count']} images: enough to start, below the 1,000 for a robust "
-                   "anomaly model; keep collecting good parts")
+        out.append(
+            f"train/good has {good['count']} images: enough to start, below the 1,000 for a robust "
+            "anomaly model; keep collecting good parts"
+        )
     counts = [r["count"] for r in rows if task == "classification"]
     if counts and max(counts) > 3 * max(1, min(counts)):
         out.append(f"classes are imbalanced ({min(counts)} vs {max(counts)}): use class weights and per-class recall")
@@ -117,8 +130,15 @@ def build_report(root: str | Path, task: Task) -> dict[str, Any]:
         need = need_for(task, len(classes))
     rows = _class_rows(groups, need)
     dups = _duplicates(samples)
-    return {"root": str(root), "task": task, "total": len(samples), "need": need.__dict__,
-            "classes": rows, "duplicates": dups, "warnings": _warnings(task, rows, need, dups)}
+    return {
+        "root": str(root),
+        "task": task,
+        "total": len(samples),
+        "need": need.__dict__,
+        "classes": rows,
+        "duplicates": dups,
+        "warnings": _warnings(task, rows, need, dups),
+    }
 
 
 def _n(v: float | int | None) -> str:
@@ -129,7 +149,15 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     console = console or Console()
     need = report["need"]
     table = Table(title=f"{report['root']} ({report['task']}, {report['total']} images)")
-    for col in ("class", "count", "need (pretrained)", "need (scratch)", "status", "size w×h min / median / max", "modes"):
+    for col in (
+        "class",
+        "count",
+        "need (pretrained)",
+        "need (scratch)",
+        "status",
+        "size w×h min / median / max",
+        "modes",
+    ):
         table.add_column(col, justify="right" if col == "count" else "left")
     for r in report["classes"]:
         w, h = r.get("width", {}), r.get("height", {})
@@ -138,11 +166,20 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         status = "[dim]test[/]" if is_test else "[green]ok[/]" if r["status"] == "ok" else "[red]below minimum[/]"
         pre = "—" if is_test else f"{r['min_pretrained']:,}–{r['good_pretrained']:,}"
         scratch = "—" if is_test else f"{r['min_scratch']:,}–{r['good_scratch']:,}"
-        table.add_row(r["class"], str(r["count"]), pre, scratch, status, sizes,
-                      ", ".join(f"{m}:{n}" for m, n in r.get("modes", {}).items()))
+        table.add_row(
+            r["class"],
+            str(r["count"]),
+            pre,
+            scratch,
+            status,
+            sizes,
+            ", ".join(f"{m}:{n}" for m, n in r.get("modes", {}).items()),
+        )
     console.print(table)
-    console.print(f"minimum: {need['low']:,}–{need['high']:,} {need['what']}; from scratch {SCRATCH_FACTOR[0]}–"
-                  f"{SCRATCH_FACTOR[1]}× more")
+    console.print(
+        f"minimum: {need['low']:,}–{need['high']:,} {need['what']}; from scratch {SCRATCH_FACTOR[0]}–"
+        f"{SCRATCH_FACTOR[1]}× more"
+    )
     console.print(f"exact duplicates: {len(report['duplicates'])} group(s)")
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/] {w}")

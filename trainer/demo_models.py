@@ -26,6 +26,9 @@ def train_demo_models(target: Path, data: Path | None, console: Console) -> Path
         recipe = demo_training.DEMO_RECIPE
         if backbone.resolve_weights(recipe.backbone) is not None:
             raise
-        console.print(f"[yellow]{err.message}: the demo falls back to the tiny numpy model, its last resort; "
-                      f"for real models: {backbone.install_hint(recipe.backbone)}[/yellow]", soft_wrap=True)
+        console.print(
+            f"[yellow]{err.message}: the demo falls back to the tiny numpy model, its last resort; "
+            f"for real models: {backbone.install_hint(recipe.backbone)}[/yellow]",
+            soft_wrap=True,
+        )
         return None

@@ -24,10 +24,19 @@ from trainer.recipe import ClassifierRecipe, SplitSpec
 PARTS_PER_CLASS = {"good": 320, "scratch": 90, "spot": 90, "chip": 90}
 
 DEMO_RECIPE = ClassifierRecipe(
-    name="demo-parts", backbone="tf_efficientnet_lite0", head="linear", train_blocks=0, image_size=192,
-    epochs=30, finetune_epochs=0, patience=5, views=1, policy="safe-default",
+    name="demo-parts",
+    backbone="tf_efficientnet_lite0",
+    head="linear",
+    train_blocks=0,
+    image_size=192,
+    epochs=30,
+    finetune_epochs=0,
+    patience=5,
+    views=1,
+    policy="safe-default",
     facts=DomainFacts(task="classification", orientation_is_cue=False, colour_discriminates=False),
-    split=SplitSpec(seed=0, train=0.6, val=0.2, test=0.2), threads=2,
+    split=SplitSpec(seed=0, train=0.6, val=0.2, test=0.2),
+    threads=2,
 )
 # The classifier head catches the demo's defects, so the anomaly threshold is set for a 0.5 % false-reject
 # target (2 % put 5 % of good parts in the REVIEW band of policy.anomaly_margin around it).
@@ -56,8 +65,10 @@ def train_demo_package(target: Path, data: Path | None, console: Console) -> Pat
     else:
         class_dir = data if data is not None else write_synthetic_parts(target.parent / "demo-parts")
         if not (class_dir / "good").is_dir():
-            raise DataError(f"{class_dir} has no 'good' folder",
-                            "give --data a folder with train/good (anomaly layout) or class folders including good/")
+            raise DataError(
+                f"{class_dir} has no 'good' folder",
+                "give --data a folder with train/good (anomaly layout) or class folders including good/",
+            )
         result = build_combined_package(class_dir, target, DEMO_RECIPE, DEMO_ANOMALY, "demo-parts", console)
     console.print(f"[green]demo package {result.manifest.version} ready in {time.perf_counter() - t0:.0f} s[/green]")
     return result.path

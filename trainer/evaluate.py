@@ -84,15 +84,18 @@ def load_test_split(data_dir: str | Path, seed: int = 0, limit: int | None = Non
     return EvalSet(images, names, masks, source)
 
 
-def run_package(package: ModelPackage, images: list[np.ndarray], threads: int = 2,
-                precision: str = "auto") -> list[Any]:
+def run_package(
+    package: ModelPackage, images: list[np.ndarray], threads: int = 2, precision: str = "auto"
+) -> list[Any]:
     """ModelOutputs of every image through InspectionModel; a FrameError fails the evaluation."""
     runtime = RuntimeSection(threads=threads, precision=precision)  # type: ignore[arg-type]  # a CLI str, validated here
     outs = infer_frames(package, images, runtime)
     bad = [(i, o) for i, o in enumerate(outs) if isinstance(o, FrameError)]
     if bad:
-        raise DataError(f"{len(bad)} held-out frames failed inference, first #{bad[0][0]}: {bad[0][1]}",
-                        "fix or remove the frames, or rebuild the package")
+        raise DataError(
+            f"{len(bad)} held-out frames failed inference, first #{bad[0][0]}: {bad[0][1]}",
+            "fix or remove the frames, or rebuild the package",
+        )
     return outs
 
 
@@ -110,16 +113,25 @@ def classifier_metrics(manifest: Manifest, outs: list[Any], label_names: list[st
     classes = manifest.class_names or sorted(set(label_names))
     unknown = sorted(set(label_names) - set(classes))
     if unknown:
-        raise DataError(f"held-out labels {unknown} are not classes of the package {classes}",
-                        "evaluate the package on the data set it was trained for")
+        raise DataError(
+            f"held-out labels {unknown} are not classes of the package {classes}",
+            "evaluate the package on the data set it was trained for",
+        )
     probs = np.array([[o.class_probs[c] for c in classes] for o in outs])
     y = np.array([classes.index(n) for n in label_names])
     pred = probs.argmax(1)
     cm = confusion_matrix(y, pred, labels=list(range(len(classes))))
     recall = {c: float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None for i, c in enumerate(classes)}
-    return {"n": len(y), "classes": classes, "accuracy": float((pred == y).mean()), "per_class_recall": recall,
-            "confusion_matrix": cm.tolist(), "ece": expected_calibration_error(probs.max(1), pred == y),
-            "_probs": probs, "_y": y}
+    return {
+        "n": len(y),
+        "classes": classes,
+        "accuracy": float((pred == y).mean()),
+        "per_class_recall": recall,
+        "confusion_matrix": cm.tolist(),
+        "ece": expected_calibration_error(probs.max(1), pred == y),
+        "_probs": probs,
+        "_y": y,
+    }
 
 
 def _map_to_mask(amap: np.ndarray, mask_hw: tuple[int, int], manifest: Manifest) -> np.ndarray:
@@ -129,7 +141,10 @@ def _map_to_mask(amap: np.ndarray, mask_hw: tuple[int, int], manifest: Manifest)
         box = letterbox_geometry(mask_hw, (net_h, net_w))
         sy, sx = amap.shape[0] / net_h, amap.shape[1] / net_w
         y0, x0 = int(box.top * sy), int(box.left * sx)
-        y1, x1 = max(y0 + 1, int(round((box.top + box.height) * sy))), max(x0 + 1, int(round((box.left + box.width) * sx)))
+        y1, x1 = (
+            max(y0 + 1, int(round((box.top + box.height) * sy))),
+            max(x0 + 1, int(round((box.left + box.width) * sx))),
+        )
         amap = amap[y0:y1, x0:x1]
     return cv2.resize(amap.astype(np.float32), (mask_hw[1], mask_hw[0]), interpolation=cv2.INTER_LINEAR)
 
@@ -143,8 +158,11 @@ def pixel_auroc(manifest: Manifest, outs: list[Any], held: EvalSet) -> float | N
         h, w = img.shape[:2]
         scale = min(1.0, MASK_SIDE / max(h, w))
         hw = (max(1, round(h * scale)), max(1, round(w * scale)))
-        m = np.zeros(hw, bool) if mask is None else cv2.resize(mask.astype(np.uint8) * 255, (hw[1], hw[0]),
-                                                               interpolation=cv2.INTER_AREA) > 127
+        m = (
+            np.zeros(hw, bool)
+            if mask is None
+            else cv2.resize(mask.astype(np.uint8) * 255, (hw[1], hw[0]), interpolation=cv2.INTER_AREA) > 127
+        )
         ys.append(m.ravel())
         ss.append(_map_to_mask(out.anomaly_map, hw, manifest).ravel())
     if not ys:
@@ -178,12 +196,17 @@ def anomaly_metrics(manifest: Manifest, outs: list[Any], held: EvalSet) -> dict[
     for d in sorted(set(held.label_names) - {GOOD_LABEL}):
         sel = names == d
         both = sel | (y == 0)
-        per_class[d] = {"n": int(sel.sum()), "detection_rate": float(pred[sel].mean()),
-                        "auroc": float(roc_auc_score(y[both], raw[both])) if (y[both] == 0).any() else None}
+        per_class[d] = {
+            "n": int(sel.sum()),
+            "detection_rate": float(pred[sel].mean()),
+            "auroc": float(roc_auc_score(y[both], raw[both])) if (y[both] == 0).any() else None,
+        }
     two = 0 < y.sum() < len(y)
     good, bad = pred[y == 0], pred[y == 1]
     return {
-        "n": len(y), "n_good": int((y == 0).sum()), "n_defect": int(y.sum()),
+        "n": len(y),
+        "n_good": int((y == 0).sum()),
+        "n_defect": int(y.sum()),
         "threshold": manifest.anomaly.threshold if manifest.anomaly else None,
         "image_auroc": float(roc_auc_score(y, raw)) if two else None,
         "pixel_auroc": pixel_auroc(manifest, outs, held),
@@ -192,18 +215,31 @@ def anomaly_metrics(manifest: Manifest, outs: list[Any], held: EvalSet) -> dict[
         "escape_rate": float(1 - bad.mean()) if bad.size else None,
         "false_reject_rate_ci95": rate_interval(int(good.sum()), len(good)),
         "recall_ci95": rate_interval(int(bad.sum()), len(bad)),
-        "per_defect": per_class, "_raw": raw, "_score": score, "_y": y,
+        "per_defect": per_class,
+        "_raw": raw,
+        "_score": score,
+        "_y": y,
     }
 
 
-def evaluate_package(package: str | Path | ModelPackage, held: EvalSet, plots_dir: str | Path | None = None,
-                     threads: int = 2, precision: str = "auto") -> dict[str, Any]:
+def evaluate_package(
+    package: str | Path | ModelPackage,
+    held: EvalSet,
+    plots_dir: str | Path | None = None,
+    threads: int = 2,
+    precision: str = "auto",
+) -> dict[str, Any]:
     """Metrics (and PNG plots) of the package on the held-out frames."""
     pkg = package if isinstance(package, ModelPackage) else load_package(package)
     m = pkg.manifest
     outs = run_package(pkg, held.images, threads, precision)
-    report: dict[str, Any] = {"package": m.name, "version": m.version, "precision": precision, "source": held.source,
-                              "n": len(outs)}
+    report: dict[str, Any] = {
+        "package": m.name,
+        "version": m.version,
+        "precision": precision,
+        "source": held.source,
+        "n": len(outs),
+    }
     if m.model.outputs.class_probs:
         labels = held.label_names
         if m.task == "combined" and m.class_names and set(m.class_names) == {m.good_class, "defect"}:

@@ -88,9 +88,19 @@ def runs_table(runs: list[ExperimentRecord], metrics: list[str] | None = None) -
     for group, rows in sorted(groups.items()):
         for i, r in enumerate(sorted(rows, key=lambda r: -r.time)):
             a = r.architecture
-            table.add_row(group if i == 0 else "", r.run_id, r.task, r.dataset_hash[:8], _fmt(a.get("backbone")),
-                          _fmt(a.get("head")), _fmt(a.get("train_blocks")), _fmt(a.get("image_size")), _fmt(a.get("epochs")),
-                          *[_fmt(r.metrics.get(k)) for k in keys], end_section=i == len(rows) - 1)
+            table.add_row(
+                group if i == 0 else "",
+                r.run_id,
+                r.task,
+                r.dataset_hash[:8],
+                _fmt(a.get("backbone")),
+                _fmt(a.get("head")),
+                _fmt(a.get("train_blocks")),
+                _fmt(a.get("image_size")),
+                _fmt(a.get("epochs")),
+                *[_fmt(r.metrics.get(k)) for k in keys],
+                end_section=i == len(rows) - 1,
+            )
     return table
 
 

@@ -127,6 +127,7 @@ def static_same_padding(net: nn.Module, sample_batch: torch.Tensor) -> Iterator[
     def static_forward(conv: nn.Conv2d, pads: tuple[int, int, int, int]) -> Any:
         def forward(x: torch.Tensor) -> torch.Tensor:
             return F.conv2d(F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
         return forward
 
     for m in layers:
@@ -184,8 +185,13 @@ def optimise_graph(path: Path) -> bool:
         return False
 
 
-def export_onnx(net: nn.Module, sample_batch: torch.Tensor, path: str | Path, opset: int = 17,
-                check_batches: Sequence[int] = CHECK_BATCHES) -> Path:
+def export_onnx(
+    net: nn.Module,
+    sample_batch: torch.Tensor,
+    path: str | Path,
+    opset: int = 17,
+    check_batches: Sequence[int] = CHECK_BATCHES,
+) -> Path:
     """Write ``net`` to ``path`` with input ``image`` [batch,3,H,W]; check it and run it at ``check_batches``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,11 +201,22 @@ def export_onnx(net: nn.Module, sample_batch: torch.Tensor, path: str | Path, op
     try:
         with torch.no_grad(), warnings.catch_warnings(), static_same_padding(net, sample_batch):
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (sample_batch,), str(path), input_names=[INPUT_NAME], output_names=names,
-                              dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                net,
+                (sample_batch,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
     except Exception as err:  # noqa: BLE001 - the exporter raises many types
-        raise ExportError(f"torch.onnx.export failed for {type(net).__name__}: {err}",
-                          "keep forward() free of data-dependent Python control flow") from None
+        raise ExportError(
+            f"torch.onnx.export failed for {type(net).__name__}: {err}",
+            "keep forward() free of data-dependent Python control flow",
+        ) from None
     optimise_graph(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -209,8 +226,12 @@ def export_onnx(net: nn.Module, sample_batch: torch.Tensor, path: str | Path, op
     return path
 
 
-def check_batch_sizes(path: str | Path, chw: Sequence[int], batches: Sequence[int] = CHECK_BATCHES,
-                      output_names: Sequence[str] | None = None) -> None:
+def check_batch_sizes(
+    path: str | Path,
+    chw: Sequence[int],
+    batches: Sequence[int] = CHECK_BATCHES,
+    output_names: Sequence[str] | None = None,
+) -> None:
     """Run the graph at each batch size and check every output's first axis follows the batch."""
     sess = open_session(path)
     dim0 = sess.get_inputs()[0].shape[0]
@@ -222,13 +243,17 @@ def check_batch_sizes(path: str | Path, chw: Sequence[int], batches: Sequence[in
         try:
             outs = sess.run(list(output_names) if output_names else None, {sess.get_inputs()[0].name: x})
         except Exception as err:  # noqa: BLE001
-            raise ExportError(f"{path} fails to run at batch {b}: {err}",
-                              "the batch size was baked into the graph: avoid shape-dependent reshapes "
-                              "(use flatten(1) / reshape(x.shape[0], ...))") from None
+            raise ExportError(
+                f"{path} fails to run at batch {b}: {err}",
+                "the batch size was baked into the graph: avoid shape-dependent reshapes "
+                "(use flatten(1) / reshape(x.shape[0], ...))",
+            ) from None
         for name, out in zip(output_names or [o.name for o in sess.get_outputs()], outs, strict=True):
             if out.shape[0] != b:
-                raise ExportError(f"{path}: output {name} has batch {out.shape[0]} for an input batch of {b}",
-                                  "the batch size was baked into the graph")
+                raise ExportError(
+                    f"{path}: output {name} has batch {out.shape[0]} for an input batch of {b}",
+                    "the batch size was baked into the graph",
+                )
 
 
 def run_torch(net: nn.Module, images: torch.Tensor, batch_size: int = 8) -> dict[str, np.ndarray]:
@@ -236,7 +261,7 @@ def run_torch(net: nn.Module, images: torch.Tensor, batch_size: int = 8) -> dict
     chunks: list[tuple[torch.Tensor, ...]] = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            out = net.eval()(images[i:i + batch_size])
+            out = net.eval()(images[i : i + batch_size])
             chunks.append(out if isinstance(out, tuple) else (out,))
     return {n: torch.cat([c[k] for c in chunks]).numpy() for k, n in enumerate(names)}
 
@@ -245,8 +270,10 @@ def run_onnx(path: str | Path, images: np.ndarray, batch_size: int = 8, threads:
     sess = open_session(path, threads)
     names = [o.name for o in sess.get_outputs()]
     in_name = sess.get_inputs()[0].name
-    chunks = [sess.run(names, {in_name: images[i:i + batch_size].astype(np.float32)})
-              for i in range(0, len(images), batch_size)]
+    chunks = [
+        sess.run(names, {in_name: images[i : i + batch_size].astype(np.float32)})
+        for i in range(0, len(images), batch_size)
+    ]
     return {n: np.concatenate([c[k] for c in chunks]) for k, n in enumerate(names)}
 
 
@@ -259,8 +286,13 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return rho if math.isfinite(rho) else 0.0
 
 
-def compare_with_torch(net: nn.Module, onnx_path: str | Path, images: torch.Tensor,
-                       bounds: ParityBounds | None = None, enforce: bool = True) -> ParityReport:
+def compare_with_torch(
+    net: nn.Module,
+    onnx_path: str | Path,
+    images: torch.Tensor,
+    bounds: ParityBounds | None = None,
+    enforce: bool = True,
+) -> ParityReport:
     """Run ``images`` (normalised [N,3,H,W]) through both; report per-output differences; raise if out of bounds."""
     bounds = bounds or ParityBounds()
     ref = run_torch(net, images)
@@ -284,8 +316,9 @@ def compare_with_torch(net: nn.Module, onnx_path: str | Path, images: torch.Tens
     return report
 
 
-def _check_bounds(report: ParityReport, ref: dict[str, np.ndarray], got: dict[str, np.ndarray],
-                  bounds: ParityBounds) -> None:
+def _check_bounds(
+    report: ParityReport, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], bounds: ParityBounds
+) -> None:
     if report.failures:
         return
     if OUTPUT_PROBS in ref:
@@ -297,7 +330,9 @@ def _check_bounds(report: ParityReport, ref: dict[str, np.ndarray], got: dict[st
             report.failures.append(f"top-1 agreement {report.top1_agreement:.3f} < {bounds.min_top1_agreement:g}")
     for name in (OUTPUT_SCORE, OUTPUT_MAP):
         if name in ref and not report.max_rel_diff[name] <= bounds.max_rel_diff_anomaly:
-            report.failures.append(f"{name} relative diff {report.max_rel_diff[name]:.3g} > {bounds.max_rel_diff_anomaly:g}")
+            report.failures.append(
+                f"{name} relative diff {report.max_rel_diff[name]:.3g} > {bounds.max_rel_diff_anomaly:g}"
+            )
     if OUTPUT_SCORE in ref:
         report.spearman = _spearman(ref[OUTPUT_SCORE].ravel(), got[OUTPUT_SCORE].ravel())
         if report.spearman < bounds.min_spearman:

@@ -75,9 +75,13 @@ class FusionModel:
         return (self.raw(features, log_anomaly) - self.origin) / self.spread
 
     def summary(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "uses_probe": self.uses_probe, "anomaly_coef": round(self.anomaly_coef, 4),
-                "probe_weight_norm": round(float(np.linalg.norm(self.coef)), 4),
-                "inner_cv": {k: round(v, 4) for k, v in self.cv.items()}}
+        return {
+            "alpha": self.alpha,
+            "uses_probe": self.uses_probe,
+            "anomaly_coef": round(self.anomaly_coef, 4),
+            "probe_weight_norm": round(float(np.linalg.norm(self.coef)), 4),
+            "inner_cv": {k: round(v, 4) for k, v in self.cv.items()},
+        }
 
 
 def _path(x: np.ndarray, a: np.ndarray, y: np.ndarray, alphas: tuple[float, ...]) -> list[FusionModel]:
@@ -124,8 +128,9 @@ def defect_gains(scores: np.ndarray, is_defect: np.ndarray, max_fpr: float) -> n
     return np.clip(1.0 - fpr / max_fpr, 0.0, 1.0)
 
 
-def fit_fusion(features: np.ndarray, log_anomaly: np.ndarray, is_defect: np.ndarray,
-               config: FusionConfig | None = None) -> FusionModel:
+def fit_fusion(
+    features: np.ndarray, log_anomaly: np.ndarray, is_defect: np.ndarray, config: FusionConfig | None = None
+) -> FusionModel:
     """Fit the fused scorer on training rows (good and labelled defective images).
 
     ``features`` [n, d] and ``log_anomaly`` [n] as described in the module docstring; ``is_defect`` [n] bool.

@@ -62,8 +62,15 @@ class FusionHead(nn.Module):
     ``embed`` picks its stages. The score is ``FusionModel.score`` of the same features (normalised by the
     fusion's training goods: 0 at their median, 1 at their 90th percentile)."""
 
-    def __init__(self, scorer: WhitenedKnnScorer, pool_take: Sequence[int], model: FusionModel,
-                 map_scale: float = 1.0, map_shift: float = 0.0, score_shift: float = 0.0) -> None:
+    def __init__(
+        self,
+        scorer: WhitenedKnnScorer,
+        pool_take: Sequence[int],
+        model: FusionModel,
+        map_scale: float = 1.0,
+        map_shift: float = 0.0,
+        score_shift: float = 0.0,
+    ) -> None:
         super().__init__()
         self.wknn = scorer
         self.pool_take = tuple(int(i) for i in pool_take)
@@ -72,9 +79,23 @@ class FusionHead(nn.Module):
         self.register_buffer("x_scale", torch.as_tensor(model.scale, dtype=torch.float32))
         self.register_buffer("coef", torch.as_tensor(model.coef, dtype=torch.float32))
         # scalars: a_coef, intercept, a_mean, a_scale, origin, spread, map_scale, map_shift, score_shift
-        self.register_buffer("consts", torch.tensor([model.anomaly_coef, model.intercept, model.anomaly_mean,
-                                                     model.anomaly_scale, model.origin, model.spread,
-                                                     map_scale, map_shift, score_shift], dtype=torch.float64))
+        self.register_buffer(
+            "consts",
+            torch.tensor(
+                [
+                    model.anomaly_coef,
+                    model.intercept,
+                    model.anomaly_mean,
+                    model.anomaly_scale,
+                    model.origin,
+                    model.spread,
+                    map_scale,
+                    map_shift,
+                    score_shift,
+                ],
+                dtype=torch.float64,
+            ),
+        )
 
     def features(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(x [B,d] as ``pool_stages`` + ``anomaly_features`` concatenate them, raw wknn map [B,1,h,w])."""
@@ -90,7 +111,7 @@ class FusionHead(nn.Module):
         flat = amap.flatten(1)
         k = min(max(TOP_K), flat.shape[1])
         top = torch.topk(flat, k, dim=1).values
-        stats = torch.stack([top[:, 0], top[:, :TOP_K[0]].mean(1), top[:, :k].mean(1), flat.mean(1)], 1)
+        stats = torch.stack([top[:, 0], top[:, : TOP_K[0]].mean(1), top[:, :k].mean(1), flat.mean(1)], 1)
         zmax = z.abs().amax(0)
         rmax = (z - nearest).abs().amax(0)
         x = torch.cat([*pooled, stats.clamp_min(1e-6).log(), zmax, rmax], 1)
@@ -108,8 +129,14 @@ class FusionHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- the numpy path
-def extract(backbone: nn.Module, embed: FeatureEmbedding, pool_take: Sequence[int], pre: Any,
-            images: Sequence[np.ndarray], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def extract(
+    backbone: nn.Module,
+    embed: FeatureEmbedding,
+    pool_take: Sequence[int],
+    pre: Any,
+    images: Sequence[np.ndarray],
+    batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
     """One backbone pass: (pooled [n, d_pool] via ``pool_stages``, wknn embeddings [n,C,h,w] float32)."""
     from trainer.learning_curve_features import pool_stages
 
@@ -117,17 +144,18 @@ def extract(backbone: nn.Module, embed: FeatureEmbedding, pool_take: Sequence[in
     backbone.eval()
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            feats = backbone(torch.from_numpy(pre.batch(list(images[i:i + batch_size]))))
+            feats = backbone(torch.from_numpy(pre.batch(list(images[i : i + batch_size]))))
             embs.append(embed(feats).numpy().astype(np.float32))
             pooled.append(pool_stages([feats[j].numpy() for j in pool_take]))
     return np.concatenate(pooled), np.concatenate(embs)
 
 
-def fit_wknn(embed: FeatureEmbedding, embeddings: np.ndarray, cfg: AnomalyConfig,
-             blocks: Sequence[int] | None) -> WhitenedKnnScorer:
+def fit_wknn(
+    embed: FeatureEmbedding, embeddings: np.ndarray, cfg: AnomalyConfig, blocks: Sequence[int] | None
+) -> WhitenedKnnScorer:
     from trainer.anomaly import fit_whitened_knn
 
-    parts = [torch.from_numpy(embeddings[i:i + 64]) for i in range(0, len(embeddings), 64)]
+    parts = [torch.from_numpy(embeddings[i : i + 64]) for i in range(0, len(embeddings), 64)]
     return fit_whitened_knn(embed, parts, cfg, blocks)
 
 
@@ -157,10 +185,18 @@ class _FusionData:
         return int(self.pooled.shape[1])
 
 
-def fit_fused_scorer(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], defects: Sequence[np.ndarray],
-                     cfg: AnomalyConfig, review_margin: float, fusion: FusionConfig | None = None,
-                     inner_folds: int = 4, threshold_folds: int = 5, say: Callable[[str], None] | None = None,
-                     ) -> tuple[FusionHead, AnomalySpec, dict[str, Any]]:
+def fit_fused_scorer(
+    backbone: nn.Module,
+    pre: Any,
+    good: Sequence[np.ndarray],
+    defects: Sequence[np.ndarray],
+    cfg: AnomalyConfig,
+    review_margin: float,
+    fusion: FusionConfig | None = None,
+    inner_folds: int = 4,
+    threshold_folds: int = 5,
+    say: Callable[[str], None] | None = None,
+) -> tuple[FusionHead, AnomalySpec, dict[str, Any]]:
     """The fused scorer of a combined package and its placed threshold (see the module docstring)."""
     from trainer.anomaly import threshold_good_quantile
     from trainer.evaluate import rate_interval
@@ -172,12 +208,14 @@ def fit_fused_scorer(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], 
     seconds: dict[str, float] = {}
     data = _extract_fusion_data(backbone, pre, good, defects, cfg, fusion)
     seconds["features"] = round(time.perf_counter() - t0, 1)
-    say(f"fused scorer: {threshold_folds} fold(s): wknn bank on {len(data.fit_rows)} goods, fusion on them + "
-        f"{len(defects)} labelled defects; every good scored once by the fold model that never saw it")
+    say(
+        f"fused scorer: {threshold_folds} fold(s): wknn bank on {len(data.fit_rows)} goods, fusion on them + "
+        f"{len(defects)} labelled defects; every good scored once by the fold model that never saw it"
+    )
     # fold f holds out the goods with index % holdout_every == f; fold 2 is fit_anomaly's split: the package's
     # model. The other folds' models only score their own held-out goods for the threshold (the fusion scores
     # are normalised by each model's training goods so that fold models share one threshold, as in the curve).
-    folds = [2] + [f for f in range(cfg.holdout_every) if f != 2][:max(threshold_folds, 1) - 1]
+    folds = [2] + [f for f in range(cfg.holdout_every) if f != 2][: max(threshold_folds, 1) - 1]
     fold_of = np.arange(len(good)) % cfg.holdout_every
     scores_parts, probe_uses = [], []
     scorer, model = _fit_fold_model(data, data.fit_rows, cfg, fusion, inner_folds, seconds)
@@ -204,22 +242,37 @@ def fit_fused_scorer(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], 
     seconds["total"] = round(time.perf_counter() - t0, 1)
     info = {
         "method": "fused: wknn good-only score + guarded ridge probe (trainer.fusion), one graph (FusionHead)",
-        "fusion": model.summary(), "uses_probe": model.uses_probe, "labelled_defects": len(defects),
-        "fit_images": len(data.fit_rows), "threshold_images": len(hold), "threshold_folds": len(folds),
+        "fusion": model.summary(),
+        "uses_probe": model.uses_probe,
+        "labelled_defects": len(defects),
+        "fit_images": len(data.fit_rows),
+        "threshold_images": len(hold),
+        "threshold_folds": len(folds),
         "fold_models_using_probe": f"{sum(probe_uses) + model.uses_probe}/{len(folds)}",
         "inner_folds": inner_folds if data.probe_possible else 0,
         "threshold_rule": "upper_bound (95 % Clopper-Pearson on held-out goods, as trainer learning-curve)",
-        "threshold_good_quantile": q, "score_origin": origin, "score_shift": shift, "target_false_reject": target,
-        "threshold_goods_above": k_above, "threshold_frr_ci95": rate_interval(k_above, len(hold)),
+        "threshold_good_quantile": q,
+        "score_origin": origin,
+        "score_shift": shift,
+        "target_false_reject": target,
+        "threshold_goods_above": k_above,
+        "threshold_frr_ci95": rate_interval(k_above, len(hold)),
         "plain_quantile": threshold_good_quantile(hold, target),
         "wknn_map_units": {"threshold": spec_w.threshold, "origin": spec_w.origin},
-        "features": int(x_hold.shape[1]), "seconds": seconds,
+        "features": int(x_hold.shape[1]),
+        "seconds": seconds,
     }
     return head, spec, info
 
 
-def _extract_fusion_data(backbone: nn.Module, pre: Any, good: Sequence[np.ndarray], defects: Sequence[np.ndarray],
-                         cfg: AnomalyConfig, fusion: FusionConfig) -> _FusionData:
+def _extract_fusion_data(
+    backbone: nn.Module,
+    pre: Any,
+    good: Sequence[np.ndarray],
+    defects: Sequence[np.ndarray],
+    cfg: AnomalyConfig,
+    fusion: FusionConfig,
+) -> _FusionData:
     """Check the inputs, split the goods as ``fit_anomaly`` does, and run the one backbone pass."""
     from inspector.contracts.errors import DataError
     from trainer.anomaly import feature_positions
@@ -229,8 +282,10 @@ def _extract_fusion_data(backbone: nn.Module, pre: Any, good: Sequence[np.ndarra
         raise DataError(f"the fused score reads the wknn scorer, not {cfg.method!r}", "use method wknn")
     fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
     if len(hold_idx) < 10:
-        raise DataError(f"only {len(good)} good images: too few to hold out a threshold set",
-                        "collect at least 100 good images (200-500 recommended for anomaly detection)")
+        raise DataError(
+            f"only {len(good)} good images: too few to hold out a threshold set",
+            "collect at least 100 good images (200-500 recommended for anomaly detection)",
+        )
     take = feature_positions(backbone, cfg.out_indices)
     pool_take = feature_positions(backbone, POOL_STAGES)
     embed = FeatureEmbedding(take, cfg.pool, cfg.downsample)
@@ -240,13 +295,27 @@ def _extract_fusion_data(backbone: nn.Module, pre: Any, good: Sequence[np.ndarra
         blocks = [channels[i] for i in take]
     pooled, emb = extract(backbone, embed, pool_take, pre, list(good) + list(defects), cfg.batch_size)
     n_good = len(good)
-    return _FusionData(embed, blocks, pool_take, pooled, emb, np.array(fit_idx), np.array(hold_idx),
-                       np.arange(n_good, n_good + len(defects)),
-                       len(defects) >= max(fusion.min_defects, fusion.inner_folds))
+    return _FusionData(
+        embed,
+        blocks,
+        pool_take,
+        pooled,
+        emb,
+        np.array(fit_idx),
+        np.array(hold_idx),
+        np.arange(n_good, n_good + len(defects)),
+        len(defects) >= max(fusion.min_defects, fusion.inner_folds),
+    )
 
 
-def _fit_fold_model(data: _FusionData, fit_r: np.ndarray, cfg: AnomalyConfig, fusion: FusionConfig,
-                    inner_folds: int, seconds: dict[str, float]) -> tuple[WhitenedKnnScorer, FusionModel]:
+def _fit_fold_model(
+    data: _FusionData,
+    fit_r: np.ndarray,
+    cfg: AnomalyConfig,
+    fusion: FusionConfig,
+    inner_folds: int,
+    seconds: dict[str, float],
+) -> tuple[WhitenedKnnScorer, FusionModel]:
     """The ``wknn`` bank on the goods ``fit_r`` and the fusion on them plus every labelled defect."""
     from threadpoolctl import threadpool_limits
 

@@ -76,8 +76,10 @@ def _images(folder: Path) -> list[Path]:
 
 def _require_layout(base: Path | None) -> Path:
     if base is None or not (Path(base) / "train" / GOOD_LABEL).is_dir() or not (Path(base) / "test").is_dir():
-        raise DataError(f"base data {base} is not an anomaly-layout folder (train/good, test/<class>)",
-                        "set jobs.base_data to such a folder, e.g. ../shared/data/magnetic_tile")
+        raise DataError(
+            f"base data {base} is not an anomaly-layout folder (train/good, test/<class>)",
+            "set jobs.base_data to such a folder, e.g. ../shared/data/magnetic_tile",
+        )
     return Path(base).resolve()
 
 
@@ -104,12 +106,20 @@ def freeze_heldout(base: str | Path, data_dir: str | Path, frozen_by: str = "sys
     """Freeze the station's held-out set from ``base`` into ``<data_dir>/heldout.json`` (refused if one exists)."""
     target = heldout_path(data_dir)
     if target.exists():
-        raise DataError(f"the held-out set of this station is already frozen ({target})",
-                        "it never changes; delete the file only when re-commissioning the station")
+        raise DataError(
+            f"the held-out set of this station is already frozen ({target})",
+            "it never changes; delete the file only when re-commissioning the station",
+        )
     root = _require_layout(Path(base))
     items = select_heldout(root)
-    body = {"format": FORMAT, "source": str(root), "created_at": time.time(), "frozen_by": frozen_by,
-            "digest": _digest(items), "items": [asdict(i) for i in items]}
+    body = {
+        "format": FORMAT,
+        "source": str(root),
+        "created_at": time.time(),
+        "frozen_by": frozen_by,
+        "digest": _digest(items),
+        "items": [asdict(i) for i in items],
+    }
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(body, indent=1))
@@ -121,8 +131,10 @@ def _parse(body: dict[str, Any]) -> HeldOutSet:
     root = Path(body["source"])
     items = [LabelledImage(str(root / i["path"]), i["label"], i["sha256"], "heldout") for i in body["items"]]
     if _digest(items) != body["digest"]:
-        raise DataError("the held-out list does not match its digest (edited?)",
-                        "restore heldout.json from the station's backup; it must never change")
+        raise DataError(
+            "the held-out list does not match its digest (edited?)",
+            "restore heldout.json from the station's backup; it must never change",
+        )
     return HeldOutSet(items, str(root), float(body["created_at"]), body["digest"])
 
 
@@ -133,16 +145,20 @@ def load_heldout_set(data_dir: str | Path, base: str | Path | None = None, verif
     target = heldout_path(data_dir)
     if not target.exists():
         if base is None:
-            raise DataError(f"this station has no frozen held-out set ({target})",
-                            "set jobs.base_data and run `trainer heldout freeze` (or any retraining)")
+            raise DataError(
+                f"this station has no frozen held-out set ({target})",
+                "set jobs.base_data and run `trainer heldout freeze` (or any retraining)",
+            )
         return freeze_heldout(base, data_dir)
     held = _parse(json.loads(target.read_text()))
     if verify:
         for item in held.items:
             p = Path(item.path)
             if not p.is_file() or file_sha256(p) != item.sha256:
-                raise DataError(f"held-out image {p} is missing or changed since the set was frozen",
-                                "restore the base data folder; the held-out set never changes")
+                raise DataError(
+                    f"held-out image {p} is missing or changed since the set was frozen",
+                    "restore the base data folder; the held-out set never changes",
+                )
     return held
 
 
@@ -158,20 +174,31 @@ def base_training_items(base: str | Path, heldout: HeldOutSet) -> list[LabelledI
     return out
 
 
-def labelled_frames(store: Store, archive: Archive, since: float = 0.0,
-                    until: float | None = None) -> list[LabelledImage]:
+def labelled_frames(
+    store: Store, archive: Archive, since: float = 0.0, until: float | None = None
+) -> list[LabelledImage]:
     """Frames a person labelled (current, not undone, not 'unsure') in ``[since, until)``, with their archived image."""
-    q = (select(LabelRow.label, ReviewItemRow.image_sha256, LabelRow.created_at)
-         .join(ReviewItemRow, ReviewItemRow.frame_id == LabelRow.frame_id)
-         .where(LabelRow.is_current.is_(True), LabelRow.undone.is_(False), LabelRow.label != UNSURE_LABEL,
-                LabelRow.created_at >= since, ReviewItemRow.image_sha256.is_not(None))
-         .order_by(LabelRow.created_at))
+    q = (
+        select(LabelRow.label, ReviewItemRow.image_sha256, LabelRow.created_at)
+        .join(ReviewItemRow, ReviewItemRow.frame_id == LabelRow.frame_id)
+        .where(
+            LabelRow.is_current.is_(True),
+            LabelRow.undone.is_(False),
+            LabelRow.label != UNSURE_LABEL,
+            LabelRow.created_at >= since,
+            ReviewItemRow.image_sha256.is_not(None),
+        )
+        .order_by(LabelRow.created_at)
+    )
     if until is not None:
         q = q.where(LabelRow.created_at < until)
     with store.session() as s:
         rows = s.execute(q).all()
-    return [LabelledImage(str(archive.path(r.image_sha256)), r.label, r.image_sha256, "label") for r in rows
-            if archive.exists(r.image_sha256)]
+    return [
+        LabelledImage(str(archive.path(r.image_sha256)), r.label, r.image_sha256, "label")
+        for r in rows
+        if archive.exists(r.image_sha256)
+    ]
 
 
 def without_heldout(items: list[LabelledImage], heldout: HeldOutSet) -> tuple[list[LabelledImage], int]:

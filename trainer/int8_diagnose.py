@@ -34,8 +34,12 @@ from trainer.pipelines import _calibration, fit_anomaly, int8_scorer_refit
 from trainer.quantize import ImageReader, QuantConfig, keep_fp32_inputs_outside, quantize_int8
 
 
-def main(name: str = "tf_efficientnet_lite0", size: int = 256, data: Path = Path("../shared/data/magnetic_tile"),
-         out: Path = Path("runs/int8_diagnose")) -> dict[str, float]:
+def main(
+    name: str = "tf_efficientnet_lite0",
+    size: int = 256,
+    data: Path = Path("../shared/data/magnetic_tile"),
+    out: Path = Path("runs/int8_diagnose"),
+) -> dict[str, float]:
     torch.set_num_threads(2)
     out.mkdir(parents=True, exist_ok=True)
     cfg = replace(AnomalyConfig(), backbone=name, image_size=(size, size))
@@ -45,8 +49,9 @@ def main(name: str = "tf_efficientnet_lite0", size: int = 256, data: Path = Path
     pre = Preprocessor(Preprocess(size=(size, size), resize="stretch", mean=spec.mean, std=spec.std, color="gray"))
     t0 = time.time()
     scorer, anomaly, info = fit_anomaly(backbone, pre, good, cfg, Console(stderr=True))
-    fp32 = export_onnx(InspectionNet(backbone, scorer=scorer).eval(), torch.from_numpy(pre.batch(held.images[:2])),
-                       out / "fp32.onnx")
+    fp32 = export_onnx(
+        InspectionNet(backbone, scorer=scorer).eval(), torch.from_numpy(pre.batch(held.images[:2])), out / "fp32.onnx"
+    )
     print("fit+export", round(time.time() - t0), "s", flush=True)
     xh, y = pre.batch(held.images), held.is_defect.astype(bool)
     calib = list(pre.batch(_calibration(good)))
@@ -59,12 +64,22 @@ def main(name: str = "tf_efficientnet_lite0", size: int = 256, data: Path = Path
     depthwise = {n.name for n in convs if next((a.i for a in n.attribute if a.name == "group"), 1) > 1}
     every = [n.name for n in convs]
 
-    def quant(tag: str, nodes: list[str], method: CalibrationMethod = CalibrationMethod.MinMax,
-              per_channel: bool = True) -> Path:
+    def quant(
+        tag: str, nodes: list[str], method: CalibrationMethod = CalibrationMethod.MinMax, per_channel: bool = True
+    ) -> Path:
         path = out / f"{tag}.onnx"
-        quantize_static(str(fp32), str(path), ImageReader(calib), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
-                        nodes_to_quantize=nodes, calibrate_method=method)
+        quantize_static(
+            str(fp32),
+            str(path),
+            ImageReader(calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv"],
+            nodes_to_quantize=nodes,
+            calibrate_method=method,
+        )
         keep_fp32_inputs_outside(path, ["/backbone/"])
         res[tag] = float(roc_auc_score(y, scores(path)))
         print(tag, len(nodes), res[tag], flush=True)
@@ -76,10 +91,15 @@ def main(name: str = "tf_efficientnet_lite0", size: int = 256, data: Path = Path
     quantize_int8(out / "refit.onnx", out / "refit.int8.onnx", calib, QuantConfig())
     s32, s8d, s8 = scores(fp32), scores(plain), scores(out / "refit.int8.onnx")
     thr = anomaly.reject_raw
-    res.update(refit_int8=float(roc_auc_score(y, s8)), agree_default=float(np.mean((s32 > thr) == (s8d > thr))),
-               agree_refit=float(np.mean((s32 > thr) == (s8 > thr))), recall_fp32=float((s32[y] > thr).mean()),
-               recall_refit=float((s8[y] > thr).mean()), frr_fp32=float((s32[~y] > thr).mean()),
-               frr_refit=float((s8[~y] > thr).mean()))
+    res.update(
+        refit_int8=float(roc_auc_score(y, s8)),
+        agree_default=float(np.mean((s32 > thr) == (s8d > thr))),
+        agree_refit=float(np.mean((s32 > thr) == (s8 > thr))),
+        recall_fp32=float((s32[y] > thr).mean()),
+        recall_refit=float((s8[y] > thr).mean()),
+        frr_fp32=float((s32[~y] > thr).mean()),
+        frr_refit=float((s8[~y] > thr).mean()),
+    )
     print(res, flush=True)
     quant("no_depthwise", [n for n in every if n not in depthwise])
     quant("no_stem", every[1:])
@@ -91,5 +111,8 @@ def main(name: str = "tf_efficientnet_lite0", size: int = 256, data: Path = Path
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main(*(args[:1] or ["tf_efficientnet_lite0"]), *([int(args[1])] if len(args) > 1 else []),  # type: ignore[misc]
-         *([Path(args[2])] if len(args) > 2 else []))
+    main(
+        *(args[:1] or ["tf_efficientnet_lite0"]),
+        *([int(args[1])] if len(args) > 1 else []),  # type: ignore[misc]
+        *([Path(args[2])] if len(args) > 2 else []),
+    )

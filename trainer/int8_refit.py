@@ -96,9 +96,15 @@ class AlignedScorer(nn.Module):
         return score * self.a + self.b, amap * self.a + self.b
 
 
-def make_refit(backbone: nn.Module, fit_scorer: Callable[[nn.Module], tuple[nn.Module, float, float]],
-               origin: float, threshold: float, make_net: Callable[[nn.Module], nn.Module],
-               sample: np.ndarray, threads: int = 2) -> Callable[[Path, Path], nn.Module | None]:
+def make_refit(
+    backbone: nn.Module,
+    fit_scorer: Callable[[nn.Module], tuple[nn.Module, float, float]],
+    origin: float,
+    threshold: float,
+    make_net: Callable[[nn.Module], nn.Module],
+    sample: np.ndarray,
+    threads: int = 2,
+) -> Callable[[Path, Path], nn.Module | None]:
     """The hook ``trainer.package`` calls with (INT8 graph of the fp32 net, a scratch folder): the network
     whose scorer was fitted on that graph's features and aligned to (``origin``, ``threshold``), or None.
 

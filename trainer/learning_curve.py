@@ -76,17 +76,37 @@ from trainer.learning_curve_thresholds import (
 )
 
 __all__ = [
-    "CACHE_VERSION", "AnomalyCrossFit", "CurveConfig", "FoldFit", "ImageTable", "anomaly_features", "check_plan",
-    "crossfit_anomaly", "crossfit_plan", "curve_from_features", "defect_rotations", "evaluate_rotation",
-    "extract_table", "fit_scorer", "good_fold_ids", "list_images", "per_population_threshold", "plot_curve",
-    "pool_stages", "print_curve", "run_learning_curve", "split_test_good", "test_good_hashes",
+    "CACHE_VERSION",
+    "AnomalyCrossFit",
+    "CurveConfig",
+    "FoldFit",
+    "ImageTable",
+    "anomaly_features",
+    "check_plan",
+    "crossfit_anomaly",
+    "crossfit_plan",
+    "curve_from_features",
+    "defect_rotations",
+    "evaluate_rotation",
+    "extract_table",
+    "fit_scorer",
+    "good_fold_ids",
+    "list_images",
+    "per_population_threshold",
+    "plot_curve",
+    "pool_stages",
+    "print_curve",
+    "run_learning_curve",
+    "split_test_good",
+    "test_good_hashes",
     "threshold_upper_bound",
 ]
 
 
 # ----------------------------------------------------------------------------------------------- the curve
-def evaluate_rotation(table: ImageTable, anom: AnomalyCrossFit, labelled: np.ndarray, cfg: CurveConfig,
-                      plan: Sequence[FoldFit]) -> dict[str, Any]:
+def evaluate_rotation(
+    table: ImageTable, anom: AnomalyCrossFit, labelled: np.ndarray, cfg: CurveConfig, plan: Sequence[FoldFit]
+) -> dict[str, Any]:
     """Fit the good folds' fusion models for one labelled set (once: the good rotations share them), then for each
     good rotation set the threshold on its threshold goods and measure the operating point on its scored images."""
     score, models = _fused_scores(table, anom, cfg, plan)
@@ -102,23 +122,38 @@ def evaluate_rotation(table: ImageTable, anom: AnomalyCrossFit, labelled: np.nda
     rows = np.concatenate([test_good, defects])
     is_def = np.r_[np.zeros(len(test_good), bool), np.ones(len(defects), bool)]
     sum_ = lambda key: sum(r[key] for r in per_rot)  # noqa: E731
-    return {"detected": sum_("detected"), "defects": sum_("defects"), "good_rotations": len(per_rot),
-            "false_rejects": sum_("false_rejects"), "goods": sum_("goods"),
-            "auroc": image_auroc(score[rows], is_def), "threshold": float(np.mean([r["threshold"] for r in per_rot])),
-            "per_class": per_class,
-            "plain_quantile": {"threshold": float(np.mean([r["plain_threshold"] for r in per_rot])),
-                               "detected": sum_("plain_detected"), "false_rejects": sum_("plain_false_rejects")},
-            "pooled_upper_bound": {"detected": sum_("pooled_detected"), "false_rejects": sum_("pooled_false_rejects")},
-            "oracle_recall": oracle_recall(score[rows], is_def, cfg.target_false_reject),
-            "median_good_score": {"train_good_heldout": float(np.median(score[table.is_train_good])),
-                                  "test_good": float(np.median(score[test_good]))},
-            "labelled": int(labelled.sum()), "models": models, "by_good_rotation": per_rot,
-            "scored_defect_ids": defects.tolist(), "test_goods": len(test_good),
-            "probe_models": sum(1 for m in models if m["uses_probe"])}
+    return {
+        "detected": sum_("detected"),
+        "defects": sum_("defects"),
+        "good_rotations": len(per_rot),
+        "false_rejects": sum_("false_rejects"),
+        "goods": sum_("goods"),
+        "auroc": image_auroc(score[rows], is_def),
+        "threshold": float(np.mean([r["threshold"] for r in per_rot])),
+        "per_class": per_class,
+        "plain_quantile": {
+            "threshold": float(np.mean([r["plain_threshold"] for r in per_rot])),
+            "detected": sum_("plain_detected"),
+            "false_rejects": sum_("plain_false_rejects"),
+        },
+        "pooled_upper_bound": {"detected": sum_("pooled_detected"), "false_rejects": sum_("pooled_false_rejects")},
+        "oracle_recall": oracle_recall(score[rows], is_def, cfg.target_false_reject),
+        "median_good_score": {
+            "train_good_heldout": float(np.median(score[table.is_train_good])),
+            "test_good": float(np.median(score[test_good])),
+        },
+        "labelled": int(labelled.sum()),
+        "models": models,
+        "by_good_rotation": per_rot,
+        "scored_defect_ids": defects.tolist(),
+        "test_goods": len(test_good),
+        "probe_models": sum(1 for m in models if m["uses_probe"]),
+    }
 
 
-def _fused_scores(table: ImageTable, anom: AnomalyCrossFit, cfg: CurveConfig,
-                  plan: Sequence[FoldFit]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def _fused_scores(
+    table: ImageTable, anom: AnomalyCrossFit, cfg: CurveConfig, plan: Sequence[FoldFit]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Every image's fused score from models that never saw it, and each good fold's model summary.
 
     A held-out train/good image is scored by the one model that did not see it; every other image gets the mean
@@ -145,12 +180,15 @@ def _fused_scores(table: ImageTable, anom: AnomalyCrossFit, cfg: CurveConfig,
         xs = feats_of(k, outside, anom.outer)
         total[outside] += model.score(xs, xs[:, d_pool]) / len(by_fold)
         models.append(model.summary())
-    assert np.isfinite(single[table.is_train_good]).all(), "every train/good image must be scored by the model that did not see it"
+    assert np.isfinite(single[table.is_train_good]).all(), (
+        "every train/good image must be scored by the model that did not see it"
+    )
     return np.where(table.is_train_good, single, total), models
 
 
-def _good_rotation_point(table: ImageTable, score: np.ndarray, h: int, fits: list[FoldFit], cfg: CurveConfig,
-                         per_class: dict[str, list[int]]) -> dict[str, Any]:
+def _good_rotation_point(
+    table: ImageTable, score: np.ndarray, h: int, fits: list[FoldFit], cfg: CurveConfig, per_class: dict[str, list[int]]
+) -> dict[str, Any]:
     """One good rotation: the threshold from its threshold goods, the operating point on its scored images
     (``per_class`` accumulates detected / scored defects per class)."""
     from trainer.anomaly import threshold_good_quantile
@@ -161,9 +199,11 @@ def _good_rotation_point(table: ImageTable, score: np.ndarray, h: int, fits: lis
     plain = threshold_good_quantile(good_thr, cfg.target_false_reject)
     pooled_bound = threshold_upper_bound(good_thr, cfg.target_false_reject)
     populations = [score[thr_rows[table.is_train_good[thr_rows]]], score[thr_rows[table.is_test_good[thr_rows]]]]
-    threshold = {"upper_bound": pooled_bound, "quantile": plain,
-                 "upper_bound_per_population": per_population_threshold(populations, cfg.target_false_reject),
-                 }[cfg.threshold_rule]
+    threshold = {
+        "upper_bound": pooled_bound,
+        "quantile": plain,
+        "upper_bound_per_population": per_population_threshold(populations, cfg.target_false_reject),
+    }[cfg.threshold_rule]
     is_def = np.array([table.defect_class[i] is not None for i in scored])
     flagged, flagged_plain = score[scored] > threshold, score[scored] > plain
     for c in sorted({table.defect_class[i] for i in scored if table.defect_class[i] is not None}):  # type: ignore[type-var]
@@ -172,19 +212,26 @@ def _good_rotation_point(table: ImageTable, score: np.ndarray, h: int, fits: lis
         acc[0] += int(flagged[m].sum())
         acc[1] += int(m.sum())
     n_thr_test = int(np.isin(thr_rows, np.flatnonzero(table.is_test_good)).sum())
-    return {"good_rotation": h, "threshold": threshold, "plain_threshold": plain,
-            "pooled_upper_bound_threshold": pooled_bound,
-            "pooled_detected": int((score[scored][is_def] > pooled_bound).sum()),
-            "pooled_false_rejects": int((score[scored][~is_def] > pooled_bound).sum()),
-            "threshold_goods": {"train_good": len(thr_rows) - n_thr_test, "test_good": n_thr_test},
-            "detected": int(flagged[is_def].sum()), "defects": int(is_def.sum()),
-            "false_rejects": int(flagged[~is_def].sum()), "goods": int((~is_def).sum()),
-            "plain_detected": int(flagged_plain[is_def].sum()),
-            "plain_false_rejects": int(flagged_plain[~is_def].sum())}
+    return {
+        "good_rotation": h,
+        "threshold": threshold,
+        "plain_threshold": plain,
+        "pooled_upper_bound_threshold": pooled_bound,
+        "pooled_detected": int((score[scored][is_def] > pooled_bound).sum()),
+        "pooled_false_rejects": int((score[scored][~is_def] > pooled_bound).sum()),
+        "threshold_goods": {"train_good": len(thr_rows) - n_thr_test, "test_good": n_thr_test},
+        "detected": int(flagged[is_def].sum()),
+        "defects": int(is_def.sum()),
+        "false_rejects": int(flagged[~is_def].sum()),
+        "goods": int((~is_def).sum()),
+        "plain_detected": int(flagged_plain[is_def].sum()),
+        "plain_false_rejects": int(flagged_plain[~is_def].sum()),
+    }
 
 
-def run_learning_curve(data_dir: str | Path, cfg: CurveConfig | None = None, cache: Path | None = None,
-                       console: Console | None = None) -> dict[str, Any]:
+def run_learning_curve(
+    data_dir: str | Path, cfg: CurveConfig | None = None, cache: Path | None = None, console: Console | None = None
+) -> dict[str, Any]:
     """The whole experiment; returns the JSON-ready result (``points`` one per labelled fraction)."""
     console = console or Console(stderr=True)
     cfg = cfg or CurveConfig()
@@ -196,18 +243,24 @@ def run_learning_curve(data_dir: str | Path, cfg: CurveConfig | None = None, cac
     t_anom = time.perf_counter() - t0 - t_feat
     result = curve_from_features(table, anom, cfg, console)
     result["data"] = str(data_dir)
-    result["seconds"] = {"features": round(t_feat, 1), "anomaly_crossfit": round(t_anom, 1),
-                         "fusion": result["seconds"]["fusion"], "total": round(time.perf_counter() - t0, 1)}
+    result["seconds"] = {
+        "features": round(t_feat, 1),
+        "anomaly_crossfit": round(t_anom, 1),
+        "fusion": result["seconds"]["fusion"],
+        "total": round(time.perf_counter() - t0, 1),
+    }
     return result
 
 
-def curve_from_features(table: ImageTable, anom: AnomalyCrossFit, cfg: CurveConfig,
-                        console: Console | None = None) -> dict[str, Any]:
+def curve_from_features(
+    table: ImageTable, anom: AnomalyCrossFit, cfg: CurveConfig, console: Console | None = None
+) -> dict[str, Any]:
     """The curve from extracted features (``extract_table``) and cross-fitted anomaly features."""
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
-    half = split_test_good(test_good_hashes(table), [table.paths[i] for i in np.flatnonzero(table.is_test_good)],
-                            cfg.good_rotations)
+    half = split_test_good(
+        test_good_hashes(table), [table.paths[i] for i in np.flatnonzero(table.is_test_good)], cfg.good_rotations
+    )
     plan = crossfit_plan(table.is_train_good, table.is_test_good, table.defect_class, cfg, half)
     check_plan(plan, table.is_test_good)
     groups: dict[tuple[float, int], list[FoldFit]] = {}
@@ -219,27 +272,43 @@ def curve_from_features(table: ImageTable, anom: AnomalyCrossFit, cfg: CurveConf
 
     # one BLAS thread: small eigendecompositions oversubscribe a loaded 2-core machine (35 s instead of 3 s)
     with Progress(console=console, transient=True) as prog, threadpool_limits(1):
-        task = prog.add_task("fitting fusion models (fraction x rotation x good fold)",
-                             total=len(plan) // cfg.good_rotations)
+        task = prog.add_task(
+            "fitting fusion models (fraction x rotation x good fold)", total=len(plan) // cfg.good_rotations
+        )
         for (f, _r), fits in groups.items():
             labelled = np.isin(defects, fits[0].train_defect)
             results.setdefault(f, []).append(evaluate_rotation(table, anom, labelled, cfg, fits))
             prog.advance(task, len(fits) // cfg.good_rotations)
     points = [curve_point(f, rs) for f, rs in results.items()]
-    n_classes = {c: int(sum(1 for d in table.defect_class if d == c)) for c in sorted({d for d in table.defect_class if d})}
+    n_classes = {
+        c: int(sum(1 for d in table.defect_class if d == c)) for c in sorted({d for d in table.defect_class if d})
+    }
     return {
-        "data": None, "method": "wknn good-only score fused with a linear probe (trainer.fusion)",
-        "images": {"train_good": int(table.is_train_good.sum()), "test_good": int(table.is_test_good.sum()),
-                   "test_good_halves": np.bincount(half).tolist(), "defects": n_classes},
+        "data": None,
+        "method": "wknn good-only score fused with a linear probe (trainer.fusion)",
+        "images": {
+            "train_good": int(table.is_train_good.sum()),
+            "test_good": int(table.is_test_good.sum()),
+            "test_good_halves": np.bincount(half).tolist(),
+            "defects": n_classes,
+        },
         "protocol": "test/good split in sha256 order (trainer.heldout); per good rotation one half is scored, the "
-                    "other half and the held-out train/good fold set the threshold; nothing is fitted on test/good",
+        "other half and the held-out train/good fold set the threshold; nothing is fitted on test/good",
         "target_false_reject": cfg.target_false_reject,
         "threshold_rule": cfg.threshold_rule,
-        "config": {"good_folds": cfg.good_folds, "inner_good_folds": cfg.inner_good_folds, "rotations": cfg.rotations,
-                   "good_rotations": cfg.good_rotations,
-                   "seed": cfg.seed, "fusion": asdict(cfg.fusion),
-                   "anomaly": {k: v for k, v in asdict(cfg.anomaly).items() if k in (
-                       "backbone", "out_indices", "image_size", "method", "position_bank", "downsample")}},
+        "config": {
+            "good_folds": cfg.good_folds,
+            "inner_good_folds": cfg.inner_good_folds,
+            "rotations": cfg.rotations,
+            "good_rotations": cfg.good_rotations,
+            "seed": cfg.seed,
+            "fusion": asdict(cfg.fusion),
+            "anomaly": {
+                k: v
+                for k, v in asdict(cfg.anomaly).items()
+                if k in ("backbone", "out_indices", "image_size", "method", "position_bank", "downsample")
+            },
+        },
         "points": points,
         "seconds": {"fusion": round(time.perf_counter() - t0, 1)},
     }

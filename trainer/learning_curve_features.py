@@ -70,8 +70,9 @@ def list_images(data_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray, list
     test_good = [s for s in data.test if s.label == 0]
     test_bad = [s for s in data.test if s.label == 1]
     if not data.train or not test_good or not test_bad:
-        raise DataError(f"{data_dir} needs train/good, test/good and test/<defect> images",
-                        "use the anomaly layout (MVTec AD)")
+        raise DataError(
+            f"{data_dir} needs train/good, test/good and test/<defect> images", "use the anomaly layout (MVTec AD)"
+        )
     samples = list(data.train) + test_good + test_bad
     n_tr, n_tg = len(data.train), len(test_good)
     is_train_good = np.arange(len(samples)) < n_tr
@@ -120,7 +121,7 @@ def extract_table(data_dir: Path, cfg: AnomalyConfig, cache: Path | None, consol
     with Progress(console=console, transient=True) as prog, torch.inference_mode():
         task = prog.add_task(f"backbone features ({len(paths)} images)", total=len(paths))
         for i in range(0, len(paths), bs):
-            imgs = [np.asarray(load_rgb(Path(p))) for p in paths[i:i + bs]]
+            imgs = [np.asarray(load_rgb(Path(p))) for p in paths[i : i + bs]]
             feats = backbone(torch.from_numpy(pre.batch(imgs)))
             embs.append(embed(feats).numpy().astype(np.float16))
             pooled.append(pool_stages([feats[j].numpy() for j in pool_take]))
@@ -150,7 +151,7 @@ def fit_scorer(embeddings: np.ndarray, cfg: AnomalyConfig, blocks: list[int] | N
 
     from trainer.anomaly import FeatureEmbedding, fit_whitened_knn
 
-    embs = [torch.from_numpy(embeddings[i:i + 64].astype(np.float32)) for i in range(0, len(embeddings), 64)]
+    embs = [torch.from_numpy(embeddings[i : i + 64].astype(np.float32)) for i in range(0, len(embeddings), 64)]
     return fit_whitened_knn(FeatureEmbedding([0]), embs, cfg, blocks)
 
 
@@ -177,7 +178,7 @@ def anomaly_features(scorer, embeddings: np.ndarray, batch: int = 64) -> np.ndar
     out = []
     with torch.inference_mode():
         for i in range(0, len(embeddings), batch):
-            e = torch.from_numpy(embeddings[i:i + batch].astype(np.float32))
+            e = torch.from_numpy(embeddings[i : i + batch].astype(np.float32))
             z = scorer.whiten_patches(e.flatten(2).permute(2, 0, 1))  # [P, B, C]
             d2 = (z * z).sum(-1, keepdim=True) - 2 * torch.matmul(z, cand_t) + cand_sq  # [P, B, M]
             best, arg = d2.min(-1)
@@ -208,9 +209,12 @@ class AnomalyCrossFit:
 
 def crossfit_anomaly(table: ImageTable, cfg: CurveConfig, cache: Path | None, console: Console) -> AnomalyCrossFit:
     """Fits good_folds x (1 + inner_good_folds) ``wknn`` scorers on train/good subsets (cached)."""
-    key = _cache_key(table.paths, cfg.anomaly) + hashlib.sha256(
-        json.dumps([cfg.good_folds, cfg.inner_good_folds, cfg.seed, asdict(cfg.anomaly)], default=str).encode()
-    ).hexdigest()[:8]
+    key = (
+        _cache_key(table.paths, cfg.anomaly)
+        + hashlib.sha256(
+            json.dumps([cfg.good_folds, cfg.inner_good_folds, cfg.seed, asdict(cfg.anomaly)], default=str).encode()
+        ).hexdigest()[:8]
+    )
     train_good = np.flatnonzero(table.is_train_good)
     gfold = good_fold_ids(len(train_good), cfg.good_folds, cfg.seed)
     blocks = _stage_blocks(cfg.anomaly)
@@ -223,8 +227,9 @@ def crossfit_anomaly(table: ImageTable, cfg: CurveConfig, cache: Path | None, co
     torch.set_num_threads(1)  # small GEMMs in Python loops: extra threads only spin on a shared 2-core machine
     try:
         with Progress(console=console, transient=True) as prog:
-            task = prog.add_task("cross-fitting wknn anomaly scorers on good images",
-                                 total=cfg.good_folds * (1 + cfg.inner_good_folds))
+            task = prog.add_task(
+                "cross-fitting wknn anomaly scorers on good images", total=cfg.good_folds * (1 + cfg.inner_good_folds)
+            )
             for k in range(cfg.good_folds):
                 part = None if cache is None else cache / f"{key}.fold{k}.npz"
                 if part is not None and part.is_file():

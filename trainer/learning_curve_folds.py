@@ -78,8 +78,13 @@ class FoldFit:
     good_rotation: int = 0  # which test/good half is scored (the other thresholds)
 
 
-def crossfit_plan(is_train_good: np.ndarray, is_test_good: np.ndarray, defect_class: Sequence[str | None],
-                  cfg: CurveConfig, test_half: np.ndarray | None = None) -> list[FoldFit]:
+def crossfit_plan(
+    is_train_good: np.ndarray,
+    is_test_good: np.ndarray,
+    defect_class: Sequence[str | None],
+    cfg: CurveConfig,
+    test_half: np.ndarray | None = None,
+) -> list[FoldFit]:
     """Every model the curve fits, as index sets; ``check_plan`` proves no scored or threshold image was fitted on.
 
     ``test_half``: half id per test/good image (``split_test_good``, row order); default alternating.
@@ -100,10 +105,19 @@ def crossfit_plan(is_train_good: np.ndarray, is_test_good: np.ndarray, defect_cl
             for h in range(cfg.good_rotations):
                 for k in range(cfg.good_folds):
                     fit = train_good[gfold != k]
-                    plan.append(FoldFit(f, r, k, fit, fit,
-                                        np.concatenate([train_good[gfold == k], test_good[half != h]]),
-                                        defects[labelled], np.concatenate([test_good[half == h], defects[~labelled]]),
-                                        good_rotation=h))
+                    plan.append(
+                        FoldFit(
+                            f,
+                            r,
+                            k,
+                            fit,
+                            fit,
+                            np.concatenate([train_good[gfold == k], test_good[half != h]]),
+                            defects[labelled],
+                            np.concatenate([test_good[half == h], defects[~labelled]]),
+                            good_rotation=h,
+                        )
+                    )
     return plan
 
 
@@ -122,7 +136,8 @@ def check_plan(plan: Sequence[FoldFit], is_test_good: np.ndarray | None = None) 
     for key, fits in groups.items():
         for p in fits:
             assert set(p.train_defect.tolist()) == set(fits[0].train_defect.tolist()) and np.array_equal(
-                p.train_good, fits[0].train_good), f"{key}: the good rotations must share the fitted sets"
+                p.train_good, fits[0].train_good
+            ), f"{key}: the good rotations must share the fitted sets"
         if is_test_good is None:
             continue
         scored = [set(p.scored.tolist()) for p in fits]
@@ -130,5 +145,6 @@ def check_plan(plan: Sequence[FoldFit], is_test_good: np.ndarray | None = None) 
         for i in np.flatnonzero(is_test_good).tolist():
             times = sum(i in s for s in scored)
             assert times == 1, f"{key}: test/good image {i} scored {times} times over the good rotations"
-            assert all(i in t for s, t in zip(scored, thresholds, strict=True) if i not in s), \
+            assert all(i in t for s, t in zip(scored, thresholds, strict=True) if i not in s), (
                 f"{key}: test/good image {i} sets no threshold where it is not scored"
+            )

@@ -19,8 +19,13 @@ INPUT_NAME = "image"
 class InspectionNet(nn.Module):
     """backbone(image) -> feature list; ``classifier(features) -> logits``; ``scorer(features) -> (score, map)``."""
 
-    def __init__(self, backbone: nn.Module, classifier: nn.Module | None = None, scorer: nn.Module | None = None,
-                 temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        classifier: nn.Module | None = None,
+        scorer: nn.Module | None = None,
+        temperature: float = 1.0,
+    ) -> None:
         super().__init__()
         if classifier is None and scorer is None:
             raise ValueError("InspectionNet needs a classifier, an anomaly scorer, or both")

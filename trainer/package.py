@@ -55,10 +55,29 @@ from trainer.package_spec import (
 from trainer.quantize import QuantConfig, QuantReport
 
 __all__ = [
-    "CANARY_SURE_FAIL", "CANARY_SURE_PASS", "CANARY_SURE_PROB", "FP32_FILE", "HIST_BINS", "INT8_FILE",
-    "BuildResult", "Draft", "Int8Refit", "ManifestExtras", "PackageSpec", "PackagingError", "build_package",
-    "draft_package", "drift_reference", "finish_package", "heldout_class_labels", "line_config", "ort_ms",
-    "prepare_package", "preprocess_frames", "torch_eager_ms", "write_canaries",
+    "CANARY_SURE_FAIL",
+    "CANARY_SURE_PASS",
+    "CANARY_SURE_PROB",
+    "FP32_FILE",
+    "HIST_BINS",
+    "INT8_FILE",
+    "BuildResult",
+    "Draft",
+    "Int8Refit",
+    "ManifestExtras",
+    "PackageSpec",
+    "PackagingError",
+    "build_package",
+    "draft_package",
+    "drift_reference",
+    "finish_package",
+    "heldout_class_labels",
+    "line_config",
+    "ort_ms",
+    "prepare_package",
+    "preprocess_frames",
+    "torch_eager_ms",
+    "write_canaries",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,9 +96,11 @@ class BuildResult:
 
 def _outputs(names: list[str]) -> Outputs:
     """Which output names of the graph carry class probabilities, the anomaly score and the map."""
-    return Outputs(class_probs=OUTPUT_PROBS if OUTPUT_PROBS in names else None,
-                   anomaly_score=OUTPUT_SCORE if OUTPUT_SCORE in names else None,
-                   anomaly_map=OUTPUT_MAP if OUTPUT_MAP in names else None)
+    return Outputs(
+        class_probs=OUTPUT_PROBS if OUTPUT_PROBS in names else None,
+        anomaly_score=OUTPUT_SCORE if OUTPUT_SCORE in names else None,
+        anomaly_map=OUTPUT_MAP if OUTPUT_MAP in names else None,
+    )
 
 
 @dataclass
@@ -114,8 +135,12 @@ class Draft:
     quant: QuantReport | None
 
     def save(self, path: str | Path) -> Path:
-        body = {"stage": str(self.stage), "manifest": self.manifest.model_dump(mode="json"), "parity": self.parity,
-                "quant": self.quant.to_dict() if self.quant else None}
+        body = {
+            "stage": str(self.stage),
+            "manifest": self.manifest.model_dump(mode="json"),
+            "parity": self.parity,
+            "quant": self.quant.to_dict() if self.quant else None,
+        }
         Path(path).write_text(json.dumps(body, indent=1))
         return Path(path)
 
@@ -123,8 +148,12 @@ class Draft:
     def load(cls, path: str | Path) -> Draft:
         body = json.loads(Path(path).read_text())
         q = body["quant"]
-        return cls(Path(body["stage"]), Manifest.model_validate(body["manifest"]), body["parity"],
-                   QuantReport(**q) if q else None)
+        return cls(
+            Path(body["stage"]),
+            Manifest.model_validate(body["manifest"]),
+            body["parity"],
+            QuantReport(**q) if q else None,
+        )
 
 
 def draft_package(stage: str | Path, manifest: Manifest) -> ModelPackage:
@@ -138,12 +167,24 @@ def line_config(threads: int = 2, policy: PolicySection | None = None) -> Statio
     return StationConfig(runtime=RuntimeSection(threads=threads), policy=policy or PolicySection())
 
 
-def build_package(out_dir: str | Path, net: nn.Module, spec: PackageSpec, heldout: EvalSet,
-                  calibration_images: list[np.ndarray] | None = None, quant_config: QuantConfig | None = None,
-                  parity_bounds: ParityBounds | None = None, n_canaries: int = 4, threads: int = 2,
-                  opset: int = 17, evaluate: bool = True, checklist: bool = True,
-                  overwrite: bool = False, extras: ManifestExtras | None = None,
-                  say: Callable[[str], None] | None = None, int8_refit: Int8Refit | None = None) -> BuildResult:
+def build_package(
+    out_dir: str | Path,
+    net: nn.Module,
+    spec: PackageSpec,
+    heldout: EvalSet,
+    calibration_images: list[np.ndarray] | None = None,
+    quant_config: QuantConfig | None = None,
+    parity_bounds: ParityBounds | None = None,
+    n_canaries: int = 4,
+    threads: int = 2,
+    opset: int = 17,
+    evaluate: bool = True,
+    checklist: bool = True,
+    overwrite: bool = False,
+    extras: ManifestExtras | None = None,
+    say: Callable[[str], None] | None = None,
+    int8_refit: Int8Refit | None = None,
+) -> BuildResult:
     """Write a verified package folder at ``out_dir`` and return what went into it.
 
     ``heldout``: uint8 RGB frames of the fixed held-out set (parity, INT8 gate, canaries, drift reference,
@@ -158,10 +199,23 @@ def build_package(out_dir: str | Path, net: nn.Module, spec: PackageSpec, heldou
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
-        draft = prepare_package(stage, net, spec, heldout, calibration_images, quant_config, parity_bounds,
-                                n_canaries, threads, opset, say, int8_refit)
-        manifest, report = finish_package(draft, heldout, extras, evaluate=evaluate, checklist=checklist,
-                                          threads=threads, say=say)
+        draft = prepare_package(
+            stage,
+            net,
+            spec,
+            heldout,
+            calibration_images,
+            quant_config,
+            parity_bounds,
+            n_canaries,
+            threads,
+            opset,
+            say,
+            int8_refit,
+        )
+        manifest, report = finish_package(
+            draft, heldout, extras, evaluate=evaluate, checklist=checklist, threads=threads, say=say
+        )
         if out.exists():
             shutil.rmtree(out)
         stage.rename(out)
@@ -175,10 +229,20 @@ def _say(say: Callable[[str], None] | None) -> Callable[[str], None]:
     return say or (lambda msg: log.info("%s", msg))
 
 
-def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: EvalSet,
-                    calibration: list[np.ndarray] | None = None, qcfg: QuantConfig | None = None,
-                    bounds: ParityBounds | None = None, n_canaries: int = 4, threads: int = 2, opset: int = 17,
-                    say: Callable[[str], None] | None = None, int8_refit: Int8Refit | None = None) -> Draft:
+def prepare_package(
+    stage: str | Path,
+    net: nn.Module,
+    spec: PackageSpec,
+    held: EvalSet,
+    calibration: list[np.ndarray] | None = None,
+    qcfg: QuantConfig | None = None,
+    bounds: ParityBounds | None = None,
+    n_canaries: int = 4,
+    threads: int = 2,
+    opset: int = 17,
+    say: Callable[[str], None] | None = None,
+    int8_refit: Int8Refit | None = None,
+) -> Draft:
     """Export (checked at several batch sizes by ``export_onnx``), parity, the INT8 gate, benchmark,
     canaries and the held-out drift reference into ``stage``; the manifest stays in memory."""
     say = _say(say)
@@ -196,8 +260,10 @@ def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: 
         say(f"INT8: quantising with {len(calibration)} training images, gating on {len(held.images)} held-out frames")
     quant, choice, refit_info = quantise(stage, spec, calibration, x_held, held, qcfg, bounds, int8_refit, opset)
     if refit_info is not None and "report" in refit_info:
-        say(f"INT8 with the scorer refitted on INT8 features: {refit_info['report']['reason']}"
-            f"{' (used)' if refit_info['used'] else ''}")
+        say(
+            f"INT8 with the scorer refitted on INT8 features: {refit_info['report']['reason']}"
+            f"{' (used)' if refit_info['used'] else ''}"
+        )
     if quant is not None:
         say(f"INT8 on ONNX Runtime {'passes' if quant.kept else 'fails'} its gate: {quant.reason}")
     if choice is not None:
@@ -213,25 +279,46 @@ def prepare_package(stage: str | Path, net: nn.Module, spec: PackageSpec, held: 
     names = list(getattr(net, "output_names", []))
     short = hash_file(stage / FP32_FILE)[:8]
     manifest = Manifest(
-        name=spec.name, version=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{short}", created_at=time.time(),
+        name=spec.name,
+        version=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{short}",
+        created_at=time.time(),
         task=spec.task,
-        model=ModelFiles(fp32=FP32_FILE, int8=INT8_FILE if choice and choice.precision == "int8" else None,
-                         recommended=choice.precision if choice else "fp32",  # type: ignore[arg-type]
-                         backend=choice.backend if choice else "onnxruntime",  # type: ignore[arg-type]
-                         outputs=_outputs(names)),
-        preprocess=spec.preprocess, class_names=spec.class_names, good_class=spec.good_class,
-        temperature=spec.temperature, anomaly=spec.anomaly, canaries=canaries,
-        drift_reference=drift_reference(spec, held, outs), data=spec.data, augmentation=spec.augmentation,
-        architecture=spec.architecture, metrics=dict(spec.metrics), parity=parity, benchmark=bench,
-        latency_target_ms=spec.latency_target_ms, memory_budget_mb=spec.memory_budget_mb,
+        model=ModelFiles(
+            fp32=FP32_FILE,
+            int8=INT8_FILE if choice and choice.precision == "int8" else None,
+            recommended=choice.precision if choice else "fp32",  # type: ignore[arg-type]
+            backend=choice.backend if choice else "onnxruntime",  # type: ignore[arg-type]
+            outputs=_outputs(names),
+        ),
+        preprocess=spec.preprocess,
+        class_names=spec.class_names,
+        good_class=spec.good_class,
+        temperature=spec.temperature,
+        anomaly=spec.anomaly,
+        canaries=canaries,
+        drift_reference=drift_reference(spec, held, outs),
+        data=spec.data,
+        augmentation=spec.augmentation,
+        architecture=spec.architecture,
+        metrics=dict(spec.metrics),
+        parity=parity,
+        benchmark=bench,
+        latency_target_ms=spec.latency_target_ms,
+        memory_budget_mb=spec.memory_budget_mb,
         target_hardware=spec.target_hardware,
     )
     return Draft(stage, manifest, parity, quant)
 
 
-def finish_package(draft: Draft, held: EvalSet | None, extras: ManifestExtras | None = None, evaluate: bool = True,
-                   checklist: bool = True, threads: int = 2,
-                   say: Callable[[str], None] | None = None) -> tuple[Manifest, dict[str, Any]]:
+def finish_package(
+    draft: Draft,
+    held: EvalSet | None,
+    extras: ManifestExtras | None = None,
+    evaluate: bool = True,
+    checklist: bool = True,
+    threads: int = 2,
+    say: Callable[[str], None] | None = None,
+) -> tuple[Manifest, dict[str, Any]]:
     """Evaluate the draft through the station runtime, run the checklist on it, write ``manifest.json``
     ONCE with everything and verify the folder with the station's ``load_package``.
 

@@ -47,14 +47,18 @@ def ort_ms(path: Path, x: np.ndarray, threads: int = 2, runs: int = 20) -> float
     return statistics.median(times)
 
 
-
-def benchmark(net: nn.Module, stage: Path, x_held: np.ndarray, quant: QuantReport | None,
-              threads: int, spec: PackageSpec) -> dict[str, Any]:
+def benchmark(
+    net: nn.Module, stage: Path, x_held: np.ndarray, quant: QuantReport | None, threads: int, spec: PackageSpec
+) -> dict[str, Any]:
     """``manifest.benchmark``: the machine, batch-1 times of PyTorch eager and ORT fp32, versions, INT8 figures."""
     x1 = x_held[:1]
     bench: dict[str, Any] = {
-        "hardware": hardware_description(), "target_hardware": spec.target_hardware, "threads": threads,
-        "batch": 1, "input": list(x1.shape), "torch_eager_ms": torch_eager_ms(net, torch.from_numpy(x1), threads),
+        "hardware": hardware_description(),
+        "target_hardware": spec.target_hardware,
+        "threads": threads,
+        "batch": 1,
+        "input": list(x1.shape),
+        "torch_eager_ms": torch_eager_ms(net, torch.from_numpy(x1), threads),
         "fp32_ms": ort_ms(stage / FP32_FILE, x1, threads),
     }
     import onnxruntime
@@ -65,4 +69,3 @@ def benchmark(net: nn.Module, stage: Path, x_held: np.ndarray, quant: QuantRepor
         bench["int8"] = quant.to_dict()
         bench["int8_ms"] = quant.int8_ms
     return bench
-

@@ -36,8 +36,9 @@ def _expected(spec: PackageSpec, outs: dict[str, np.ndarray], i: int, label: str
     return want if verdicts and all(v == want for v in verdicts) else None
 
 
-def write_canaries(folder: Path, spec: PackageSpec, held: EvalSet, outs: dict[str, np.ndarray],
-                   n: int = 4) -> list[Canary]:
+def write_canaries(
+    folder: Path, spec: PackageSpec, held: EvalSet, outs: dict[str, np.ndarray], n: int = 4
+) -> list[Canary]:
     """Up to ``n`` held-out frames the model decides with a wide margin, half good, half defective."""
     from inspector.models.decode import encode_image
 
@@ -45,8 +46,8 @@ def write_canaries(folder: Path, spec: PackageSpec, held: EvalSet, outs: dict[st
     passes = [(i, e) for i, e in sure if e == "PASS"]
     fails = [(i, e) for i, e in sure if e == "FAIL"]
     half = n // 2
-    picked = passes[:half] + fails[:n - half]
-    picked += (passes[half:] + fails[n - half:])[:n - len(picked)]
+    picked = passes[:half] + fails[: n - half]
+    picked += (passes[half:] + fails[n - half :])[: n - len(picked)]
     if not picked:  # nothing decided with margin: keep frames as smoke tests only
         picked = [(i, "ANY") for i in range(min(n, len(held.images)))]
     (folder / "canary").mkdir(exist_ok=True)

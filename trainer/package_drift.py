@@ -33,7 +33,9 @@ def drift_reference(spec: PackageSpec, held: EvalSet, outs: dict[str, np.ndarray
     if not good.any():
         good = np.ones(len(held.images), bool)
     ref: dict[str, Any] = {"n_frames": int(good.sum()), "frames": "held-out good" if not good.all() else "held-out"}
-    ref["image_stats"] = {k: histogram(v, HIST_BINS) for k, v in _stat_rows([held.images[i] for i in np.flatnonzero(good)]).items()}
+    ref["image_stats"] = {
+        k: histogram(v, HIST_BINS) for k, v in _stat_rows([held.images[i] for i in np.flatnonzero(good)]).items()
+    }
     if OUTPUT_PROBS in outs:
         probs = outs[OUTPUT_PROBS]
         ref["classifier_confidence"] = histogram(probs.max(1), HIST_BINS, 0.0, 1.0)
@@ -43,5 +45,7 @@ def drift_reference(spec: PackageSpec, held: EvalSet, outs: dict[str, np.ndarray
         ref["class_mix_labels"] = {n: float(np.mean([x == n for x in held.label_names])) for n in names}
     if OUTPUT_SCORE in outs and spec.anomaly is not None:
         norm = np.array([spec.anomaly.normalise(float(v)) for v in outs[OUTPUT_SCORE][good]])
-        ref["anomaly_score_good"] = histogram(norm, HIST_BINS, min(-1.0, float(norm.min())), max(2.0, float(norm.max())))
+        ref["anomaly_score_good"] = histogram(
+            norm, HIST_BINS, min(-1.0, float(norm.min())), max(2.0, float(norm.max()))
+        )
     return ref

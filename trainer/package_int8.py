@@ -25,10 +25,17 @@ from trainer.quantize import QuantConfig, QuantReport, quantize_and_gate
 Int8Refit = Callable[[Path, Path], "nn.Module | None"]
 
 
-def quantise(stage: Path, spec: PackageSpec, calibration: list[np.ndarray] | None, x_held: np.ndarray,
-             held: EvalSet, cfg: QuantConfig | None, bounds: ParityBounds | None = None,
-             refit: Int8Refit | None = None, opset: int = 17,
-             ) -> tuple[QuantReport | None, RuntimeChoice | None, dict[str, Any] | None]:
+def quantise(
+    stage: Path,
+    spec: PackageSpec,
+    calibration: list[np.ndarray] | None,
+    x_held: np.ndarray,
+    held: EvalSet,
+    cfg: QuantConfig | None,
+    bounds: ParityBounds | None = None,
+    refit: Int8Refit | None = None,
+    opset: int = 17,
+) -> tuple[QuantReport | None, RuntimeChoice | None, dict[str, Any] | None]:
     """The INT8 graph (ONNX Runtime's own gate in ``QuantReport``), then every reduced-precision candidate
     (ONNX Runtime INT8, OpenVINO bf16, OpenVINO INT8) through ``select_runtime``; the INT8 file stays in the
     package only when an INT8 candidate won. With ``refit``, a second INT8 graph whose scorer was fitted on
@@ -42,18 +49,28 @@ def quantise(stage: Path, spec: PackageSpec, calibration: list[np.ndarray] | Non
     refit_info: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp_int8 = Path(tmp) / INT8_FILE
-        report = quantize_and_gate(stage / FP32_FILE, tmp_int8, calib, x_held,
-                                   labels, cfg, defect_labels=held.is_defect, reject_raw=reject_raw,
-                                   keep_declined=True)
+        report = quantize_and_gate(
+            stage / FP32_FILE,
+            tmp_int8,
+            calib,
+            x_held,
+            labels,
+            cfg,
+            defect_labels=held.is_defect,
+            reject_raw=reject_raw,
+            keep_declined=True,
+        )
         if refit is not None:
-            refit_info, refitted = _refit_int8(stage, tmp_int8, Path(tmp), refit, calib, x_held, labels, held,
-                                               reject_raw, cfg, opset)
+            refit_info, refitted = _refit_int8(
+                stage, tmp_int8, Path(tmp), refit, calib, x_held, labels, held, reject_raw, cfg, opset
+            )
             if refitted is not None and _better(refitted, report):
                 shutil.copyfile(Path(tmp) / "refit.int8.onnx", tmp_int8)
                 report = refitted
                 refit_info["used"] = True
-        choice = select_runtime(stage / FP32_FILE, tmp_int8, x_held, labels, held.is_defect, reject_raw, cfg, bounds,
-                                ort_int8=report)
+        choice = select_runtime(
+            stage / FP32_FILE, tmp_int8, x_held, labels, held.is_defect, reject_raw, cfg, bounds, ort_int8=report
+        )
         if choice.precision == "int8":
             shutil.copyfile(tmp_int8, stage / INT8_FILE)
         report.int8_path = INT8_FILE if report.kept and choice.precision == "int8" else None
@@ -64,9 +81,19 @@ def _better(a: QuantReport, b: QuantReport) -> bool:
     return (a.kept, -(a.metric_fp32 - a.metric_int8)) > (b.kept, -(b.metric_fp32 - b.metric_int8))
 
 
-def _refit_int8(stage: Path, int8: Path, tmp: Path, refit: Int8Refit, calib: list[np.ndarray], x_held: np.ndarray,
-                labels: np.ndarray | None, held: EvalSet, reject_raw: float | None, cfg: QuantConfig,
-                opset: int) -> tuple[dict[str, Any], QuantReport | None]:
+def _refit_int8(
+    stage: Path,
+    int8: Path,
+    tmp: Path,
+    refit: Int8Refit,
+    calib: list[np.ndarray],
+    x_held: np.ndarray,
+    labels: np.ndarray | None,
+    held: EvalSet,
+    reject_raw: float | None,
+    cfg: QuantConfig,
+    opset: int,
+) -> tuple[dict[str, Any], QuantReport | None]:
     from trainer.quantize import gate_quantised, quantize_int8
 
     net_q = refit(int8, tmp)
@@ -74,6 +101,16 @@ def _refit_int8(stage: Path, int8: Path, tmp: Path, refit: Int8Refit, calib: lis
         return {"used": False, "reason": "refit not possible for this graph"}, None
     export_onnx(net_q.eval(), torch.from_numpy(x_held[:2]), tmp / "refit.onnx", opset)
     n = quantize_int8(tmp / "refit.onnx", tmp / "refit.int8.onnx", calib, cfg)
-    rep = gate_quantised(stage / FP32_FILE, tmp / "refit.int8.onnx", len(calib), n, x_held, labels, cfg,
-                         held.is_defect, reject_raw, keep_declined=True)
+    rep = gate_quantised(
+        stage / FP32_FILE,
+        tmp / "refit.int8.onnx",
+        len(calib),
+        n,
+        x_held,
+        labels,
+        cfg,
+        held.is_defect,
+        reject_raw,
+        keep_declined=True,
+    )
     return {"used": False, "report": rep.to_dict()}, rep

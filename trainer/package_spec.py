@@ -43,7 +43,6 @@ class PackageSpec:
     target_hardware: str | None = None
 
 
-
 def preprocess_frames(spec: PackageSpec, images: list[np.ndarray]) -> np.ndarray:
     """Frames as the package's input tensor (the station's own preprocessing)."""
     return Preprocessor(spec.preprocess).batch(images)

@@ -45,7 +45,7 @@ TARGET_HARDWARE = "x86-64 CPU, 2 threads, ONNX Runtime CPU provider"
 
 def _batches(pre: Preprocessor, images: Sequence[np.ndarray], size: int = 16) -> Iterator[torch.Tensor]:
     for i in range(0, len(images), size):
-        yield torch.from_numpy(pre.batch(list(images[i:i + size])))
+        yield torch.from_numpy(pre.batch(list(images[i : i + size])))
 
 
 def split_holdout(n: int, every: int) -> tuple[list[int], list[int]]:
@@ -63,15 +63,20 @@ def net_scores(net: InspectionNet, pre: Preprocessor, images: Sequence[np.ndarra
     return np.concatenate([net(x)[idx].numpy() for x in _batches(pre, images)]) if images else np.zeros(0)
 
 
-def fit_anomaly(backbone: torch.nn.Module, pre: Preprocessor, good: Sequence[np.ndarray], cfg: AnomalyConfig,
-                console: Console) -> tuple[torch.nn.Module, AnomalySpec, dict[str, Any]]:
+def fit_anomaly(
+    backbone: torch.nn.Module, pre: Preprocessor, good: Sequence[np.ndarray], cfg: AnomalyConfig, console: Console
+) -> tuple[torch.nn.Module, AnomalySpec, dict[str, Any]]:
     """Fit the scorer on good images and set its threshold from good images held out of the fit."""
     fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
     if len(hold_idx) < 10:
-        raise DataError(f"only {len(good)} good images: too few to hold out a threshold set",
-                        "collect at least 100 good images (200-500 recommended for anomaly detection)")
-    console.print(f"anomaly model: fitting {cfg.method} on {len(fit_idx)} good images, "
-                  f"threshold from {len(hold_idx)} held-out good images")
+        raise DataError(
+            f"only {len(good)} good images: too few to hold out a threshold set",
+            "collect at least 100 good images (200-500 recommended for anomaly detection)",
+        )
+    console.print(
+        f"anomaly model: fitting {cfg.method} on {len(fit_idx)} good images, "
+        f"threshold from {len(hold_idx)} held-out good images"
+    )
     t0 = time.perf_counter()
     scorer = fit_anomaly_scorer(backbone, _batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
     net = InspectionNet(backbone, scorer=scorer)
@@ -80,13 +85,27 @@ def fit_anomaly(backbone: torch.nn.Module, pre: Preprocessor, good: Sequence[np.
     origin = float(np.median(hold_scores))
     frr_ci = rate_interval(int((hold_scores > threshold).sum()), len(hold_scores))
     if frr_ci and frr_ci[1] > 2 * cfg.target_false_reject:
-        console.print(f"[yellow]warning:[/] the threshold rests on {len(hold_scores)} held-out good images: the line's "
-                      f"false-reject rate at it is known only to lie in {frr_ci[0]:.1%}-{frr_ci[1]:.1%} (95 %) "
-                      f"for a target of {cfg.target_false_reject:.1%}; more good images narrow it")
-    info = {"score_origin": origin, "threshold_frr_ci95": frr_ci, "fit_images": len(fit_idx), "threshold_images": len(hold_idx), "fit_s": round(time.perf_counter() - t0, 1),
-            "threshold_good_quantile": threshold, "target_false_reject": cfg.target_false_reject}
-    spec = AnomalySpec.placed(threshold, origin, PolicySection().anomaly_review_margin,
-                              threshold_method="good_quantile", target_false_reject=cfg.target_false_reject)
+        console.print(
+            f"[yellow]warning:[/] the threshold rests on {len(hold_scores)} held-out good images: the line's "
+            f"false-reject rate at it is known only to lie in {frr_ci[0]:.1%}-{frr_ci[1]:.1%} (95 %) "
+            f"for a target of {cfg.target_false_reject:.1%}; more good images narrow it"
+        )
+    info = {
+        "score_origin": origin,
+        "threshold_frr_ci95": frr_ci,
+        "fit_images": len(fit_idx),
+        "threshold_images": len(hold_idx),
+        "fit_s": round(time.perf_counter() - t0, 1),
+        "threshold_good_quantile": threshold,
+        "target_false_reject": cfg.target_false_reject,
+    }
+    spec = AnomalySpec.placed(
+        threshold,
+        origin,
+        PolicySection().anomaly_review_margin,
+        threshold_method="good_quantile",
+        target_false_reject=cfg.target_false_reject,
+    )
     return scorer, spec, info
 
 
@@ -99,9 +118,12 @@ def operating_points(scores: np.ndarray, is_defect: np.ndarray, good_threshold: 
     for name, t in thresholds.items():
         flagged = scores >= t if name == "f1_optimal" else scores > t
         d = is_defect.astype(bool)
-        out[name] = {"threshold": round(float(t), 6), "recall": round(float(flagged[d].mean()), 4) if d.any() else None,
-                     "false_reject_rate": round(float(flagged[~d].mean()), 4) if (~d).any() else None,
-                     "false_reject_rate_ci95": rate_interval(int(flagged[~d].sum()), int((~d).sum()))}
+        out[name] = {
+            "threshold": round(float(t), 6),
+            "recall": round(float(flagged[d].mean()), 4) if d.any() else None,
+            "false_reject_rate": round(float(flagged[~d].mean()), 4) if (~d).any() else None,
+            "false_reject_rate_ci95": rate_interval(int(flagged[~d].sum()), int((~d).sum())),
+        }
     return out
 
 
@@ -110,9 +132,14 @@ def _calibration(good: Sequence[np.ndarray], n: int = 128) -> list[np.ndarray]:
     return list(good[::step][:n])
 
 
-def build_anomaly_package(data_dir: str | Path, out: str | Path, cfg: AnomalyConfig | None = None,
-                          name: str = "anomaly", console: Console | None = None,
-                          heldout_limit: int | None = None) -> BuildResult:
+def build_anomaly_package(
+    data_dir: str | Path,
+    out: str | Path,
+    cfg: AnomalyConfig | None = None,
+    name: str = "anomaly",
+    console: Console | None = None,
+    heldout_limit: int | None = None,
+) -> BuildResult:
     """Good-only anomaly package from an anomaly-layout folder; evaluated on its test/ folder."""
     console = console or Console()
     cfg = cfg or AnomalyConfig()
@@ -122,31 +149,61 @@ def build_anomaly_package(data_dir: str | Path, out: str | Path, cfg: AnomalyCon
     check_image_size(cfg.backbone, cfg.image_size)
     good = [_rgb(s.path) for s in data.train]
     backbone, bspec = build_backbone(cfg.backbone, out_indices=cfg.out_indices)
-    pre_spec = Preprocess(size=cfg.image_size, resize="stretch", mean=bspec.mean, std=bspec.std, color="gray",
-                          roi=cfg.roi, ignore=list(cfg.ignore))
+    pre_spec = Preprocess(
+        size=cfg.image_size,
+        resize="stretch",
+        mean=bspec.mean,
+        std=bspec.std,
+        color="gray",
+        roi=cfg.roi,
+        ignore=list(cfg.ignore),
+    )
     pre = Preprocessor(pre_spec)
     scorer, anomaly, fit_info = fit_anomaly(backbone, pre, good, cfg, console)
     net = InspectionNet(backbone, scorer=scorer).eval()
     held = load_test_split(data_dir, limit=heldout_limit)
     points = operating_points(net_scores(net, pre, held.images), held.is_defect, anomaly.reject_raw)
     spec = PackageSpec(
-        name=name, task="anomaly", preprocess=pre_spec, class_names=None, good_class="good",
+        name=name,
+        task="anomaly",
+        preprocess=pre_spec,
+        class_names=None,
+        good_class="good",
         anomaly=anomaly,
-        data={"source": str(data_dir), "snapshot_hash": snapshot_hash(data.train + data.test),
-              "train_good": len(good), "heldout": held.source, **fit_info},
+        data={
+            "source": str(data_dir),
+            "snapshot_hash": snapshot_hash(data.train + data.test),
+            "train_good": len(good),
+            "heldout": held.source,
+            **fit_info,
+        },
         augmentation={"policy": "none", "reason": "good-only density model: no augmentation"},
-        architecture={"backbone": cfg.backbone, "weights": bspec.weights, "scorer": cfg.method,
-                      "out_indices": list(cfg.out_indices), "image_size": list(cfg.image_size),
-                      "blur_sigma": cfg.blur_sigma, "pool": cfg.pool},
+        architecture={
+            "backbone": cfg.backbone,
+            "weights": bspec.weights,
+            "scorer": cfg.method,
+            "out_indices": list(cfg.out_indices),
+            "image_size": list(cfg.image_size),
+            "blur_sigma": cfg.blur_sigma,
+            "pool": cfg.pool,
+        },
         metrics={"operating_points": points},
-        latency_target_ms=LATENCY_TARGET_MS, memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
+        latency_target_ms=LATENCY_TARGET_MS,
+        memory_budget_mb=MEMORY_BUDGET_MB,
+        target_hardware=TARGET_HARDWARE,
     )
     refit = int8_scorer_refit(backbone, pre, good, cfg, fit_info, held.images[:1]) if cfg.int8_refit else None
     return build_package(out, net, spec, held, calibration_images=_calibration(good), overwrite=True, int8_refit=refit)
 
 
-def int8_scorer_refit(backbone: torch.nn.Module, pre: Preprocessor, good: Sequence[np.ndarray], cfg: AnomalyConfig,
-                      fit_info: dict[str, Any], sample: Sequence[np.ndarray]) -> Any:
+def int8_scorer_refit(
+    backbone: torch.nn.Module,
+    pre: Preprocessor,
+    good: Sequence[np.ndarray],
+    cfg: AnomalyConfig,
+    fit_info: dict[str, Any],
+    sample: Sequence[np.ndarray],
+) -> Any:
     """The packaging hook that refits the scorer on the INT8 graph's features (``trainer.int8_refit``), on the
     same good images and held-out split as the fp32 scorer, aligned to its origin and threshold quantile."""
     from trainer.int8_refit import make_refit
@@ -158,13 +215,24 @@ def int8_scorer_refit(backbone: torch.nn.Module, pre: Preprocessor, good: Sequen
         hold = net_scores(InspectionNet(features, scorer=scorer), pre, [good[i] for i in hold_idx])
         return scorer, float(np.median(hold)), threshold_good_quantile(hold, cfg.target_false_reject)
 
-    return make_refit(backbone, fit_scorer, fit_info["score_origin"], fit_info["threshold_good_quantile"],
-                      lambda scorer: InspectionNet(backbone, scorer=scorer).eval(), pre.batch(list(sample)))
+    return make_refit(
+        backbone,
+        fit_scorer,
+        fit_info["score_origin"],
+        fit_info["threshold_good_quantile"],
+        lambda scorer: InspectionNet(backbone, scorer=scorer).eval(),
+        pre.batch(list(sample)),
+    )
 
 
-def build_classifier_package(run_dir: str | Path, data_dir: str | Path, out: str | Path,
-                             name: str = "classifier", backbone: str | None = None,
-                             image_size: int | None = None) -> BuildResult:
+def build_classifier_package(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    out: str | Path,
+    name: str = "classifier",
+    backbone: str | None = None,
+    image_size: int | None = None,
+) -> BuildResult:
     """Export a ``trainer train-classifier`` run as a package, evaluated on the run's fixed test split.
 
     ``backbone`` / ``image_size``: refuse unless the run was trained with them (a package cannot change either)."""
@@ -182,15 +250,25 @@ def build_classifier_package(run_dir: str | Path, data_dir: str | Path, out: str
     held = EvalSet([_rgb(p) for p, _ in test], [c for _, c in test], [None] * len(test), f"{root} split test")
     prep = meta["preprocess"]
     spec = PackageSpec(
-        name=name, task="classification",
-        preprocess=Preprocess(size=tuple(prep["size"]), resize="stretch", mean=tuple(prep["mean"]),
-                              std=tuple(prep["std"]), color="rgb"),
-        class_names=meta["class_names"], good_class="good" if "good" in meta["class_names"] else None,
-        temperature=meta["temperature"], data={"source": str(root), **meta["data"]},
-        augmentation=meta["augmentation"], architecture=meta["architecture"],
-        metrics={"training": {k: meta["metrics"][k] for k in ("test_accuracy", "ece_before", "ece_after")
-                              if k in meta["metrics"]}},
-        latency_target_ms=LATENCY_TARGET_MS, memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
+        name=name,
+        task="classification",
+        preprocess=Preprocess(
+            size=tuple(prep["size"]), resize="stretch", mean=tuple(prep["mean"]), std=tuple(prep["std"]), color="rgb"
+        ),
+        class_names=meta["class_names"],
+        good_class="good" if "good" in meta["class_names"] else None,
+        temperature=meta["temperature"],
+        data={"source": str(root), **meta["data"]},
+        augmentation=meta["augmentation"],
+        architecture=meta["architecture"],
+        metrics={
+            "training": {
+                k: meta["metrics"][k] for k in ("test_accuracy", "ece_before", "ece_after") if k in meta["metrics"]
+            }
+        },
+        latency_target_ms=LATENCY_TARGET_MS,
+        memory_budget_mb=MEMORY_BUDGET_MB,
+        target_hardware=TARGET_HARDWARE,
     )
     calib = [_rgb(p) for p in train[:: max(1, len(train) // 128)][:128]]
     return build_package(out, net, spec, held, calibration_images=calib, overwrite=True)
@@ -199,11 +277,15 @@ def build_classifier_package(run_dir: str | Path, data_dir: str | Path, out: str
 def _check_run_matches(run: Path, meta: dict[str, Any], backbone: str | None, image_size: int | None) -> None:
     arch, size = meta.get("architecture", {}), list(meta.get("preprocess", {}).get("size", []))
     if backbone and arch.get("backbone") != backbone:
-        raise DataError(f"run {run} was trained on backbone {arch.get('backbone')!r}, not {backbone!r}",
-                        f"train it first: trainer train-classifier DATA --backbone {backbone} --out RUN")
+        raise DataError(
+            f"run {run} was trained on backbone {arch.get('backbone')!r}, not {backbone!r}",
+            f"train it first: trainer train-classifier DATA --backbone {backbone} --out RUN",
+        )
     if image_size and size and size != [image_size, image_size]:
-        raise DataError(f"run {run} was trained at {size[0]}x{size[1]} px, not {image_size}",
-                        f"train it first: trainer train-classifier DATA --image-size {image_size} --out RUN")
+        raise DataError(
+            f"run {run} was trained at {size[0]}x{size[1]} px, not {image_size}",
+            f"train it first: trainer train-classifier DATA --image-size {image_size} --out RUN",
+        )
 
 
 def _split_items(split: dict[str, list[str]], part: str) -> list[tuple[str, str]]:
@@ -215,8 +297,9 @@ def _rgb(path: Path) -> np.ndarray:
     return np.asarray(load_rgb(path))
 
 
-def build_combined_package(class_dir: Path, out: Path, recipe: ClassifierRecipe, anomaly_cfg: AnomalyConfig,
-                           name: str, console: Console) -> BuildResult:
+def build_combined_package(
+    class_dir: Path, out: Path, recipe: ClassifierRecipe, anomaly_cfg: AnomalyConfig, name: str, console: Console
+) -> BuildResult:
     """Classifier head and anomaly scorer on ONE backbone pass, trained on a class-folder set with a ``good`` class.
 
     The classifier trains only its head (and blocks after the scorer's stages), so the stride-8/16 features the
@@ -237,12 +320,20 @@ def build_combined_package(class_dir: Path, out: Path, recipe: ClassifierRecipe,
     test = [(class_dir / p, c) for p, c in _split_items(split, "test")]
     held = EvalSet([_rgb(p) for p, _ in test], [c for _, c in test], [None] * len(test), f"{class_dir} split test")
     spec = PackageSpec(
-        name=name, task="combined", preprocess=pre_spec, class_names=meta["class_names"], good_class="good",
-        temperature=meta["temperature"], anomaly=anomaly,
-        data={"source": str(class_dir), **meta["data"], **fit_info}, augmentation=meta["augmentation"],
+        name=name,
+        task="combined",
+        preprocess=pre_spec,
+        class_names=meta["class_names"],
+        good_class="good",
+        temperature=meta["temperature"],
+        anomaly=anomaly,
+        data={"source": str(class_dir), **meta["data"], **fit_info},
+        augmentation=meta["augmentation"],
         architecture={**meta["architecture"], "scorer": cfg.method, "scorer_out_indices": list(cfg.out_indices)},
         metrics={"training": {k: meta["metrics"][k] for k in ("test_accuracy", "ece_before", "ece_after")}},
-        latency_target_ms=LATENCY_TARGET_MS, memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
+        latency_target_ms=LATENCY_TARGET_MS,
+        memory_budget_mb=MEMORY_BUDGET_MB,
+        target_hardware=TARGET_HARDWARE,
     )
     return build_package(out, net, spec, held, calibration_images=_calibration(good), overwrite=True)
 

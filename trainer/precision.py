@@ -75,7 +75,7 @@ def open_runner(path: Path, backend: str, precision: str, threads: int) -> Runne
 
 
 def run_all(runner: Runner, images: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
-    chunks = [runner.run(np.ascontiguousarray(images[i:i + batch], np.float32)) for i in range(0, len(images), batch)]
+    chunks = [runner.run(np.ascontiguousarray(images[i : i + batch], np.float32)) for i in range(0, len(images), batch)]
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
@@ -112,12 +112,18 @@ def _candidates(int8_path: Path | None, backends: tuple[str, ...]) -> list[tuple
     return out
 
 
-def select_runtime(fp32_path: str | Path, int8_path: str | Path | None, heldout: np.ndarray,
-                   labels: np.ndarray | None, defect_labels: np.ndarray | None = None,
-                   reject_raw: float | None = None, cfg: QuantConfig | None = None,
-                   bounds: ParityBounds | None = None,
-                   backends: tuple[str, ...] = ("onnxruntime", "openvino"),
-                   ort_int8: QuantReport | None = None) -> RuntimeChoice:
+def select_runtime(
+    fp32_path: str | Path,
+    int8_path: str | Path | None,
+    heldout: np.ndarray,
+    labels: np.ndarray | None,
+    defect_labels: np.ndarray | None = None,
+    reject_raw: float | None = None,
+    cfg: QuantConfig | None = None,
+    bounds: ParityBounds | None = None,
+    backends: tuple[str, ...] = ("onnxruntime", "openvino"),
+    ort_int8: QuantReport | None = None,
+) -> RuntimeChoice:
     """Gate every reduced-precision candidate against ONNX Runtime fp32; return the fastest one kept.
 
     ``ort_int8``: ONNX Runtime INT8 already gated by ``quantize_and_gate`` (its own interleaved timing): taken
@@ -135,12 +141,24 @@ def select_runtime(fp32_path: str | Path, int8_path: str | Path | None, heldout:
     choice = RuntimeChoice(metrics_fp32=m32, cpu=cpu_description(), threads=cfg.threads)
     if ort_int8 is not None and int8 is not None and "onnxruntime" in backends:
         q = ort_int8
-        choice.candidates.append(CandidateReport("onnxruntime", "int8", "int8", q.int8_ms, q.speedup, q.metrics_int8,
-                                                 q.metric, (q.metric_fp32 - q.metric_int8) * 100, q.kept,
-                                                 "onnxruntime int8: " + q.reason))
+        choice.candidates.append(
+            CandidateReport(
+                "onnxruntime",
+                "int8",
+                "int8",
+                q.int8_ms,
+                q.speedup,
+                q.metrics_int8,
+                q.metric,
+                (q.metric_fp32 - q.metric_int8) * 100,
+                q.kept,
+                "onnxruntime int8: " + q.reason,
+            )
+        )
     evidence = _HeldoutEvidence(heldout, labels, defect_labels, reject_raw, ref, m32)
-    runners = _open_candidates(choice, fp32_path, int8, backends, ort_int8 is not None, evidence, cfg,
-                               bounds or ParityBounds())
+    runners = _open_candidates(
+        choice, fp32_path, int8, backends, ort_int8 is not None, evidence, cfg, bounds or ParityBounds()
+    )
     if not runners and ort_int8 is not None:
         choice.fp32_ms = ort_int8.fp32_ms
     elif runners:
@@ -168,9 +186,16 @@ class _HeldoutEvidence:
 _OpenedCandidate = tuple[tuple[str, str, str], Runner, dict[str, float]]
 
 
-def _open_candidates(choice: RuntimeChoice, fp32_path: Path, int8: Path | None, backends: tuple[str, ...],
-                     ort_int8_gated: bool, evidence: _HeldoutEvidence, cfg: QuantConfig,
-                     bounds: ParityBounds) -> list[_OpenedCandidate]:
+def _open_candidates(
+    choice: RuntimeChoice,
+    fp32_path: Path,
+    int8: Path | None,
+    backends: tuple[str, ...],
+    ort_int8_gated: bool,
+    evidence: _HeldoutEvidence,
+    cfg: QuantConfig,
+    bounds: ParityBounds,
+) -> list[_OpenedCandidate]:
     """Open and evaluate each candidate; a declined one (parity, could not open) goes straight to ``choice``."""
     files = {"fp32": fp32_path, "int8": int8}
     runners: list[_OpenedCandidate] = []
@@ -182,14 +207,38 @@ def _open_candidates(choice: RuntimeChoice, fp32_path: Path, int8: Path | None, 
         if backend == "openvino" and ov_parity is None:
             ov_parity = _openvino_parity(fp32_path, evidence.images, evidence.ref, cfg.threads, bounds)
         if backend == "openvino" and ov_parity:
-            choice.candidates.append(CandidateReport(backend, precision, which, 0.0, 0.0, {}, "parity", 0.0, False,
-                                                     f"OpenVINO f32 fails parity with ONNX Runtime fp32: {ov_parity}"))
+            choice.candidates.append(
+                CandidateReport(
+                    backend,
+                    precision,
+                    which,
+                    0.0,
+                    0.0,
+                    {},
+                    "parity",
+                    0.0,
+                    False,
+                    f"OpenVINO f32 fails parity with ONNX Runtime fp32: {ov_parity}",
+                )
+            )
             continue
         try:
             runner = open_runner(files[which], backend, precision, cfg.threads)  # type: ignore[arg-type]
         except Exception as err:  # noqa: BLE001 - a backend that cannot open this graph is a declined candidate
-            choice.candidates.append(CandidateReport(backend, precision, which, 0.0, 0.0, {}, "open", 0.0, False,
-                                                     f"could not open: {str(err).splitlines()[0][:200]}"))
+            choice.candidates.append(
+                CandidateReport(
+                    backend,
+                    precision,
+                    which,
+                    0.0,
+                    0.0,
+                    {},
+                    "open",
+                    0.0,
+                    False,
+                    f"could not open: {str(err).splitlines()[0][:200]}",
+                )
+            )
             continue
         got = run_all(runner, evidence.images)
         mc = metrics_from_outputs(got, evidence.labels, evidence.defect_labels)
@@ -199,19 +248,38 @@ def _open_candidates(choice: RuntimeChoice, fp32_path: Path, int8: Path | None, 
     return runners
 
 
-def _time_and_gate(choice: RuntimeChoice, base: Runner, runners: list[_OpenedCandidate], heldout: np.ndarray,
-                   m32: dict[str, float], cfg: QuantConfig) -> None:
+def _time_and_gate(
+    choice: RuntimeChoice,
+    base: Runner,
+    runners: list[_OpenedCandidate],
+    heldout: np.ndarray,
+    m32: dict[str, float],
+    cfg: QuantConfig,
+) -> None:
     """Time the opened candidates interleaved with fp32, gate each and close it."""
-    times = time_interleaved([base] + [r for _, r, _ in runners], heldout[:1].astype(np.float32),
-                             max(cfg.bench_runs, 40), cfg.bench_warmup)
+    times = time_interleaved(
+        [base] + [r for _, r, _ in runners], heldout[:1].astype(np.float32), max(cfg.bench_runs, 40), cfg.bench_warmup
+    )
     choice.fp32_ms = times[0]
     for ((backend, precision, which), runner, mc), ms in zip(runners, times[1:], strict=True):
         loss = {k: m32[k] - mc[k] for k in m32 if k in mc}
         metric = max(loss, key=lambda k: loss[k] if np.isfinite(loss[k]) else np.inf)
         kept, reason = gate(times[0], ms, m32[metric], mc[metric], metric, cfg)
         reason = f"{backend} {precision}: " + reason.replace("INT8", precision.upper())
-        choice.candidates.append(CandidateReport(backend, precision, which, ms, times[0] / ms if ms > 0 else 0.0,
-                                                 mc, metric, loss[metric] * 100, kept, reason))
+        choice.candidates.append(
+            CandidateReport(
+                backend,
+                precision,
+                which,
+                ms,
+                times[0] / ms if ms > 0 else 0.0,
+                mc,
+                metric,
+                loss[metric] * 100,
+                kept,
+                reason,
+            )
+        )
         runner.close()
 
 
@@ -220,13 +288,18 @@ def _pick_fastest_kept(choice: RuntimeChoice) -> None:
     if kept:
         best = max(kept, key=lambda c: c.speedup)
         choice.backend, choice.precision, choice.file = best.backend, best.precision, best.file
-        choice.speedup_vs_fp32, choice.metric_loss_points, choice.reason = best.speedup, best.metric_loss_points, best.reason
+        choice.speedup_vs_fp32, choice.metric_loss_points, choice.reason = (
+            best.speedup,
+            best.metric_loss_points,
+            best.reason,
+        )
     elif choice.candidates:
         choice.reason = "no reduced precision kept (" + "; ".join(c.reason for c in choice.candidates) + ")"
 
 
-def _openvino_parity(fp32_path: Path, heldout: np.ndarray, ref: dict[str, np.ndarray], threads: int,
-                     bounds: ParityBounds) -> str:
+def _openvino_parity(
+    fp32_path: Path, heldout: np.ndarray, ref: dict[str, np.ndarray], threads: int, bounds: ParityBounds
+) -> str:
     """'' when OpenVINO f32 reproduces ONNX Runtime fp32 within the parity bounds, else the failures."""
     try:
         got = run_all(open_runner(fp32_path, "openvino", "fp32", threads), heldout[:64])

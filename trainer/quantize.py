@@ -49,12 +49,15 @@ class QuantConfig(BaseModel):
         default_factory=lambda: ["Conv"], min_length=1, description="Node types to quantise (backbone scope)."
     )
     scopes: list[str] = Field(
-        default_factory=lambda: ["/backbone/"], min_length=1,
+        default_factory=lambda: ["/backbone/"],
+        min_length=1,
         description="Node-name prefixes that may be quantised; add '/classifier/' to quantise the head too.",
     )
     keep_fp32: list[str] = Field(
-        default_factory=list, description="Mixed precision: node-name prefixes left in fp32 although in scope, e.g. "
-                                          "'/backbone/conv_stem/' (the stem cost 1.8 of 4.5 AUROC points on magnetic_tile).")
+        default_factory=list,
+        description="Mixed precision: node-name prefixes left in fp32 although in scope, e.g. "
+        "'/backbone/conv_stem/' (the stem cost 1.8 of 4.5 AUROC points on magnetic_tile).",
+    )
     per_channel: bool = Field(True, description="Per-channel weight scales.")
     calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Activation ranges.")
     max_metric_loss: float = Field(0.01, ge=0, le=1, description="Allowed held-out metric loss (0.01 = 1 point).")
@@ -130,29 +133,45 @@ def _quiet_preprocessing_advice() -> Iterator[None]:
         root.removeFilter(drop)
 
 
-def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration_images: Sequence[np.ndarray],
-                  cfg: QuantConfig | None = None) -> int:
+def quantize_int8(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    calibration_images: Sequence[np.ndarray],
+    cfg: QuantConfig | None = None,
+) -> int:
     """Write the INT8 QDQ model; return the number of quantised nodes."""
     cfg = cfg or QuantConfig()
     _check_calibration(calibration_images, cfg)
     nodes = [n for n in select_nodes(fp32_path, cfg.op_types, cfg.scopes) if not n.startswith(tuple(cfg.keep_fp32))]
     if not nodes:
-        raise QuantizationError(f"{fp32_path} has no {cfg.op_types} nodes under {cfg.scopes}",
-                                "export with the legacy exporter so node names keep their module scope")
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[cfg.calibrate_method]
+        raise QuantizationError(
+            f"{fp32_path} has no {cfg.op_types} nodes under {cfg.scopes}",
+            "export with the legacy exporter so node names keep their module scope",
+        )
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[cfg.calibrate_method]
     input_name = open_session(fp32_path).get_inputs()[0].name
     try:
         with _quiet_preprocessing_advice():
             quantize_static(
-                str(fp32_path), str(int8_path), ImageReader(calibration_images, input_name),
-                quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                op_types_to_quantize=list(cfg.op_types), nodes_to_quantize=nodes, calibrate_method=method,
+                str(fp32_path),
+                str(int8_path),
+                ImageReader(calibration_images, input_name),
+                quant_format=QuantFormat.QDQ,
+                per_channel=cfg.per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(cfg.op_types),
+                nodes_to_quantize=nodes,
+                calibrate_method=method,
             )
     except Exception as err:  # noqa: BLE001 - ORT quantisation raises many types
-        raise QuantizationError(f"INT8 quantisation of {fp32_path} failed: {err}",
-                                "quantise fewer node types (Conv only) or keep fp32") from None
+        raise QuantizationError(
+            f"INT8 quantisation of {fp32_path} failed: {err}", "quantise fewer node types (Conv only) or keep fp32"
+        ) from None
     rewired = keep_fp32_inputs_outside(int8_path, cfg.scopes)
     log.info("INT8: %d nodes quantised, %d inputs outside the scope rewired to fp32", len(nodes), rewired)
     return len(nodes)
@@ -167,8 +186,11 @@ def keep_fp32_inputs_outside(model_path: str | Path, scopes: Sequence[str]) -> i
     """
     model = onnx.load(str(model_path))
     q_in = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    dq_src = {n.output[0]: q_in[n.input[0]] for n in model.graph.node
-              if n.op_type == "DequantizeLinear" and n.input[0] in q_in}
+    dq_src = {
+        n.output[0]: q_in[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in q_in
+    }
     count = 0
     for node in model.graph.node:
         if node.name.startswith(tuple(scopes)) or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -182,8 +204,14 @@ def keep_fp32_inputs_outside(model_path: str | Path, scopes: Sequence[str]) -> i
     return count
 
 
-def benchmark_pair(fp32_path: str | Path, int8_path: str | Path, input_shape: Sequence[int],
-                   threads: int = 2, runs: int = 30, warmup: int = 5) -> tuple[float, float]:
+def benchmark_pair(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    input_shape: Sequence[int],
+    threads: int = 2,
+    runs: int = 30,
+    warmup: int = 5,
+) -> tuple[float, float]:
     """Median ms of each model at batch 1 with the same threads, runs interleaved so load hits both alike."""
     sessions = [open_session(fp32_path, threads), open_session(int8_path, threads)]
     x = np.random.default_rng(0).standard_normal((1, *input_shape[-3:])).astype(np.float32)
@@ -200,15 +228,21 @@ def benchmark_pair(fp32_path: str | Path, int8_path: str | Path, input_shape: Se
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def heldout_metrics(model_path: str | Path, images: np.ndarray, labels: np.ndarray | None, threads: int = 2,
-                    defect_labels: np.ndarray | None = None) -> dict[str, float]:
+def heldout_metrics(
+    model_path: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    threads: int = 2,
+    defect_labels: np.ndarray | None = None,
+) -> dict[str, float]:
     """Every held-out metric the model's outputs allow: accuracy (``labels`` = class indices) when it has
     class_probs; auroc (1 = defect: ``defect_labels``, or ``labels`` for a score-only model) when it has a score."""
     return metrics_from_outputs(run_onnx(model_path, images, threads=threads), labels, defect_labels)
 
 
-def metrics_from_outputs(out: dict[str, np.ndarray], labels: np.ndarray | None,
-                         defect_labels: np.ndarray | None = None) -> dict[str, float]:
+def metrics_from_outputs(
+    out: dict[str, np.ndarray], labels: np.ndarray | None, defect_labels: np.ndarray | None = None
+) -> dict[str, float]:
     """``heldout_metrics`` of outputs already computed (by any backend)."""
     metrics: dict[str, float] = {}
     if OUTPUT_PROBS in out and labels is not None:
@@ -219,25 +253,33 @@ def metrics_from_outputs(out: dict[str, np.ndarray], labels: np.ndarray | None,
     return metrics
 
 
-def gate(fp32_ms: float, int8_ms: float, metric_fp32: float, metric_int8: float, metric: str,
-         cfg: QuantConfig) -> tuple[bool, str]:
+def gate(
+    fp32_ms: float, int8_ms: float, metric_fp32: float, metric_int8: float, metric: str, cfg: QuantConfig
+) -> tuple[bool, str]:
     """Keep INT8 only if faster by ``min_speedup`` and losing at most ``max_metric_loss``; say why."""
     speedup = fp32_ms / int8_ms if int8_ms > 0 else 0.0
     loss = metric_fp32 - metric_int8
     if not np.isfinite(loss):
         return False, f"held-out {metric} could not be measured"
     if loss > cfg.max_metric_loss + 1e-12:
-        return False, (f"INT8 loses {loss * 100:.2f} points of held-out {metric} "
-                       f"({metric_fp32:.4f} -> {metric_int8:.4f}), budget {cfg.max_metric_loss * 100:.2f}")
+        return False, (
+            f"INT8 loses {loss * 100:.2f} points of held-out {metric} "
+            f"({metric_fp32:.4f} -> {metric_int8:.4f}), budget {cfg.max_metric_loss * 100:.2f}"
+        )
     if speedup < cfg.min_speedup:
-        return False, (f"INT8 not faster on this target: {int8_ms:.2f} ms vs fp32 {fp32_ms:.2f} ms "
-                       f"(x{speedup:.2f} < x{cfg.min_speedup:.2f})")
-    return True, (f"INT8 x{speedup:.2f} faster ({int8_ms:.2f} vs {fp32_ms:.2f} ms), {metric} "
-                  f"{metric_fp32:.4f} -> {metric_int8:.4f} within {cfg.max_metric_loss * 100:.2f} points")
+        return False, (
+            f"INT8 not faster on this target: {int8_ms:.2f} ms vs fp32 {fp32_ms:.2f} ms "
+            f"(x{speedup:.2f} < x{cfg.min_speedup:.2f})"
+        )
+    return True, (
+        f"INT8 x{speedup:.2f} faster ({int8_ms:.2f} vs {fp32_ms:.2f} ms), {metric} "
+        f"{metric_fp32:.4f} -> {metric_int8:.4f} within {cfg.max_metric_loss * 100:.2f} points"
+    )
 
 
-def line_agreement(fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, reject_raw: float,
-                   threads: int = 2) -> float:
+def line_agreement(
+    fp32_path: str | Path, int8_path: str | Path, images: np.ndarray, reject_raw: float, threads: int = 2
+) -> float:
     """Share of held-out frames the line would judge alike (raw score above ``reject_raw`` or not) with both models.
 
     AUROC and accuracy are blind to a shift of every score: a quantised graph can rank frames exactly as the fp32
@@ -247,10 +289,17 @@ def line_agreement(fp32_path: str | Path, int8_path: str | Path, images: np.ndar
     return float(np.mean((s32 > reject_raw) == (s8 > reject_raw)))
 
 
-def quantize_and_gate(fp32_path: str | Path, int8_path: str | Path, calibration_images: Sequence[np.ndarray],
-                      heldout_images: np.ndarray, heldout_labels: np.ndarray | None,
-                      cfg: QuantConfig | None = None, defect_labels: np.ndarray | None = None,
-                      reject_raw: float | None = None, keep_declined: bool = False) -> QuantReport:
+def quantize_and_gate(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    calibration_images: Sequence[np.ndarray],
+    heldout_images: np.ndarray,
+    heldout_labels: np.ndarray | None,
+    cfg: QuantConfig | None = None,
+    defect_labels: np.ndarray | None = None,
+    reject_raw: float | None = None,
+    keep_declined: bool = False,
+) -> QuantReport:
     """Quantise, benchmark both, evaluate both on the held-out set, keep or delete ``int8_path``.
 
     ``reject_raw``: the raw score the line rejects from; INT8 must then also judge the held-out frames as fp32
@@ -260,18 +309,37 @@ def quantize_and_gate(fp32_path: str | Path, int8_path: str | Path, calibration_
     report names the metric that lost most."""
     cfg = cfg or QuantConfig()
     n_nodes = quantize_int8(fp32_path, int8_path, calibration_images, cfg)
-    return gate_quantised(fp32_path, int8_path, len(calibration_images), n_nodes, heldout_images, heldout_labels,
-                          cfg, defect_labels, reject_raw, keep_declined)
+    return gate_quantised(
+        fp32_path,
+        int8_path,
+        len(calibration_images),
+        n_nodes,
+        heldout_images,
+        heldout_labels,
+        cfg,
+        defect_labels,
+        reject_raw,
+        keep_declined,
+    )
 
 
-def gate_quantised(fp32_path: str | Path, int8_path: str | Path, n_calibration: int, n_nodes: int,
-                   heldout_images: np.ndarray, heldout_labels: np.ndarray | None, cfg: QuantConfig,
-                   defect_labels: np.ndarray | None = None, reject_raw: float | None = None,
-                   keep_declined: bool = False) -> QuantReport:
+def gate_quantised(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    n_calibration: int,
+    n_nodes: int,
+    heldout_images: np.ndarray,
+    heldout_labels: np.ndarray | None,
+    cfg: QuantConfig,
+    defect_labels: np.ndarray | None = None,
+    reject_raw: float | None = None,
+    keep_declined: bool = False,
+) -> QuantReport:
     """The gate of ``quantize_and_gate`` on an INT8 graph already written (e.g. one whose scorer was refitted
     on INT8 features: ``trainer.int8_refit``), judged against ``fp32_path``."""
-    fp32_ms, int8_ms = benchmark_pair(fp32_path, int8_path, heldout_images.shape, cfg.threads, cfg.bench_runs,
-                                      cfg.bench_warmup)
+    fp32_ms, int8_ms = benchmark_pair(
+        fp32_path, int8_path, heldout_images.shape, cfg.threads, cfg.bench_runs, cfg.bench_warmup
+    )
     m32 = heldout_metrics(fp32_path, heldout_images, heldout_labels, cfg.threads, defect_labels)
     m8 = heldout_metrics(int8_path, heldout_images, heldout_labels, cfg.threads, defect_labels)
     if reject_raw is not None and "auroc" in m32:  # the operating point too, not only the ranking
@@ -283,8 +351,18 @@ def gate_quantised(fp32_path: str | Path, int8_path: str | Path, n_calibration: 
         Path(int8_path).unlink(missing_ok=True)
     log.info("INT8 gate: %s", reason)
     return QuantReport(
-        fp32_ms=fp32_ms, int8_ms=int8_ms, speedup=fp32_ms / int8_ms if int8_ms > 0 else 0.0, metric=metric,
-        metric_fp32=m32[metric], metric_int8=m8[metric], kept=kept, reason=reason,
-        n_calibration=n_calibration, quantized_nodes=n_nodes, threads=cfg.threads,
-        int8_path=str(int8_path) if kept else None, metrics_fp32=m32, metrics_int8=m8,
+        fp32_ms=fp32_ms,
+        int8_ms=int8_ms,
+        speedup=fp32_ms / int8_ms if int8_ms > 0 else 0.0,
+        metric=metric,
+        metric_fp32=m32[metric],
+        metric_int8=m8[metric],
+        kept=kept,
+        reason=reason,
+        n_calibration=n_calibration,
+        quantized_nodes=n_nodes,
+        threads=cfg.threads,
+        int8_path=str(int8_path) if kept else None,
+        metrics_fp32=m32,
+        metrics_int8=m8,
     )

@@ -39,9 +39,13 @@ class ClassifierRecipe(BaseModel):
     backbone: str = Field("tf_efficientnet_lite0", description="timm backbone name.")
     weights: str | None = Field(None, description="Weight file; unset: the known offline file.")
     head: Literal["linear", "mlp"] = Field("linear", description="Head on the pooled stride-32 map.")
-    train_blocks: int = Field(2, ge=0, le=4, description="Last backbone blocks fine-tuned (the stride-32 ones); 0: head only.")
+    train_blocks: int = Field(
+        2, ge=0, le=4, description="Last backbone blocks fine-tuned (the stride-32 ones); 0: head only."
+    )
     image_size: int = Field(224, ge=32, le=1024, description="Square network input size.")
-    epochs: int = Field(40, ge=1, le=1000, description="Most epochs of the linear-probe stage (cached features: cheap).")
+    epochs: int = Field(
+        40, ge=1, le=1000, description="Most epochs of the linear-probe stage (cached features: cheap)."
+    )
     finetune_epochs: int = Field(3, ge=0, le=100, description="Most epochs fine-tuning the last blocks with the head.")
     patience: int = Field(6, ge=1, le=100, description="Epochs without val-loss improvement before stopping.")
     lr: float = Field(1e-3, gt=0, le=1.0, description="AdamW learning rate of the head.")
@@ -81,8 +85,9 @@ def load_recipe(path: str | Path) -> ClassifierRecipe:
         raise ConfigError(f"recipe {p} is invalid: {keys}", "fix the named key (unknown keys are refused)") from None
 
 
-def override_recipe(recipe: ClassifierRecipe, backbone: str | None = None,
-                    image_size: int | None = None) -> ClassifierRecipe:
+def override_recipe(
+    recipe: ClassifierRecipe, backbone: str | None = None, image_size: int | None = None
+) -> ClassifierRecipe:
     """The recipe with the command line's ``--backbone`` / ``--image-size`` (validated like the YAML's)."""
     changes = {k: v for k, v in (("backbone", backbone), ("image_size", image_size)) if v}
     if not changes:
@@ -91,5 +96,7 @@ def override_recipe(recipe: ClassifierRecipe, backbone: str | None = None,
         return ClassifierRecipe.model_validate({**recipe.model_dump(), **changes})
     except ValidationError as err:
         keys = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"--backbone/--image-size: {keys}", "pick a backbone with offline weights and a side "
-                          "that is a multiple of 32") from None
+        raise ConfigError(
+            f"--backbone/--image-size: {keys}",
+            "pick a backbone with offline weights and a side that is a multiple of 32",
+        ) from None

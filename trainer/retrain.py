@@ -69,15 +69,30 @@ from trainer.retrain_staging import (
 )
 
 __all__ = [
-    "DRAFT_FILE", "EVALUATION_FILE", "RETRAIN_RECIPE_FIELDS", "SNAPSHOT_FILE", "Say", "build_candidate",
-    "choose_kind", "classifier_classes", "evaluate", "gate_of", "models_dir", "package", "snapshot",
-    "snapshot_digest", "staging_dir", "sweep_staging", "train",
+    "DRAFT_FILE",
+    "EVALUATION_FILE",
+    "RETRAIN_RECIPE_FIELDS",
+    "SNAPSHOT_FILE",
+    "Say",
+    "build_candidate",
+    "choose_kind",
+    "classifier_classes",
+    "evaluate",
+    "gate_of",
+    "models_dir",
+    "package",
+    "snapshot",
+    "snapshot_digest",
+    "staging_dir",
+    "sweep_staging",
+    "train",
 ]
 
 
 # -- package --------------------------------------------------------------------------------------------
-def package(cfg: StationConfig, stage: str | Path, job_id: str, reason: str = "",
-            say: Say | None = None) -> dict[str, Any]:
+def package(
+    cfg: StationConfig, stage: str | Path, job_id: str, reason: str = "", say: Say | None = None
+) -> dict[str, Any]:
     """Manifest written ONCE (version, line metrics, gate, drift reference, data snapshot, checklist),
     verified by ``load_package``, renamed to ``<data_dir>/models/<version>``; the staging folder goes."""
     from trainer.package import ManifestExtras, finish_package
@@ -89,16 +104,28 @@ def package(cfg: StationConfig, stage: str | Path, job_id: str, reason: str = ""
     draft, _ = load_draft(stage)
     short = hash_file(draft.stage / draft.manifest.model.fp32)[:8]
     version = f"{draft.manifest.name}-{time.strftime('%Y%m%d-%H%M%S')}-{short}-{job_id[:6]}"
-    data = {"snapshot_sha256": snap["hash"], "dataset_version": snap["dataset_version"],
-            "heldout_digest": snap["heldout_digest"], "heldout_source": snap["heldout_source"],
-            "dropped_heldout": snap["dropped_heldout"], "counts": snap["counts"], "labels": snap["labels"],
-            "condition_changed": snap["condition_changed"], "base_goods_used": snap["base_goods_used"],
-            "base_data": snap["base_data"], "job": {"id": job_id, "reason": reason},
-            "train_sha256": sorted(i["sha256"] for i in snap["train"])}
+    data = {
+        "snapshot_sha256": snap["hash"],
+        "dataset_version": snap["dataset_version"],
+        "heldout_digest": snap["heldout_digest"],
+        "heldout_source": snap["heldout_source"],
+        "dropped_heldout": snap["dropped_heldout"],
+        "counts": snap["counts"],
+        "labels": snap["labels"],
+        "condition_changed": snap["condition_changed"],
+        "base_goods_used": snap["base_goods_used"],
+        "base_data": snap["base_data"],
+        "job": {"id": job_id, "reason": reason},
+        "train_sha256": sorted(i["sha256"] for i in snap["train"]),
+    }
     extras = ManifestExtras(
-        version=version, line_metrics={k: LineMetrics.model_validate(v) for k, v in ev["line_metrics"].items()},
-        gate=GateReport.model_validate(ev["gate"]), drift_reference=ev["drift_reference"], data=data,
-        metrics={"incumbent_line_metrics": ev["incumbent_line_metrics"], "gate_primary": ev["primary"]})
+        version=version,
+        line_metrics={k: LineMetrics.model_validate(v) for k, v in ev["line_metrics"].items()},
+        gate=GateReport.model_validate(ev["gate"]),
+        drift_reference=ev["drift_reference"],
+        data=data,
+        metrics={"incumbent_line_metrics": ev["incumbent_line_metrics"], "gate_primary": ev["primary"]},
+    )
     manifest, report = finish_package(draft, heldout_eval_set(items_of(snap["heldout"])), extras, say=say)
     final = models_dir(cfg) / version
     if final.exists():
@@ -108,8 +135,14 @@ def package(cfg: StationConfig, stage: str | Path, job_id: str, reason: str = ""
     shutil.rmtree(stage, ignore_errors=True)
     failed = [k for k, i in report.get("items", {}).items() if not i.get("passed")]
     say(f"package {version}: checklist {'PASS' if not failed else 'FAIL ' + ', '.join(failed)}")
-    return {"version": version, "path": str(final), "sha256": pkg.package_sha256, "task": manifest.task,
-            "gate_passed": bool(manifest.gate and manifest.gate.passed), "checklist_failed": failed}
+    return {
+        "version": version,
+        "path": str(final),
+        "sha256": pkg.package_sha256,
+        "task": manifest.task,
+        "gate_passed": bool(manifest.gate and manifest.gate.passed),
+        "checklist_failed": failed,
+    }
 
 
 def gate_of(path: str | Path) -> GateReport | None:
@@ -118,10 +151,17 @@ def gate_of(path: str | Path) -> GateReport | None:
 
 
 # -- all steps ------------------------------------------------------------------------------------------
-def build_candidate(cfg: StationConfig, store: Any, job_id: str, since: float = 0.0,
-                    incumbent: str | Path | None = None, incumbent_version: str | None = None,
-                    condition_changed: bool = False, reason: str = "",
-                    say: Say | None = None) -> dict[str, Any]:
+def build_candidate(
+    cfg: StationConfig,
+    store: Any,
+    job_id: str,
+    since: float = 0.0,
+    incumbent: str | Path | None = None,
+    incumbent_version: str | None = None,
+    condition_changed: bool = False,
+    reason: str = "",
+    say: Say | None = None,
+) -> dict[str, Any]:
     """Every step in order (scripts, tests, the first model of a station); the RQ job runs them one by one."""
     stage = staging_dir(cfg, job_id)
     models_dir(cfg).mkdir(parents=True, exist_ok=True)

@@ -37,8 +37,13 @@ def load_draft(stage: Path) -> tuple[Any, ModelPackage]:
     return draft, draft_package(draft.stage, draft.manifest)
 
 
-def evaluate(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = None,
-             incumbent_version: str | None = None, say: Say | None = None) -> dict[str, Any]:
+def evaluate(
+    cfg: StationConfig,
+    stage: str | Path,
+    incumbent: str | Path | None = None,
+    incumbent_version: str | None = None,
+    say: Say | None = None,
+) -> dict[str, Any]:
     """Candidate and incumbent through the station runtime and ``decide()`` on the SAME held-out frames and
     the SAME recent frames; the gate; the drift reference. Writes ``work/evaluation.json``.
 
@@ -67,37 +72,57 @@ def evaluate(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None
             inc[set_name] = line_metrics(inc_scored.decisions, labels)
             say(f"evaluate: incumbent on {set_name}: {_brief_metrics(inc[set_name])}")
     recent = cand.get(RECENT)
-    primary = RECENT if snap["condition_changed"] and recent is not None and \
-        recent.n_good >= cfg.jobs.min_gate_frames else HELDOUT
+    primary = (
+        RECENT
+        if snap["condition_changed"] and recent is not None and recent.n_good >= cfg.jobs.min_gate_frames
+        else HELDOUT
+    )
     gate = evaluate_gates(cand, inc, cfg.jobs, incumbent_version, primary=primary)
-    say(f"gate on {primary}: {'PASS' if gate.passed else 'FAIL'}"
-        + "".join(f"\n  {r.line()}" for r in gate.failed))
-    ref_set = RECENT if snap["condition_changed"] and RECENT in scored and \
-        any(i.label == GOOD_LABEL for i in sets[RECENT]) else HELDOUT
+    say(f"gate on {primary}: {'PASS' if gate.passed else 'FAIL'}" + "".join(f"\n  {r.line()}" for r in gate.failed))
+    ref_set = (
+        RECENT
+        if snap["condition_changed"] and RECENT in scored and any(i.label == GOOD_LABEL for i in sets[RECENT])
+        else HELDOUT
+    )
     ref = _reference(scored, sets, ref_set, snap["condition_changed"])
-    body = {"line_metrics": {k: v.model_dump(mode="json") for k, v in cand.items() if v is not None},
-            "incumbent_line_metrics": {k: v.model_dump(mode="json") for k, v in inc.items() if v is not None},
-            "gate": gate.model_dump(mode="json"), "primary": primary, "drift_reference": ref,
-            "incumbent": str(incumbent) if incumbent else None, "incumbent_version": incumbent_version}
+    body = {
+        "line_metrics": {k: v.model_dump(mode="json") for k, v in cand.items() if v is not None},
+        "incumbent_line_metrics": {k: v.model_dump(mode="json") for k, v in inc.items() if v is not None},
+        "gate": gate.model_dump(mode="json"),
+        "primary": primary,
+        "drift_reference": ref,
+        "incumbent": str(incumbent) if incumbent else None,
+        "incumbent_version": incumbent_version,
+    }
     write_work_file(stage, EVALUATION_FILE, body)
-    return {"primary": primary, "passed": gate.passed, "failed_rows": [r.line() for r in gate.failed],
-            "line_metrics": body["line_metrics"], "incumbent_line_metrics": body["incumbent_line_metrics"],
-            "drift_reference_frames": ref.get("frames")}
+    return {
+        "primary": primary,
+        "passed": gate.passed,
+        "failed_rows": [r.line() for r in gate.failed],
+        "line_metrics": body["line_metrics"],
+        "incumbent_line_metrics": body["incumbent_line_metrics"],
+        "drift_reference_frames": ref.get("frames"),
+    }
 
 
 def _brief_metrics(m: LineMetrics) -> str:
     def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
 
-    return (f"false-reject {f(m.false_reject_rate)} of {m.n_good} good, recall {f(m.recall_all)} of {m.n_defect} "
-            f"defects " + " ".join(f"{c} {r:.2f}" for c, r in m.recall.items()))
+    return (
+        f"false-reject {f(m.false_reject_rate)} of {m.n_good} good, recall {f(m.recall_all)} of {m.n_defect} "
+        f"defects " + " ".join(f"{c} {r:.2f}" for c, r in m.recall.items())
+    )
 
 
-def _reference(scored: dict[str, Scored], sets: dict[str, list[LabelledImage]], ref_set: str,
-               changed: bool) -> dict[str, Any]:
+def _reference(
+    scored: dict[str, Scored], sets: dict[str, list[LabelledImage]], ref_set: str, changed: bool
+) -> dict[str, Any]:
     if ref_set not in scored:
-        raise DataError("no unseen good frames to build the drift reference from",
-                        "set jobs.base_data (its test/good is the held-out set) or label more good frames")
+        raise DataError(
+            "no unseen good frames to build the drift reference from",
+            "set jobs.base_data (its test/good is the held-out set) or label more good frames",
+        )
     s, items = scored[ref_set], sets[ref_set]
     idx = [k for k, i in enumerate(items) if i.label == GOOD_LABEL]
     if not idx:
@@ -107,10 +132,13 @@ def _reference(scored: dict[str, Scored], sets: dict[str, list[LabelledImage]], 
     # every frame of the set (a line with fewer defects than the set is more confident: the harmless
     # direction of that one-sided statistic). From good frames only, the defects the line makes at its normal
     # rate tripped it ~120 frames after a promotion (the demo's drift scenario: a second, needless retraining).
-    ref = reference_from_samples(pick, list(s.class_probs), [s.anomaly_scores[k] for k in idx],
-                                 [s.decisions[k] for k in idx],
-                                 frames=f"{len(idx)} {ref_set} good frames "
-                                        f"({'new condition' if changed else 'never trained on'})")
+    ref = reference_from_samples(
+        pick,
+        list(s.class_probs),
+        [s.anomaly_scores[k] for k in idx],
+        [s.decisions[k] for k in idx],
+        frames=f"{len(idx)} {ref_set} good frames ({'new condition' if changed else 'never trained on'})",
+    )
     # The line's class mix is unknown here (the set's is not the line's; good frames alone are 100 % good,
     # against which every defective part is "drift": the scenario alarmed on class_mix during good production,
     # before any change): not monitored, rather than monitored against a mix no line with defects matches.

@@ -46,8 +46,17 @@ from trainer.retrain_staging import (
 #: edge off the image and leave a wrong label), no erasing (it paints fake defects). ``image_size`` is set
 #: from ``jobs.anomaly_image_size``: one preprocessing for both heads.
 RETRAIN_RECIPE_FIELDS: dict[str, Any] = dict(
-    name="station-retrain", backbone="tf_efficientnet_lite0", head="linear", train_blocks=0, epochs=40,
-    finetune_epochs=0, patience=6, views=1, class_weights=False, policy="tile-anomaly", threads=2,
+    name="station-retrain",
+    backbone="tf_efficientnet_lite0",
+    head="linear",
+    train_blocks=0,
+    epochs=40,
+    finetune_epochs=0,
+    patience=6,
+    views=1,
+    class_weights=False,
+    policy="tile-anomaly",
+    threads=2,
 )
 
 
@@ -75,9 +84,11 @@ def _recipe(cfg: StationConfig) -> Any:
     size = cfg.jobs.anomaly_image_size
     if cfg.jobs.classifier_recipe is not None:
         return load_recipe(cfg.jobs.classifier_recipe).model_copy(update={"image_size": size})
-    return ClassifierRecipe(**RETRAIN_RECIPE_FIELDS, image_size=size,
-                            facts=DomainFacts(task="classification", orientation_is_cue=False,
-                                              colour_discriminates=False))
+    return ClassifierRecipe(
+        **RETRAIN_RECIPE_FIELDS,
+        image_size=size,
+        facts=DomainFacts(task="classification", orientation_is_cue=False, colour_discriminates=False),
+    )
 
 
 def _class_folders(root: Path, items: list[LabelledImage], classes: list[str]) -> Path:
@@ -114,8 +125,9 @@ class _Fitted:
     backbone: Any = None
 
 
-def train(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = None,
-          say: Say | None = None) -> dict[str, Any]:
+def train(
+    cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = None, say: Say | None = None
+) -> dict[str, Any]:
     """Fit the candidate (the incumbent's kind), export it, gate INT8; writes ``package/`` and ``work/draft.json``.
 
     ``incumbent``: the active package's folder (None: the station's first model)."""
@@ -150,44 +162,77 @@ def train(cfg: StationConfig, stage: str | Path, incumbent: str | Path | None = 
     draft = _export_draft(cfg, stage, kind, name, fitted, items, snap, data, seconds, say)
     seconds["total"] = round(time.perf_counter() - t0, 1)
     q = draft.quant
-    info.update({"classes": fitted.classes, "n_train": len(items),
-                 "n_scorer_goods": len(scorer_goods) if fitted.anomaly else 0,
-                 "parity_passed": bool(draft.parity.get("passed")),
-                 "int8": None if q is None else {"kept": q.kept, "reason": q.reason, "metric": q.metric,
-                                                 "fp32": q.metric_fp32, "int8": q.metric_int8,
-                                                 "speedup": round(q.speedup, 3), "n_calibration": q.n_calibration},
-                 "seconds": seconds})
+    info.update(
+        {
+            "classes": fitted.classes,
+            "n_train": len(items),
+            "n_scorer_goods": len(scorer_goods) if fitted.anomaly else 0,
+            "parity_passed": bool(draft.parity.get("passed")),
+            "int8": None
+            if q is None
+            else {
+                "kept": q.kept,
+                "reason": q.reason,
+                "metric": q.metric,
+                "fp32": q.metric_fp32,
+                "int8": q.metric_int8,
+                "speedup": round(q.speedup, 3),
+                "n_calibration": q.n_calibration,
+            },
+            "seconds": seconds,
+        }
+    )
     return info
 
 
-def _fit_classifier(cfg: StationConfig, stage: Path, items: list[LabelledImage], counts: dict[str, int], kind: str,
-                    data: dict[str, Any], seconds: dict[str, float], say: Say) -> _Fitted:
+def _fit_classifier(
+    cfg: StationConfig,
+    stage: Path,
+    items: list[LabelledImage],
+    counts: dict[str, int],
+    kind: str,
+    data: dict[str, Any],
+    seconds: dict[str, float],
+    say: Say,
+) -> _Fitted:
     """The classifier recipe on class folders of the classes with enough frames (the rest: the anomaly scorer's)."""
     from trainer.classifier_run import load_classifier, run_classifier_recipe
 
     classes = classifier_classes(counts, cfg.jobs.min_class_frames)
     if len(classes) < 2:
-        raise DataError(f"the incumbent is a {kind} model but no defect class has {cfg.jobs.min_class_frames} "
-                        f"labelled training frames ({counts})",
-                        "label more defects, or lower jobs.min_class_frames")
+        raise DataError(
+            f"the incumbent is a {kind} model but no defect class has {cfg.jobs.min_class_frames} "
+            f"labelled training frames ({counts})",
+            "label more defects, or lower jobs.min_class_frames",
+        )
     recipe = _recipe(cfg)
     left_out = sorted(c for c in counts if c not in classes)
-    say(f"train: {kind} classifier on {classes} ({sum(counts[c] for c in classes)} frames, recipe {recipe.name}, "
-        f"{recipe.image_size} px){'; left to the anomaly scorer: ' + ', '.join(left_out) if left_out else ''}")
+    say(
+        f"train: {kind} classifier on {classes} ({sum(counts[c] for c in classes)} frames, recipe {recipe.name}, "
+        f"{recipe.image_size} px){'; left to the anomaly scorer: ' + ', '.join(left_out) if left_out else ''}"
+    )
     t = time.perf_counter()
     run_dir = work_dir(stage) / "classifier-run"
     class_dir = _class_folders(work_dir(stage) / "classes", items, classes)
-    run_classifier_recipe(class_dir, recipe, run_dir, Console(quiet=True),
-                          log_path=models_dir(cfg) / "experiments.jsonl")
+    run_classifier_recipe(
+        class_dir, recipe, run_dir, Console(quiet=True), log_path=models_dir(cfg) / "experiments.jsonl"
+    )
     net, meta = load_classifier(run_dir)
     seconds["classifier"] = round(time.perf_counter() - t, 1)
-    say(f"classifier: test accuracy {meta['metrics']['test_accuracy']:.3f} on its own split, temperature "
-        f"{meta['temperature']:.2f}, {seconds['classifier']} s")
+    say(
+        f"classifier: test accuracy {meta['metrics']['test_accuracy']:.3f} on its own split, temperature "
+        f"{meta['temperature']:.2f}, {seconds['classifier']} s"
+    )
     prep = meta["preprocess"]
-    pre_spec = Preprocess(size=tuple(prep["size"]), resize="stretch", mean=tuple(prep["mean"]),
-                          std=tuple(prep["std"]), color="rgb")
-    data["classifier"] = {"classes": classes, "left_to_anomaly": left_out, "split": meta["data"]["splits"],
-                          **{k: meta["metrics"][k] for k in ("test_accuracy", "ece_before", "ece_after")}}
+    pre_spec = Preprocess(
+        size=tuple(prep["size"]), resize="stretch", mean=tuple(prep["mean"]), std=tuple(prep["std"]), color="rgb"
+    )
+    data["classifier"] = {
+        "classes": classes,
+        "left_to_anomaly": left_out,
+        "split": meta["data"]["splits"],
+        **{k: meta["metrics"][k] for k in ("test_accuracy", "ece_before", "ece_after")},
+    }
     return _Fitted(net, pre_spec, dict(meta["architecture"]), meta["augmentation"], meta["temperature"], classes)
 
 
@@ -199,13 +244,26 @@ def _plain_backbone(acfg: Any, inc: Manifest | None, size: int) -> _Fitted:
     backbone, bspec = build_backbone(acfg.backbone, out_indices=acfg.out_indices)
     color = inc.preprocess.color if inc is not None else "gray"
     pre_spec = Preprocess(size=(size, size), resize="stretch", mean=bspec.mean, std=bspec.std, color=color)
-    return _Fitted(None, pre_spec, {"backbone": acfg.backbone, "weights": bspec.weights},
-                   {"policy": "none", "reason": "good-only density model: no augmentation"}, None, backbone=backbone)
+    return _Fitted(
+        None,
+        pre_spec,
+        {"backbone": acfg.backbone, "weights": bspec.weights},
+        {"policy": "none", "reason": "good-only density model: no augmentation"},
+        None,
+        backbone=backbone,
+    )
 
 
-def _fit_fused_score(fitted: _Fitted, acfg: Any, scorer_goods: list[LabelledImage],
-                     defect_items: list[LabelledImage], goods_from: str, data: dict[str, Any],
-                     seconds: dict[str, float], say: Say) -> None:
+def _fit_fused_score(
+    fitted: _Fitted,
+    acfg: Any,
+    scorer_goods: list[LabelledImage],
+    defect_items: list[LabelledImage],
+    goods_from: str,
+    data: dict[str, Any],
+    seconds: dict[str, float],
+    say: Say,
+) -> None:
     """The fused defect score (wknn good-only score + guarded probe) on the classifier's backbone."""
     import torch
 
@@ -214,24 +272,47 @@ def _fit_fused_score(fitted: _Fitted, acfg: Any, scorer_goods: list[LabelledImag
     from trainer.fusion_head import fit_fused_scorer
 
     acfg = replace(acfg, image_size=tuple(fitted.pre_spec.size), backbone=fitted.architecture["backbone"])
-    say(f"train: fused defect score (wknn + probe) on {len(scorer_goods)} good frames "
-        f"({goods_from}) and {len(defect_items)} labelled defects")
+    say(
+        f"train: fused defect score (wknn + probe) on {len(scorer_goods)} good frames "
+        f"({goods_from}) and {len(defect_items)} labelled defects"
+    )
     t = time.perf_counter()
     torch.set_num_threads(2)
-    scorer, fitted.anomaly, fit_info = fit_fused_scorer(fitted.net.backbone, Preprocessor(fitted.pre_spec),
-                                                        load_images(scorer_goods), load_images(defect_items), acfg,
-                                                        PolicySection().anomaly_review_margin, say=say)
+    scorer, fitted.anomaly, fit_info = fit_fused_scorer(
+        fitted.net.backbone,
+        Preprocessor(fitted.pre_spec),
+        load_images(scorer_goods),
+        load_images(defect_items),
+        acfg,
+        PolicySection().anomaly_review_margin,
+        say=say,
+    )
     fitted.net.scorer = scorer
     seconds["anomaly"] = round(time.perf_counter() - t, 1)
     data["anomaly"] = fit_info
-    fitted.architecture.update({"scorer": "fused-wknn", "scorer_out_indices": list(acfg.out_indices),
-                                "fusion_pooled_stages": [2, 3, 4], "classifier_decides": False})
-    say(f"fused scorer: probe {'used' if fit_info['uses_probe'] else 'not used (good-only fallback)'}, "
-        f"{fit_info['features']} features, {seconds['anomaly']} s {fit_info['seconds']}")
+    fitted.architecture.update(
+        {
+            "scorer": "fused-wknn",
+            "scorer_out_indices": list(acfg.out_indices),
+            "fusion_pooled_stages": [2, 3, 4],
+            "classifier_decides": False,
+        }
+    )
+    say(
+        f"fused scorer: probe {'used' if fit_info['uses_probe'] else 'not used (good-only fallback)'}, "
+        f"{fit_info['features']} features, {seconds['anomaly']} s {fit_info['seconds']}"
+    )
 
 
-def _fit_good_only_score(fitted: _Fitted, acfg: Any, scorer_goods: list[LabelledImage], goods_from: str,
-                         data: dict[str, Any], seconds: dict[str, float], say: Say) -> None:
+def _fit_good_only_score(
+    fitted: _Fitted,
+    acfg: Any,
+    scorer_goods: list[LabelledImage],
+    goods_from: str,
+    data: dict[str, Any],
+    seconds: dict[str, float],
+    say: Say,
+) -> None:
     """The good-only anomaly scorer of an anomaly-only package; the network is built here, around its scorer."""
     import torch
 
@@ -244,8 +325,9 @@ def _fit_good_only_score(fitted: _Fitted, acfg: Any, scorer_goods: list[Labelled
     t = time.perf_counter()
     torch.set_num_threads(2)
     backbone = fitted.backbone if fitted.net is None else fitted.net.backbone
-    scorer, fitted.anomaly, fit_info = fit_anomaly(backbone, Preprocessor(fitted.pre_spec),
-                                                   load_images(scorer_goods), acfg, Console(quiet=True))
+    scorer, fitted.anomaly, fit_info = fit_anomaly(
+        backbone, Preprocessor(fitted.pre_spec), load_images(scorer_goods), acfg, Console(quiet=True)
+    )
     if fitted.net is None:
         fitted.net = InspectionNet(backbone, scorer=scorer)
     else:
@@ -255,9 +337,18 @@ def _fit_good_only_score(fitted: _Fitted, acfg: Any, scorer_goods: list[Labelled
     fitted.architecture.update({"scorer": acfg.method, "scorer_out_indices": list(acfg.out_indices)})
 
 
-def _export_draft(cfg: StationConfig, stage: Path, kind: str, name: str, fitted: _Fitted,
-                  items: list[LabelledImage], snap: dict[str, Any], data: dict[str, Any],
-                  seconds: dict[str, float], say: Say) -> Any:
+def _export_draft(
+    cfg: StationConfig,
+    stage: Path,
+    kind: str,
+    name: str,
+    fitted: _Fitted,
+    items: list[LabelledImage],
+    snap: dict[str, Any],
+    data: dict[str, Any],
+    seconds: dict[str, float],
+    say: Say,
+) -> Any:
     """Export, parity and INT8 gate on the held-out set (``prepare_package``); the draft is saved for later steps."""
     from trainer.package import PackageSpec, prepare_package
     from trainer.pipelines import FUSED_LATENCY_TARGET_MS, LATENCY_TARGET_MS, MEMORY_BUDGET_MB, TARGET_HARDWARE
@@ -269,11 +360,19 @@ def _export_draft(cfg: StationConfig, stage: Path, kind: str, name: str, fitted:
     if calibration is None:
         say(f"INT8 not attempted: {len(calib_items)} training frames, the gate needs 100 (the checklist will say so)")
     spec = PackageSpec(
-        name=name, task=kind, preprocess=fitted.pre_spec, class_names=fitted.classes, good_class=GOOD_LABEL,
-        temperature=fitted.temperature, anomaly=fitted.anomaly, data=data, augmentation=fitted.augmentation,
+        name=name,
+        task=kind,
+        preprocess=fitted.pre_spec,
+        class_names=fitted.classes,
+        good_class=GOOD_LABEL,
+        temperature=fitted.temperature,
+        anomaly=fitted.anomaly,
+        data=data,
+        augmentation=fitted.augmentation,
         architecture=fitted.architecture,
         latency_target_ms=FUSED_LATENCY_TARGET_MS if kind == "combined" else LATENCY_TARGET_MS,
-        memory_budget_mb=MEMORY_BUDGET_MB, target_hardware=TARGET_HARDWARE,
+        memory_budget_mb=MEMORY_BUDGET_MB,
+        target_hardware=TARGET_HARDWARE,
     )
     t = time.perf_counter()
     draft = prepare_package(stage / "package", fitted.net.eval(), spec, held, calibration, say=say)
@@ -297,6 +396,7 @@ def _score_decides(draft: Any, spec: Any, held: Any) -> Any:
     canaries = write_canaries(draft.stage, replace(spec, class_names=None), held, outs)
     m = draft.manifest
     outputs = m.model.outputs.model_copy(update={"classifier_decides": False})
-    draft.manifest = m.model_copy(update={"model": m.model.model_copy(update={"outputs": outputs}),
-                                          "canaries": canaries})
+    draft.manifest = m.model_copy(
+        update={"model": m.model.model_copy(update={"outputs": outputs}), "canaries": canaries}
+    )
     return draft

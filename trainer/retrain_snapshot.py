@@ -65,13 +65,23 @@ def _dedupe(items: list[LabelledImage]) -> list[LabelledImage]:
 def snapshot_digest(train: list[LabelledImage], recent: list[LabelledImage], heldout: list[LabelledImage]) -> str:
     import hashlib
 
-    rows = [f"{role} {i.sha256} {i.label}" for role, items in (("train", train), ("recent", recent),
-                                                                ("heldout", heldout)) for i in items]
+    rows = [
+        f"{role} {i.sha256} {i.label}"
+        for role, items in (("train", train), ("recent", recent), ("heldout", heldout))
+        for i in items
+    ]
     return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
 
 
-def snapshot(cfg: StationConfig, store: Any, stage: str | Path, since: float = 0.0, condition_changed: bool = False,
-             until: float | None = None, say: Say | None = None) -> dict[str, Any]:
+def snapshot(
+    cfg: StationConfig,
+    store: Any,
+    stage: str | Path,
+    since: float = 0.0,
+    condition_changed: bool = False,
+    until: float | None = None,
+    say: Say | None = None,
+) -> dict[str, Any]:
     """Freeze what this retraining learns from and is judged on; writes ``work/snapshot.json``.
 
     ``since``: when the incumbent was promoted (0: no incumbent); labels made since then are the line's
@@ -95,8 +105,10 @@ def snapshot(cfg: StationConfig, store: Any, stage: str | Path, since: float = 0
     if labels_dir.exists():
         shutil.rmtree(labels_dir)
     dv = LabellingService(store, archive).export_dataset(labels_dir, layout="classification")
-    exported = [LabelledImage(str(labels_dir / rel), rel.split("/", 1)[0], file_sha256(labels_dir / rel), "label")
-                for rel in json.loads((labels_dir / "dataset.json").read_text())["files"]]
+    exported = [
+        LabelledImage(str(labels_dir / rel), rel.split("/", 1)[0], file_sha256(labels_dir / rel), "label")
+        for rel in json.loads((labels_dir / "dataset.json").read_text())["files"]
+    ]
     recent_shas = {i.sha256 for i in labelled_frames(store, archive, since, until)}
     recent = [i for i in exported if i.sha256 in recent_shas]
     older = [i for i in exported if i.sha256 not in recent_shas]
@@ -109,19 +121,29 @@ def snapshot(cfg: StationConfig, store: Any, stage: str | Path, since: float = 0
     counts = {"train": count_by_label(train), "recent": count_by_label(recent_gate), "heldout": count_by_label(heldout)}
     scorer_goods = [i.sha256 for i in train if i.label == GOOD_LABEL]
     body = {
-        "train": [asdict(i) for i in train], "recent": [asdict(i) for i in recent_gate],
-        "heldout": [asdict(i) for i in heldout], "hash": snapshot_digest(train, recent_gate, heldout),
-        "dataset_version": dv.hash, "dataset_counts": dv.counts, "heldout_digest": held_set.digest,
-        "heldout_source": held_set.source, "dropped_heldout": dropped, "counts": counts,
+        "train": [asdict(i) for i in train],
+        "recent": [asdict(i) for i in recent_gate],
+        "heldout": [asdict(i) for i in heldout],
+        "hash": snapshot_digest(train, recent_gate, heldout),
+        "dataset_version": dv.hash,
+        "dataset_counts": dv.counts,
+        "heldout_digest": held_set.digest,
+        "heldout_source": held_set.source,
+        "dropped_heldout": dropped,
+        "counts": counts,
         "labels": {"current": len(exported), "since_incumbent": len(recent), "older": len(older)},
-        "condition_changed": condition_changed, "base_goods_used": use_base_goods, "since": since,
+        "condition_changed": condition_changed,
+        "base_goods_used": use_base_goods,
+        "since": since,
         "scorer_goods": scorer_goods,
         "base_data": str(base) if base else None,
     }
     write_work_file(stage, SNAPSHOT_FILE, body)
-    say(f"snapshot {body['hash'][:12]}: train {sum(counts['train'].values())} {counts['train']}, recent gate "
+    say(
+        f"snapshot {body['hash'][:12]}: train {sum(counts['train'].values())} {counts['train']}, recent gate "
         f"{sum(counts['recent'].values())}, held-out {len(heldout)}; dataset version {dv.hash[:12]} "
-        f"({len(exported)} labels); {dropped} held-out images dropped from training")
+        f"({len(exported)} labels); {dropped} held-out images dropped from training"
+    )
     return {k: v for k, v in body.items() if k not in ("train", "recent", "heldout", "scorer_goods")}
 
 

@@ -40,7 +40,9 @@ def work_dir(stage: Path) -> Path:
 def read_work_file(stage: Path, name: str) -> dict[str, Any]:
     f = work_dir(stage) / name
     if not f.is_file():
-        raise InspectorError(f"{f} is missing", "run the retraining steps in order (snapshot, train, evaluate, package)")
+        raise InspectorError(
+            f"{f} is missing", "run the retraining steps in order (snapshot, train, evaluate, package)"
+        )
     return json.loads(f.read_text())
 
 

@@ -10,13 +10,23 @@ from inspector.contracts.messages import Decision, Verdict
 from inspector.drift.reference import DriftReference
 
 DRIFT_STATS = ("brightness", "contrast", "sharpness", "confidence", "anomaly_good")
-DRIFT_TITLES = {"brightness": "Brightness", "contrast": "Contrast", "sharpness": "Sharpness",
-                "confidence": "Top-class confidence", "anomaly_good": "Anomaly score (good parts)"}
+DRIFT_TITLES = {
+    "brightness": "Brightness",
+    "contrast": "Contrast",
+    "sharpness": "Sharpness",
+    "confidence": "Top-class confidence",
+    "anomaly_good": "Anomaly score (good parts)",
+}
 
 
 # Chart statistic -> the drift reference's statistic (``inspector.drift.reference``), the one the monitor alarms on.
-REFERENCE_STATS = {"brightness": "brightness", "contrast": "contrast", "sharpness": "sharpness",
-                   "confidence": "classifier_confidence", "anomaly_good": "anomaly_score_good"}
+REFERENCE_STATS = {
+    "brightness": "brightness",
+    "contrast": "contrast",
+    "sharpness": "sharpness",
+    "confidence": "classifier_confidence",
+    "anomaly_good": "anomaly_score_good",
+}
 BAND_QUANTILES = ("p01", "p99")
 
 
@@ -87,8 +97,9 @@ class DriftSeries:
     def _extract(self, v: Verdict) -> dict[str, float]:
         vals: dict[str, float] = {}
         if v.image_stats is not None:
-            vals.update(brightness=v.image_stats.brightness, contrast=v.image_stats.contrast,
-                        sharpness=v.image_stats.sharpness)
+            vals.update(
+                brightness=v.image_stats.brightness, contrast=v.image_stats.contrast, sharpness=v.image_stats.sharpness
+            )
         if v.class_probs:
             vals["confidence"] = max(v.class_probs.values())
         if v.anomaly_score is not None and v.decision is Decision.PASS:

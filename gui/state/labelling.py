@@ -38,13 +38,20 @@ class KeyAction:
 def label_keymap(defect_classes: list[str]) -> dict[str, KeyAction]:
     """1..9 a defect class each, G good, U unsure, S skip, Z undo (keys are upper-case characters)."""
     keys = {str(i + 1): KeyAction(KeyKind.LABEL, c) for i, c in enumerate(defect_classes[:9])}
-    keys.update({"G": KeyAction(KeyKind.LABEL, GOOD_LABEL), "U": KeyAction(KeyKind.LABEL, UNSURE_LABEL),
-                 "S": KeyAction(KeyKind.SKIP), "Z": KeyAction(KeyKind.UNDO)})
+    keys.update(
+        {
+            "G": KeyAction(KeyKind.LABEL, GOOD_LABEL),
+            "U": KeyAction(KeyKind.LABEL, UNSURE_LABEL),
+            "S": KeyAction(KeyKind.SKIP),
+            "Z": KeyAction(KeyKind.UNDO),
+        }
+    )
     return keys
 
 
-def defect_classes_for(configured: list[str], class_probs: dict[str, float] | None,
-                       good: str = GOOD_LABEL) -> list[str]:
+def defect_classes_for(
+    configured: list[str], class_probs: dict[str, float] | None, good: str = GOOD_LABEL
+) -> list[str]:
     """The classes on keys 1..9: configured ones, else the model's non-good classes in their order."""
     if configured:
         return list(configured)
@@ -183,7 +190,11 @@ class LabellingSession:
     def key_legend(self) -> list[tuple[str, str]]:
         """(key, meaning) in the order the help line shows them."""
         return [(str(i + 1), c) for i, c in enumerate(self.classes[:9])] + [
-            ("G", GOOD_LABEL), ("U", UNSURE_LABEL), ("S", "skip"), ("Z", "undo")]
+            ("G", GOOD_LABEL),
+            ("U", UNSURE_LABEL),
+            ("S", "skip"),
+            ("Z", "undo"),
+        ]
 
     def relabel_choices(self) -> list[str]:
         return [*self.classes, GOOD_LABEL, UNSURE_LABEL]

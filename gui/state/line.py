@@ -36,9 +36,14 @@ class ShiftCounters:
 
     def rows(self) -> list[tuple[str, str]]:
         y = self.yield_pct
-        return [("Total", str(self.total)), ("Pass", str(self.passed)), ("Fail", str(self.failed)),
-                ("Review", str(self.review)), ("Error", str(self.error)),
-                ("Yield", "–" if y is None else f"{y:.1f} %")]
+        return [
+            ("Total", str(self.total)),
+            ("Pass", str(self.passed)),
+            ("Fail", str(self.failed)),
+            ("Review", str(self.review)),
+            ("Error", str(self.error)),
+            ("Yield", "–" if y is None else f"{y:.1f} %"),
+        ]
 
 
 class RateMeter:

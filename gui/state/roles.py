@@ -26,9 +26,15 @@ VIEWS: dict[Role, frozenset[str]] = {
 }
 # the GUI's names for the actions of the one table, inspector.contracts.lifecycle.PERMISSIONS (the CLI's too)
 GUI_ACTIONS: dict[str, Action] = {
-    "verdict.dispute": Action.DISPUTE, "label": Action.LABEL, "relabel": Action.RELABEL,
-    "camera.changed": Action.MAINTENANCE, "retrain": Action.RETRAIN, "model.approve": Action.APPROVE,
-    "model.promote": Action.PROMOTE, "model.rollback": Action.ROLLBACK, "product.switch": Action.CHANGEOVER,
+    "verdict.dispute": Action.DISPUTE,
+    "label": Action.LABEL,
+    "relabel": Action.RELABEL,
+    "camera.changed": Action.MAINTENANCE,
+    "retrain": Action.RETRAIN,
+    "model.approve": Action.APPROVE,
+    "model.promote": Action.PROMOTE,
+    "model.rollback": Action.ROLLBACK,
+    "product.switch": Action.CHANGEOVER,
     "model.shadow": Action.SHADOW,
 }
 # what each role may do (a role also sees the views listed for it)

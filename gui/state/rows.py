@@ -66,15 +66,27 @@ class QueueRow:
     @classmethod
     def of(cls, item: Any) -> QueueRow:
         """From a review item (``inspector.review.labelling.ReviewItemView``)."""
-        return cls(item.id, item.priority, item.part_id, str(item.decision), item.defect_class,
-                   str(ReviewStatus(item.status)), tuple(item.reasons))
+        return cls(
+            item.id,
+            item.priority,
+            item.part_id,
+            str(item.decision),
+            item.defect_class,
+            str(ReviewStatus(item.status)),
+            tuple(item.reasons),
+        )
 
 
-QUEUE_TABLE: TableSpec[QueueRow] = TableSpec([
-    Column("Prio", lambda r: str(r.priority)), Column("Part", lambda r: r.part_id),
-    Column("Decision", lambda r: r.decision), Column("Defect", lambda r: _dash(r.defect_class)),
-    Column("Status", lambda r: r.status), Column("Reasons", lambda r: "; ".join(r.reasons)),
-])
+QUEUE_TABLE: TableSpec[QueueRow] = TableSpec(
+    [
+        Column("Prio", lambda r: str(r.priority)),
+        Column("Part", lambda r: r.part_id),
+        Column("Decision", lambda r: r.decision),
+        Column("Defect", lambda r: _dash(r.defect_class)),
+        Column("Status", lambda r: r.status),
+        Column("Reasons", lambda r: "; ".join(r.reasons)),
+    ]
+)
 
 
 # --------------------------------------------------------------------------- label history
@@ -93,19 +105,25 @@ class HistoryRow:
     @classmethod
     def of(cls, record: Any) -> HistoryRow:
         """From a label record (``inspector.review.labelling.LabelRecord``)."""
-        return cls(record.frame_id, record.label, record.user, record.created_at, record.current, record.undone,
-                   record.note)
+        return cls(
+            record.frame_id, record.label, record.user, record.created_at, record.current, record.undone, record.note
+        )
 
     @property
     def state(self) -> str:
         return "undone" if self.undone else ("current" if self.current else "superseded")
 
 
-HISTORY_TABLE: TableSpec[HistoryRow] = TableSpec([
-    Column("When", lambda r: time.strftime("%H:%M:%S", time.localtime(r.created_at))),
-    Column("Frame", lambda r: r.frame_id[:12]), Column("Label", lambda r: r.label), Column("By", lambda r: r.user),
-    Column("State", lambda r: r.state), Column("Note", lambda r: r.note or ""),
-])
+HISTORY_TABLE: TableSpec[HistoryRow] = TableSpec(
+    [
+        Column("When", lambda r: time.strftime("%H:%M:%S", time.localtime(r.created_at))),
+        Column("Frame", lambda r: r.frame_id[:12]),
+        Column("Label", lambda r: r.label),
+        Column("By", lambda r: r.user),
+        Column("State", lambda r: r.state),
+        Column("Note", lambda r: r.note or ""),
+    ]
+)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -138,17 +156,29 @@ class JobBoard:
         rows = []
         for job_id in sorted(self.jobs):
             job = self.jobs[job_id]
-            rows.append(JobRow(job_id, str(job.get("kind", "")), str(job.get("status", "")), str(job.get("step", "")),
-                               float(job.get("progress", 0.0) or 0.0), str(job.get("requested_by", ""))))
+            rows.append(
+                JobRow(
+                    job_id,
+                    str(job.get("kind", "")),
+                    str(job.get("status", "")),
+                    str(job.get("step", "")),
+                    float(job.get("progress", 0.0) or 0.0),
+                    str(job.get("requested_by", "")),
+                )
+            )
         return rows
 
 
-JOBS_TABLE: TableSpec[JobRow] = TableSpec([
-    Column("Job", lambda r: r.job_id), Column("Kind", lambda r: r.kind), Column("Status", lambda r: r.status),
-    Column("Step", lambda r: r.step),
-    Column("Progress", lambda r: f"{100 * r.progress:.0f} %", progress=lambda r: r.progress),
-    Column("By", lambda r: r.requested_by),
-])
+JOBS_TABLE: TableSpec[JobRow] = TableSpec(
+    [
+        Column("Job", lambda r: r.job_id),
+        Column("Kind", lambda r: r.kind),
+        Column("Status", lambda r: r.status),
+        Column("Step", lambda r: r.step),
+        Column("Progress", lambda r: f"{100 * r.progress:.0f} %", progress=lambda r: r.progress),
+        Column("By", lambda r: r.requested_by),
+    ]
+)
 
 
 # --------------------------------------------------------------------------- model versions
@@ -179,26 +209,42 @@ def models_table(rows: Sequence[ModelRow]) -> TableSpec[ModelRow]:
     def metric(key: str) -> Column[ModelRow]:
         return Column(key, lambda r: f"{r.metrics[key]:.3f}" if key in r.metrics else "–")
 
-    columns = [Column[ModelRow]("Version", lambda r: r.version), Column("Status", lambda r: r.status),
-               Column("Created", lambda r: time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at))),
-               *(metric(k) for k in keys)]
+    columns = [
+        Column[ModelRow]("Version", lambda r: r.version),
+        Column("Status", lambda r: r.status),
+        Column("Created", lambda r: time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at))),
+        *(metric(k) for k in keys),
+    ]
     return TableSpec(columns, lambda r: Emphasis.STRONG if r.status == ModelStatus.ACTIVE else Emphasis.NORMAL)
 
 
 # --------------------------------------------------------------------------- gate rows
 
-GATE_TABLE: TableSpec[GateRow] = TableSpec([
-    Column("Gate", lambda r: r.gate), Column("Metric", lambda r: r.metric), Column("Frames", lambda r: r.frame_set),
-    Column("Candidate", lambda r: _number(r.candidate)), Column("Incumbent", lambda r: _number(r.incumbent)),
-    Column("Limit", lambda r: _number(r.limit)), Column("Result", lambda r: "PASS" if r.passed else "FAIL"),
-], lambda r: Emphasis.NORMAL if r.passed else Emphasis.ALERT)
+GATE_TABLE: TableSpec[GateRow] = TableSpec(
+    [
+        Column("Gate", lambda r: r.gate),
+        Column("Metric", lambda r: r.metric),
+        Column("Frames", lambda r: r.frame_set),
+        Column("Candidate", lambda r: _number(r.candidate)),
+        Column("Incumbent", lambda r: _number(r.incumbent)),
+        Column("Limit", lambda r: _number(r.limit)),
+        Column("Result", lambda r: "PASS" if r.passed else "FAIL"),
+    ],
+    lambda r: Emphasis.NORMAL if r.passed else Emphasis.ALERT,
+)
 
 
 # --------------------------------------------------------------------------- shadow report
 
-SHADOW_REPORT_LINES = ("frames judged in shadow", "compared with the active verdict", "same decision",
-                       "same line outcome", "frames that differ", "candidate model time p50 / p99 (ms)",
-                       "active capture→decision p50 / p99 (ms)")
+SHADOW_REPORT_LINES = (
+    "frames judged in shadow",
+    "compared with the active verdict",
+    "same decision",
+    "same line outcome",
+    "frames that differ",
+    "candidate model time p50 / p99 (ms)",
+    "active capture→decision p50 / p99 (ms)",
+)
 
 
 @dataclass(frozen=True)
@@ -218,15 +264,25 @@ def shadow_report_lines(rep: Any | None) -> list[ReportLine]:
     def pair(d: Mapping[str, float]) -> str:
         return f"{d['p50']} / {d['p99']}" if d.get("p50") is not None else "–"
 
-    values = [str(rep.judged), str(rep.compared), pct(rep.decision_agreement), pct(rep.line_agreement),
-              str(rep.differing), pair(rep.candidate_infer_ms), pair(rep.active_latency_ms)]
+    values = [
+        str(rep.judged),
+        str(rep.compared),
+        pct(rep.decision_agreement),
+        pct(rep.line_agreement),
+        str(rep.differing),
+        pair(rep.candidate_infer_ms),
+        pair(rep.active_latency_ms),
+    ]
     return [ReportLine(name, value) for name, value in zip(SHADOW_REPORT_LINES, values, strict=True)]
 
 
-SHADOW_REPORT_TABLE: TableSpec[ReportLine] = TableSpec([Column("", lambda r: r.name),
-                                                        Column("value", lambda r: r.value)])
-SHADOW_DIFFERENCES_TABLE: TableSpec[Any] = TableSpec([  # rows: inspector.store.shadow.Difference
-    Column("Part", lambda d: d.part_id),
-    Column("Active", lambda d: f"{d.active_decision} {d.active_class or ''}".strip()),
-    Column("Candidate", lambda d: f"{d.shadow_decision} {d.shadow_class or ''}".strip()),
-])
+SHADOW_REPORT_TABLE: TableSpec[ReportLine] = TableSpec(
+    [Column("", lambda r: r.name), Column("value", lambda r: r.value)]
+)
+SHADOW_DIFFERENCES_TABLE: TableSpec[Any] = TableSpec(
+    [  # rows: inspector.store.shadow.Difference
+        Column("Part", lambda d: d.part_id),
+        Column("Active", lambda d: f"{d.active_decision} {d.active_class or ''}".strip()),
+        Column("Candidate", lambda d: f"{d.shadow_decision} {d.shadow_class or ''}".strip()),
+    ]
+)

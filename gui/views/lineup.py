@@ -22,9 +22,16 @@ from inspector.contracts.config import StationConfig
 
 
 class LineupPanel(QWidget):
-    def __init__(self, cfg: StationConfig, session: UserSession, services: Services, db: DbWorker,
-                 selected_version: Callable[[], str | None], say: Callable[[str, bool], None],
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        session: UserSession,
+        services: Services,
+        db: DbWorker,
+        selected_version: Callable[[], str | None],
+        say: Callable[[str, bool], None],
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.cfg, self.session, self.services, self.db = cfg, session, services, db
         self.selected_version, self.say = selected_version, say
@@ -72,8 +79,11 @@ class LineupPanel(QWidget):
     # ------------------------------------------------------------------ product
     def refresh_product(self) -> None:
         if self.cfg.products:
-            self.db.submit(lambda: actions.line_product(self.cfg), self._show_product,
-                           lambda msg: self.product_label.setText(f"Product: unknown ({msg})"))
+            self.db.submit(
+                lambda: actions.line_product(self.cfg),
+                self._show_product,
+                lambda msg: self.product_label.setText(f"Product: unknown ({msg})"),
+            )
 
     def _show_product(self, product: str | None) -> None:
         self.product_label.setText(f"Product on the line: {product}")
@@ -83,13 +93,18 @@ class LineupPanel(QWidget):
     def change_over(self) -> None:
         self.session.require("product.switch")
         product = self.products.currentText()
-        if not self.confirm("Confirm changeover", f"Change the line over to {product}? Its model judges the "
-                                                  "frames from the next one on."):
+        if not self.confirm(
+            "Confirm changeover",
+            f"Change the line over to {product}? Its model judges the frames from the next one on.",
+        ):
             return
-        self.db.submit(lambda: actions.change_over(self.cfg, self.services.store, self.session.actor, product,
-                                                   self.session.role.value),
-                       lambda text: (self.say(f"Changeover: {text}.", True), self.refresh_product()),
-                       lambda msg: self.say(f"Changeover failed: {msg}", False))
+        self.db.submit(
+            lambda: actions.change_over(
+                self.cfg, self.services.store, self.session.actor, product, self.session.role.value
+            ),
+            lambda text: (self.say(f"Changeover: {text}.", True), self.refresh_product()),
+            lambda msg: self.say(f"Changeover failed: {msg}", False),
+        )
 
     # ------------------------------------------------------------------ shadow
     def shadow_selected(self) -> None:
@@ -98,21 +113,29 @@ class LineupPanel(QWidget):
         if version is None:
             self.say("Select a model version first.", False)
             return
-        if not self.confirm("Confirm shadow mode", f"Judge live frames with {version} in shadow? Its verdicts are "
-                                                   "stored, never sent to the line."):
+        if not self.confirm(
+            "Confirm shadow mode",
+            f"Judge live frames with {version} in shadow? Its verdicts are stored, never sent to the line.",
+        ):
             return
-        self.db.submit(lambda: actions.start_shadow(self.cfg, self.services.store, self.session.actor, version,
-                                                    self.session.role.value),
-                       lambda v: self.say(f"{v} judges live frames in shadow.", True),
-                       lambda msg: self.say(f"Shadow mode refused: {msg}", False))
+        self.db.submit(
+            lambda: actions.start_shadow(
+                self.cfg, self.services.store, self.session.actor, version, self.session.role.value
+            ),
+            lambda v: self.say(f"{v} judges live frames in shadow.", True),
+            lambda msg: self.say(f"Shadow mode refused: {msg}", False),
+        )
 
     def refresh_report(self) -> None:
         version = self.selected_version()
         if version is None:
             self.say("Select a model version first.", False)
             return
-        self.db.submit(lambda: actions.shadow_report(self.services.store, version), self._show_report,
-                       lambda msg: self.say(f"Could not read the shadow report: {msg}", False))
+        self.db.submit(
+            lambda: actions.shadow_report(self.services.store, version),
+            self._show_report,
+            lambda msg: self.say(f"Could not read the shadow report: {msg}", False),
+        )
 
     def _show_report(self, rep: Any) -> None:
         self.last_report = rep

@@ -41,16 +41,30 @@ from inspector.contracts.config import StationConfig
 from inspector.contracts.messages import Event, EventType, Verdict
 from inspector.contracts.statuses import ModelStatus
 
-ALARM_TYPES = {EventType.DRIFT_ALARM, EventType.CAMERA_HEALTH, EventType.MODEL_REFUSED, EventType.DEAD_LETTER,
-               EventType.WORKER}
-CONFIRM_MODEL_ACTION = {"approve": "Approve model {version} for promotion?",
-                        "promote": "Promote model {version} to the line? Workers reload it at once.",
-                        "rollback": "Roll back to the previously active model?"}
+ALARM_TYPES = {
+    EventType.DRIFT_ALARM,
+    EventType.CAMERA_HEALTH,
+    EventType.MODEL_REFUSED,
+    EventType.DEAD_LETTER,
+    EventType.WORKER,
+}
+CONFIRM_MODEL_ACTION = {
+    "approve": "Approve model {version} for promotion?",
+    "promote": "Promote model {version} to the line? Workers reload it at once.",
+    "rollback": "Roll back to the previously active model?",
+}
 
 
 class MaintenanceView(QWidget):
-    def __init__(self, cfg: StationConfig, session: UserSession, services: Services, db: DbWorker,
-                 submitter: JobSubmitter, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        session: UserSession,
+        services: Services,
+        db: DbWorker,
+        submitter: JobSubmitter,
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.cfg, self.session, self.services, self.db, self.submitter = cfg, session, services, db, submitter
         self.drift = DriftSeries()
@@ -73,14 +87,18 @@ class MaintenanceView(QWidget):
         if self._reference_pending:
             return
         self._reference_pending = True
-        self.db.submit(lambda: actions.active_reference(self.cfg, self.services.store), self._set_reference,
-                       self._reference_failed)
+        self.db.submit(
+            lambda: actions.active_reference(self.cfg, self.services.store), self._set_reference, self._reference_failed
+        )
 
     def _set_reference(self, active: actions.ActiveReference) -> None:
         self._reference_pending = False
         self.drift.set_reference(active.version, active.reference)
-        self.band_note.setText(f"Bands: drift reference of {active.version} (1st–99th percentile)"
-                               if active.reference is not None else f"No reference bands: {active.note}")
+        self.band_note.setText(
+            f"Bands: drift reference of {active.version} (1st–99th percentile)"
+            if active.reference is not None
+            else f"No reference bands: {active.note}"
+        )
         self._dirty = True
 
     def _reference_failed(self, message: str) -> None:
@@ -105,8 +123,12 @@ class MaintenanceView(QWidget):
             plot = self.charts.addPlot(row=i, col=0, title=DRIFT_TITLES[stat])
             plot.showGrid(y=True, alpha=0.2)
             plot.setMouseEnabled(x=False, y=False)
-            band = pg.LinearRegionItem(orientation="horizontal", movable=False,
-                                       brush=pg.mkBrush(34, 197, 94, 45), pen=pg.mkPen(34, 197, 94, 120))
+            band = pg.LinearRegionItem(
+                orientation="horizontal",
+                movable=False,
+                brush=pg.mkBrush(34, 197, 94, 45),
+                pen=pg.mkPen(34, 197, 94, 120),
+            )
             band.setVisible(False)
             plot.addItem(band)
             self.bands[stat] = band
@@ -203,8 +225,13 @@ class MaintenanceView(QWidget):
 
     # ------------------------------------------------------------------ dialogs (tests replace these)
     def confirm(self, title: str, text: str) -> bool:
-        answer = QMessageBox.question(self, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                                      QMessageBox.StandardButton.No)
+        answer = QMessageBox.question(
+            self,
+            title,
+            text,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
         return answer == QMessageBox.StandardButton.Yes
 
     def ask_text(self, title: str, prompt: str) -> str | None:
@@ -241,7 +268,8 @@ class MaintenanceView(QWidget):
         calls: dict[str, Callable[[], str]] = {
             "approve": lambda: submitter.approve_model(version or "", actor, role),
             "promote": lambda: submitter.promote_model(version or "", actor, role),
-            "rollback": lambda: submitter.rollback_model(actor, role)}
+            "rollback": lambda: submitter.rollback_model(actor, role),
+        }
         self._run(calls[kind], f"Model {kind} done ({{}}).", refresh=True)
 
     def _say(self, text: str, ok: bool) -> None:
@@ -267,8 +295,11 @@ class MaintenanceView(QWidget):
         version = self._selected_version()
         if version is None:
             return
-        self.db.submit(lambda: actions.gate_of(self.services.store, version), self._show_gate,
-                       lambda msg: self.gate_note.setText(f"Could not read the gate: {msg}"))
+        self.db.submit(
+            lambda: actions.gate_of(self.services.store, version),
+            self._show_gate,
+            lambda msg: self.gate_note.setText(f"Could not read the gate: {msg}"),
+        )
 
     def _show_gate(self, view: actions.GateView) -> None:
         if view.version != self._selected_version():
@@ -279,8 +310,10 @@ class MaintenanceView(QWidget):
             self.gate_note.setText(f"{view.version} ({view.status}): no gate ran — it cannot be approved or promoted.")
         else:
             verdict = "passed" if view.report.passed else f"FAILED ({len(view.report.failed)} rows)"
-            self.gate_note.setText(f"{view.version} ({view.status}): gate {verdict} against incumbent "
-                                   f"{view.report.incumbent_version or 'none'}, frame sets {view.report.frame_sets}.")
+            self.gate_note.setText(
+                f"{view.version} ({view.status}): gate {verdict} against incumbent "
+                f"{view.report.incumbent_version or 'none'}, frame sets {view.report.frame_sets}."
+            )
         self.approve_button.setEnabled(view.status == ModelStatus.GATED_PASS and self.session.can("model.approve"))
 
     def _selected_version(self) -> str | None:

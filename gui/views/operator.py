@@ -21,8 +21,15 @@ PERF_KEYS = ["Frames/s", "Verdicts/s", "Latency ms", "Workers"]
 
 
 class OperatorView(QWidget):
-    def __init__(self, session: UserSession, services: Services, db: DbWorker, deadline_s: float,
-                 parent: QWidget | None = None, views: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        session: UserSession,
+        services: Services,
+        db: DbWorker,
+        deadline_s: float,
+        parent: QWidget | None = None,
+        views: list[str] | None = None,
+    ) -> None:
         super().__init__(parent)
         self.views = list(views or [])  # parts.views: the last part is shown with all its views, counted per part
         self.view_verdicts: OrderedDict[str, Verdict] = OrderedDict()
@@ -190,8 +197,11 @@ class OperatorView(QWidget):
             verdict = self.view_verdicts.get(result.frame_id) if result else None
             img = decode_frame(item.data) if item is not None else None
             self.view_images[view].set_rgb(compose(img, verdict, overlay, size=(240, 240)))
-            text = f"{view}: {result.decision.value}" + (f" · {result.defect_class}" if result.defect_class else "") \
-                if result else f"{view}: MISSING"
+            text = (
+                f"{view}: {result.decision.value}" + (f" · {result.defect_class}" if result.defect_class else "")
+                if result
+                else f"{view}: MISSING"
+            )
             self.view_labels[view].setText(text)
         self.indicator.set_decision(p.decision.value)
         self.defect.setText(f"Defect: {p.defect_class or '–'}" + (f" ({p.failed_view})" if p.failed_view else ""))
@@ -224,8 +234,9 @@ class OperatorView(QWidget):
         encoding = "png" if image and image[:4] == b"\x89PNG" else "jpeg"
 
         def send() -> object:
-            return self.services.labelling.request_review(frame_id, reason, actor, priority=90,
-                                                          image=image or None, encoding=encoding)
+            return self.services.labelling.request_review(
+                frame_id, reason, actor, priority=90, image=image or None, encoding=encoding
+            )
 
         self.wrong.setEnabled(False)
         self.feedback.setText("Sending to review…")

@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 BATCHES = (1, 8)
 
 
-def _ort_session(path: Path, threads: int, providers: list[str] | None = None,  # type: ignore[no-untyped-def]
-                 spinning: bool = False):
+def _ort_session(
+    path: Path,
+    threads: int,
+    providers: list[str] | None = None,  # type: ignore[no-untyped-def]
+    spinning: bool = False,
+):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -42,8 +46,9 @@ def _ort_session(path: Path, threads: int, providers: list[str] | None = None,  
     return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
 
 
-def _ort_fn(path: Path, x: np.ndarray, threads: int, providers: list[str] | None = None,
-            spinning: bool = False) -> Callable[[], object]:
+def _ort_fn(
+    path: Path, x: np.ndarray, threads: int, providers: list[str] | None = None, spinning: bool = False
+) -> Callable[[], object]:
     sess = _ort_session(path, threads, providers, spinning)
     feed = {sess.get_inputs()[0].name: x}
     return lambda: sess.run(None, feed)
@@ -99,8 +104,9 @@ def torch_model_for(package: ModelPackage) -> tuple[Any | None, str]:
             import timm
 
             n = len(package.manifest.class_names or []) or 2
-            return timm.create_model(str(backbone), pretrained=False, num_classes=n), \
-                f"timm {backbone} with the package's shape (random weights: timing only)"
+            return timm.create_model(
+                str(backbone), pretrained=False, num_classes=n
+            ), f"timm {backbone} with the package's shape (random weights: timing only)"
         except Exception as err:  # noqa: BLE001 - timm raises several types for unknown names
             return None, f"could not build {backbone} with timm: {err}"
     return None, f"package architecture {arch or '{}'} names no buildable torch model"
@@ -119,8 +125,11 @@ def bench_frame(root: Path, size: tuple[int, int]) -> np.ndarray:
     """One real test frame (the first defect image), resized to the anomalib export's fixed input, RGB uint8."""
     from PIL import Image
 
-    files = sorted(p for p in (root / "test").glob("*/*") if p.parent.name != "good" and p.suffix.lower() in
-                   (".jpg", ".jpeg", ".png", ".bmp"))
+    files = sorted(
+        p
+        for p in (root / "test").glob("*/*")
+        if p.parent.name != "good" and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")
+    )
     with Image.open(files[0]) as im:
         return np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
 
@@ -133,10 +142,15 @@ def _ours_fn(package: ModelPackage, frame: np.ndarray, runtime: Any) -> tuple[Ca
     return (lambda: model.infer([frame])), model
 
 
-def ours_vs_anomalib(package: ModelPackage, threads: int, runs: int, models: tuple[str, ...] = ("padim",),
-                     say: Callable[[str], None] = print,
-                     image_size: tuple[int, int] = (256, 256),
-                     peers: tuple[list[Any], list[str]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+def ours_vs_anomalib(
+    package: ModelPackage,
+    threads: int,
+    runs: int,
+    models: tuple[str, ...] = ("padim",),
+    say: Callable[[str], None] = print,
+    image_size: tuple[int, int] = (256, 256),
+    peers: tuple[list[Any], list[str]] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Ours (fp32 and the kept precision) against anomalib's TorchInferencer and OpenVINOInferencer on
     anomalib's own exports, fitted on the same split; full inspection of one real frame at batch 1
     (pre-processing, model, post-processing), in ONE interleaved run; AUROC beside each.
@@ -150,8 +164,10 @@ def ours_vs_anomalib(package: ModelPackage, threads: int, runs: int, models: tup
 
     root = _data_source(package)
     if root is None:
-        return [], ["ours vs anomalib: the package records no anomaly-layout data source (manifest data.source "
-                    "with train/good and test/): anomalib peers skipped"]
+        return [], [
+            "ours vs anomalib: the package records no anomaly-layout data source (manifest data.source "
+            "with train/good and test/): anomalib peers skipped"
+        ]
     try:  # trainer.anomalib_baseline.anomalib_peers, registered by the trainer (the bench never imports it)
         anomalib_peers = provider("anomalib_peers", "pip install -e '.[train]'")
     except PluginMissing as err:
@@ -160,8 +176,9 @@ def ours_vs_anomalib(package: ModelPackage, threads: int, runs: int, models: tup
     metrics = package.manifest.metrics or {}
     auroc_kept = (metrics.get("heldout") or {}).get("anomaly", {}).get("image_auroc")
     auroc_fp32 = (metrics.get("heldout_fp32") or metrics.get("heldout") or {}).get("anomaly", {}).get("image_auroc")
-    fp32_fn, fp32_model = _ours_fn(package, frame, RuntimeSection(threads=threads, precision="fp32",
-                                                                   backend="onnxruntime"))
+    fp32_fn, fp32_model = _ours_fn(
+        package, frame, RuntimeSection(threads=threads, precision="fp32", backend="onnxruntime")
+    )
     kept_fn, kept_model = _ours_fn(package, frame, RuntimeSection(threads=threads))
     kept = f"{getattr(kept_model, 'backend', 'onnxruntime')} {kept_model.precision}"
     fns: dict[str, Callable[[], object]] = {"ours_onnxruntime_fp32": fp32_fn}
@@ -169,12 +186,15 @@ def ours_vs_anomalib(package: ModelPackage, threads: int, runs: int, models: tup
     if kept != "onnxruntime fp32":
         name = "ours_" + kept.replace(" ", "_")
         fns[name], meta[name] = kept_fn, (auroc_kept, f"ours, kept by the package's gate: {kept}")
-    notes = [f"ours vs anomalib: frame {frame.shape[1]}x{frame.shape[0]} from {root}/test (a defect), batch 1, "
-             f"{threads} threads; ours' kept runtime: {kept}"]
+    notes = [
+        f"ours vs anomalib: frame {frame.shape[1]}x{frame.shape[0]} from {root}/test (a defect), batch 1, "
+        f"{threads} threads; ours' kept runtime: {kept}"
+    ]
     try:
         with tempfile.TemporaryDirectory(prefix="anomalib_peers_") as tmp:
-            found, peer_notes = peers or anomalib_peers(root, frame, threads, Path(tmp), models, say=say,
-                                                        image_size=image_size)
+            found, peer_notes = peers or anomalib_peers(
+                root, frame, threads, Path(tmp), models, say=say, image_size=image_size
+            )
             for peer in found:
                 fns[peer.name], meta[peer.name] = peer.fn, (peer.image_auroc, peer.note)
             rows = []
@@ -183,9 +203,17 @@ def ours_vs_anomalib(package: ModelPackage, threads: int, runs: int, models: tup
                 best_ours = min(v["p50_ms"] for k, v in res.items() if k.startswith("ours_"))
                 for name, r in res.items():
                     auroc, what = meta[name]
-                    rows.append({"backend": name, "what": what, "cache": cache, "p50_ms": r["p50_ms"],
-                                 "p90_ms": r["p90_ms"], "image_auroc": round(auroc, 4) if auroc is not None else None,
-                                 "vs_best_ours": round(r["p50_ms"] / best_ours, 2)})
+                    rows.append(
+                        {
+                            "backend": name,
+                            "what": what,
+                            "cache": cache,
+                            "p50_ms": r["p50_ms"],
+                            "p90_ms": r["p90_ms"],
+                            "image_auroc": round(auroc, 4) if auroc is not None else None,
+                            "vs_best_ours": round(r["p50_ms"] / best_ours, 2),
+                        }
+                    )
     finally:
         fp32_model.close()
         kept_model.close()
@@ -202,8 +230,9 @@ def gpu_note() -> tuple[list[str], str]:
     return gpu, "GPU providers: " + ", ".join(gpu)
 
 
-def compare(label: str, fns_for_batch: Callable[[int, bool], dict[str, Callable[[], object]]],
-            runs: int) -> list[dict[str, Any]]:
+def compare(
+    label: str, fns_for_batch: Callable[[int, bool], dict[str, Callable[[], object]]], runs: int
+) -> list[dict[str, Any]]:
     """Rows {model, backend, batch, cache, p50_ms, per_frame_ms, fps, ratio_vs_torch} for every batch size.
 
     Each batch size is timed twice, in turns: "warm" (each backend runs 5 frames per turn, the first
@@ -216,10 +245,18 @@ def compare(label: str, fns_for_batch: Callable[[int, bool], dict[str, Callable[
             res = interleaved(fns_for_batch(b, cache == "warm"), runs, block=block, settle_s=0.3 if block > 1 else 0.0)
             base = res.get("pytorch_eager", {}).get("p50_ms")
             for name, r in res.items():
-                rows.append({"model": label, "backend": name, "batch": b, "cache": cache, **r,
-                             "per_frame_ms": round(r["p50_ms"] / b, 3),
-                             "fps": round(1000 * b / r["p50_ms"], 1),
-                             "speedup_vs_torch": round(base / r["p50_ms"], 2) if base else None})
+                rows.append(
+                    {
+                        "model": label,
+                        "backend": name,
+                        "batch": b,
+                        "cache": cache,
+                        **r,
+                        "per_frame_ms": round(r["p50_ms"] / b, 3),
+                        "fps": round(1000 * b / r["p50_ms"], 1),
+                        "speedup_vs_torch": round(base / r["p50_ms"], 2) if base else None,
+                    }
+                )
     return rows
 
 
@@ -243,7 +280,9 @@ def package_backends(package: ModelPackage, threads: int, runs: int) -> tuple[li
         if int8:
             out["onnxruntime_int8"] = _ort_fn(package.file(int8), x, threads, spinning=warm)
         for p in gpu:
-            out[p.replace("ExecutionProvider", "").lower()] = _ort_fn(package.file(package.manifest.model.fp32), x, threads, [p])
+            out[p.replace("ExecutionProvider", "").lower()] = _ort_fn(
+                package.file(package.manifest.model.fp32), x, threads, [p]
+            )
         return out
 
     return compare(package.manifest.name, fns, runs), notes
@@ -259,14 +298,24 @@ def reference_backends(arch: str, threads: int, runs: int) -> tuple[list[dict[st
     net = timm.create_model(arch, pretrained=False, num_classes=2).eval()
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "ref.onnx", Path(tmp) / "ref.int8.onnx"
-        torch.onnx.export(net, (torch.zeros(1, 3, 224, 224),), str(fp32), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, 224, 224),),
+            str(fp32),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
         note = _quantise(fp32, int8)
 
         def fns(b: int, warm: bool) -> dict[str, Callable[[], object]]:
             x = np.random.default_rng(0).standard_normal((b, 3, 224, 224)).astype(np.float32)
-            out = {"pytorch_eager": _torch_fn(net, x, threads),
-                   "onnxruntime_fp32": _ort_fn(fp32, x, threads, spinning=warm)}
+            out = {
+                "pytorch_eager": _torch_fn(net, x, threads),
+                "onnxruntime_fp32": _ort_fn(fp32, x, threads, spinning=warm),
+            }
             if int8.is_file():
                 out["onnxruntime_int8"] = _ort_fn(int8, x, threads, spinning=warm)
             return out
@@ -287,8 +336,16 @@ def _quantise(fp32: Path, int8: Path) -> str:
             return next(self.items, None)
 
     try:
-        quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["Conv"])
+        quantize_static(
+            str(fp32),
+            str(int8),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["Conv"],
+        )
     except Exception as err:  # noqa: BLE001
         return f"quantisation failed: {err}"
     return "static QDQ U8S8 per-channel, Conv only, 8 random calibration inputs"

@@ -37,8 +37,11 @@ def resolve_package(package: Path | None, data_dir: Path, tmp: Path) -> tuple[Pa
     if package is not None:
         return package, f"package {package}"
     models = data_dir / "models"
-    cands = sorted((p.parent for p in models.glob("*/manifest.json")), key=lambda p: p.stat().st_mtime, reverse=True) \
-        if models.is_dir() else []
+    cands = (
+        sorted((p.parent for p in models.glob("*/manifest.json")), key=lambda p: p.stat().st_mtime, reverse=True)
+        if models.is_dir()
+        else []
+    )
     for cand in cands:
         try:
             load_package(cand)
@@ -61,23 +64,47 @@ def _fmt(v: object) -> str:
     return "" if v is None else str(v)
 
 
-def run_bench(package_dir: Path, source: str, threads: int, runs: int, frames: int, workers: list[int],
-              reference: str, skip: set[str], anomalib: tuple[str, ...] = ("padim",)) -> dict[str, Any]:
+def run_bench(
+    package_dir: Path,
+    source: str,
+    threads: int,
+    runs: int,
+    frames: int,
+    workers: list[int],
+    reference: str,
+    skip: set[str],
+    anomalib: tuple[str, ...] = ("padim",),
+) -> dict[str, Any]:
     from inspector.bench import backends, pipeline, stages
     from inspector.bench.timing import machine
 
     pkg: ModelPackage = load_package(package_dir)
     frame = stages.sample_frame(pkg)
-    report: dict[str, Any] = {"machine": machine(), "package": {"path": str(package_dir), "source": source,
-                                                               "version": pkg.version, **pipeline.package_size(pkg)},
-                              "threads": threads, "runs": runs, "frame_px": list(frame.shape[:2]), "notes": []}
-    console.print(f"[bold]bench[/bold] {source}: {pkg.version}, {threads} threads, frame {frame.shape[1]}x{frame.shape[0]}")
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "package": {"path": str(package_dir), "source": source, "version": pkg.version, **pipeline.package_size(pkg)},
+        "threads": threads,
+        "runs": runs,
+        "frame_px": list(frame.shape[:2]),
+        "notes": [],
+    }
+    console.print(
+        f"[bold]bench[/bold] {source}: {pkg.version}, {threads} threads, frame {frame.shape[1]}x{frame.shape[0]}"
+    )
     if "stages" not in skip:
-        report["stages"] = {**stages.model_stages(pkg, frame, threads, runs), "redis_round_trip_fsync_always": stages.redis_round_trip(frame, runs),
-                            "redis_round_trip_fsync_everysec": stages.redis_round_trip(frame, runs, "everysec")}
+        report["stages"] = {
+            **stages.model_stages(pkg, frame, threads, runs),
+            "redis_round_trip_fsync_always": stages.redis_round_trip(frame, runs),
+            "redis_round_trip_fsync_everysec": stages.redis_round_trip(frame, runs, "everysec"),
+        }
         report["store_write"] = stages.store_write()
-        console.print(_table("per stage (ms)", [{"stage": k, **v} for k, v in report["stages"].items()],
-                             ["stage", "p50_ms", "p90_ms", "p99_ms", "n"]))
+        console.print(
+            _table(
+                "per stage (ms)",
+                [{"stage": k, **v} for k, v in report["stages"].items()],
+                ["stage", "p50_ms", "p90_ms", "p99_ms", "n"],
+            )
+        )
         console.print(f"store write: {report['store_write']}")
     if "backends" not in skip:
         rows, notes = backends.package_backends(pkg, threads, runs)
@@ -85,16 +112,26 @@ def run_bench(package_dir: Path, source: str, threads: int, runs: int, frames: i
             ref_rows, ref_notes = backends.reference_backends(reference, threads, runs)
             rows, notes = rows + ref_rows, notes + ref_notes
         report["backends"], report["notes"] = rows, report["notes"] + notes
-        console.print(_table("backends side by side (interleaved runs)", rows,
-                             ["model", "backend", "batch", "cache", "p50_ms", "per_frame_ms", "fps", "speedup_vs_torch"]))
+        console.print(
+            _table(
+                "backends side by side (interleaved runs)",
+                rows,
+                ["model", "backend", "batch", "cache", "p50_ms", "per_frame_ms", "fps", "speedup_vs_torch"],
+            )
+        )
         for n in notes:
             console.print(f"  note: {n}")
     if "anomalib" not in skip and anomalib:
         rows, notes = backends.ours_vs_anomalib(pkg, threads, runs, anomalib, say=console.print)
         report["ours_vs_anomalib"], report["notes"] = rows, report["notes"] + notes
         if rows:
-            console.print(_table("ours vs anomalib: same split, one interleaved run, batch 1, full inspection", rows,
-                                 ["backend", "cache", "p50_ms", "p90_ms", "image_auroc", "vs_best_ours"]))
+            console.print(
+                _table(
+                    "ours vs anomalib: same split, one interleaved run, batch 1, full inspection",
+                    rows,
+                    ["backend", "cache", "p50_ms", "p90_ms", "image_auroc", "vs_best_ours"],
+                )
+            )
         for n in notes:
             console.print(f"  note: {n}")
     if "pipeline" not in skip:
@@ -105,10 +142,26 @@ def run_bench(package_dir: Path, source: str, threads: int, runs: int, frames: i
             p["efficiency_vs_infer"] = round(p["fps"] / bare["infer_with_prepost_fps"], 4)
         report["bare_backend"], report["pipeline"] = bare, pipes
         console.print(f"bare backend (batch 8): {bare}")
-        console.print(_table("pipeline: camera -> Redis -> workers -> verdicts", pipes,
-                             ["workers", "frames", "fps", "efficiency_vs_runner", "efficiency_vs_infer", "paced_fps",
-                              "latency_p50_ms", "latency_p99_ms", "worker_peak_rss_mb"]))
-    console.print(f"model size on disk: {report['package']['model_files_mb']} MB; package {report['package']['package_mb']} MB")
+        console.print(
+            _table(
+                "pipeline: camera -> Redis -> workers -> verdicts",
+                pipes,
+                [
+                    "workers",
+                    "frames",
+                    "fps",
+                    "efficiency_vs_runner",
+                    "efficiency_vs_infer",
+                    "paced_fps",
+                    "latency_p50_ms",
+                    "latency_p99_ms",
+                    "worker_peak_rss_mb",
+                ],
+            )
+        )
+    console.print(
+        f"model size on disk: {report['package']['model_files_mb']} MB; package {report['package']['package_mb']} MB"
+    )
     return report
 
 
@@ -122,7 +175,9 @@ def _models(value: str) -> tuple[str, ...]:
 
 @bench_app.callback(invoke_without_command=True)
 def bench(
-    package: Path | None = typer.Option(None, "--package", "-p", help="Model package folder (default: demo's, else tiny)."),
+    package: Path | None = typer.Option(
+        None, "--package", "-p", help="Model package folder (default: demo's, else tiny)."
+    ),
     data_dir: Path = typer.Option(Path("station-data"), help="Station data folder holding models/."),
     json_path: Path | None = typer.Option(None, "--json", help="Write every figure to this JSON file."),
     threads: int = typer.Option(2, min=1, max=256, help="CPU threads per backend / worker."),
@@ -131,17 +186,29 @@ def bench(
     workers: str = typer.Option("1,2", help="Worker counts for the pipeline, comma separated."),
     reference: str = typer.Option("resnet18", help="timm reference CNN timed beside the package ('none' to skip)."),
     skip: str = typer.Option("", help="Comma-separated parts to skip: stages, backends, anomalib, pipeline."),
-    anomalib: str = typer.Option("padim", help="anomalib models fitted on the package's own split and timed against "
-                                               "it (TorchInferencer, OpenVINO): padim, patchcore, comma separated; "
-                                               "'none' to skip. Only for anomaly packages with a data source."),
+    anomalib: str = typer.Option(
+        "padim",
+        help="anomalib models fitted on the package's own split and timed against "
+        "it (TorchInferencer, OpenVINO): padim, patchcore, comma separated; "
+        "'none' to skip. Only for anomaly packages with a data source.",
+    ),
 ) -> None:
     """Measure the station on this machine; every speed figure is a ratio from one run plus absolute medians."""
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             pkg_dir, source = resolve_package(package, data_dir, Path(tmp))
-            report = run_bench(pkg_dir, source, threads, runs, frames, [int(x) for x in workers.split(",") if x],
-                               reference, {s.strip() for s in skip.split(",") if s.strip()}, _models(anomalib))
+            report = run_bench(
+                pkg_dir,
+                source,
+                threads,
+                runs,
+                frames,
+                [int(x) for x in workers.split(",") if x],
+                reference,
+                {s.strip() for s in skip.split(",") if s.strip()},
+                _models(anomalib),
+            )
         except InspectorError as err:
             Console(stderr=True).print(f"[bold red]error:[/bold red] {err.message}\n[yellow]hint:[/yellow] {err.hint}")
             raise typer.Exit(2) from None

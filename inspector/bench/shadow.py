@@ -65,8 +65,12 @@ def _pcts(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, float)
     if not len(arr):
         return {"n": 0}
-    return {"n": len(arr), "p50": round(float(np.percentile(arr, 50)), 2), "p99": round(float(np.percentile(arr, 99)), 2),
-            "mean": round(float(arr.mean()), 2)}
+    return {
+        "n": len(arr),
+        "p50": round(float(np.percentile(arr, 50)), 2),
+        "p99": round(float(np.percentile(arr, 99)), 2),
+        "mean": round(float(arr.mean()), 2),
+    }
 
 
 def _join_started_station(cfg: StationConfig, proc: subprocess.Popen[bytes], log: Path) -> Any:
@@ -83,8 +87,15 @@ def _join_started_station(cfg: StationConfig, proc: subprocess.Popen[bytes], log
             time.sleep(0.3)
 
 
-def _alternate(cfg: StationConfig, client: Any, store: Any, version: str, rounds: int, segment_s: float,
-               say: Callable[[str], object]) -> list[tuple[str, float, float]]:
+def _alternate(
+    cfg: StationConfig,
+    client: Any,
+    store: Any,
+    version: str,
+    rounds: int,
+    segment_s: float,
+    say: Callable[[str], object],
+) -> list[tuple[str, float, float]]:
     """``rounds`` segments without and with the shadow candidate, in ABBA order (a slow drift of the machine
     weighs on both conditions alike); returns each segment's condition and measured window."""
     from inspector.shadow_cli import start_shadow
@@ -105,37 +116,51 @@ def _alternate(cfg: StationConfig, client: Any, store: Any, version: str, rounds
     return windows
 
 
-def _figures(rows: list[Any], windows: list[tuple[str, float, float]], report: Any,
-             counters: dict[str, int]) -> dict[str, object]:
+def _figures(
+    rows: list[Any], windows: list[tuple[str, float, float]], report: Any, counters: dict[str, int]
+) -> dict[str, object]:
     """Latency of the active model without and with the shadow, per condition and per segment; the shadow's own."""
     latency: dict[str, list[float]] = {"without shadow": [], "with shadow": []}
     for captured, lat, _decision in rows:
         for condition, a, b in windows:
             if a <= captured < b and lat is not None:
                 latency[condition].append(lat)
-    segments = [{"condition": c, **_pcts([lat for cap, lat, _d in rows if a <= cap < b and lat is not None])}
-                for c, a, b in windows]
+    segments = [
+        {"condition": c, **_pcts([lat for cap, lat, _d in rows if a <= cap < b and lat is not None])}
+        for c, a, b in windows
+    ]
     out = {cond: _pcts(vals) for cond, vals in latency.items()}
     base, shadow = out["without shadow"], out["with shadow"]
     ratio = round(shadow["p99"] / base["p99"], 3) if base.get("p99") and shadow.get("p99") else None
-    return {"active_latency_ms": out,
-              "p99_ratio_with_to_without": ratio, "shadow_judged": report.judged, "shadow_compared": report.compared,
-              "shadow_skipped": counters.get("shadow_skipped", 0), "candidate_infer_ms": report.candidate_infer_ms,
-              "line_agreement": report.line_agreement, "verdicts": counters.get("verdicts", 0),
-              "errors": counters.get("error", 0), "segments": segments}
+    return {
+        "active_latency_ms": out,
+        "p99_ratio_with_to_without": ratio,
+        "shadow_judged": report.judged,
+        "shadow_compared": report.compared,
+        "shadow_skipped": counters.get("shadow_skipped", 0),
+        "candidate_infer_ms": report.candidate_infer_ms,
+        "line_agreement": report.line_agreement,
+        "verdicts": counters.get("verdicts", 0),
+        "errors": counters.get("error", 0),
+        "segments": segments,
+    }
 
 
-def run_bench(package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds: int = 3, workers: int = 1,
-              say=print) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def run_bench(
+    package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds: int = 3, workers: int = 1, say=print
+) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Alternate ``rounds`` segments without and with the shadow candidate; returns the figures."""
     folder = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
     candidate_dir = folder / "candidate"
     shutil.copytree(package, candidate_dir)
     path = _station_file(folder, package, fps, workers)
     cfg = load_config(path)
-    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "station", "run", "-c", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=(folder / "supervisor.log").open("wb"),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inspector.cli", "station", "run", "-c", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / "supervisor.log").open("wb"),
+        start_new_session=True,
+    )
     try:
         client = _join_started_station(cfg, proc, folder / "supervisor.log")
         rows, windows, report, counters = _measure(cfg, client, candidate_dir, rounds, segment_s, say)
@@ -145,14 +170,21 @@ def run_bench(package: Path, fps: float = 20.0, segment_s: float = 20.0, rounds:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-    result = {"fps": fps, "segment_s": segment_s, "rounds": rounds, "workers": workers,
-              **_figures(rows, windows, report, counters), "package": str(package)}
+    result = {
+        "fps": fps,
+        "segment_s": segment_s,
+        "rounds": rounds,
+        "workers": workers,
+        **_figures(rows, windows, report, counters),
+        "package": str(package),
+    }
     shutil.rmtree(folder, ignore_errors=True)
     return result
 
 
-def _measure(cfg: StationConfig, client: Any, candidate_dir: Path, rounds: int, segment_s: float,
-             say: Callable[[str], None]) -> tuple[list[Any], list[tuple[str, float, float]], Any, dict[str, int]]:
+def _measure(
+    cfg: StationConfig, client: Any, candidate_dir: Path, rounds: int, segment_s: float, say: Callable[[str], None]
+) -> tuple[list[Any], list[tuple[str, float, float]], Any, dict[str, int]]:
     """On the running station: register the candidate, warm up, alternate the segments, read back the verdicts,
     the shadow report and the station's counters."""
     from inspector.runtime.package import load_package
@@ -180,23 +212,29 @@ def _measure(cfg: StationConfig, client: Any, candidate_dir: Path, rounds: int, 
 
 
 def render(result: dict[str, object]) -> Table:
-    t = Table(title=f"active verdict latency, capture -> decision (ms), camera at {result['fps']} fps, "
-                    f"{result['rounds']} interleaved rounds")
+    t = Table(
+        title=f"active verdict latency, capture -> decision (ms), camera at {result['fps']} fps, "
+        f"{result['rounds']} interleaved rounds"
+    )
     for col in ("condition", "frames", "p50", "p99", "mean"):
         t.add_column(col)
     for cond, d in result["active_latency_ms"].items():  # type: ignore[union-attr]
         t.add_row(cond, str(d.get("n")), str(d.get("p50", "-")), str(d.get("p99", "-")), str(d.get("mean", "-")))
-    t.caption = (f"p99 with/without: {result['p99_ratio_with_to_without']}  |  shadow judged {result['shadow_judged']} "
-                 f"(skipped {result['shadow_skipped']}), line agreement {result['line_agreement']}, candidate model "
-                 f"time p50 {result['candidate_infer_ms'].get('p50')} ms")  # type: ignore[union-attr]
+    t.caption = (
+        f"p99 with/without: {result['p99_ratio_with_to_without']}  |  shadow judged {result['shadow_judged']} "
+        f"(skipped {result['shadow_skipped']}), line agreement {result['line_agreement']}, candidate model "
+        f"time p50 {result['candidate_infer_ms'].get('p50')} ms"
+    )  # type: ignore[union-attr]
     return t
 
 
-def main(package: Path | None = typer.Option(None, help="Active package (default: the demo's, trained on first use)."),
-         fps: float = typer.Option(20.0, help="Camera rate."),
-         segment_s: float = typer.Option(20.0, help="Seconds per segment."),
-         rounds: int = typer.Option(3, help="Interleaved rounds (each: one segment without, one with shadow)."),
-         as_json: bool = typer.Option(False, "--json")) -> None:
+def main(
+    package: Path | None = typer.Option(None, help="Active package (default: the demo's, trained on first use)."),
+    fps: float = typer.Option(20.0, help="Camera rate."),
+    segment_s: float = typer.Option(20.0, help="Seconds per segment."),
+    rounds: int = typer.Option(3, help="Interleaved rounds (each: one segment without, one with shadow)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Active verdict latency with and without a shadow candidate, side by side in one run."""
     console = Console(stderr=as_json)
     if package is None:
@@ -205,7 +243,9 @@ def main(package: Path | None = typer.Option(None, help="Active package (default
         package = ensure_demo_package(load_config(None), None, console)
     result = run_bench(package, fps, segment_s, rounds, say=lambda line: console.print(line))
     for seg in result["segments"]:  # type: ignore[union-attr]
-        console.print(f"  {seg['condition']:>15}: {seg.get('n')} frames, p50 {seg.get('p50')} ms, p99 {seg.get('p99')} ms")
+        console.print(
+            f"  {seg['condition']:>15}: {seg.get('n')} frames, p50 {seg.get('p50')} ms, p99 {seg.get('p99')} ms"
+        )
     if as_json:
         print(json.dumps(result))
     else:

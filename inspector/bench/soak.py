@@ -75,14 +75,25 @@ def _trend(values: list[float]) -> float:
     return (last - first) / first if first else 0.0
 
 
-def run_soak(fps: float = 20.0, duration_s: float = 300.0, warmup_s: float | None = None, sample_s: float = 5.0,
-             retention: dict[str, Any] | None = None, folder: Path | None = None) -> dict[str, Any]:
+def run_soak(
+    fps: float = 20.0,
+    duration_s: float = 300.0,
+    warmup_s: float | None = None,
+    sample_s: float = 5.0,
+    retention: dict[str, Any] | None = None,
+    folder: Path | None = None,
+) -> dict[str, Any]:
     """Run the station for ``duration_s`` and return the report (see the module docstring)."""
     from inspector.bench.cli import _tiny
     from inspector.bus.connection import EmbeddedRedis
 
-    retention = {"interval_s": 5, "stream_max_age_s": 60, "verdict_rows_max": 3000, "archive_max_bytes": 2_000_000,
-                 **(retention or {})}
+    retention = {
+        "interval_s": 5,
+        "stream_max_age_s": 60,
+        "verdict_rows_max": 3000,
+        "archive_max_bytes": 2_000_000,
+        **(retention or {}),
+    }
     warmup_s = warmup_s if warmup_s is not None else min(duration_s / 2, retention["stream_max_age_s"] + 30)
     folder = Path(folder or tempfile.mkdtemp(prefix="inspector-soak-"))
     server = EmbeddedRedis(folder / "redis-owner", appendfsync="everysec")
@@ -95,8 +106,9 @@ def run_soak(fps: float = 20.0, duration_s: float = 300.0, warmup_s: float | Non
         yaml_path = _station_yaml(folder, url, _tiny(folder), fps, retention)
         env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECTOR_") or k == "INSPECTOR_SOAK_S"}
         log = (folder / "processes.log").open("ab")
-        worker = subprocess.Popen(CLI + ["worker", "-c", str(yaml_path), "--name", "soak-w1"], env=env, stdout=log,
-                                  stderr=log)
+        worker = subprocess.Popen(
+            CLI + ["worker", "-c", str(yaml_path), "--name", "soak-w1"], env=env, stdout=log, stderr=log
+        )
         procs.append(worker)
         time.sleep(3)  # the worker loads its package before the first part arrives
         procs.append(subprocess.Popen(CLI + ["camera", "-c", str(yaml_path)], env=env, stdout=log, stderr=log))
@@ -105,17 +117,27 @@ def run_soak(fps: float = 20.0, duration_s: float = 300.0, warmup_s: float | Non
         while (t := time.monotonic() - t0) < duration_s:
             for p in procs:
                 if p.poll() is not None:
-                    raise RuntimeError(f"station process {p.args[-3:]} exited with {p.returncode}; see {folder}/processes.log")
+                    raise RuntimeError(
+                        f"station process {p.args[-3:]} exited with {p.returncode}; see {folder}/processes.log"
+                    )
             db_bytes, rows, items = _db_stats(db)
             archive_bytes, archive_files = _du(archive)
             mem = r.info("memory")
-            samples.append({
-                "t": round(t, 1), "worker_rss": psutil.Process(worker.pid).memory_info().rss,
-                "redis_used": int(mem["used_memory"]), "redis_keys": int(r.dbsize()),
-                "verdicts_stream": int(r.xlen(names.verdicts)), "verdicts": int(r.hget(names.counters, "verdicts") or 0),
-                "db_bytes": db_bytes, "verdict_rows": rows, "review_items_made": items, "archive_bytes": archive_bytes,
-                "archive_files": archive_files,
-            })
+            samples.append(
+                {
+                    "t": round(t, 1),
+                    "worker_rss": psutil.Process(worker.pid).memory_info().rss,
+                    "redis_used": int(mem["used_memory"]),
+                    "redis_keys": int(r.dbsize()),
+                    "verdicts_stream": int(r.xlen(names.verdicts)),
+                    "verdicts": int(r.hget(names.counters, "verdicts") or 0),
+                    "db_bytes": db_bytes,
+                    "verdict_rows": rows,
+                    "review_items_made": items,
+                    "archive_bytes": archive_bytes,
+                    "archive_files": archive_files,
+                }
+            )
             time.sleep(sample_s)
         # the cost of one entry of each kind, measured on the live server
         stream_bytes = int(r.memory_usage(names.verdicts, samples=0) or 0)
@@ -134,8 +156,16 @@ def run_soak(fps: float = 20.0, duration_s: float = 300.0, warmup_s: float | Non
     return _report(samples, fps, duration_s, warmup_s, retention, stream_bytes, done_bytes, folder)
 
 
-def _report(samples: list[dict[str, Any]], fps: float, duration_s: float, warmup_s: float, retention: dict[str, Any],
-            stream_bytes: int, done_bytes: int, folder: Path) -> dict[str, Any]:
+def _report(
+    samples: list[dict[str, Any]],
+    fps: float,
+    duration_s: float,
+    warmup_s: float,
+    retention: dict[str, Any],
+    stream_bytes: int,
+    done_bytes: int,
+    folder: Path,
+) -> dict[str, Any]:
     warm = [s for s in samples if s["t"] >= warmup_s] or samples[-1:]
     last = samples[-1]
     rate = last["verdicts"] / max(last["t"], 1e-9)
@@ -148,19 +178,38 @@ def _report(samples: list[dict[str, Any]], fps: float, duration_s: float, warmup
     image_rate = items / max(last["t"], 1e-9)
     age = retention["stream_max_age_s"]
     return {
-        "fps_target": fps, "duration_s": duration_s, "warmup_s": warmup_s, "verdicts_per_s": round(rate, 2),
-        "retention": retention, "folder": str(folder),
-        "worker_rss_mb": {"after_warmup": round(warm[0]["worker_rss"] / 1e6, 1), "end": round(last["worker_rss"] / 1e6, 1),
-                          "trend": round(_trend([s["worker_rss"] for s in warm]), 4)},
-        "redis_used_mb": {"after_warmup": round(warm[0]["redis_used"] / 1e6, 1), "end": round(last["redis_used"] / 1e6, 1),
-                          "min": round(min(s["redis_used"] for s in warm) / 1e6, 1),
-                          "max": round(max(s["redis_used"] for s in warm) / 1e6, 1),
-                          "trend": round(_trend([s["redis_used"] for s in warm]), 4)},
-        "db": {"rows_end": last["verdict_rows"], "rows_max": peak_rows, "rows_bound": retention.get("verdict_rows_max"),
-               "bytes_max": max(s["db_bytes"] for s in samples), "bytes_per_row": round(row_bytes)},
-        "archive": {"bytes_end": last["archive_bytes"], "bytes_max": max(s["archive_bytes"] for s in samples),
-                    "bytes_bound": retention.get("archive_max_bytes"), "images_per_s": round(image_rate, 3),
-                    "bytes_per_image": round(image_bytes)},
+        "fps_target": fps,
+        "duration_s": duration_s,
+        "warmup_s": warmup_s,
+        "verdicts_per_s": round(rate, 2),
+        "retention": retention,
+        "folder": str(folder),
+        "worker_rss_mb": {
+            "after_warmup": round(warm[0]["worker_rss"] / 1e6, 1),
+            "end": round(last["worker_rss"] / 1e6, 1),
+            "trend": round(_trend([s["worker_rss"] for s in warm]), 4),
+        },
+        "redis_used_mb": {
+            "after_warmup": round(warm[0]["redis_used"] / 1e6, 1),
+            "end": round(last["redis_used"] / 1e6, 1),
+            "min": round(min(s["redis_used"] for s in warm) / 1e6, 1),
+            "max": round(max(s["redis_used"] for s in warm) / 1e6, 1),
+            "trend": round(_trend([s["redis_used"] for s in warm]), 4),
+        },
+        "db": {
+            "rows_end": last["verdict_rows"],
+            "rows_max": peak_rows,
+            "rows_bound": retention.get("verdict_rows_max"),
+            "bytes_max": max(s["db_bytes"] for s in samples),
+            "bytes_per_row": round(row_bytes),
+        },
+        "archive": {
+            "bytes_end": last["archive_bytes"],
+            "bytes_max": max(s["archive_bytes"] for s in samples),
+            "bytes_bound": retention.get("archive_max_bytes"),
+            "images_per_s": round(image_rate, 3),
+            "bytes_per_image": round(image_bytes),
+        },
         "redis_bytes": {"per_verdict_stream_entry": round(per_entry), "per_done_key": done_bytes},
         "per_day_at_fps": {
             "db_mb_without_retention": round(row_bytes * fps * DAY / 1e6),
@@ -176,17 +225,26 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
-def main(fps: float = typer.Option(20.0, help="Camera frames per second."),
-         duration: float = typer.Option(300.0, help="Seconds to run."),
-         warmup: float | None = typer.Option(None, help="Seconds before flatness is measured (default: stream age + 30 s)."),
-         stream_max_age_s: int = typer.Option(60, help="retention.stream_max_age_s of the run."),
-         verdict_rows_max: int = typer.Option(3000, help="retention.verdict_rows_max of the run."),
-         archive_max_bytes: int = typer.Option(2_000_000, help="retention.archive_max_bytes of the run."),
-         as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON.")) -> None:
+def main(
+    fps: float = typer.Option(20.0, help="Camera frames per second."),
+    duration: float = typer.Option(300.0, help="Seconds to run."),
+    warmup: float | None = typer.Option(None, help="Seconds before flatness is measured (default: stream age + 30 s)."),
+    stream_max_age_s: int = typer.Option(60, help="retention.stream_max_age_s of the run."),
+    verdict_rows_max: int = typer.Option(3000, help="retention.verdict_rows_max of the run."),
+    archive_max_bytes: int = typer.Option(2_000_000, help="retention.archive_max_bytes of the run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON."),
+) -> None:
     """Run the station with retention set and print what it needs per day."""
-    rep = run_soak(fps, duration, warmup, retention={"stream_max_age_s": stream_max_age_s,
-                                                     "verdict_rows_max": verdict_rows_max,
-                                                     "archive_max_bytes": archive_max_bytes})
+    rep = run_soak(
+        fps,
+        duration,
+        warmup,
+        retention={
+            "stream_max_age_s": stream_max_age_s,
+            "verdict_rows_max": verdict_rows_max,
+            "archive_max_bytes": archive_max_bytes,
+        },
+    )
     if as_json:
         print(json.dumps(rep))
         return

@@ -59,16 +59,23 @@ def redis_round_trip(frame: np.ndarray, runs: int, appendfsync: str = "always") 
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp), appendfsync=appendfsync)
         url = server.start()
-        cfg = parse_config({"station": {"id": f"bench{uuid.uuid4().hex[:6]}", "data_dir": tmp}, "redis": {"url": url}},
-                           environ={})
+        cfg = parse_config(
+            {"station": {"id": f"bench{uuid.uuid4().hex[:6]}", "data_dir": tmp}, "redis": {"url": url}}, environ={}
+        )
         client = client_for_url(url, cfg.redis)
         bus = StationBus(client, cfg)
         bus.ensure_group(bus.names.frames, cfg.worker.group, "$")
         times = []
         try:
             for seq in range(runs + 10):
-                meta = FrameMeta(station=cfg.station.id, camera="cam0", seq=seq, part_id=f"b{seq}",
-                                 captured_at=time.time(), encoding="jpeg")
+                meta = FrameMeta(
+                    station=cfg.station.id,
+                    camera="cam0",
+                    seq=seq,
+                    part_id=f"b{seq}",
+                    captured_at=time.time(),
+                    encoding="jpeg",
+                )
                 t0 = time.perf_counter()
                 bus.publish_frame(meta, jpeg)
                 (entry,) = bus.read_new(bus.names.frames, cfg.worker.group, "bench", 1, block_ms=1000)

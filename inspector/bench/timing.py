@@ -14,8 +14,12 @@ import numpy as np
 
 def summary(ms: list[float]) -> dict[str, float]:
     arr = np.asarray(ms, float)
-    return {"p50_ms": round(float(np.percentile(arr, 50)), 3), "p90_ms": round(float(np.percentile(arr, 90)), 3),
-            "p99_ms": round(float(np.percentile(arr, 99)), 3), "n": len(ms)}
+    return {
+        "p50_ms": round(float(np.percentile(arr, 50)), 3),
+        "p90_ms": round(float(np.percentile(arr, 90)), 3),
+        "p99_ms": round(float(np.percentile(arr, 99)), 3),
+        "n": len(ms),
+    }
 
 
 def time_one(fn: Callable[[], object], runs: int, warmup: int = 3) -> dict[str, float]:
@@ -29,8 +33,9 @@ def time_one(fn: Callable[[], object], runs: int, warmup: int = 3) -> dict[str, 
     return summary(out)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3,
-                block: int = 1, settle_s: float = 0.0) -> dict[str, dict[str, float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3, block: int = 1, settle_s: float = 0.0
+) -> dict[str, dict[str, float]]:
     """Time the functions in turns, round after round: noise from the neighbours hits all alike.
 
     ``block`` = 1 runs each function once per turn, so each run finds the caches filled by the others
@@ -73,9 +78,14 @@ def machine() -> dict[str, Any]:
 
     import onnxruntime
 
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-                            "onnxruntime": onnxruntime.__version__, "system": platform.platform(),
-                            "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "system": platform.platform(),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
     try:
         import torch
 

@@ -35,10 +35,27 @@ from inspector.contracts.config import RedisSection, StationConfig, masked_url
 from inspector.contracts.errors import TransportError
 
 __all__ = [
-    "CREDENTIAL_ERRORS", "LOCK_FILE", "SENTINEL_SCHEME", "TRANSIENT_ERRORS", "EmbeddedRedis", "OutageRetry",
-    "StationLock", "_free_port", "_ping", "_redis_server_binary", "client_for_url", "connect", "embedded_url",
-    "join_station", "masked_url", "open_station_client", "resolve_url", "sentinel_client", "sentinel_url",
-    "station_url", "wait_until_up",
+    "CREDENTIAL_ERRORS",
+    "LOCK_FILE",
+    "SENTINEL_SCHEME",
+    "TRANSIENT_ERRORS",
+    "EmbeddedRedis",
+    "OutageRetry",
+    "StationLock",
+    "_free_port",
+    "_ping",
+    "_redis_server_binary",
+    "client_for_url",
+    "connect",
+    "embedded_url",
+    "join_station",
+    "masked_url",
+    "open_station_client",
+    "resolve_url",
+    "sentinel_client",
+    "sentinel_url",
+    "station_url",
+    "wait_until_up",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,8 +80,9 @@ class OutageRetry(Retry):
 def _retry(section: RedisSection) -> Retry:
     # enough attempts to cover give_up_s at the capped backoff
     attempts = max(3, int(section.reconnect.give_up_s / max(section.reconnect.max_s, 0.01)) + 5)
-    return OutageRetry(ExponentialWithJitterBackoff(cap=section.reconnect.max_s, base=section.reconnect.initial_s),
-                       attempts)
+    return OutageRetry(
+        ExponentialWithJitterBackoff(cap=section.reconnect.max_s, base=section.reconnect.initial_s), attempts
+    )
 
 
 # What a client waits out with backoff: a lost connection, a timeout, no master elected yet (Sentinel's
@@ -130,8 +148,9 @@ def sentinel_client(section: RedisSection, decode: bool = False) -> redis.Redis:
     kwargs = _client_kwargs(section, decode)
     # one try per sentinel and question: the master connection's own retry asks them all again (redis-py's
     # default retry would spend ~10 s backing off on one sentinel that is down or refuses the password)
-    sentinel_kwargs: dict[str, object] = dict(socket_timeout=sc.socket_timeout_s,
-                                              socket_connect_timeout=sc.socket_timeout_s, retry=Retry(NoBackoff(), 0))
+    sentinel_kwargs: dict[str, object] = dict(
+        socket_timeout=sc.socket_timeout_s, socket_connect_timeout=sc.socket_timeout_s, retry=Retry(NoBackoff(), 0)
+    )
     if sc.username:
         sentinel_kwargs["username"] = sc.username
     if sc.password:
@@ -141,9 +160,12 @@ def sentinel_client(section: RedisSection, decode: bool = False) -> redis.Redis:
         if section.tls_ca_certs:
             kwargs["ssl_ca_certs"] = sentinel_kwargs["ssl_ca_certs"] = str(section.tls_ca_certs)
     manager = Sentinel(sc.addresses(), sentinel_kwargs=sentinel_kwargs, **kwargs)
-    return manager.master_for(sc.master, redis_class=redis.Redis,
-                              connection_class=StationSentinelSSLConnection if section.tls else StationSentinelConnection,
-                              **kwargs)
+    return manager.master_for(
+        sc.master,
+        redis_class=redis.Redis,
+        connection_class=StationSentinelSSLConnection if section.tls else StationSentinelConnection,
+        **kwargs,
+    )
 
 
 def client_for_url(url: str, section: RedisSection | None = None, decode: bool = False) -> redis.Redis:
@@ -155,18 +177,22 @@ def client_for_url(url: str, section: RedisSection | None = None, decode: bool =
     if section.sentinel is not None:
         return sentinel_client(section, decode)
     if url.startswith(SENTINEL_SCHEME):
-        raise TransportError(f"{url!r} names a Sentinel master, but redis.sentinel is not configured",
-                             "set redis.sentinel (hosts, master) in the station config")
+        raise TransportError(
+            f"{url!r} names a Sentinel master, but redis.sentinel is not configured",
+            "set redis.sentinel (hosts, master) in the station config",
+        )
     kwargs = _client_kwargs(section, decode)
     if section.tls and url.startswith("redis://"):
-        url = "rediss://" + url[len("redis://"):]
+        url = "rediss://" + url[len("redis://") :]
     if url.startswith("rediss://") and section.tls_ca_certs:
         kwargs["ssl_ca_certs"] = str(section.tls_ca_certs)
     try:
         return redis.Redis.from_url(url, **kwargs)
     except ValueError as err:  # a scheme that is not Redis (http://, ...), a malformed URL: never heals
-        raise TransportError(f"redis.url {masked_url(url)!r} is not a Redis URL: {masked_url(str(err))}",
-                             "use redis://host:6379/0, rediss://host:6380/0 (TLS) or unix:///path/redis.sock") from None
+        raise TransportError(
+            f"redis.url {masked_url(url)!r} is not a Redis URL: {masked_url(str(err))}",
+            "use redis://host:6379/0, rediss://host:6380/0 (TLS) or unix:///path/redis.sock",
+        ) from None
 
 
 _EMBEDDED: dict[Path, EmbeddedRedis] = {}
@@ -195,8 +221,10 @@ def resolve_url(cfg: StationConfig, start_embedded: bool = True) -> str:
     if url:
         return url
     if not start_embedded:
-        raise TransportError(f"no embedded Redis is running for {data_dir}",
-                             "start the station first (inspector station run -c FILE, or inspector demo), or set redis.url")
+        raise TransportError(
+            f"no embedded Redis is running for {data_dir}",
+            "start the station first (inspector station run -c FILE, or inspector demo), or set redis.url",
+        )
     if data_dir in _EMBEDDED or server.lock.try_acquire():
         if data_dir not in _EMBEDDED:
             _EMBEDDED[data_dir] = server
@@ -204,8 +232,11 @@ def resolve_url(cfg: StationConfig, start_embedded: bool = True) -> str:
         return server.start()
     fixed = embedded_url(data_dir)
     if fixed is None:
-        raise TransportError(f"the station at {data_dir} is owned by {server.lock.holder() or 'another process'}, "
-                             "but its Redis has not started yet", "wait for that process, or read its log")
+        raise TransportError(
+            f"the station at {data_dir} is owned by {server.lock.holder() or 'another process'}, "
+            "but its Redis has not started yet",
+            "wait for that process, or read its log",
+        )
     return fixed
 
 
@@ -228,16 +259,27 @@ def join_station(cfg: StationConfig, decode: bool = False) -> redis.Redis:
         return client
     url = cfg.redis.url or embedded_url(cfg.station.data_dir)
     if cfg.redis.url and not _ping(cfg.redis.url, 2.0):
-        print(f"waiting up to {give_up:.0f} s for Redis at {masked_url(cfg.redis.url)} (redis.url)", file=sys.stderr, flush=True)
+        print(
+            f"waiting up to {give_up:.0f} s for Redis at {masked_url(cfg.redis.url)} (redis.url)",
+            file=sys.stderr,
+            flush=True,
+        )
     elif not cfg.redis.url and (url is None or not _ping(url, 2.0)):
-        awaited = masked_url(url) if url else f"the embedded Redis of {Path(cfg.station.data_dir).resolve()} (its URL file)"
-        print(f"waiting up to {give_up:.0f} s for {awaited}: run `inspector station run -c FILE` "
-              "(or this command with --standalone to run it alone)", file=sys.stderr, flush=True)
+        awaited = (
+            masked_url(url) if url else f"the embedded Redis of {Path(cfg.station.data_dir).resolve()} (its URL file)"
+        )
+        print(
+            f"waiting up to {give_up:.0f} s for {awaited}: run `inspector station run -c FILE` "
+            "(or this command with --standalone to run it alone)",
+            file=sys.stderr,
+            flush=True,
+        )
     while url is None:
         if time.monotonic() >= deadline:
-            raise TransportError(f"no Redis for the station at {Path(cfg.station.data_dir).resolve()} "
-                                 f"after {give_up:.0f} s",
-                                 "start the station with `inspector station run -c FILE`, or pass --standalone")
+            raise TransportError(
+                f"no Redis for the station at {Path(cfg.station.data_dir).resolve()} after {give_up:.0f} s",
+                "start the station with `inspector station run -c FILE`, or pass --standalone",
+            )
         time.sleep(0.2)
         url = embedded_url(cfg.station.data_dir)
     client = client_for_url(url, cfg.redis, decode)
@@ -251,8 +293,10 @@ def station_url(cfg: StationConfig) -> str:
         return sentinel_url(cfg.redis)
     url = cfg.redis.url or embedded_url(cfg.station.data_dir)
     if url is None:
-        raise TransportError(f"no embedded Redis was ever started for {Path(cfg.station.data_dir).resolve()}",
-                             "start the station with `inspector station run -c FILE`, or pass --standalone")
+        raise TransportError(
+            f"no embedded Redis was ever started for {Path(cfg.station.data_dir).resolve()}",
+            "start the station with `inspector station run -c FILE`, or pass --standalone",
+        )
     return url
 
 
@@ -265,8 +309,10 @@ def open_station_client(cfg: StationConfig, standalone: bool = False, decode: bo
 def _where(client: redis.Redis) -> str:
     pool = client.connection_pool
     if isinstance(pool, SentinelConnectionPool):
-        hosts = ",".join(f"{s.connection_pool.connection_kwargs.get('host')}:{s.connection_pool.connection_kwargs.get('port')}"
-                         for s in pool.sentinel_manager.sentinels)
+        hosts = ",".join(
+            f"{s.connection_pool.connection_kwargs.get('host')}:{s.connection_pool.connection_kwargs.get('port')}"
+            for s in pool.sentinel_manager.sentinels
+        )
         return f"{SENTINEL_SCHEME}{hosts}/{pool.service_name}"
     kw = client.connection_pool.connection_kwargs
     tls = issubclass(client.connection_pool.connection_class, redis.SSLConnection)
@@ -281,16 +327,23 @@ def _probe(client: redis.Redis) -> redis.Redis:
     kw["socket_connect_timeout"] = min(kw.get("socket_connect_timeout") or 2.0, 2.0)
     if isinstance(pool, SentinelConnectionPool):  # ask the same sentinels for the same master, once
         kw.pop("connection_pool", None)
-        return redis.Redis(connection_pool=SentinelConnectionPool(pool.service_name, pool.sentinel_manager,
-                                                                  connection_class=pool.connection_class, **kw))
+        return redis.Redis(
+            connection_pool=SentinelConnectionPool(
+                pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class, **kw
+            )
+        )
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kw))
 
 
 def _closed_early(err: Exception) -> bool:
     """The server accepted the connection, then closed or reset it instead of answering."""
     text = str(err).lower()
-    return (isinstance(err, InvalidResponse) or "closed by server" in text or "reset by peer" in text
-            or any(isinstance(e, ConnectionResetError) for e in (err.__cause__, err.__context__)))
+    return (
+        isinstance(err, InvalidResponse)
+        or "closed by server" in text
+        or "reset by peer" in text
+        or any(isinstance(e, ConnectionResetError) for e in (err.__cause__, err.__context__))
+    )
 
 
 def _cannot_heal(err: Exception, where: str, tls: bool, closed_before: int) -> TransportError | None:
@@ -298,18 +351,26 @@ def _cannot_heal(err: Exception, where: str, tls: bool, closed_before: int) -> T
     chain = [err, err.__cause__, err.__context__]
     text = str(err)
     if isinstance(err, MasterNotFoundError) and any(w in text for w in ("AuthenticationError", "WRONGPASS", "NOAUTH")):
-        return TransportError(f"the sentinels of {where} refused the credentials ({text})",
-                              "check redis.sentinel.password and redis.sentinel.username (the sentinels' requirepass)")
+        return TransportError(
+            f"the sentinels of {where} refused the credentials ({text})",
+            "check redis.sentinel.password and redis.sentinel.username (the sentinels' requirepass)",
+        )
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or "CERTIFICATE_VERIFY_FAILED" in text:
-        return TransportError(f"Redis at {where} refused: its TLS certificate is not trusted ({text})",
-                              "set redis.tls_ca_certs to the CA bundle that signed the server's certificate")
+        return TransportError(
+            f"Redis at {where} refused: its TLS certificate is not trusted ({text})",
+            "set redis.tls_ca_certs to the CA bundle that signed the server's certificate",
+        )
     if any(isinstance(e, ssl.SSLError) for e in chain) or (tls and "SSL" in text):
-        return TransportError(f"Redis at {where} refused the TLS handshake ({text})",
-                              "check that the port serves TLS (else use redis://), and redis.tls_ca_certs")
+        return TransportError(
+            f"Redis at {where} refused the TLS handshake ({text})",
+            "check that the port serves TLS (else use redis://), and redis.tls_ca_certs",
+        )
     if not tls and _closed_early(err) and closed_before >= 1:
-        return TransportError(f"Redis at {where} closed the connection before answering: a TLS port spoken to in "
-                              "plain text, or not a Redis server",
-                              "for a TLS port use a rediss:// URL (or redis.tls: true); else check the port in redis.url")
+        return TransportError(
+            f"Redis at {where} closed the connection before answering: a TLS port spoken to in "
+            "plain text, or not a Redis server",
+            "for a TLS port use a rediss:// URL (or redis.tls: true); else check the port in redis.url",
+        )
     return None
 
 
@@ -329,24 +390,33 @@ def wait_until_up(client: redis.Redis, give_up_s: float, announce: bool = True) 
                 probe.ping()
                 return
             except CREDENTIAL_ERRORS as err:
-                raise TransportError(f"Redis at {where} refused the credentials: {err}",
-                                     "check redis.username and redis.password (or the user:password in redis.url; "
-                                     "with Sentinel, redis.sentinel.password is the sentinels' own)") from None
+                raise TransportError(
+                    f"Redis at {where} refused the credentials: {err}",
+                    "check redis.username and redis.password (or the user:password in redis.url; "
+                    "with Sentinel, redis.sentinel.password is the sentinels' own)",
+                ) from None
             except (redis.RedisError, OSError) as err:
                 fatal = _cannot_heal(err, where, tls, closed)
                 if fatal is not None:
                     raise fatal from None
                 closed += _closed_early(err)
                 if announce:
-                    print(f"waiting up to {give_up_s:.0f} s for Redis at {where} (redis.reconnect.give_up_s): {err}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"waiting up to {give_up_s:.0f} s for Redis at {where} (redis.reconnect.give_up_s): {err}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     announce = False
                 if time.monotonic() > deadline:
-                    hint = ("check redis.sentinel.hosts and redis.sentinel.master (`sentinel get-master-addr-by-name "
-                            "MASTER` on a sentinel), that a master is up, and the network"
-                            if where.startswith(SENTINEL_SCHEME) else
-                            "check redis.url (host and port), that the server runs, and the network")
-                    raise TransportError(f"Redis at {where} does not answer after {give_up_s:.0f} s: {err}", hint) from None
+                    hint = (
+                        "check redis.sentinel.hosts and redis.sentinel.master (`sentinel get-master-addr-by-name "
+                        "MASTER` on a sentinel), that a master is up, and the network"
+                        if where.startswith(SENTINEL_SCHEME)
+                        else "check redis.url (host and port), that the server runs, and the network"
+                    )
+                    raise TransportError(
+                        f"Redis at {where} does not answer after {give_up_s:.0f} s: {err}", hint
+                    ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
     finally:

@@ -119,10 +119,12 @@ class StationLock:
         told = False
         while not self.try_acquire():
             if time.monotonic() >= deadline:
-                raise TransportError(f"the station data folder {self.path.parent} is in use by another process "
-                                     f"({self.holder() or 'unknown holder'})",
-                                     "stop that process first; run one supervisor (or one --standalone process) "
-                                     "per data folder, and start other processes without --standalone")
+                raise TransportError(
+                    f"the station data folder {self.path.parent} is in use by another process "
+                    f"({self.holder() or 'unknown holder'})",
+                    "stop that process first; run one supervisor (or one --standalone process) "
+                    "per data folder, and start other processes without --standalone",
+                )
             if not told and on_wait is not None:
                 on_wait(self.holder())
                 told = True
@@ -141,8 +143,9 @@ class EmbeddedRedis:
     adopts a server still answering for this folder or starts one, and ``stop()`` stops it and drops the lock.
     There is no stop at interpreter exit here: a process stops only the server it was asked to own."""
 
-    def __init__(self, data_dir: Path, appendfsync: str = "always", port: int | None = None,
-                 lock: StationLock | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, appendfsync: str = "always", port: int | None = None, lock: StationLock | None = None
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.dir = self.data_dir / "redis"
         self.appendfsync = appendfsync
@@ -231,8 +234,10 @@ class EmbeddedRedis:
         except (redis.RedisError, OSError, KeyError, ValueError):
             return False
         if served != self.dir.resolve():
-            raise TransportError(f"port {self.port} of {self.port_file} is taken by another Redis (serving {served})",
-                                 f"stop that server, or delete {self.port_file} so the station picks a new port")
+            raise TransportError(
+                f"port {self.port} of {self.port_file} is taken by another Redis (serving {served})",
+                f"stop that server, or delete {self.port_file} so the station picks a new port",
+            )
         self.pid, self.proc = pid, None
         log.info("embedded Redis at %s adopted (pid %s, data in %s)", masked_url(url), pid, self.dir)
         return True
@@ -245,7 +250,9 @@ class EmbeddedRedis:
                 client.config_set("requirepass", pw)
             finally:
                 client.close()
-            log.warning("embedded Redis at %s had no password; it has one now (%s)", self.public_url, self.password_file)
+            log.warning(
+                "embedded Redis at %s had no password; it has one now (%s)", self.public_url, self.password_file
+            )
 
     def start(self, lock_wait_s: float = 0.0) -> str:
         """Own the station's server: take the lock, then adopt the running server or start one. Returns its URL."""
@@ -264,9 +271,26 @@ class EmbeddedRedis:
             return self.url
         self._write_conf(pw)
         args = [
-            _redis_server_binary(), str(self.conf_file), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
-            "--logfile", str(self.dir / "redis.log"), "--daemonize", "no", "--protected-mode", "yes",
+            _redis_server_binary(),
+            str(self.conf_file),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--save",
+            "",
+            "--logfile",
+            str(self.dir / "redis.log"),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid

@@ -22,11 +22,19 @@ def registry_field(role: ConsumerRole, consumer: str) -> str:
     return f"{role.value}:{consumer}"
 
 
-def register_beat(client: redis.Redis, names: Names, role: ConsumerRole, consumer: str, ttl_s: float,
-                  health: Health = Health.OK) -> None:
+def register_beat(
+    client: redis.Redis, names: Names, role: ConsumerRole, consumer: str, ttl_s: float, health: Health = Health.OK
+) -> None:
     """Record a heartbeat in the process registry (the caller writes its own TTL key)."""
-    entry = ProcessEntry(role=role, consumer=consumer, host=socket.gethostname(), pid=os.getpid(), ttl_s=ttl_s,
-                         ts=time.time(), health=health)
+    entry = ProcessEntry(
+        role=role,
+        consumer=consumer,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        ttl_s=ttl_s,
+        ts=time.time(),
+        health=health,
+    )
     client.hset(names.process_registry, registry_field(role, consumer), entry.model_dump_json())
 
 
@@ -91,7 +99,16 @@ def process_rows(client: redis.Redis, names: Names, now: float | None = None) ->
     for entry in sorted(read_registry(client, names), key=lambda e: (e.role.value, e.consumer)):
         alive = bool(client.exists(heartbeat_key(names, entry)))
         health = entry.health if alive else Health.DOWN
-        rows.append({"role": entry.role.value, "name": entry.consumer, "host": entry.host, "pid": entry.pid,
-                     "heartbeat_age_s": round(now - entry.ts, 2), "ttl_s": entry.ttl_s, "health": health.value,
-                     "detail": down_line(entry, now) if not alive else ""})
+        rows.append(
+            {
+                "role": entry.role.value,
+                "name": entry.consumer,
+                "host": entry.host,
+                "pid": entry.pid,
+                "heartbeat_age_s": round(now - entry.ts, 2),
+                "ttl_s": entry.ttl_s,
+                "health": health.value,
+                "detail": down_line(entry, now) if not alive else "",
+            }
+        )
     return rows

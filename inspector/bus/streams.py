@@ -109,7 +109,9 @@ def decode_message(raw: bytes | None) -> Message:
     if raw is None:
         raise UnsafeInputError("stream entry has no message field", "producers must write the field 'm'")
     if raw[:1] == b"\x80":
-        raise UnsafeInputError("stream entry holds a pickle payload; refused, nothing executed", "messages are JSON only")
+        raise UnsafeInputError(
+            "stream entry holds a pickle payload; refused, nothing executed", "messages are JSON only"
+        )
     import json
 
     try:
@@ -118,8 +120,10 @@ def decode_message(raw: bytes | None) -> Message:
     except (ValueError, AttributeError) as err:
         raise UnsafeInputError(f"stream entry is not a JSON message: {err}", "messages are JSON objects") from None
     if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise UnsafeInputError(f"{kind} message of schema version {version}, newer than this process's "
-                               f"{SCHEMA_VERSION}", "upgrade this station process to the producer's version")
+        raise UnsafeInputError(
+            f"{kind} message of schema version {version}, newer than this process's {SCHEMA_VERSION}",
+            "upgrade this station process to the producer's version",
+        )
     cls = MESSAGE_KINDS.get(kind)
     if cls is None:
         raise UnsafeInputError(f"unknown message kind {kind!r}", f"known kinds: {sorted(MESSAGE_KINDS)}")
@@ -127,8 +131,10 @@ def decode_message(raw: bytes | None) -> Message:
         return cls.from_json(raw)
     except ValidationError as err:
         where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()[:5])
-        raise UnsafeInputError(f"{kind} message does not match its schema: {where}",
-                               "the producer must send messages built from inspector.contracts.messages") from None
+        raise UnsafeInputError(
+            f"{kind} message does not match its schema: {where}",
+            "the producer must send messages built from inspector.contracts.messages",
+        ) from None
 
 
 def _id(raw: bytes | str) -> str:
@@ -150,13 +156,28 @@ class StationBus:
         """Append a frame; the stream stays at ``frames_maxlen``. A trimmed frame the inspection group never
         received is dead-lettered and counted ``not_inspected`` (the line rejects it: no verdict, no PASS)."""
         n = self.names
-        return _id(self._publish(keys=[n.frames, n.counters, n.dead_letter],
-                                 args=[self.cfg.redis.frames_maxlen, self.cfg.worker.group, meta.to_json(), image,
-                                       self.cfg.redis.events_maxlen]))
+        return _id(
+            self._publish(
+                keys=[n.frames, n.counters, n.dead_letter],
+                args=[
+                    self.cfg.redis.frames_maxlen,
+                    self.cfg.worker.group,
+                    meta.to_json(),
+                    image,
+                    self.cfg.redis.events_maxlen,
+                ],
+            )
+        )
 
     def publish_event(self, event: Event) -> str:
-        return _id(self.r.xadd(self.names.events, {STREAM_FIELD_MESSAGE: event.to_json()},
-                               maxlen=self.cfg.redis.events_maxlen, approximate=True))
+        return _id(
+            self.r.xadd(
+                self.names.events,
+                {STREAM_FIELD_MESSAGE: event.to_json()},
+                maxlen=self.cfg.redis.events_maxlen,
+                approximate=True,
+            )
+        )
 
     def commit_verdicts(self, items: list[tuple[Verdict, str]]) -> list[bool]:
         """Atomically publish each verdict and ack its frame entry; False where the frame had one already.
@@ -179,7 +200,8 @@ class StationBus:
                     f"verdict commit of {len(items)} frame(s) reached {reached} of {replicas} replica(s) within "
                     f"{self.cfg.redis.wait_timeout_ms} ms (redis.wait_replicas): not acknowledged, retried",
                     "check the replicas (`INFO replication` on the master); redis.wait_replicas 0 trades this wait "
-                    "for the loss of verdicts acknowledged just before a failover")
+                    "for the loss of verdicts acknowledged just before a failover",
+                )
             ids = [eid for _v, eid in items if eid]
             if ids:
                 self.r.xack(self.names.frames, self.cfg.worker.group, *ids)
@@ -192,8 +214,16 @@ class StationBus:
         for verdict, entry_id in items:
             self._commit(
                 keys=[n.done(verdict.frame_id), n.verdicts, n.frames, n.counters],
-                args=[self.cfg.worker.group, entry_id or "", verdict.id, self.cfg.retention.stream_max_age_s,
-                      self.cfg.redis.verdicts_maxlen, verdict.to_json(), verdict.decision.value.lower(), ack_in_script],
+                args=[
+                    self.cfg.worker.group,
+                    entry_id or "",
+                    verdict.id,
+                    self.cfg.retention.stream_max_age_s,
+                    self.cfg.redis.verdicts_maxlen,
+                    verdict.to_json(),
+                    verdict.decision.value.lower(),
+                    ack_in_script,
+                ],
                 client=pipe,
             )
         if replicas:  # WAIT counts the writes of this connection: it must run on the pipeline's own connection
@@ -276,7 +306,9 @@ class StationBus:
 
     def group_info(self, stream: str) -> list[dict[str, object]]:
         try:
-            return [{(k.decode() if isinstance(k, bytes) else k): v for k, v in g.items()}
-                    for g in self.r.xinfo_groups(stream)]
+            return [
+                {(k.decode() if isinstance(k, bytes) else k): v for k, v in g.items()}
+                for g in self.r.xinfo_groups(stream)
+            ]
         except ResponseError:
             return []

@@ -36,13 +36,19 @@ from inspector.contracts.errors import BackendUnavailable, ConfigError, Inspecto
 
 log = logging.getLogger(__name__)
 
-ARAVIS_HINT = ("install Aravis and its Python binding: apt-get install gir1.2-aravis-0.8 libgirepository1.0-dev "
-               "libcairo2-dev pkg-config, then pip install -e '.[genicam]'")
+ARAVIS_HINT = (
+    "install Aravis and its Python binding: apt-get install gir1.2-aravis-0.8 libgirepository1.0-dev "
+    "libcairo2-dev pkg-config, then pip install -e '.[genicam]'"
+)
 HARVESTERS_HINT = "pip install -e '.[genicam]' (harvesters) and give camera.source.genicam.cti: your vendor's .cti file"
 
 # GenICam (PFNC) Bayer names -> OpenCV codes: OpenCV names a Bayer pattern by its second row, so RGGB is BayerBG
-_BAYER = {"BayerRG8": cv2.COLOR_BayerBG2RGB, "BayerBG8": cv2.COLOR_BayerRG2RGB,
-          "BayerGR8": cv2.COLOR_BayerGB2RGB, "BayerGB8": cv2.COLOR_BayerGR2RGB}
+_BAYER = {
+    "BayerRG8": cv2.COLOR_BayerBG2RGB,
+    "BayerBG8": cv2.COLOR_BayerRG2RGB,
+    "BayerGR8": cv2.COLOR_BayerGB2RGB,
+    "BayerGB8": cv2.COLOR_BayerGR2RGB,
+}
 
 
 def load_aravis() -> Any:
@@ -53,8 +59,9 @@ def load_aravis() -> Any:
         gi.require_version("Aravis", "0.8")
         from gi.repository import Aravis
     except (ImportError, ValueError) as err:
-        raise BackendUnavailable(f"camera.source.kind genicam (aravis) needs Aravis 0.8 for Python: {err}",
-                                 ARAVIS_HINT) from err
+        raise BackendUnavailable(
+            f"camera.source.kind genicam (aravis) needs Aravis 0.8 for Python: {err}", ARAVIS_HINT
+        ) from err
     return Aravis
 
 
@@ -75,21 +82,27 @@ def to_rgb(data: bytes, width: int, height: int, pixel_format: str) -> np.ndarra
         return cv2.cvtColor(raw[: width * height * 3].reshape(height, width, 3), cv2.COLOR_BGR2RGB)
     if pixel_format in _BAYER:
         return cv2.cvtColor(raw[: width * height].reshape(height, width), _BAYER[pixel_format])
-    raise ConfigError(f"camera.source.genicam.pixel_format {pixel_format!r} cannot be converted to RGB",
-                      "use Mono8, Mono10/12/16, RGB8, BGR8 or a Bayer*8 format")
+    raise ConfigError(
+        f"camera.source.genicam.pixel_format {pixel_format!r} cannot be converted to RGB",
+        "use Mono8, Mono10/12/16, RGB8, BGR8 or a Bayer*8 format",
+    )
 
 
 def _check_choice(key: str, value: str, offered: list[str], camera: str) -> None:
     if value not in offered:
-        raise ConfigError(f"camera.source.genicam.{key} {value!r} is not offered by camera {camera}",
-                          f"use one of: {', '.join(offered)}")
+        raise ConfigError(
+            f"camera.source.genicam.{key} {value!r} is not offered by camera {camera}",
+            f"use one of: {', '.join(offered)}",
+        )
 
 
 def _check_bounds(key: str, value: float, bounds: tuple[float, float], unit: str, camera: str) -> None:
     lo, hi = bounds
     if not lo <= value <= hi:
-        raise ConfigError(f"camera.source.genicam.{key} {value:g} {unit} is outside camera {camera}'s range",
-                          f"use a value from {lo:g} to {hi:g} {unit}")
+        raise ConfigError(
+            f"camera.source.genicam.{key} {value:g} {unit} is outside camera {camera}'s range",
+            f"use a value from {lo:g} to {hi:g} {unit}",
+        )
 
 
 class AravisSource(FrameSource):
@@ -125,15 +138,20 @@ class AravisSource(FrameSource):
             seen = [Aravis.get_device_id(i) for i in range(Aravis.get_n_devices())]
             raise InspectorError(
                 f"camera.source.genicam.device_id {g.device_id!r}: no such camera ({err.message})"
-                if g.device_id else f"camera.source.kind genicam: no GenICam camera found ({err.message})",
-                f"cameras seen: {', '.join(seen)}" if seen else
-                "none seen: check the cable, power, and that the camera's network is on this host's subnet") from err
+                if g.device_id
+                else f"camera.source.kind genicam: no GenICam camera found ({err.message})",
+                f"cameras seen: {', '.join(seen)}"
+                if seen
+                else "none seen: check the cable, power, and that the camera's network is on this host's subnet",
+            ) from err
         self.name = f"{cam.get_vendor_name()} {cam.get_model_name()} ({g.device_id or 'first found'})"
         try:
             self._configure(cam)
         except self.GLib.Error as err:
-            raise InspectorError(f"camera {self.name} refused its settings: {err.message}",
-                                 "check camera.source.genicam against the camera's manual") from err
+            raise InspectorError(
+                f"camera {self.name} refused its settings: {err.message}",
+                "check camera.source.genicam against the camera's manual",
+            ) from err
         stream = cam.create_stream(None, None)
         size = cam.get_payload()
         for _ in range(self.g.buffers):
@@ -141,8 +159,12 @@ class AravisSource(FrameSource):
         cam.start_acquisition()
         self.cam, self.stream, self._pending = cam, stream, False
         self._last_ok = time.monotonic()
-        log.info("genicam camera %s open: %s, %s trigger", self.name, g.pixel_format or cam.get_pixel_format_as_string(),
-                 g.trigger)
+        log.info(
+            "genicam camera %s open: %s, %s trigger",
+            self.name,
+            g.pixel_format or cam.get_pixel_format_as_string(),
+            g.trigger,
+        )
 
     def _configure(self, cam: Any) -> None:
         g = self.g
@@ -241,14 +263,22 @@ class AravisSource(FrameSource):
     def _pixel_format_name(self, code: int) -> str:
         names = getattr(self, "_pf_names", None)
         if names is None:
-            names = self._pf_names = {getattr(self.Aravis, a): a for a in dir(self.Aravis)
-                                      if a.startswith("PIXEL_FORMAT_")}
+            names = self._pf_names = {
+                getattr(self.Aravis, a): a for a in dir(self.Aravis) if a.startswith("PIXEL_FORMAT_")
+            }
         attr = names.get(code, "")
-        return {"PIXEL_FORMAT_MONO_8": "Mono8", "PIXEL_FORMAT_MONO_10": "Mono10", "PIXEL_FORMAT_MONO_12": "Mono12",
-                "PIXEL_FORMAT_MONO_16": "Mono16", "PIXEL_FORMAT_RGB_8_PACKED": "RGB8",
-                "PIXEL_FORMAT_BGR_8_PACKED": "BGR8", "PIXEL_FORMAT_BAYER_RG_8": "BayerRG8",
-                "PIXEL_FORMAT_BAYER_BG_8": "BayerBG8", "PIXEL_FORMAT_BAYER_GR_8": "BayerGR8",
-                "PIXEL_FORMAT_BAYER_GB_8": "BayerGB8"}.get(attr, attr or hex(code))
+        return {
+            "PIXEL_FORMAT_MONO_8": "Mono8",
+            "PIXEL_FORMAT_MONO_10": "Mono10",
+            "PIXEL_FORMAT_MONO_12": "Mono12",
+            "PIXEL_FORMAT_MONO_16": "Mono16",
+            "PIXEL_FORMAT_RGB_8_PACKED": "RGB8",
+            "PIXEL_FORMAT_BGR_8_PACKED": "BGR8",
+            "PIXEL_FORMAT_BAYER_RG_8": "BayerRG8",
+            "PIXEL_FORMAT_BAYER_BG_8": "BayerBG8",
+            "PIXEL_FORMAT_BAYER_GR_8": "BayerGR8",
+            "PIXEL_FORMAT_BAYER_GB_8": "BayerGB8",
+        }.get(attr, attr or hex(code))
 
     def close(self) -> None:
         self.closed.set()
@@ -263,15 +293,18 @@ class HarvestersSource(FrameSource):
         self.g, self.cam_cfg = g, camera
         self.period = 1.0 / (g.frame_rate or camera.fps)
         if g.cti is None:
-            raise ConfigError("camera.source.genicam.cti is not set: producer harvesters needs a GenTL producer",
-                              "set it to your camera vendor's .cti file, or use producer: aravis")
+            raise ConfigError(
+                "camera.source.genicam.cti is not set: producer harvesters needs a GenTL producer",
+                "set it to your camera vendor's .cti file, or use producer: aravis",
+            )
         if not Path(g.cti).is_file():
             raise ConfigError(f"camera.source.genicam.cti {g.cti} is not a file", "point it at the vendor's .cti file")
         try:
             from harvesters.core import Harvester
         except ImportError as err:
-            raise BackendUnavailable(f"camera.source.genicam.producer harvesters needs harvesters: {err}",
-                                     HARVESTERS_HINT) from err
+            raise BackendUnavailable(
+                f"camera.source.genicam.producer harvesters needs harvesters: {err}", HARVESTERS_HINT
+            ) from err
         quiet = log.getChild("harvesters")  # harvesters logs a traceback per bad producer; our error says it once
         quiet.setLevel(logging.CRITICAL)
         self.h = Harvester(logger=quiet)
@@ -280,8 +313,10 @@ class HarvestersSource(FrameSource):
             self.h.update()
         except Exception as err:  # noqa: BLE001 - harvesters/genicam raise many types for a broken producer
             self.h.reset()
-            raise InspectorError(f"camera.source.genicam.cti {g.cti} does not load as a GenTL producer: {err}",
-                                 "use the .cti of your camera vendor's SDK for this OS and architecture") from err
+            raise InspectorError(
+                f"camera.source.genicam.cti {g.cti} does not load as a GenTL producer: {err}",
+                "use the .cti of your camera vendor's SDK for this OS and architecture",
+            ) from err
         self.ia: Any = None
         self.closed = threading.Event()
         self._open(first=True)
@@ -291,16 +326,22 @@ class HarvestersSource(FrameSource):
         infos = self.h.device_info_list
         try:
             if g.device_id:
-                matches = [i for i, d in enumerate(infos)
-                           if g.device_id in (getattr(d, "id_", None), getattr(d, "serial_number", None))]
+                matches = [
+                    i
+                    for i, d in enumerate(infos)
+                    if g.device_id in (getattr(d, "id_", None), getattr(d, "serial_number", None))
+                ]
                 if not matches:
-                    raise InspectorError(f"camera.source.genicam.device_id {g.device_id!r}: no such camera on "
-                                         f"producer {g.cti}",
-                                         f"cameras seen: {', '.join(str(d.id_) for d in infos) or 'none'}")
+                    raise InspectorError(
+                        f"camera.source.genicam.device_id {g.device_id!r}: no such camera on producer {g.cti}",
+                        f"cameras seen: {', '.join(str(d.id_) for d in infos) or 'none'}",
+                    )
                 self.ia = self.h.create(matches[0])
             elif not infos:
-                raise InspectorError(f"camera.source.kind genicam: producer {g.cti} sees no camera",
-                                     "check the cable, power and the vendor's driver")
+                raise InspectorError(
+                    f"camera.source.kind genicam: producer {g.cti} sees no camera",
+                    "check the cable, power and the vendor's driver",
+                )
             else:
                 self.ia = self.h.create(0)
         except InspectorError:
@@ -372,15 +413,19 @@ def serve_fake_camera(interface: str = "127.0.0.1", serial: str = "GV01") -> Non
     Aravis = load_aravis()
     fake = Aravis.GvFakeCamera.new(interface, serial)
     if not fake.is_running():
-        raise InspectorError(f"fake GigE Vision camera cannot listen on {interface}",
-                             "give an interface name or an address of this host (e.g. 127.0.0.1)")
+        raise InspectorError(
+            f"fake GigE Vision camera cannot listen on {interface}",
+            "give an interface name or an address of this host (e.g. 127.0.0.1)",
+        )
     print(f"fake GigE Vision camera Aravis-Fake-{serial} on {interface}", flush=True)
     threading.Event().wait()
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m inspector.camera.genicam",
-                                description="Aravis's fake GigE Vision camera, for trying a genicam station.")
+    p = argparse.ArgumentParser(
+        prog="python -m inspector.camera.genicam",
+        description="Aravis's fake GigE Vision camera, for trying a genicam station.",
+    )
     p.add_argument("--fake", action="store_true", required=True, help="serve the fake camera")
     p.add_argument("-i", "--interface", default="127.0.0.1")
     p.add_argument("-s", "--serial", default="GV01")

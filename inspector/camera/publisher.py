@@ -51,9 +51,19 @@ class CameraPublisher:
         if self.bus.cfg.parts.views:  # several views per part: the n-th frame of every view shows part n
             view = self.cam.view_of(self.seq)
             part_id = part_id_of(self.bus.r.incr(self.bus.names.part_seq(view)))
-        return FrameMeta(station=self.bus.cfg.station.id, camera=self.cam.id, seq=self.seq,
-                         part_id=part_id, captured_at=time.time(), view=view,
-                         encoding=encoding, width=width, height=height, truth=cap.truth, product=product)
+        return FrameMeta(
+            station=self.bus.cfg.station.id,
+            camera=self.cam.id,
+            seq=self.seq,
+            part_id=part_id,
+            captured_at=time.time(),
+            view=view,
+            encoding=encoding,
+            width=width,
+            height=height,
+            truth=cap.truth,
+            product=product,
+        )
 
     def publish(self, cap: Capture) -> FrameMeta:
         arrived = time.monotonic()  # camera health counts from the frame's arrival, not from the end of publishing
@@ -73,12 +83,22 @@ class CameraPublisher:
         return meta
 
     def _health_event(self, silent: bool) -> None:
-        msg = (f"camera {self.cam.id} delivered no frame for {self.cam.health_periods:g} frame periods"
-               if silent else f"camera {self.cam.id} delivers frames again")
+        msg = (
+            f"camera {self.cam.id} delivered no frame for {self.cam.health_periods:g} frame periods"
+            if silent
+            else f"camera {self.cam.id} delivers frames again"
+        )
         try:
-            self.bus.publish_event(Event(station=self.bus.cfg.station.id, type=EventType.CAMERA_HEALTH,
-                                         severity="critical" if silent else "info", message=msg,
-                                         camera=self.cam.id, data={"silent": silent, "seq": self.seq}))
+            self.bus.publish_event(
+                Event(
+                    station=self.bus.cfg.station.id,
+                    type=EventType.CAMERA_HEALTH,
+                    severity="critical" if silent else "info",
+                    message=msg,
+                    camera=self.cam.id,
+                    data={"silent": silent, "seq": self.seq},
+                )
+            )
         except Exception:  # noqa: BLE001 - health reporting must not kill the camera loop
             log.exception("could not publish camera health event")
         (log.error if silent else log.info)(msg)
@@ -140,10 +160,16 @@ class CameraPublisher:
         n, self._unreported = self._unreported, 0
         try:
             self.bus.count("not_sent", n)
-            self.bus.publish_event(Event(station=self.bus.cfg.station.id, type=EventType.CAMERA_HEALTH,
-                                         severity="warning", camera=self.cam.id,
-                                         message=f"{n} parts were not sent while Redis was unreachable (rejected)",
-                                         data={"not_sent": n}))
+            self.bus.publish_event(
+                Event(
+                    station=self.bus.cfg.station.id,
+                    type=EventType.CAMERA_HEALTH,
+                    severity="warning",
+                    camera=self.cam.id,
+                    message=f"{n} parts were not sent while Redis was unreachable (rejected)",
+                    data={"not_sent": n},
+                )
+            )
         except Exception:  # noqa: BLE001 - reported again with the next outage's count otherwise
             self._unreported += n
 

@@ -40,7 +40,9 @@ class FolderSource(FrameSource):
     def __init__(self, folder: Path, order: str = "name", loop: bool = True, seed: int = 0) -> None:
         folder = Path(folder)
         if not folder.is_dir():
-            raise ConfigError(f"camera.source.path {folder} is not a folder", "point it at a folder of .jpg/.png images")
+            raise ConfigError(
+                f"camera.source.path {folder} is not a folder", "point it at a folder of .jpg/.png images"
+            )
         self.root = folder
         self.files = list_images(folder)
         if not self.files:
@@ -59,8 +61,12 @@ class FolderSource(FrameSource):
             self.i = 0
         path = self.files[self.i]
         self.i += 1
-        return Capture(encoded=path.read_bytes(), encoding=IMAGE_SUFFIXES[path.suffix.lower()],
-                       truth=path.parent.name, name=str(path.relative_to(self.root)))
+        return Capture(
+            encoded=path.read_bytes(),
+            encoding=IMAGE_SUFFIXES[path.suffix.lower()],
+            truth=path.parent.name,
+            name=str(path.relative_to(self.root)),
+        )
 
 
 class OpenCVSource(FrameSource):
@@ -71,8 +77,10 @@ class OpenCVSource(FrameSource):
         api = cv2.CAP_GSTREAMER if gstreamer else cv2.CAP_ANY
         self.cap = cv2.VideoCapture(target, api)
         if not self.cap.isOpened():
-            raise InspectorError(f"camera source {target!r} cannot be opened",
-                                 "check the path / device index / URL and that OpenCV supports its codec")
+            raise InspectorError(
+                f"camera source {target!r} cannot be opened",
+                "check the path / device index / URL and that OpenCV supports its codec",
+            )
 
     def read(self) -> Capture | None:
         ok, bgr = self.cap.read()

@@ -54,16 +54,26 @@ class StorageError(InspectorError):
 
 
 _STORAGE_HINTS = {
-    errno.ENOSPC: ("the disk holding {path} is full (no space left)",
-                   "free disk space there, or lower the retention.* bounds, or move station.data_dir to a larger disk"),
-    errno.EDQUOT: ("the disk quota for {path} is used up",
-                   "free space in the quota, or lower the retention.* bounds, or move station.data_dir"),
-    errno.EROFS: ("{path} is on a read-only file system",
-                  "remount it read-write, or set station.data_dir to a writable folder"),
-    errno.EACCES: ("{path} is not writable by this user (permission denied)",
-                   "give this user write access (chown/chmod), or set station.data_dir to a writable folder"),
-    errno.EPERM: ("{path} may not be changed by this user (operation not permitted)",
-                  "give this user write access, or set station.data_dir to a writable folder"),
+    errno.ENOSPC: (
+        "the disk holding {path} is full (no space left)",
+        "free disk space there, or lower the retention.* bounds, or move station.data_dir to a larger disk",
+    ),
+    errno.EDQUOT: (
+        "the disk quota for {path} is used up",
+        "free space in the quota, or lower the retention.* bounds, or move station.data_dir",
+    ),
+    errno.EROFS: (
+        "{path} is on a read-only file system",
+        "remount it read-write, or set station.data_dir to a writable folder",
+    ),
+    errno.EACCES: (
+        "{path} is not writable by this user (permission denied)",
+        "give this user write access (chown/chmod), or set station.data_dir to a writable folder",
+    ),
+    errno.EPERM: (
+        "{path} may not be changed by this user (operation not permitted)",
+        "give this user write access, or set station.data_dir to a writable folder",
+    ),
 }
 STORAGE_ERRNOS = frozenset(_STORAGE_HINTS)
 
@@ -71,6 +81,8 @@ STORAGE_ERRNOS = frozenset(_STORAGE_HINTS)
 def storage_error(err: OSError, path: object = None) -> StorageError:
     """The one wording of a disk failure: names the path and says whether the disk is full or read-only."""
     where = path if path is not None else (err.filename or "the station data folder")
-    text, hint = _STORAGE_HINTS.get(err.errno or 0, ("{path} cannot be written: " + (err.strerror or str(err)),
-                                                     "check the disk and the folder's permissions"))
+    text, hint = _STORAGE_HINTS.get(
+        err.errno or 0,
+        ("{path} cannot be written: " + (err.strerror or str(err)), "check the disk and the folder's permissions"),
+    )
     return StorageError(text.format(path=where), hint)

@@ -65,11 +65,15 @@ class ProcessEntry(BaseModel):
 
 def stall_line(beat: ConsumerBeat) -> str:
     """The one wording of a stalled consumer, for logs and ``inspector status``."""
-    return (f"{beat.role.value} {beat.consumer} has made no progress for {beat.stalled_s:.0f} s: "
-            f"{beat.reason or 'no reason reported'}")
+    return (
+        f"{beat.role.value} {beat.consumer} has made no progress for {beat.stalled_s:.0f} s: "
+        f"{beat.reason or 'no reason reported'}"
+    )
 
 
 def down_line(entry: ProcessEntry, now: float) -> str:
     """The one wording of a process whose heartbeat expired."""
-    return (f"{entry.role.value} {entry.consumer} (pid {entry.pid} on {entry.host or '?'}) is down: no heartbeat for "
-            f"{now - entry.ts:.1f} s (TTL {entry.ttl_s:.1f} s)")
+    return (
+        f"{entry.role.value} {entry.consumer} (pid {entry.pid} on {entry.host or '?'}) is down: no heartbeat for "
+        f"{now - entry.ts:.1f} s (TTL {entry.ttl_s:.1f} s)"
+    )

@@ -51,11 +51,23 @@ PROMOTE_MODEL_FUNC = "jobs.requested.promote_model"
 ROLLBACK_MODEL_FUNC = "jobs.requested.rollback_model"
 """(station, actor, role) -> the version active again."""
 
-REQUESTED_JOB_FUNCTIONS: frozenset[str] = frozenset({
-    REQUEST_RETRAIN_FUNC, CAMERA_CHANGED_FUNC, APPROVE_MODEL_FUNC, PROMOTE_MODEL_FUNC, ROLLBACK_MODEL_FUNC,
-})
+REQUESTED_JOB_FUNCTIONS: frozenset[str] = frozenset(
+    {
+        REQUEST_RETRAIN_FUNC,
+        CAMERA_CHANGED_FUNC,
+        APPROVE_MODEL_FUNC,
+        PROMOTE_MODEL_FUNC,
+        ROLLBACK_MODEL_FUNC,
+    }
+)
 
 __all__ = [
-    "APPROVE_MODEL_FUNC", "CAMERA_CHANGED_FUNC", "PROMOTE_MODEL_FUNC", "REQUESTED_JOB_FUNCTIONS",
-    "REQUEST_RETRAIN_FUNC", "ROLLBACK_MODEL_FUNC", "StrictJSONSerializer", "queue_name",
+    "APPROVE_MODEL_FUNC",
+    "CAMERA_CHANGED_FUNC",
+    "PROMOTE_MODEL_FUNC",
+    "REQUESTED_JOB_FUNCTIONS",
+    "REQUEST_RETRAIN_FUNC",
+    "ROLLBACK_MODEL_FUNC",
+    "StrictJSONSerializer",
+    "queue_name",
 ]

@@ -112,8 +112,10 @@ class GateRow(Strict):
             return "-" if x is None else f"{x:.4g}"
 
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"{verdict} {self.gate} {self.metric} on {self.frame_set}: candidate {f(self.candidate)}, "
-                f"incumbent {f(self.incumbent)}, limit {f(self.limit)}")
+        return (
+            f"{verdict} {self.gate} {self.metric} on {self.frame_set}: candidate {f(self.candidate)}, "
+            f"incumbent {f(self.incumbent)}, limit {f(self.limit)}"
+        )
 
 
 class GateReport(Strict):
@@ -131,5 +133,15 @@ class GateReport(Strict):
         return [r for r in self.rows if not r.passed]
 
 
-__all__ = ["PERMISSIONS", "PROMOTABLE", "Action", "GateReport", "GateRow", "LineMetrics", "ModelStatus", "Role", "Strict",
-           "may"]
+__all__ = [
+    "PERMISSIONS",
+    "PROMOTABLE",
+    "Action",
+    "GateReport",
+    "GateRow",
+    "LineMetrics",
+    "ModelStatus",
+    "Role",
+    "Strict",
+    "may",
+]

@@ -32,13 +32,17 @@ class Preprocess(Strict):
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     color: Literal["rgb", "gray"] = Field("rgb", description="gray: the image is made grey, then copied to 3 channels.")
     roi: tuple[int, int, int, int] | None = Field(
-        None, description="Region of interest (x, y, width, height) in camera-frame pixels, cropped before the resize; "
-                          "a frame it does not fit in is an ERROR verdict. Unset: the whole frame.")
+        None,
+        description="Region of interest (x, y, width, height) in camera-frame pixels, cropped before the resize; "
+        "a frame it does not fit in is an ERROR verdict. Unset: the whole frame.",
+    )
     ignore: list[tuple[float, float, float, float]] = Field(
-        default_factory=list, max_length=64,
+        default_factory=list,
+        max_length=64,
         description="Masked rectangles (left, top, right, bottom) as fractions of the network input, filled with the "
-                    "mean colour after the resize (they normalise to 0): fixtures, background. Training, evaluation "
-                    "and the station see the same pixels.")
+        "mean colour after the resize (they normalise to 0): fixtures, background. Training, evaluation "
+        "and the station see the same pixels.",
+    )
 
     @field_validator("roi")
     @classmethod
@@ -46,8 +50,10 @@ class Preprocess(Strict):
         if roi is not None:
             x, y, w, h = roi
             if x < 0 or y < 0 or w < 8 or h < 8:
-                raise ValueError(f"roi {list(roi)} is not a region: write [x, y, width, height] in frame pixels, "
-                                 "x and y >= 0, width and height >= 8")
+                raise ValueError(
+                    f"roi {list(roi)} is not a region: write [x, y, width, height] in frame pixels, "
+                    "x and y >= 0, width and height >= 8"
+                )
         return roi
 
     @field_validator("ignore")
@@ -55,8 +61,10 @@ class Preprocess(Strict):
     def _ignore_inside(cls, rects: list[tuple[float, float, float, float]]) -> list[tuple[float, float, float, float]]:
         for i, (left, top, right, bottom) in enumerate(rects):
             if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
-                raise ValueError(f"ignore[{i}] {[left, top, right, bottom]} is outside the image: write [left, top, "
-                                 "right, bottom] as fractions of the image, 0 <= left < right <= 1, 0 <= top < bottom <= 1")
+                raise ValueError(
+                    f"ignore[{i}] {[left, top, right, bottom]} is outside the image: write [left, top, "
+                    "right, bottom] as fractions of the image, 0 <= left < right <= 1, 0 <= top < bottom <= 1"
+                )
         return rects
 
 
@@ -65,8 +73,10 @@ class Outputs(Strict):
     anomaly_score: str | None = Field(None, description="Output name of raw image anomaly scores [B].")
     anomaly_map: str | None = Field(None, description="Output name of the anomaly map [B,1,h,w] (raw units).")
     classifier_decides: bool = Field(
-        True, description="False: class_probs only name the defect class of a part the anomaly score rejects; the "
-                          "anomaly score is then a fused defect score that already weighs the classifier's evidence.")
+        True,
+        description="False: class_probs only name the defect class of a part the anomaly score rejects; the "
+        "anomaly score is then a fused defect score that already weighs the classifier's evidence.",
+    )
 
 
 class ModelFiles(Strict):
@@ -74,7 +84,8 @@ class ModelFiles(Strict):
     int8: str | None = None
     recommended: Literal["fp32", "int8", "bf16"] = "fp32"
     backend: Literal["onnxruntime", "openvino", "tensorrt"] = Field(
-        "onnxruntime", description="Backend on which the precision gate measured and kept ``recommended``.")
+        "onnxruntime", description="Backend on which the precision gate measured and kept ``recommended``."
+    )
     input_name: str = "image"
     outputs: Outputs = Field(default_factory=Outputs)
 
@@ -85,16 +96,22 @@ class AnomalySpec(Strict):
     part into the review band just below 1."""
 
     threshold: float = Field(description="Raw score at which a part is anomalous (normalised 1.0).")
-    score_origin: float | None = Field(None, description="Raw score that normalises to 0 (median of good parts); "
-                                                         "unset: 0.")
+    score_origin: float | None = Field(
+        None, description="Raw score that normalises to 0 (median of good parts); unset: 0."
+    )
     threshold_method: str = Field("good_quantile", description="good_quantile or f1_optimal.")
     target_false_reject: float | None = None
     map_threshold: float | None = Field(None, description="Raw map value marking a defect region.")
     score_min: float | None = None
     score_max: float | None = None
-    review_margin: float = Field(0.0, ge=0, lt=1, description="The policy's anomaly review margin the threshold was "
-                                 "placed for: the good-part quantile of the false-reject target sits at normalised "
-                                 "1 - review_margin, so REVIEW (which rejects) stays inside the target.")
+    review_margin: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="The policy's anomaly review margin the threshold was "
+        "placed for: the good-part quantile of the false-reject target sits at normalised "
+        "1 - review_margin, so REVIEW (which rejects) stays inside the target.",
+    )
 
     @classmethod
     def placed(cls, good_quantile: float, origin: float, review_margin: float, **kw: Any) -> AnomalySpec:
@@ -152,10 +169,15 @@ class Manifest(Strict):
     benchmark: dict[str, Any] = Field(default_factory=dict)
     checklist: dict[str, Any] = Field(default_factory=dict)
     line_metrics: dict[str, LineMetrics] = Field(
-        default_factory=dict, description="What the line would do with this package, per frame set (heldout, recent, "
-                                          "confirmed), measured through the station runtime and decide() when built.")
-    gate: GateReport | None = Field(None, description="Promotion gate of a retrained candidate (rows: candidate beside "
-                                                      "incumbent on the fixed held-out set and recent labels).")
+        default_factory=dict,
+        description="What the line would do with this package, per frame set (heldout, recent, "
+        "confirmed), measured through the station runtime and decide() when built.",
+    )
+    gate: GateReport | None = Field(
+        None,
+        description="Promotion gate of a retrained candidate (rows: candidate beside "
+        "incumbent on the fixed held-out set and recent labels).",
+    )
     memory_budget_mb: float | None = None
     latency_target_ms: float | None = None
     target_hardware: str | None = None

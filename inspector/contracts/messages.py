@@ -60,10 +60,14 @@ class FrameMeta(Message):
     width: int | None = None
     height: int | None = None
     truth: str | None = Field(None, description="Known label of a replayed or synthetic part (demo, tests).")
-    product: str | None = Field(None, description="Product on the line when the frame was taken (station products; "
-                                                  "None: the station makes one product).")
-    view: str | None = Field(None, description="The view of the part this frame shows (parts.views; None: one frame "
-                                               "is one part).")
+    product: str | None = Field(
+        None,
+        description="Product on the line when the frame was taken (station products; "
+        "None: the station makes one product).",
+    )
+    view: str | None = Field(
+        None, description="The view of the part this frame shows (parts.views; None: one frame is one part)."
+    )
 
     @property
     def frame_id(self) -> str:
@@ -129,11 +133,15 @@ class PartVerdict(Message):
 
     kind: Literal["part_verdict"] = "part_verdict"
     part_id: str
-    decision: Decision = Field(description="FAIL if a view failed, REVIEW if one was unsure, ERROR if one erred or "
-                                           "is missing or late, PASS only when every view passed by the deadline.")
+    decision: Decision = Field(
+        description="FAIL if a view failed, REVIEW if one was unsure, ERROR if one erred or "
+        "is missing or late, PASS only when every view passed by the deadline."
+    )
     reject: bool
     signal: str = Field(description="ACCEPT or REJECT, as sent to the line.")
-    reason: str = Field(description="The line reason (pass, fail, review, error, late_verdict, no_verdict_by_deadline).")
+    reason: str = Field(
+        description="The line reason (pass, fail, review, error, late_verdict, no_verdict_by_deadline)."
+    )
     failed_view: str | None = Field(None, description="The view whose verdict decided a FAIL/REVIEW/ERROR part.")
     defect_class: str | None = None
     reasons: list[str] = Field(default_factory=list)

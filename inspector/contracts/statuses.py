@@ -85,5 +85,10 @@ class FrameCollectionStatus(StrEnum):
 
 
 __all__ = [
-    "AlarmOutcome", "FrameCollectionStatus", "ModelStatus", "PipelineStepStatus", "RetrainRequestStatus", "ReviewStatus",
+    "AlarmOutcome",
+    "FrameCollectionStatus",
+    "ModelStatus",
+    "PipelineStepStatus",
+    "RetrainRequestStatus",
+    "ReviewStatus",
 ]

@@ -35,18 +35,27 @@ def status_table(station: DemoStation) -> Table:
     plc = station.plc.snapshot()
     jobs = station.jobs()
     recorded = station.recorded()
-    table.add_row("camera", st.get("camera", "?"), f"{rep.get('published', 0)} frames, {t.fps(station.started):.1f} fps")
-    table.add_row(f"workers ({len(workers)})", wstate,
-                  f"{len(t.frames)} verdicts: pass {d['PASS']}, fail {d['FAIL']}, review {d['REVIEW']}, "
-                  f"error {d['ERROR']}; latency p50 {percentile(t.latencies[-2000:], 50):.1f} ms, "
-                  f"p99 {percentile(t.latencies[-2000:], 99):.1f} ms")
+    table.add_row(
+        "camera", st.get("camera", "?"), f"{rep.get('published', 0)} frames, {t.fps(station.started):.1f} fps"
+    )
+    table.add_row(
+        f"workers ({len(workers)})",
+        wstate,
+        f"{len(t.frames)} verdicts: pass {d['PASS']}, fail {d['FAIL']}, review {d['REVIEW']}, "
+        f"error {d['ERROR']}; latency p50 {percentile(t.latencies[-2000:], 50):.1f} ms, "
+        f"p99 {percentile(t.latencies[-2000:], 99):.1f} ms",
+    )
     table.add_row("verdict recorder", wstate, f"{recorded} recorded, lag {max(0, len(t.frames) - recorded)}")
     table.add_row("review routing", wstate, f"{station.review_queued()} queued for review")
     table.add_row("drift monitor", st.get("drift", "?"), station.drift())
-    table.add_row("jobs (RQ worker)", st.get("jobs", "?"),
-                  ", ".join(f"{k} {v}" for k, v in jobs.items()) or "no queue yet")
-    table.add_row("line → PLC", st.get("line", "?"),
-                  f"accept {plc.accepts}, reject {plc.rejects}, ready {'on' if plc.ready else 'off'} ({station.plc.url})")
+    table.add_row(
+        "jobs (RQ worker)", st.get("jobs", "?"), ", ".join(f"{k} {v}" for k, v in jobs.items()) or "no queue yet"
+    )
+    table.add_row(
+        "line → PLC",
+        st.get("line", "?"),
+        f"accept {plc.accepts}, reject {plc.rejects}, ready {'on' if plc.ready else 'off'} ({station.plc.url})",
+    )
     table.add_row("redis", st.get("redis", "?"), "")
     if t.last is not None:
         v = t.last
@@ -85,8 +94,16 @@ def _no_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, prev[1])
 
 
-def run_demo(cfg: StationConfig, frames: int | None, headless: bool, as_json: bool, data: Path | None,
-             workers: int = 1, console: Console | None = None, package: Path | None = None) -> dict[str, object]:
+def run_demo(
+    cfg: StationConfig,
+    frames: int | None,
+    headless: bool,
+    as_json: bool,
+    data: Path | None,
+    workers: int = 1,
+    console: Console | None = None,
+    package: Path | None = None,
+) -> dict[str, object]:
     """``inspector demo``: start the demo station, show its live table (or nothing with --json), stop it.
     Interrupted (Ctrl-C, SIGTERM), it stops everything and exits with status 130."""
     command_started = time.monotonic()
@@ -97,10 +114,13 @@ def run_demo(cfg: StationConfig, frames: int | None, headless: bool, as_json: bo
     with _interrupts():
         try:
             if package is not None and not (package / "manifest.json").is_file():
-                raise InspectorError(f"--package {package}: no model package there (no manifest.json)",
-                                     "give a package folder made by trainer package-* (or leave --package out)")
-            station = start_demo_station(cfg, frames=frames, workers=workers, package=package, data=data,
-                                         console=console)
+                raise InspectorError(
+                    f"--package {package}: no model package there (no manifest.json)",
+                    "give a package folder made by trainer package-* (or leave --package out)",
+                )
+            station = start_demo_station(
+                cfg, frames=frames, workers=workers, package=package, data=data, console=console
+            )
             _watch(station, as_json or headless, console)
             if frames is not None:
                 station.settle()

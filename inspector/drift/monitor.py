@@ -81,8 +81,15 @@ class DriftMonitor(StreamConsumer):
     role: ClassVar[ConsumerRole] = ConsumerRole.DRIFT_MONITOR
     backoff_start_s: ClassVar[float] = 0.25
 
-    def __init__(self, cfg: StationConfig, client: redis.Redis, store: Any = None, consumer: str = "drift-1",
-                 clock: Callable[[], float] = time.time, report_lookback_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        client: redis.Redis,
+        store: Any = None,
+        consumer: str = "drift-1",
+        clock: Callable[[], float] = time.time,
+        report_lookback_s: float = 3600.0,
+    ) -> None:
         super().__init__(cfg, client, consumer)
         self.names = self.bus.names
         self.store = store
@@ -103,8 +110,9 @@ class DriftMonitor(StreamConsumer):
         for name, product in self.cfg.products.items():
             manifest, ref = load_reference(product.package)
             if ref.empty:
-                log.warning("product %s: package %s has no drift reference: its drift is not monitored", name,
-                            manifest.version)
+                log.warning(
+                    "product %s: package %s has no drift reference: its drift is not monitored", name, manifest.version
+                )
                 continue
             out[name] = DriftDetector(ref, self.cfg.drift, self.clock, manifest.version)
         return out
@@ -131,8 +139,12 @@ class DriftMonitor(StreamConsumer):
         sup = self.suppression()
         if sup and manifest.created_at > float(sup.get("since", 0)):
             self.bus.r.delete(suppression_key(self.names))
-            self._event(EventType.MAINTENANCE, "info",
-                        f"drift monitoring resumed with the reference of {manifest.version}", {"lifted": sup})
+            self._event(
+                EventType.MAINTENANCE,
+                "info",
+                f"drift monitoring resumed with the reference of {manifest.version}",
+                {"lifted": sup},
+            )
 
     # -- loop -------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -148,10 +160,12 @@ class DriftMonitor(StreamConsumer):
         self.refresh_model()
         self._poll_reports()
         entries, self._held = self._held, []
-        entries = entries or self.reclaim_stale(self.names.verdicts, self.names.drift_group,
-                                                self.cfg.store.reclaim_idle_ms, count)
-        entries = entries or self.bus.read_new(self.names.verdicts, self.names.drift_group, self.consumer, count,
-                                               block_ms)
+        entries = entries or self.reclaim_stale(
+            self.names.verdicts, self.names.drift_group, self.cfg.store.reclaim_idle_ms, count
+        )
+        entries = entries or self.bus.read_new(
+            self.names.verdicts, self.names.drift_group, self.consumer, count, block_ms
+        )
         self.progress.ok(len(entries))
         if not entries:
             return []
@@ -225,21 +239,41 @@ class DriftMonitor(StreamConsumer):
     # -- outputs ----------------------------------------------------------------------------------------
     def _raise(self, alarm: DriftAlarm) -> None:
         self.alarms.append(alarm)
-        msg = (f"{alarm.source}{f' of product {alarm.product}' if alarm.product else ''}: {alarm.statistic} = "
-               f"{alarm.value:.3g} (threshold {alarm.threshold:.3g}); "
-               f"tripped: {', '.join(sorted(alarm.details))}")
-        self._event(EventType.DRIFT_ALARM, "warning", msg, alarm.as_dict(), alarm.model_version if alarm.product else None)
+        msg = (
+            f"{alarm.source}{f' of product {alarm.product}' if alarm.product else ''}: {alarm.statistic} = "
+            f"{alarm.value:.3g} (threshold {alarm.threshold:.3g}); "
+            f"tripped: {', '.join(sorted(alarm.details))}"
+        )
+        self._event(
+            EventType.DRIFT_ALARM, "warning", msg, alarm.as_dict(), alarm.model_version if alarm.product else None
+        )
         if self.store is not None:
             try:
                 from inspector.store.records import record_drift_alarm
 
-                record_drift_alarm(self.store, self.cfg.station.id, alarm.statistic, alarm.value, alarm.threshold,
-                                   alarm.as_dict(), alarm.ts)
+                record_drift_alarm(
+                    self.store,
+                    self.cfg.station.id,
+                    alarm.statistic,
+                    alarm.value,
+                    alarm.threshold,
+                    alarm.as_dict(),
+                    alarm.ts,
+                )
             except Exception:  # noqa: BLE001 - a failing side output never blocks the alarm event
                 log.exception("could not record the drift alarm in the store")
 
-    def _event(self, etype: EventType, severity: Severity, message: str, data: dict[str, Any],
-               version: str | None = None) -> None:
-        event = Event.model_validate({"station": self.cfg.station.id, "type": etype, "severity": severity,
-                                      "message": message, "model_version": version or self.version, "data": data})
+    def _event(
+        self, etype: EventType, severity: Severity, message: str, data: dict[str, Any], version: str | None = None
+    ) -> None:
+        event = Event.model_validate(
+            {
+                "station": self.cfg.station.id,
+                "type": etype,
+                "severity": severity,
+                "message": message,
+                "model_version": version or self.version,
+                "data": data,
+            }
+        )
         self.bus.publish_event(event)

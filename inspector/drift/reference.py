@@ -38,8 +38,9 @@ HIST_BINS = 20
 IMAGE_STATS = tuple(ImageStats.model_fields)
 
 
-def histogram(values: Iterable[float], bins: int = HIST_BINS, lo: float | None = None,
-              hi: float | None = None) -> dict[str, Any]:
+def histogram(
+    values: Iterable[float], bins: int = HIST_BINS, lo: float | None = None, hi: float | None = None
+) -> dict[str, Any]:
     """A HIST dict of the finite ``values`` (range: their min..max unless given)."""
     v = np.asarray(list(values), dtype=float)
     v = v[np.isfinite(v)]
@@ -49,20 +50,30 @@ def histogram(values: Iterable[float], bins: int = HIST_BINS, lo: float | None =
     hi = float(v.max()) if hi is None else hi
     hi = hi if hi > lo else lo + 1e-6
     counts, edges = np.histogram(np.clip(v, lo, hi), bins=bins, range=(lo, hi))
-    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()), "edges": edges.tolist(),
-            "counts": counts.tolist(), "p01": float(np.quantile(v, 0.01)), "p50": float(np.median(v)),
-            "p99": float(np.quantile(v, 0.99))}
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "edges": edges.tolist(),
+        "counts": counts.tolist(),
+        "p01": float(np.quantile(v, 0.01)),
+        "p50": float(np.median(v)),
+        "p99": float(np.quantile(v, 0.99)),
+    }
 
 
 def _stat_dict(s: ImageStats | Mapping[str, float]) -> Mapping[str, float]:
     return s.model_dump() if isinstance(s, ImageStats) else s
 
 
-def reference_from_samples(image_stats: Sequence[ImageStats | Mapping[str, float]],
-                           class_probs: Sequence[Mapping[str, float] | None] | None = None,
-                           anomaly_scores: Sequence[float | None] | None = None,
-                           decisions: Sequence[str] | None = None, frames: str = "",
-                           bins: int = HIST_BINS) -> dict[str, Any]:
+def reference_from_samples(
+    image_stats: Sequence[ImageStats | Mapping[str, float]],
+    class_probs: Sequence[Mapping[str, float] | None] | None = None,
+    anomaly_scores: Sequence[float | None] | None = None,
+    decisions: Sequence[str] | None = None,
+    frames: str = "",
+    bins: int = HIST_BINS,
+) -> dict[str, Any]:
     """Build a version-1 drift reference from per-frame values of frames that represent normal production.
 
     ``image_stats``: one ImageStats (or dict) per frame, from ``inspector.models.image_stats.image_stats``;
@@ -93,8 +104,14 @@ def reference_from_samples(image_stats: Sequence[ImageStats | Mapping[str, float
 def reference_from_verdicts(verdicts: Sequence[Verdict], frames: str = "", bins: int = HIST_BINS) -> dict[str, Any]:
     """The reference of verdicts (frames under the conditions to monitor; ERROR verdicts are left out)."""
     ok = [v for v in verdicts if v.image_stats is not None]
-    return reference_from_samples([v.image_stats for v in ok], [v.class_probs for v in ok],  # type: ignore[misc]
-                                  [v.anomaly_score for v in ok], [v.decision.value for v in ok], frames, bins)
+    return reference_from_samples(
+        [v.image_stats for v in ok if v.image_stats is not None],  # every one: ok holds only those with stats
+        [v.class_probs for v in ok],
+        [v.anomaly_score for v in ok],
+        [v.decision.value for v in ok],
+        frames,
+        bins,
+    )
 
 
 @dataclass

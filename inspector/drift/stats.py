@@ -39,7 +39,9 @@ def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.nda
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def coarsen(edges: Sequence[float], counts: Sequence[float], min_share: float = MIN_SHARE) -> tuple[np.ndarray, np.ndarray]:
+def coarsen(
+    edges: Sequence[float], counts: Sequence[float], min_share: float = MIN_SHARE
+) -> tuple[np.ndarray, np.ndarray]:
     """Merge adjacent bins (left to right, the remainder into the last) until each has >= ``min_share``."""
     e = np.asarray(edges, dtype=float)
     c = np.asarray(counts, dtype=float)
@@ -85,8 +87,9 @@ def pseudo_sample(edges: Sequence[float], counts: Sequence[float]) -> np.ndarray
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def ks_against_histogram(values: Sequence[float] | np.ndarray, edges: Sequence[float],
-                         counts: Sequence[float]) -> tuple[float, float]:
+def ks_against_histogram(
+    values: Sequence[float] | np.ndarray, edges: Sequence[float], counts: Sequence[float]
+) -> tuple[float, float]:
     """Two-sample KS statistic and p-value of ``values`` against the reference histogram's sample."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
@@ -144,9 +147,15 @@ class NumericResult:
         return self.ks_p < p_value and (self.psi > psi_threshold or abs(self.shift) > shift_sigma)
 
     def as_dict(self) -> dict[str, float]:
-        return {"psi": round(self.psi, 4), "ks_stat": round(self.ks_stat, 4), "ks_p": float(f"{self.ks_p:.3g}"),
-                "shift_sigma": round(self.shift, 3), "window_mean": round(self.window_mean, 4),
-                "ref_mean": round(self.ref_mean, 4), "n": self.n}
+        return {
+            "psi": round(self.psi, 4),
+            "ks_stat": round(self.ks_stat, 4),
+            "ks_p": float(f"{self.ks_p:.3g}"),
+            "shift_sigma": round(self.shift, 3),
+            "window_mean": round(self.window_mean, 4),
+            "ref_mean": round(self.ref_mean, 4),
+            "n": self.n,
+        }
 
 
 def compare_numeric(values: Sequence[float] | np.ndarray, ref: Mapping[str, object]) -> NumericResult | None:
@@ -162,6 +171,12 @@ def compare_numeric(values: Sequence[float] | np.ndarray, ref: Mapping[str, obje
     ks_stat, ks_p = ks_against_histogram(v, edges, counts)  # type: ignore[arg-type]
     ref_mean = float(ref.get("mean", float(np.mean(pseudo_sample(edges, counts)))))  # type: ignore[arg-type]
     ref_std = float(ref.get("std", 0.0))  # type: ignore[arg-type]
-    return NumericResult(psi=psi(c_counts, bin_counts(v, c_edges)), ks_stat=ks_stat, ks_p=ks_p,
-                         shift=mean_shift(v, ref_mean, ref_std), window_mean=float(v.mean()), ref_mean=ref_mean,
-                         n=int(v.size))
+    return NumericResult(
+        psi=psi(c_counts, bin_counts(v, c_edges)),
+        ks_stat=ks_stat,
+        ks_p=ks_p,
+        shift=mean_shift(v, ref_mean, ref_std),
+        window_mean=float(v.mean()),
+        ref_mean=ref_mean,
+        n=int(v.size),
+    )

@@ -6,6 +6,20 @@ from inspector.line.outputs import LineOutput, MemoryOutput, ModbusMap, ModbusOu
 from inspector.line.runner import LineRunner, run_line
 
 __all__ = [
-    "Health", "HealthProbe", "LineDecider", "LineOutput", "LineRunner", "MemoryOutput", "ModbusMap", "ModbusOutput",
-    "MqttOutput", "Outcome", "Part", "Reason", "Signal", "evaluate", "outputs_from_config", "run_line",
+    "Health",
+    "HealthProbe",
+    "LineDecider",
+    "LineOutput",
+    "LineRunner",
+    "MemoryOutput",
+    "ModbusMap",
+    "ModbusOutput",
+    "MqttOutput",
+    "Outcome",
+    "Part",
+    "Reason",
+    "Signal",
+    "evaluate",
+    "outputs_from_config",
+    "run_line",
 ]

@@ -61,8 +61,10 @@ class OpcuaOutput:
         try:
             import asyncua  # noqa: F401 - fail here, with the install hint, when the line extra is missing
         except ImportError as err:
-            raise ConfigError(f"line.opcua_url is set but the OPC UA library cannot be imported ({err})",
-                              "pip install -e '.[line]' (asyncua), or unset line.opcua_url") from None
+            raise ConfigError(
+                f"line.opcua_url is set but the OPC UA library cannot be imported ({err})",
+                "pip install -e '.[line]' (asyncua), or unset line.opcua_url",
+            ) from None
 
         line = cfg.line
         if not line.opcua_url:
@@ -207,7 +209,9 @@ class _Server:
         server.set_server_name(f"inspector station {self.out.station}")
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         idx = await server.register_namespace(self.out.namespace)
-        obj = await server.nodes.objects.add_object(ua.NodeId(self.out.station, idx), ua.QualifiedName(self.out.station, idx))
+        obj = await server.nodes.objects.add_object(
+            ua.NodeId(self.out.station, idx), ua.QualifiedName(self.out.station, idx)
+        )
         for name, value in self.out.values.items():
             node_id = ua.NodeId(f"{self.out.station}.{name}", idx)
             node = await obj.add_variable(node_id, ua.QualifiedName(name, idx), ua.Variant(value, _variant_type(name)))
@@ -218,13 +222,21 @@ class _Server:
         except OSError as err:
             self.failed = True
             self.out.errors += 1
-            log.error("OPC UA server cannot listen on %s (%s): inspection and the other line outputs go on; fix "
-                      "line.opcua_url (a free port on this host) and restart inspector line", self.out.url, err)
+            log.error(
+                "OPC UA server cannot listen on %s (%s): inspection and the other line outputs go on; fix "
+                "line.opcua_url (a free port on this host) and restart inspector line",
+                self.out.url,
+                err,
+            )
             return
         self.server = server
         self.out.connected = True
-        log.info("OPC UA server on %s: node set under Objects/%s, namespace %s", self.out.url, self.out.station,
-                 self.out.namespace)
+        log.info(
+            "OPC UA server on %s: node set under Objects/%s, namespace %s",
+            self.out.url,
+            self.out.station,
+            self.out.namespace,
+        )
 
     async def flush(self, names: list[str]) -> None:
         if self.server is None and not self.failed:
@@ -297,8 +309,12 @@ class _Client:
         if not self.down_reported:
             self.down_reported = True
             what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-            log.error("OPC UA endpoint %s does not answer (%s): inspection and the other line outputs go on, "
-                      "retrying; check the PLC's OPC UA server, line.opcua_url and line.opcua_nodes", self.out.url, what)
+            log.error(
+                "OPC UA endpoint %s does not answer (%s): inspection and the other line outputs go on, "
+                "retrying; check the PLC's OPC UA server, line.opcua_url and line.opcua_nodes",
+                self.out.url,
+                what,
+            )
 
     async def _drop(self, client: Any) -> None:
         self.out.connected = False

@@ -46,9 +46,12 @@ class PartOutcome(Outcome):
         """The MQTT decision message of the part: the line's fields plus which view decided and each view's result."""
         out = super().payload()
         if self.verdict is not None:
-            out.update(failed_view=self.verdict.failed_view, defect_class=self.verdict.defect_class,
-                       missing=list(self.verdict.missing),
-                       views={v: r.decision.value for v, r in self.verdict.views.items()})
+            out.update(
+                failed_view=self.verdict.failed_view,
+                defect_class=self.verdict.defect_class,
+                missing=list(self.verdict.missing),
+                views={v: r.decision.value for v, r in self.verdict.views.items()},
+            )
         return out
 
 
@@ -150,8 +153,11 @@ class PartDecider(LineDecider):
         reasons = [f"view {v!r} is not one of parts.views ({known})" for v in foreign]
         decider: tuple[str, Verdict | None] | None = None
         for decision in _ORDER:
-            hits = [(v, state.verdicts[v]) for v in self.views if v in state.verdicts
-                    and state.verdicts[v].decision is decision]
+            hits = [
+                (v, state.verdicts[v])
+                for v in self.views
+                if v in state.verdicts and state.verdicts[v].decision is decision
+            ]
             for view, verdict in hits:
                 what = verdict.defect_class or "; ".join(verdict.reasons[:1]) or decision.value.lower()
                 reasons.append(f"view {view}: {decision.value} ({what})")
@@ -177,17 +183,40 @@ class PartDecider(LineDecider):
         signal = Signal.ACCEPT if reason is Reason.PASS else Signal.REJECT
         seen = verdict or next(iter(state.verdicts.values()), None)
         part_verdict = PartVerdict(
-            station=self.station, part_id=state.part.part_id, decision=decision, reject=signal is Signal.REJECT,
-            signal=signal.value, reason=reason.value, failed_view=view,
-            defect_class=verdict.defect_class if verdict else None, reasons=reasons,
-            views={v: ViewResult(frame_id=x.frame_id, decision=x.decision, defect_class=x.defect_class,
-                                 model_version=x.model_version, camera=x.camera) for v, x in state.verdicts.items()},
-            missing=missing, captured_at=state.part.captured_at, decided_at=now,
+            station=self.station,
+            part_id=state.part.part_id,
+            decision=decision,
+            reject=signal is Signal.REJECT,
+            signal=signal.value,
+            reason=reason.value,
+            failed_view=view,
+            defect_class=verdict.defect_class if verdict else None,
+            reasons=reasons,
+            views={
+                v: ViewResult(
+                    frame_id=x.frame_id,
+                    decision=x.decision,
+                    defect_class=x.defect_class,
+                    model_version=x.model_version,
+                    camera=x.camera,
+                )
+                for v, x in state.verdicts.items()
+            },
+            missing=missing,
+            captured_at=state.part.captured_at,
+            decided_at=now,
             product=seen.product if seen else None,
         )
-        return PartOutcome(state.part, signal, reason, None if reason is Reason.TIMEOUT else decision, now,
-                           defect_class=part_verdict.defect_class,
-                           model_version=seen.model_version if seen else None, verdict=part_verdict)
+        return PartOutcome(
+            state.part,
+            signal,
+            reason,
+            None if reason is Reason.TIMEOUT else decision,
+            now,
+            defect_class=part_verdict.defect_class,
+            model_version=seen.model_version if seen else None,
+            verdict=part_verdict,
+        )
 
 
 _COMMIT_PART = """
@@ -218,8 +247,12 @@ class PartCommitter:
         except REDIS_ERRORS as err:
             self.held.append(verdict)
             del self.held[:-10_000]
-            log.warning("line: part verdict of %s not committed yet (%s); held, %d waiting", verdict.part_id, err,
-                        len(self.held))
+            log.warning(
+                "line: part verdict of %s not committed yet (%s); held, %d waiting",
+                verdict.part_id,
+                err,
+                len(self.held),
+            )
             return True
 
     def flush_held(self) -> None:
@@ -229,9 +262,10 @@ class PartCommitter:
 
     def commit(self, verdict: PartVerdict) -> bool:
         """True when this is the part's first verdict (send it to the line); False: it had one already."""
-        fresh = self._script(keys=[self.names.part_done(verdict.part_id), self.names.parts],
-                             args=[verdict.id, self.cfg.retention.stream_max_age_s, self.cfg.redis.verdicts_maxlen,
-                                   verdict.to_json()])
+        fresh = self._script(
+            keys=[self.names.part_done(verdict.part_id), self.names.parts],
+            args=[verdict.id, self.cfg.retention.stream_max_age_s, self.cfg.redis.verdicts_maxlen, verdict.to_json()],
+        )
         return bool(fresh)
 
 

@@ -109,8 +109,12 @@ class LineRunner(StreamConsumer):
         return outcomes
 
     def setup(self) -> None:
-        log.info("line runner for station %s: deadline %.0f ms, %d output(s)",
-                 self.cfg.station.id, self.cfg.line.deadline_ms, len(self.outputs))
+        log.info(
+            "line runner for station %s: deadline %.0f ms, %d output(s)",
+            self.cfg.station.id,
+            self.cfg.line.deadline_ms,
+            len(self.outputs),
+        )
 
     def teardown(self) -> None:
         self.close()
@@ -161,7 +165,12 @@ class LineRunner(StreamConsumer):
         return None
 
     def _emit(self, outcome: Outcome) -> None:
-        if isinstance(outcome, PartOutcome) and self.parts and outcome.verdict and not self.parts.first(outcome.verdict):
+        if (
+            isinstance(outcome, PartOutcome)
+            and self.parts
+            and outcome.verdict
+            and not self.parts.first(outcome.verdict)
+        ):
             return  # this part had its verdict before a restart: never a second signal
         self.counts["accept" if outcome.signal.value == "ACCEPT" else "reject"] += 1
         self.outcomes_by_reason[(outcome.signal.value, outcome.reason.value)] += 1

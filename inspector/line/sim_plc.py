@@ -43,8 +43,15 @@ class PlcCounts:
 class SimulatedPlc:
     """A pymodbus TCP server on its own event-loop thread, with the coil / register map of ``line.modbus_*``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, reject_coil: int = 0, ready_coil: int = 1,
-                 seq_register: int = 0, size: int = 64) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        reject_coil: int = 0,
+        ready_coil: int = 1,
+        seq_register: int = 0,
+        size: int = 64,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.reject_coil, self.ready_coil, self.seq_register = reject_coil, ready_coil, seq_register
@@ -70,8 +77,15 @@ class SimulatedPlc:
         with self._lock:
             return PlcCounts(**vars(self.counts))
 
-    async def _action(self, function_code: int, start_address: int, address: int, count: int,
-                      current_registers: list[int], set_values: list[int] | list[bool] | None) -> None:
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        current_registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> None:
         if not set_values:
             return None
         with self._lock:
@@ -95,9 +109,16 @@ class SimulatedPlc:
             return [SimData(0, count=self.size, values=value, datatype=kind)]
 
         async def serve() -> None:
-            device = SimDevice(id=0, simdata=(block(DataType.BITS, False), block(DataType.BITS, False),
-                                              block(DataType.REGISTERS, 0), block(DataType.REGISTERS, 0)),
-                               action=self._action)
+            device = SimDevice(
+                id=0,
+                simdata=(
+                    block(DataType.BITS, False),
+                    block(DataType.BITS, False),
+                    block(DataType.REGISTERS, 0),
+                    block(DataType.REGISTERS, 0),
+                ),
+                action=self._action,
+            )
             self._server = ModbusTcpServer(device, address=(self.host, self.port))
             await self._server.serve_forever()  # type: ignore[attr-defined]
 
@@ -116,9 +137,10 @@ class SimulatedPlc:
                     return self
             except OSError:
                 time.sleep(0.05)
-        raise InspectorError(f"the simulated PLC did not start on {self.host}:{self.port}"
-                             f"{f': {self._error}' if self._error else ''}",
-                             "is pymodbus installed (pip install '.[line]') and the port free?")
+        raise InspectorError(
+            f"the simulated PLC did not start on {self.host}:{self.port}{f': {self._error}' if self._error else ''}",
+            "is pymodbus installed (pip install '.[line]') and the port free?",
+        )
 
     def stop(self) -> None:
         server = self._server

@@ -48,7 +48,9 @@ def decode_image(data: bytes, encoding: str = "jpeg", max_pixels: int = 40_000_0
     width, height = _header_size(data, actual, max_pixels)
     rgb = _decode(data, actual)
     if rgb.shape[:2] not in ((height, width), (width, height)):
-        raise FrameError(f"decoded {actual} is {rgb.shape[1]}x{rgb.shape[0]}, header says {width}x{height}", CAMERA_HINT)
+        raise FrameError(
+            f"decoded {actual} is {rgb.shape[1]}x{rgb.shape[0]}, header says {width}x{height}", CAMERA_HINT
+        )
     return rgb
 
 

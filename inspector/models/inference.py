@@ -85,8 +85,13 @@ class InspectionModel:
         self.preprocessor = Preprocessor(self.manifest.preprocess)
         self.max_batch = max_batch
         self.runner: Runner = create_runner(
-            package.file(relpath), runtime_cfg, cache_dir, precision=self.precision, max_batch=max_batch,
-            input_hw=self.preprocessor.size, backend=self.backend,
+            package.file(relpath),
+            runtime_cfg,
+            cache_dir,
+            precision=self.precision,
+            max_batch=max_batch,
+            input_hw=self.preprocessor.size,
+            backend=self.backend,
         )
         log.info("model %s %s loaded from %s (%s)", self.manifest.name, self.version, relpath, self.precision)
 
@@ -99,15 +104,20 @@ class InspectionModel:
         self.runner.close()
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.manifest.name, "version": self.version, "sha256": self.package.package_sha256,
-                "precision": self.precision, **self.runner.describe()}
+        return {
+            "name": self.manifest.name,
+            "version": self.version,
+            "sha256": self.package.package_sha256,
+            "precision": self.precision,
+            **self.runner.describe(),
+        }
 
     def infer(self, images: list[np.ndarray]) -> list[ModelOutput | FrameError]:
         """Outputs per frame, in order; a bad frame gets a FrameError in its slot."""
         results: list[ModelOutput | FrameError] = [FrameError("not processed")] * len(images)
         ok_idx, tensors, pre_ms = self._preprocess(images, results)
         for start in range(0, len(ok_idx), self.max_batch):
-            chunk = ok_idx[start:start + self.max_batch]
+            chunk = ok_idx[start : start + self.max_batch]
             batch = np.stack([tensors[i] for i in chunk])
             for i, res in zip(chunk, self._run_chunk(batch), strict=True):
                 if isinstance(res, ModelOutput):
@@ -142,15 +152,19 @@ class InspectionModel:
             if len(batch) == 1:
                 return [FrameError(f"inference failed: {err}", MODEL_HINT)]
             log.warning("batch of %d failed (%s); retrying frame by frame", len(batch), err)
-            return [r for k in range(len(batch)) for r in self._run_chunk(batch[k:k + 1])]
+            return [r for k in range(len(batch)) for r in self._run_chunk(batch[k : k + 1])]
         infer_ms = (time.perf_counter() - t0) * 1000.0
         out: list[ModelOutput | FrameError] = []
         for k in range(len(batch)):
             t1 = time.perf_counter()
             res = self._postprocess(outputs, k)
             if isinstance(res, ModelOutput):
-                res.stage_ms.update(infer=infer_ms / len(batch), infer_batch=infer_ms, batch_size=float(len(batch)),
-                                    postprocess=(time.perf_counter() - t1) * 1000.0)
+                res.stage_ms.update(
+                    infer=infer_ms / len(batch),
+                    infer_batch=infer_ms,
+                    batch_size=float(len(batch)),
+                    postprocess=(time.perf_counter() - t1) * 1000.0,
+                )
             out.append(res)
         return out
 

@@ -42,7 +42,9 @@ def resize_to(img: np.ndarray, dst_hw: tuple[int, int]) -> np.ndarray:
         return cv2.resize(img, (dst_hw[1], dst_hw[0]), interpolation=cv2.INTER_LINEAR)
     k = int(min(src_h / dst_hw[0], src_w / dst_hw[1]))
     if k >= 2:
-        img = cv2.resize(img[: src_h // k * k, : src_w // k * k], (src_w // k, src_h // k), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(
+            img[: src_h // k * k, : src_w // k * k], (src_w // k, src_h // k), interpolation=cv2.INTER_AREA
+        )
     return cv2.resize(img, (dst_hw[1], dst_hw[0]), interpolation=cv2.INTER_AREA)
 
 
@@ -86,10 +88,11 @@ class Preprocessor:
             return rgb
         x, y, w, h = self.spec.roi
         if x + w > rgb.shape[1] or y + h > rgb.shape[0]:
-            raise FrameError(f"region of interest x={x} y={y} w={w} h={h} lies outside the "
-                             f"{rgb.shape[1]}x{rgb.shape[0]} frame",
-                             "fix the package's preprocess.roi (trainer --roi) for this camera's frames")
-        return rgb[y:y + h, x:x + w]
+            raise FrameError(
+                f"region of interest x={x} y={y} w={w} h={h} lies outside the {rgb.shape[1]}x{rgb.shape[0]} frame",
+                "fix the package's preprocess.roi (trainer --roi) for this camera's frames",
+            )
+        return rgb[y : y + h, x : x + w]
 
     def _resize(self, rgb: np.ndarray) -> np.ndarray:
         if self.spec.color == "gray":
@@ -129,8 +132,10 @@ def _as_rgb(img: np.ndarray) -> np.ndarray:
     if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
         return cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2RGB)
     if img.ndim != 3 or img.shape[2] != 3:
-        raise FrameError(f"frame must be (H,W,3) RGB or (H,W) grey, got shape {img.shape}",
-                         "decode frames with inspector.models.decode")
+        raise FrameError(
+            f"frame must be (H,W,3) RGB or (H,W) grey, got shape {img.shape}",
+            "decode frames with inspector.models.decode",
+        )
     if img.shape[0] < 1 or img.shape[1] < 1:
         raise FrameError(f"frame is empty: shape {img.shape}", "check the camera")
     return img

@@ -61,11 +61,14 @@ def _graph(ref_mean: np.ndarray, ref_std: np.ndarray, w: np.ndarray, bias: np.nd
         numpy_helper.from_array(bias.astype(np.float32), "b"),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_inspection",
+        nodes,
+        "tiny_inspection",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("class_probs", TensorProto.FLOAT, ["batch", 2]),
-         helper.make_tensor_value_info("anomaly_score", TensorProto.FLOAT, ["batch"]),
-         helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", 1, CELLS, CELLS])],
+        [
+            helper.make_tensor_value_info("class_probs", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("anomaly_score", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", 1, CELLS, CELLS]),
+        ],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -90,8 +93,13 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 3000, lr: float = 0
     return w / sd, b - float((w / sd) @ mu)
 
 
-def build_tiny_package(out_dir: str | Path, good: Sequence[np.ndarray], defects: Sequence[np.ndarray],
-                       name: str = "tiny-demo", target_false_reject: float = 0.01) -> Path:
+def build_tiny_package(
+    out_dir: str | Path,
+    good: Sequence[np.ndarray],
+    defects: Sequence[np.ndarray],
+    name: str = "tiny-demo",
+    target_false_reject: float = 0.01,
+) -> Path:
     """Fit the tiny models on RGB images and write a verified package folder; returns its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,14 +124,24 @@ def build_tiny_package(out_dir: str | Path, good: Sequence[np.ndarray], defects:
     (canary_dir / "defect.png").write_bytes(encode_image(defects[0], "png"))
     version = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     manifest = Manifest(
-        name=name, version=version, created_at=time.time(), task="combined",
-        model=ModelFiles(outputs=Outputs(class_probs="class_probs", anomaly_score="anomaly_score", anomaly_map="anomaly_map")),
+        name=name,
+        version=version,
+        created_at=time.time(),
+        task="combined",
+        model=ModelFiles(
+            outputs=Outputs(class_probs="class_probs", anomaly_score="anomaly_score", anomaly_map="anomaly_map")
+        ),
         preprocess=Preprocess(size=(SIZE, SIZE), mean=MEAN, std=STD),
-        class_names=["good", "defect"], good_class="good", temperature=1.0,
-        anomaly=AnomalySpec(threshold=threshold, threshold_method="good_quantile", target_false_reject=target_false_reject),
+        class_names=["good", "defect"],
+        good_class="good",
+        temperature=1.0,
+        anomaly=AnomalySpec(
+            threshold=threshold, threshold_method="good_quantile", target_false_reject=target_false_reject
+        ),
         canaries=[Canary(file="canary/good.png", expected="ANY"), Canary(file="canary/defect.png", expected="ANY")],
         architecture={"kind": "tiny-cell-deviation", "cells": CELLS, "input": SIZE},
-        target_hardware="any CPU", latency_target_ms=10.0,
+        target_hardware="any CPU",
+        latency_target_ms=10.0,
     )
     write_manifest(out, manifest)
     return out

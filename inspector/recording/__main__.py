@@ -48,7 +48,9 @@ def run_recorders(config: Path | None, name: str | None, stop: threading.Event) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inspector.recording", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=None, help="Station YAML (default: built-in defaults and the environment).")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="Station YAML (default: built-in defaults and the environment)."
+    )
     parser.add_argument("--name", default=None, help="Consumer name (default recorder-<host>-<pid>).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -24,8 +24,9 @@ from inspector.store.fakes import make_verdict
 from inspector.store.testing import drop_schema
 
 
-def bench_recording(n: int = 5000, db_url: str | None = None, redis_url: str | None = None,
-                    batch_size: int = 200) -> float:
+def bench_recording(
+    n: int = 5000, db_url: str | None = None, redis_url: str | None = None, batch_size: int = 200
+) -> float:
     """Record ``n`` verdicts published on a real Redis stream; returns verdicts per second."""
     with tempfile.TemporaryDirectory() as tmp:
         server = None
@@ -33,8 +34,14 @@ def bench_recording(n: int = 5000, db_url: str | None = None, redis_url: str | N
             server = EmbeddedRedis(Path(tmp), appendfsync="everysec")
             redis_url = server.start()
         station = f"bench{uuid.uuid4().hex[:8]}"
-        cfg = parse_config({"station": {"id": station, "data_dir": tmp}, "redis": {"url": redis_url},
-                            "store": {"batch_size": batch_size}}, environ={})
+        cfg = parse_config(
+            {
+                "station": {"id": station, "data_dir": tmp},
+                "redis": {"url": redis_url},
+                "store": {"batch_size": batch_size},
+            },
+            environ={},
+        )
         schema = f"bench_{uuid.uuid4().hex[:8]}" if db_url and db_url.startswith("postgresql") else None
         store = open_store(db_url or str(Path(tmp) / "station.db"), schema=schema)
         client = client_for_url(redis_url)

@@ -53,8 +53,9 @@ class VerdictRecorder(StreamConsumer):
     backoff_max_s: ClassVar[float] = MAX_BACKOFF_S
     message_type: type[Verdict] | type[PartVerdict] = Verdict  # what the stream holds (PartRecorder: part verdicts)
 
-    def __init__(self, cfg: StationConfig, client: redis.Redis, store: Store, consumer: str,
-                 stream: str | None = None) -> None:
+    def __init__(
+        self, cfg: StationConfig, client: redis.Redis, store: Store, consumer: str, stream: str | None = None
+    ) -> None:
         super().__init__(cfg, client, consumer)
         self.names = Names(cfg.redis.prefix, cfg.station.id)
         self.client, self.store = client, store

@@ -23,8 +23,10 @@ def _console() -> Console:
     return Console()  # made per call: honours the terminal width (and COLUMNS) of the moment
 
 
-UserOpt = Annotated[str | None, typer.Option("--user", "-u", help="Always you (the OS user or your token); another "
-                                                               "name is refused and audited.")]
+UserOpt = Annotated[
+    str | None,
+    typer.Option("--user", "-u", help="Always you (the OS user or your token); another name is refused and audited."),
+]
 
 review_app = typer.Typer(help="The review queue and labelling.", no_args_is_help=True)
 
@@ -37,19 +39,25 @@ def _labeller(cfg: StationConfig, store: Store, action: Action, user: str | None
         return authorize(cfg, store, action, None, user, target)[0].name
     except IdentityRefused as err:
         store.close()
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {err.message}\n[yellow]hint:[/yellow] {err.hint}")
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]error:[/bold red] {err.message}\n[yellow]hint:[/yellow] {err.hint}"
+        )
         raise typer.Exit(2) from None
 
 
 def _service(cfg: StationConfig, store: Store, product: str | None = None) -> LabellingService:
     if product is not None and product not in cfg.products:
-        raise InspectorError(f"product {product!r} is not configured: the station makes "
-                             f"{', '.join(cfg.products) or 'one product (no products:)'}", "pass a configured --product")
+        raise InspectorError(
+            f"product {product!r} is not configured: the station makes "
+            f"{', '.join(cfg.products) or 'one product (no products:)'}",
+            "pass a configured --product",
+        )
     return LabellingService(store, Archive.for_data_dir(cfg.station.data_dir), cfg.review.lease_s, product=product)
 
 
-ProductOpt = Annotated[str | None, typer.Option("--product", help="Only this product's items (its own review "
-                                                                  "queue and training data).")]
+ProductOpt = Annotated[
+    str | None, typer.Option("--product", help="Only this product's items (its own review queue and training data).")
+]
 
 
 @review_app.command("stats")
@@ -72,16 +80,31 @@ def review_next(user: UserOpt = None, config: ConfigOpt = None, product: Product
         return
     image = Archive.for_data_dir(cfg.station.data_dir).path(item.image_sha256) if item.image_sha256 else None
     table = Table("field", "value", title=f"review item {item.id} (leased to {user})")
-    for key in ("frame_id", "part_id", "camera", "priority", "reasons", "decision", "defect_class", "class_probs",
-                "anomaly_score", "model_version"):
+    for key in (
+        "frame_id",
+        "part_id",
+        "camera",
+        "priority",
+        "reasons",
+        "decision",
+        "defect_class",
+        "class_probs",
+        "anomaly_score",
+        "model_version",
+    ):
         table.add_row(key, short_text(getattr(item, key)))
     table.add_row("image", str(image or "-"))
     _console().print(table)
 
 
 @review_app.command("label")
-def review_label(item: int, label: str, user: UserOpt = None,
-                 note: Annotated[str | None, typer.Option()] = None, config: ConfigOpt = None) -> None:
+def review_label(
+    item: int,
+    label: str,
+    user: UserOpt = None,
+    note: Annotated[str | None, typer.Option()] = None,
+    config: ConfigOpt = None,
+) -> None:
     """Label ITEM (leased by you) as LABEL: good, unsure, or a defect class."""
     cfg, store = open_config_store(config)
     user = _labeller(cfg, store, Action.LABEL, user, f"review item {item}")
@@ -96,8 +119,12 @@ def review_label(item: int, label: str, user: UserOpt = None,
 
 
 @review_app.command("export")
-def review_export(out: Path, layout: Annotated[str, typer.Option(help="classification or anomaly")] = "classification",
-                  config: ConfigOpt = None, product: ProductOpt = None) -> None:
+def review_export(
+    out: Path,
+    layout: Annotated[str, typer.Option(help="classification or anomaly")] = "classification",
+    config: ConfigOpt = None,
+    product: ProductOpt = None,
+) -> None:
     """Export labelled frames into OUT in the trainer's folder layout, as a hashed dataset version."""
     cfg, store = open_config_store(config)
     _labeller(cfg, store, Action.EXPORT, None, str(out))

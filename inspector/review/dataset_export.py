@@ -25,8 +25,9 @@ from inspector.store.records import insert_ignore
 LAYOUTS = ("classification", "anomaly")
 
 
-def export_dataset(store: Store, archive: Archive, out_dir: str | Path, layout: str = "classification",
-                   product: str | None = None) -> DatasetVersion:
+def export_dataset(
+    store: Store, archive: Archive, out_dir: str | Path, layout: str = "classification", product: str | None = None
+) -> DatasetVersion:
     """Export current labels (not 'unsure') with archived images in the trainer's folder layout:
     ``classification``: ``<label>/<sha>.<ext>``; ``anomaly``: ``train/good/`` and ``test/<label>/``.
     ``out_dir`` must not exist or be empty; it is built beside it and renamed into place. The content
@@ -55,10 +56,14 @@ def dataset_versions(store: Store) -> list[DatasetVersion]:
         return [DatasetVersion(r.hash, dict(r.counts), r.layout, r.path, sum(r.counts.values())) for r in rows]
 
 
-def _export_plan(store: Store, archive: Archive, layout: str,
-                 product: str | None) -> tuple[dict[str, str], dict[str, int]]:
-    q = select(LabelRow.label, ReviewItemRow.image_sha256).outerjoin(
-        ReviewItemRow, ReviewItemRow.frame_id == LabelRow.frame_id).where(LabelRow.is_current.is_(True))
+def _export_plan(
+    store: Store, archive: Archive, layout: str, product: str | None
+) -> tuple[dict[str, str], dict[str, int]]:
+    q = (
+        select(LabelRow.label, ReviewItemRow.image_sha256)
+        .outerjoin(ReviewItemRow, ReviewItemRow.frame_id == LabelRow.frame_id)
+        .where(LabelRow.is_current.is_(True))
+    )
     if product is not None:  # one product's training data: its frames' verdicts name it
         q = q.join(VerdictRow, VerdictRow.frame_id == LabelRow.frame_id).where(VerdictRow.product == product)
     files: dict[str, str] = {}
@@ -71,7 +76,9 @@ def _export_plan(store: Store, archive: Archive, layout: str,
                 skipped["no_image"] += 1
             else:
                 src = archive.path(sha)
-                folder = label if layout == "classification" else ("train/good" if label == GOOD_LABEL else f"test/{label}")
+                folder = (
+                    label if layout == "classification" else ("train/good" if label == GOOD_LABEL else f"test/{label}")
+                )
                 files[f"{folder}/{src.name}"] = sha
     return files, skipped
 
@@ -96,5 +103,7 @@ def _write_export(archive: Archive, out: Path, files: dict[str, str], dv: Datase
 
 def _record_dataset(store: Store, dv: DatasetVersion) -> None:
     with store.session() as s:
-        s.execute(insert_ignore(s, DatasetVersionRow.__table__, "hash"), [{
-            "hash": dv.hash, "layout": dv.layout, "counts": dv.counts, "path": dv.path, "created_at": now()}])
+        s.execute(
+            insert_ignore(s, DatasetVersionRow.__table__, "hash"),
+            [{"hash": dv.hash, "layout": dv.layout, "counts": dv.counts, "path": dv.path, "created_at": now()}],
+        )

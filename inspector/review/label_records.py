@@ -67,14 +67,27 @@ class DatasetVersion:
 def review_item_view(r: ReviewItemRow) -> ReviewItemView:
     """The row as the GUI and the CLI see it."""
     return ReviewItemView(
-        r.id, r.frame_id, r.part_id, r.camera, r.priority, list(r.reasons), r.decision, r.defect_class,
-        r.class_probs, r.anomaly_score, r.model_version, r.image_sha256, r.created_at, r.status, r.leased_by,
+        r.id,
+        r.frame_id,
+        r.part_id,
+        r.camera,
+        r.priority,
+        list(r.reasons),
+        r.decision,
+        r.defect_class,
+        r.class_probs,
+        r.anomaly_score,
+        r.model_version,
+        r.image_sha256,
+        r.created_at,
+        r.status,
+        r.leased_by,
         r.lease_expires,
     )
 
 
 def label_record(r: LabelRow) -> LabelRecord:
     """The row as the GUI and the CLI see it."""
-    return LabelRecord(r.id, r.frame_id, r.item_id, r.label, r.user, r.note, r.created_at, r.is_current,
-                       r.undone, r.supersedes_id)
-
+    return LabelRecord(
+        r.id, r.frame_id, r.item_id, r.label, r.user, r.note, r.created_at, r.is_current, r.undone, r.supersedes_id
+    )

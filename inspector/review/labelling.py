@@ -16,7 +16,6 @@ Labels are ``good``, ``unsure``, or a defect class name (``[A-Za-z0-9_.-]``, 1â€
 name on export; pass ``classes=`` to restrict them to the model's classes).
 """
 
-
 from __future__ import annotations
 
 import re
@@ -45,8 +44,16 @@ from inspector.store.db import Store
 from inspector.store.models import LabelRow, ReviewItemRow, ReviewSkipRow, VerdictRow
 from inspector.store.records import insert_ignore, review_item_row
 
-__all__ = ["LABEL_RE", "LAYOUTS", "DatasetVersion", "LabelError", "LabelRecord", "LabellingService", "ReviewItemView",
-           "_view"]
+__all__ = [
+    "LABEL_RE",
+    "LAYOUTS",
+    "DatasetVersion",
+    "LabelError",
+    "LabelRecord",
+    "LabellingService",
+    "ReviewItemView",
+    "_view",
+]
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _view = review_item_view  # the name inspector.review.open_queue imports
@@ -61,8 +68,14 @@ def _check_user(user: str) -> str:
 class LabellingService:
     """The review queue, the labels and the dataset export of one store (see the module docstring)."""
 
-    def __init__(self, store: Store, archive: Archive, lease_s: float = 300.0,
-                 classes: set[str] | None = None, product: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        archive: Archive,
+        lease_s: float = 300.0,
+        classes: set[str] | None = None,
+        product: str | None = None,
+    ) -> None:
         self.store, self.archive, self.lease_s = store, archive, lease_s
         self.product = product  # set: this product's queue and labelled frames only (None: every product)
         self.classes = None if classes is None else set(classes) | {GOOD_LABEL, UNSURE_LABEL}
@@ -87,15 +100,30 @@ class LabellingService:
         user = _check_user(user)
         with self.store.session() as s:
             t = now()
-            held = s.scalar(select(ReviewItemRow).where(
-                ReviewItemRow.status == ReviewStatus.LEASED, ReviewItemRow.leased_by == user, ReviewItemRow.lease_expires >= t,
-            ).order_by(ReviewItemRow.priority.desc(), ReviewItemRow.created_at).limit(1))
+            held = s.scalar(
+                select(ReviewItemRow)
+                .where(
+                    ReviewItemRow.status == ReviewStatus.LEASED,
+                    ReviewItemRow.leased_by == user,
+                    ReviewItemRow.lease_expires >= t,
+                )
+                .order_by(ReviewItemRow.priority.desc(), ReviewItemRow.created_at)
+                .limit(1)
+            )
             if held is not None:
                 return review_item_view(held)
             for _ in range(20):
-                item_id = s.scalar(select(ReviewItemRow.id).where(self._available(user, t)).order_by(
-                    ReviewItemRow.priority.desc(), ReviewItemRow.created_at, ReviewItemRow.id,
-                ).limit(1).with_for_update(skip_locked=True))
+                item_id = s.scalar(
+                    select(ReviewItemRow.id)
+                    .where(self._available(user, t))
+                    .order_by(
+                        ReviewItemRow.priority.desc(),
+                        ReviewItemRow.created_at,
+                        ReviewItemRow.id,
+                    )
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                )
                 if item_id is None:
                     return None
                 if self._take(s, item_id, user, t):
@@ -104,9 +132,17 @@ class LabellingService:
 
     def _take(self, s: Session, item_id: int, user: str, t: float) -> bool:
         """Conditional UPDATE: succeeds only if the item is still free (the SQLite path relies on this)."""
-        res = s.execute(update(ReviewItemRow).where(ReviewItemRow.id == item_id, self._available(user, t)).values(
-            status=ReviewStatus.LEASED, leased_by=user, lease_expires=t + self.lease_s, updated_at=t,
-        ).execution_options(synchronize_session=False))
+        res = s.execute(
+            update(ReviewItemRow)
+            .where(ReviewItemRow.id == item_id, self._available(user, t))
+            .values(
+                status=ReviewStatus.LEASED,
+                leased_by=user,
+                lease_expires=t + self.lease_s,
+                updated_at=t,
+            )
+            .execution_options(synchronize_session=False)
+        )
         return res.rowcount == 1
 
     def skip(self, item_id: int, user: str) -> None:
@@ -114,21 +150,36 @@ class LabellingService:
         user = _check_user(user)
         with self.store.session() as s:
             self._release_held(s, item_id, user, status=ReviewStatus.PENDING)
-            s.execute(insert_ignore(s, ReviewSkipRow.__table__, "item_id", "user"), [
-                {"item_id": item_id, "user": user, "at": now()}])
+            s.execute(
+                insert_ignore(s, ReviewSkipRow.__table__, "item_id", "user"),
+                [{"item_id": item_id, "user": user, "at": now()}],
+            )
 
     def _release_held(self, s: Session, item_id: int, user: str, status: str) -> ReviewItemRow:
         t = now()
-        res = s.execute(update(ReviewItemRow).where(
-            ReviewItemRow.id == item_id, ReviewItemRow.status == ReviewStatus.LEASED, ReviewItemRow.leased_by == user,
-        ).values(status=status, leased_by=user if status == ReviewStatus.LABELLED else None, lease_expires=None, updated_at=t)
-            .execution_options(synchronize_session=False))
+        res = s.execute(
+            update(ReviewItemRow)
+            .where(
+                ReviewItemRow.id == item_id,
+                ReviewItemRow.status == ReviewStatus.LEASED,
+                ReviewItemRow.leased_by == user,
+            )
+            .values(
+                status=status,
+                leased_by=user if status == ReviewStatus.LABELLED else None,
+                lease_expires=None,
+                updated_at=t,
+            )
+            .execution_options(synchronize_session=False)
+        )
         if res.rowcount != 1:
             item = s.get(ReviewItemRow, item_id)
             if item is None:
                 raise LabelError(f"review item {item_id} does not exist", "lease an item with `next` first")
-            raise LabelError(f"review item {item_id} is not leased by {user} (status {item.status}, "
-                             f"holder {item.leased_by})", "lease the item again with `next`")
+            raise LabelError(
+                f"review item {item_id} is not leased by {user} (status {item.status}, holder {item.leased_by})",
+                "lease the item again with `next`",
+            )
         return s.get_one(ReviewItemRow, item_id, populate_existing=True)
 
     # -- labels ----------------------------------------------------------------------------------
@@ -140,19 +191,37 @@ class LabellingService:
             item = self._release_held(s, item_id, user, status=ReviewStatus.LABELLED)
             return self._write_label(s, item.frame_id, item.id, user, label, note, action="label")
 
-    def _write_label(self, s: Session, frame_id: str, item_id: int | None, user: str, label: str,
-                     note: str | None, action: str) -> LabelRecord:
-        prev = s.scalar(select(LabelRow).where(LabelRow.frame_id == frame_id, LabelRow.is_current.is_(True))
-                        .with_for_update())
+    def _write_label(
+        self, s: Session, frame_id: str, item_id: int | None, user: str, label: str, note: str | None, action: str
+    ) -> LabelRecord:
+        prev = s.scalar(
+            select(LabelRow).where(LabelRow.frame_id == frame_id, LabelRow.is_current.is_(True)).with_for_update()
+        )
         if prev is not None:
             prev.is_current = False
             s.flush()
-        row = LabelRow(frame_id=frame_id, item_id=item_id, label=label, user=user, note=note, created_at=now(),
-                       is_current=True, undone=False, supersedes_id=prev.id if prev else None)
+        row = LabelRow(
+            frame_id=frame_id,
+            item_id=item_id,
+            label=label,
+            user=user,
+            note=note,
+            created_at=now(),
+            is_current=True,
+            undone=False,
+            supersedes_id=prev.id if prev else None,
+        )
         s.add(row)
         s.flush()
-        self.store.audit.record(user, action, f"frame:{frame_id}", prev.label if prev else None, label,
-                                {"item_id": item_id, "label_id": row.id, "note": note}, session=s)
+        self.store.audit.record(
+            user,
+            action,
+            f"frame:{frame_id}",
+            prev.label if prev else None,
+            label,
+            {"item_id": item_id, "label_id": row.id, "note": note},
+            session=s,
+        )
         return label_record(row)
 
     def relabel(self, frame_id: str, user: str, label: str, note: str | None = None) -> LabelRecord:
@@ -164,7 +233,12 @@ class LabellingService:
             if not known:
                 raise LabelError(f"frame {frame_id} has no verdict and no review item", "check the frame id")
             if item is not None and item.status != ReviewStatus.LABELLED:
-                item.status, item.leased_by, item.lease_expires, item.updated_at = ReviewStatus.LABELLED, user, None, now()
+                item.status, item.leased_by, item.lease_expires, item.updated_at = (
+                    ReviewStatus.LABELLED,
+                    user,
+                    None,
+                    now(),
+                )
             return self._write_label(s, frame_id, item.id if item else None, user, label, note, action="relabel")
 
     def undo_last(self, user: str) -> LabelRecord | None:
@@ -172,8 +246,13 @@ class LabellingService:
         otherwise the item goes back to ``user`` under a fresh lease. Returns the undone label, or None."""
         user = _check_user(user)
         with self.store.session() as s:
-            row = s.scalar(select(LabelRow).where(LabelRow.user == user, LabelRow.is_current.is_(True))
-                           .order_by(LabelRow.created_at.desc(), LabelRow.id.desc()).limit(1).with_for_update())
+            row = s.scalar(
+                select(LabelRow)
+                .where(LabelRow.user == user, LabelRow.is_current.is_(True))
+                .order_by(LabelRow.created_at.desc(), LabelRow.id.desc())
+                .limit(1)
+                .with_for_update()
+            )
             if row is None:
                 return None
             row.is_current, row.undone = False, True
@@ -181,11 +260,26 @@ class LabellingService:
             restored = self._restore_previous(s, row)
             if restored is None and row.item_id is not None:
                 t = now()
-                s.execute(update(ReviewItemRow).where(ReviewItemRow.id == row.item_id).values(
-                    status=ReviewStatus.LEASED, leased_by=user, lease_expires=t + self.lease_s, updated_at=t,
-                ).execution_options(synchronize_session=False))
-            self.store.audit.record(user, "label.undo", f"frame:{row.frame_id}", row.label,
-                                    restored.label if restored else None, {"label_id": row.id}, session=s)
+                s.execute(
+                    update(ReviewItemRow)
+                    .where(ReviewItemRow.id == row.item_id)
+                    .values(
+                        status=ReviewStatus.LEASED,
+                        leased_by=user,
+                        lease_expires=t + self.lease_s,
+                        updated_at=t,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+            self.store.audit.record(
+                user,
+                "label.undo",
+                f"frame:{row.frame_id}",
+                row.label,
+                restored.label if restored else None,
+                {"label_id": row.id},
+                session=s,
+            )
             return label_record(row)
 
     def _restore_previous(self, s: Session, row: LabelRow) -> LabelRow | None:
@@ -199,8 +293,14 @@ class LabellingService:
             prev_id = prev.supersedes_id
         return None
 
-    def history(self, user: str | None = None, label: str | None = None, since: float | datetime | None = None,
-                limit: int = 100, frame_id: str | None = None) -> list[LabelRecord]:
+    def history(
+        self,
+        user: str | None = None,
+        label: str | None = None,
+        since: float | datetime | None = None,
+        limit: int = 100,
+        frame_id: str | None = None,
+    ) -> list[LabelRecord]:
         """Label rows, newest first (current, superseded and undone ones)."""
         q = select(LabelRow).order_by(LabelRow.created_at.desc(), LabelRow.id.desc()).limit(max(1, min(limit, 10_000)))
         if user:
@@ -234,10 +334,17 @@ class LabellingService:
         t = now()
         with self.store.session() as s:
             rows = s.execute(select(ReviewItemRow.status, ReviewItemRow.priority, ReviewItemRow.lease_expires)).all()
-            by_label = dict(s.execute(select(LabelRow.label, func.count()).where(LabelRow.is_current.is_(True))
-                                      .group_by(LabelRow.label)).all())
-        stats: dict[str, Any] = {**{str(st): 0 for st in ReviewStatus}, "total": len(rows), "by_priority": {},
-                                 "labels": by_label}
+            by_label = dict(
+                s.execute(
+                    select(LabelRow.label, func.count()).where(LabelRow.is_current.is_(True)).group_by(LabelRow.label)
+                ).all()
+            )
+        stats: dict[str, Any] = {
+            **{str(st): 0 for st in ReviewStatus},
+            "total": len(rows),
+            "by_priority": {},
+            "labels": by_label,
+        }
         for status, priority, expires in rows:
             if status == ReviewStatus.LEASED and expires is not None and expires < t:
                 status = ReviewStatus.PENDING
@@ -246,8 +353,15 @@ class LabellingService:
                 stats["by_priority"][priority] = stats["by_priority"].get(priority, 0) + 1
         return stats
 
-    def request_review(self, frame_id: str, reason: str, user: str, priority: int = 90,
-                       image: bytes | None = None, encoding: str = "png") -> int:
+    def request_review(
+        self,
+        frame_id: str,
+        reason: str,
+        user: str,
+        priority: int = 90,
+        image: bytes | None = None,
+        encoding: str = "png",
+    ) -> int:
         """Queue a frame for review (an operator says the verdict is wrong). An existing item gets the reason
         and the higher priority, and is re-opened if it was labelled. ``image``: the frame, archived first
         when the router had not archived it. Returns the item id."""
@@ -260,19 +374,37 @@ class LabellingService:
             else:
                 self._reopen(item, reason, priority, sha, ext)
             s.flush()
-            self.store.audit.record(user, "review.request", f"frame:{frame_id}", None,
-                                    {"reason": reason, "priority": priority}, {"item_id": item.id}, session=s)
+            self.store.audit.record(
+                user,
+                "review.request",
+                f"frame:{frame_id}",
+                None,
+                {"reason": reason, "priority": priority},
+                {"item_id": item.id},
+                session=s,
+            )
             return item.id
 
-    def _item_from_verdict(self, s: Session, frame_id: str, reason: str, priority: int, sha: str | None,
-                           ext: str | None) -> ReviewItemRow:
+    def _item_from_verdict(
+        self, s: Session, frame_id: str, reason: str, priority: int, sha: str | None, ext: str | None
+    ) -> ReviewItemRow:
         v = s.scalar(select(VerdictRow).where(VerdictRow.frame_id == frame_id))
         if v is None:
             raise LabelError(f"frame {frame_id} has no recorded verdict", "wait for the recorder, or check the id")
-        req = ReviewRequest(station=v.station, frame_id=frame_id, part_id=v.part_id, camera=v.camera,
-                            reasons=[reason], priority=priority, image_sha256=sha, decision=Decision(v.decision),
-                            model_version=v.model_version, class_probs=v.class_probs, anomaly_score=v.anomaly_score,
-                            product=v.product)
+        req = ReviewRequest(
+            station=v.station,
+            frame_id=frame_id,
+            part_id=v.part_id,
+            camera=v.camera,
+            reasons=[reason],
+            priority=priority,
+            image_sha256=sha,
+            decision=Decision(v.decision),
+            model_version=v.model_version,
+            class_probs=v.class_probs,
+            anomaly_score=v.anomaly_score,
+            product=v.product,
+        )
         item = ReviewItemRow(**review_item_row(req, ext, v.defect_class))
         s.add(item)
         return item

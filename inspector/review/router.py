@@ -55,8 +55,16 @@ class ReviewRouter(StreamConsumer):
     retry_on: ClassVar[tuple[type[BaseException], ...]] = (Exception,)  # Redis, database or disk: entries stay pending
     backoff_max_s: ClassVar[float] = MAX_BACKOFF_S
 
-    def __init__(self, cfg: StationConfig, client: redis.Redis, names: Names, archive: Archive, store: Store,
-                 samplers: list[Sampler] | None = None, consumer: str = "review-router") -> None:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        client: redis.Redis,
+        names: Names,
+        archive: Archive,
+        store: Store,
+        samplers: list[Sampler] | None = None,
+        consumer: str = "review-router",
+    ) -> None:
         super().__init__(cfg, client, consumer)
         self.client, self.names, self.archive, self.store = client, names, archive, store
         self.samplers = samplers if samplers is not None else default_samplers(cfg.review, cfg.policy, client, names)
@@ -80,7 +88,9 @@ class ReviewRouter(StreamConsumer):
             return self._failed(verdict, "sample", err)
         if chosen is None:
             return None
-        job = ReviewJob(station=verdict.station, verdict=verdict, reasons=chosen[0], priority=chosen[1], encoding=encoding)
+        job = ReviewJob(
+            station=verdict.station, verdict=verdict, reasons=chosen[0], priority=chosen[1], encoding=encoding
+        )
         try:
             return self._deliver(job, image)
         except Exception as err:  # noqa: BLE001 - logged and counted, never raised
@@ -92,21 +102,39 @@ class ReviewRouter(StreamConsumer):
         ext = ENCODING_EXT.get(job.encoding.lower(), "raw")
         sha = self.archive.put(image, ext)
         req = ReviewRequest(
-            station=verdict.station, frame_id=verdict.frame_id, part_id=verdict.part_id, camera=verdict.camera,
-            reasons=job.reasons, priority=job.priority, image_sha256=sha, decision=verdict.decision,
-            model_version=verdict.model_version, class_probs=verdict.class_probs, anomaly_score=verdict.anomaly_score,
+            station=verdict.station,
+            frame_id=verdict.frame_id,
+            part_id=verdict.part_id,
+            camera=verdict.camera,
+            reasons=job.reasons,
+            priority=job.priority,
+            image_sha256=sha,
+            decision=verdict.decision,
+            model_version=verdict.model_version,
+            class_probs=verdict.class_probs,
+            anomaly_score=verdict.anomaly_score,
             product=verdict.product,
         )
         add_review_item(self.store, req, image_ext=ext, defect_class=verdict.defect_class)
-        self.client.xadd(self.names.review, {STREAM_FIELD_MESSAGE: req.to_json()},
-                         maxlen=self.cfg.review.review_maxlen, approximate=True)
+        self.client.xadd(
+            self.names.review,
+            {STREAM_FIELD_MESSAGE: req.to_json()},
+            maxlen=self.cfg.review.review_maxlen,
+            approximate=True,
+        )
         self.stats["routed"] += 1
         return req
 
     def _failed(self, verdict: Verdict, stage: str, err: Exception) -> None:
         self.stats[f"failed_{stage}"] += 1
-        log.error("review routing (%s) failed for frame %s (station %s, model %s): %s",
-                  stage, verdict.frame_id, verdict.station, verdict.model_version, self._reason(err))
+        log.error(
+            "review routing (%s) failed for frame %s (station %s, model %s): %s",
+            stage,
+            verdict.frame_id,
+            verdict.station,
+            verdict.model_version,
+            self._reason(err),
+        )
         return None
 
     def _reason(self, err: BaseException) -> str:
@@ -128,10 +156,16 @@ class ReviewRouter(StreamConsumer):
             if self.client.xlen(self.names.review_inbox) >= self.cfg.review.queue_size:
                 self.stats["dropped_queue_full"] += 1
                 self.bus.count("review_dropped")
-                log.error("review inbox %s holds %d frames (review.queue_size): frame %s not queued for review",
-                          self.names.review_inbox, self.cfg.review.queue_size, verdict.frame_id)
+                log.error(
+                    "review inbox %s holds %d frames (review.queue_size): frame %s not queued for review",
+                    self.names.review_inbox,
+                    self.cfg.review.queue_size,
+                    verdict.frame_id,
+                )
                 return False
-            job = ReviewJob(station=verdict.station, verdict=verdict, reasons=chosen[0], priority=chosen[1], encoding=encoding)
+            job = ReviewJob(
+                station=verdict.station, verdict=verdict, reasons=chosen[0], priority=chosen[1], encoding=encoding
+            )
             pipe = self.client.pipeline(transaction=True)
             pipe.xadd(self.names.review_inbox, {STREAM_FIELD_MESSAGE: job.to_json(), STREAM_FIELD_IMAGE: image})
             pipe.hincrby(self.names.counters, "review_queued", 1)
@@ -158,7 +192,9 @@ class ReviewRouter(StreamConsumer):
             return
         self._thread.join(self.cfg.store.stop_timeout_s if timeout is None else timeout)
         if self._thread.is_alive():
-            log.warning("review router %s did not finish within its stop bound; its entries stay pending", self.consumer)
+            log.warning(
+                "review router %s did not finish within its stop bound; its entries stay pending", self.consumer
+            )
         self._thread = None
 
     def setup(self) -> None:
@@ -205,14 +241,19 @@ class ReviewRouter(StreamConsumer):
         return reason
 
     def _read(self, start: str, block_ms: int | None) -> list[Entry]:
-        reply = self.client.xreadgroup(self.names.review_group, self.consumer, {self.names.review_inbox: start},
-                                       count=READ_COUNT, block=block_ms)
-        return [Entry(eid.decode() if isinstance(eid, bytes) else eid, fields or None)
-                for _stream, entries in reply or [] for eid, fields in entries]
+        reply = self.client.xreadgroup(
+            self.names.review_group, self.consumer, {self.names.review_inbox: start}, count=READ_COUNT, block=block_ms
+        )
+        return [
+            Entry(eid.decode() if isinstance(eid, bytes) else eid, fields or None)
+            for _stream, entries in reply or []
+            for eid, fields in entries
+        ]
 
     def _reclaim(self) -> list[Entry]:
-        entries = self.reclaim_stale(self.names.review_inbox, self.names.review_group, self.cfg.store.reclaim_idle_ms,
-                                     READ_COUNT)
+        entries = self.reclaim_stale(
+            self.names.review_inbox, self.names.review_group, self.cfg.store.reclaim_idle_ms, READ_COUNT
+        )
         self.stats["reclaimed"] += len(entries)
         return entries
 

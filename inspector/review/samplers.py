@@ -95,8 +95,9 @@ return 1
 class SharedRateLimiter:
     """:class:`RateLimiter`'s windows and daily cap in Redis, shared by every worker of a station."""
 
-    def __init__(self, client: redis.Redis, names: Names, sampler: str, per_minute: int, per_hour: int,
-                 per_day: int) -> None:
+    def __init__(
+        self, client: redis.Redis, names: Names, sampler: str, per_minute: int, per_hour: int, per_day: int
+    ) -> None:
         self.client, self.names, self.sampler = client, names, sampler
         self.per_minute, self.per_hour, self.per_day = per_minute, per_hour, per_day
         self._take = client.register_script(_TAKE)
@@ -104,11 +105,15 @@ class SharedRateLimiter:
     def allow(self, t: float) -> bool:
         """Take one slot at time ``t`` if every shared window has room (atomic across workers)."""
         day = int(t // DAY_S)
-        keys = [self.names.review_limit(self.sampler, "minute"), self.names.review_limit(self.sampler, "hour"),
-                self.names.review_limit(self.sampler, f"day:{day}")]
+        keys = [
+            self.names.review_limit(self.sampler, "minute"),
+            self.names.review_limit(self.sampler, "hour"),
+            self.names.review_limit(self.sampler, f"day:{day}"),
+        ]
         member = f"{t!r}:{uuid.uuid4().hex[:12]}"
-        return bool(self._take(keys=keys, args=[repr(t), self.per_minute, self.per_hour, self.per_day, member,
-                                                DAY_S + 3600]))
+        return bool(
+            self._take(keys=keys, args=[repr(t), self.per_minute, self.per_hour, self.per_day, member, DAY_S + 3600])
+        )
 
 
 def top_class(v: Verdict) -> tuple[str, float] | None:
@@ -214,8 +219,9 @@ class PassAuditSampler(Sampler):
         return int.from_bytes(digest[:8], "big") % self.one_in == 0
 
 
-def default_samplers(review: ReviewSection, policy: PolicySection, client: redis.Redis | None = None,
-                     names: Names | None = None) -> list[Sampler]:
+def default_samplers(
+    review: ReviewSection, policy: PolicySection, client: redis.Redis | None = None, names: Names | None = None
+) -> list[Sampler]:
     """The station's samplers, each with its own limits: shared in Redis when ``client`` and ``names`` are
     given (every worker of the station), else in this process only."""
     lim_s = review.limits

@@ -57,8 +57,10 @@ def resolve_backend(runtime_cfg: RuntimeSection, recorded: str | None = None) ->
 
         if openvino_available():
             return "openvino"
-        log.warning("the package's precision was kept on OpenVINO, which is not installed: running ONNX Runtime fp32 "
-                    "(pip install openvino)")
+        log.warning(
+            "the package's precision was kept on OpenVINO, which is not installed: running ONNX Runtime fp32 "
+            "(pip install openvino)"
+        )
     return "onnxruntime"
 
 
@@ -93,5 +95,9 @@ def create_runner(
     from inspector.runtime.onnx_runner import OnnxRunner
 
     return OnnxRunner(
-        Path(onnx_path), providers=list(runtime_cfg.providers), threads=runtime_cfg.threads, precision=prec, cache_dir=cache
+        Path(onnx_path),
+        providers=list(runtime_cfg.providers),
+        threads=runtime_cfg.threads,
+        precision=prec,
+        cache_dir=cache,
     )

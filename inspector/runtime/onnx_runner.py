@@ -107,8 +107,14 @@ class OnnxRunner:
         self._check_active(chosen)
         self._input = self.session.get_inputs()[0].name
         self._outputs = [o.name for o in self.session.get_outputs()]
-        log.info("ONNX Runtime %s: %s on %s (%s, %d threads)", ort.__version__, self.path.name,
-                 self.active_providers[0], precision, threads)
+        log.info(
+            "ONNX Runtime %s: %s on %s (%s, %d threads)",
+            ort.__version__,
+            self.path.name,
+            self.active_providers[0],
+            precision,
+            threads,
+        )
 
     @property
     def active_providers(self) -> list[str]:

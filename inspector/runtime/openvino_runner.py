@@ -24,7 +24,9 @@ from inspector.contracts.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install openvino (the 'openvino' extra: pip install -e '.[openvino]'), or set runtime.backend onnxruntime"
+INSTALL_HINT = (
+    "pip install openvino (the 'openvino' extra: pip install -e '.[openvino]'), or set runtime.backend onnxruntime"
+)
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
@@ -69,11 +71,14 @@ class OpenVinoRunner:
         try:
             import openvino as ov
         except ImportError:
-            raise BackendUnavailable("runtime.backend openvino: the openvino package is not installed",
-                                     INSTALL_HINT) from None
+            raise BackendUnavailable(
+                "runtime.backend openvino: the openvino package is not installed", INSTALL_HINT
+            ) from None
         if precision not in PRECISION_HINTS:
-            raise BackendUnavailable(f"runtime.backend openvino runs fp32, bf16 or int8, not {precision!r}",
-                                     "set runtime.precision to auto, fp32, bf16 or int8 (fp16 is TensorRT's)")
+            raise BackendUnavailable(
+                f"runtime.backend openvino runs fp32, bf16 or int8, not {precision!r}",
+                "set runtime.precision to auto, fp32, bf16 or int8 (fp16 is TensorRT's)",
+            )
         self.path = Path(onnx_path)
         self.threads = threads
         self.precision = precision
@@ -81,20 +86,28 @@ class OpenVinoRunner:
         if precision == "bf16" and "BF16" not in cpu_capabilities():
             raise BackendUnavailable(
                 f"this CPU ({cpu_description()['model']}) has no bf16 support in OpenVINO",
-                "set runtime.precision to auto or fp32 (bf16 needs AVX512-BF16 or AMX)")
-        config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
-                  "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": int(threads)}
+                "set runtime.precision to auto or fp32 (bf16 needs AVX512-BF16 or AMX)",
+            )
+        config = {
+            "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "INFERENCE_NUM_THREADS": int(threads),
+        }
         try:
             self.compiled = core.compile_model(str(self.path), "CPU", config)
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
-            raise BackendUnavailable(f"OpenVINO could not compile {self.path}: {str(err).splitlines()[0][:300]}",
-                                     "check the export (opset 17, static H/W), or set runtime.backend onnxruntime") from None
+            raise BackendUnavailable(
+                f"OpenVINO could not compile {self.path}: {str(err).splitlines()[0][:300]}",
+                "check the export (opset 17, static H/W), or set runtime.backend onnxruntime",
+            ) from None
         self.request = self.compiled.create_infer_request()
         self._input = self.compiled.inputs[0].get_any_name()
         # an output tensor can carry several names in OpenVINO; name each by the ONNX graph's own output name
         wanted = _onnx_output_names(self.path)
-        self._outputs = [next((n for n in sorted(o.get_names()) if n in wanted), o.get_any_name())
-                         for o in self.compiled.outputs]
+        self._outputs = [
+            next((n for n in sorted(o.get_names()) if n in wanted), o.get_any_name()) for o in self.compiled.outputs
+        ]
         self._version = ov.__version__
         log.info("OpenVINO %s: %s on CPU (%s, %d threads)", self._version, self.path.name, precision, threads)
 
@@ -110,8 +123,10 @@ class OpenVinoRunner:
         if batch.ndim != 4 or batch.dtype != np.float32:
             raise ValueError(f"runner input must be float32 [B,3,H,W], got {batch.dtype} {batch.shape}")
         result = self.request.infer({0: np.ascontiguousarray(batch)})
-        return {name: np.array(result[self.compiled.outputs[i]], dtype=np.float32, copy=True)
-                for i, name in enumerate(self._outputs)}
+        return {
+            name: np.array(result[self.compiled.outputs[i]], dtype=np.float32, copy=True)
+            for i, name in enumerate(self._outputs)
+        }
 
     def warmup(self, input_hw: tuple[int, int] | None = None, batch_sizes: Sequence[int] = (1,)) -> float:
         hw = input_hw or self._static_hw()
@@ -137,8 +152,15 @@ class OpenVinoRunner:
                 executed = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
             except Exception:  # noqa: BLE001 - property not exposed by this version
                 executed = None
-        return {"backend": "openvino", "version": self._version, "file": self.path.name, "device": "CPU",
-                "precision": self.precision, "inference_precision": executed, "threads": self.threads}
+        return {
+            "backend": "openvino",
+            "version": self._version,
+            "file": self.path.name,
+            "device": "CPU",
+            "precision": self.precision,
+            "inference_precision": executed,
+            "threads": self.threads,
+        }
 
 
 def _onnx_output_names(path: Path) -> set[str]:

@@ -72,8 +72,9 @@ def import_cudart() -> Any:
         try:
             from cuda import cudart  # older cuda-python
         except ImportError:
-            raise BackendUnavailable("cuda-python is not installed (needed by the TensorRT backend)",
-                                     CUDA_PYTHON_HINT) from None
+            raise BackendUnavailable(
+                "cuda-python is not installed (needed by the TensorRT backend)", CUDA_PYTHON_HINT
+            ) from None
     return cudart
 
 
@@ -89,8 +90,10 @@ def gpu_name(cudart: Any, device: int = 0) -> str:
     """Name of the CUDA device, or BackendUnavailable when there is none."""
     err, count = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess or count <= device:
-        raise BackendUnavailable(f"no NVIDIA GPU found (cudaGetDeviceCount: {err}, {count})",
-                                 "check the NVIDIA driver (nvidia-smi), or set runtime.backend to onnxruntime")
+        raise BackendUnavailable(
+            f"no NVIDIA GPU found (cudaGetDeviceCount: {err}, {count})",
+            "check the NVIDIA driver (nvidia-smi), or set runtime.backend to onnxruntime",
+        )
     props = _check(cudart, cudart.cudaGetDeviceProperties(device))
     name = props.name
     return (name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)).rstrip("\x00").strip()
@@ -138,9 +141,13 @@ def _make_calibrator(trt: Any, cudart: Any, data: np.ndarray, batch_size: int, c
         def get_batch(self, names: list[str]) -> list[int] | None:
             if self.index + self.batch_size > len(self.data):
                 return None
-            chunk = np.ascontiguousarray(self.data[self.index:self.index + self.batch_size])
-            _check(cudart, cudart.cudaMemcpy(self.device, chunk.ctypes.data, chunk.nbytes,
-                                             cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
+            chunk = np.ascontiguousarray(self.data[self.index : self.index + self.batch_size])
+            _check(
+                cudart,
+                cudart.cudaMemcpy(
+                    self.device, chunk.ctypes.data, chunk.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+                ),
+            )
             self.index += self.batch_size
             return [int(self.device)]
 
@@ -184,15 +191,23 @@ class TensorRTRunner:
         plan = self._load_or_build(calibration)
         self.engine = self.trt.Runtime(self.logger).deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise BackendUnavailable(f"TensorRT could not deserialize the engine for {self.path.name}",
-                                     f"delete the cache folder {self.cache_dir} to rebuild it")
+            raise BackendUnavailable(
+                f"TensorRT could not deserialize the engine for {self.path.name}",
+                f"delete the cache folder {self.cache_dir} to rebuild it",
+            )
         self.context = self.engine.create_execution_context()
         self.stream = _check(self.cudart, self.cudart.cudaStreamCreate())
         self._outputs = self._output_tensor_names()
         self._device: dict[str, int] = {}
         self._allocate()
-        log.info("TensorRT %s engine for %s on %s (%s, batch 1..%d)", self.trt.__version__, self.path.name,
-                 self.gpu, precision, max_batch)
+        log.info(
+            "TensorRT %s engine for %s on %s (%s, batch 1..%d)",
+            self.trt.__version__,
+            self.path.name,
+            self.gpu,
+            precision,
+            max_batch,
+        )
 
     # ---- engine build and cache -------------------------------------------------------------------
     def _profile(self) -> list[tuple[int, int, int, int]]:
@@ -216,8 +231,14 @@ class TensorRTRunner:
         start = time.perf_counter()
         plan = self._build(calibration, path.with_suffix(".calib"))
         _write_atomic(path, plan)
-        meta = {"onnx": self.path.name, "tensorrt": self.trt.__version__, "gpu": self.gpu, "precision": self.precision,
-                "profile": self._profile(), "build_s": round(time.perf_counter() - start, 1)}
+        meta = {
+            "onnx": self.path.name,
+            "tensorrt": self.trt.__version__,
+            "gpu": self.gpu,
+            "precision": self.precision,
+            "profile": self._profile(),
+            "build_s": round(time.perf_counter() - start, 1),
+        }
         _write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=2).encode("utf-8"))
         log.info("TensorRT engine built in %.1f s and cached at %s", meta["build_s"], path)
         return plan
@@ -229,8 +250,10 @@ class TensorRTRunner:
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse_from_file(str(self.path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise ModelPackageError(f"TensorRT could not parse {self.path.name}: {errors}",
-                                    "check the export (opset, dynamic batch axis) or use runtime.backend onnxruntime")
+            raise ModelPackageError(
+                f"TensorRT could not parse {self.path.name}: {errors}",
+                "check the export (opset, dynamic batch axis) or use runtime.backend onnxruntime",
+            )
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
         profile = builder.create_optimization_profile()
@@ -243,8 +266,10 @@ class TensorRTRunner:
             if calibrator is not None:
                 calibrator.free()
         if plan is None:
-            raise BackendUnavailable(f"TensorRT failed to build an engine for {self.path.name} ({self.precision})",
-                                     "see the TensorRT log above; try precision fp32 or fp16")
+            raise BackendUnavailable(
+                f"TensorRT failed to build an engine for {self.path.name} ({self.precision})",
+                "see the TensorRT log above; try precision fp32 or fp16",
+            )
         return bytes(plan)
 
     def _configure_precision(self, config: Any, profile: Any, calibration: np.ndarray | None, cache: Path) -> Any:
@@ -290,8 +315,10 @@ class TensorRTRunner:
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if batch.ndim != 4 or batch.dtype != np.float32 or tuple(batch.shape[2:]) != self.hw:
-            raise ValueError(f"runner input must be float32 [B,3,{self.hw[0]},{self.hw[1]}], got {batch.dtype} {batch.shape}")
-        parts = [self._run_chunk(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+            raise ValueError(
+                f"runner input must be float32 [B,3,{self.hw[0]},{self.hw[1]}], got {batch.dtype} {batch.shape}"
+            )
+        parts = [self._run_chunk(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
         if len(parts) == 1:
             return parts[0]
         return {n: np.concatenate([p[n] for p in parts]) for n in self._outputs}
@@ -301,7 +328,9 @@ class TensorRTRunner:
         host_in = np.ascontiguousarray(batch, dtype=np.float32)
         self.context.set_input_shape(self._input, host_in.shape)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _check(cudart, cudart.cudaMemcpyAsync(self._device[self._input], host_in.ctypes.data, host_in.nbytes, h2d, stream))
+        _check(
+            cudart, cudart.cudaMemcpyAsync(self._device[self._input], host_in.ctypes.data, host_in.nbytes, h2d, stream)
+        )
         if not self.context.execute_async_v3(int(stream)):
             raise RuntimeError(f"TensorRT execution failed for a batch of {len(batch)}")
         out: dict[str, np.ndarray] = {}
@@ -330,5 +359,12 @@ class TensorRTRunner:
         self.engine = None
 
     def describe(self) -> dict[str, object]:
-        return {"backend": "tensorrt", "version": self.trt.__version__, "gpu": self.gpu, "file": self.path.name,
-                "precision": self.precision, "max_batch": self.max_batch, "qdq": self._qdq}
+        return {
+            "backend": "tensorrt",
+            "version": self.trt.__version__,
+            "gpu": self.gpu,
+            "file": self.path.name,
+            "precision": self.precision,
+            "max_batch": self.max_batch,
+            "qdq": self._qdq,
+        }

@@ -14,8 +14,9 @@ station_app = typer.Typer(help="The station's processes under one supervisor.", 
 
 
 @station_app.command("run")
-def run(config: Path | None = typer.Option(None, "--config", "-c", help="Station YAML (the children read it too)."),
-        ) -> None:
+def run(
+    config: Path | None = typer.Option(None, "--config", "-c", help="Station YAML (the children read it too)."),
+) -> None:
     """Own the data folder (lock), start Redis, then the configured processes; restart what dies; SIGTERM stops
     them in order, Redis last, within supervisor.stop_timeout_s."""
     from inspector.station.supervisor import Supervisor

@@ -91,8 +91,14 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, cfg: StationConfig, config: Path | None, say: Callable[[str], None] | None = None,
-                 specs: list[ProcessSpec] | None = None, child_output: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        config: Path | None,
+        say: Callable[[str], None] | None = None,
+        specs: list[ProcessSpec] | None = None,
+        child_output: Path | None = None,
+    ) -> None:
         """``specs`` replaces the process table planned from ``cfg`` (the demo runs its own camera command);
         ``child_output`` appends the children's stdout and stderr to that file instead of inheriting them."""
         self.cfg = cfg
@@ -103,8 +109,9 @@ class Supervisor:
         self.redis_policy = RestartPolicy(self.section)
         self.redis_next_start: float | None = None
         self.redis_started_at = 0.0
-        self.children = [Child(spec, RestartPolicy(self.section)) for spec in (plan(cfg, config) if specs is None
-                                                                               else specs)]
+        self.children = [
+            Child(spec, RestartPolicy(self.section)) for spec in (plan(cfg, config) if specs is None else specs)
+        ]
         self.child_output = child_output
         self.stop_event = threading.Event()
         self.signal_name: str | None = None
@@ -117,9 +124,12 @@ class Supervisor:
     def run(self) -> int:
         """Run until SIGTERM / SIGINT (or ``stop_event``); returns the exit status (0 after a clean stop)."""
         self._install_signals()
-        self.lock.acquire(self.section.lock_wait_s,
-                          on_wait=lambda holder: self.say(f"waiting up to {self.section.lock_wait_s:.0f} s for the "
-                                                          f"data folder lock {self.lock.path} ({holder})"))
+        self.lock.acquire(
+            self.section.lock_wait_s,
+            on_wait=lambda holder: self.say(
+                f"waiting up to {self.section.lock_wait_s:.0f} s for the data folder lock {self.lock.path} ({holder})"
+            ),
+        )
         self.say(f"supervisor pid {os.getpid()} holds {self.lock.path}")
         try:
             self._start_redis()
@@ -171,8 +181,10 @@ class Supervisor:
             exit_text = describe_exit(rc) if rc is not None else "gone"
             if delay is None:  # keep trying at the longest backoff: without Redis nothing works
                 delay = self.section.restart_max_s
-            self.say(f"redis: exited ({exit_text}) after {now - self.redis_started_at:.1f} s; restart in {delay:.1f} s "
-                     f"on the same URL")
+            self.say(
+                f"redis: exited ({exit_text}) after {now - self.redis_started_at:.1f} s; restart in {delay:.1f} s "
+                f"on the same URL"
+            )
             self.redis_next_start = now + delay
             self._write_state()
             return
@@ -193,9 +205,14 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         out = open(self.child_output, "ab") if self.child_output is not None else None  # noqa: SIM115
         try:
-            child.proc = subprocess.Popen(list(child.spec.argv), stdin=subprocess.DEVNULL, start_new_session=True,
-                                          stdout=out, stderr=subprocess.STDOUT if out is not None else None,
-                                          preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            child.proc = subprocess.Popen(
+                list(child.spec.argv),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
         finally:
             if out is not None:
                 out.close()
@@ -218,12 +235,16 @@ class Supervisor:
                 delay = child.policy.next_delay(uptime, now)
                 if delay is None:
                     child.state = ProcessState.FAILED
-                    self.say(f"{child.spec.name}: exited ({child.last_exit}) after {uptime:.1f} s; restarted "
-                             f"{self.section.restart_limit} times within {self.section.restart_window_s:.0f} s: "
-                             "left failed (restart the station once the cause is fixed)")
+                    self.say(
+                        f"{child.spec.name}: exited ({child.last_exit}) after {uptime:.1f} s; restarted "
+                        f"{self.section.restart_limit} times within {self.section.restart_window_s:.0f} s: "
+                        "left failed (restart the station once the cause is fixed)"
+                    )
                     continue
                 child.state, child.start_at = ProcessState.BACKOFF, now + delay
-                self.say(f"{child.spec.name}: exited ({child.last_exit}) after {uptime:.1f} s; restart in {delay:.1f} s")
+                self.say(
+                    f"{child.spec.name}: exited ({child.last_exit}) after {uptime:.1f} s; restart in {delay:.1f} s"
+                )
             elif child.state is ProcessState.BACKOFF and now >= child.start_at:
                 changed = True
                 self._spawn(child)
@@ -234,8 +255,10 @@ class Supervisor:
     def shutdown(self) -> None:
         """Stop the children stage by stage, then Redis, within ``stop_timeout_s`` in all."""
         t0 = time.monotonic()
-        self.say(f"{self.signal_name or 'stop'}: stopping (camera, workers, the rest, Redis last; "
-                 f"bound {self.section.stop_timeout_s:.0f} s)")
+        self.say(
+            f"{self.signal_name or 'stop'}: stopping (camera, workers, the rest, Redis last; "
+            f"bound {self.section.stop_timeout_s:.0f} s)"
+        )
         deadline = t0 + self.section.stop_timeout_s
         redis_share = min(3.0, self.section.stop_timeout_s * 0.25) if self.redis is not None else 0.0
         stages = [[c for c in self.children if c.spec.kind in kinds] for kinds in STOP_STAGES]
@@ -281,13 +304,29 @@ class Supervisor:
 
     # ------------------------------------------------------------------ state
     def table(self) -> dict[str, object]:
-        redis_state: dict[str, object] = {"external": masked_url(station_url(self.cfg))} if self.redis is None else {
-            "pid": self.redis.pid, "url": self.redis.url,
-            "state": (ProcessState.RUNNING if self.redis.alive() else ProcessState.BACKOFF).value}
+        redis_state: dict[str, object] = (
+            {"external": masked_url(station_url(self.cfg))}
+            if self.redis is None
+            else {
+                "pid": self.redis.pid,
+                "url": self.redis.url,
+                "state": (ProcessState.RUNNING if self.redis.alive() else ProcessState.BACKOFF).value,
+            }
+        )
         return {
-            "pid": os.getpid(), "station": self.cfg.station.id, "redis": redis_state,
-            "processes": {c.spec.name: {"kind": c.spec.kind.value, "state": c.state.value, "pid": c.pid,
-                                        "starts": c.starts, "last_exit": c.last_exit} for c in self.children},
+            "pid": os.getpid(),
+            "station": self.cfg.station.id,
+            "redis": redis_state,
+            "processes": {
+                c.spec.name: {
+                    "kind": c.spec.kind.value,
+                    "state": c.state.value,
+                    "pid": c.pid,
+                    "starts": c.starts,
+                    "last_exit": c.last_exit,
+                }
+                for c in self.children
+            },
         }
 
     def _write_state(self) -> None:
@@ -302,4 +341,3 @@ def _kill_group(pid: int) -> None:
     """SIGKILL a child's process group (each child leads its own session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-

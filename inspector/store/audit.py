@@ -153,9 +153,14 @@ class AuditLog:
 
         try:  # short timeouts and retries: a dead Redis must not slow down the action being audited
             url = resolve_url(cfg, start_embedded=False)
-            section = cfg.redis.model_copy(update={
-                "socket_timeout_s": min(cfg.redis.socket_timeout_s, 0.5),
-                "reconnect": cfg.redis.reconnect.model_copy(update={"initial_s": 0.01, "max_s": 0.05, "give_up_s": 0.05})})
+            section = cfg.redis.model_copy(
+                update={
+                    "socket_timeout_s": min(cfg.redis.socket_timeout_s, 0.5),
+                    "reconnect": cfg.redis.reconnect.model_copy(
+                        update={"initial_s": 0.01, "max_s": 0.05, "give_up_s": 0.05}
+                    ),
+                }
+            )
             client = client_for_url(url, section)
             client.ping()
         except Exception:  # no Redis for this station now: the file anchor still holds
@@ -186,8 +191,9 @@ class AuditLog:
         except Exception as err:  # the append committed; a missing anchor is reported by verify
             log.warning("audit anchor: cannot read the head: %s", err)
             return
-        body = canonical({"store_id": store_id, "seq": seq, "hash": digest, "ts": now(),
-                          "mac": head_mac(key, store_id, seq, digest)})
+        body = canonical(
+            {"store_id": store_id, "seq": seq, "hash": digest, "ts": now(), "mac": head_mac(key, store_id, seq, digest)}
+        )
         if self.head_file is not None:
             try:
                 self._write_head_file(body, store_id, seq, key)
@@ -219,7 +225,9 @@ class AuditLog:
         with self._file_lock():
             old = Anchor.parse("file", read_text_or_none(self.head_file), key)
             if old is not None and old.signed and old.store_id != store_id:
-                log.warning("audit anchor: %s anchors another database (%s); left as it is", self.head_file, old.store_id)
+                log.warning(
+                    "audit anchor: %s anchors another database (%s); left as it is", self.head_file, old.store_id
+                )
                 return
             if old is not None and old.signed and old.seq >= seq:
                 return
@@ -234,8 +242,16 @@ class AuditLog:
                     fh.write(body + "\n")
 
     # ------------------------------------------------------------------ writing
-    def record(self, actor: str, action: str, target: str, old: Any = None, new: Any = None,
-               details: dict[str, Any] | None = None, session: Session | None = None) -> AuditEntry:
+    def record(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        old: Any = None,
+        new: Any = None,
+        details: dict[str, Any] | None = None,
+        session: Session | None = None,
+    ) -> AuditEntry:
         """Append one row. With ``session`` the row commits (or rolls back) with the caller's transaction."""
         key = self.key()
         if session is not None:
@@ -247,8 +263,17 @@ class AuditLog:
         self._anchor_now()
         return entry
 
-    def _append(self, s: Session, key: bytes | None, actor: str, action: str, target: str, old: Any, new: Any,
-                details: dict[str, Any]) -> AuditEntry:
+    def _append(
+        self,
+        s: Session,
+        key: bytes | None,
+        actor: str,
+        action: str,
+        target: str,
+        old: Any,
+        new: Any,
+        details: dict[str, Any],
+    ) -> AuditEntry:
         with _LOCK:
             if s.get_bind().dialect.name == "postgresql":
                 s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
@@ -256,8 +281,19 @@ class AuditLog:
             seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
             ts, old, new, details = now(), plain(old), plain(new), plain(details)
             digest = row_hash(prev, seq, ts, actor, action, target, old, new, details)
-            row = AuditRow(seq=seq, ts=ts, actor=actor, action=action, target=target, old=old, new=new,
-                           details=details, prev_hash=prev, hash=digest, mac=row_mac(key, digest) if key else None)
+            row = AuditRow(
+                seq=seq,
+                ts=ts,
+                actor=actor,
+                action=action,
+                target=target,
+                old=old,
+                new=new,
+                details=details,
+                prev_hash=prev,
+                hash=digest,
+                mac=row_mac(key, digest) if key else None,
+            )
             s.add(row)
             head = s.get(AuditHeadRow, 1)
             if head is None:
@@ -340,5 +376,19 @@ class AuditLog:
         return report
 
 
-__all__ = ["GENESIS", "KEY_ENV", "Anchor", "AuditEntry", "AuditKeyError", "AuditLog", "VerifyReport", "canonical",
-           "key_path", "plain", "read_secret", "row_hash", "station_key", "write_secret"]
+__all__ = [
+    "GENESIS",
+    "KEY_ENV",
+    "Anchor",
+    "AuditEntry",
+    "AuditKeyError",
+    "AuditLog",
+    "VerifyReport",
+    "canonical",
+    "key_path",
+    "plain",
+    "read_secret",
+    "row_hash",
+    "station_key",
+    "write_secret",
+]

@@ -37,10 +37,21 @@ def plain(value: Any) -> Any:
     return json.loads(canonical(value))
 
 
-def row_hash(prev_hash: str, seq: int, ts: float, actor: str, action: str, target: str,
-             old: Any, new: Any, details: Any) -> str:
-    body = canonical({"seq": seq, "ts": ts, "actor": actor, "action": action, "target": target,
-                      "old": old, "new": new, "details": details})
+def row_hash(
+    prev_hash: str, seq: int, ts: float, actor: str, action: str, target: str, old: Any, new: Any, details: Any
+) -> str:
+    body = canonical(
+        {
+            "seq": seq,
+            "ts": ts,
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "old": old,
+            "new": new,
+            "details": details,
+        }
+    )
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
@@ -78,8 +89,10 @@ def read_secret(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     if mode & 0o077:
-        raise AuditKeyError(f"{path} may be read by other users (mode {mode & 0o777:o})",
-                            f"chmod 600 {path} (and consider the key leaked: generate a new one)")
+        raise AuditKeyError(
+            f"{path} may be read by other users (mode {mode & 0o777:o})",
+            f"chmod 600 {path} (and consider the key leaked: generate a new one)",
+        )
     return path.read_text().strip() or None
 
 

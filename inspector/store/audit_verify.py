@@ -52,12 +52,17 @@ class ChainWalk:
     def check(self, r: AuditRow, report: VerifyReport) -> None:
         expected = self.last_seq + 1
         if r.seq != expected:
-            report.bad("deleted",
-                       f"row {r.id}: sequence {r.seq} follows {expected - 1}: {r.seq - expected} row(s) deleted before it",
-                       r.id)
+            report.bad(
+                "deleted",
+                f"row {r.id}: sequence {r.seq} follows {expected - 1}: {r.seq - expected} row(s) deleted before it",
+                r.id,
+            )
         if r.prev_hash != self.prev:
-            report.bad("deleted", f"row {r.id}: link to the previous row is broken (a row before it was deleted or edited)",
-                       r.id)
+            report.bad(
+                "deleted",
+                f"row {r.id}: link to the previous row is broken (a row before it was deleted or edited)",
+                r.id,
+            )
         digest = row_hash(r.prev_hash, r.seq, r.ts, r.actor, r.action, r.target, r.old, r.new, r.details)
         if digest != r.hash:
             report.bad("edited", f"row {r.id}: content does not match its hash (edited)", r.id)
@@ -77,48 +82,78 @@ class ChainWalk:
     def finish(self, report: VerifyReport) -> None:
         if self.rewritten:
             first_id, first_seq = min(self.rewritten, key=lambda t: t[1])
-            report.bad_ids.extend(i for i, _ in sorted(set(self.rewritten), key=lambda t: t[1]) if i not in report.bad_ids)
-            report.bad("rewritten", f"chain rewritten from row {first_id} (seq {first_seq}) onwards: "
-                                    f"{len(set(self.rewritten))} row(s) carry hashes recomputed without the station key "
-                                    "(HMAC does not match)", first_id)
+            report.bad_ids.extend(
+                i for i, _ in sorted(set(self.rewritten), key=lambda t: t[1]) if i not in report.bad_ids
+            )
+            report.bad(
+                "rewritten",
+                f"chain rewritten from row {first_id} (seq {first_seq}) onwards: "
+                f"{len(set(self.rewritten))} row(s) carry hashes recomputed without the station key "
+                "(HMAC does not match)",
+                first_id,
+            )
         if self.legacy:
             report.legacy_rows = len(self.legacy)
-            covered = "signed by the first keyed row after them" if self.keyed_seen else "not yet covered by a keyed row"
-            report.notes.append(f"{len(self.legacy)} unkeyed legacy row(s) (seq {self.legacy[0]}..{self.legacy[-1]}, "
-                                f"written before the station key): {covered}")
+            covered = (
+                "signed by the first keyed row after them" if self.keyed_seen else "not yet covered by a keyed row"
+            )
+            report.notes.append(
+                f"{len(self.legacy)} unkeyed legacy row(s) (seq {self.legacy[0]}..{self.legacy[-1]}, "
+                f"written before the station key): {covered}"
+            )
         if self.key is None and self.keyed_rows:
-            report.bad("key_missing", f"station key missing (INSPECTOR_AUDIT_KEY or secrets/audit.key) but {self.keyed_rows} "
-                                      "row(s) are keyed: their HMACs cannot be checked (the key was removed or replaced)")
+            report.bad(
+                "key_missing",
+                f"station key missing (INSPECTOR_AUDIT_KEY or secrets/audit.key) but {self.keyed_rows} "
+                "row(s) are keyed: their HMACs cannot be checked (the key was removed or replaced)",
+            )
         elif self.key is None and report.rows:
-            report.notes.append("no station key (INSPECTOR_AUDIT_KEY or secrets/audit.key): HMACs and anchors not checked")
+            report.notes.append(
+                "no station key (INSPECTOR_AUDIT_KEY or secrets/audit.key): HMACs and anchors not checked"
+            )
 
 
-def check_heads(report: VerifyReport, walk: ChainWalk, key: bytes | None, db_head: AuditHeadRow | None,
-                 anchors: list[Anchor]) -> None:
+def check_heads(
+    report: VerifyReport, walk: ChainWalk, key: bytes | None, db_head: AuditHeadRow | None, anchors: list[Anchor]
+) -> None:
     """Compare the walked chain with the database's head record and the external anchors; one line per finding."""
     if key is None:
         return
     last = walk.last_seq
-    genuine_db_head = (db_head is not None and db_head.mac is not None
-                       and hmac.compare_digest(db_head.mac, head_mac(key, db_head.store_id, db_head.seq, db_head.hash)))
+    genuine_db_head = (
+        db_head is not None
+        and db_head.mac is not None
+        and hmac.compare_digest(db_head.mac, head_mac(key, db_head.store_id, db_head.seq, db_head.hash))
+    )
     rewritten = "rewritten" in report.kinds
     if db_head is None:
         if walk.keyed_seen:
             report.bad("tail_deleted", "the database's head record is missing (deleted)")
     elif db_head.seq > last:
-        report.bad("tail_deleted", f"tail deleted: the database's head record is at seq {db_head.seq}, the rows end at "
-                                   f"seq {last} ({db_head.seq - last} row(s) missing)")
-    elif walk.keyed_seen and (not genuine_db_head or db_head.seq != last or db_head.hash != walk.prev) and not rewritten:
-        report.bad("tail_deleted", f"tail deleted: the database's head record (seq {db_head.seq}) is not signed with "
-                                   "the station key: rows were removed and the record forged")
+        report.bad(
+            "tail_deleted",
+            f"tail deleted: the database's head record is at seq {db_head.seq}, the rows end at "
+            f"seq {last} ({db_head.seq - last} row(s) missing)",
+        )
+    elif (
+        walk.keyed_seen and (not genuine_db_head or db_head.seq != last or db_head.hash != walk.prev) and not rewritten
+    ):
+        report.bad(
+            "tail_deleted",
+            f"tail deleted: the database's head record (seq {db_head.seq}) is not signed with "
+            "the station key: rows were removed and the record forged",
+        )
     store_id = db_head.store_id if db_head is not None else None
     ahead: list[Anchor] = []
     for a in anchors:
         if not a.signed:
             report.bad("anchor", f"{a.where}: its signature does not match (edited, or signed with another key)")
         elif store_id is not None and a.store_id != store_id:
-            report.bad("replaced", f"database replaced: {a.where} anchors another database (store id {a.store_id[:8]}…, "
-                                   f"this one {store_id[:8]}…)")
+            report.bad(
+                "replaced",
+                f"database replaced: {a.where} anchors another database (store id {a.store_id[:8]}…, "
+                f"this one {store_id[:8]}…)",
+            )
         elif a.seq > last:
             ahead.append(a)
         elif a.seq > 0 and walk.hashes.get(a.seq) != a.hash and not rewritten:
@@ -127,10 +162,15 @@ def check_heads(report: VerifyReport, walk: ChainWalk, key: bytes | None, db_hea
         top = max(a.seq for a in ahead)
         where = " and ".join(a.where for a in ahead)
         if genuine_db_head:
-            report.bad("replaced", f"database replaced by an older copy: it ends at seq {last}, {where} record seq {top} "
-                                   f"({top - last} row(s) newer than this file)")
+            report.bad(
+                "replaced",
+                f"database replaced by an older copy: it ends at seq {last}, {where} record seq {top} "
+                f"({top - last} row(s) newer than this file)",
+            )
         else:
             report.bad("tail_deleted", f"tail deleted: the rows end at seq {last}, {where} record seq {top}")
     if walk.keyed_seen and not anchors:
-        report.notes.append("no external anchor found (secrets/audit-head.json, Redis): a replaced database file "
-                            "cannot be told from the original")
+        report.notes.append(
+            "no external anchor found (secrets/audit-head.json, Redis): a replaced database file "
+            "cannot be told from the original"
+        )

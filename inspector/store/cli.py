@@ -20,6 +20,7 @@ from inspector.store.models import LabelRow, ModelVersionRow, PartVerdictRow, Ve
 def _console() -> Console:
     return Console()  # made per call: honours the terminal width (and COLUMNS) of the moment
 
+
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Station YAML file.")]
 
 audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
@@ -70,7 +71,8 @@ def trace(part_id: Annotated[str, typer.Argument(help="Part id to trace.")], con
             select(VerdictRow, ModelVersionRow.package_sha256, LabelRow.label, LabelRow.user)
             .outerjoin(ModelVersionRow, ModelVersionRow.version == VerdictRow.model_version)
             .outerjoin(LabelRow, (LabelRow.frame_id == VerdictRow.frame_id) & LabelRow.is_current.is_(True))
-            .where(VerdictRow.part_id == part_id).order_by(VerdictRow.captured_at)
+            .where(VerdictRow.part_id == part_id)
+            .order_by(VerdictRow.captured_at)
         ).all()
         part = s.scalars(select(PartVerdictRow).where(PartVerdictRow.part_id == part_id)).first()
     store.close()
@@ -78,12 +80,36 @@ def trace(part_id: Annotated[str, typer.Argument(help="Part id to trace.")], con
     if not rows:
         _console().print(f"[yellow]no verdict recorded for part {part_id}[/yellow]")
         raise typer.Exit(1)
-    table = Table("captured (UTC)", "camera", "view", "frame", "decision", "class", "probs", "anomaly", "model",
-                  "package sha256", "latency ms", "label", title=f"part {part_id}")
+    table = Table(
+        "captured (UTC)",
+        "camera",
+        "view",
+        "frame",
+        "decision",
+        "class",
+        "probs",
+        "anomaly",
+        "model",
+        "package sha256",
+        "latency ms",
+        "label",
+        title=f"part {part_id}",
+    )
     for v, sha, label, user in rows:
-        table.add_row(_time(v.captured_at), v.camera, view_of.get(v.frame_id, ""), v.frame_id[:12], v.decision, v.defect_class or "",
-                      short_text(v.class_probs), _num(v.anomaly_score), v.model_version or "", (sha or "?")[:16],
-                      _num(v.latency_ms), f"{label} ({user})" if label else "")
+        table.add_row(
+            _time(v.captured_at),
+            v.camera,
+            view_of.get(v.frame_id, ""),
+            v.frame_id[:12],
+            v.decision,
+            v.defect_class or "",
+            short_text(v.class_probs),
+            _num(v.anomaly_score),
+            v.model_version or "",
+            (sha or "?")[:16],
+            _num(v.latency_ms),
+            f"{label} ({user})" if label else "",
+        )
     _console().print(table)
     if part is not None:  # parts.views: the line's one verdict of the part, from every view
         failed = f", view {part.failed_view}" if part.failed_view else ""

@@ -85,12 +85,23 @@ def _postgres_engine(url: str, schema: str | None, section: StoreSection) -> Eng
         options += f" -c search_path={schema}"
     dead_after_ms = (section.keepalive_idle_s + section.keepalive_interval_s * section.keepalive_count) * 1000
     connect_args: dict[str, Any] = {
-        "connect_timeout": section.connect_timeout_s, "keepalives": 1, "keepalives_idle": section.keepalive_idle_s,
-        "keepalives_interval": section.keepalive_interval_s, "keepalives_count": section.keepalive_count,
-        "tcp_user_timeout": dead_after_ms, "options": options, "application_name": "inspector",
+        "connect_timeout": section.connect_timeout_s,
+        "keepalives": 1,
+        "keepalives_idle": section.keepalive_idle_s,
+        "keepalives_interval": section.keepalive_interval_s,
+        "keepalives_count": section.keepalive_count,
+        "tcp_user_timeout": dead_after_ms,
+        "options": options,
+        "application_name": "inspector",
     }
-    return create_engine(url, connect_args=connect_args, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                         pool_timeout=section.connect_timeout_s)
+    return create_engine(
+        url,
+        connect_args=connect_args,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        pool_timeout=section.connect_timeout_s,
+    )
 
 
 def make_engine(url: str, schema: str | None = None, section: StoreSection | None = None) -> Engine:
@@ -202,16 +213,27 @@ class _Watchdog:
             now = time.monotonic()
             self.inflight = {k: now for k in self.inflight}
         self.cuts += 1
-        log.error("database %s: a transaction has waited %.0f s (store.stall_s %.0f s): cut %d connection(s)",
-                  make_url(self.url).render_as_string(hide_password=True), age_s, self.limit_s, n)
+        log.error(
+            "database %s: a transaction has waited %.0f s (store.stall_s %.0f s): cut %d connection(s)",
+            make_url(self.url).render_as_string(hide_password=True),
+            age_s,
+            self.limit_s,
+            n,
+        )
         return n
 
 
 class Store:
     """The database of one station: an engine, sessions, and the small write helpers around them."""
 
-    def __init__(self, engine: Engine, url: str, schema: str | None = None, ready: bool = True,
-                 section: StoreSection | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        url: str,
+        schema: str | None = None,
+        ready: bool = True,
+        section: StoreSection | None = None,
+    ) -> None:
         self.engine = engine
         self.url = url
         self.schema = schema
@@ -223,7 +245,9 @@ class Store:
         self.cfg: StationConfig | None = None  # set by open_store(cfg): the audit trail's Redis anchor
         sqlite_file = make_url(url).database if engine.dialect.name == "sqlite" else None
         #: where the audit key and anchors live (the station's data folder; else the SQLite file's folder)
-        self.data_dir: Path | None = Path(sqlite_file).resolve().parent if sqlite_file and sqlite_file != ":memory:" else None
+        self.data_dir: Path | None = (
+            Path(sqlite_file).resolve().parent if sqlite_file and sqlite_file != ":memory:" else None
+        )
         self.audit = AuditLog(self)
 
     @property
@@ -242,9 +266,12 @@ class Store:
             except Exception as err:
                 line = describe(err, self.url)
                 disk = self.dialect == "sqlite" and ("disk" in line or "read-only" in line)
-                raise StoreError(f"cannot open the station database: {line}",
-                                 "free disk space there (or make it writable), or move station.data_dir" if disk
-                                 else "check store.url, that the server runs, and the user's rights") from err
+                raise StoreError(
+                    f"cannot open the station database: {line}",
+                    "free disk space there (or make it writable), or move station.data_dir"
+                    if disk
+                    else "check store.url, that the server runs, and the user's rights",
+                ) from err
             self._ready = True
 
     @contextmanager
@@ -267,8 +294,9 @@ class Store:
         self.close()
 
 
-def open_store(target: StationConfig | StoreSection | str | Path, schema: str | None = None,
-               lazy: bool = False) -> Store:
+def open_store(
+    target: StationConfig | StoreSection | str | Path, schema: str | None = None, lazy: bool = False
+) -> Store:
     """Open (and migrate to head) the station database.
 
     ``target``: a station config (``store.url``, else ``<data_dir>/station.db``), a store section with a
@@ -277,7 +305,9 @@ def open_store(target: StationConfig | StoreSection | str | Path, schema: str | 
     so that a process can start while the database is down (a bad URL still fails here).
     """
     url, schema = _resolve(target, schema)
-    section = target.store if isinstance(target, StationConfig) else target if isinstance(target, StoreSection) else None
+    section = (
+        target.store if isinstance(target, StationConfig) else target if isinstance(target, StoreSection) else None
+    )
     try:
         engine = make_engine(url, schema, section)
     except StoreError:

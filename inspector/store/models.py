@@ -96,8 +96,11 @@ class LabelRow(Base):
     __tablename__ = "labels"
     __table_args__ = (
         Index(
-            "uq_labels_current_frame", "frame_id", unique=True,
-            sqlite_where=text("is_current = 1"), postgresql_where=text("is_current"),
+            "uq_labels_current_frame",
+            "frame_id",
+            unique=True,
+            sqlite_where=text("is_current = 1"),
+            postgresql_where=text("is_current"),
         ),
     )
 

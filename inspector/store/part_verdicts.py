@@ -20,11 +20,19 @@ PART_TABLE: Table = PartVerdictRow.__table__  # type: ignore[assignment]
 
 def part_row(v: PartVerdict) -> dict[str, Any]:
     return {
-        "part_id": v.part_id, "station": v.station, "captured_at": v.captured_at, "decided_at": v.decided_at,
-        "decision": v.decision.value, "reject": v.reject, "reason": v.reason, "failed_view": v.failed_view,
-        "defect_class": v.defect_class, "reasons": list(v.reasons),
+        "part_id": v.part_id,
+        "station": v.station,
+        "captured_at": v.captured_at,
+        "decided_at": v.decided_at,
+        "decision": v.decision.value,
+        "reject": v.reject,
+        "reason": v.reason,
+        "failed_view": v.failed_view,
+        "defect_class": v.defect_class,
+        "reasons": list(v.reasons),
         "views": {k: r.model_dump(mode="json", exclude_none=True) for k, r in v.views.items()},
-        "missing": list(v.missing), "product": v.product,
+        "missing": list(v.missing),
+        "product": v.product,
     }
 
 
@@ -45,8 +53,11 @@ def delete_old_part_verdicts(store: Store, section: RetentionSection, now: float
     total = 0
     while True:
         with store.session() as s:
-            ids = list(s.scalars(select(PartVerdictRow.id).where(PartVerdictRow.captured_at < cutoff)
-                                 .limit(section.delete_batch)))
+            ids = list(
+                s.scalars(
+                    select(PartVerdictRow.id).where(PartVerdictRow.captured_at < cutoff).limit(section.delete_batch)
+                )
+            )
             if ids:
                 s.execute(delete(PartVerdictRow).where(PartVerdictRow.id.in_(ids)))
         total += len(ids)

@@ -66,8 +66,10 @@ class RetentionReport:
 
     def __str__(self) -> str:
         streams = ", ".join(f"{k} {v}" for k, v in self.stream_entries.items())
-        return (f"retention: trimmed stream entries ({streams}), {self.verdict_rows} verdict rows, {self.part_rows} part rows, {self.images} "
-                f"images ({self.image_bytes / 1e6:.1f} MB), {self.review_items} pending review items, {self.seconds:.2f} s")
+        return (
+            f"retention: trimmed stream entries ({streams}), {self.verdict_rows} verdict rows, {self.part_rows} part rows, {self.images} "
+            f"images ({self.image_bytes / 1e6:.1f} MB), {self.review_items} pending review items, {self.seconds:.2f} s"
+        )
 
 
 def safe_min_id(client: redis.Redis, stream: str, cutoff: StreamId, protect: tuple[str, ...]) -> StreamId:
@@ -90,8 +92,9 @@ def safe_min_id(client: redis.Redis, stream: str, cutoff: StreamId, protect: tup
     return keep
 
 
-def trim_stream(client: redis.Redis, stream: str, max_age_s: float, protect: tuple[str, ...] = (),
-                now: float | None = None) -> int:
+def trim_stream(
+    client: redis.Redis, stream: str, max_age_s: float, protect: tuple[str, ...] = (), now: float | None = None
+) -> int:
     """XTRIM MINID of entries older than ``max_age_s`` (never past what a protected group still needs)."""
     cutoff_ms = int(((time.time() if now is None else now) - max_age_s) * 1000)
     ms, seq = safe_min_id(client, stream, (max(0, cutoff_ms), 0), protect)
@@ -105,8 +108,13 @@ def delete_old_verdicts(store: Store, section: RetentionSection, now: float | No
     if section.verdict_rows_max_age_s > 0:
         cutoff = now - section.verdict_rows_max_age_s
         while True:
-            n = _delete_batch(store, select(VerdictRow.id).where(VerdictRow.captured_at < cutoff)
-                              .order_by(VerdictRow.captured_at).limit(section.delete_batch))
+            n = _delete_batch(
+                store,
+                select(VerdictRow.id)
+                .where(VerdictRow.captured_at < cutoff)
+                .order_by(VerdictRow.captured_at)
+                .limit(section.delete_batch),
+            )
             deleted += n
             if n < section.delete_batch:
                 break
@@ -114,7 +122,9 @@ def delete_old_verdicts(store: Store, section: RetentionSection, now: float | No
         with store.session() as s:
             excess = int(s.scalar(select(func.count(VerdictRow.id))) or 0) - section.verdict_rows_max
         while excess > 0:
-            n = _delete_batch(store, select(VerdictRow.id).order_by(VerdictRow.id).limit(min(excess, section.delete_batch)))
+            n = _delete_batch(
+                store, select(VerdictRow.id).order_by(VerdictRow.id).limit(min(excess, section.delete_batch))
+            )
             deleted += n
             excess -= n
             if n == 0:
@@ -146,16 +156,21 @@ def archive_files(archive: Archive) -> list[tuple[float, int, Path, str]]:
     return files
 
 
-def prune_archive(store: Store, archive: Archive, section: RetentionSection,
-                  now: float | None = None) -> tuple[int, int, int]:
+def prune_archive(
+    store: Store, archive: Archive, section: RetentionSection, now: float | None = None
+) -> tuple[int, int, int]:
     """Delete the oldest unprotected images beyond the age and size bounds; returns (images, bytes, review items)."""
     if section.archive_max_age_s <= 0 and section.archive_max_bytes <= 0:
         return 0, 0, 0
-    cutoff = (time.time() if now is None else now) - section.archive_max_age_s if section.archive_max_age_s > 0 else None
+    cutoff = (
+        (time.time() if now is None else now) - section.archive_max_age_s if section.archive_max_age_s > 0 else None
+    )
     files = archive_files(archive)
     total = sum(size for _, size, _, _ in files)
     with store.session() as s:
-        protected = set(s.scalars(select(ReviewItemRow.image_sha256).where(ReviewItemRow.status != ReviewStatus.PENDING)))
+        protected = set(
+            s.scalars(select(ReviewItemRow.image_sha256).where(ReviewItemRow.status != ReviewStatus.PENDING))
+        )
     removed: list[str] = []
     freed = 0
     for mtime, size, path, sha in files:
@@ -171,10 +186,16 @@ def prune_archive(store: Store, archive: Archive, section: RetentionSection,
         removed.append(sha)
     items = 0
     for i in range(0, len(removed), section.delete_batch):
-        chunk = removed[i:i + section.delete_batch]
+        chunk = removed[i : i + section.delete_batch]
         with store.session() as s:
-            items += s.execute(delete(ReviewItemRow).where(ReviewItemRow.image_sha256.in_(chunk),
-                                                           ReviewItemRow.status == ReviewStatus.PENDING)).rowcount or 0
+            items += (
+                s.execute(
+                    delete(ReviewItemRow).where(
+                        ReviewItemRow.image_sha256.in_(chunk), ReviewItemRow.status == ReviewStatus.PENDING
+                    )
+                ).rowcount
+                or 0
+            )
     return len(removed), freed, items
 
 
@@ -190,17 +211,25 @@ class Retention:
     def streams(self) -> dict[str, tuple[str, ...]]:
         """Each trimmed stream with the groups whose unread or pending entries it keeps."""
         n = self.names
-        return {n.verdicts: (n.store_group,), n.events: (n.retrain_trigger_group,), n.review: (), n.parts: (n.store_group,)}
+        return {
+            n.verdicts: (n.store_group,),
+            n.events: (n.retrain_trigger_group,),
+            n.review: (),
+            n.parts: (n.store_group,),
+        }
 
     def run_once(self, now: float | None = None) -> RetentionReport:
         t0 = time.monotonic()
         report = RetentionReport()
         for stream, protect in self.streams().items():
             report.stream_entries[stream.rsplit(":", 1)[-1]] = trim_stream(
-                self.client, stream, self.section.stream_max_age_s, protect, now)
+                self.client, stream, self.section.stream_max_age_s, protect, now
+            )
         report.verdict_rows = delete_old_verdicts(self.store, self.section, now)
         report.part_rows = delete_old_part_verdicts(self.store, self.section, now)
-        report.images, report.image_bytes, report.review_items = prune_archive(self.store, self.archive, self.section, now)
+        report.images, report.image_bytes, report.review_items = prune_archive(
+            self.store, self.archive, self.section, now
+        )
         report.seconds = time.monotonic() - t0
         self.last = report
         return report

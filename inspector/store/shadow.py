@@ -34,9 +34,11 @@ def record_shadow_verdicts(store: Store, rows: Sequence[dict[str, Any]]) -> int:
 
 def set_shadow_image(store: Store, version: str, frame_id: str, sha256: str, ext: str) -> None:
     with store.session() as s:
-        s.execute(update(ShadowVerdictRow).where(ShadowVerdictRow.version == version,
-                                                 ShadowVerdictRow.frame_id == frame_id)
-                  .values(image_sha256=sha256, image_ext=ext))
+        s.execute(
+            update(ShadowVerdictRow)
+            .where(ShadowVerdictRow.version == version, ShadowVerdictRow.frame_id == frame_id)
+            .values(image_sha256=sha256, image_ext=ext)
+        )
 
 
 def differing_without_image(store: Store, version: str, frame_ids: Sequence[str]) -> list[str]:
@@ -44,18 +46,29 @@ def differing_without_image(store: Store, version: str, frame_ids: Sequence[str]
     if not frame_ids:
         return []
     with store.session() as s:
-        q = (select(ShadowVerdictRow.frame_id)
-             .join(VerdictRow, VerdictRow.frame_id == ShadowVerdictRow.frame_id)
-             .where(ShadowVerdictRow.version == version, ShadowVerdictRow.frame_id.in_(list(frame_ids)),
-                    ShadowVerdictRow.image_sha256.is_(None),
-                    (ShadowVerdictRow.reject != VerdictRow.reject) | (ShadowVerdictRow.decision != VerdictRow.decision)))
+        q = (
+            select(ShadowVerdictRow.frame_id)
+            .join(VerdictRow, VerdictRow.frame_id == ShadowVerdictRow.frame_id)
+            .where(
+                ShadowVerdictRow.version == version,
+                ShadowVerdictRow.frame_id.in_(list(frame_ids)),
+                ShadowVerdictRow.image_sha256.is_(None),
+                (ShadowVerdictRow.reject != VerdictRow.reject) | (ShadowVerdictRow.decision != VerdictRow.decision),
+            )
+        )
         return list(s.scalars(q))
 
 
 def images_saved(store: Store, version: str) -> int:
     with store.session() as s:
-        return int(s.scalar(select(func.count()).select_from(ShadowVerdictRow).where(
-            ShadowVerdictRow.version == version, ShadowVerdictRow.image_sha256.is_not(None))) or 0)
+        return int(
+            s.scalar(
+                select(func.count())
+                .select_from(ShadowVerdictRow)
+                .where(ShadowVerdictRow.version == version, ShadowVerdictRow.image_sha256.is_not(None))
+            )
+            or 0
+        )
 
 
 class Difference(BaseModel):
@@ -80,7 +93,9 @@ class ShadowReport(BaseModel):
     judged: int = Field(description="Frames the candidate judged (shadow rows).")
     compared: int = Field(description="Of those, frames the active model judged too (joined on frame id).")
     decision_agreement: float | None = Field(description="Share of compared frames with the same decision.")
-    line_agreement: float | None = Field(description="Share of compared frames with the same line outcome (reject or not).")
+    line_agreement: float | None = Field(
+        description="Share of compared frames with the same line outcome (reject or not)."
+    )
     confusion: dict[str, dict[str, int]] = Field(description="active decision -> candidate decision -> frames.")
     active_versions: dict[str, int] = Field(description="Active model versions of the compared frames.")
     shadow_errors: int
@@ -100,35 +115,67 @@ def _pcts(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     arr = np.asarray(values, float)
-    return {"p50": round(float(np.percentile(arr, 50)), 3), "p99": round(float(np.percentile(arr, 99)), 3), "n": len(arr)}
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 3),
+        "p99": round(float(np.percentile(arr, 99)), 3),
+        "n": len(arr),
+    }
 
 
 def shadow_report(store: Store, version: str, max_differences: int = 50) -> ShadowReport:
     """Agreement, confusion, latencies and the differing frames of ``version`` in shadow, from the store."""
     with store.session() as s:
-        judged = int(s.scalar(select(func.count()).select_from(ShadowVerdictRow)
-                              .where(ShadowVerdictRow.version == version)) or 0)
-        span = s.execute(select(func.min(ShadowVerdictRow.captured_at), func.max(ShadowVerdictRow.captured_at))
-                         .where(ShadowVerdictRow.version == version)).one()
-        errors = int(s.scalar(select(func.count()).select_from(ShadowVerdictRow).where(
-            ShadowVerdictRow.version == version, ShadowVerdictRow.decision == "ERROR")) or 0)
-        shadow_only = list(s.execute(select(ShadowVerdictRow.infer_ms, ShadowVerdictRow.latency_ms)
-                                     .where(ShadowVerdictRow.version == version)))
-        pairs = list(s.execute(
-            select(ShadowVerdictRow.frame_id, ShadowVerdictRow.part_id, ShadowVerdictRow.captured_at,
-                   ShadowVerdictRow.decision, ShadowVerdictRow.reject, ShadowVerdictRow.defect_class,
-                   ShadowVerdictRow.image_sha256, ShadowVerdictRow.image_ext,
-                   VerdictRow.decision, VerdictRow.reject, VerdictRow.defect_class, VerdictRow.model_version,
-                   VerdictRow.latency_ms)
-            .join(VerdictRow, VerdictRow.frame_id == ShadowVerdictRow.frame_id)
-            .where(ShadowVerdictRow.version == version)
-            .order_by(ShadowVerdictRow.captured_at)))
+        judged = int(
+            s.scalar(select(func.count()).select_from(ShadowVerdictRow).where(ShadowVerdictRow.version == version)) or 0
+        )
+        span = s.execute(
+            select(func.min(ShadowVerdictRow.captured_at), func.max(ShadowVerdictRow.captured_at)).where(
+                ShadowVerdictRow.version == version
+            )
+        ).one()
+        errors = int(
+            s.scalar(
+                select(func.count())
+                .select_from(ShadowVerdictRow)
+                .where(ShadowVerdictRow.version == version, ShadowVerdictRow.decision == "ERROR")
+            )
+            or 0
+        )
+        shadow_only = list(
+            s.execute(
+                select(ShadowVerdictRow.infer_ms, ShadowVerdictRow.latency_ms).where(
+                    ShadowVerdictRow.version == version
+                )
+            )
+        )
+        pairs = list(
+            s.execute(
+                select(
+                    ShadowVerdictRow.frame_id,
+                    ShadowVerdictRow.part_id,
+                    ShadowVerdictRow.captured_at,
+                    ShadowVerdictRow.decision,
+                    ShadowVerdictRow.reject,
+                    ShadowVerdictRow.defect_class,
+                    ShadowVerdictRow.image_sha256,
+                    ShadowVerdictRow.image_ext,
+                    VerdictRow.decision,
+                    VerdictRow.reject,
+                    VerdictRow.defect_class,
+                    VerdictRow.model_version,
+                    VerdictRow.latency_ms,
+                )
+                .join(VerdictRow, VerdictRow.frame_id == ShadowVerdictRow.frame_id)
+                .where(ShadowVerdictRow.version == version)
+                .order_by(ShadowVerdictRow.captured_at)
+            )
+        )
     confusion: dict[str, Counter[str]] = {}
     versions: Counter[str] = Counter()
     same_decision = same_line = 0
     diffs: list[Difference] = []
     active_lat: list[float] = []
-    for (fid, part, cap, s_dec, s_rej, s_cls, sha, ext, a_dec, a_rej, a_cls, a_ver, a_lat) in pairs:
+    for fid, part, cap, s_dec, s_rej, s_cls, sha, ext, a_dec, a_rej, a_cls, a_ver, a_lat in pairs:
         confusion.setdefault(a_dec, Counter())[s_dec] += 1
         versions[a_ver or "?"] += 1
         same_decision += s_dec == a_dec
@@ -136,18 +183,34 @@ def shadow_report(store: Store, version: str, max_differences: int = 50) -> Shad
         if a_lat is not None:
             active_lat.append(a_lat)
         if s_dec != a_dec or bool(s_rej) != bool(a_rej):
-            diffs.append(Difference(frame_id=fid, part_id=part, captured_at=cap, active_decision=a_dec,
-                                    active_class=a_cls, active_version=a_ver, shadow_decision=s_dec,
-                                    shadow_class=s_cls, image_sha256=sha, image_ext=ext))
+            diffs.append(
+                Difference(
+                    frame_id=fid,
+                    part_id=part,
+                    captured_at=cap,
+                    active_decision=a_dec,
+                    active_class=a_cls,
+                    active_version=a_ver,
+                    shadow_decision=s_dec,
+                    shadow_class=s_cls,
+                    image_sha256=sha,
+                    image_ext=ext,
+                )
+            )
     n = len(pairs)
     return ShadowReport(
-        version=version, judged=judged, compared=n,
+        version=version,
+        judged=judged,
+        compared=n,
         decision_agreement=round(same_decision / n, 6) if n else None,
         line_agreement=round(same_line / n, 6) if n else None,
-        confusion={a: dict(c) for a, c in sorted(confusion.items())}, active_versions=dict(versions),
+        confusion={a: dict(c) for a, c in sorted(confusion.items())},
+        active_versions=dict(versions),
         shadow_errors=errors,
         candidate_infer_ms=_pcts([r[0] for r in shadow_only if r[0] is not None]),
         candidate_latency_ms=_pcts([r[1] for r in shadow_only if r[1] is not None]),
-        active_latency_ms=_pcts(active_lat), first_at=span[0], last_at=span[1],
+        active_latency_ms=_pcts(active_lat),
+        first_at=span[0],
+        last_at=span[1],
         differences=diffs[-max_differences:][::-1],
     )

@@ -29,7 +29,6 @@ enough changed frames that the job finds labelled defects of the new lighting) a
 the commissioning Redis is stopped by its owner; nothing is left running.
 """
 
-
 from __future__ import annotations
 
 import contextlib
@@ -74,8 +73,10 @@ class DriftRun(ScenarioLine):
         if data_dir.exists():
             lock = StationLock(data_dir.resolve())
             if not lock.try_acquire():
-                raise ScenarioError(f"{data_dir} is in use by {lock.holder() or 'another process'}",
-                                    "stop that station first, or pass another --data-dir")
+                raise ScenarioError(
+                    f"{data_dir} is in use by {lock.holder() or 'another process'}",
+                    "stop that station first, or pass another --data-dir",
+                )
             lock.release()
         shutil.rmtree(self.root, ignore_errors=True)
         write_base_data(Path(self.cfg.jobs.base_data or self.root / "base"), self.size)
@@ -90,12 +91,16 @@ class DriftRun(ScenarioLine):
         held = freeze_heldout(cfg.jobs.base_data or "", cfg.data_dir, frozen_by="scenario")
         self.say(f"held-out set frozen: {len(held.items)} images of the base folder's test split")
         self.store = open_store(cfg)
-        built = retrain.build_candidate(cfg, self.store, "commission", reason="commissioning (scenario)",
-                                        say=lambda m: self.say(f"[cyan]commissioning[/] {m}"))
+        built = retrain.build_candidate(
+            cfg,
+            self.store,
+            "commission",
+            reason="commissioning (scenario)",
+            say=lambda m: self.say(f"[cyan]commissioning[/] {m}"),
+        )
         first = built["package"]
         gate = retrain.gate_of(first["path"])
-        registry.register_candidate(self.store, first["version"], first["path"], first["sha256"], gate,
-                                    "commissioning")
+        registry.register_candidate(self.store, first["version"], first["path"], first["sha256"], gate, "commissioning")
         registry.approve(self.store, first["version"], QE_USER, Role.QUALITY)
         server = EmbeddedRedis(Path(cfg.data_dir), cfg.redis.appendfsync)  # the station is down: this owns it
         url = server.start()
@@ -106,9 +111,9 @@ class DriftRun(ScenarioLine):
         finally:
             server.stop()
         self.v1, self.v1_path = first["version"], first["path"]
-        self.summary.update(incumbent=self.v1, incumbent_task=first["task"],
-                            commissioning_gate_passed=bool(gate and gate.passed))
-
+        self.summary.update(
+            incumbent=self.v1, incumbent_task=first["task"], commissioning_gate_passed=bool(gate and gate.passed)
+        )
 
     # -- the whole loop
     def run(self) -> dict[str, Any]:
@@ -135,10 +140,13 @@ class DriftRun(ScenarioLine):
             raise ScenarioError(f"no drift alarm after {size.max_change_frames} changed frames", "")
         first = alarms[0]
         self.summary["drift_alarm_after_frames"] = sum(
-            1 for s in self.line.sent.values() if s.phase == "after_change" and s.t <= first.ts)
+            1 for s in self.line.sent.values() if s.phase == "after_change" and s.t <= first.ts
+        )
         self.summary["drift_alarm_statistics"] = first.data.get("statistics") or first.data.get("statistic")
-        self.say(f"[red]DRIFT_ALARM[/] after {self.summary['drift_alarm_after_frames']} changed frames "
-                 f"({self.seq - changed_at} sent so far)")
+        self.say(
+            f"[red]DRIFT_ALARM[/] after {self.summary['drift_alarm_after_frames']} changed frames "
+            f"({self.seq - changed_at} sent so far)"
+        )
         job = self.wait_job()
         self.promote(job)
         self.summary["drift_alarms"] = len(self.drift_alarms())
@@ -147,7 +155,6 @@ class DriftRun(ScenarioLine):
 
     def wait_job(self) -> dict[str, Any]:
         from rq.job import Job, JobStatus
-
 
         assert self.client is not None
         job_box: dict[str, Any] = {}
@@ -164,10 +171,15 @@ class DriftRun(ScenarioLine):
             step = str(job.meta.get("step", status.value if status else ""))
             if step != last_step[0]:
                 last_step[0] = step
-                self.say(f"retraining job {job.id[:8]}: {step}; labels so far "
-                         f"{dict(self.qe.labelled) if self.qe else {}}")
-            return status is not None and status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED,
-                                                      JobStatus.CANCELED)
+                self.say(
+                    f"retraining job {job.id[:8]}: {step}; labels so far {dict(self.qe.labelled) if self.qe else {}}"
+                )
+            return status is not None and status in (
+                JobStatus.FINISHED,
+                JobStatus.FAILED,
+                JobStatus.STOPPED,
+                JobStatus.CANCELED,
+            )
 
         with self.console.status("[bold]retraining (RQ worker) while the line keeps running[/]"):
             deadline = time.monotonic() + self.size.job_wait_s
@@ -176,28 +188,39 @@ class DriftRun(ScenarioLine):
         job = job_box.get("job")
         if job is None or job.get_status().value != "finished":
             detail = (job.latest_result().exc_string if job is not None and job.latest_result() else "") or ""
-            raise ScenarioError(f"the retraining job did not finish ({job.get_status().value if job else 'none'})",
-                                detail[-2000:])
+            raise ScenarioError(
+                f"the retraining job did not finish ({job.get_status().value if job else 'none'})", detail[-2000:]
+            )
         result: dict[str, Any] = job.return_value() or {}
-        self.say(f"retraining job done in {self.seconds['job']} s: {result.get('version')} "
-                 f"{'gate PASS' if result.get('passed') else 'gate FAIL'}")
-        self.summary["job"] = {"id": job.id, "seconds": self.seconds["job"], "status": result.get("status"),
-                               "task": result.get("task"),
-                               "steps": {k: v.get("seconds") for k, v in job.meta.get("steps", {}).items()}}
+        self.say(
+            f"retraining job done in {self.seconds['job']} s: {result.get('version')} "
+            f"{'gate PASS' if result.get('passed') else 'gate FAIL'}"
+        )
+        self.summary["job"] = {
+            "id": job.id,
+            "seconds": self.seconds["job"],
+            "status": result.get("status"),
+            "task": result.get("task"),
+            "steps": {k: v.get("seconds") for k, v in job.meta.get("steps", {}).items()},
+        }
         return result
 
     def promote(self, result: dict[str, Any]) -> None:
 
         version, path = result["version"], result["path"]
         gate = registry.gate_of(registry.get_version(self.store, version))
-        self.summary["gate"] = {"passed": bool(gate and gate.passed),
-                                "primary": next((r.frame_set for r in gate.rows), None) if gate else None,
-                                "rows": [r.model_dump(mode="json") for r in gate.rows] if gate else []}
+        self.summary["gate"] = {
+            "passed": bool(gate and gate.passed),
+            "primary": next((r.frame_set for r in gate.rows), None) if gate else None,
+            "rows": [r.model_dump(mode="json") for r in gate.rows] if gate else [],
+        }
         for r in gate.rows if gate else []:
             self.say(f"  gate {r.line()}")
         if not (gate and gate.passed):
-            raise ScenarioError(f"the candidate {version} failed its gate: not promoted",
-                                "\n".join(r.line() for r in gate.failed) if gate else "no gate report")
+            raise ScenarioError(
+                f"the candidate {version} failed its gate: not promoted",
+                "\n".join(r.line() for r in gate.failed) if gate else "no gate report",
+            )
         assert self.client is not None
         self.phase = "promotion"
         t = time.perf_counter()
@@ -212,14 +235,19 @@ class DriftRun(ScenarioLine):
             deadline = time.monotonic() + 120
             self.run_line(self.size.fps, lambda: self._workers_on(version) or time.monotonic() > deadline)
             if not self._workers_on(version):
-                raise ScenarioError(f"the workers did not swap to {version} within 120 s", self.station.tail()
-                                    if self.station else "")
+                raise ScenarioError(
+                    f"the workers did not swap to {version} within 120 s", self.station.tail() if self.station else ""
+                )
         swap_seq = self.seq
         self.phase = "after_promotion"
         with self.step("after_promotion", f"changed lighting, new model: {self.size.after_frames} parts"):
             self.run_line(self.size.fps, lambda: False, self.size.after_frames)
-        self.summary.update(promoted=version, promoted_path=path,
-                            swap_frames=swap_seq - promote_seq, swap_s=round(time.perf_counter() - t, 1))
+        self.summary.update(
+            promoted=version,
+            promoted_path=path,
+            swap_frames=swap_seq - promote_seq,
+            swap_s=round(time.perf_counter() - t, 1),
+        )
 
     # -- the end
     def drain(self, timeout_s: float = 60) -> None:
@@ -239,8 +267,17 @@ class DriftRun(ScenarioLine):
         deadline = time.monotonic() + timeout_s
         while True:
             with self.store.session() as s:
-                n = sum(int(s.scalar(select(func.count()).select_from(VerdictRow).where(
-                    VerdictRow.frame_id.in_(ids[k:k + 500]))) or 0) for k in range(0, len(ids), 500))
+                n = sum(
+                    int(
+                        s.scalar(
+                            select(func.count())
+                            .select_from(VerdictRow)
+                            .where(VerdictRow.frame_id.in_(ids[k : k + 500]))
+                        )
+                        or 0
+                    )
+                    for k in range(0, len(ids), 500)
+                )
             if n >= len(self.line.verdicts) or time.monotonic() > deadline:
                 return n
             time.sleep(0.5)
@@ -251,8 +288,10 @@ class DriftRun(ScenarioLine):
         time.sleep(self.cfg.line.deadline_ms / 1000 + self.cfg.line.reject_pulse_ms / 1000 + 0.5)
         plc = self.plc.snapshot()  # the line decided every part (PASS in time or reject) by now
         verdicts = list(line.verdicts.values())
-        by_phase = {p: [v for v in verdicts if line.sent[v.frame_id].phase == p]
-                    for p in ("before_change", "after_change", "promotion", "after_promotion")}
+        by_phase = {
+            p: [v for v in verdicts if line.sent[v.frame_id].phase == p]
+            for p in ("before_change", "after_change", "promotion", "after_promotion")
+        }
         v2 = self.summary.get("promoted")
         dark = by_phase["after_change"] + by_phase["promotion"] + by_phase["after_promotion"]
         old_dark = [v for v in dark if v.model_version == self.v1]
@@ -260,19 +299,27 @@ class DriftRun(ScenarioLine):
         swap_window = by_phase["promotion"]
         before, after, promoted = rates(by_phase["before_change"]), rates(old_dark), rates(new_dark)
         s = self.summary
-        s.update(frames=len(line.sent), verdicts=line.n_verdicts, recorded=self.recorded(), lost=line.missing(),
-                 duplicates=line.duplicates, errors=sum(v.decision is Decision.ERROR for v in verdicts),
-                 errors_during_swap=sum(v.decision is Decision.ERROR for v in swap_window),
-                 line_rejects=plc.rejects, line_parts=plc.parts, verdict_rejects=sum(v.reject for v in verdicts),
-                 recall_before_change=before["recall"], false_reject_rate_before_change=before["false_reject_rate"],
-                 recall_after_change=after["recall"], false_reject_rate_after_change=after["false_reject_rate"],
-                 recall_after_promotion=promoted["recall"],
-                 false_reject_rate_after_promotion=promoted["false_reject_rate"],
-                 phases={"before_change": before, "after_change_old_model": after,
-                         "after_promotion_new_model": promoted})
+        s.update(
+            frames=len(line.sent),
+            verdicts=line.n_verdicts,
+            recorded=self.recorded(),
+            lost=line.missing(),
+            duplicates=line.duplicates,
+            errors=sum(v.decision is Decision.ERROR for v in verdicts),
+            errors_during_swap=sum(v.decision is Decision.ERROR for v in swap_window),
+            line_rejects=plc.rejects,
+            line_parts=plc.parts,
+            verdict_rejects=sum(v.reject for v in verdicts),
+            recall_before_change=before["recall"],
+            false_reject_rate_before_change=before["false_reject_rate"],
+            recall_after_change=after["recall"],
+            false_reject_rate_after_change=after["false_reject_rate"],
+            recall_after_promotion=promoted["recall"],
+            false_reject_rate_after_promotion=promoted["false_reject_rate"],
+            phases={"before_change": before, "after_change_old_model": after, "after_promotion_new_model": promoted},
+        )
         if self.qe is not None:
-            s["labels"] = {"labelled": dict(self.qe.labelled), "skipped": self.qe.skipped,
-                           "errors": self.qe.errors[:5]}
+            s["labels"] = {"labelled": dict(self.qe.labelled), "skipped": self.qe.skipped, "errors": self.qe.errors[:5]}
         s["seconds"] = {**self.seconds, "total": round(time.perf_counter() - self.t0, 1)}
         return s
 
@@ -297,8 +344,9 @@ def _sigterm_as_interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_scenario(cfg: StationConfig, name: str, as_json: bool, console: Console | None = None,
-                 size: DriftScenario | None = None) -> dict[str, Any]:
+def run_scenario(
+    cfg: StationConfig, name: str, as_json: bool, console: Console | None = None, size: DriftScenario | None = None
+) -> dict[str, Any]:
     """Play scenario ``name``; prints one JSON summary with ``as_json``. Raises ScenarioError when the loop
     did not complete (the summary so far is in the error's ``summary`` attribute)."""
     if name not in SCENARIOS:
@@ -306,8 +354,11 @@ def run_scenario(cfg: StationConfig, name: str, as_json: bool, console: Console 
     console = console or Console(stderr=True)
     root = (Path(cfg.station.data_dir) / f"scenario-{name}").resolve()
     run = DriftRun(cfg, root, size or DriftScenario(), console)
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) \
-        if threading.current_thread() is threading.main_thread() else None
+    previous = (
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
     failure: ScenarioError | None = None
     try:
         try:

@@ -35,18 +35,21 @@ from jobs.scenario.station import Station, scenario_config
 class ScenarioLine:
     """The station as the scenario drives and reads it; :class:`jobs.scenario.drift.DriftRun` plays the loop."""
 
-
     def __init__(self, cfg: StationConfig, root: Path, size: DriftScenario, console: Console) -> None:
         self.size, self.console, self.root = size, console, root
         self.plc = SimulatedPlc()
         self.cfg = scenario_config(cfg, root, size, self.plc)
         self.t0 = time.perf_counter()
         self.seconds: dict[str, float] = {}
-        self.summary: dict[str, Any] = {"scenario": "drift", "image_size": size.image_size, "workers": size.workers,
-                                        "lighting_gain": size.lighting_gain,
-                                        "drift_hysteresis": self.cfg.drift.hysteresis,
-                                        "review_per_minute": self.cfg.review.limits.per_minute,
-                                        "auto_promote": self.cfg.jobs.auto_promote}
+        self.summary: dict[str, Any] = {
+            "scenario": "drift",
+            "image_size": size.image_size,
+            "workers": size.workers,
+            "lighting_gain": size.lighting_gain,
+            "drift_hysteresis": self.cfg.drift.hysteresis,
+            "review_per_minute": self.cfg.review.limits.per_minute,
+            "auto_promote": self.cfg.jobs.auto_promote,
+        }
         self.factory = PartFactory(seed=size.seed, size=size.image_size)
         self.gain = 1.0
         self.phase = "before_change"
@@ -113,7 +116,6 @@ class ScenarioLine:
     def _rq_workers(self) -> int:
         from rq import Worker
 
-
         assert self.client is not None
         return len(Worker.all(queue=station_queue(self.cfg, self.client)))
 
@@ -124,25 +126,43 @@ class ScenarioLine:
             if self.station is None or not self.station.alive():
                 raise ScenarioError("the station's supervisor exited", self.station.tail() if self.station else "")
             verdict_groups = self._groups(names.verdicts)
-            if self._workers_on(self.v1) and names.drift_group in verdict_groups and \
-                    names.line_group in verdict_groups and self._rq_workers() >= 1:
+            if (
+                self._workers_on(self.v1)
+                and names.drift_group in verdict_groups
+                and names.line_group in verdict_groups
+                and self._rq_workers() >= 1
+            ):
                 return
             time.sleep(0.2)
-        raise ScenarioError(f"the station was not ready within {self.size.ready_wait_s:.0f} s",
-                            self.station.tail() if self.station else "")
+        raise ScenarioError(
+            f"the station was not ready within {self.size.ready_wait_s:.0f} s",
+            self.station.tail() if self.station else "",
+        )
 
     # -- 3. the camera
     def publish(self) -> None:
         kind = self.factory.sample_kind(self.size.defect_rate)
         img = relight(self.factory.make(kind), self.gain) if self.gain != 1.0 else self.factory.make(kind)
-        meta = FrameMeta(station=self.cfg.station.id, camera="cam0", seq=self.seq, part_id=f"part-{self.seq:05d}",
-                         captured_at=time.time(), encoding="jpeg", truth=kind)
+        meta = FrameMeta(
+            station=self.cfg.station.id,
+            camera="cam0",
+            seq=self.seq,
+            part_id=f"part-{self.seq:05d}",
+            captured_at=time.time(),
+            encoding="jpeg",
+            truth=kind,
+        )
         self.line.sent[meta.id] = Sent(self.phase, kind, time.time())
         self.bus.publish_frame(meta, encode_image(img, "jpeg", self.cfg.camera.jpeg_quality))
         self.seq += 1
 
-    def run_line(self, fps: float, until: Callable[[], bool], max_frames: int | None = None,
-                 every: Callable[[], None] | None = None) -> int:
+    def run_line(
+        self,
+        fps: float,
+        until: Callable[[], bool],
+        max_frames: int | None = None,
+        every: Callable[[], None] | None = None,
+    ) -> int:
         """Publish at ``fps`` until ``until()`` (checked between frames) or ``max_frames``; returns frames sent."""
         period, n = 1.0 / fps, 0
         next_t = time.monotonic()

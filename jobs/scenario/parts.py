@@ -31,17 +31,17 @@ STATION_FILE = "station.yaml"
 class DriftScenario:
     """The scenario's sizes: small parts and few frames, so that the loop fits in 5 minutes on 2 cores."""
 
-    image_size: int = 128           # px, parts and model input (jobs.anomaly_image_size)
-    train_good: int = 100           # base train/good
-    test_good: int = 50             # base test/good (half held out)
-    test_defects: int = 24          # base test/<class> per defect class (half held out)
-    fps: float = 8.0                # the line's pace during production and after the swap
-    training_fps: float = 1.5       # the line's pace while the job trains (the line keeps running)
+    image_size: int = 128  # px, parts and model input (jobs.anomaly_image_size)
+    train_good: int = 100  # base train/good
+    test_good: int = 50  # base test/good (half held out)
+    test_defects: int = 24  # base test/<class> per defect class (half held out)
+    fps: float = 8.0  # the line's pace during production and after the swap
+    training_fps: float = 1.5  # the line's pace while the job trains (the line keeps running)
     defect_rate: float = 0.25
-    production_frames: int = 160    # good production before the change
-    max_change_frames: int = 400    # no drift alarm by then: the scenario fails
-    after_frames: int = 120         # frames after every worker swapped
-    lighting_gain: float = 0.5      # the change: every pixel times this
+    production_frames: int = 160  # good production before the change
+    max_change_frames: int = 400  # no drift alarm by then: the scenario fails
+    after_frames: int = 120  # frames after every worker swapped
+    lighting_gain: float = 0.5  # the change: every pixel times this
     # Consecutive tripped drift checks (10 frames apart) before the alarm. The job learns from the labels that
     # exist when the alarm starts it: with the default 3 the alarm came after ~70 changed frames, the job's
     # recent gate set held 8 labelled defects of the new lighting, short of jobs.min_gate_frames (10), and the
@@ -71,8 +71,11 @@ def relight(img: np.ndarray, gain: float) -> np.ndarray:
 def write_base_data(root: Path, size: DriftScenario) -> Path:
     """The station's base data folder in the anomaly layout, JPEG-encoded as the camera sends parts."""
     factory = PartFactory(seed=size.seed + 1, size=size.image_size)
-    plan = {"train/good": size.train_good, "test/good": size.test_good,
-            **{f"test/{k}": size.test_defects for k in DEFECT_CLASSES}}
+    plan = {
+        "train/good": size.train_good,
+        "test/good": size.test_good,
+        **{f"test/{k}": size.test_defects for k in DEFECT_CLASSES},
+    }
     for rel, n in plan.items():
         d = root / rel
         d.mkdir(parents=True, exist_ok=True)
@@ -129,10 +132,13 @@ def rates(verdicts: list[Verdict]) -> dict[str, Any]:
     defects = [v for v in verdicts if v.truth and v.truth != GOOD_LABEL]
     caught = sum(v.decision is not Decision.PASS for v in defects)
     rejected = sum(v.decision is not Decision.PASS for v in goods)
-    return {"recall": round(caught / len(defects), 4) if defects else None,
-            "false_reject_rate": round(rejected / len(goods), 4) if goods else None,
-            "n_good": len(goods), "n_defect": len(defects),
-            "decisions": dict(Counter(v.decision.value for v in verdicts))}
+    return {
+        "recall": round(caught / len(defects), 4) if defects else None,
+        "false_reject_rate": round(rejected / len(goods), 4) if goods else None,
+        "n_good": len(goods),
+        "n_defect": len(defects),
+        "decisions": dict(Counter(v.decision.value for v in verdicts)),
+    }
 
 
 # -- the scripted quality engineer ---------------------------------------------------------------------

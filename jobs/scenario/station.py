@@ -32,10 +32,14 @@ class Station:
 
     def start(self) -> None:
         log = self.log_file.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "station", "run", "-c",
-                                      str(self.config_file)], stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inspector.cli", "station", "run", "-c", str(self.config_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
         log.close()
 
     def alive(self) -> bool:
@@ -71,8 +75,12 @@ def scenario_config(base: StationConfig, root: Path, size: DriftScenario, plc: S
     cfg.station.data_dir = root / "station"
     cfg.jobs.base_data = (root / "base").resolve()
     cfg.jobs.anomaly_image_size = size.image_size
-    cfg.supervisor.processes = [StationProcess.WORKER, StationProcess.LINE, StationProcess.DRIFT,
-                                StationProcess.JOBS]  # the camera is the scenario's own: it knows the truth
+    cfg.supervisor.processes = [
+        StationProcess.WORKER,
+        StationProcess.LINE,
+        StationProcess.DRIFT,
+        StationProcess.JOBS,
+    ]  # the camera is the scenario's own: it knows the truth
     cfg.supervisor.workers = size.workers
     cfg.drift.hysteresis = size.drift_hysteresis
     cfg.review.limits.per_minute = size.review_per_minute

@@ -12,8 +12,23 @@ from inspector.bench.cli import bench_app
 
 def test_bench_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    res = CliRunner().invoke(bench_app, ["--data-dir", str(tmp_path / "none"), "--runs", "3", "--frames", "30",
-                                         "--workers", "1", "--reference", "none", "--json", str(out)])
+    res = CliRunner().invoke(
+        bench_app,
+        [
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--runs",
+            "3",
+            "--frames",
+            "30",
+            "--workers",
+            "1",
+            "--reference",
+            "none",
+            "--json",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert "built on the fly" in report["package"]["source"]

@@ -31,14 +31,18 @@ def test_package_without_a_data_source_skips_the_peers_with_a_note(tmp_path: Pat
     assert rows == [] and "anomalib peers skipped" in notes[0]
 
 
-@pytest.mark.skipif(not os.environ.get("INSPECTOR_SLOW"), reason="fits anomalib and exports to OpenVINO: INSPECTOR_SLOW=1")
+@pytest.mark.skipif(
+    not os.environ.get("INSPECTOR_SLOW"), reason="fits anomalib and exports to OpenVINO: INSPECTOR_SLOW=1"
+)
 @pytest.mark.timeout(1800)  # anomalib's dynamo export alone took minutes on a 2-core CPU at load 15
 def test_ours_and_anomalib_peers_in_one_interleaved_run(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     from jobs.scenario import DriftScenario, write_base_data
     from trainer.anomalib_package import AnomalibConfig, build_anomalib_package
 
-    root = write_base_data(tmp_path / "parts", DriftScenario(image_size=128, train_good=50, test_good=10, test_defects=4))
+    root = write_base_data(
+        tmp_path / "parts", DriftScenario(image_size=128, train_good=50, test_good=10, test_defects=4)
+    )
     # any anomaly package with a data source takes the "ours" rows; a small zoo package builds fastest (no INT8)
     ours = build_anomalib_package(root, tmp_path / "ours", AnomalibConfig(image_size=(64, 64), int8=False), name="ours")
     rows, notes = backends.ours_vs_anomalib(load_package(ours.path), threads=2, runs=4, image_size=(64, 64))

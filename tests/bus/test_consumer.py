@@ -44,8 +44,9 @@ class Flaky(StreamConsumer):
         self.torn_down = True
 
 
-def test_failures_back_off_doubling_to_the_cap_and_setup_runs_again(station_config: StationConfig,
-                                                                    redis_client: redis.Redis) -> None:
+def test_failures_back_off_doubling_to_the_cap_and_setup_runs_again(
+    station_config: StationConfig, redis_client: redis.Redis
+) -> None:
     c = Flaky(station_config, redis_client, failures=4)
     c.run()
     assert c.waits == [0.01, 0.02, 0.04, 0.04]
@@ -69,8 +70,9 @@ def test_other_errors_end_the_loop_after_teardown(station_config: StationConfig,
     assert [(r["name"], r["health"]) for r in rows] == [("flaky", "down")]
 
 
-def test_heartbeat_registers_and_a_clean_stop_unregisters(station_config: StationConfig,
-                                                          redis_client: redis.Redis) -> None:
+def test_heartbeat_registers_and_a_clean_stop_unregisters(
+    station_config: StationConfig, redis_client: redis.Redis
+) -> None:
     class Idle(Flaky):
         def step(self) -> int:
             self.stop_event.wait(0.05)
@@ -92,8 +94,9 @@ def test_heartbeat_registers_and_a_clean_stop_unregisters(station_config: Statio
     assert not redis_client.exists(names.consumer_heartbeat("recorder", "flaky"))
 
 
-def test_recover_own_returns_what_this_name_left_pending(station_config: StationConfig,
-                                                         redis_client: redis.Redis) -> None:
+def test_recover_own_returns_what_this_name_left_pending(
+    station_config: StationConfig, redis_client: redis.Redis
+) -> None:
     c = Flaky(station_config, redis_client, failures=0)
     stream, group = c.bus.names.verdicts, "g"
     c.bus.ensure_group(stream, group)

@@ -29,7 +29,8 @@ def _metric(cfg: StationConfig, name: str, stream: str, group: str) -> float:
 
 
 def test_lag_of_a_group_that_read_3_of_10_entries_is_7_in_status_and_metrics(
-        station_config: StationConfig, redis_client: redis.Redis) -> None:
+    station_config: StationConfig, redis_client: redis.Redis
+) -> None:
     cfg = station_config
     events = StationBus(redis_client, cfg).names.events
     redis_client.xgroup_create(events, "readers", id="0", mkstream=True)

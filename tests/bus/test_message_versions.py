@@ -16,21 +16,25 @@ from inspector.worker import Worker, load_model
 
 
 def _verdict_doc(**extra: object) -> dict:
-    v = Verdict(station="s", frame_id="f1", camera="c", seq=0, part_id="p", captured_at=1.0,
-                decision="PASS", reject=False)  # type: ignore[arg-type]
+    v = Verdict(
+        station="s", frame_id="f1", camera="c", seq=0, part_id="p", captured_at=1.0, decision="PASS", reject=False
+    )  # type: ignore[arg-type]
     return {**json.loads(v.to_json()), **extra}
 
 
 def test_fields_of_a_newer_minor_revision_are_ignored() -> None:
-    doc = _verdict_doc(confidence_interval=[0.1, 0.2], image_stats={"brightness": 1, "contrast": 2, "sharpness": 3,
-                                                                     "mean_r": 1, "mean_g": 1, "mean_b": 1, "hue": 7})
+    doc = _verdict_doc(
+        confidence_interval=[0.1, 0.2],
+        image_stats={"brightness": 1, "contrast": 2, "sharpness": 3, "mean_r": 1, "mean_g": 1, "mean_b": 1, "hue": 7},
+    )
     v = decode_message(json.dumps(doc).encode())
     assert isinstance(v, Verdict) and v.frame_id == "f1" and v.image_stats is not None
 
 
 def test_a_newer_major_version_is_refused_naming_both_versions() -> None:
-    with pytest.raises(UnsafeInputError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this process's "
-                                               f"{SCHEMA_VERSION}"):
+    with pytest.raises(
+        UnsafeInputError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this process's {SCHEMA_VERSION}"
+    ):
         decode_message(json.dumps(_verdict_doc(v=SCHEMA_VERSION + 1)).encode())
 
 

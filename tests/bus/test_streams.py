@@ -30,8 +30,16 @@ def test_messages_round_trip_with_version() -> None:
 
 def test_commit_is_idempotent_by_frame_id(station_config, redis_client) -> None:  # type: ignore[no-untyped-def]
     bus = StationBus(redis_client, station_config)
-    v = Verdict(station="s", frame_id="f1", camera="c", seq=0, part_id="p", captured_at=0.0,
-                decision=Decision.PASS, reject=False)
+    v = Verdict(
+        station="s",
+        frame_id="f1",
+        camera="c",
+        seq=0,
+        part_id="p",
+        captured_at=0.0,
+        decision=Decision.PASS,
+        reject=False,
+    )
     assert bus.commit_verdicts([(v, ""), (v, "")]) == [True, False]
     assert redis_client.xlen(bus.names.verdicts) == 1
     assert bus.counters() == {"verdicts": 1, "pass": 1}

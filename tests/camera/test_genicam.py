@@ -47,8 +47,11 @@ class FakeCamera:
 
     def start(self, timeout: float = 30) -> None:
         binary = shutil.which("arv-fake-gv-camera-0.8")
-        cmd = ([binary, "-i", "127.0.0.1"] if binary else
-               [sys.executable, "-m", "inspector.camera.genicam", "--fake", "-i", "127.0.0.1"])
+        cmd = (
+            [binary, "-i", "127.0.0.1"]
+            if binary
+            else [sys.executable, "-m", "inspector.camera.genicam", "--fake", "-i", "127.0.0.1"]
+        )
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -94,12 +97,19 @@ def _write(cfg: StationConfig, folder: Path) -> Path:
 def _inspector_camera(config: Path, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = open(log, "wb") if log else subprocess.PIPE  # noqa: SIM115 - the child owns it
-    return subprocess.Popen([sys.executable, "-m", "inspector.cli", "camera", "--config", str(config), *args],
-                            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "inspector.cli", "camera", "--config", str(config), *args],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _frames(client, bus: StationBus) -> list[FrameMeta]:  # type: ignore[no-untyped-def]
-    return [decode_message(f[b"m"]) for _, f in client.xrange(bus.names.frames)] if client.exists(bus.names.frames) else []
+    return (
+        [decode_message(f[b"m"]) for _, f in client.xrange(bus.names.frames)] if client.exists(bus.names.frames) else []
+    )
 
 
 def _health(client, bus: StationBus) -> list[Event]:  # type: ignore[no-untyped-def]
@@ -110,6 +120,7 @@ def _health(client, bus: StationBus) -> list[Event]:  # type: ignore[no-untyped-
 
 
 # -- without a camera ---------------------------------------------------------------------------------------
+
 
 def test_pixel_formats_become_rgb() -> None:
     mono = np.arange(12, dtype=np.uint8).reshape(3, 4)
@@ -147,8 +158,10 @@ def test_harvesters_needs_a_producer_that_loads(station_config, tmp_path: Path) 
 
 # -- against the fake GigE Vision camera ------------------------------------------------------------------
 
+
 def test_100_frames_through_inspector_camera_give_100_verdicts(  # type: ignore[no-untyped-def]
-        fake_camera, station_config, redis_client, tiny_package, tmp_path) -> None:
+    fake_camera, station_config, redis_client, tiny_package, tmp_path
+) -> None:
     from inspector.worker import Worker, load_model
 
     cfg = _cfg(station_config, fps=20, pixel_format="Mono8", exposure_us=2000, gain_db=1.0)
@@ -189,8 +202,9 @@ def test_software_trigger_gives_one_frame_per_trigger(fake_camera, station_confi
 
 
 def test_hardware_trigger_waits_for_the_line(fake_camera, station_config) -> None:  # type: ignore[no-untyped-def]
-    src = open_genicam(_cfg(station_config, fps=20, trigger="hardware", trigger_source="Line0",
-                            reconnect_after_s=0.2).camera)
+    src = open_genicam(
+        _cfg(station_config, fps=20, trigger="hardware", trigger_source="Line0", reconnect_after_s=0.2).camera
+    )
     got: list[object] = []
     t = threading.Thread(target=lambda: got.append(src.read()), daemon=True)
     t.start()
@@ -206,7 +220,8 @@ def test_hardware_trigger_waits_for_the_line(fake_camera, station_config) -> Non
 
 
 def test_lost_camera_raises_health_within_two_periods_and_resumes(  # type: ignore[no-untyped-def]
-        fake_camera, station_config, redis_client, tmp_path) -> None:
+    fake_camera, station_config, redis_client, tmp_path
+) -> None:
     fps = 10.0  # period 100 ms: the alarm is due 200 ms after the last frame
     cfg = _cfg(station_config, fps=fps)
     bus = StationBus(redis_client, cfg)
@@ -218,8 +233,10 @@ def test_lost_camera_raises_health_within_two_periods_and_resumes(  # type: igno
         assert len(_frames(redis_client, bus)) >= 10, (tmp_path / "camera.log").read_text()[-2000:]
         fake_camera.stop()
         deadline = time.monotonic() + 5
-        while not (alarms := [e for e in _health(redis_client, bus) if e.severity == "critical"]) \
-                and time.monotonic() < deadline:
+        while (
+            not (alarms := [e for e in _health(redis_client, bus) if e.severity == "critical"])
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.01)
         assert alarms, "no camera-health event after the camera vanished"
         last = _frames(redis_client, bus)[-1]
@@ -230,8 +247,10 @@ def test_lost_camera_raises_health_within_two_periods_and_resumes(  # type: igno
         fake_camera.start()
         answered = time.time()
         deadline = time.monotonic() + 30
-        while not (back := [e for e in _health(redis_client, bus) if e.severity == "info"]) \
-                and time.monotonic() < deadline:
+        while (
+            not (back := [e for e in _health(redis_client, bus) if e.severity == "info"])
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         assert back, "camera never recovered"
         print(f"frames again {(back[0].ts - answered) * 1000:.0f} ms after the restarted camera answered")
@@ -248,10 +267,15 @@ def test_lost_camera_raises_health_within_two_periods_and_resumes(  # type: igno
 
 
 def test_bad_camera_id_and_pixel_format_are_one_line_each(fake_camera, station_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    for n, (genicam, expect) in enumerate([
-        ({"device_id": "no-such-camera"}, "error: camera.source.genicam.device_id 'no-such-camera': no such camera"),
-        ({"pixel_format": "YUV422_8"}, "error: camera.source.genicam.pixel_format 'YUV422_8' is not offered"),
-    ]):
+    for n, (genicam, expect) in enumerate(
+        [
+            (
+                {"device_id": "no-such-camera"},
+                "error: camera.source.genicam.device_id 'no-such-camera': no such camera",
+            ),
+            ({"pixel_format": "YUV422_8"}, "error: camera.source.genicam.pixel_format 'YUV422_8' is not offered"),
+        ]
+    ):
         cfg = _cfg(station_config, **genicam)
         proc = _inspector_camera(_write(cfg, tmp_path / f"cfg{n}"), "--frames", "1")
         out, _ = proc.communicate(timeout=60)

@@ -22,8 +22,10 @@ from inspector.camera.sources import OpenCVSource
 from inspector.camera.synthetic import PartFactory
 
 REPO = Path(__file__).resolve().parents[2]
-HINT = ("apt-get install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-base and "
-        "pip install 'PyGObject<3.51' (the genicam extra)")
+HINT = (
+    "apt-get install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-base and "
+    "pip install 'PyGObject<3.51' (the genicam extra)"
+)
 FPS = 20
 
 
@@ -36,7 +38,9 @@ def _gst_rtsp_or_skip() -> None:
         from gi.repository import Gst
 
         Gst.init(None)
-        missing = [e for e in ("filesrc", "avidemux", "jpegdec", "jpegenc", "rtpjpegpay") if Gst.ElementFactory.find(e) is None]
+        missing = [
+            e for e in ("filesrc", "avidemux", "jpegdec", "jpegenc", "rtpjpegpay") if Gst.ElementFactory.find(e) is None
+        ]
     except (ImportError, ValueError) as err:
         pytest.skip(f"GStreamer's RTSP server for Python is not installed: {HINT} ({err})")
     if missing:
@@ -66,8 +70,12 @@ def rtsp_url(tmp_path: Path) -> Iterator[tuple[str, list[np.ndarray]]]:
     video = tmp_path / "parts.avi"
     frames = write_parts_video(video, 60)
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.camera.test_rtsp", str(video), str(port)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.camera.test_rtsp", str(video), str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     assert line.startswith("rtsp://"), line + proc.stdout.read().decode(errors="replace")
@@ -91,7 +99,8 @@ def test_opencv_reads_parts_from_an_rtsp_server(rtsp_url) -> None:  # type: igno
 
 
 def test_inspector_camera_streams_rtsp_into_the_station(  # type: ignore[no-untyped-def]
-        rtsp_url, station_config, redis_client, tiny_package, tmp_path) -> None:
+    rtsp_url, station_config, redis_client, tiny_package, tmp_path
+) -> None:
     import yaml
 
     from inspector.bus.streams import StationBus, decode_message
@@ -105,8 +114,13 @@ def test_inspector_camera_streams_rtsp_into_the_station(  # type: ignore[no-unty
     path = tmp_path / "station.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "camera", "--config", str(path), "--frames", "30"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inspector.cli", "camera", "--config", str(path), "--frames", "30"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     Worker(cfg, redis_client, load_model(cfg, tiny_package), name="w1").run(max_frames=30, idle_exit_s=20)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and b"30 frames published" in out, out.decode(errors="replace")[-2000:]
@@ -128,7 +142,9 @@ def serve(video: str, port: int) -> None:
     server.set_address("127.0.0.1")
     server.set_service(str(port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(f'( filesrc location="{video}" ! avidemux ! jpegdec ! videoconvert ! jpegenc quality=90 ! rtpjpegpay name=pay0 pt=26 )')
+    factory.set_launch(
+        f'( filesrc location="{video}" ! avidemux ! jpegdec ! videoconvert ! jpegenc quality=90 ! rtpjpegpay name=pay0 pt=26 )'
+    )
     server.get_mount_points().add_factory("/parts", factory)
     server.attach(None)
     print(f"rtsp://127.0.0.1:{port}/parts", flush=True)

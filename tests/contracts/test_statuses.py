@@ -37,7 +37,14 @@ def raw_statuses(store: Store, table: str) -> list[object]:
 def test_values_are_the_stored_strings() -> None:
     assert [s.value for s in ReviewStatus] == ["pending", "leased", "labelled"]
     assert [s.value for s in ModelStatus] == [
-        "candidate", "gated_pass", "gated_fail", "approved", "active", "retired", "rolled_back"]
+        "candidate",
+        "gated_pass",
+        "gated_fail",
+        "approved",
+        "active",
+        "retired",
+        "rolled_back",
+    ]
     assert [s.value for s in RetrainRequestStatus] == ["enqueued", "running", "deduped", "rejected"]
     assert [s.value for s in FrameCollectionStatus] == ["collecting", "awaiting_confirmation", "refitting", "done"]
     assert ReviewStatus.LEASED == "leased" and f"{ModelStatus.GATED_PASS}" == "gated_pass"
@@ -50,9 +57,20 @@ def test_review_status_round_trips_through_the_store(store: Store, tmp_path: Pat
     for i in range(2):
         v = make_verdict("s1", i, Decision.REVIEW)
         rec.record_verdicts(store, [v])
-        rec.add_review_item(store, ReviewRequest(
-            station="s1", frame_id=v.frame_id, part_id=v.part_id, camera=v.camera, reasons=["review_verdict"],
-            priority=50, image_sha256=archive.put(b"img", "png"), decision=v.decision), image_ext="png")
+        rec.add_review_item(
+            store,
+            ReviewRequest(
+                station="s1",
+                frame_id=v.frame_id,
+                part_id=v.part_id,
+                camera=v.camera,
+                reasons=["review_verdict"],
+                priority=50,
+                image_sha256=archive.put(b"img", "png"),
+                decision=v.decision,
+            ),
+            image_ext="png",
+        )
     assert raw_statuses(store, "review_items") == ["pending", "pending"]
     svc = LabellingService(store, archive, lease_s=60)
     first = svc.lease_next("ann")
@@ -61,8 +79,10 @@ def test_review_status_round_trips_through_the_store(store: Store, tmp_path: Pat
     assert stored == ["leased", "pending"] and all(type(v) is str for v in stored)
     svc.label(first.id, "ann", GOOD_LABEL)
     assert raw_statuses(store, "review_items") == ["labelled", "pending"]
-    assert {ReviewStatus(v) for v in raw_statuses(store, "review_items")} == {ReviewStatus.LABELLED,
-                                                                             ReviewStatus.PENDING}
+    assert {ReviewStatus(v) for v in raw_statuses(store, "review_items")} == {
+        ReviewStatus.LABELLED,
+        ReviewStatus.PENDING,
+    }
     stats = svc.queue_stats()
     assert (stats["pending"], stats["leased"], stats["labelled"]) == (1, 0, 1)
 

@@ -20,8 +20,14 @@ STAT_KEYS = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "mean_b"
 
 def _stats(rng: np.random.Generator, scale: float = 1.0) -> dict[str, float]:
     b = float(rng.normal(120, 8)) * scale
-    return {"brightness": b, "contrast": float(rng.normal(30, 3)) * scale, "sharpness": float(rng.normal(50, 5)),
-            "mean_r": b, "mean_g": b, "mean_b": b}
+    return {
+        "brightness": b,
+        "contrast": float(rng.normal(30, 3)) * scale,
+        "sharpness": float(rng.normal(50, 5)),
+        "mean_r": b,
+        "mean_g": b,
+        "mean_b": b,
+    }
 
 
 def _reference(rng: np.random.Generator) -> dict:
@@ -73,17 +79,39 @@ def test_suppression_counts_but_does_not_alarm() -> None:
 
 def _write_package(folder, ref: dict, created_at: float) -> None:
     folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps({
-        "name": "t", "version": folder.name, "created_at": created_at, "task": "anomaly",
-        "model": {}, "preprocess": {"size": [8, 8]}, "drift_reference": ref}))
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "name": "t",
+                "version": folder.name,
+                "created_at": created_at,
+                "task": "anomaly",
+                "model": {},
+                "preprocess": {"size": [8, 8]},
+                "drift_reference": ref,
+            }
+        )
+    )
 
 
 def _verdict(station: str, version: str, seq: int, stats: dict[str, float]) -> Verdict:
-    return Verdict(station=station, frame_id=f"f{seq}", camera="c", seq=seq, part_id=f"p{seq}", captured_at=0,
-                   decision=Decision.PASS, reject=False, model_version=version, image_stats=ImageStats(**stats))
+    return Verdict(
+        station=station,
+        frame_id=f"f{seq}",
+        camera="c",
+        seq=seq,
+        part_id=f"p{seq}",
+        captured_at=0,
+        decision=Decision.PASS,
+        reject=False,
+        model_version=version,
+        image_stats=ImageStats(**stats),
+    )
 
 
-def test_monitor_on_stream_raises_event_and_store_row_and_respects_suppression(station_config, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_monitor_on_stream_raises_event_and_store_row_and_respects_suppression(
+    station_config, redis_client, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     cfg = station_config.model_copy(deep=True)
     cfg.drift = DriftSection(window=100, check_every=10, hysteresis=2, cooldown_s=0)
     names = Names(cfg.redis.prefix, cfg.station.id)
@@ -95,7 +123,9 @@ def test_monitor_on_stream_raises_event_and_store_row_and_respects_suppression(s
     seen = mon.alarms  # the monitor only publishes; the retrain trigger consumes the events
     bus = StationBus(redis_client, cfg)
     for i in range(300):
-        bus.r.xadd(names.verdicts, {b"m": _verdict(cfg.station.id, "v1", i, _stats(rng, 0.7 if i >= 150 else 1)).to_json()})
+        bus.r.xadd(
+            names.verdicts, {b"m": _verdict(cfg.station.id, "v1", i, _stats(rng, 0.7 if i >= 150 else 1)).to_json()}
+        )
     while mon.step(block_ms=None):
         pass
     assert seen and seen[0].frames_seen - 150 <= 60
@@ -104,6 +134,7 @@ def test_monitor_on_stream_raises_event_and_store_row_and_respects_suppression(s
     from sqlalchemy import select
 
     from inspector.store.models import DriftAlarmRow
+
     with store.session() as s:
         rows = s.scalars(select(DriftAlarmRow)).all()
     assert len(rows) == len(seen) and rows[0].value > rows[0].threshold
@@ -124,8 +155,9 @@ def test_monitor_on_stream_raises_event_and_store_row_and_respects_suppression(s
 
 
 def test_operator_reports_count_per_window_with_their_own_threshold() -> None:
-    cfg = DriftSection(window=100, check_every=10, hysteresis=1, cooldown_s=0, operator_report_rate=0.05,
-                       operator_report_min=3)
+    cfg = DriftSection(
+        window=100, check_every=10, hysteresis=1, cooldown_s=0, operator_report_rate=0.05, operator_report_min=3
+    )
     det, rng = _detector(cfg, Clock())
     recs = [DriftRecord(_stats(rng), frame_id=f"f{i}") for i in range(100)]
     for r in recs[:-1]:
@@ -138,7 +170,9 @@ def test_operator_reports_count_per_window_with_their_own_threshold() -> None:
     assert alarms[0].details["operator_reports"]["reports"] == 6
 
 
-def test_wrong_verdict_reports_raise_an_operator_alarm_the_trigger_acts_on(station_config, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_verdict_reports_raise_an_operator_alarm_the_trigger_acts_on(
+    station_config, redis_client, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     from inspector.archive import Archive
     from inspector.review.labelling import LabellingService
     from inspector.store.records import record_verdicts
@@ -179,13 +213,15 @@ def test_each_product_is_watched_against_its_own_reference(station_config, redis
     from inspector.contracts.config import parse_config
 
     rng = np.random.default_rng(3)
-    dark = [{**_stats(rng), "brightness": b, "mean_r": b, "mean_g": b, "mean_b": b}
-            for b in rng.normal(60, 4, 400)]
+    dark = [{**_stats(rng), "brightness": b, "mean_r": b, "mean_g": b, "mean_b": b} for b in rng.normal(60, 4, 400)]
     _write_package(tmp_path / "bright-v1", _reference(rng), created_at=1.0)
     _write_package(tmp_path / "dark-v1", reference_from_samples(dark, decisions=["PASS"] * 400), created_at=1.0)
     doc = station_config.model_dump(mode="json", exclude_none=True)
     doc["drift"] = {"window": 100, "check_every": 10, "hysteresis": 2, "cooldown_s": 0}
-    doc["products"] = {"bright": {"package": str(tmp_path / "bright-v1")}, "dark": {"package": str(tmp_path / "dark-v1")}}
+    doc["products"] = {
+        "bright": {"package": str(tmp_path / "bright-v1")},
+        "dark": {"package": str(tmp_path / "dark-v1")},
+    }
     cfg = parse_config(doc, environ={})
     names = Names(cfg.redis.prefix, cfg.station.id)
     mon = DriftMonitor(cfg, redis_client)
@@ -199,8 +235,14 @@ def test_each_product_is_watched_against_its_own_reference(station_config, redis
     for block in range(6):  # changeovers every 80 parts: bright, dark, bright, ...
         product = "bright" if block % 2 == 0 else "dark"
         for _ in range(80):
-            stats = _stats(rng) if product == "bright" else {**_stats(rng), **dict.fromkeys(
-                ("brightness", "mean_r", "mean_g", "mean_b"), float(rng.normal(60, 4)))}
+            stats = (
+                _stats(rng)
+                if product == "bright"
+                else {
+                    **_stats(rng),
+                    **dict.fromkeys(("brightness", "mean_r", "mean_g", "mean_b"), float(rng.normal(60, 4))),
+                }
+            )
             redis_client.xadd(names.verdicts, {b"m": verdict(i, product, stats)})
             i += 1
     while mon.step(block_ms=None):

@@ -45,9 +45,13 @@ def test_categorical_and_rate_tests() -> None:
 
 
 def test_reference_from_samples_round_trips() -> None:
-    stats = [{"brightness": 100.0 + i % 7, "contrast": 20.0, "sharpness": 5.0, "mean_r": 1.0, "mean_g": 1.0,
-              "mean_b": 1.0} for i in range(50)]
-    ref = reference_from_samples(stats, [{"good": 0.95, "defect": 0.05}] * 50, [0.3] * 50, ["PASS"] * 48 + ["REVIEW"] * 2)
+    stats = [
+        {"brightness": 100.0 + i % 7, "contrast": 20.0, "sharpness": 5.0, "mean_r": 1.0, "mean_g": 1.0, "mean_b": 1.0}
+        for i in range(50)
+    ]
+    ref = reference_from_samples(
+        stats, [{"good": 0.95, "defect": 0.05}] * 50, [0.3] * 50, ["PASS"] * 48 + ["REVIEW"] * 2
+    )
     parsed = parse_reference(ref)
     assert ref["schema"] == 1 and set(parsed.numeric) >= {"brightness", "classifier_confidence", "anomaly_score_good"}
     assert parsed.class_mix == {"defect": 0.0, "good": 1.0} and parsed.review_rate == pytest.approx(0.04)

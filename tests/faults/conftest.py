@@ -23,8 +23,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-_BACKENDS = ["embedded"] + (["external"] if os.environ.get("REDIS_URL") and os.environ.get("INSPECTOR_FAULTS_EXTERNAL") == "1"
-                            else [])
+_BACKENDS = ["embedded"] + (
+    ["external"] if os.environ.get("REDIS_URL") and os.environ.get("INSPECTOR_FAULTS_EXTERNAL") == "1" else []
+)
 
 
 @pytest.fixture(params=_BACKENDS)

@@ -121,8 +121,13 @@ def _line_accepts(verdicts: list[tuple[Verdict, float]], sent: dict[str, FrameMe
     return accepted
 
 
-def reconcile(client: redis.Redis, names: Names, ledger: CameraLedger, deadline_s: float = 0.5,
-              extra_dead_ok: set[str] | None = None) -> Report:
+def reconcile(
+    client: redis.Redis,
+    names: Names,
+    ledger: CameraLedger,
+    deadline_s: float = 0.5,
+    extra_dead_ok: set[str] | None = None,
+) -> Report:
     """Check the three invariants (see module doc); print and return the report. Raises AssertionError."""
     entries = read_verdict_entries(client, names)
     dead, unreadable = read_dead_letters(client, names)
@@ -130,10 +135,16 @@ def reconcile(client: redis.Redis, names: Names, ledger: CameraLedger, deadline_
     per_frame = Counter(v.frame_id for v, _ in entries)
     known = set(ledger.sent) | set(ledger.not_sent) | (extra_dead_ok or set())
     accepted = _line_accepts(entries, ledger.sent, deadline_s)
-    rep = Report(sent=len(ledger.sent), not_sent=len(ledger.not_sent), verdicts=len(entries),
-                 decisions=dict(Counter(v.decision.value for v, _ in entries)),
-                 dead_letter_entries=sum(dead.values()), unreadable_dead_letters=unreadable, counters=counters,
-                 versions=dict(Counter(v.model_version or "none" for v, _ in entries)))
+    rep = Report(
+        sent=len(ledger.sent),
+        not_sent=len(ledger.not_sent),
+        verdicts=len(entries),
+        decisions=dict(Counter(v.decision.value for v, _ in entries)),
+        dead_letter_entries=sum(dead.values()),
+        unreadable_dead_letters=unreadable,
+        counters=counters,
+        versions=dict(Counter(v.model_version or "none" for v, _ in entries)),
+    )
     rep.duplicate_verdicts = [f for f, n in per_frame.items() if n > 1]
     rep.unknown_verdicts = [f for f in per_frame if f not in known]
     for fid in ledger.sent:
@@ -147,17 +158,23 @@ def reconcile(client: redis.Redis, names: Names, ledger: CameraLedger, deadline_
     rep.accepted = len(accepted & set(ledger.sent))
     rep.rejected = rep.sent - rep.accepted
     passes = {v.frame_id for v, _ in entries if v.decision is Decision.PASS}
-    rep.rejected_late_or_missing = len((set(ledger.sent) - passes) - {v.frame_id for v, _ in entries}) + len(passes - accepted)
+    rep.rejected_late_or_missing = len((set(ledger.sent) - passes) - {v.frame_id for v, _ in entries}) + len(
+        passes - accepted
+    )
     print("RECONCILE", rep.to_json())
     _assert(rep, entries, accepted, counters)
     return rep
 
 
 def _assert(rep: Report, entries: list[tuple[Verdict, float]], accepted: set[str], counters: dict[str, int]) -> None:
-    assert not rep.duplicate_verdicts, f"{len(rep.duplicate_verdicts)} frames got two verdicts: {rep.duplicate_verdicts[:3]}"
+    assert not rep.duplicate_verdicts, (
+        f"{len(rep.duplicate_verdicts)} frames got two verdicts: {rep.duplicate_verdicts[:3]}"
+    )
     assert not rep.lost, f"{len(rep.lost)} frames sent have no outcome (no verdict, no dead letter): {rep.lost[:3]}"
     assert not rep.unknown_verdicts, f"verdicts for frames never sent: {rep.unknown_verdicts[:3]}"
-    assert counters.get("verdicts", 0) == len(entries), f"verdicts counter {counters.get('verdicts')} != stream {len(entries)}"
+    assert counters.get("verdicts", 0) == len(entries), (
+        f"verdicts counter {counters.get('verdicts')} != stream {len(entries)}"
+    )
     by_id = {v.frame_id: (v, t) for v, t in entries}
     for fid in accepted:
         v, _t = by_id[fid]

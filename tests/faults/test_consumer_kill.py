@@ -86,8 +86,9 @@ def _lag(client: redis.Redis, stream: str, group: str) -> int:
     return 0
 
 
-def _kill_and_time_down(proc: subprocess.Popen[bytes], cfg: StationConfig, role: ConsumerRole, name: str,
-                        config: Path) -> float:
+def _kill_and_time_down(
+    proc: subprocess.Popen[bytes], cfg: StationConfig, role: ConsumerRole, name: str, config: Path
+) -> float:
     """SIGKILL the process; seconds until ``inspector status`` reads it down (asserted within the TTL)."""
     os.kill(proc.pid, signal.SIGKILL)
     t0 = time.monotonic()
@@ -96,8 +97,13 @@ def _kill_and_time_down(proc: subprocess.Popen[bytes], cfg: StationConfig, role:
     elapsed = time.monotonic() - t0
     print(f"{role.value} {name}: down in inspector status {elapsed:.2f} s after kill -9 (TTL {HEARTBEAT_TTL_S:.0f} s)")
     assert elapsed <= HEARTBEAT_TTL_S + SLACK_S, elapsed
-    out = subprocess.run([sys.executable, "-m", "inspector.cli", "status", "--config", str(config), "--json"],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "status", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     st = json.loads(out.stdout)
     row = next(p for p in st["processes"] if p["role"] == role.value and p["name"] == name)
     assert row["health"] == "down" and not st["healthy"] and st["down"], st
@@ -133,27 +139,37 @@ def test_recorder_process_kill9(tmp_path: Path, redis_url: str) -> None:
     argv = ["-m", "inspector.recording", "--config", str(config), "--name", name]
     proc = _spawn(argv, tmp_path / "recorder.log")
     try:
-        assert _wait(lambda: _health(cfg, ConsumerRole.RECORDER, name) == "ok", 60), (tmp_path / "recorder.log").read_text()
-        feeder = _feed(lambda i: client.xadd(names.verdicts, {STREAM_FIELD_MESSAGE: make_verdict(cfg.station.id, i)
-                                                              .to_json()}), n, 0.004)
+        assert _wait(lambda: _health(cfg, ConsumerRole.RECORDER, name) == "ok", 60), (
+            tmp_path / "recorder.log"
+        ).read_text()
+        feeder = _feed(
+            lambda i: client.xadd(names.verdicts, {STREAM_FIELD_MESSAGE: make_verdict(cfg.station.id, i).to_json()}),
+            n,
+            0.004,
+        )
         time.sleep(0.8)  # mid-stream
         _kill_and_time_down(proc, cfg, ConsumerRole.RECORDER, name, config)
         feeder.join(30)
         left = by_kill = _pending(client, names.verdicts, names.store_group, name)
         if left == 0:
             left = _read_as(client, names.verdicts, names.store_group, name, 25)
-        print(f"recorder: {left} verdicts pending under {name} at restart ({by_kill} left by the kill), "
-              f"{_lag(client, names.verdicts, names.store_group)} unread")
+        print(
+            f"recorder: {left} verdicts pending under {name} at restart ({by_kill} left by the kill), "
+            f"{_lag(client, names.verdicts, names.store_group)} unread"
+        )
         assert left > 0
         proc = _spawn(argv, tmp_path / "recorder.log")
         store = open_store(cfg)
         try:
+
             def rows() -> int:
                 with store.session() as s:
                     return int(s.scalar(select(func.count()).select_from(VerdictRow)))
 
-            assert _wait(lambda: rows() >= n and _pending(client, names.verdicts, names.store_group) == 0, 60), \
-                (rows(), (tmp_path / "recorder.log").read_text()[-2000:])
+            assert _wait(lambda: rows() >= n and _pending(client, names.verdicts, names.store_group) == 0, 60), (
+                rows(),
+                (tmp_path / "recorder.log").read_text()[-2000:],
+            )
             with store.session() as s:
                 distinct = int(s.scalar(select(func.count(func.distinct(VerdictRow.frame_id)))))
             assert rows() == n and distinct == n  # none lost, none twice
@@ -173,8 +189,10 @@ def test_drift_monitor_process_kill9(tmp_path: Path, redis_url: str) -> None:
     proc = _spawn(argv, tmp_path / "drift.log")
     try:
         assert _wait(lambda: _health(cfg, role, name) == "ok", 90), (tmp_path / "drift.log").read_text()
-        publish = lambda i: client.xadd(names.verdicts, {STREAM_FIELD_MESSAGE: make_verdict(cfg.station.id, i)  # noqa: E731
-                                                          .to_json()})
+
+        def publish(i: int) -> object:
+            return client.xadd(names.verdicts, {STREAM_FIELD_MESSAGE: make_verdict(cfg.station.id, i).to_json()})
+
         feeder = _feed(publish, 300, 0.004)
         time.sleep(0.6)
         _kill_and_time_down(proc, cfg, role, name, config)
@@ -183,8 +201,10 @@ def test_drift_monitor_process_kill9(tmp_path: Path, redis_url: str) -> None:
         if pending == 0:
             pending = _read_as(client, names.verdicts, names.drift_group, name, 25)
         unread = _lag(client, names.verdicts, names.drift_group)
-        print(f"drift monitor: {pending} verdicts pending under {name} at restart ({by_kill} left by the kill), "
-              f"{unread} unread")
+        print(
+            f"drift monitor: {pending} verdicts pending under {name} at restart ({by_kill} left by the kill), "
+            f"{unread} unread"
+        )
         assert pending > 0
         proc = _spawn(argv, tmp_path / "drift.log")
         assert _wait(lambda: _health(cfg, role, name) == "ok", 90)
@@ -196,8 +216,10 @@ def test_drift_monitor_process_kill9(tmp_path: Path, redis_url: str) -> None:
             beat = _beat(client, names, role, name)
             return beat.done if beat else -1
 
-        assert _wait(lambda: done() >= expected and _pending(client, names.verdicts, names.drift_group) == 0, 30), \
-            (done(), expected)
+        assert _wait(lambda: done() >= expected and _pending(client, names.verdicts, names.drift_group) == 0, 30), (
+            done(),
+            expected,
+        )
         time.sleep(1.5)  # one more heartbeat: nothing handled twice
         assert done() == expected and _lag(client, names.verdicts, names.drift_group) == 0
     finally:
@@ -214,16 +236,23 @@ def test_line_runner_process_kill9(tmp_path: Path, redis_url: str) -> None:
     proc = _spawn(argv, tmp_path / "line.log")
 
     def part(i: int) -> None:  # a frame, then its verdict
-        meta = FrameMeta(station=cfg.station.id, camera=cfg.camera.id, seq=i, part_id=f"P{i:06d}", captured_at=time.time(),
-                         encoding="jpeg")
+        meta = FrameMeta(
+            station=cfg.station.id,
+            camera=cfg.camera.id,
+            seq=i,
+            part_id=f"P{i:06d}",
+            captured_at=time.time(),
+            encoding="jpeg",
+        )
         bus.publish_frame(meta, b"jpeg")
         verdict = make_verdict(cfg.station.id, i, frame_id=meta.id, part_id=meta.part_id, camera=cfg.camera.id)
         client.xadd(names.verdicts, {STREAM_FIELD_MESSAGE: verdict.to_json()})
 
     streams = (names.frames, names.verdicts)
     try:
-        assert _wait(lambda: _health(cfg, role, name) == "ok" and all(_lag_or_none(client, s) for s in streams), 90), \
-            (tmp_path / "line.log").read_text()
+        assert _wait(lambda: _health(cfg, role, name) == "ok" and all(_lag_or_none(client, s) for s in streams), 90), (
+            tmp_path / "line.log"
+        ).read_text()
         feeder = _feed(part, 200, 0.006)
         time.sleep(0.6)
         _kill_and_time_down(proc, cfg, role, name, config)
@@ -232,8 +261,10 @@ def test_line_runner_process_kill9(tmp_path: Path, redis_url: str) -> None:
         if pending == 0:
             pending = sum(_read_as(client, s, names.line_group, name, 10) for s in streams)
         unread = sum(_lag(client, s, names.line_group) for s in streams)
-        print(f"line runner: {pending} entries pending under {name} at restart ({by_kill} left by the kill), "
-              f"{unread} unread")
+        print(
+            f"line runner: {pending} entries pending under {name} at restart ({by_kill} left by the kill), "
+            f"{unread} unread"
+        )
         assert pending > 0
         proc = _spawn(argv, tmp_path / "line.log")
         assert _wait(lambda: _health(cfg, role, name) == "ok", 90)
@@ -245,8 +276,9 @@ def test_line_runner_process_kill9(tmp_path: Path, redis_url: str) -> None:
             beat = _beat(client, names, role, name)
             return beat.done if beat else -1
 
-        assert _wait(lambda: done() >= expected and sum(_pending(client, s, names.line_group) for s in streams) == 0,
-                     30), (done(), expected)
+        assert _wait(
+            lambda: done() >= expected and sum(_pending(client, s, names.line_group) for s in streams) == 0, 30
+        ), (done(), expected)
         time.sleep(1.5)
         assert done() == expected and sum(_lag(client, s, names.line_group) for s in streams) == 0
     finally:
@@ -257,7 +289,9 @@ def test_line_runner_process_kill9(tmp_path: Path, redis_url: str) -> None:
 def _lag_or_none(client: redis.Redis, stream: str) -> bool:
     """True once the line group exists on ``stream``."""
     try:
-        return any((g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == "line"
-                   for g in client.xinfo_groups(stream))
+        return any(
+            (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == "line"
+            for g in client.xinfo_groups(stream)
+        )
     except redis.ResponseError:
         return False

@@ -54,7 +54,7 @@ def jpeg_huge_header(dim: int = 65_000) -> bytes:
     """A valid small JPEG whose SOF0 header is rewritten to declare dim x dim."""
     data = bytearray(encode_image(np.full((16, 16, 3), 90, np.uint8), "jpeg"))
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", dim, dim)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", dim, dim)
     return bytes(data)
 
 
@@ -102,7 +102,9 @@ def test_worker_turns_hostile_frames_and_pickle_into_outcomes(redis_url, redis_c
     w = Worker(cfg, redis_client, load_model(cfg, tiny_package), name="hostile")
     ledger = CameraLedger()
     for seq, (name, (data, enc)) in enumerate(sorted(_hostile_frames().items())):
-        meta = FrameMeta(station=cfg.station.id, camera="cam0", seq=seq, part_id=name, captured_at=time.time(), encoding=enc)
+        meta = FrameMeta(
+            station=cfg.station.id, camera="cam0", seq=seq, part_id=name, captured_at=time.time(), encoding=enc
+        )
         bus.publish_frame(meta, data)
         ledger.ok(meta)
     marker = tmp_path / "PWNED"
@@ -111,7 +113,10 @@ def test_worker_turns_hostile_frames_and_pickle_into_outcomes(redis_url, redis_c
     redis_client.xadd(names.frames, {b"m": b"not json at all", b"img": b""})
     w.run(idle_exit_s=1.5)
     rep = reconcile(redis_client, names, ledger, deadline_s=cfg.line.deadline_ms / 1000)
-    by_part = {v.part_id: v for v, _ in __import__("tests.faults.reconcile", fromlist=["x"]).read_verdict_entries(redis_client, names)}
+    by_part = {
+        v.part_id: v
+        for v, _ in __import__("tests.faults.reconcile", fromlist=["x"]).read_verdict_entries(redis_client, names)
+    }
     for name in _hostile_frames():
         v = by_part[name]
         print(f"HOSTILE_FRAME {name}: {v.decision.value} reject={v.reject} {v.error}")
@@ -123,8 +128,13 @@ def test_worker_turns_hostile_frames_and_pickle_into_outcomes(redis_url, redis_c
 
 
 @pytest.mark.parametrize("raw", [b'{"kind": "verdict", "station": "x"}', b'{"kind": "frame", "station": "x"}'])
-def test_schema_invalid_message_is_dead_lettered_not_a_crash(redis_url, redis_client, tiny_package, tmp_path,  # type: ignore[no-untyped-def]
-                                                             raw: bytes) -> None:
+def test_schema_invalid_message_is_dead_lettered_not_a_crash(
+    redis_url,
+    redis_client,
+    tiny_package,
+    tmp_path,  # type: ignore[no-untyped-def]
+    raw: bytes,
+) -> None:
     cfg = station(redis_url, tmp_path / "st", tiny_package)
     names = Names(cfg.redis.prefix, cfg.station.id)
     w = Worker(cfg, redis_client, load_model(cfg, tiny_package), name="schema")

@@ -94,7 +94,9 @@ def _refusals(client, names: Names) -> list[Event]:  # type: ignore[no-untyped-d
     return out
 
 
-def test_bad_packages_refused_old_model_serves_then_valid_reload(redis_url, redis_client, tiny_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_packages_refused_old_model_serves_then_valid_reload(
+    redis_url, redis_client, tiny_package, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     cfg = station(redis_url, tmp_path / "st", tiny_package, worker={"reload_poll_s": 0.2, "expire_ms": 0})
     names = Names(cfg.redis.prefix, cfg.station.id)
     StationBus(redis_client, cfg).ensure_group(names.frames, cfg.worker.group)
@@ -114,8 +116,12 @@ def test_bad_packages_refused_old_model_serves_then_valid_reload(redis_url, redi
             register_model(store, version, str(bad), sha, {"gate": {"passed": True}}, "test")
             promote_model(store, version, "test")  # damaged after promotion: the load is what must refuse it
             redis_client.hset(names.active_model, mapping={"version": version, "path": str(bad), "sha256": sha})
-            assert wait_for(lambda v=version: all(redis_client.hget(names.active_model, f"refused_by_{n}") == v.encode()
-                                                  for n in ("a", "b")), 20), [w.tail() for w in workers]
+            assert wait_for(
+                lambda v=version: all(
+                    redis_client.hget(names.active_model, f"refused_by_{n}") == v.encode() for n in ("a", "b")
+                ),
+                20,
+            ), [w.tail() for w in workers]
         t_switch = time.time()
         promote_through_registry(cfg, redis_client, store, new_pkg)
         cam.join(60)
@@ -127,8 +133,10 @@ def test_bad_packages_refused_old_model_serves_then_valid_reload(redis_url, redi
     refusals = _refusals(redis_client, names)
     versions = {v.model_version for v, _ in entries}
     new_version = load_package(new_pkg).version
-    print(f"MODEL refused={sorted(BAD)} refusal_events={len(refusals)} versions={sorted(map(str, versions))} "
-          f"verdicts={len(entries)} errors={sum(v.decision is Decision.ERROR for v, _ in entries)}")
+    print(
+        f"MODEL refused={sorted(BAD)} refusal_events={len(refusals)} versions={sorted(map(str, versions))} "
+        f"verdicts={len(entries)} errors={sum(v.decision is Decision.ERROR for v, _ in entries)}"
+    )
     for e in refusals[:4]:
         print("  refusal:", e.message[:160])
     reconcile(redis_client, names, cam.ledger, deadline_s=cfg.line.deadline_ms / 1000)

@@ -66,8 +66,15 @@ def _frame_id(client, names: Names, entry_id: bytes | str) -> str:  # type: igno
 
 
 def test_1000_two_view_parts_kill_9_a_worker(redis_url, redis_client, tiny_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    cfg = station(redis_url, tmp_path / "station", tiny_package, parts={"views": VIEWS}, camera={"id": "top"},
-                  line={"deadline_ms": 4000}, store={"reclaim_idle_ms": 1000})
+    cfg = station(
+        redis_url,
+        tmp_path / "station",
+        tiny_package,
+        parts={"views": VIEWS},
+        camera={"id": "top"},
+        line={"deadline_ms": 4000},
+        store={"reclaim_idle_ms": 1000},
+    )
     names = Names(cfg.redis.prefix, cfg.station.id)
     config = write_config(cfg, tmp_path)
     StationBus(redis_client, cfg).ensure_group(names.frames, cfg.worker.group)
@@ -94,7 +101,9 @@ def test_1000_two_view_parts_kill_9_a_worker(redis_url, redis_client, tiny_packa
                     os.kill(workers[0].proc.pid, signal.SIGKILL)
                     workers[0].proc.wait(10)
                     killed_at = time.monotonic() - t0
-                    after = redis_client.xpending_range(names.frames, cfg.worker.group, "-", "+", 1000, consumername="wa")
+                    after = redis_client.xpending_range(
+                        names.frames, cfg.worker.group, "-", "+", 1000, consumername="wa"
+                    )
                     held = [_frame_id(redis_client, names, e["message_id"]) for e in after]
             delay = t0 + (n + 1) / fps - time.monotonic()
             if delay > 0:
@@ -126,10 +135,12 @@ def test_1000_two_view_parts_kill_9_a_worker(redis_url, redis_client, tiny_packa
         rows = {r.part_id: r for r in s.query(PartVerdictRow)}
     store.close()
     reclaimed = [fid for fid in held if fid in frames and frames[fid].worker == "wb"]
-    print(f"MULTIVIEW parts={PARTS} frames={len(ledger.sent)} part_verdicts={len(parts)} lost={len(lost)} "
-          f"dup={len(dup)} line_signals={len(out.outcomes)} rows={len(rows)} kill_at_s={killed_at:.1f} "
-          f"of publish_s={publish_s:.1f} held_at_kill={len(held)} reclaimed_by_wb={len(reclaimed)} settled={settled} "
-          f"reasons={dict(by_reason)} decisions={dict(Counter(p.decision.value for p in parts))}")
+    print(
+        f"MULTIVIEW parts={PARTS} frames={len(ledger.sent)} part_verdicts={len(parts)} lost={len(lost)} "
+        f"dup={len(dup)} line_signals={len(out.outcomes)} rows={len(rows)} kill_at_s={killed_at:.1f} "
+        f"of publish_s={publish_s:.1f} held_at_kill={len(held)} reclaimed_by_wb={len(reclaimed)} settled={settled} "
+        f"reasons={dict(by_reason)} decisions={dict(Counter(p.decision.value for p in parts))}"
+    )
     assert settled, workers[1].tail()
     assert not lost and not dup, f"lost {sorted(lost)[:3]}, duplicates {dup[:3]}"
     assert set(per_part) == expected
@@ -159,8 +170,13 @@ def _spawn_line(config, logs, name: str) -> WorkerProc:  # type: ignore[no-untyp
     log = logs / f"{name}.log"
     with open(log, "ab") as fh:
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "line", "--config", str(config)],
-                                stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inspector.cli", "line", "--config", str(config)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
     return WorkerProc(name, proc, log)
 
 
@@ -175,8 +191,14 @@ def test_kill_9_the_line_process_no_part_lost_or_doubled(redis_url, redis_client
     """``inspector line`` SIGKILLed mid-run and started again: every part still gets exactly one part verdict
     (the new process replays what the dead one held; its done keys refuse a second verdict)."""
     parts_n = 300
-    cfg = station(redis_url, tmp_path / "station", tiny_package, parts={"views": VIEWS}, camera={"id": "top"},
-                  line={"deadline_ms": 4000})
+    cfg = station(
+        redis_url,
+        tmp_path / "station",
+        tiny_package,
+        parts={"views": VIEWS},
+        camera={"id": "top"},
+        line={"deadline_ms": 4000},
+    )
     names = Names(cfg.redis.prefix, cfg.station.id)
     config = write_config(cfg, tmp_path)
     StationBus(redis_client, cfg).ensure_group(names.frames, cfg.worker.group)
@@ -186,8 +208,9 @@ def test_kill_9_the_line_process_no_part_lost_or_doubled(redis_url, redis_client
     cams = {"top": _camera(cfg, redis_client, "top", 0), "side": _camera(cfg, redis_client, "side", 3)}
     killed_at = decided_before = None
     try:
-        assert wait_for(lambda: redis_client.keys(names.heartbeat_pattern) and _line_group_ready(redis_client, names),
-                        90), workers[0].tail() + lines[0].tail()
+        assert wait_for(
+            lambda: redis_client.keys(names.heartbeat_pattern) and _line_group_ready(redis_client, names), 90
+        ), workers[0].tail() + lines[0].tail()
         t0 = time.monotonic()
         for n in range(parts_n):
             for view in VIEWS:
@@ -214,8 +237,10 @@ def test_kill_9_the_line_process_no_part_lost_or_doubled(redis_url, redis_client
     per_part = Counter(p.part_id for p in parts)
     expected = {part_id_of(n) for n in range(1, parts_n + 1)}
     lost, dup = expected - set(per_part), [p for p, k in per_part.items() if k > 1]
-    print(f"MULTIVIEW_LINE_KILL parts={parts_n} part_verdicts={len(parts)} lost={len(lost)} dup={len(dup)} "
-          f"line_killed_at_s={killed_at:.1f} decided_before_kill={decided_before} "
-          f"reasons={dict(Counter(p.reason for p in parts))}")
+    print(
+        f"MULTIVIEW_LINE_KILL parts={parts_n} part_verdicts={len(parts)} lost={len(lost)} dup={len(dup)} "
+        f"line_killed_at_s={killed_at:.1f} decided_before_kill={decided_before} "
+        f"reasons={dict(Counter(p.reason for p in parts))}"
+    )
     assert not lost and not dup, f"lost {sorted(lost)[:3]}, duplicates {dup[:3]}"
     assert set(per_part) == expected

@@ -80,8 +80,14 @@ def _latencies(entries, t_from: float, t_to: float) -> list[float]:  # type: ign
 
 
 def _overload(redis_url, redis_client, tiny_package, tmp_path, overload_s: float) -> None:  # type: ignore[no-untyped-def]
-    cfg = station(redis_url, tmp_path / "st", tiny_package, redis={"frames_maxlen": 60},
-                  worker={"expire_ms": 1000, "max_batch": 4}, runtime={"threads": 1})
+    cfg = station(
+        redis_url,
+        tmp_path / "st",
+        tiny_package,
+        redis={"frames_maxlen": 60},
+        worker={"expire_ms": 1000, "max_batch": 4},
+        runtime={"threads": 1},
+    )
     names = Names(cfg.redis.prefix, cfg.station.id)
     StationBus(redis_client, cfg).ensure_group(names.frames, cfg.worker.group)
     pool = frame_pool(4, size=FRAME_PX)
@@ -111,12 +117,14 @@ def _overload(redis_url, redis_client, tiny_package, tmp_path, overload_s: float
     base, over = _latencies(entries, t_base, t_over), _latencies(entries, t_over, t_rec)
     rec = _latencies(entries, t_end - 4, t_end)  # the last 4 s of the recovery phase
     late_errors = [v for v, _ in entries if v.captured_at >= t_end - 4 and v.decision is Decision.ERROR]
-    print(f"OVERLOAD service_ms={service_ms:.1f} capacity_fps={capacity:.1f} camera_fps={capacity * 2:.1f} "
-          f"for {overload_s:.0f}s; xlen_max={max(sampler.xlen)} (maxlen {cfg.redis.frames_maxlen}); "
-          f"worker_rss_mb base={rss_base / 1024:.0f} max={max(sampler.rss_kb) / 1024:.0f}; "
-          f"expired={counters.get('expired', 0)} not_inspected={counters.get('not_inspected', 0)}; "
-          f"latency_ms p50 base={statistics.median(base):.0f} overload={statistics.median(over):.0f} "
-          f"recovered={statistics.median(rec):.0f}")
+    print(
+        f"OVERLOAD service_ms={service_ms:.1f} capacity_fps={capacity:.1f} camera_fps={capacity * 2:.1f} "
+        f"for {overload_s:.0f}s; xlen_max={max(sampler.xlen)} (maxlen {cfg.redis.frames_maxlen}); "
+        f"worker_rss_mb base={rss_base / 1024:.0f} max={max(sampler.rss_kb) / 1024:.0f}; "
+        f"expired={counters.get('expired', 0)} not_inspected={counters.get('not_inspected', 0)}; "
+        f"latency_ms p50 base={statistics.median(base):.0f} overload={statistics.median(over):.0f} "
+        f"recovered={statistics.median(rec):.0f}"
+    )
     reconcile(redis_client, names, ledger, deadline_s=cfg.line.deadline_ms / 1000)
     assert max(sampler.xlen) <= cfg.redis.frames_maxlen
     assert max(sampler.rss_kb) <= rss_base + 150 * 1024, "worker memory grew with the backlog"

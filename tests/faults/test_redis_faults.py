@@ -56,8 +56,10 @@ def _redis_kill_cycle(tmp_path, tiny_package, seconds: float, outages: int, down
     finally:
         cam.stop()
         stop_all(workers)
-    print(f"REDIS_KILL outages={outages} downtime_s={downtime:.1f} sent={len(cam.ledger.sent)} "
-          f"not_sent={len(cam.ledger.not_sent)} (missed while stalled {cam.missed}) camera_errors={sorted(set(cam.errors))} workers_alive={alive}")
+    print(
+        f"REDIS_KILL outages={outages} downtime_s={downtime:.1f} sent={len(cam.ledger.sent)} "
+        f"not_sent={len(cam.ledger.not_sent)} (missed while stalled {cam.missed}) camera_errors={sorted(set(cam.errors))} workers_alive={alive}"
+    )
     try:
         assert settled, workers[0].tail()
         assert len(alive) == 2, [w.tail() for w in workers]

@@ -26,10 +26,28 @@ def locked_redis(tmp_path: Path) -> Iterator[str]:
     """A redis-server with ``--requirepass`` and an ACL user ``station`` limited to ``insp:*`` keys."""
     port = _free_port()
     acl = tmp_path / "users.acl"
-    acl.write_text("user default on >s3cret ~* &* +@all\nuser station on >st4tion ~insp:* &* +@all -flushall -flushdb\n")
-    proc = subprocess.Popen([_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-                             "--aclfile", str(acl), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    acl.write_text(
+        "user default on >s3cret ~* &* +@all\nuser station on >st4tion ~insp:* &* +@all -flushall -flushdb\n"
+    )
+    proc = subprocess.Popen(
+        [
+            _redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp_path),
+            "--aclfile",
+            str(acl),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(0.3)
     try:
         yield f"redis://127.0.0.1:{port}/0"
@@ -39,8 +57,10 @@ def locked_redis(tmp_path: Path) -> Iterator[str]:
 
 
 def _cfg(url: str, **redis: object):  # type: ignore[no-untyped-def]
-    return parse_config({"station": {"id": "sec"}, "redis": {"url": url, "reconnect": {"give_up_s": 0.2, "max_s": 0.05},
-                                                           **redis}}, environ={})
+    return parse_config(
+        {"station": {"id": "sec"}, "redis": {"url": url, "reconnect": {"give_up_s": 0.2, "max_s": 0.05}, **redis}},
+        environ={},
+    )
 
 
 def test_password_works_and_missing_password_fails_clearly(locked_redis: str) -> None:
@@ -78,8 +98,10 @@ def test_tls_settings_build_an_ssl_pool(tmp_path: Path) -> None:
 
     ca = tmp_path / "ca.pem"
     ca.write_text("not read until connecting")
-    for url, section in (("redis://h:6380/0", RedisSection(tls=True, tls_ca_certs=ca)),
-                         ("rediss://h:6380/0", RedisSection(tls_ca_certs=ca))):
+    for url, section in (
+        ("redis://h:6380/0", RedisSection(tls=True, tls_ca_certs=ca)),
+        ("rediss://h:6380/0", RedisSection(tls_ca_certs=ca)),
+    ):
         pool = client_for_url(url, section).connection_pool
         assert pool.connection_class is SSLConnection, url
         assert pool.connection_kwargs.get("ssl_ca_certs") == str(ca)
@@ -128,8 +150,12 @@ def _problems(path: Path) -> Iterator[str]:
             yield f"{where}: torch.load without weights_only=True"
         if name.split(".")[-1] == "load" and name.startswith(("np.", "numpy.")) and _is_true(_kw(node, "allow_pickle")):
             yield f"{where}: {name}(allow_pickle=True)"
-        if imports_rq and name.split(".")[-1] in ("Queue", "Worker", "SimpleWorker", "fetch", "fetch_many", "create") \
-                and _kw(node, "serializer") is None and name.split(".")[0] in ("Queue", "Worker", "SimpleWorker", "Job", "rq"):
+        if (
+            imports_rq
+            and name.split(".")[-1] in ("Queue", "Worker", "SimpleWorker", "fetch", "fetch_many", "create")
+            and _kw(node, "serializer") is None
+            and name.split(".")[0] in ("Queue", "Worker", "SimpleWorker", "Job", "rq")
+        ):
             yield f"{where}: rq {name} without serializer= (rq's default is pickle)"
 
 
@@ -142,8 +168,9 @@ def test_no_pickle_in_the_source_tree() -> None:
 
 def test_scanner_catches_what_it_should(tmp_path: Path) -> None:
     bad = REPO / "tests" / "faults" / "_scan_probe.py"
-    bad.write_text("import pickle\nimport torch\nfrom rq import Queue\n"
-                   "torch.load('x')\npickle.loads(b'')\nQueue('q')\n")
+    bad.write_text(
+        "import pickle\nimport torch\nfrom rq import Queue\ntorch.load('x')\npickle.loads(b'')\nQueue('q')\n"
+    )
     try:
         found = list(_problems(bad))
     finally:
@@ -154,7 +181,9 @@ def test_scanner_catches_what_it_should(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ roles
 def test_gui_role_policy_enforces_actions() -> None:
     state = pytest.importorskip("gui.state")
-    policy = state.RolePolicy(parse_config({"gui": {"maintenance": {"pin_hash": state.pin_hash("1234")}}}, environ={}).gui)
+    policy = state.RolePolicy(
+        parse_config({"gui": {"maintenance": {"pin_hash": state.pin_hash("1234")}}}, environ={}).gui
+    )
     with pytest.raises(state.LoginError):
         policy.login("eve", "maintenance", "0000")
     maint = policy.login("max", "maintenance", "1234")

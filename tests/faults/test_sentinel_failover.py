@@ -56,13 +56,22 @@ def commit_latency_ms(cfg, client, n: int = 1000) -> dict[int, tuple[float, floa
     buses = {}
     for w in (0, 1):
         st = cfg.station.model_copy(update={"id": f"lat{w}-{cfg.station.id}"})
-        buses[w] = StationBus(client, cfg.model_copy(update={"station": st,
-                                                              "redis": cfg.redis.model_copy(update={"wait_replicas": w})}))
+        buses[w] = StationBus(
+            client, cfg.model_copy(update={"station": st, "redis": cfg.redis.model_copy(update={"wait_replicas": w})})
+        )
     out: dict[int, list[float]] = {0: [], 1: []}
     for i in range(2 * n):
         w = i % 2
-        v = Verdict(station=buses[w].cfg.station.id, frame_id=f"lat-{i}", camera="c", seq=i, part_id=f"p{i}",
-                    captured_at=time.time(), decision=Decision.PASS, reject=False)
+        v = Verdict(
+            station=buses[w].cfg.station.id,
+            frame_id=f"lat-{i}",
+            camera="c",
+            seq=i,
+            part_id=f"p{i}",
+            captured_at=time.time(),
+            decision=Decision.PASS,
+            reject=False,
+        )
         t0 = time.perf_counter()
         buses[w].commit_verdicts([(v, "")])
         out[w].append((time.perf_counter() - t0) * 1000)
@@ -101,8 +110,12 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
     cam: Camera | None = None
     line: LineRunner | None = None
     try:
-        cfg = station("", tmp_path / "st", package,
-                      redis={"url": None, **cluster.redis_section(wait_replicas=wait_replicas, wait_timeout_ms=250)})
+        cfg = station(
+            "",
+            tmp_path / "st",
+            package,
+            redis={"url": None, **cluster.redis_section(wait_replicas=wait_replicas, wait_timeout_ms=250)},
+        )
         client = connect(cfg)
         names = Names(cfg.redis.prefix, cfg.station.id)
         StationBus(client, cfg).ensure_group(names.frames, cfg.worker.group)
@@ -147,8 +160,9 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
         on_new = {f.frame_id for f, _ in read_verdict_entries(client, names)}
         dead = {meta.id for meta in _dead_letter_metas(client, names)}
         gone = [m for m in cam.ledger.sent.values() if m.id not in on_new and m.id not in dead]
-        assert all(t_kill - 1.0 <= m.captured_at <= t_kill + 0.1 for m in gone), \
+        assert all(t_kill - 1.0 <= m.captured_at <= t_kill + 0.1 for m in gone), (
             f"frames lost outside the kill: {[(m.id, round(m.captured_at - t_kill, 2)) for m in gone][:5]}"
+        )
         for m in gone:  # no verdict: the line rejects the part (fail-safe); reconciled as not sent
             cam.ledger.not_sent[m.id] = cam.ledger.sent.pop(m.id)
 
@@ -185,33 +199,41 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
         down = t_kill if not ready_at(t_kill) else next((t for t, r, _w in hist if not r and t >= t_kill), float("nan"))
         back = next((t for t, r, _w in hist if r and t > down), float("nan"))
         ready_in_election = [round(t - t_kill, 2) for t, r, _w in hist if r and down < t < t_elected]
-        print(f"SENTINEL_LINE ready_down_after_s={down - t_kill:.2f} ready_again_after_s={back - t_kill:.2f} "
-              f"parts={len(signals)} accept={line.counts['accept']} reject={line.counts['reject']} "
-              f"election_parts_seen={sum(m.id in signals for m in in_election)} "
-              f"election_rejected={sum(signals.get(m.id) == ['REJECT'] for m in in_election)}")
-        print(f"SENTINEL_FAILOVER wait_replicas={wait_replicas} election_s={t_elected - t_kill:.2f} "
-              f"replica_back_s={t_replica - t_kill:.2f} parts_in_election={len(in_election)} "
-              f"rejected_in_election={sum(m.id not in accepted for m in in_election)} "
-              f"closed_s={closed[1] - closed[0]:.2f} parts_while_closed={len(in_window)} "
-              f"rejected_while_closed={len(in_window) - len(accepted_in_window)} "
-              f"sent={rep.sent} not_sent={rep.not_sent} lost_in_failover={len(gone)} verdicts={rep.verdicts} "
-              f"acked={len(acked)} acked_lost={len(lost_acked)} accepted={rep.accepted} rejected={rep.rejected} "
-              f"commit_ms_p50/p99 wait0={lat_off[0]:.2f}/{lat_off[1]:.2f} wait1={lat_on[0]:.2f}/{lat_on[1]:.2f}")
+        print(
+            f"SENTINEL_LINE ready_down_after_s={down - t_kill:.2f} ready_again_after_s={back - t_kill:.2f} "
+            f"parts={len(signals)} accept={line.counts['accept']} reject={line.counts['reject']} "
+            f"election_parts_seen={sum(m.id in signals for m in in_election)} "
+            f"election_rejected={sum(signals.get(m.id) == ['REJECT'] for m in in_election)}"
+        )
+        print(
+            f"SENTINEL_FAILOVER wait_replicas={wait_replicas} election_s={t_elected - t_kill:.2f} "
+            f"replica_back_s={t_replica - t_kill:.2f} parts_in_election={len(in_election)} "
+            f"rejected_in_election={sum(m.id not in accepted for m in in_election)} "
+            f"closed_s={closed[1] - closed[0]:.2f} parts_while_closed={len(in_window)} "
+            f"rejected_while_closed={len(in_window) - len(accepted_in_window)} "
+            f"sent={rep.sent} not_sent={rep.not_sent} lost_in_failover={len(gone)} verdicts={rep.verdicts} "
+            f"acked={len(acked)} acked_lost={len(lost_acked)} accepted={rep.accepted} rejected={rep.rejected} "
+            f"commit_ms_p50/p99 wait0={lat_off[0]:.2f}/{lat_off[1]:.2f} wait1={lat_on[0]:.2f}/{lat_on[1]:.2f}"
+        )
         assert len(in_election) >= fps, "under a second of parts in the election: the fault was not injected"
         assert not passed_blind, f"the line accepted parts while no master answered: {passed_blind[:3]}"
         late = max(t_elected - t_kill - cfg.line.deadline_ms / 1000, 0)  # no verdict can be in time for these
-        assert all(m.id not in accepted for m in in_election if m.captured_at <= t_kill + late), \
+        assert all(m.id not in accepted for m in in_election if m.captured_at <= t_kill + late), (
             "the line accepted a part captured with no master to commit its verdict in time"
+        )
         assert rep.accepted > 0, "the line accepted nothing: the station never ran"
         assert all(len(sig) == 1 for sig in signals.values()), "the line runner signalled a part twice"
         assert set(signals) >= set(cam.ledger.sent) - {m.id for m in gone}, "the line runner missed parts sent"
         assert line_accepted <= passes, "the line runner accepted a part without a PASS verdict"
         assert not line_blind, f"the line runner accepted parts while no master answered: {line_blind[:3]}"
         assert line.counts["accept"] > 0
-        assert down - t_kill <= 1.5 and not ready_in_election, \
+        assert down - t_kill <= 1.5 and not ready_in_election, (
             f"the line was ready with no master: {[(round(t - t_kill, 2), r, w) for t, r, w in hist]}"
+        )
         assert back == back, "the line never became ready again after the failover"
-        assert first_ack_after == first_ack_after, "no verdict acknowledged after the election: the station never resumed"
+        assert first_ack_after == first_ack_after, (
+            "no verdict acknowledged after the election: the station never resumed"
+        )
         if wait_replicas:
             assert not lost_acked, f"{len(lost_acked)} acknowledged verdicts lost in the failover: {lost_acked[:3]}"
         client.close()

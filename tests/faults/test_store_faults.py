@@ -42,10 +42,22 @@ pytestmark = pytest.mark.faults
 STALL_S = 3.0
 FPS = 10.0
 FAULT_S = 8.0
-REVIEW_ALL = {"audit_pass_one_in": 1, "limits": {"per_minute": 1_000_000, "per_hour": 10_000_000, "per_day": 100_000_000}}
-STORE_BOUNDS = {"stall_s": STALL_S, "connect_timeout_s": 2, "statement_timeout_ms": 2000, "lock_timeout_ms": 1000,
-                "keepalive_idle_s": 2, "keepalive_interval_s": 1, "keepalive_count": 2, "flush_ms": 100,
-                "reclaim_idle_ms": 3000, "stop_timeout_s": 5}
+REVIEW_ALL = {
+    "audit_pass_one_in": 1,
+    "limits": {"per_minute": 1_000_000, "per_hour": 10_000_000, "per_day": 100_000_000},
+}
+STORE_BOUNDS = {
+    "stall_s": STALL_S,
+    "connect_timeout_s": 2,
+    "statement_timeout_ms": 2000,
+    "lock_timeout_ms": 1000,
+    "keepalive_idle_s": 2,
+    "keepalive_interval_s": 1,
+    "keepalive_count": 2,
+    "flush_ms": 100,
+    "reclaim_idle_ms": 3000,
+    "stop_timeout_s": 5,
+}
 
 
 @dataclass
@@ -70,8 +82,11 @@ def _camera_alive(client: redis.Redis, cfg: StationConfig) -> None:
 
 def _expected_review(client: redis.Redis, cfg: StationConfig) -> set[str]:
     samplers = default_samplers(cfg.review, cfg.policy)
-    return {v.frame_id for v, t in read_verdict_entries(client, Names(cfg.redis.prefix, cfg.station.id))
-            if choose(samplers, v, t) is not None}
+    return {
+        v.frame_id
+        for v, t in read_verdict_entries(client, Names(cfg.redis.prefix, cfg.station.id))
+        if choose(samplers, v, t) is not None
+    }
 
 
 def _store_state(cfg: StationConfig, direct_url: str | None) -> tuple[set[str], dict[str, str | None]]:
@@ -85,8 +100,15 @@ def _store_state(cfg: StationConfig, direct_url: str | None) -> tuple[set[str], 
         store.close()
 
 
-def run_fault(cfg: StationConfig, client: redis.Redis, tmp_path: Path, fault_on: Callable[[], None],
-              fault_off: Callable[[], None], start_during_fault: bool, direct_url: str | None = None) -> Figures:
+def run_fault(
+    cfg: StationConfig,
+    client: redis.Redis,
+    tmp_path: Path,
+    fault_on: Callable[[], None],
+    fault_off: Callable[[], None],
+    start_during_fault: bool,
+    direct_url: str | None = None,
+) -> Figures:
     names = Names(cfg.redis.prefix, cfg.station.id)
     fig = Figures()
     config = write_config(cfg, tmp_path / "cfg")
@@ -95,9 +117,13 @@ def run_fault(cfg: StationConfig, client: redis.Redis, tmp_path: Path, fault_on:
     worker = spawn_worker(config, "w0", tmp_path / "logs", idle_exit=120, record=True)
     cam = Camera(cfg, frame_pool(), FPS)
     try:
-        assert wait_for(lambda: len(list(client.scan_iter(match=names.consumer_heartbeat_pattern))) >= 2
-                        and bool(list(client.scan_iter(match=names.heartbeat_pattern))), 90), \
-            "worker and its consumers did not start: " + worker.tail()
+        assert wait_for(
+            lambda: (
+                len(list(client.scan_iter(match=names.consumer_heartbeat_pattern))) >= 2
+                and bool(list(client.scan_iter(match=names.heartbeat_pattern)))
+            ),
+            90,
+        ), "worker and its consumers did not start: " + worker.tail()
         cam.start(duration_s=(0 if start_during_fault else 3) + FAULT_S + 3)
         if not start_during_fault:
             time.sleep(3)
@@ -155,9 +181,12 @@ def run_fault(cfg: StationConfig, client: redis.Redis, tmp_path: Path, fault_on:
 
 
 def check(fig: Figures, cfg: StationConfig) -> None:
-    assert fig.verdicts_at_recovery - fig.verdicts_at_fault >= FPS * FAULT_S * 0.5, "the line lost its verdicts during the fault"
-    assert fig.unhealthy_after_s is not None and fig.unhealthy_after_s <= STALL_S + 2.5, \
+    assert fig.verdicts_at_recovery - fig.verdicts_at_fault >= FPS * FAULT_S * 0.5, (
+        "the line lost its verdicts during the fault"
+    )
+    assert fig.unhealthy_after_s is not None and fig.unhealthy_after_s <= STALL_S + 2.5, (
         f"status did not turn unhealthy within stall_s: {fig.unhealthy_after_s}"
+    )
     assert fig.catch_up_s is not None, "the store did not catch up after the fault"
     assert (fig.rows_missing, fig.review_missing, fig.images_missing) == (0, 0, 0)
     assert fig.review_expected > FPS * 3, "too few review picks to prove anything"
@@ -169,14 +198,21 @@ def check(fig: Figures, cfg: StationConfig) -> None:
 
 
 @pytest.fixture
-def pg_station(redis_url: str, tmp_path: Path, tiny_package: Path) -> Iterator[tuple[StationConfig, PausableProxy, str]]:
+def pg_station(
+    redis_url: str, tmp_path: Path, tiny_package: Path
+) -> Iterator[tuple[StationConfig, PausableProxy, str]]:
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith("postgresql"):
         pytest.skip("needs PostgreSQL at DATABASE_URL (e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/test)")
     proxy = PausableProxy.for_url(url)
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    cfg = station(redis_url, tmp_path / "data", tiny_package, review=REVIEW_ALL,
-                  store={"url": proxy.url(url), "db_schema": schema, **STORE_BOUNDS})
+    cfg = station(
+        redis_url,
+        tmp_path / "data",
+        tiny_package,
+        review=REVIEW_ALL,
+        store={"url": proxy.url(url), "db_schema": schema, **STORE_BOUNDS},
+    )
     try:
         yield cfg, proxy, url
     finally:
@@ -186,12 +222,14 @@ def pg_station(redis_url: str, tmp_path: Path, tiny_package: Path) -> Iterator[t
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("mode", ["silent_death", "outage_at_start"])
-def test_postgres_fault(mode: str, pg_station: tuple[StationConfig, PausableProxy, str], redis_client: redis.Redis,
-                        tmp_path: Path) -> None:
+def test_postgres_fault(
+    mode: str, pg_station: tuple[StationConfig, PausableProxy, str], redis_client: redis.Redis, tmp_path: Path
+) -> None:
     cfg, proxy, url = pg_station
     fault_on = proxy.pause if mode == "silent_death" else proxy.down
-    fig = run_fault(cfg, redis_client, tmp_path, fault_on, proxy.resume, start_during_fault=mode != "silent_death",
-                    direct_url=url)
+    fig = run_fault(
+        cfg, redis_client, tmp_path, fault_on, proxy.resume, start_during_fault=mode != "silent_death", direct_url=url
+    )
     if mode == "silent_death":
         assert fig.healthy_before, "status was not healthy before the fault"
         assert "cut" in fig.log, "the watchdog did not cut the silently dead connection"
@@ -236,8 +274,14 @@ def _fill(folder: Path) -> None:
 def test_full_disk(disk_station: StationConfig, redis_client: redis.Redis, tmp_path: Path) -> None:
     cfg = disk_station
     data = Path(cfg.station.data_dir)
-    fig = run_fault(cfg, redis_client, tmp_path, lambda: _fill(data),
-                    lambda: (data / "filler").unlink(missing_ok=True), start_during_fault=False)
+    fig = run_fault(
+        cfg,
+        redis_client,
+        tmp_path,
+        lambda: _fill(data),
+        lambda: (data / "filler").unlink(missing_ok=True),
+        start_during_fault=False,
+    )
     assert "full (no space left)" in fig.log and str(data) in fig.log, "the full disk was not named with its path"
     check(fig, cfg)
 

@@ -34,7 +34,9 @@ from tests.faults.reconcile import CameraLedger, reconcile
 pytestmark = pytest.mark.faults
 
 
-def _station(tmp_path: Path, package: Path, processes: list[str], workers: int, **over: Any) -> tuple[StationConfig, Path]:
+def _station(
+    tmp_path: Path, package: Path, processes: list[str], workers: int, **over: Any
+) -> tuple[StationConfig, Path]:
     data: dict[str, Any] = {
         "station": {"id": f"sup{os.getpid()}", "data_dir": str(tmp_path / "data")},
         "redis": {"reconnect": {"give_up_s": 30}},
@@ -42,8 +44,14 @@ def _station(tmp_path: Path, package: Path, processes: list[str], workers: int, 
         "model": {"package": str(package)},
         "camera": {"fps": 10},
         "review": {"enabled": False},
-        "supervisor": {"processes": processes, "workers": workers, "restart_initial_s": 0.2, "restart_max_s": 2,
-                       "healthy_after_s": 5, "stop_timeout_s": 10},
+        "supervisor": {
+            "processes": processes,
+            "workers": workers,
+            "restart_initial_s": 0.2,
+            "restart_max_s": 2,
+            "healthy_after_s": 5,
+            "stop_timeout_s": 10,
+        },
     }
     for name, section in over.items():
         data.setdefault(name, {}).update(section)
@@ -56,8 +64,13 @@ def _station(tmp_path: Path, package: Path, processes: list[str], workers: int, 
 def _start_supervisor(config: Path, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(log, "ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "inspector.cli", "station", "run", "--config", str(config)],
-                                stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "inspector.cli", "station", "run", "--config", str(config)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
 
 
 def _redis_servers(data_dir: Path) -> list[psutil.Process]:
@@ -67,8 +80,11 @@ def _redis_servers(data_dir: Path) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["name", "status"]):
         try:
-            if "redis-server" in (p.info["name"] or "") and p.info["status"] != psutil.STATUS_ZOMBIE \
-                    and p.cwd() == want:
+            if (
+                "redis-server" in (p.info["name"] or "")
+                and p.info["status"] != psutil.STATUS_ZOMBIE
+                and p.cwd() == want
+            ):
                 out.append(p)
         except psutil.Error:
             continue
@@ -106,8 +122,9 @@ def _power_cut(sup: subprocess.Popen[bytes], extras: list[WorkerProc], data_dir:
     sup.wait(10)
     for w in extras:
         w.proc.wait(10)
-    assert wait_for(lambda: not _station_procs(data_dir, config), 10), \
+    assert wait_for(lambda: not _station_procs(data_dir, config), 10), (
         f"still running after the power cut: {_station_procs(data_dir, config)}"
+    )
 
 
 def _state(data_dir: Path) -> dict[str, Any]:
@@ -157,8 +174,9 @@ def test_power_cut_restart_with_extra_workers_keeps_one_redis(tmp_path: Path, ti
         most_servers = 0
         for cut in range(5):
             before = max(0, _verdicts(probe, names))
-            assert wait_for(lambda b=before: _verdicts(probe, names) >= b + 10, 90), \
+            assert wait_for(lambda b=before: _verdicts(probe, names) >= b + 10, 90), (
                 f"cut {cut}: no verdicts flowing\n" + (logs / "supervisor.log").read_text()[-3000:]
+            )
             at_cut = _verdicts(probe, names)
             _power_cut(sup, extras, data_dir, config)
             # power back: the supervisor and two extra standalone workers start in the same instant
@@ -171,11 +189,16 @@ def test_power_cut_restart_with_extra_workers_keeps_one_redis(tmp_path: Path, ti
                     break
                 time.sleep(0.05)
             else:
-                pytest.fail(f"cut {cut}: the station did not come back with the extra workers\n"
-                            + (logs / "supervisor.log").read_text()[-3000:] + extras[0].tail())
+                pytest.fail(
+                    f"cut {cut}: the station did not come back with the extra workers\n"
+                    + (logs / "supervisor.log").read_text()[-3000:]
+                    + extras[0].tail()
+                )
             servers = _redis_servers(data_dir)
-            print(f"[power cut {cut + 1}] back in {time.monotonic() - t0:.1f} s; redis-servers {len(servers)} "
-                  f"(most seen {most_servers}); verdicts {_verdicts(probe, names)}")
+            print(
+                f"[power cut {cut + 1}] back in {time.monotonic() - t0:.1f} s; redis-servers {len(servers)} "
+                f"(most seen {most_servers}); verdicts {_verdicts(probe, names)}"
+            )
             assert len(servers) == 1, f"cut {cut}: {len(servers)} redis-servers on one data folder"
             assert most_servers <= 1, f"cut {cut}: {most_servers} redis-servers ran at once"
         time.sleep(1.0)
@@ -183,8 +206,10 @@ def test_power_cut_restart_with_extra_workers_keeps_one_redis(tmp_path: Path, ti
         client = client_for_url(url, cfg.redis)
         assert wait_settled(client, cfg, timeout=120), "frames left unread or pending after the last restart"
         rep = reconcile(client, names, camera.ledger, deadline_s=cfg.line.deadline_ms / 1000)
-        print(f"[power cut] 5 cuts: {rep.sent} frames sent, {rep.not_sent} not sent (Redis down), "
-              f"{rep.verdicts} verdicts, {len(rep.duplicate_verdicts)} duplicates, {len(rep.lost)} lost")
+        print(
+            f"[power cut] 5 cuts: {rep.sent} frames sent, {rep.not_sent} not sent (Redis down), "
+            f"{rep.verdicts} verdicts, {len(rep.duplicate_verdicts)} duplicates, {len(rep.lost)} lost"
+        )
         assert rep.sent > 100
         client.close()
     finally:
@@ -211,8 +236,13 @@ def _ledger_from_stream(client, names: Names) -> CameraLedger:  # type: ignore[n
 
 
 def test_sigterm_of_any_station_process_and_of_the_supervisor(tmp_path: Path, tiny_package: Path) -> None:
-    cfg, config = _station(tmp_path, tiny_package, ["camera", "worker", "line", "drift", "jobs"], workers=2,
-                           redis={"frames_maxlen": 50_000})
+    cfg, config = _station(
+        tmp_path,
+        tiny_package,
+        ["camera", "worker", "line", "drift", "jobs"],
+        workers=2,
+        redis={"frames_maxlen": 50_000},
+    )
     data_dir, logs = Path(cfg.station.data_dir), tmp_path / "logs"
     logs.mkdir()
     log = logs / "supervisor.log"
@@ -220,6 +250,7 @@ def test_sigterm_of_any_station_process_and_of_the_supervisor(tmp_path: Path, ti
     sup = _start_supervisor(config, log)
     everything: set[int] = set()
     try:
+
         def all_running() -> bool:
             st = _state(data_dir)
             procs = st.get("processes", {})
@@ -243,10 +274,15 @@ def test_sigterm_of_any_station_process_and_of_the_supervisor(tmp_path: Path, ti
 
             assert wait_for(restarted, 30), f"{name} was not restarted\n" + log.read_text()[-3000:]
             others = [pid for n, pid in pids.items() if n != name]
-            dead = [pid for pid in others if not psutil.pid_exists(pid)
-                    or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE]
-            print(f"[sigterm] {name}: restarted in {time.monotonic() - t0:.1f} s; others still running: "
-                  f"{len(others) - len(dead)}/{len(others)}")
+            dead = [
+                pid
+                for pid in others
+                if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            ]
+            print(
+                f"[sigterm] {name}: restarted in {time.monotonic() - t0:.1f} s; others still running: "
+                f"{len(others) - len(dead)}/{len(others)}"
+            )
             assert not dead, f"SIGTERM of {name} took down {dead}"
             text = log.read_text()
             assert f"{name}: exited" in text and (f"{name}: restarted" in text), text[-2000:]
@@ -263,8 +299,12 @@ def test_sigterm_of_any_station_process_and_of_the_supervisor(tmp_path: Path, ti
         t0 = time.monotonic()
         sup.send_signal(signal.SIGTERM)
         sup.wait(30)
-        assert wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                                        for p in everything), 15)
+        assert wait_for(
+            lambda: (
+                not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in everything)
+            ),
+            15,
+        )
         took = time.monotonic() - t0
         left = _station_procs(data_dir, config)
         print(f"[sigterm] supervisor: everything stopped in {took:.1f} s (rc {sup.returncode}); left running: {left}")

@@ -79,8 +79,12 @@ def audit_rows(store: Store, action: str) -> list:  # type: ignore[type-arg]
 
 
 # ------------------------------------------------------------------------------------------ RQ allow-list
-def test_rq_job_naming_os_system_is_refused_dead_lettered_and_audited(redis_url, redis_client, tiny_package,  # type: ignore[no-untyped-def]
-                                                                        tmp_path) -> None:
+def test_rq_job_naming_os_system_is_refused_dead_lettered_and_audited(
+    redis_url,
+    redis_client,
+    tiny_package,  # type: ignore[no-untyped-def]
+    tmp_path,
+) -> None:
     from rq import Queue
     from rq.job import Job
     from rq.registry import FailedJobRegistry
@@ -97,8 +101,14 @@ def test_rq_job_naming_os_system_is_refused_dead_lettered_and_audited(redis_url,
     also = evil.enqueue("subprocess.getoutput", f"touch {marker}")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "inspector.cli", "jobs", "worker", "--config", str(config), "--burst"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "jobs", "worker", "--config", str(config), "--burst"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     took = time.monotonic() - t0
     assert not marker.exists(), f"the RQ worker executed os.system: {marker.read_text()!r}"
     failed = FailedJobRegistry(queue_name(cfg), connection=redis_client, serializer=SERIALIZER)
@@ -128,8 +138,12 @@ def test_allowed_job_names_are_exactly_the_station_jobs() -> None:
 
 
 # ------------------------------------------------------------------------------------------ registry-only swaps
-def test_hset_of_an_unregistered_package_is_refused_by_running_workers(redis_url, redis_client, tiny_package,  # type: ignore[no-untyped-def]
-                                                                       tmp_path) -> None:
+def test_hset_of_an_unregistered_package_is_refused_by_running_workers(
+    redis_url,
+    redis_client,
+    tiny_package,  # type: ignore[no-untyped-def]
+    tmp_path,
+) -> None:
     cfg = station(redis_url, tmp_path / "st", tiny_package, worker={"reload_poll_s": 0.2, "expire_ms": 0})
     names = Names(cfg.redis.prefix, cfg.station.id)
     store = open_store(cfg)
@@ -144,10 +158,17 @@ def test_hset_of_an_unregistered_package_is_refused_by_running_workers(redis_url
         cam.start(duration_s=14)
         time.sleep(1.5)
         # one HSET by whoever can write to Redis: a real, self-consistent package the registry never saw
-        redis_client.hset(names.active_model, mapping={"version": rogue_pkg.version, "path": str(rogue),
-                                                       "sha256": rogue_pkg.package_sha256})
-        assert wait_for(lambda: all(redis_client.hget(names.active_model, f"refused_by_{n}") == rogue_pkg.version.encode()
-                                    for n in ("a", "b")), 30), [w.tail() for w in workers]
+        redis_client.hset(
+            names.active_model,
+            mapping={"version": rogue_pkg.version, "path": str(rogue), "sha256": rogue_pkg.package_sha256},
+        )
+        assert wait_for(
+            lambda: all(
+                redis_client.hget(names.active_model, f"refused_by_{n}") == rogue_pkg.version.encode()
+                for n in ("a", "b")
+            ),
+            30,
+        ), [w.tail() for w in workers]
         time.sleep(3)  # the rogue pointer stays while frames flow: still the old model
         t_promote = time.time()
         promote_through_registry(cfg, redis_client, store, good)
@@ -164,8 +185,10 @@ def test_hset_of_an_unregistered_package_is_refused_by_running_workers(redis_url
     logs = [w.tail(20000) for w in workers]
     refusal_lines = [ln for text in logs for ln in text.splitlines() if "refused model" in ln]
     rogue_verdicts = sum(v.model_version == rogue_pkg.version for v, _ in entries)
-    print(f"REGISTRY_ONLY verdicts={len(entries)} rogue_verdicts={rogue_verdicts} versions={sorted(versions)} "
-          f"refusal_audit_rows={len(refusals)} swap_audit_rows={len(swaps)} refusal_log_lines={len(refusal_lines)}")
+    print(
+        f"REGISTRY_ONLY verdicts={len(entries)} rogue_verdicts={rogue_verdicts} versions={sorted(versions)} "
+        f"refusal_audit_rows={len(refusals)} swap_audit_rows={len(swaps)} refusal_log_lines={len(refusal_lines)}"
+    )
     for line in refusal_lines[:2]:
         print("  ", line[-200:])
     reconcile(redis_client, names, cam.ledger, deadline_s=cfg.line.deadline_ms / 1000)
@@ -223,8 +246,11 @@ def test_embedded_redis_needs_its_password_and_listens_on_loopback_only(tiny_pac
             redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2).ping()
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(host="127.0.0.1", port=server.port, password="guess", socket_timeout=2).ping()
-        listening = {c.laddr.ip for c in psutil.Process(server.pid).net_connections(kind="inet")
-                     if c.status == psutil.CONN_LISTEN}
+        listening = {
+            c.laddr.ip
+            for c in psutil.Process(server.pid).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
         assert listening == {"127.0.0.1"}, listening
         other = _other_address()
         if other is not None:
@@ -235,8 +261,10 @@ def test_embedded_redis_needs_its_password_and_listens_on_loopback_only(tiny_pac
         cfg.redis.url = None
         client = join_station(cfg)
         bind = client.config_get("bind")["bind"]
-        print(f"EMBEDDED_LOCKED NOAUTH={answer[:40]!r} listening={sorted(listening)} bind={bind} "
-              f"other_address={other} refused_there={other is not None}")
+        print(
+            f"EMBEDDED_LOCKED NOAUTH={answer[:40]!r} listening={sorted(listening)} bind={bind} "
+            f"other_address={other} refused_there={other is not None}"
+        )
         assert bind.split() == ["127.0.0.1"]
         flow(station(url, data_dir / "flow", tiny_package), client, tiny_package)
         client.close()
@@ -253,8 +281,23 @@ def test_an_embedded_redis_started_without_a_password_gets_one(tmp_path) -> None
     port = _free_port()
     server.port_file.write_text(f"{port}\n")
     server.port = port
-    proc = subprocess.Popen([_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(server.dir),
-                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            _redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(server.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_for(lambda: _answers(port).startswith(b"+PONG"), 10, 0.1)
         server.start()
@@ -267,8 +310,12 @@ def test_an_embedded_redis_started_without_a_password_gets_one(tmp_path) -> None
 
 
 # ------------------------------------------------------------------------------------------ secrets in output
-def test_validate_config_status_and_logs_never_print_the_redis_password(embedded_redis, tiny_package, tmp_path,  # type: ignore[no-untyped-def]
-                                                                        caplog) -> None:
+def test_validate_config_status_and_logs_never_print_the_redis_password(
+    embedded_redis,
+    tiny_package,
+    tmp_path,  # type: ignore[no-untyped-def]
+    caplog,
+) -> None:
     password = embedded_redis.password() or ""
     assert password and password in embedded_redis.url
     cfg = station(embedded_redis.url, tmp_path / "st", tiny_package)
@@ -278,16 +325,31 @@ def test_validate_config_status_and_logs_never_print_the_redis_password(embedded
     config.write_text(yaml.safe_dump(raw))
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     outputs = {}
-    for args in (["validate-config", str(config)], ["status", "--config", str(config)],
-                 ["status", "--config", str(config), "--json"]):
-        done = subprocess.run([sys.executable, "-m", "inspector.cli", *args], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=120)
+    for args in (
+        ["validate-config", str(config)],
+        ["status", "--config", str(config)],
+        ["status", "--config", str(config), "--json"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "inspector.cli", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         outputs[" ".join(args[:1] + args[3:])] = done.stdout + done.stderr
     bad = config.with_name("bad.yaml")
     raw["redis"]["url"] = f"http://:{password}@127.0.0.1:1/0"
     bad.write_text(yaml.safe_dump(raw))
-    done = subprocess.run([sys.executable, "-m", "inspector.cli", "validate-config", str(bad)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "validate-config", str(bad)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     outputs["validate-config (bad url)"] = done.stdout + done.stderr
     print("SECRETS", {k: v.strip().splitlines()[0][:140] if v.strip() else "" for k, v in outputs.items()})
     assert "***" in outputs["validate-config"]
@@ -303,12 +365,22 @@ def test_validate_config_status_and_logs_never_print_the_redis_password(embedded
 # ------------------------------------------------------------------------------------------ shared limits
 def test_two_workers_share_one_review_rate_limit(redis_url, redis_client, tiny_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
     limit = 10
-    cfg = station(redis_url, tmp_path / "st", tiny_package, worker={"expire_ms": 0},
-                  review={"confidence_band": (0.0, 1.0), "anomaly_band": 0.0, "audit_pass_one_in": 0,
-                          "limits": {"per_minute": limit, "per_hour": 600, "per_day": 5000}})
+    cfg = station(
+        redis_url,
+        tmp_path / "st",
+        tiny_package,
+        worker={"expire_ms": 0},
+        review={
+            "confidence_band": (0.0, 1.0),
+            "anomaly_band": 0.0,
+            "audit_pass_one_in": 0,
+            "limits": {"per_minute": limit, "per_hour": 600, "per_day": 5000},
+        },
+    )
     names = Names(cfg.redis.prefix, cfg.station.id)
-    workers = [spawn_worker(write_config(cfg, tmp_path), n, tmp_path / "logs", idle_exit=60, record=True)
-               for n in ("a", "b")]
+    workers = [
+        spawn_worker(write_config(cfg, tmp_path), n, tmp_path / "logs", idle_exit=60, record=True) for n in ("a", "b")
+    ]
     cam = Camera(cfg, frame_pool(), 15)
     try:
         assert wait_for(lambda: len(redis_client.keys(names.heartbeat_pattern)) >= 2, 90), workers[0].tail()
@@ -325,8 +397,10 @@ def test_two_workers_share_one_review_rate_limit(redis_url, redis_client, tiny_p
     routed = [decode_message(f[b"m"]) for _id, f in redis_client.xrange(names.review)]
     assert all(isinstance(q, ReviewRequest) for q in routed)
     per_reason = {r: sum(r in q.reasons for q in routed) for q in routed for r in q.reasons}
-    print(f"SHARED_LIMIT limit={limit}/min per sampler, 2 workers, {took:.0f} s: verdicts={by_worker} "
-          f"routed={len(routed)} per_reason={per_reason}")
+    print(
+        f"SHARED_LIMIT limit={limit}/min per sampler, 2 workers, {took:.0f} s: verdicts={by_worker} "
+        f"routed={len(routed)} per_reason={per_reason}"
+    )
     reconcile(redis_client, names, cam.ledger, deadline_s=cfg.line.deadline_ms / 1000)
     assert all(n > limit for n in by_worker.values()), "each worker alone had frames enough to fill the limit"
     assert per_reason.get("low_confidence", 0) == limit, per_reason  # reached, and not 2x

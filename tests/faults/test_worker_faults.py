@@ -67,21 +67,28 @@ def _kill_loop(cfg, tmp_path: Path, redis_client, tiny_package: Path, seconds: f
         cam.stop()
         stop_all(workers)
     lat = _latencies(redis_client, cfg)
-    print(f"KILL9 kills={kills} sent={len(cam.ledger.sent)} fps={fps} settled={settled} "
-          f"latency_ms p50={lat[0]:.1f} p99={lat[1]:.1f}")
+    print(
+        f"KILL9 kills={kills} sent={len(cam.ledger.sent)} fps={fps} settled={settled} "
+        f"latency_ms p50={lat[0]:.1f} p99={lat[1]:.1f}"
+    )
     assert settled, "frames still pending after the workers were killed: " + workers[0].tail()
     rep = reconcile(redis_client, _names(cfg), cam.ledger, deadline_s=cfg.line.deadline_ms / 1000)
     assert rep.sent >= fps * seconds * 0.5
     assert kills >= 3
-    crashed = [(w.name, w.proc.returncode, w.tail()) for w in all_workers
-               if w.proc.returncode not in (0, -signal.SIGKILL, -signal.SIGTERM)]  # SIGTERM: stopped while starting
+    crashed = [
+        (w.name, w.proc.returncode, w.tail())
+        for w in all_workers
+        if w.proc.returncode not in (0, -signal.SIGKILL, -signal.SIGTERM)
+    ]  # SIGTERM: stopped while starting
     assert not crashed, crashed
 
 
 def _latencies(client, cfg) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     from tests.faults.reconcile import read_verdict_entries
 
-    lat = sorted(v.latency_ms or 0.0 for v, _ in read_verdict_entries(client, _names(cfg)) if v.decision is not Decision.ERROR)
+    lat = sorted(
+        v.latency_ms or 0.0 for v, _ in read_verdict_entries(client, _names(cfg)) if v.decision is not Decision.ERROR
+    )
     if not lat:
         return float("nan"), float("nan")
     return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
@@ -142,8 +149,11 @@ time.sleep(60)  # 'decoding' the poison frame: SIGKILLed here, like a worker cra
 
 def _deliver_to_dying_consumer(cfg, url: str, mode: str, k: int) -> None:  # type: ignore[no-untyped-def]
     names = _names(cfg)
-    p = subprocess.Popen([sys.executable, "-c", _KILLER, url, names.frames, cfg.worker.group, mode, str(k)],
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", _KILLER, url, names.frames, cfg.worker.group, mode, str(k)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert p.stdout is not None
     line = p.stdout.readline()
     assert line.startswith("took") and "[]" not in line, line
@@ -151,15 +161,21 @@ def _deliver_to_dying_consumer(cfg, url: str, mode: str, k: int) -> None:  # typ
     p.wait(10)
 
 
-def test_poison_frame_dead_lettered_after_n_deliveries_while_rest_flows(redis_url, redis_client, tiny_package,  # type: ignore[no-untyped-def]
-                                                                         tmp_path) -> None:
+def test_poison_frame_dead_lettered_after_n_deliveries_while_rest_flows(
+    redis_url,
+    redis_client,
+    tiny_package,  # type: ignore[no-untyped-def]
+    tmp_path,
+) -> None:
     cfg = station(redis_url, tmp_path / "st", tiny_package, worker={"max_deliveries": 3, "reclaim_idle_ms": 400})
     config = write_config(cfg, tmp_path)
     names = _names(cfg)
     bus = StationBus(redis_client, cfg)
     bus.ensure_group(names.frames, cfg.worker.group)
     ledger = CameraLedger()
-    poison = FrameMeta(station=cfg.station.id, camera="cam0", seq=0, part_id="poison", captured_at=time.time(), encoding="jpeg")
+    poison = FrameMeta(
+        station=cfg.station.id, camera="cam0", seq=0, part_id="poison", captured_at=time.time(), encoding="jpeg"
+    )
     bus.publish_frame(poison, frame_pool(1)[0][1])
     ledger.ok(poison)
     for k in range(cfg.worker.max_deliveries):  # every consumer that takes it dies

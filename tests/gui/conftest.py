@@ -47,23 +47,48 @@ def defect_heatmap(size: int = 64, centre: tuple[int, int] = (40, 24)) -> str:
     return heatmap_png(amap.astype(np.float32), size)
 
 
-def publish_part(bus: StationBus, seq: int, decision: Decision, defect_class: str | None = None,
-                 with_verdict: bool = True) -> tuple[FrameMeta, Verdict]:
+def publish_part(
+    bus: StationBus, seq: int, decision: Decision, defect_class: str | None = None, with_verdict: bool = True
+) -> tuple[FrameMeta, Verdict]:
     cfg = bus.cfg
     img = part_image(seq, decision is not Decision.PASS)
-    meta = FrameMeta(station=cfg.station.id, camera=cfg.camera.id, seq=seq, part_id=f"P-{seq:05d}",
-                     captured_at=__import__("time").time(), encoding="jpeg", width=img.shape[1], height=img.shape[0])
+    meta = FrameMeta(
+        station=cfg.station.id,
+        camera=cfg.camera.id,
+        seq=seq,
+        part_id=f"P-{seq:05d}",
+        captured_at=__import__("time").time(),
+        encoding="jpeg",
+        width=img.shape[1],
+        height=img.shape[0],
+    )
     bus.publish_frame(meta, encode_image(img, "jpeg", 90))
-    probs = {"good": 0.04, "scratch": 0.9, "spot": 0.03, "chip": 0.03} if decision is not Decision.PASS else \
-        {"good": 0.97, "scratch": 0.01, "spot": 0.01, "chip": 0.01}
-    v = Verdict(station=cfg.station.id, frame_id=meta.frame_id, camera=meta.camera, seq=seq, part_id=meta.part_id,
-                captured_at=meta.captured_at, decision=decision, reject=decision is not Decision.PASS,
-                defect_class=defect_class, reasons=[f"classifier {defect_class or 'good'} {max(probs.values()):.2f}"],
-                class_probs=probs, anomaly_score=1.8 if defect_class else 0.3, model_version="demo-1.0",
-                latency_ms=42.0, worker="w1",
-                heatmap=defect_heatmap() if defect_class else None,
-                image_stats=ImageStats(brightness=120 + seq % 7, contrast=40, sharpness=300 + seq, mean_r=120,
-                                       mean_g=120, mean_b=120))
+    probs = (
+        {"good": 0.04, "scratch": 0.9, "spot": 0.03, "chip": 0.03}
+        if decision is not Decision.PASS
+        else {"good": 0.97, "scratch": 0.01, "spot": 0.01, "chip": 0.01}
+    )
+    v = Verdict(
+        station=cfg.station.id,
+        frame_id=meta.frame_id,
+        camera=meta.camera,
+        seq=seq,
+        part_id=meta.part_id,
+        captured_at=meta.captured_at,
+        decision=decision,
+        reject=decision is not Decision.PASS,
+        defect_class=defect_class,
+        reasons=[f"classifier {defect_class or 'good'} {max(probs.values()):.2f}"],
+        class_probs=probs,
+        anomaly_score=1.8 if defect_class else 0.3,
+        model_version="demo-1.0",
+        latency_ms=42.0,
+        worker="w1",
+        heatmap=defect_heatmap() if defect_class else None,
+        image_stats=ImageStats(
+            brightness=120 + seq % 7, contrast=40, sharpness=300 + seq, mean_r=120, mean_g=120, mean_b=120
+        ),
+    )
     if with_verdict:
         assert bus.commit_verdicts([(v, "")]) == [True]
     return meta, v
@@ -77,8 +102,9 @@ def queue_items(bus: StationBus, services: Services, n: int) -> list[str]:
         _, v = publish_part(bus, seq, decision, "scratch", with_verdict=False)
         records.record_verdicts(services.store, [v])
         image = encode_image(part_image(seq, True), "jpeg", 85)
-        services.labelling.request_review(v.frame_id, "uncertain classifier", "router", priority=50 + seq,
-                                          image=image, encoding="jpeg")
+        services.labelling.request_review(
+            v.frame_id, "uncertain classifier", "router", priority=50 + seq, image=image, encoding="jpeg"
+        )
         frame_ids.append(v.frame_id)
     return frame_ids
 
@@ -103,8 +129,10 @@ def give_drift_reference(package: Path, brightness: list[float], version: str | 
     from inspector.drift.reference import reference_from_samples
     from inspector.runtime.package import write_manifest
 
-    stats = [{"brightness": b, "contrast": 10 + b / 10, "sharpness": 2 * b, "mean_r": b, "mean_g": b, "mean_b": b}
-             for b in brightness]
+    stats = [
+        {"brightness": b, "contrast": 10 + b / 10, "sharpness": 2 * b, "mean_r": b, "mean_g": b, "mean_b": b}
+        for b in brightness
+    ]
     ref = reference_from_samples(stats, decisions=["PASS"] * len(stats), frames="held-out good")
     manifest, _ = load_reference(package)
     update: dict[str, object] = {"drift_reference": ref}

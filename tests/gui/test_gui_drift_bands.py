@@ -24,11 +24,19 @@ def _region(view, stat: str) -> tuple[float, float]:  # type: ignore[no-untyped-
 
 
 def test_bands_are_the_active_reference_quantiles_not_the_first_verdicts(
-        qtbot: QtBot, station_config: StationConfig, redis_client: redis.Redis, services: Services,
-        tiny_package: Path, tmp_path: Path) -> None:
+    qtbot: QtBot,
+    station_config: StationConfig,
+    redis_client: redis.Redis,
+    services: Services,
+    tiny_package: Path,
+    tmp_path: Path,
+) -> None:
     bus = StationBus(redis_client, station_config)
     packages = {}
-    for version, brightness in (("v1", [200.0 + i % 40 for i in range(300)]), ("v2", [60.0 + i % 10 for i in range(300)])):
+    for version, brightness in (
+        ("v1", [200.0 + i % 40 for i in range(300)]),
+        ("v2", [60.0 + i % 10 for i in range(300)]),
+    ):
         packages[version] = shutil.copytree(tiny_package, tmp_path / version)
         ref = give_drift_reference(packages[version], brightness, version=version)
         packages[version + "_ref"] = ref["image_stats"]["brightness"]
@@ -52,8 +60,9 @@ def test_bands_are_the_active_reference_quantiles_not_the_first_verdicts(
 
     # the active model changes: the workers announce it; the bands follow
     redis_client.hset(bus.names.active_model, mapping={"version": "v2", "path": str(packages["v2"])})
-    bus.publish_event(Event(station=station_config.station.id, type=EventType.MODEL_RELOADED, message="v2 loaded",
-                            model_version="v2"))
+    bus.publish_event(
+        Event(station=station_config.station.id, type=EventType.MODEL_RELOADED, message="v2 loaded", model_version="v2")
+    )
     v2 = packages["v2_ref"]
     qtbot.waitUntil(lambda: view.drift.version == "v2", timeout=3000)
     qtbot.waitUntil(lambda: _region(view, "brightness") == pytest.approx((v2["p01"], v2["p99"])), timeout=2000)

@@ -21,23 +21,48 @@ from tests.gui.conftest import run_requested_job, session
 
 
 def _report(passed: bool) -> GateReport:
-    rows = [GateRow(gate="false_reject_ceiling", metric="false_reject_rate", frame_set="heldout", candidate=0.01,
-                    incumbent=0.02, limit=0.02, passed=True),
-            GateRow(gate="recall_floor", metric="recall:crack", frame_set="heldout", candidate=0.9 if passed else 0.4,
-                    incumbent=0.6, limit=0.7, passed=passed)]
-    return GateReport(passed=passed, rows=rows, incumbent_version="v1", frame_sets={"heldout": 150},
-                      evaluated_at=time.time())
+    rows = [
+        GateRow(
+            gate="false_reject_ceiling",
+            metric="false_reject_rate",
+            frame_set="heldout",
+            candidate=0.01,
+            incumbent=0.02,
+            limit=0.02,
+            passed=True,
+        ),
+        GateRow(
+            gate="recall_floor",
+            metric="recall:crack",
+            frame_set="heldout",
+            candidate=0.9 if passed else 0.4,
+            incumbent=0.6,
+            limit=0.7,
+            passed=passed,
+        ),
+    ]
+    return GateReport(
+        passed=passed, rows=rows, incumbent_version="v1", frame_sets={"heldout": 150}, evaluated_at=time.time()
+    )
 
 
-def test_gate_rows_shown_before_approval(qtbot: QtBot, station_config: StationConfig, services: Services,
-                                         redis_client, tiny_package, tmp_path, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_gate_rows_shown_before_approval(
+    qtbot: QtBot, station_config: StationConfig, services: Services, redis_client, tiny_package, tmp_path, screenshot
+) -> None:  # type: ignore[no-untyped-def]
     store = services.store
     for version, passed in (("v2-bad", False), ("v2-good", True)):
         shutil.copytree(tiny_package, tmp_path / version)
-        registry.register_candidate(store, version, str(tmp_path / version),
-                                    load_package(tmp_path / version).package_sha256, _report(passed), "job")
-    win = MainWindow(station_config, session(Role.MAINTENANCE, "Max Maint"), services,
-                     submitter=RqJobSubmitter(station_config))
+        registry.register_candidate(
+            store,
+            version,
+            str(tmp_path / version),
+            load_package(tmp_path / version).package_sha256,
+            _report(passed),
+            "job",
+        )
+    win = MainWindow(
+        station_config, session(Role.MAINTENANCE, "Max Maint"), services, submitter=RqJobSubmitter(station_config)
+    )
     qtbot.addWidget(win)
     win.resize(1280, 900)
     win.show()

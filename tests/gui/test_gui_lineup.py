@@ -22,8 +22,9 @@ from inspector.store.shadow import record_shadow_verdicts
 from tests.gui.conftest import session
 
 
-def test_changeover_and_shadow_from_the_maintenance_view(qtbot: QtBot, station_config: StationConfig, tiny_package,
-                                                         tmp_path, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_changeover_and_shadow_from_the_maintenance_view(
+    qtbot: QtBot, station_config: StationConfig, tiny_package, tmp_path, screenshot
+) -> None:  # type: ignore[no-untyped-def]
     doc = station_config.model_dump(mode="json", exclude_none=True)
     doc["products"] = {"bracket": {"package": str(tiny_package)}, "housing": {"package": str(tiny_package)}}
     cfg = parse_config(doc, environ={})
@@ -34,10 +35,24 @@ def test_changeover_and_shadow_from_the_maintenance_view(qtbot: QtBot, station_c
     sha = load_package(tmp_path / "cand").package_sha256
     gate = GateReport(passed=True, rows=[], evaluated_at=time.time()).model_dump(mode="json")
     register_model(services.store, "cand-2", str(tmp_path / "cand"), sha, {"gate": gate}, "job", ModelStatus.GATED_PASS)
-    record_shadow_verdicts(services.store, [
-        {"version": "cand-2", "frame_id": f"f{i}", "part_id": f"P{i}", "camera": "cam0", "captured_at": time.time(),
-         "decided_at": time.time(), "decision": "PASS", "reject": False, "infer_ms": 4.0, "latency_ms": 30.0}
-        for i in range(3)])
+    record_shadow_verdicts(
+        services.store,
+        [
+            {
+                "version": "cand-2",
+                "frame_id": f"f{i}",
+                "part_id": f"P{i}",
+                "camera": "cam0",
+                "captured_at": time.time(),
+                "decided_at": time.time(),
+                "decision": "PASS",
+                "reject": False,
+                "infer_ms": 4.0,
+                "latency_ms": 30.0,
+            }
+            for i in range(3)
+        ],
+    )
     win = MainWindow(cfg, session(Role.MAINTENANCE, "Max Maint"), services)
     qtbot.addWidget(win)
     win.resize(1280, 1000)

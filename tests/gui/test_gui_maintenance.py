@@ -22,23 +22,37 @@ from jobs.queues import station_queue
 from tests.gui.conftest import give_drift_reference, publish_part, run_requested_job, session
 
 
-def test_maintenance_actions_reach_jobs_and_audit(qtbot: QtBot, station_config: StationConfig,
-                                                  redis_client: redis.Redis, services: Services,
-                                                  screenshot, tiny_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_maintenance_actions_reach_jobs_and_audit(
+    qtbot: QtBot,
+    station_config: StationConfig,
+    redis_client: redis.Redis,
+    services: Services,
+    screenshot,
+    tiny_package,
+    tmp_path,
+) -> None:  # type: ignore[no-untyped-def]
     """Every action is an RQ job of the station's queue, named by dotted path and signed by the person; the
     station's jobs worker runs it (in-process here), so retraining waits on the queue and promotion is audited."""
     store = services.store
-    for version, metrics in (("v1", {"accuracy": 0.962, "f1_macro": 0.941, "fr_rate": 0.012}),
-                             ("v2", {"accuracy": 0.975, "f1_macro": 0.958, "fr_rate": 0.009})):
+    for version, metrics in (
+        ("v1", {"accuracy": 0.962, "f1_macro": 0.941, "fr_rate": 0.012}),
+        ("v2", {"accuracy": 0.975, "f1_macro": 0.958, "fr_rate": 0.009}),
+    ):
         shutil.copytree(tiny_package, tmp_path / version)
         give_drift_reference(tmp_path / version, [110.0 + i % 20 for i in range(200)])
-        records.register_model(store, version, str(tmp_path / version),
-                               load_package(tmp_path / version).package_sha256, metrics,
-                               status=ModelStatus.APPROVED)  # its gate passed and it was approved
+        records.register_model(
+            store,
+            version,
+            str(tmp_path / version),
+            load_package(tmp_path / version).package_sha256,
+            metrics,
+            status=ModelStatus.APPROVED,
+        )  # its gate passed and it was approved
     records.promote_model(store, "v1", "setup")
 
-    win = MainWindow(station_config, session(Role.MAINTENANCE, "Max Maint"), services,
-                     submitter=RqJobSubmitter(station_config))
+    win = MainWindow(
+        station_config, session(Role.MAINTENANCE, "Max Maint"), services, submitter=RqJobSubmitter(station_config)
+    )
     qtbot.addWidget(win)
     win.resize(1280, 860)
     win.show()

@@ -35,8 +35,9 @@ def window(qtbot: QtBot, station_config: StationConfig, services: Services):  # 
     win.shutdown()
 
 
-def test_frames_and_verdicts_appear_within_one_second(qtbot: QtBot, window: MainWindow, station_config: StationConfig,
-                                                      redis_client: redis.Redis, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_frames_and_verdicts_appear_within_one_second(
+    qtbot: QtBot, window: MainWindow, station_config: StationConfig, redis_client: redis.Redis, screenshot
+) -> None:  # type: ignore[no-untyped-def]
     healthy(redis_client, station_config)
     bus = StationBus(redis_client, station_config)
     op = window.operator
@@ -64,8 +65,14 @@ def test_banner_when_inspector_down(qtbot: QtBot, window: MainWindow, screenshot
     screenshot(window, "operator_inspector_down")
 
 
-def test_wrong_verdict_reaches_review_queue(qtbot: QtBot, window: MainWindow, station_config: StationConfig,
-                                            redis_client: redis.Redis, services: Services, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_verdict_reaches_review_queue(
+    qtbot: QtBot,
+    window: MainWindow,
+    station_config: StationConfig,
+    redis_client: redis.Redis,
+    services: Services,
+    screenshot,
+) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("inspector.review.labelling", reason="LabellingService not available yet")
     from inspector.store import records
 

@@ -21,8 +21,9 @@ def _view(frame: tuple[FrameMeta, Verdict], view: str) -> tuple[FrameMeta, Verdi
     return meta.model_copy(update={"view": view}), v.model_copy(update={"view": view})
 
 
-def test_operator_shows_every_view_of_the_last_part(qtbot: QtBot, station_config: StationConfig,
-                                                    redis_client: redis.Redis, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_operator_shows_every_view_of_the_last_part(
+    qtbot: QtBot, station_config: StationConfig, redis_client: redis.Redis, screenshot
+) -> None:  # type: ignore[no-untyped-def]
     data = station_config.model_dump(mode="json")
     data["parts"], data["camera"]["id"] = {"views": ["top", "side"]}, "top"
     cfg = parse_config(data, environ={})
@@ -45,13 +46,23 @@ def test_operator_shows_every_view_of_the_last_part(qtbot: QtBot, station_config
         side = _view(publish_part(bus, 2, Decision.FAIL, "scratch", with_verdict=False), "side")
         qtbot.waitUntil(lambda: side[0].frame_id in op.frames, timeout=2000)
         assert bus.commit_verdicts([(top[1], ""), (side[1], "")]) == [True, True]
-        part = PartVerdict(station=cfg.station.id, part_id="part-000000001", decision=Decision.FAIL, reject=True,
-                           signal="REJECT", reason="fail", failed_view="side", defect_class="scratch",
-                           reasons=["view side: FAIL (scratch)"], captured_at=top[0].captured_at,
-                           decided_at=side[0].captured_at,
-                           views={"top": ViewResult(frame_id=top[0].frame_id, decision=Decision.PASS),
-                                  "side": ViewResult(frame_id=side[0].frame_id, decision=Decision.FAIL,
-                                                     defect_class="scratch")})
+        part = PartVerdict(
+            station=cfg.station.id,
+            part_id="part-000000001",
+            decision=Decision.FAIL,
+            reject=True,
+            signal="REJECT",
+            reason="fail",
+            failed_view="side",
+            defect_class="scratch",
+            reasons=["view side: FAIL (scratch)"],
+            captured_at=top[0].captured_at,
+            decided_at=side[0].captured_at,
+            views={
+                "top": ViewResult(frame_id=top[0].frame_id, decision=Decision.PASS),
+                "side": ViewResult(frame_id=side[0].frame_id, decision=Decision.FAIL, defect_class="scratch"),
+            },
+        )
         assert PartCommitter(redis_client, cfg).commit(part)
         qtbot.waitUntil(lambda: op.last_part is not None and op.indicator.text() == "FAIL", timeout=2000)
         qtbot.waitUntil(lambda: op.view_labels["side"].text() == "side: FAIL · scratch", timeout=1000)

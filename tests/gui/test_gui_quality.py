@@ -17,8 +17,9 @@ KEYS = ["1", "2", "3", "g", "u", "1", "g", "2", "g", "3"]
 EXPECTED = ["scratch", "spot", "chip", "good", "unsure", "scratch", "good", "spot", "good", "chip"]
 
 
-def test_label_ten_items_by_keyboard(qtbot: QtBot, station_config: StationConfig, redis_client: redis.Redis,
-                                     services: Services, screenshot) -> None:  # type: ignore[no-untyped-def]
+def test_label_ten_items_by_keyboard(
+    qtbot: QtBot, station_config: StationConfig, redis_client: redis.Redis, services: Services, screenshot
+) -> None:  # type: ignore[no-untyped-def]
     bus = StationBus(redis_client, station_config)
     frame_ids = queue_items(bus, services, 10)
     win = MainWindow(station_config, session(Role.QUALITY, "Quinn Quality"), services, start_feed=False)

@@ -20,9 +20,19 @@ from inspector.line.health import evaluate
 
 
 def verdict(decision: Decision = Decision.PASS, latency_ms: float = 50, brightness: float = 100) -> Verdict:
-    return Verdict(station="s", frame_id="f", camera="c", seq=1, part_id="p", captured_at=0.0, decision=decision,
-                   reject=decision is not Decision.PASS, latency_ms=latency_ms, class_probs={"good": 0.9},
-                   image_stats=ImageStats(brightness=brightness, contrast=1, sharpness=1, mean_r=1, mean_g=1, mean_b=1))
+    return Verdict(
+        station="s",
+        frame_id="f",
+        camera="c",
+        seq=1,
+        part_id="p",
+        captured_at=0.0,
+        decision=decision,
+        reject=decision is not Decision.PASS,
+        latency_ms=latency_ms,
+        class_probs={"good": 0.9},
+        image_stats=ImageStats(brightness=brightness, contrast=1, sharpness=1, mean_r=1, mean_g=1, mean_b=1),
+    )
 
 
 def test_login_checks_pin_hash_and_signs_actions() -> None:

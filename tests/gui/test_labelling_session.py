@@ -29,16 +29,18 @@ def _run(session: LabellingSession, services: Services) -> Step | None:
 
 
 def test_gui_state_imports_no_qt() -> None:
-    code = ("import sys, gui.state, gui.state.rows, gui.state.labelling; "
-            "assert not [m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph', 'jobs', 'trainer'))], "
-            "sorted(m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph', 'jobs', 'trainer')))")
+    code = (
+        "import sys, gui.state, gui.state.rows, gui.state.labelling; "
+        "assert not [m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph', 'jobs', 'trainer'))], "
+        "sorted(m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph', 'jobs', 'trainer')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
 
-def test_keys_wait_while_a_call_runs_and_reach_the_item_on_screen(station_config: StationConfig,
-                                                                   redis_client: redis.Redis,
-                                                                   services: Services) -> None:
+def test_keys_wait_while_a_call_runs_and_reach_the_item_on_screen(
+    station_config: StationConfig, redis_client: redis.Redis, services: Services
+) -> None:
     frame_ids = queue_items(StationBus(redis_client, station_config), services, 3)
     session = LabellingSession(USER, [], good_class="good")
     start = session.start_loading()
@@ -88,8 +90,9 @@ def test_empty_queue_and_failed_call_drop_the_waiting_keys(services: Services) -
     assert session.key_legend()[0] == ("1", "dent") and session.relabel_choices() == ["dent", "good", "unsure"]
 
 
-def test_queue_and_history_rows_from_the_labelling_service(station_config: StationConfig, redis_client: redis.Redis,
-                                                           services: Services) -> None:
+def test_queue_and_history_rows_from_the_labelling_service(
+    station_config: StationConfig, redis_client: redis.Redis, services: Services
+) -> None:
     queue_items(StationBus(redis_client, station_config), services, 3)
     services.labelling.lease_next(USER)
     rows = [QueueRow.of(i) for i in open_items(services.labelling)]

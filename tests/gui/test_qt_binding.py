@@ -21,4 +21,6 @@ def test_signal_emit_keeps_reference_counts(qapp) -> None:  # type: ignore[no-un
     for i in range(200):
         emitter.value.emit(i)
     after = sys.getrefcount(True), sys.getrefcount(False)
-    assert after == before, f"emit() changed the reference counts of True/False by {after[0] - before[0]}/{after[1] - before[1]}"
+    assert after == before, (
+        f"emit() changed the reference counts of True/False by {after[0] - before[0]}/{after[1] - before[1]}"
+    )

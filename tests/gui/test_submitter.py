@@ -29,8 +29,9 @@ def test_every_requested_action_is_a_station_job_function() -> None:
         assert callable(getattr(importlib.import_module(module), func)), name
 
 
-def test_an_action_waits_on_the_station_queue_under_its_dotted_name(station_config: StationConfig,
-                                                                    redis_client: redis.Redis) -> None:
+def test_an_action_waits_on_the_station_queue_under_its_dotted_name(
+    station_config: StationConfig, redis_client: redis.Redis
+) -> None:
     busy = make_worker(station_config, redis_client, simple=True)
     busy.register_birth()  # a jobs worker serves the queue (busy elsewhere: it runs nothing now)
     submitter = RqJobSubmitter(station_config, wait_s=0.3)
@@ -51,8 +52,9 @@ def test_an_action_waits_on_the_station_queue_under_its_dotted_name(station_conf
     assert json.loads(raw)[0] == PROMOTE_MODEL_FUNC, "stored as JSON, never a pickle"
 
 
-def test_without_a_jobs_worker_the_action_is_withdrawn(station_config: StationConfig,
-                                                       redis_client: redis.Redis) -> None:
+def test_without_a_jobs_worker_the_action_is_withdrawn(
+    station_config: StationConfig, redis_client: redis.Redis
+) -> None:
     with pytest.raises(NoJobsWorker, match="no jobs worker serves queue .* nothing was done") as err:
         RqJobSubmitter(station_config, wait_s=0.2).rollback_model("Max Maint (maintenance)", "maintenance")
     assert "inspector jobs worker" in str(err.value)
@@ -61,8 +63,14 @@ def test_without_a_jobs_worker_the_action_is_withdrawn(station_config: StationCo
 
 def test_the_workers_answer_and_refusal_come_back(station_config: StationConfig, redis_client: redis.Redis) -> None:
     submitter = RqJobSubmitter(station_config, wait_s=5)
-    job = submitter.enqueue(redis_client, APPROVE_MODEL_FUNC, "v-missing", "Max Maint (maintenance)", "maintenance",
-                            actor="Max Maint (maintenance)")
+    job = submitter.enqueue(
+        redis_client,
+        APPROVE_MODEL_FUNC,
+        "v-missing",
+        "Max Maint (maintenance)",
+        "maintenance",
+        actor="Max Maint (maintenance)",
+    )
     make_worker(station_config, redis_client, simple=True).work(burst=True, max_jobs=1, logging_level="WARNING")
     with pytest.raises(InspectorError, match="model version v-missing is not registered") as err:
         submitter.answer(redis_client, job.id)

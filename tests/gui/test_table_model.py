@@ -13,8 +13,10 @@ from inspector.contracts.lifecycle import GateRow
 
 
 def test_rows_columns_and_emphasis(qapp) -> None:  # type: ignore[no-untyped-def]
-    models = [ModelRow("v1", "retired", time.time(), None, {"accuracy": 0.9}),
-              ModelRow("v2", "active", time.time(), time.time(), {"accuracy": 0.95, "fr_rate": 0.01, "note": "x"})]
+    models = [
+        ModelRow("v1", "retired", time.time(), None, {"accuracy": 0.9}),
+        ModelRow("v2", "active", time.time(), time.time(), {"accuracy": 0.95, "fr_rate": 0.01, "note": "x"}),
+    ]
     model = RowTableModel(models_table([]))
     assert model.rowCount() == 0 and model.columnCount() == 3
     model.set_rows(models, models_table(models))
@@ -26,10 +28,28 @@ def test_rows_columns_and_emphasis(qapp) -> None:  # type: ignore[no-untyped-def
     assert model.row(1) is models[1] and model.row(2) is None and model.row(-1) is None
 
     gate = RowTableModel(GATE_TABLE)
-    gate.set_rows([GateRow(gate="recall_floor", metric="recall:crack", frame_set="heldout", candidate=0.4,
-                           incumbent=0.6, limit=0.7, passed=False)])
-    assert [gate.cell(0, c) for c in range(7)] == ["recall_floor", "recall:crack", "heldout", "0.400", "0.600",
-                                                   "0.700", "FAIL"]
+    gate.set_rows(
+        [
+            GateRow(
+                gate="recall_floor",
+                metric="recall:crack",
+                frame_set="heldout",
+                candidate=0.4,
+                incumbent=0.6,
+                limit=0.7,
+                passed=False,
+            )
+        ]
+    )
+    assert [gate.cell(0, c) for c in range(7)] == [
+        "recall_floor",
+        "recall:crack",
+        "heldout",
+        "0.400",
+        "0.600",
+        "0.700",
+        "FAIL",
+    ]
     assert gate.data(gate.index(0, 6), Qt.ItemDataRole.ForegroundRole) == QColor("#b91c1c"), "a failed row is red"
 
     board = JobBoard()

@@ -24,20 +24,35 @@ from inspector.contracts.messages import Decision, ReviewRequest, Verdict
 from jobs.scenario import DriftScenario, rates, relight, write_base_data
 from jobs.scenario.parts import ScriptedQualityEngineer
 
-ONLY_SLOW = pytest.mark.skipif(os.environ.get("INSPECTOR_SLOW") != "1",
-                               reason="the drift scenario takes ~3 min on 2 cores (two real trainings): "
-                                      "run it with INSPECTOR_SLOW=1")
+ONLY_SLOW = pytest.mark.skipif(
+    os.environ.get("INSPECTOR_SLOW") != "1",
+    reason="the drift scenario takes ~3 min on 2 cores (two real trainings): run it with INSPECTOR_SLOW=1",
+)
 SCENARIO_LIMIT_S = 300  # the budget on this 2-core machine
 
 
 def _verdict(i: int, truth: str, decision: Decision) -> Verdict:
-    return Verdict(station="demo", frame_id=f"f{i}", camera="cam0", seq=i, part_id=f"p{i}", captured_at=0.0,
-                   decision=decision, reject=decision is not Decision.PASS, truth=truth)
+    return Verdict(
+        station="demo",
+        frame_id=f"f{i}",
+        camera="cam0",
+        seq=i,
+        part_id=f"p{i}",
+        captured_at=0.0,
+        decision=decision,
+        reject=decision is not Decision.PASS,
+        truth=truth,
+    )
 
 
 def test_rates_count_review_as_a_reject() -> None:
-    vs = [_verdict(0, "good", Decision.PASS), _verdict(1, "good", Decision.REVIEW),
-          _verdict(2, "chip", Decision.FAIL), _verdict(3, "spot", Decision.PASS), _verdict(4, "good", Decision.PASS)]
+    vs = [
+        _verdict(0, "good", Decision.PASS),
+        _verdict(1, "good", Decision.REVIEW),
+        _verdict(2, "chip", Decision.FAIL),
+        _verdict(3, "spot", Decision.PASS),
+        _verdict(4, "good", Decision.PASS),
+    ]
     r = rates(vs)
     assert r["recall"] == 0.5 and r["false_reject_rate"] == round(1 / 3, 4)
     assert (r["n_good"], r["n_defect"]) == (3, 2)
@@ -78,9 +93,20 @@ def test_scripted_quality_engineer_labels_queued_frames_with_their_truth(tmp_pat
         archive = Archive.for_data_dir(cfg.data_dir)
         for fid in ("f0", "f1", "unknown"):
             sha = archive.put(f"image {fid}".encode(), "jpg")
-            add_review_item(store, ReviewRequest(station="demo", frame_id=fid, part_id=fid, camera="cam0",
-                                                 reasons=["review_verdict"], priority=80, image_sha256=sha,
-                                                 decision=Decision.REVIEW), image_ext="jpg")
+            add_review_item(
+                store,
+                ReviewRequest(
+                    station="demo",
+                    frame_id=fid,
+                    part_id=fid,
+                    camera="cam0",
+                    reasons=["review_verdict"],
+                    priority=80,
+                    image_sha256=sha,
+                    decision=Decision.REVIEW,
+                ),
+                image_ext="jpg",
+            )
         qe = ScriptedQualityEngineer(cfg, store, truth.get)
         assert qe.work() == 2
         assert dict(qe.labelled) == {"good": 1, "scratch": 1} and qe.skipped == 1
@@ -120,9 +146,25 @@ def _assert_nothing_left(data_dir: Path) -> None:
 
 
 def _demo(data_dir: Path, **kw: object) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "inspector.cli", "demo", "--scenario", "drift", "--headless",
-                             "--json", "--data-dir", str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "COLUMNS": "200"}, **kw)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "inspector.cli",
+            "demo",
+            "--scenario",
+            "drift",
+            "--headless",
+            "--json",
+            "--data-dir",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        **kw,
+    )  # type: ignore[call-overload]
 
 
 @pytest.mark.timeout(900)

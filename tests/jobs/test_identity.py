@@ -22,18 +22,28 @@ ME = os_user()
 
 # every state-changing command (no Redis needed: refusals come before any connection)
 ACTIONS = [
-    (jobs_app, ["promote", "v1"]), (jobs_app, ["promote", "v1", "--force", "--reason", "x"]),
-    (jobs_app, ["approve", "v1"]), (jobs_app, ["rollback", "{station}"]),
-    (jobs_app, ["retrain", "{station}", "--reason", "x"]), (jobs_app, ["maintenance", "camera-changed"]),
-    (jobs_app, ["maintenance", "confirm"]), (review_app, ["label", "1", "good"]), (review_app, ["next"]),
+    (jobs_app, ["promote", "v1"]),
+    (jobs_app, ["promote", "v1", "--force", "--reason", "x"]),
+    (jobs_app, ["approve", "v1"]),
+    (jobs_app, ["rollback", "{station}"]),
+    (jobs_app, ["retrain", "{station}", "--reason", "x"]),
+    (jobs_app, ["maintenance", "camera-changed"]),
+    (jobs_app, ["maintenance", "confirm"]),
+    (review_app, ["label", "1", "good"]),
+    (review_app, ["next"]),
     (review_app, ["export", "{tmp}/ds"]),
 ]
 
 
 def _station(tmp_path: Path, users: dict[str, list[str]]) -> tuple[StationConfig, Path, Store]:
-    cfg = parse_config({"station": {"id": "idt", "data_dir": str(tmp_path / "data")},
-                        "redis": {"url": "redis://127.0.0.1:1/0", "reconnect": {"give_up_s": 0.1}},
-                        "identity": {"users": users}}, environ={})
+    cfg = parse_config(
+        {
+            "station": {"id": "idt", "data_dir": str(tmp_path / "data")},
+            "redis": {"url": "redis://127.0.0.1:1/0", "reconnect": {"give_up_s": 0.1}},
+            "identity": {"users": users},
+        },
+        environ={},
+    )
     cfg_file = tmp_path / "station.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     return cfg, cfg_file, open_store(cfg)
@@ -62,9 +72,16 @@ def test_unknown_user_is_refused_on_every_action_and_audited(tmp_path: Path) -> 
         assert f"os user {ME!r} may not" in out.output and "holds no role" in out.output, out.output
     refused = _refusals(store)
     assert len(refused) == len(ACTIONS) and {e.actor for e in refused} == {ME}
-    assert {e.details["action"] for e in refused} >= {"model.promote", "model.force_promote", "model.approve",
-                                                       "model.rollback", "retrain.request", "maintenance",
-                                                       "review.label", "review.export"}
+    assert {e.details["action"] for e in refused} >= {
+        "model.promote",
+        "model.force_promote",
+        "model.approve",
+        "model.rollback",
+        "retrain.request",
+        "maintenance",
+        "review.label",
+        "review.export",
+    }
     assert store.audit.verify().ok
     store.close()
 
@@ -102,8 +119,9 @@ def test_commissioner_default_and_tokens(tmp_path: Path, monkeypatch: pytest.Mon
     assert authorize(cfg, store, Action.PROMOTE)[1].value == "maintenance"
     assert authorize(cfg, store, Action.LABEL)[1].value == "quality"
     secret = "s3cret-token"
-    cfg = cfg.model_copy(update={"identity": IdentitySection(tokens={"rita": {"roles": ["quality"],
-                                                                               "hash": hash_secret(secret)}})})
+    cfg = cfg.model_copy(
+        update={"identity": IdentitySection(tokens={"rita": {"roles": ["quality"], "hash": hash_secret(secret)}})}
+    )
     ident = current_identity(cfg, {"INSPECTOR_TOKEN": f"rita:{secret}"})
     assert ident.name == "token:rita" and ident.holds() == "quality"
     with pytest.raises(IdentityRefused):
@@ -124,8 +142,13 @@ def test_pin_hashes_are_salted_scrypt() -> None:
 
 def test_gui_login_locks_after_n_wrong_pins_counted_in_the_store(tmp_path: Path) -> None:
     state = pytest.importorskip("gui.state")
-    cfg = parse_config({"gui": {"maintenance": {"pin_hash": hash_secret("4711")}},
-                        "identity": {"lockout_failures": 3, "lockout_s": 600}}, environ={})
+    cfg = parse_config(
+        {
+            "gui": {"maintenance": {"pin_hash": hash_secret("4711")}},
+            "identity": {"lockout_failures": 3, "lockout_s": 600},
+        },
+        environ={},
+    )
     store = open_store(tmp_path / "station.db")
     policy = state.RolePolicy(cfg.gui, cfg.identity, store)
     assert policy.login("max", "maintenance", "4711").role.value == "maintenance"  # the right PIN works

@@ -27,12 +27,29 @@ from tests.runtime.tiny_models import write_tiny_package
 
 
 def _report(passed: bool) -> GateReport:
-    rows = [GateRow(gate="false_reject_ceiling", metric="false_reject_rate", frame_set="heldout", candidate=0.01,
-                    incumbent=0.015, limit=0.02, passed=True),
-            GateRow(gate="recall_floor", metric="recall:crack", frame_set="heldout", candidate=0.9 if passed else 0.31,
-                    incumbent=0.6, limit=0.85, passed=passed)]
-    return GateReport(passed=passed, rows=rows, incumbent_version="v1", frame_sets={"heldout": 120},
-                      evaluated_at=time.time())
+    rows = [
+        GateRow(
+            gate="false_reject_ceiling",
+            metric="false_reject_rate",
+            frame_set="heldout",
+            candidate=0.01,
+            incumbent=0.015,
+            limit=0.02,
+            passed=True,
+        ),
+        GateRow(
+            gate="recall_floor",
+            metric="recall:crack",
+            frame_set="heldout",
+            candidate=0.9 if passed else 0.31,
+            incumbent=0.6,
+            limit=0.85,
+            passed=passed,
+        ),
+    ]
+    return GateReport(
+        passed=passed, rows=rows, incumbent_version="v1", frame_sets={"heldout": 120}, evaluated_at=time.time()
+    )
 
 
 def _package(folder: Path, version: str) -> tuple[str, str]:
@@ -41,8 +58,13 @@ def _package(folder: Path, version: str) -> tuple[str, str]:
 
 
 def _cli(cfg_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args, "--config", str(cfg_file)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args, "--config", str(cfg_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 @pytest.fixture
@@ -62,7 +84,9 @@ def test_failed_gate_is_refused_with_exit_3_and_audited(station, redis_client, t
     assert out.returncode == 3, out.stderr
     assert "FAIL recall_floor recall:crack on heldout: candidate 0.31, incumbent 0.6, limit 0.85" in out.stderr
     assert "false_reject_ceiling" not in out.stderr  # only failed rows are listed
-    assert active_model(store) is None and not redis_client.exists(f"{cfg.redis.prefix}:{{{cfg.station.id}}}:model:active")
+    assert active_model(store) is None and not redis_client.exists(
+        f"{cfg.redis.prefix}:{{{cfg.station.id}}}:model:active"
+    )
     refused = [e for e in store.audit.entries(limit=20) if e.action == "model.promote_refused"]
     assert refused and refused[0].actor == os_user() and refused[0].target == "bad-1"
     # approval of a failed gate is refused too, and so is --force without a reason

@@ -54,6 +54,8 @@ def test_twenty_alarms_start_exactly_one_job(station_config, redis_client) -> No
     again = request_retrain(station_config, redis_client, "manual", dedupe=False)
     assert again.status == "running" and again.job_id == enqueued[0].job_id
     assert not release_lock(redis_client, station_config, "someone-else")
-    assert release_lock(redis_client, station_config, enqueued[0].job_id) and lock_holder(redis_client, station_config) is None
+    assert (
+        release_lock(redis_client, station_config, enqueued[0].job_id)
+        and lock_holder(redis_client, station_config) is None
+    )
     assert request_retrain(station_config, redis_client, "after", dedupe=False).status == "enqueued"
-

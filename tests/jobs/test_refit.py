@@ -35,8 +35,12 @@ def _dark(img: np.ndarray) -> np.ndarray:
 
 
 def _base(folder: Path, factory: PartFactory) -> Path:
-    for sub, kind, n in (("train/good", "good", 40), ("test/good", "good", 24), ("test/scratch", "scratch", 24),
-                         ("test/spot", "spot", 24)):
+    for sub, kind, n in (
+        ("train/good", "good", 40),
+        ("test/good", "good", 24),
+        ("test/scratch", "scratch", 24),
+        ("test/spot", "spot", 24),
+    ):
         (folder / sub).mkdir(parents=True, exist_ok=True)
         for k in range(n):
             Image.fromarray(factory.make(kind)).save(folder / sub / f"{kind}_{k:03d}.png")
@@ -53,8 +57,7 @@ def refit_station(station_config: StationConfig, redis_client, tmp_path):  # typ
     good = [factory.make("good") for _ in range(40)]
     bad = [factory.make(k) for k in ("scratch", "spot") for _ in range(12)]
     pkg = build_tiny_package(tmp_path / "v1", good, bad, name="tiny")
-    register_model(store, "v1", str(pkg), load_package(pkg).package_sha256, {}, "setup",
-                   status=ModelStatus.APPROVED)
+    register_model(store, "v1", str(pkg), load_package(pkg).package_sha256, {}, "setup", status=ModelStatus.APPROVED)
     registry.promote(cfg, redis_client, store, "v1", "setup")
     yield cfg, store, factory
     store.close()
@@ -62,8 +65,9 @@ def refit_station(station_config: StationConfig, redis_client, tmp_path):  # typ
 
 def _publish_dark(cfg: StationConfig, bus: StationBus, factory: PartFactory, n: int) -> None:
     for seq in range(n):
-        meta = FrameMeta(station=cfg.station.id, camera="cam0", seq=seq, part_id=f"d{seq}", captured_at=time.time(),
-                         encoding="png")
+        meta = FrameMeta(
+            station=cfg.station.id, camera="cam0", seq=seq, part_id=f"d{seq}", captured_at=time.time(), encoding="png"
+        )
         bus.publish_frame(meta, encode_image(_dark(factory.make("good")), "png"))
 
 
@@ -108,4 +112,3 @@ def test_refit_with_too_few_confirmed_frames_is_refused(refit_station, redis_cli
         maintenance.confirm(cfg, redis_client, store, "max")
     assert station_queue(cfg, redis_client).count == 0
     assert active_model(store).version == "v1"
-

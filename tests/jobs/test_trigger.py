@@ -20,11 +20,23 @@ from jobs.trigger import RetrainTrigger, release_lock
 SOURCES = ("drift", "validation", "operator_reports")
 
 
-def _alarm(cfg: StationConfig, source: str, tripped: dict | None = None, version: str | None = None,  # type: ignore[type-arg]
-           ts: float | None = None) -> Event:
+def _alarm(
+    cfg: StationConfig,
+    source: str,
+    tripped: dict | None = None,
+    version: str | None = None,  # type: ignore[type-arg]
+    ts: float | None = None,
+) -> Event:
     extra = {"ts": ts} if ts is not None else {}
-    return Event(station=cfg.station.id, type=EventType.DRIFT_ALARM, severity="warning", message=f"{source} alarm",
-                 model_version=version, data={"source": source, "tripped": tripped or {"x": {}}}, **extra)
+    return Event(
+        station=cfg.station.id,
+        type=EventType.DRIFT_ALARM,
+        severity="warning",
+        message=f"{source} alarm",
+        model_version=version,
+        data={"source": source, "tripped": tripped or {"x": {}}},
+        **extra,
+    )
 
 
 def _publish(bus: StationBus, events: list[Event]) -> None:
@@ -60,7 +72,9 @@ def test_twenty_mixed_alarms_enqueue_exactly_one_job(station_config: StationConf
     assert redis_client.xpending(names.events, names.retrain_trigger_group)["pending"] == 0
 
 
-def test_suppressed_deduped_stale_alarms_do_not_enqueue(station_config: StationConfig, redis_client: redis.Redis) -> None:
+def test_suppressed_deduped_stale_alarms_do_not_enqueue(
+    station_config: StationConfig, redis_client: redis.Redis
+) -> None:
     cfg = station_config
     names = Names(cfg.redis.prefix, cfg.station.id)
     bus = StationBus(redis_client, cfg)
@@ -70,7 +84,9 @@ def test_suppressed_deduped_stale_alarms_do_not_enqueue(station_config: StationC
     assert [o.status for o in _drain(trig)] == ["suppressed", "suppressed"]
     redis_client.delete(names.drift_suppressed)
     redis_client.hset(names.active_model, mapping={"version": "v2", "path": "/nowhere"})
-    _publish(bus, [_alarm(cfg, "drift", version="v1"), _alarm(cfg, "drift", ts=time.time() - 2 * cfg.jobs.alarm_max_age_s)])
+    _publish(
+        bus, [_alarm(cfg, "drift", version="v1"), _alarm(cfg, "drift", ts=time.time() - 2 * cfg.jobs.alarm_max_age_s)]
+    )
     assert [o.status for o in _drain(trig)] == ["stale_model", "stale"]
     assert _jobs(cfg, redis_client)[0] == 0
     # one request goes through; the lock is freed (job ended), but the dedupe window still holds the next
@@ -86,7 +102,9 @@ def test_suppressed_deduped_stale_alarms_do_not_enqueue(station_config: StationC
     assert job.args[2] == "validation" and job.args[4] is False  # a validation alarm is no condition change
 
 
-def test_restart_resumes_without_reacting_on_acknowledged(station_config: StationConfig, redis_client: redis.Redis) -> None:
+def test_restart_resumes_without_reacting_on_acknowledged(
+    station_config: StationConfig, redis_client: redis.Redis
+) -> None:
     cfg = station_config.model_copy(deep=True)
     cfg.jobs = cfg.jobs.model_copy(update={"retrain_dedupe_s": 0})  # only the lock stands between alarms
     names = Names(cfg.redis.prefix, cfg.station.id)

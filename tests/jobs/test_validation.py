@@ -51,8 +51,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("validation")
     base = _write_base(root / "base", seed=11)
     f = PartFactory(seed=7, size=96)
-    pkg = build_tiny_package(root / "pkg", [f.make("good") for _ in range(60)],
-                             [f.make(k) for k in DEFECTS for _ in range(20)], name="val")
+    pkg = build_tiny_package(
+        root / "pkg", [f.make("good") for _ in range(60)], [f.make(k) for k in DEFECTS for _ in range(20)], name="val"
+    )
     cfg = parse_config({"station": {"id": "build", "data_dir": str(root / "build-station")}}, environ={})
     held = freeze_heldout(base, cfg.data_dir)
     scored = score_frames(pkg, load_images(held.items), cfg)
@@ -65,8 +66,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _station(station_config: StationConfig, base: Path, pkg: Path, tmp_path: Path, **jobs: object) -> StationConfig:
     cfg = station_config.model_copy(deep=True)
-    cfg.jobs = cfg.jobs.model_copy(update={"base_data": base, "regression_tolerance": 0.05,
-                                           "validation_min_frames": 20, **jobs})
+    cfg.jobs = cfg.jobs.model_copy(
+        update={"base_data": base, "regression_tolerance": 0.05, "validation_min_frames": 20, **jobs}
+    )
     own = shutil.copytree(pkg, tmp_path / "active-pkg")
     freeze_heldout(base, cfg.data_dir)
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"package": own})})
@@ -76,8 +78,9 @@ def _activate(cfg: StationConfig, store, redis_client) -> str:  # type: ignore[n
     pkg = Path(str(cfg.model.package))
     manifest, _ = load_reference(pkg)
     register_model(store, manifest.version, str(pkg), "0" * 64, status=ModelStatus.ACTIVE)
-    redis_client.hset(Names(cfg.redis.prefix, cfg.station.id).active_model,
-                      mapping={"version": manifest.version, "path": str(pkg)})
+    redis_client.hset(
+        Names(cfg.redis.prefix, cfg.station.id).active_model, mapping={"version": manifest.version, "path": str(pkg)}
+    )
     return manifest.version
 
 
@@ -98,7 +101,9 @@ def test_fires_when_recent_labels_disagree_with_the_model(built, station_config,
     version = _activate(cfg, store, redis_client)
     f = PartFactory(seed=99, size=96)
     passed = [f.make("good") for _ in range(30)]  # frames the model passes ...
-    label_frames(cfg, store, [(encode_image(img, "png"), "scratch") for img in passed])  # ... that people say are scratched
+    label_frames(
+        cfg, store, [(encode_image(img, "png"), "scratch") for img in passed]
+    )  # ... that people say are scratched
     report = run_validation(cfg, redis_client, store)
     assert report.check("heldout").drops == []  # the package itself is unchanged
     recent = report.check("recent")
@@ -140,7 +145,9 @@ def test_small_window_is_skipped_and_says_so(built, station_config, redis_client
     store = open_store(cfg)
     _activate(cfg, store, redis_client)
     f = PartFactory(seed=3, size=96)
-    label_frames(cfg, store, [(encode_image(f.make("good"), "png"), "scratch") for _ in range(4)])  # disagree, but too few to judge
+    label_frames(
+        cfg, store, [(encode_image(f.make("good"), "png"), "scratch") for _ in range(4)]
+    )  # disagree, but too few to judge
     report = run_validation(cfg, redis_client, store)
     recent = report.check("recent")
     assert recent.n == 4 and recent.skipped and "validation_min_frames" in recent.skipped and not report.fired
@@ -152,10 +159,26 @@ def test_small_window_is_skipped_and_says_so(built, station_config, redis_client
 def test_noise_allowance_is_one_frame_of_each_metric() -> None:
     from inspector.contracts.lifecycle import LineMetrics
 
-    rec = LineMetrics(n=200, n_good=100, n_defect=100, false_reject_rate=0.0, recall={"a": 1.0},
-                      n_per_class={"a": 100}, recall_all=1.0, balanced_accuracy=1.0)
-    one_miss = LineMetrics(n=20, n_good=10, n_defect=10, false_reject_rate=0.0, recall={"a": 0.9},
-                           n_per_class={"a": 10}, recall_all=0.9, balanced_accuracy=0.95)
+    rec = LineMetrics(
+        n=200,
+        n_good=100,
+        n_defect=100,
+        false_reject_rate=0.0,
+        recall={"a": 1.0},
+        n_per_class={"a": 100},
+        recall_all=1.0,
+        balanced_accuracy=1.0,
+    )
+    one_miss = LineMetrics(
+        n=20,
+        n_good=10,
+        n_defect=10,
+        false_reject_rate=0.0,
+        recall={"a": 0.9},
+        n_per_class={"a": 10},
+        recall_all=0.9,
+        balanced_accuracy=0.95,
+    )
     assert compare(one_miss, rec, 0.0, "recent") == []  # one frame of ten: sampling noise
     two_miss = one_miss.model_copy(update={"recall": {"a": 0.8}, "recall_all": 0.8, "balanced_accuracy": 0.9})
     assert {d.metric for d in compare(two_miss, rec, 0.0, "recent")} == {"recall:a", "recall_all", "balanced_accuracy"}

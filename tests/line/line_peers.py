@@ -139,15 +139,28 @@ class MqttListener:
 
 
 def publish_frame(bus: StationBus, seq: int, captured_at: float | None = None) -> FrameMeta:
-    meta = FrameMeta(station=bus.cfg.station.id, camera=bus.cfg.camera.id, seq=seq, part_id=f"part-{seq}",
-                     captured_at=time.time() if captured_at is None else captured_at, encoding="png")
+    meta = FrameMeta(
+        station=bus.cfg.station.id,
+        camera=bus.cfg.camera.id,
+        seq=seq,
+        part_id=f"part-{seq}",
+        captured_at=time.time() if captured_at is None else captured_at,
+        encoding="png",
+    )
     bus.publish_frame(meta, b"\x89PNG fake")
     return meta
 
 
 def publish_verdict(bus: StationBus, meta: FrameMeta, decision: Decision) -> Verdict:
-    v = Verdict(station=meta.station, frame_id=meta.frame_id, camera=meta.camera, seq=meta.seq,
-                part_id=meta.part_id, captured_at=meta.captured_at, decision=decision,
-                reject=decision is not Decision.PASS)
+    v = Verdict(
+        station=meta.station,
+        frame_id=meta.frame_id,
+        camera=meta.camera,
+        seq=meta.seq,
+        part_id=meta.part_id,
+        captured_at=meta.captured_at,
+        decision=decision,
+        reject=decision is not Decision.PASS,
+    )
     assert bus.commit_verdicts([(v, "")]) == [True]
     return v

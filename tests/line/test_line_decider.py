@@ -22,8 +22,16 @@ def part(n: int, captured_at: float = T0) -> Part:
 
 
 def verdict(p: Part, decision: Decision) -> Verdict:
-    return Verdict(station="s", frame_id=p.frame_id, camera=p.camera, seq=p.seq, part_id=p.part_id,
-                   captured_at=p.captured_at, decision=decision, reject=decision is not Decision.PASS)
+    return Verdict(
+        station="s",
+        frame_id=p.frame_id,
+        camera=p.camera,
+        seq=p.seq,
+        part_id=p.part_id,
+        captured_at=p.captured_at,
+        decision=decision,
+        reject=decision is not Decision.PASS,
+    )
 
 
 def test_timely_pass_accepts_and_other_decisions_reject() -> None:
@@ -34,8 +42,10 @@ def test_timely_pass_accepts_and_other_decisions_reject() -> None:
     clock.t = T0 + 0.2
     outs = [d.on_verdict(verdict(part(n), dec)) for n, dec in enumerate(Decision)]
     assert [(o.signal, o.reason) for o in outs if o] == [
-        (Signal.ACCEPT, Reason.PASS), (Signal.REJECT, Reason.FAIL),
-        (Signal.REJECT, Reason.REVIEW), (Signal.REJECT, Reason.ERROR),
+        (Signal.ACCEPT, Reason.PASS),
+        (Signal.REJECT, Reason.FAIL),
+        (Signal.REJECT, Reason.REVIEW),
+        (Signal.REJECT, Reason.ERROR),
     ]
     assert d.pending == 0
 

@@ -68,8 +68,9 @@ def bus(station_config: StationConfig, redis_client: redis.Redis) -> StationBus:
     return StationBus(redis_client, station_config)
 
 
-def test_mqtt_accept_reject_late_and_missing(station_config: StationConfig, redis_client: redis.Redis,
-                                             bus: StationBus) -> None:
+def test_mqtt_accept_reject_late_and_missing(
+    station_config: StationConfig, redis_client: redis.Redis, bus: StationBus
+) -> None:
     url = mqtt_url()
     if not mqtt_reachable(url):
         pytest.skip(f"no MQTT broker at {url} (start mosquitto or set MQTT_URL)")
@@ -105,8 +106,9 @@ def test_mqtt_accept_reject_late_and_missing(station_config: StationConfig, redi
             # a PASS that comes after the deadline: the part was already rejected, and nothing else is sent
             publish_verdict(bus, missing, Decision.PASS)
             # a late PASS for a part whose frame meta the runner never saw is rejected as late
-            late = ok.model_copy(update={"id": uuid.uuid4().hex, "seq": 4, "part_id": "part-4",
-                                         "captured_at": time.time() - 1.0})
+            late = ok.model_copy(
+                update={"id": uuid.uuid4().hex, "seq": 4, "part_id": "part-4", "captured_at": time.time() - 1.0}
+            )
             publish_verdict(bus, late, Decision.PASS)
             msg = decision_for("part-4")
             assert (msg["signal"], msg["reason"], msg["decision"]) == ("REJECT", "late_verdict", "PASS")
@@ -126,8 +128,9 @@ def test_mqtt_accept_reject_late_and_missing(station_config: StationConfig, redi
         check.close()
 
 
-def test_modbus_reject_pulse_ready_and_sequence(station_config: StationConfig, redis_client: redis.Redis,
-                                                bus: StationBus, modbus: ModbusServer) -> None:
+def test_modbus_reject_pulse_ready_and_sequence(
+    station_config: StationConfig, redis_client: redis.Redis, bus: StationBus, modbus: ModbusServer
+) -> None:
     cfg = line_cfg(station_config, modbus_url=f"modbus://127.0.0.1:{modbus.port}", reject_pulse_ms=300)
     make_healthy(redis_client, cfg)
     with Running(cfg, outputs_from_config(cfg)) as runner:
@@ -147,8 +150,9 @@ def test_modbus_reject_pulse_ready_and_sequence(station_config: StationConfig, r
 
 
 @pytest.mark.parametrize("how", ["ttl", "delete"])
-def test_ready_drops_within_one_second_of_heartbeat_loss(station_config: StationConfig, redis_client: redis.Redis,
-                                                         modbus: ModbusServer, how: str) -> None:
+def test_ready_drops_within_one_second_of_heartbeat_loss(
+    station_config: StationConfig, redis_client: redis.Redis, modbus: ModbusServer, how: str
+) -> None:
     cfg = line_cfg(station_config, modbus_url=f"modbus://127.0.0.1:{modbus.port}")
     ttl_ms = 600 if how == "ttl" else None
     names = make_healthy(redis_client, cfg, worker_ttl_ms=ttl_ms)
@@ -173,8 +177,9 @@ def _wait_gone(r: redis.Redis, key: str) -> float:
     return time.time()
 
 
-def test_missing_verdict_rejected_while_redis_answers_nothing(station_config: StationConfig,
-                                                              redis_client: redis.Redis, bus: StationBus) -> None:
+def test_missing_verdict_rejected_while_redis_answers_nothing(
+    station_config: StationConfig, redis_client: redis.Redis, bus: StationBus
+) -> None:
     """Camera silent and no worker: not ready, and a captured part with no verdict is still rejected on time."""
     cfg = line_cfg(station_config)
     memory = MemoryOutput()

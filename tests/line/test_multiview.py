@@ -31,7 +31,9 @@ from inspector.worker import Worker, load_model
 VIEWS = ["top", "side"]
 
 
-def views_cfg(cfg: StationConfig, deadline_ms: float = 2000, camera: str = "top", **camera_keys: object) -> StationConfig:
+def views_cfg(
+    cfg: StationConfig, deadline_ms: float = 2000, camera: str = "top", **camera_keys: object
+) -> StationConfig:
     data = cfg.model_dump(mode="json")
     data["parts"] = {"views": VIEWS}
     data["line"]["deadline_ms"] = deadline_ms
@@ -66,9 +68,19 @@ class Clock:
 
 
 def _verdict(part: str, view: str | None, decision: Decision, t: float, defect: str | None = None) -> Verdict:
-    return Verdict(station="s", frame_id=f"{part}-{view}", camera=str(view), seq=0, part_id=part, captured_at=t,
-                   decision=decision, reject=decision is not Decision.PASS, defect_class=defect, view=view,
-                   model_version="m1")
+    return Verdict(
+        station="s",
+        frame_id=f"{part}-{view}",
+        camera=str(view),
+        seq=0,
+        part_id=part,
+        captured_at=t,
+        decision=decision,
+        reject=decision is not Decision.PASS,
+        defect_class=defect,
+        view=view,
+        model_version="m1",
+    )
 
 
 def test_decider_rules() -> None:
@@ -84,11 +96,19 @@ def test_decider_rules() -> None:
     d.on_verdict(_verdict("p2", "top", Decision.REVIEW, t0))
     bad = d.on_verdict(_verdict("p2", "side", Decision.FAIL, t0, "scratch"))
     assert bad.signal is Signal.REJECT and bad.reason is Reason.FAIL
-    assert (bad.verdict.decision, bad.verdict.failed_view, bad.verdict.defect_class) == (Decision.FAIL, "side", "scratch")
+    assert (bad.verdict.decision, bad.verdict.failed_view, bad.verdict.defect_class) == (
+        Decision.FAIL,
+        "side",
+        "scratch",
+    )
     assert "view side: FAIL (scratch)" in bad.verdict.reasons
     assert {k: bad.payload()[k] for k in ("part_id", "signal", "failed_view", "defect_class", "views")} == {
-        "part_id": "p2", "signal": "REJECT", "failed_view": "side", "defect_class": "scratch",
-        "views": {"top": "REVIEW", "side": "FAIL"}}  # the part's MQTT decision message
+        "part_id": "p2",
+        "signal": "REJECT",
+        "failed_view": "side",
+        "defect_class": "scratch",
+        "views": {"top": "REVIEW", "side": "FAIL"},
+    }  # the part's MQTT decision message
     # REVIEW when one is unsure and none failed; ERROR rejects
     d.on_verdict(_verdict("p3", "top", Decision.PASS, t0))
     rv = d.on_verdict(_verdict("p3", "side", Decision.REVIEW, t0))
@@ -145,7 +165,9 @@ def _judged(cfg: StationConfig, package, want: Decision, kinds: tuple[str, ...])
     raise AssertionError(f"no synthetic {kinds} frame judged {want}")
 
 
-def _publisher(cfg: StationConfig, client: redis.Redis, camera: str, frames: list[tuple[str, bytes]]) -> CameraPublisher:
+def _publisher(
+    cfg: StationConfig, client: redis.Redis, camera: str, frames: list[tuple[str, bytes]]
+) -> CameraPublisher:
     data = cfg.model_dump(mode="json")
     data["camera"]["id"] = camera
     return CameraPublisher(StationBus(client, parse_config(data, environ={})), _Frames(frames))
@@ -176,8 +198,12 @@ def _wait(cond, timeout: float = 20) -> bool:  # type: ignore[no-untyped-def]
     return cond()
 
 
-def test_one_failing_view_fails_the_part_and_is_recorded_once(station_config, redis_client, tiny_package,  # type: ignore[no-untyped-def]
-                                                             tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_one_failing_view_fails_the_part_and_is_recorded_once(
+    station_config,
+    redis_client,
+    tiny_package,  # type: ignore[no-untyped-def]
+    tmp_path,
+) -> None:  # type: ignore[no-untyped-def]
     cfg = views_cfg(station_config)
     names = Names(cfg.redis.prefix, cfg.station.id)
     good = _judged(cfg, tiny_package, Decision.PASS, ("good",))
@@ -186,8 +212,12 @@ def test_one_failing_view_fails_the_part_and_is_recorded_once(station_config, re
     side = _publisher(cfg, redis_client, "side", [good, bad])
     worker = Worker(cfg, redis_client, load_model(cfg, tiny_package), name="w1")
     with Line(cfg) as line:
-        metas = [top.publish(top.source.read()), side.publish(side.source.read()),  # part 1: both good
-                 top.publish(top.source.read()), side.publish(side.source.read())]  # part 2: the side fails
+        metas = [
+            top.publish(top.source.read()),
+            side.publish(side.source.read()),  # part 1: both good
+            top.publish(top.source.read()),
+            side.publish(side.source.read()),
+        ]  # part 2: the side fails
         assert [m.part_id for m in metas] == [part_id_of(1)] * 2 + [part_id_of(2)] * 2
         assert [m.view for m in metas] == ["top", "side", "top", "side"]
         worker.run(max_frames=4, idle_exit_s=3)
@@ -199,8 +229,10 @@ def test_one_failing_view_fails_the_part_and_is_recorded_once(station_config, re
     assert (ok.decision, ok.signal, sorted(ok.views)) == (Decision.PASS, "ACCEPT", ["side", "top"])
     assert (failed.decision, failed.signal, failed.failed_view) == (Decision.FAIL, "REJECT", "side")
     assert failed.views["side"].frame_id == metas[3].frame_id and failed.views["top"].decision is Decision.PASS
-    assert [(o.part.part_id, o.signal) for o in line.out.outcomes] == [(part_id_of(1), Signal.ACCEPT),
-                                                                       (part_id_of(2), Signal.REJECT)]
+    assert [(o.part.part_id, o.signal) for o in line.out.outcomes] == [
+        (part_id_of(1), Signal.ACCEPT),
+        (part_id_of(2), Signal.REJECT),
+    ]
     # a line process restarted over the same verdicts never gives a part a second verdict
     redis_client.xgroup_setid(names.verdicts, names.line_group, id="0")
     redis_client.xgroup_setid(names.frames, names.line_group, id="0")
@@ -241,8 +273,12 @@ def test_missing_view_rejected_at_the_deadline(station_config, redis_client, tin
         assert _wait(lambda: len(line.out.outcomes) == 1, 5)
         decided_at = line.out.outcomes[0].decided_at
     [part] = read_part_verdicts(redis_client, names)
-    assert (part.part_id, part.signal, part.reason, part.missing) == (meta.part_id, "REJECT", "no_verdict_by_deadline",
-                                                                      ["side"])
+    assert (part.part_id, part.signal, part.reason, part.missing) == (
+        meta.part_id,
+        "REJECT",
+        "no_verdict_by_deadline",
+        ["side"],
+    )
     assert part.views["top"].decision is Decision.PASS
     assert meta.captured_at + 0.4 <= decided_at < meta.captured_at + 0.4 + 0.5, "rejected at its deadline"
 
@@ -255,14 +291,25 @@ def test_frame_of_unknown_view_is_an_error_never_a_pass(station_config, redis_cl
     worker = Worker(cfg, redis_client, load_model(cfg, tiny_package), name="w1")
     with Line(cfg) as line:
         for view in ("top", "bottom"):  # a misconfigured camera stamps a view the station does not know
-            bus.publish_frame(FrameMeta(station=cfg.station.id, camera=f"cam-{view}", seq=0, part_id="part-x",
-                                        captured_at=time.time(), encoding="png", view=view), good[1])
+            bus.publish_frame(
+                FrameMeta(
+                    station=cfg.station.id,
+                    camera=f"cam-{view}",
+                    seq=0,
+                    part_id="part-x",
+                    captured_at=time.time(),
+                    encoding="png",
+                    view=view,
+                ),
+                good[1],
+            )
         worker.run(max_frames=2, idle_exit_s=2)
         assert _wait(lambda: len(line.out.outcomes) == 1, 5)
     verdicts = {v.view: v for v in (Verdict.from_json(f[b"m"]) for _e, f in redis_client.xrange(names.verdicts))}
     assert verdicts["bottom"].decision is Decision.ERROR
-    assert verdicts["bottom"].reasons == ["view 'bottom' is not one of parts.views (top, side): set camera.view to "
-                                          "one of them"]
+    assert verdicts["bottom"].reasons == [
+        "view 'bottom' is not one of parts.views (top, side): set camera.view to one of them"
+    ]
     [part] = read_part_verdicts(redis_client, names)
     assert (part.signal, part.decision, part.failed_view) == ("REJECT", Decision.ERROR, "bottom")
 
@@ -273,8 +320,12 @@ def test_one_camera_several_trigger_positions(station_config, redis_client, tiny
     good = _judged(cfg, tiny_package, Decision.PASS, ("good",))
     cam = CameraPublisher(StationBus(redis_client, cfg), _Frames([good] * 4))
     metas = [cam.publish(cam.source.read()) for _ in range(4)]
-    assert [(m.part_id, m.view) for m in metas] == [(part_id_of(1), "top"), (part_id_of(1), "side"),
-                                                    (part_id_of(2), "top"), (part_id_of(2), "side")]
+    assert [(m.part_id, m.view) for m in metas] == [
+        (part_id_of(1), "top"),
+        (part_id_of(1), "side"),
+        (part_id_of(2), "top"),
+        (part_id_of(2), "side"),
+    ]
     cam2 = CameraPublisher(StationBus(redis_client, cfg), _Frames([good] * 2))  # a restarted camera keeps the count
     assert [cam2.publish(cam2.source.read()).part_id for _ in range(2)] == [part_id_of(3)] * 2
     worker = Worker(cfg, redis_client, load_model(cfg, tiny_package), name="w1")
@@ -283,7 +334,9 @@ def test_one_camera_several_trigger_positions(station_config, redis_client, tiny
         assert {cam3.publish(cam3.source.read()).part_id for _ in range(2)} == {part_id_of(4)}
         worker.run(max_frames=8, idle_exit_s=2)
         assert _wait(lambda: len(line.out.outcomes) >= 4, 5)
-    assert [(o.part.part_id, o.signal) for o in line.out.outcomes] == [(part_id_of(n), Signal.ACCEPT) for n in (1, 2, 3, 4)]
+    assert [(o.part.part_id, o.signal) for o in line.out.outcomes] == [
+        (part_id_of(n), Signal.ACCEPT) for n in (1, 2, 3, 4)
+    ]
 
 
 def test_restarted_line_finishes_the_parts_the_dead_one_held(station_config, redis_client) -> None:  # type: ignore[no-untyped-def]
@@ -325,9 +378,19 @@ def test_retention_prunes_old_part_rows_and_trims_the_parts_stream(station_confi
     cfg.retention.verdict_rows_max_age_s, cfg.retention.delete_batch = 3600.0, 100
     now = time.time()
     store = open_store(cfg)
-    parts = [PartVerdict(station=cfg.station.id, part_id=f"part-{i}", decision=Decision.PASS, reject=False,
-                         signal="ACCEPT", reason="pass", captured_at=now - (7200 if i < 150 else 10), decided_at=now)
-             for i in range(160)]
+    parts = [
+        PartVerdict(
+            station=cfg.station.id,
+            part_id=f"part-{i}",
+            decision=Decision.PASS,
+            reject=False,
+            signal="ACCEPT",
+            reason="pass",
+            captured_at=now - (7200 if i < 150 else 10),
+            decided_at=now,
+        )
+        for i in range(160)
+    ]
     with store.session() as s:
         assert insert_part_verdicts(s, parts) == 160
         assert insert_part_verdicts(s, parts[:5]) == 0  # a part is recorded once

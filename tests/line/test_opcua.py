@@ -41,11 +41,21 @@ def bus(station_config: StationConfig, redis_client: redis.Redis) -> StationBus:
     return StationBus(redis_client, station_config)
 
 
-def verdict(bus: StationBus, meta: FrameMeta, decision: Decision, defect: str | None = None,
-            version: str = "m-7") -> Verdict:
-    v = Verdict(station=meta.station, frame_id=meta.frame_id, camera=meta.camera, seq=meta.seq,
-                part_id=meta.part_id, captured_at=meta.captured_at, decision=decision,
-                reject=decision is not Decision.PASS, defect_class=defect, model_version=version)
+def verdict(
+    bus: StationBus, meta: FrameMeta, decision: Decision, defect: str | None = None, version: str = "m-7"
+) -> Verdict:
+    v = Verdict(
+        station=meta.station,
+        frame_id=meta.frame_id,
+        camera=meta.camera,
+        seq=meta.seq,
+        part_id=meta.part_id,
+        captured_at=meta.captured_at,
+        decision=decision,
+        reject=decision is not Decision.PASS,
+        defect_class=defect,
+        model_version=version,
+    )
     assert bus.commit_verdicts([(v, "")]) == [True]
     return v
 
@@ -77,6 +87,7 @@ class Watcher:
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.1)
+
         self._call(go(), attempts_s + 5)
         return self
 
@@ -98,6 +109,7 @@ class Watcher:
         async def go() -> None:
             sub = await self.client.create_subscription(10, Handler())
             await sub.subscribe_data_change([self.node(nid) for nid in names.values()], queuesize=100)
+
         self._call(go())
 
     def rising_edges(self, name: str) -> int:
@@ -146,9 +158,12 @@ def test_node_set_while_parts_flow(station_config: StationConfig, redis_client: 
             bad = publish_frame(bus, 2)
             verdict(bus, bad, Decision.FAIL, defect="crack", version="m-8")
             assert wait_for(lambda: watcher.read(ids["Rejects"]) == 1, 3)
-            assert (watcher.read(ids["LastPartId"]), watcher.read(ids["LastDecision"]),
-                    watcher.read(ids["LastDefectClass"]), watcher.read(ids["ModelVersion"])) == \
-                ("part-2", "FAIL", "crack", "m-8")
+            assert (
+                watcher.read(ids["LastPartId"]),
+                watcher.read(ids["LastDecision"]),
+                watcher.read(ids["LastDefectClass"]),
+                watcher.read(ids["ModelVersion"]),
+            ) == ("part-2", "FAIL", "crack", "m-8")
             time.sleep(spacing)
 
             unsure = publish_frame(bus, 3)
@@ -157,13 +172,17 @@ def test_node_set_while_parts_flow(station_config: StationConfig, redis_client: 
             time.sleep(spacing)
 
             # a PASS after the deadline is a reject (the part has left the inspection window)
-            late = ok.model_copy(update={"id": uuid.uuid4().hex, "seq": 4, "part_id": "part-4",
-                                         "captured_at": time.time() - 1.0})
+            late = ok.model_copy(
+                update={"id": uuid.uuid4().hex, "seq": 4, "part_id": "part-4", "captured_at": time.time() - 1.0}
+            )
             verdict(bus, late, Decision.PASS)
             assert wait_for(lambda: watcher.read(ids["Rejects"]) == 3, 3)
-            assert (watcher.read(ids["LastPartId"]), watcher.read(ids["LastDecision"]),
-                    watcher.read(ids["LastReason"]), watcher.read(ids["LastSignal"])) == \
-                ("part-4", "PASS", "late_verdict", "REJECT")
+            assert (
+                watcher.read(ids["LastPartId"]),
+                watcher.read(ids["LastDecision"]),
+                watcher.read(ids["LastReason"]),
+                watcher.read(ids["LastSignal"]),
+            ) == ("part-4", "PASS", "late_verdict", "REJECT")
             time.sleep(spacing)
 
             missing = publish_frame(bus, 5)  # no verdict at all: rejected at the deadline
@@ -186,8 +205,9 @@ def test_node_set_while_parts_flow(station_config: StationConfig, redis_client: 
         Watcher(url).connect(attempts_s=0.1)
 
 
-def test_ready_drops_within_one_second_of_heartbeat_expiry(station_config: StationConfig,
-                                                            redis_client: redis.Redis) -> None:
+def test_ready_drops_within_one_second_of_heartbeat_expiry(
+    station_config: StationConfig, redis_client: redis.Redis
+) -> None:
     url = f"opc.tcp://127.0.0.1:{free_port()}/inspector"
     cfg = line_cfg(station_config, opcua_url=url, opcua_namespace=NAMESPACE)
     outputs = outputs_from_config(cfg)
@@ -212,12 +232,14 @@ def test_ready_drops_within_one_second_of_heartbeat_expiry(station_config: Stati
 class Plc:
     """A PLC's own OPC UA server with its own node ids and data types (Int16 counters, as many PLCs use)."""
 
-    NODES = {"Ready": ("Line.Ready", False, ua.VariantType.Boolean),
-             "Reject": ("Line.Reject", False, ua.VariantType.Boolean),
-             "LastPartId": ("Line.PartId", "", ua.VariantType.String),
-             "LastDecision": ("Line.Decision", "", ua.VariantType.String),
-             "Rejects": ("Line.RejectCount", 0, ua.VariantType.Int16),
-             "Parts": ("Line.PartCount", 0, ua.VariantType.UInt32)}
+    NODES = {
+        "Ready": ("Line.Ready", False, ua.VariantType.Boolean),
+        "Reject": ("Line.Reject", False, ua.VariantType.Boolean),
+        "LastPartId": ("Line.PartId", "", ua.VariantType.String),
+        "LastDecision": ("Line.Decision", "", ua.VariantType.String),
+        "Rejects": ("Line.RejectCount", 0, ua.VariantType.Int16),
+        "Parts": ("Line.PartCount", 0, ua.VariantType.UInt32),
+    }
 
     def __init__(self, port: int) -> None:
         self.url = f"opc.tcp://127.0.0.1:{port}/plc"
@@ -241,6 +263,7 @@ class Plc:
                 self.node_ids[name] = f"ns={idx};s={sid}"
             await server.start()
             self.server = server
+
         asyncio.run_coroutine_threadsafe(go(), self.loop).result(30)
         return self
 
@@ -254,12 +277,14 @@ class Plc:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def test_client_mode_writes_the_plcs_own_nodes(station_config: StationConfig, redis_client: redis.Redis,
-                                               bus: StationBus) -> None:
+def test_client_mode_writes_the_plcs_own_nodes(
+    station_config: StationConfig, redis_client: redis.Redis, bus: StationBus
+) -> None:
     plc = Plc(free_port()).start()
     try:
-        cfg = line_cfg(station_config, opcua_url=plc.url, opcua_mode="client", opcua_nodes=plc.node_ids,
-                       reject_pulse_ms=PULSE_MS)
+        cfg = line_cfg(
+            station_config, opcua_url=plc.url, opcua_mode="client", opcua_nodes=plc.node_ids, reject_pulse_ms=PULSE_MS
+        )
         make_healthy(redis_client, cfg)
         with Running(cfg, outputs_from_config(cfg)):
             assert wait_for(lambda: plc.read("Ready") is True, 10), "Ready never written to the PLC"
@@ -286,11 +311,20 @@ def silent_endpoint() -> Iterator[str]:
 
 
 def test_endpoint_that_does_not_answer_is_one_line_and_inspection_goes_on(
-        station_config: StationConfig, redis_client: redis.Redis, bus: StationBus, silent_endpoint: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    station_config: StationConfig,
+    redis_client: redis.Redis,
+    bus: StationBus,
+    silent_endpoint: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING)
-    cfg = line_cfg(station_config, opcua_url=silent_endpoint, opcua_mode="client",
-                   opcua_nodes={"Reject": "ns=2;s=Line.Reject"}, opcua_timeout_s=0.5)
+    cfg = line_cfg(
+        station_config,
+        opcua_url=silent_endpoint,
+        opcua_mode="client",
+        opcua_nodes={"Reject": "ns=2;s=Line.Reject"},
+        opcua_timeout_s=0.5,
+    )
     make_healthy(redis_client, cfg)
     memory = MemoryOutput()
     t0 = time.monotonic()
@@ -305,16 +339,19 @@ def test_endpoint_that_does_not_answer_is_one_line_and_inspection_goes_on(
         assert [o.signal for o in memory.outcomes] == [Signal.ACCEPT, Signal.REJECT, Signal.ACCEPT]
         time.sleep(3)  # several reconnect attempts
         assert runner.counts == {"accept": 2, "reject": 1}
-        lines = [r.getMessage() for r in caplog.records if r.name.startswith(("inspector.line", "asyncua"))
-                 and r.levelno >= logging.WARNING]
+        lines = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name.startswith(("inspector.line", "asyncua")) and r.levelno >= logging.WARNING
+        ]
     assert len(lines) == 1, lines
     assert silent_endpoint in lines[0] and "does not answer" in lines[0] and "line.opcua_url" in lines[0]
     assert "\n" not in lines[0]
 
 
 def test_server_port_in_use_is_one_line_and_the_line_goes_on(
-        station_config: StationConfig, redis_client: redis.Redis, bus: StationBus,
-        caplog: pytest.LogCaptureFixture) -> None:
+    station_config: StationConfig, redis_client: redis.Redis, bus: StationBus, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING)
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -330,27 +367,41 @@ def test_server_port_in_use_is_one_line_and_the_line_goes_on(
             meta = publish_frame(bus, 31)
             verdict(bus, meta, Decision.FAIL)
             assert wait_for(lambda: len(memory.outcomes) == 1, 3)
-        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
-                 and r.name.startswith(("inspector.line", "asyncua"))]
+        lines = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.WARNING and r.name.startswith(("inspector.line", "asyncua"))
+        ]
         assert len(lines) == 1 and "cannot listen on" in lines[0] and url in lines[0], lines
     finally:
         taken.close()
 
 
-def test_inspector_line_with_a_plc_that_does_not_answer(station_config: StationConfig, redis_client: redis.Redis,
-                                                        bus: StationBus, silent_endpoint: str, tmp_path: Path) -> None:
+def test_inspector_line_with_a_plc_that_does_not_answer(
+    station_config: StationConfig, redis_client: redis.Redis, bus: StationBus, silent_endpoint: str, tmp_path: Path
+) -> None:
     """The station process itself: `inspector line` with a hung OPC UA PLC prints one line about it, and its Modbus
     output goes on signalling every part."""
     modbus = ModbusServer().start()
-    cfg = line_cfg(station_config, opcua_url=silent_endpoint, opcua_mode="client", opcua_timeout_s=0.5,
-                   opcua_nodes={"Reject": "ns=2;s=Line.Reject", "Ready": "ns=2;s=Line.Ready"},
-                   modbus_url=f"modbus://127.0.0.1:{modbus.port}")
+    cfg = line_cfg(
+        station_config,
+        opcua_url=silent_endpoint,
+        opcua_mode="client",
+        opcua_timeout_s=0.5,
+        opcua_nodes={"Reject": "ns=2;s=Line.Reject", "Ready": "ns=2;s=Line.Ready"},
+        modbus_url=f"modbus://127.0.0.1:{modbus.port}",
+    )
     make_healthy(redis_client, cfg)
     path = tmp_path / "station.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECTOR_")}
-    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "line", "--config", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inspector.cli", "line", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert wait_for(lambda: modbus.coil(1), 30, 0.1), "the line never went ready on Modbus"
         for seq in (51, 52, 53):

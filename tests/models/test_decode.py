@@ -65,7 +65,7 @@ def test_corrupt_jpeg_body(rgb: np.ndarray) -> None:
 def test_corrupt_png_body(rgb: np.ndarray) -> None:
     data = bytearray(encode_image(rgb, "png"))
     mid = len(data) // 2
-    data[mid:mid + 16] = b"\xde\xad\xbe\xef" * 4
+    data[mid : mid + 16] = b"\xde\xad\xbe\xef" * 4
     with pytest.raises(FrameError, match="corrupt png"):
         decode_image(bytes(data), "png")
 

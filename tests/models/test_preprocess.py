@@ -33,8 +33,10 @@ def test_letterbox_pads_with_mean_colour() -> None:
     out = pre(np.full((10, 20, 3), 255, np.uint8))
     box = letterbox_geometry((10, 20), (20, 20))
     assert (box.top, box.height, box.width) == (5, 10, 20)
-    assert np.allclose(out[:, box.top:box.top + box.height], 1.0)
-    assert np.allclose(out[:, :box.top], 0.0, atol=1e-2) and np.allclose(out[:, box.top + box.height:], 0.0, atol=1e-2)
+    assert np.allclose(out[:, box.top : box.top + box.height], 1.0)
+    assert np.allclose(out[:, : box.top], 0.0, atol=1e-2) and np.allclose(
+        out[:, box.top + box.height :], 0.0, atol=1e-2
+    )
 
 
 def test_gray_copies_luma_to_three_channels() -> None:

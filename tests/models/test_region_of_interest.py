@@ -43,17 +43,23 @@ def test_a_frame_the_roi_does_not_fit_is_a_frame_error_naming_the_roi() -> None:
         pre(_frame())
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"roi": (-1, 0, 50, 50)}, "roi \\[-1, 0, 50, 50\\] is not a region"),
-    ({"ignore": [(0.5, 0.0, 1.5, 1.0)]}, "ignore\\[0\\] .* is outside the image"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"roi": (-1, 0, 50, 50)}, "roi \\[-1, 0, 50, 50\\] is not a region"),
+        ({"ignore": [(0.5, 0.0, 1.5, 1.0)]}, "ignore\\[0\\] .* is outside the image"),
+    ],
+)
 def test_bad_regions_are_refused_by_the_manifest(kwargs: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Preprocess(size=(32, 32), **kwargs)
 
 
 def test_trainer_flags_are_checked_in_one_line() -> None:
-    assert region_of_interest("10,20,64,48", ["0,0.9,1,1"]) == {"roi": (10, 20, 64, 48), "ignore": ((0.0, 0.9, 1.0, 1.0),)}
+    assert region_of_interest("10,20,64,48", ["0,0.9,1,1"]) == {
+        "roi": (10, 20, 64, 48),
+        "ignore": ((0.0, 0.9, 1.0, 1.0),),
+    }
     with pytest.raises(InspectorError, match="--roi '10,20' is not 4 comma-separated numbers"):
         region_of_interest("10,20", [])
     with pytest.raises(InspectorError, match=r"ignore\[0\] .* is outside the image"):

@@ -19,7 +19,9 @@ from inspector.store.models import LabelRow, ReviewItemRow
 from .test_labelling import add_items
 
 
-def _label_then_hang(url: str, schema: str | None, archive_root: str, item_id: int, ready: mp.synchronize.Event) -> None:
+def _label_then_hang(
+    url: str, schema: str | None, archive_root: str, item_id: int, ready: mp.synchronize.Event
+) -> None:
     try:
         store = open_store(url, schema=schema)
         original = AuditLog._append

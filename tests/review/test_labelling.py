@@ -19,9 +19,19 @@ def add_items(store: Store, archive: Archive, n: int, priority: int = 50, statio
         v = make_verdict(station, i, Decision.REVIEW)
         rec.record_verdicts(store, [v])
         sha = archive.put(f"img-{v.frame_id}".encode(), "png")
-        req = ReviewRequest(station=station, frame_id=v.frame_id, part_id=v.part_id, camera=v.camera,
-                            reasons=["review_verdict"], priority=priority, image_sha256=sha, decision=v.decision,
-                            model_version="m1", class_probs=v.class_probs, anomaly_score=v.anomaly_score)
+        req = ReviewRequest(
+            station=station,
+            frame_id=v.frame_id,
+            part_id=v.part_id,
+            camera=v.camera,
+            reasons=["review_verdict"],
+            priority=priority,
+            image_sha256=sha,
+            decision=v.decision,
+            model_version="m1",
+            class_probs=v.class_probs,
+            anomaly_score=v.anomaly_score,
+        )
         rec.add_review_item(store, req, image_ext="png")
         frames.append(v.frame_id)
     return frames

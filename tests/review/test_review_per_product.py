@@ -21,13 +21,35 @@ def test_review_queues_and_exports_are_per_product(station_config: StationConfig
     store = open_store(cfg)
     archive = Archive.for_data_dir(cfg.data_dir)
     for i, product in enumerate(["bracket", "housing", "bracket", "housing"]):
-        v = Verdict(station=cfg.station.id, frame_id=f"f{i}", camera="cam0", seq=i, part_id=f"p{i}", captured_at=i,
-                    decision=Decision.REVIEW, reject=True, model_version=f"{product}-v1", product=product)
+        v = Verdict(
+            station=cfg.station.id,
+            frame_id=f"f{i}",
+            camera="cam0",
+            seq=i,
+            part_id=f"p{i}",
+            captured_at=i,
+            decision=Decision.REVIEW,
+            reject=True,
+            model_version=f"{product}-v1",
+            product=product,
+        )
         record_verdicts(store, [v])
         sha = archive.put(bytes([i]) * 64, "png")
-        add_review_item(store, ReviewRequest(station=cfg.station.id, frame_id=v.frame_id, part_id=v.part_id,
-                                             camera="cam0", reasons=["unsure"], priority=50, decision=v.decision,
-                                             image_sha256=sha, product=product), image_ext="png")
+        add_review_item(
+            store,
+            ReviewRequest(
+                station=cfg.station.id,
+                frame_id=v.frame_id,
+                part_id=v.part_id,
+                camera="cam0",
+                reasons=["unsure"],
+                priority=50,
+                decision=v.decision,
+                image_sha256=sha,
+                product=product,
+            ),
+            image_ext="png",
+        )
     housing = LabellingService(store, archive, product="housing")
     leased = []
     while (item := housing.lease_next("qe-anna")) is not None:

@@ -73,9 +73,21 @@ def test_cpu_description_names_the_model_and_the_flags() -> None:
 
 
 def test_station_runs_the_backend_and_precision_the_package_kept(tmp_path: Path) -> None:
-    pkg = load_package(write_tiny_package(tmp_path / "p", model={
-        "fp32": "model.onnx", "recommended": "bf16" if HAS_BF16 else "fp32", "backend": "openvino",
-        "outputs": {"class_probs": "class_probs", "anomaly_score": "anomaly_score", "anomaly_map": "anomaly_map"}}))
+    pkg = load_package(
+        write_tiny_package(
+            tmp_path / "p",
+            model={
+                "fp32": "model.onnx",
+                "recommended": "bf16" if HAS_BF16 else "fp32",
+                "backend": "openvino",
+                "outputs": {
+                    "class_probs": "class_probs",
+                    "anomaly_score": "anomaly_score",
+                    "anomaly_map": "anomaly_map",
+                },
+            },
+        )
+    )
     auto = InspectionModel(pkg, RuntimeSection())  # backend auto, precision auto
     assert auto.backend == "openvino" and isinstance(auto.runner, OpenVinoRunner)
     assert auto.precision == ("bf16" if HAS_BF16 else "fp32")
@@ -109,8 +121,15 @@ def real_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     held = heldout(16)
     raw = run_onnx_scores(net, Preprocessor(PRE).batch(held.images))
     out = tmp_path_factory.mktemp("ovpkg") / "pkg"
-    build_package(out, net, spec(float(np.quantile(raw, 0.9))), held, calibration_images=rgb_images(8, seed=9),
-                  quant_config=QuantConfig(allow_few_calibration=True, bench_runs=5, bench_warmup=1), n_canaries=2)
+    build_package(
+        out,
+        net,
+        spec(float(np.quantile(raw, 0.9))),
+        held,
+        calibration_images=rgb_images(8, seed=9),
+        quant_config=QuantConfig(allow_few_calibration=True, bench_runs=5, bench_warmup=1),
+        n_canaries=2,
+    )
     return out
 
 

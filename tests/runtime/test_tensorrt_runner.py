@@ -15,8 +15,12 @@ def test_cache_key_depends_on_every_field() -> None:
     base = dict(onnx_sha256="ab" * 32, trt_version="10.3.0", gpu_name="NVIDIA H100", precision="fp16")
     key = engine_cache_key(**base)
     assert key == engine_cache_key(**base) and len(key) == 64
-    for field, other in [("onnx_sha256", "cd" * 32), ("trt_version", "10.4.0"), ("gpu_name", "NVIDIA L4"),
-                         ("precision", "int8")]:
+    for field, other in [
+        ("onnx_sha256", "cd" * 32),
+        ("trt_version", "10.4.0"),
+        ("gpu_name", "NVIDIA L4"),
+        ("precision", "int8"),
+    ]:
         assert engine_cache_key(**{**base, field: other}) != key
     assert engine_cache_key(**base, profile=[(1, 3, 16, 16), (8, 3, 16, 16)]) != key
     assert engine_cache_path(Path("/c"), key) == Path(f"/c/{key}.engine")

@@ -20,9 +20,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_lock_is_exclusive_across_processes_and_dropped_by_a_kill(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from inspector.bus.connection import StationLock; "
-         f"l = StationLock({str(tmp_path)!r}); assert l.try_acquire(); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from inspector.bus.connection import StationLock; "
+            f"l = StationLock({str(tmp_path)!r}); assert l.try_acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
         lock = StationLock(tmp_path)
@@ -61,8 +68,11 @@ def test_restarted_server_keeps_its_url_and_an_orphan_is_adopted_not_doubled(tmp
 
 
 def test_backoff_doubles_resets_after_a_healthy_run_and_the_rate_is_limited() -> None:
-    policy = RestartPolicy(SupervisorSection(restart_initial_s=0.5, restart_max_s=4, restart_limit=5,
-                                             restart_window_s=60, healthy_after_s=10))
+    policy = RestartPolicy(
+        SupervisorSection(
+            restart_initial_s=0.5, restart_max_s=4, restart_limit=5, restart_window_s=60, healthy_after_s=10
+        )
+    )
     delays = [policy.next_delay(uptime_s=1, now=t) for t in range(4)]
     assert delays == [0.5, 1.0, 2.0, 4.0]
     assert policy.next_delay(uptime_s=30, now=4) == 0.5  # it ran long enough: backoff starts afresh

@@ -30,4 +30,3 @@ def store(store_target: tuple[str, str | None]) -> Iterator[Store]:
 @pytest.fixture
 def archive(tmp_path: Path) -> Archive:
     return Archive(tmp_path / "archive")
-

@@ -12,8 +12,12 @@ from inspector.store import Store
 
 
 def fill(store: Store, n: int = 5) -> list[int]:
-    return [store.audit.record("alice", "threshold.change", "policy.pass_confidence", 0.9, 0.9 + i / 100,
-                               {"why": f"step {i}"}).id for i in range(n)]
+    return [
+        store.audit.record(
+            "alice", "threshold.change", "policy.pass_confidence", 0.9, 0.9 + i / 100, {"why": f"step {i}"}
+        ).id
+        for i in range(n)
+    ]
 
 
 def test_chain_verifies(store: Store) -> None:
@@ -59,8 +63,10 @@ def test_concurrent_appends_never_fork(store: Store) -> None:
     assert report.ok and report.rows == 40
 
 
-@pytest.mark.parametrize("bad", ["../" + "a" * 61, "/etc/passwd", "A" * 64, "g" * 64, "a" * 63, "", "..", "a" * 64 + "/..",
-                                 "aa/../../" + "b" * 55])
+@pytest.mark.parametrize(
+    "bad",
+    ["../" + "a" * 61, "/etc/passwd", "A" * 64, "g" * 64, "a" * 63, "", "..", "a" * 64 + "/..", "aa/../../" + "b" * 55],
+)
 def test_archive_refuses_unsafe_keys(tmp_path: Path, bad: str) -> None:
     archive = Archive(tmp_path / "root")
     with pytest.raises(UnsafeInputError):

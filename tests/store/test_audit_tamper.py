@@ -88,8 +88,10 @@ def test_chain_rewritten_with_unkeyed_hashes_is_named(station) -> None:  # type:
         for r in rows[2:]:
             actor = "mallory" if r.seq == 3 else r.actor
             h = row_hash(prev, r.seq, r.ts, actor, r.action, r.target, r.old, r.new, r.details)
-            conn.execute(text("UPDATE audit_log SET actor = :a, prev_hash = :p, hash = :h, mac = :m WHERE seq = :s"),
-                         {"a": actor, "p": prev, "h": h, "m": None if r.seq % 2 else "0" * 64, "s": r.seq})
+            conn.execute(
+                text("UPDATE audit_log SET actor = :a, prev_hash = :p, hash = :h, mac = :m WHERE seq = :s"),
+                {"a": actor, "p": prev, "h": h, "m": None if r.seq % 2 else "0" * 64, "s": r.seq},
+            )
             prev = h
         conn.execute(text("UPDATE audit_head SET hash = :h"), {"h": prev})
     assert store.audit.verify(batch=2).kinds == {"rewritten"}  # hashes and links are consistent again
@@ -131,8 +133,13 @@ def test_legacy_rows_keep_verifying_and_are_reported(tmp_path: Path, monkeypatch
         prev = GENESIS
         for seq in (1, 2):
             h = row_hash(prev, seq, 1.0, "old", "x", "t", None, None, {})
-            conn.execute(text("INSERT INTO audit_log (seq, ts, actor, action, target, old, new, details, prev_hash, hash)"
-                              " VALUES (:s, 1.0, 'old', 'x', 't', NULL, NULL, '{}', :p, :h)"), {"s": seq, "p": prev, "h": h})
+            conn.execute(
+                text(
+                    "INSERT INTO audit_log (seq, ts, actor, action, target, old, new, details, prev_hash, hash)"
+                    " VALUES (:s, 1.0, 'old', 'x', 't', NULL, NULL, '{}', :p, :h)"
+                ),
+                {"s": seq, "p": prev, "h": h},
+            )
             prev = h
         conn.execute(text("UPDATE audit_head SET seq = 2, hash = :h"), {"h": prev})
     store.audit.record("new", "y", "t")

@@ -29,9 +29,20 @@ def test_cli_trace_review_and_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     v = make_verdict("s1", 1, Decision.REVIEW, part_id="PART-42")
     rec.record_verdicts(store, [v])
     sha = Archive.for_data_dir(data).put(b"img", "png")
-    rec.add_review_item(store, ReviewRequest(station="s1", frame_id=v.frame_id, part_id=v.part_id, camera="cam0",
-                                             reasons=["review_verdict"], priority=80, image_sha256=sha,
-                                             decision=v.decision), image_ext="png")
+    rec.add_review_item(
+        store,
+        ReviewRequest(
+            station="s1",
+            frame_id=v.frame_id,
+            part_id=v.part_id,
+            camera="cam0",
+            reasons=["review_verdict"],
+            priority=80,
+            image_sha256=sha,
+            decision=v.decision,
+        ),
+        image_ext="png",
+    )
     c = ["--config", str(cfg_file)]
     out = runner.invoke(review_app, ["next", *c])
     assert out.exit_code == 0, out.output

@@ -42,7 +42,9 @@ def test_5000_verdicts_exactly_once_and_replay_is_ignored(
     assert rows(store) == 5000 and rec.stats["bad_entries"] == 1
 
 
-def test_dead_recorder_entries_are_reclaimed(station_config: StationConfig, redis_client: redis.Redis, store: Store) -> None:
+def test_dead_recorder_entries_are_reclaimed(
+    station_config: StationConfig, redis_client: redis.Redis, store: Store
+) -> None:
     cfg = station_config.model_copy(deep=True)
     cfg.store.reclaim_idle_ms = 100
     names = Names(cfg.redis.prefix, cfg.station.id)
@@ -58,8 +60,9 @@ def test_dead_recorder_entries_are_reclaimed(station_config: StationConfig, redi
     assert redis_client.xpending(names.verdicts, names.store_group)["pending"] == 0
 
 
-def test_run_in_a_thread_flushes_partial_batches(station_config: StationConfig, redis_client: redis.Redis,
-                                                 store: Store) -> None:
+def test_run_in_a_thread_flushes_partial_batches(
+    station_config: StationConfig, redis_client: redis.Redis, store: Store
+) -> None:
     cfg = station_config.model_copy(deep=True)
     cfg.store.flush_ms = 20
     names = Names(cfg.redis.prefix, cfg.station.id)

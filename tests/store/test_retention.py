@@ -28,8 +28,16 @@ HOUR = 3600.0
 
 
 def _verdict(cfg: StationConfig, captured_at: float, i: int = 0) -> Verdict:
-    return Verdict(station=cfg.station.id, frame_id=uuid.uuid4().hex, camera="cam0", seq=i, part_id=f"p{i}",
-                   captured_at=captured_at, decision=Decision.PASS, reject=False)
+    return Verdict(
+        station=cfg.station.id,
+        frame_id=uuid.uuid4().hex,
+        camera="cam0",
+        seq=i,
+        part_id=f"p{i}",
+        captured_at=captured_at,
+        decision=Decision.PASS,
+        reject=False,
+    )
 
 
 @pytest.fixture
@@ -44,7 +52,9 @@ def _add(client, stream: str, at: float, n: int) -> list[str]:  # type: ignore[n
     return [client.xadd(stream, {STREAM_FIELD_MESSAGE: b"{}"}, id=f"{base}-{k}").decode() for k in range(n)]
 
 
-def test_stream_trim_never_passes_what_the_recorder_has_not_recorded(station_config: StationConfig, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_stream_trim_never_passes_what_the_recorder_has_not_recorded(
+    station_config: StationConfig, redis_client
+) -> None:  # type: ignore[no-untyped-def]
     n = Names(station_config.redis.prefix, station_config.station.id)
     redis_client.xgroup_create(n.verdicts, n.store_group, id="0", mkstream=True)
     old = _add(redis_client, n.verdicts, NOW - 2 * HOUR, 10)
@@ -79,8 +89,9 @@ def test_verdict_rows_by_age_then_count(station_config: StationConfig, store: St
     rows = [_verdict(station_config, NOW - 10 * HOUR + i, i) for i in range(30)]
     rows += [_verdict(station_config, NOW - 60 + i, 100 + i) for i in range(20)]
     record_verdicts(store, rows)
-    section = station_config.retention.model_copy(update={"verdict_rows_max_age_s": 5 * HOUR, "verdict_rows_max": 0,
-                                                           "delete_batch": 100})
+    section = station_config.retention.model_copy(
+        update={"verdict_rows_max_age_s": 5 * HOUR, "verdict_rows_max": 0, "delete_batch": 100}
+    )
     assert delete_old_verdicts(store, section, NOW) == 30
     section = section.model_copy(update={"verdict_rows_max": 12})
     assert delete_old_verdicts(store, section, NOW) == 8
@@ -97,16 +108,29 @@ def _image(archive: Archive, k: int, age_s: float, size: int = 1000) -> str:
 
 
 def _item(store: Store, cfg: StationConfig, sha: str, status: str = "pending") -> int:
-    item = add_review_item(store, ReviewRequest(station=cfg.station.id, frame_id=uuid.uuid4().hex, part_id="p",
-                                                camera="cam0", reasons=["test"], priority=1, image_sha256=sha,
-                                                decision=Decision.REVIEW), image_ext="png")
+    item = add_review_item(
+        store,
+        ReviewRequest(
+            station=cfg.station.id,
+            frame_id=uuid.uuid4().hex,
+            part_id="p",
+            camera="cam0",
+            reasons=["test"],
+            priority=1,
+            image_sha256=sha,
+            decision=Decision.REVIEW,
+        ),
+        image_ext="png",
+    )
     if status != "pending":
         with store.session() as s:
             s.execute(update(ReviewItemRow).where(ReviewItemRow.id == item).values(status=status))
     return item
 
 
-def test_archive_by_size_and_age_keeps_labelled_images(station_config: StationConfig, store: Store, tmp_path: Path) -> None:
+def test_archive_by_size_and_age_keeps_labelled_images(
+    station_config: StationConfig, store: Store, tmp_path: Path
+) -> None:
     archive = Archive(tmp_path / "archive")
     shas = [_image(archive, k, age_s=1000 - k) for k in range(10)]  # shas[0] oldest
     labelled = _item(store, station_config, shas[0], "labelled")
@@ -126,8 +150,12 @@ def test_archive_by_size_and_age_keeps_labelled_images(station_config: StationCo
     assert sorted(s for s in shas if archive.exists(s)) == sorted([shas[0], shas[8], shas[9]])
 
 
-def test_one_pass_per_interval_across_processes(station_config: StationConfig, redis_client, store: Store,  # type: ignore[no-untyped-def]
-                                                tmp_path: Path) -> None:
+def test_one_pass_per_interval_across_processes(
+    station_config: StationConfig,
+    redis_client,
+    store: Store,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     a = Retention(station_config, redis_client, store, Archive(tmp_path / "a"))
     b = Retention(station_config, redis_client, store, Archive(tmp_path / "a"))
     assert a.maybe_run() is not None

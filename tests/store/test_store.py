@@ -15,7 +15,11 @@ def test_migrations_match_models(store: Store) -> None:
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
         assert ctx.get_current_revision() == head_revision()
-        diff = [d for d in compare_metadata(ctx, Base.metadata) if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")]
+        diff = [
+            d
+            for d in compare_metadata(ctx, Base.metadata)
+            if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")
+        ]
     assert diff == []
 
 

@@ -39,8 +39,14 @@ def proxy() -> Iterator[PausableProxy]:
 
 
 def _section(url: str, schema: str, **over: object) -> StoreSection:
-    base: dict[str, object] = {"url": url, "db_schema": schema, "connect_timeout_s": 2, "stall_s": 2.0,
-                               "statement_timeout_ms": 1500, "lock_timeout_ms": 700}
+    base: dict[str, object] = {
+        "url": url,
+        "db_schema": schema,
+        "connect_timeout_s": 2,
+        "stall_s": 2.0,
+        "statement_timeout_ms": 1500,
+        "lock_timeout_ms": 700,
+    }
     return StoreSection(**(base | over))
 
 

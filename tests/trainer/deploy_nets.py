@@ -73,6 +73,6 @@ def rgb_images(n: int, size: int = 48, seed: int = 0) -> list[np.ndarray]:
     for _ in range(n):
         img = rng.integers(60, 120, (size, size, 3), dtype=np.uint8)
         y, x = rng.integers(4, size - 12, 2)
-        img[y:y + 8, x:x + 8] = rng.integers(150, 255)
+        img[y : y + 8, x : x + 8] = rng.integers(150, 255)
         out.append(img)
     return out

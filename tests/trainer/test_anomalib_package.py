@@ -38,8 +38,10 @@ INPUT = (64, 64)
 
 @pytest.fixture(scope="module")
 def synthetic_parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_base_data(tmp_path_factory.mktemp("parts") / "base",
-                           DriftScenario(image_size=PARTS_PX, train_good=50, test_good=10, test_defects=4))
+    return write_base_data(
+        tmp_path_factory.mktemp("parts") / "base",
+        DriftScenario(image_size=PARTS_PX, train_good=50, test_good=10, test_defects=4),
+    )
 
 
 @pytest.fixture(scope="module", params=["padim", "patchcore"])
@@ -76,8 +78,15 @@ def test_station_worker_judges_frames_with_the_package(zoo_package, station_conf
     kinds = ["good"] * 12 + ["spot", "scratch", "chip"] * 4
     metas = []
     for seq, kind in enumerate(kinds):
-        meta = FrameMeta(station=station_config.station.id, camera="cam0", seq=seq, part_id=f"z{seq}",
-                         captured_at=time.time(), encoding="jpeg", truth=kind)
+        meta = FrameMeta(
+            station=station_config.station.id,
+            camera="cam0",
+            seq=seq,
+            part_id=f"z{seq}",
+            captured_at=time.time(),
+            encoding="jpeg",
+            truth=kind,
+        )
         bus.publish_frame(meta, encode_image(factory.make(kind), "jpeg", 90))
         metas.append(meta)
     worker.run(max_frames=len(metas), idle_exit_s=5)

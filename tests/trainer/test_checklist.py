@@ -33,9 +33,16 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     held = EvalSet(rgb_images(10, seed=3), ["good", "dent"] * 5, [None] * 10, "synthetic")
     with torch.no_grad():
         raw = net(torch.from_numpy(Preprocessor(PRE).batch(held.images)))[0].numpy()
-    spec = PackageSpec(name="chk", task="anomaly", preprocess=PRE, class_names=None,
-                       anomaly=AnomalySpec(threshold=float(np.median(raw))), latency_target_ms=1000.0,
-                       memory_budget_mb=2048.0, target_hardware="2-core AMD EPYC")
+    spec = PackageSpec(
+        name="chk",
+        task="anomaly",
+        preprocess=PRE,
+        class_names=None,
+        anomaly=AnomalySpec(threshold=float(np.median(raw))),
+        latency_target_ms=1000.0,
+        memory_budget_mb=2048.0,
+        target_hardware="2-core AMD EPYC",
+    )
     out = tmp_path_factory.mktemp("chk") / "pkg"
     cfg = QuantConfig(allow_few_calibration=True, bench_runs=5, bench_warmup=1)
     build_package(out, net, spec, held, calibration_images=rgb_images(6, seed=4), quant_config=cfg)
@@ -70,18 +77,22 @@ def test_missing_latency_target_fails(package: Path, tmp_path: Path) -> None:
     assert "FAIL" in result.output
 
 
-@pytest.mark.parametrize("change, key", [
-    (lambda d: d.update(target_hardware=None), "target_hardware"),
-    (lambda d: d["benchmark"].pop("torch_eager_ms"), "baseline"),
-    (lambda d: d["benchmark"].pop("int8"), "int8"),
-    (lambda d: d["benchmark"]["int8"].update(reason=""), "int8"),
-    (lambda d: d["parity"].update(passed=False, failures=["class_probs diff 0.3"]), "parity"),
-    (lambda d: d.update(parity={}), "parity"),
-    (lambda d: d["benchmark"].update(hardware="Some other CPU (64 cores)"), "benchmark"),
-    (lambda d: d.update(memory_budget_mb=None), "memory"),
-])
-def test_bad_or_missing_figure_fails(package: Path, tmp_path: Path, change: Callable[[dict[str, Any]], None],
-                                     key: str) -> None:
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda d: d.update(target_hardware=None), "target_hardware"),
+        (lambda d: d["benchmark"].pop("torch_eager_ms"), "baseline"),
+        (lambda d: d["benchmark"].pop("int8"), "int8"),
+        (lambda d: d["benchmark"]["int8"].update(reason=""), "int8"),
+        (lambda d: d["parity"].update(passed=False, failures=["class_probs diff 0.3"]), "parity"),
+        (lambda d: d.update(parity={}), "parity"),
+        (lambda d: d["benchmark"].update(hardware="Some other CPU (64 cores)"), "benchmark"),
+        (lambda d: d.update(memory_budget_mb=None), "memory"),
+    ],
+)
+def test_bad_or_missing_figure_fails(
+    package: Path, tmp_path: Path, change: Callable[[dict[str, Any]], None], key: str
+) -> None:
     assert failed(edited(package, tmp_path / "p", change)) == {key}
 
 

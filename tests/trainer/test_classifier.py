@@ -53,8 +53,9 @@ def test_split_freezes_stride_8_16_blocks() -> None:
         split_backbone(bb, 3)
     parts = split_backbone(bb, 2)
     frozen = {n for n, p in bb.named_parameters() if not p.requires_grad}
-    assert all(n.startswith(("conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4"))
-               for n in frozen)
+    assert all(
+        n.startswith(("conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4")) for n in frozen
+    )
     assert all(p.requires_grad for p in parts.tail.parameters())
     x = torch.randn(1, 3, 64, 64)
     bb.eval()

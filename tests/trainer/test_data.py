@@ -56,7 +56,9 @@ def test_snapshot_hash_depends_on_content_and_labels(class_data: Path) -> None:
     samples, _ = scan_class_folders(class_data)
     h = snapshot_hash(samples)
     assert h == snapshot_hash(list(reversed(samples)))
-    relabelled = [s.__class__(s.path, s.label, "x" if i == 0 else s.label_name, s.sha256) for i, s in enumerate(samples)]
+    relabelled = [
+        s.__class__(s.path, s.label, "x" if i == 0 else s.label_name, s.sha256) for i, s in enumerate(samples)
+    ]
     assert snapshot_hash(relabelled) != h
 
 

@@ -8,11 +8,20 @@ from trainer.experiment_log import ExperimentRecord, PolicyFields, append_run, p
 
 
 def _rec(policy: str, acc: float) -> ExperimentRecord:
-    return ExperimentRecord(task="classification", dataset="d", dataset_hash="ab" * 32,
-                            architecture={"backbone": "tf_efficientnet_lite0", "head": "linear", "image_size": 224,
-                                          "epochs": 3, "lr": 1e-3},
-                            policy=PolicyFields(name=policy, hash="0123456789abcdef", transforms=["hflip[safe]"]),
-                            metrics={"test_accuracy": acc})
+    return ExperimentRecord(
+        task="classification",
+        dataset="d",
+        dataset_hash="ab" * 32,
+        architecture={
+            "backbone": "tf_efficientnet_lite0",
+            "head": "linear",
+            "image_size": 224,
+            "epochs": 3,
+            "lr": 1e-3,
+        },
+        policy=PolicyFields(name=policy, hash="0123456789abcdef", transforms=["hflip[safe]"]),
+        metrics={"test_accuracy": acc},
+    )
 
 
 def test_append_read_and_print(tmp_path: Path) -> None:

@@ -67,8 +67,18 @@ def test_graph_matches_numpy_path_with_a_probe(parts: dict, tmp_path: Path) -> N
     rng = np.random.default_rng(0)
     pooled, emb = extract(p["backbone"], head0.wknn.embed, head0.pool_take, p["pre"], p["good"][:20])
     x = numpy_features(head0.wknn, pooled, emb)
-    model = FusionModel(x.mean(0), np.maximum(x.std(0), 1e-6), rng.normal(0, 0.05, d), 0.7, 0.1,
-                        float(x[:, pooled.shape[1]].mean()), 0.2, alpha=1.0, origin=0.3, spread=1.7)
+    model = FusionModel(
+        x.mean(0),
+        np.maximum(x.std(0), 1e-6),
+        rng.normal(0, 0.05, d),
+        0.7,
+        0.1,
+        float(x[:, pooled.shape[1]].mean()),
+        0.2,
+        alpha=1.0,
+        origin=0.3,
+        spread=1.7,
+    )
     head = FusionHead(head0.wknn, head0.pool_take, model, 2.0, -0.5, 0.25).eval()
     want = _numpy_scores(head, model, p, p["probe"])
     t_score, o_score, outs = _graph(head, p, p["probe"], tmp_path)
@@ -81,8 +91,9 @@ def test_graph_matches_numpy_path_with_a_probe(parts: dict, tmp_path: Path) -> N
 
 def test_fit_with_labels_places_the_threshold_on_unseen_goods(parts: dict, tmp_path: Path) -> None:
     p = parts
-    head, spec, info = fit_fused_scorer(p["backbone"], p["pre"], p["good"], p["defects"], CFG, 0.1,
-                                        threshold_folds=1)  # the package's fold only (5 folds: 25 fits)
+    head, spec, info = fit_fused_scorer(
+        p["backbone"], p["pre"], p["good"], p["defects"], CFG, 0.1, threshold_folds=1
+    )  # the package's fold only (5 folds: 25 fits)
     _, hold = split_holdout(len(p["good"]), CFG.holdout_every)
     assert info["threshold_images"] == len(hold) == 12 and info["labelled_defects"] == 24
     assert info["inner_folds"] == 4 and info["threshold_rule"].startswith("upper_bound")
@@ -99,10 +110,18 @@ def test_fit_with_labels_places_the_threshold_on_unseen_goods(parts: dict, tmp_p
 def head_model(head: FusionHead) -> FusionModel:
     """The FusionModel a head applies (rebuilt from its buffers)."""
     c = head.consts.numpy()
-    return FusionModel(head.x_mean.numpy().astype(np.float64), head.x_scale.numpy().astype(np.float64),
-                       head.coef.numpy().astype(np.float64) if head.uses_probe else np.zeros(len(head.coef)),
-                       float(c[0]), float(c[1]), float(c[2]), float(c[3]), 1.0 if head.uses_probe else 0.0,
-                       float(c[4]), float(c[5]))
+    return FusionModel(
+        head.x_mean.numpy().astype(np.float64),
+        head.x_scale.numpy().astype(np.float64),
+        head.coef.numpy().astype(np.float64) if head.uses_probe else np.zeros(len(head.coef)),
+        float(c[0]),
+        float(c[1]),
+        float(c[2]),
+        float(c[3]),
+        1.0 if head.uses_probe else 0.0,
+        float(c[4]),
+        float(c[5]),
+    )
 
 
 def test_too_few_defects_fall_back_to_the_good_only_score(parts: dict, tmp_path: Path) -> None:

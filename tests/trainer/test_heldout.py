@@ -43,8 +43,9 @@ def test_freeze_selects_half_of_every_test_folder_and_never_changes(tmp_path: Pa
 def test_cli_freeze_and_show(tmp_path: Path) -> None:
     base = _base(tmp_path / "base")
     cfg = tmp_path / "station.yaml"
-    cfg.write_text(yaml.safe_dump({"station": {"id": "s1", "data_dir": str(tmp_path / "st")},
-                                   "jobs": {"base_data": str(base)}}))
+    cfg.write_text(
+        yaml.safe_dump({"station": {"id": "s1", "data_dir": str(tmp_path / "st")}, "jobs": {"base_data": str(base)}})
+    )
     run = [sys.executable, "-m", "trainer.cli", "heldout"]
     out = subprocess.run([*run, "freeze", "--config", str(cfg)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr

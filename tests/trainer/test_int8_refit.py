@@ -34,7 +34,7 @@ def _images(n: int, seed: int, defect: bool = False) -> list[np.ndarray]:
         img = np.clip(rng.normal(128, 12, (SIZE, SIZE, 1)), 0, 255).repeat(3, 2)
         if defect:
             y, x = rng.integers(8, SIZE - 16, 2)
-            img[y:y + 10, x:x + 10] = 250
+            img[y : y + 10, x : x + 10] = 250
         out.append(img.astype(np.uint8))
     return out
 
@@ -42,16 +42,19 @@ def _images(n: int, seed: int, defect: bool = False) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def fitted() -> dict[str, object]:
     torch.manual_seed(0)
-    backbone = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=CFG.out_indices,
-                                 pretrained=False).eval()
+    backbone = timm.create_model(
+        "tf_efficientnet_lite0", features_only=True, out_indices=CFG.out_indices, pretrained=False
+    ).eval()
     pre = Preprocessor(PRE)
     good = _images(30, 1)
     fit_idx, hold_idx = split_holdout(len(good), CFG.holdout_every)
     scorer = fit_anomaly_scorer(backbone, torch.from_numpy(pre.batch([good[i] for i in fit_idx])), CFG)
     net = InspectionNet(backbone, scorer=scorer).eval()
     hold = net_scores(net, pre, [good[i] for i in hold_idx])
-    info = {"score_origin": float(np.median(hold)),
-            "threshold_good_quantile": threshold_good_quantile(hold, CFG.target_false_reject)}
+    info = {
+        "score_origin": float(np.median(hold)),
+        "threshold_good_quantile": threshold_good_quantile(hold, CFG.target_false_reject),
+    }
     return {"backbone": backbone, "pre": pre, "good": good, "net": net, "info": info}
 
 
@@ -59,13 +62,27 @@ def test_refit_int8_graph_is_gated_against_the_package_fp32(fitted: dict[str, ob
     pre, good, info = fitted["pre"], fitted["good"], fitted["info"]
     held_images = _images(6, 7) + _images(6, 8, defect=True)
     held = EvalSet(held_images, ["good"] * 6 + ["blob"] * 6, [None] * 12, "synthetic")
-    spec = PackageSpec(name="refit", task="anomaly", preprocess=PRE, class_names=None,
-                       anomaly=AnomalySpec(threshold=info["threshold_good_quantile"], score_origin=info["score_origin"]),  # type: ignore[arg-type]
-                       latency_target_ms=500.0, memory_budget_mb=1024.0)
+    spec = PackageSpec(
+        name="refit",
+        task="anomaly",
+        preprocess=PRE,
+        class_names=None,
+        anomaly=AnomalySpec(threshold=info["threshold_good_quantile"], score_origin=info["score_origin"]),  # type: ignore[arg-type]
+        latency_target_ms=500.0,
+        memory_budget_mb=1024.0,
+    )
     refit = int8_scorer_refit(fitted["backbone"], pre, good, CFG, info, held_images[:1])  # type: ignore[arg-type]
-    result = build_package(tmp_path / "pkg", fitted["net"], spec, held, calibration_images=good[:8],  # type: ignore[arg-type]
-                           quant_config=QuantConfig(allow_few_calibration=True, bench_runs=5, bench_warmup=1),
-                           n_canaries=2, int8_refit=refit, checklist=False)
+    result = build_package(
+        tmp_path / "pkg",
+        fitted["net"],
+        spec,
+        held,
+        calibration_images=good[:8],  # type: ignore[arg-type]
+        quant_config=QuantConfig(allow_few_calibration=True, bench_runs=5, bench_warmup=1),
+        n_canaries=2,
+        int8_refit=refit,
+        checklist=False,
+    )
     bench = result.manifest.benchmark
     assert "report" in bench["int8_refit"], bench["int8_refit"]
     rep = bench["int8_refit"]["report"]

@@ -67,8 +67,9 @@ def test_crossfit_plan_never_scores_a_fitted_image() -> None:
     for p in plan:
         scored_half = set(test_good[half == p.good_rotation].tolist())
         assert set(p.scored.tolist()) - defects == scored_half, "one test/good half is scored"
-        assert set(p.threshold_good.tolist()) & set(test_good.tolist()) == set(test_good.tolist()) - scored_half, \
+        assert set(p.threshold_good.tolist()) & set(test_good.tolist()) == set(test_good.tolist()) - scored_half, (
             "the other half sets the threshold"
+        )
         assert not set(p.scored.tolist()) & set(is_train.nonzero()[0]), "train/good is never scored"
         assert set(p.train_defect.tolist()) | (set(p.scored.tolist()) & defects) == defects
         if p.fraction == 0:
@@ -85,19 +86,43 @@ def test_crossfit_plan_never_scores_a_fitted_image() -> None:
         scored_goods = [i for p in group if p.good_fold == 0 for i in p.scored.tolist() if is_test[i]]
         assert sorted(scored_goods) == sorted(test_good.tolist()), "every test/good scored exactly once"
     last = plan[-1]
-    leaky = FoldFit(0.5, 0, 0, last.train_good, last.anomaly_fit_good, last.threshold_good,
-                    last.train_defect, np.concatenate([last.scored, last.train_defect[:1]]))
+    leaky = FoldFit(
+        0.5,
+        0,
+        0,
+        last.train_good,
+        last.anomaly_fit_good,
+        last.threshold_good,
+        last.train_defect,
+        np.concatenate([last.scored, last.train_defect[:1]]),
+    )
     with pytest.raises(AssertionError):
         check_plan([leaky])
-    thr_leak = FoldFit(0.5, 0, 0, last.train_good, last.anomaly_fit_good,
-                       np.concatenate([last.threshold_good, last.scored[:1]]), last.train_defect, last.scored)
+    thr_leak = FoldFit(
+        0.5,
+        0,
+        0,
+        last.train_good,
+        last.anomaly_fit_good,
+        np.concatenate([last.threshold_good, last.scored[:1]]),
+        last.train_defect,
+        last.scored,
+    )
     with pytest.raises(AssertionError):
         check_plan([thr_leak])
     twice = [p for p in plan if (p.fraction, p.rotation, p.good_fold) == (0.5, 0, 0)]
     moved = twice[0].scored[0]  # a test/good image of half 0, now also scored (not thresholding) in rotation 1
-    both = FoldFit(0.5, 0, 0, twice[1].train_good, twice[1].anomaly_fit_good,
-                   twice[1].threshold_good[twice[1].threshold_good != moved], twice[1].train_defect,
-                   np.concatenate([twice[1].scored, [moved]]), good_rotation=1)
+    both = FoldFit(
+        0.5,
+        0,
+        0,
+        twice[1].train_good,
+        twice[1].anomaly_fit_good,
+        twice[1].threshold_good[twice[1].threshold_good != moved],
+        twice[1].train_defect,
+        np.concatenate([twice[1].scored, [moved]]),
+        good_rotation=1,
+    )
     with pytest.raises(AssertionError, match="scored 2 times"):
         check_plan([twice[0], both], is_test)  # a test/good image scored in both good rotations
     assert np.bincount(good_fold_ids(50, 5)).tolist() == [10] * 5
@@ -121,8 +146,9 @@ def test_test_good_halves_match_the_station_heldout_selection(tmp_path: Path) ->
     assert np.bincount(half).tolist() == [5, 4]
 
 
-def _synthetic(rng: np.random.Generator, n_good: int, n_def: int, d: int, informative: float,
-               anomaly_shift: float = 1.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _synthetic(
+    rng: np.random.Generator, n_good: int, n_def: int, d: int, informative: float, anomaly_shift: float = 1.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Goods N(0, 1); defects shifted by ``anomaly_shift`` in the anomaly score and ``informative`` in 5 features."""
     x = rng.standard_normal((n_good + n_def, d))
     x[n_good:, :5] += informative
@@ -169,8 +195,15 @@ def _synthetic_table(rng: np.random.Generator) -> tuple[ImageTable, AnomalyCross
     outer = rng.standard_normal((cfg.good_folds, n, 6)).astype(np.float32)
     outer[:, is_def, 0] += 2.0
     inner = rng.standard_normal((cfg.good_folds, n, 6)).astype(np.float32)
-    table = ImageTable([f"img{i}.png" for i in range(n)], is_train, is_test, classes, pooled,
-                       np.zeros((n, 1, 1, 1), np.float16), [f"{i:064x}" for i in range(int(is_test.sum()))])
+    table = ImageTable(
+        [f"img{i}.png" for i in range(n)],
+        is_train,
+        is_test,
+        classes,
+        pooled,
+        np.zeros((n, 1, 1, 1), np.float16),
+        [f"{i:064x}" for i in range(int(is_test.sum()))],
+    )
     return table, AnomalyCrossFit(outer, inner, gfold), cfg
 
 
@@ -208,7 +241,7 @@ def test_cli_json_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     png = tmp_path / "curve.png"
     res = CliRunner().invoke(app, ["learning-curve", str(tmp_path), "--json", "--plot", str(png)])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout[res.stdout.index("{"):])
+    out = json.loads(res.stdout[res.stdout.index("{") :])
     assert [p["labelled_fraction"] for p in out["points"]] == list(cfg.fractions)
     assert png.is_file() and png.stat().st_size > 1000
     res = CliRunner().invoke(app, ["learning-curve", str(tmp_path)])

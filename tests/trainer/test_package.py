@@ -26,9 +26,17 @@ def heldout(n: int = 12) -> EvalSet:
 
 def spec(threshold: float) -> PackageSpec:
     return PackageSpec(
-        name="tiny", task="combined", preprocess=PRE, class_names=["good", "defect"], temperature=1.5,
-        anomaly=AnomalySpec(threshold=threshold), data={"snapshot": "abc123"}, augmentation={"policy": "none"},
-        architecture={"backbone": "TinyBackbone"}, latency_target_ms=500.0, memory_budget_mb=1024.0,
+        name="tiny",
+        task="combined",
+        preprocess=PRE,
+        class_names=["good", "defect"],
+        temperature=1.5,
+        anomaly=AnomalySpec(threshold=threshold),
+        data={"snapshot": "abc123"},
+        augmentation={"policy": "none"},
+        architecture={"backbone": "TinyBackbone"},
+        latency_target_ms=500.0,
+        memory_budget_mb=1024.0,
         target_hardware="2-core AMD EPYC, AVX-512 VNNI",
     )
 
@@ -42,8 +50,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = run_onnx_scores(net, Preprocessor(PRE).batch(held.images))
     out = tmp_path_factory.mktemp("pkg") / "tiny-pkg"
     cfg = QuantConfig(allow_few_calibration=True, bench_runs=5, bench_warmup=1)
-    build_package(out, net, spec(float(np.quantile(raw, 0.9))), held, calibration_images=rgb_images(8, seed=9),
-                  quant_config=cfg, n_canaries=4)
+    build_package(
+        out,
+        net,
+        spec(float(np.quantile(raw, 0.9))),
+        held,
+        calibration_images=rgb_images(8, seed=9),
+        quant_config=cfg,
+        n_canaries=4,
+    )
     return out
 
 
@@ -77,7 +92,15 @@ def test_manifest_records_drift_reference_metrics_and_checklist(built: Path) -> 
     assert ref["anomaly_score_good"]["n"] == 6
     held = m.metrics["heldout"]
     assert held["anomaly"]["n"] == 12 and held["classifier"]["n"] == 12
-    assert set(m.checklist["items"]) == {"latency", "target_hardware", "baseline", "int8", "parity", "benchmark", "memory"}
+    assert set(m.checklist["items"]) == {
+        "latency",
+        "target_hardware",
+        "baseline",
+        "int8",
+        "parity",
+        "benchmark",
+        "memory",
+    }
     assert m.checklist["items"]["parity"]["passed"]
 
 
@@ -106,7 +129,9 @@ def test_evaluate_through_station_runtime_with_masks_and_plots(built: Path, tmp_
     from trainer.evaluate import evaluate_package
 
     held = heldout()
-    held.masks = [None if n == "good" else (img[:, :, 0] > 140) for n, img in zip(held.label_names, held.images, strict=True)]
+    held.masks = [
+        None if n == "good" else (img[:, :, 0] > 140) for n, img in zip(held.label_names, held.images, strict=True)
+    ]
     report = evaluate_package(built, held, plots_dir=tmp_path / "plots")
     an, cl = report["anomaly"], report["classifier"]
     assert 0 <= an["image_auroc"] <= 1 and an["pixel_auroc"] is not None

@@ -36,7 +36,10 @@ def test_only_backbone_convs_are_quantised_u8s8(fp32: Path, tmp_path: Path) -> N
     dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     for node in graph.node:
         quantised_input = any(i in dq_outputs for i in node.input)
-        if not node.name.startswith(("/backbone/", "/classifier/")) and node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+        if not node.name.startswith(("/backbone/", "/classifier/")) and node.op_type not in (
+            "QuantizeLinear",
+            "DequantizeLinear",
+        ):
             assert not quantised_input, f"{node.name} ({node.op_type}) outside the backbone was quantised"
     inits = {i.name: i for i in graph.initializer}
     zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits]
@@ -91,8 +94,9 @@ def test_combined_gate_checks_every_metric() -> None:
 
 
 def test_keep_fp32_leaves_the_named_layers_unquantised(fp32: Path, tmp_path: Path) -> None:
-    n = quantize_int8(fp32, tmp_path / "q.onnx", list(images(10).numpy()),
-                      QuantConfig(**FAST, keep_fp32=["/backbone/s1/"]))
+    n = quantize_int8(
+        fp32, tmp_path / "q.onnx", list(images(10).numpy()), QuantConfig(**FAST, keep_fp32=["/backbone/s1/"])
+    )
     assert n == 2
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     dq_outputs = {o for node in graph.node if node.op_type == "DequantizeLinear" for o in node.output}

@@ -78,14 +78,26 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("retrain")
     base = _write_base(root / "base")
     (root / "recipe.yaml").write_text(RECIPE)
-    cfg = parse_config({"station": {"id": "rt", "data_dir": str(root / "station")},
-                        "jobs": {"base_data": str(base), "anomaly_image_size": SIZE, "train_images": 90, "calibration_images": 100,
-                                 "classifier_recipe": str(root / "recipe.yaml"), "min_class_frames": 10}},
-                       environ={})
+    cfg = parse_config(
+        {
+            "station": {"id": "rt", "data_dir": str(root / "station")},
+            "jobs": {
+                "base_data": str(base),
+                "anomaly_image_size": SIZE,
+                "train_images": 90,
+                "calibration_images": 100,
+                "classifier_recipe": str(root / "recipe.yaml"),
+                "min_class_frames": 10,
+            },
+        },
+        environ={},
+    )
     store = open_store(cfg)
     held = load_heldout_set(cfg.data_dir, base)
     leaked = next(i for i in held.items if i.label == "scratch")
-    label_frames(cfg, store, [(Path(leaked.path).read_bytes(), "scratch")], ext="jpg", tag="old")  # a held-out frame, labelled
+    label_frames(
+        cfg, store, [(Path(leaked.path).read_bytes(), "scratch")], ext="jpg", tag="old"
+    )  # a held-out frame, labelled
     t0 = time.perf_counter()
     try:
         first = retrain.build_candidate(cfg, store, "first0", reason="first model")
@@ -104,12 +116,21 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     label_frames(cfg, store, recent, ext="jpg", tag="new")
     n_writes_before = len(writes.folders)
     t0 = time.perf_counter()
-    second = retrain.build_candidate(cfg, store, "second0", since=since, incumbent=inc["path"],
-                                     incumbent_version=inc["version"], reason="test")
+    second = retrain.build_candidate(
+        cfg, store, "second0", since=since, incumbent=inc["path"], incumbent_version=inc["version"], reason="test"
+    )
     t_second = time.perf_counter() - t0
     print(f"\n[retrain] first {t_first:.1f} s, second {t_second:.1f} s")
-    yield {"cfg": cfg, "store": store, "first": first, "second": second, "held": held, "leaked": leaked,
-           "writes": writes.folders[n_writes_before:], "all_writes": list(writes.folders)}
+    yield {
+        "cfg": cfg,
+        "store": store,
+        "first": first,
+        "second": second,
+        "held": held,
+        "leaked": leaked,
+        "writes": writes.folders[n_writes_before:],
+        "all_writes": list(writes.folders),
+    }
     mp.undo()
     store.close()
 

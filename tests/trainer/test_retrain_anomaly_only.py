@@ -41,10 +41,13 @@ def _write_base(root: Path) -> Path:
 def first_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("retrain-anomaly")
     base = _write_base(root / "base")
-    cfg = parse_config({"station": {"id": "ra", "data_dir": str(root / "station")},
-                        "jobs": {"base_data": str(base), "anomaly_image_size": SIZE, "train_images": 100,
-                                 "min_class_frames": 10}},
-                       environ={})
+    cfg = parse_config(
+        {
+            "station": {"id": "ra", "data_dir": str(root / "station")},
+            "jobs": {"base_data": str(base), "anomaly_image_size": SIZE, "train_images": 100, "min_class_frames": 10},
+        },
+        environ={},
+    )
     store = open_store(cfg)
     try:
         built = retrain.build_candidate(cfg, store, "anomaly0", reason="first model")

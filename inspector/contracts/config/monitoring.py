@@ -22,7 +22,9 @@ class ReviewSection(Section):
     lease_s: float = Field(300, gt=0, le=86_400, description="How long a labeller holds an item.")
     audit_seed: int = Field(0, ge=0, description="Seed of the random PASS audit (same frame id, same choice).")
     queue_size: int = Field(
-        2000, ge=1, le=100_000,
+        2000,
+        ge=1,
+        le=100_000,
         description="Sampled frames (with their image) waiting in Redis to be archived and queued, e.g. while the database or disk is down; more are dropped and counted.",
     )
     review_maxlen: int = Field(10_000, ge=100, le=1_000_000, description="Bound of the review stream.")
@@ -36,10 +38,19 @@ class DriftSection(Section):
     cooldown_s: float = Field(600, ge=0, description="Quiet time after an alarm.")
     check_every: int = Field(10, ge=1, le=100_000, description="Frames between two drift checks of the full window.")
     mean_shift_sigma: float = Field(
-        1.0, gt=0, description="Window mean this many reference standard deviations away trips a statistic (with the KS test)."
+        1.0,
+        gt=0,
+        description="Window mean this many reference standard deviations away trips a statistic (with the KS test).",
     )
-    review_rate_delta: float = Field(0.15, gt=0, le=1, description="Absolute change of the REVIEW share that trips (with a binomial test).")
+    review_rate_delta: float = Field(
+        0.15, gt=0, le=1, description="Absolute change of the REVIEW share that trips (with a binomial test)."
+    )
     operator_report_rate: float = Field(
-        0.05, gt=0, le=1, description="Share of the window's verdicts an operator reported wrong that trips (statistic operator_reports)."
+        0.05,
+        gt=0,
+        le=1,
+        description="Share of the window's verdicts an operator reported wrong that trips (statistic operator_reports).",
     )
-    operator_report_min: int = Field(3, ge=1, le=100_000, description="Fewest operator reports in the window before operator_reports can trip.")
+    operator_report_min: int = Field(
+        3, ge=1, le=100_000, description="Fewest operator reports in the window before operator_reports can trip."
+    )

@@ -40,7 +40,9 @@ class ProductSection(Section):
     """One product the line makes: the model package that judges its frames and, optionally, its own thresholds."""
 
     package: Path = Field(description="Model package folder of this product; workers keep it loaded and warm.")
-    policy: PolicySection | None = Field(None, description="Decision thresholds of this product (unset: the station's policy).")
+    policy: PolicySection | None = Field(
+        None, description="Decision thresholds of this product (unset: the station's policy)."
+    )
 
 
 class StationConfig(Section):
@@ -64,10 +66,13 @@ class StationConfig(Section):
     identity: IdentitySection = Field(default_factory=IdentitySection)
     shadow: ShadowSection = Field(default_factory=ShadowSection)
     products: dict[str, ProductSection] = Field(
-        default_factory=dict, description="Products the line makes, by name (`inspector product switch NAME` changes "
-                                          "over). Empty: one product, judged by model.package or the registry's active model.")
-    product: str | None = Field(None, description="The product on the line when the station first starts (default: "
-                                                  "the first of products).")
+        default_factory=dict,
+        description="Products the line makes, by name (`inspector product switch NAME` changes "
+        "over). Empty: one product, judged by model.package or the registry's active model.",
+    )
+    product: str | None = Field(
+        None, description="The product on the line when the station first starts (default: the first of products)."
+    )
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
 
@@ -81,7 +86,9 @@ class StationConfig(Section):
             raise ValueError("camera.source.url is required when camera.source.kind is 'url'")
         for name in self.products:
             if not PRODUCT_RE.match(name):
-                raise ValueError(f"products: {name!r} is not a product name: use letters, digits, '_', '.' or '-' (at most 64)")
+                raise ValueError(
+                    f"products: {name!r} is not a product name: use letters, digits, '_', '.' or '-' (at most 64)"
+                )
         self._check_views()
         if self.product is not None and self.product not in self.products:
             known = ", ".join(self.products) or "none (products is empty)"
@@ -105,8 +112,10 @@ class StationConfig(Section):
         key = "camera.views" if self.camera.views else "camera.view" if self.camera.view else "camera.id"
         for name in taken:
             if name not in views:
-                raise ValueError(f"{key}: view {name!r} is not one of parts.views ({', '.join(views)}); set camera.view "
-                                 f"to one of them")
+                raise ValueError(
+                    f"{key}: view {name!r} is not one of parts.views ({', '.join(views)}); set camera.view "
+                    f"to one of them"
+                )
 
     @property
     def data_dir(self) -> Path:

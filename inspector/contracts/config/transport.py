@@ -22,15 +22,20 @@ class SentinelSection(Section):
     """Redis Sentinel: the station asks the sentinels which server is the master and follows a failover."""
 
     hosts: list[str] = Field(
-        ..., min_length=1, max_length=16,
+        ...,
+        min_length=1,
+        max_length=16,
         description="Sentinels as host:port, e.g. [10.0.0.5:26379, 10.0.0.6:26379, 10.0.0.7:26379] (three on separate hosts).",
     )
     master: str = Field(
-        "inspector", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        "inspector",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="Name of the master the sentinels monitor (`sentinel monitor NAME ...` in sentinel.conf).",
     )
     username: str | None = Field(None, description="ACL user of the sentinels (their own, not the master's).")
-    password: str | None = Field(None, description="Password of the sentinels (sentinel requirepass); the master's is redis.password.")
+    password: str | None = Field(
+        None, description="Password of the sentinels (sentinel requirepass); the master's is redis.password."
+    )
     socket_timeout_s: float = Field(0.5, gt=0, le=30, description="Timeout of one question to one sentinel.")
 
     @field_validator("hosts")
@@ -39,7 +44,9 @@ class SentinelSection(Section):
         for i, h in enumerate(hosts):
             host, sep, port = h.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"hosts[{i}] {h!r} is not host:port: write e.g. 10.0.0.5:26379 (26379 is Sentinel's port)")
+                raise ValueError(
+                    f"hosts[{i}] {h!r} is not host:port: write e.g. 10.0.0.5:26379 (26379 is Sentinel's port)"
+                )
         if len(set(hosts)) != len(hosts):
             raise ValueError("hosts lists a sentinel twice: list each sentinel once")
         return hosts
@@ -66,16 +73,21 @@ class RedisSection(Section):
     socket_timeout_s: float = Field(5.0, gt=0, le=120, description="Socket timeout of Redis calls.")
     reconnect: ReconnectSection = Field(default_factory=ReconnectSection)
     sentinel: SentinelSection | None = Field(
-        None, description="Redis Sentinel (high availability): every client finds the master through the sentinels. "
-                          "Unset: redis.url or the embedded server.",
+        None,
+        description="Redis Sentinel (high availability): every client finds the master through the sentinels. "
+        "Unset: redis.url or the embedded server.",
     )
     wait_replicas: int | None = Field(
-        None, ge=0, le=16,
+        None,
+        ge=0,
+        le=16,
         description="A verdict is acknowledged only once WAIT says this many replicas hold it. Unset: 1 with "
-                    "redis.sentinel, 0 (no WAIT) otherwise.",
+        "redis.sentinel, 0 (no WAIT) otherwise.",
     )
     wait_timeout_ms: int = Field(
-        250, ge=1, le=60_000,
+        250,
+        ge=1,
+        le=60_000,
         description="Longest WAIT on a verdict commit; fewer replicas by then: not acknowledged, the frame is retried.",
     )
 
@@ -89,8 +101,10 @@ class RedisSection(Section):
     @model_validator(mode="after")
     def _one_way_to_redis(self) -> RedisSection:
         if self.sentinel is not None and self.url:
-            raise ValueError("redis.url and redis.sentinel are both set: with Sentinel the sentinels name the master; "
-                             "remove redis.url (keep redis.password for the master)")
+            raise ValueError(
+                "redis.url and redis.sentinel are both set: with Sentinel the sentinels name the master; "
+                "remove redis.url (keep redis.password for the master)"
+            )
         return self
 
     @field_validator("url")
@@ -98,6 +112,8 @@ class RedisSection(Section):
     def _redis_scheme(cls, url: str | None) -> str | None:
         if url is not None and not url.startswith(REDIS_URL_SCHEMES):
             shown = shown_value("url", url)  # never echo a password
-            raise ValueError(f"{shown!r} is not a Redis URL: use redis://host:6379/0, rediss://host:6380/0 (TLS) "
-                             "or unix:///path/to/redis.sock")
+            raise ValueError(
+                f"{shown!r} is not a Redis URL: use redis://host:6379/0, rediss://host:6380/0 (TLS) "
+                "or unix:///path/to/redis.sock"
+            )
         return url

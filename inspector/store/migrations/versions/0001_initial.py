@@ -105,8 +105,12 @@ def _labels() -> None:
     for col in ("frame_id", "label", "user", "created_at"):
         op.create_index(f"ix_labels_{col}", "labels", [col])
     op.create_index(
-        "uq_labels_current_frame", "labels", ["frame_id"], unique=True,
-        sqlite_where=sa.text("is_current = 1"), postgresql_where=sa.text("is_current"),
+        "uq_labels_current_frame",
+        "labels",
+        ["frame_id"],
+        unique=True,
+        sqlite_where=sa.text("is_current = 1"),
+        postgresql_where=sa.text("is_current"),
     )
 
 
@@ -179,6 +183,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("drift_alarms", "audit_log", "dataset_versions", "model_versions", "labels", "review_skips",
-                  "review_items", "verdicts"):
+    for table in (
+        "drift_alarms",
+        "audit_log",
+        "dataset_versions",
+        "model_versions",
+        "labels",
+        "review_skips",
+        "review_items",
+        "verdicts",
+    ):
         op.drop_table(table)

@@ -38,8 +38,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_audit_head"),
     )
     last = op.get_bind().execute(sa.text("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")).first()
-    op.bulk_insert(head, [{"id": 1, "store_id": uuid.uuid4().hex, "seq": last[0] if last else 0,
-                           "hash": last[1] if last else GENESIS, "mac": None}])
+    op.bulk_insert(
+        head,
+        [
+            {
+                "id": 1,
+                "store_id": uuid.uuid4().hex,
+                "seq": last[0] if last else 0,
+                "hash": last[1] if last else GENESIS,
+                "mac": None,
+            }
+        ],
+    )
 
 
 def downgrade() -> None:
