@@ -84,8 +84,14 @@ class MainWindow(QMainWindow):
     """Tabs for the views the signed-in role may use; one live feed and one DB worker shared by all; the job
     submitter (RQ by default) is handed to the maintenance view."""
 
-    def __init__(self, cfg: StationConfig, session: UserSession, services: Services | None = None,
-                 start_feed: bool = True, submitter: JobSubmitter | None = None) -> None:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        session: UserSession,
+        services: Services | None = None,
+        start_feed: bool = True,
+        submitter: JobSubmitter | None = None,
+    ) -> None:
         super().__init__()
         self.cfg, self.session = cfg, session
         self.services = services or Services(cfg)
@@ -102,7 +108,9 @@ class MainWindow(QMainWindow):
         self.connection = QLabel("connecting…")
         self._wire_feed()
         top = QHBoxLayout()
-        who = QLabel(f"Signed in: <b>{session.name}</b> — {ROLE_TITLES[session.role]} · station <b>{cfg.station.id}</b>")
+        who = QLabel(
+            f"Signed in: <b>{session.name}</b> — {ROLE_TITLES[session.role]} · station <b>{cfg.station.id}</b>"
+        )
         top.addWidget(who, 1)
         top.addWidget(self.connection)
         central = QWidget()

@@ -83,8 +83,9 @@ class LiveFeed(QThread):
             streams[s] = last[0][0] if last else "0-0"
             if s == self.names.frames and last:
                 self._emit_entries(s, last)
-        probe = HealthProbe(client, self.names, self.cfg.camera.id, camera_silence_s(self.cfg),
-                            self.cfg.line.require_camera)
+        probe = HealthProbe(
+            client, self.names, self.cfg.camera.id, camera_silence_s(self.cfg), self.cfg.line.require_camera
+        )
         self.connection.emit(True)
         next_health = 0.0
         while not self.isInterruptionRequested():
@@ -140,8 +141,9 @@ class ReviewNotices(QThread):
 
     arrived = Signal(int)
 
-    def __init__(self, cfg: StationConfig, block_ms: int = 1000, settle_ms: int = 100,
-                 parent: QObject | None = None) -> None:
+    def __init__(
+        self, cfg: StationConfig, block_ms: int = 1000, settle_ms: int = 100, parent: QObject | None = None
+    ) -> None:
         super().__init__(parent)
         self.cfg, self.block_ms, self.settle_ms = cfg, block_ms, settle_ms
         self.stream = Names(cfg.redis.prefix, cfg.station.id).review
@@ -151,8 +153,9 @@ class ReviewNotices(QThread):
         while not self.isInterruptionRequested():
             client: redis.Redis | None = None
             try:
-                client = fast_client(self.cfg, resolve_url(self.cfg, start_embedded=False),
-                                     timeout_s=self.block_ms / 1000 + 1.0)
+                client = fast_client(
+                    self.cfg, resolve_url(self.cfg, start_embedded=False), timeout_s=self.block_ms / 1000 + 1.0
+                )
                 self._read(client)  # returns only on interruption
             except (*REDIS_ERRORS, redis.RedisError) as err:
                 log.debug("review notices: Redis unavailable (%s)", err)
@@ -199,8 +202,9 @@ class DbWorker(QThread):
         self._failed.connect(self._on_failed)
         self.pending = 0
 
-    def submit(self, fn: Job, on_done: Callable[[Any], None] | None = None,
-               on_error: Callable[[str], None] | None = None) -> int:
+    def submit(
+        self, fn: Job, on_done: Callable[[Any], None] | None = None, on_error: Callable[[str], None] | None = None
+    ) -> int:
         job_id = next(self._ids)
         self._callbacks[job_id] = (on_done, on_error)
         self.pending += 1

@@ -43,8 +43,13 @@ def _data_dir_of_argv() -> Path | None:
     """The data folder of the station file given with -c/--config (to name it when a write failed without a path)."""
     argv = sys.argv[1:]
     for i, arg in enumerate(argv):
-        value = argv[i + 1] if arg in ("-c", "--config") and i + 1 < len(argv) else \
-            arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        value = (
+            argv[i + 1]
+            if arg in ("-c", "--config") and i + 1 < len(argv)
+            else arg.split("=", 1)[1]
+            if arg.startswith("--config=")
+            else None
+        )
         if value is not None:
             try:
                 return load_config(value).data_dir.resolve()
@@ -58,13 +63,17 @@ console = Console()
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Station YAML (default: built-in defaults + INSPECTOR_* env).")
 StandaloneOpt = typer.Option(
-    False, "--standalone", help="Run alone: own the station's data folder (lock) and its embedded Redis when no "
-                                "supervisor does. Without it the command only connects to the station's Redis.")
+    False,
+    "--standalone",
+    help="Run alone: own the station's data folder (lock) and its embedded Redis when no "
+    "supervisor does. Without it the command only connects to the station's Redis.",
+)
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _config(path: Path | None) -> StationConfig:
@@ -84,12 +93,17 @@ def demo(
     data: Path | None = typer.Option(None, help="Replay this image folder instead of synthetic parts."),
     fps: float = typer.Option(30.0, help="Camera frames per second."),
     workers: int = typer.Option(1, min=1, max=8, help="Inspection workers."),
-    package: Path | None = typer.Option(None, "--package", help="Inspect with this model package instead of the "
-                                        "demo's own (trained on the first run)."),
+    package: Path | None = typer.Option(
+        None, "--package", help="Inspect with this model package instead of the demo's own (trained on the first run)."
+    ),
     data_dir: Path = typer.Option(Path("station-data"), help="Station data folder (Redis AOF, models, database)."),
-    scenario: str | None = typer.Option(None, "--scenario", help="Play a scenario instead: 'drift' (the learning "
-                                        "loop: production, lighting change, drift alarm, labels, retraining, "
-                                        "gate, promotion, hot swap; in <data-dir>/scenario-drift)."),
+    scenario: str | None = typer.Option(
+        None,
+        "--scenario",
+        help="Play a scenario instead: 'drift' (the learning "
+        "loop: production, lighting change, drift alarm, labels, retraining, "
+        "gate, promotion, hot swap; in <data-dir>/scenario-drift).",
+    ),
     config: Path | None = ConfigOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -142,8 +156,10 @@ def _display_available() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         ok = False
     if not ok:
-        Console(stderr=True).print("[yellow]a display is set but the Qt GUI cannot open on it (for X11 install "
-                                   "libxcb-cursor0); showing the status table instead[/yellow]")
+        Console(stderr=True).print(
+            "[yellow]a display is set but the Qt GUI cannot open on it (for X11 install "
+            "libxcb-cursor0); showing the status table instead[/yellow]"
+        )
     return ok
 
 
@@ -181,8 +197,11 @@ def worker(
     max_frames: int | None = typer.Option(None, help="Exit after N frames."),
     idle_exit: float | None = typer.Option(None, help="Exit after this many idle seconds."),
     name: str | None = typer.Option(None, help="Consumer name (default host-pid)."),
-    record: bool = typer.Option(True, help="Run a verdict recorder thread (off where the station runs the recorder "
-                                      "process: the supervisor passes --no-record then)."),
+    record: bool = typer.Option(
+        True,
+        help="Run a verdict recorder thread (off where the station runs the recorder "
+        "process: the supervisor passes --no-record then).",
+    ),
     review: bool = typer.Option(True, help="Route uncertain frames to the review queue (with review.enabled)."),
     standalone: bool = StandaloneOpt,
 ) -> None:
@@ -281,14 +300,18 @@ def validate_config(
     redis_shown = "embedded" if cfg.redis.url is None else masked_url(cfg.redis.url)  # never print a password
     if cfg.redis.sentinel is not None:
         redis_shown = f"sentinel master {cfg.redis.sentinel.master} via {', '.join(cfg.redis.sentinel.hosts)}"
-    console.print(f"[green]{file} is valid[/green]: station {cfg.station.id}, camera {cfg.camera.id} "
-                  f"({cfg.camera.source.kind}), redis {redis_shown}")
+    console.print(
+        f"[green]{file} is valid[/green]: station {cfg.station.id}, camera {cfg.camera.id} "
+        f"({cfg.camera.source.kind}), redis {redis_shown}"
+    )
 
 
 @app.command()
-def gui(config: Path | None = ConfigOpt,
-        role: str | None = typer.Option(None, help="operator | quality | maintenance (default: log-in dialog)."),
-        demo_station: bool = typer.Option(False, "--demo", help="Also run a demo worker and camera inside the GUI.")) -> None:
+def gui(
+    config: Path | None = ConfigOpt,
+    role: str | None = typer.Option(None, help="operator | quality | maintenance (default: log-in dialog)."),
+    demo_station: bool = typer.Option(False, "--demo", help="Also run a demo worker and camera inside the GUI."),
+) -> None:
     """Open the station GUI (operator, quality-engineer and maintenance views)."""
     _setup_logging()
     try:

@@ -64,8 +64,12 @@ def test_corrupt_and_empty_frames_become_error_verdicts(station_config, redis_cl
     bus = StationBus(redis_client, station_config)
     w = _worker(station_config, redis_client, tiny_package)
     good = encode_image(__import__("numpy").full((80, 80, 3), 128, "uint8"), "jpeg")
-    metas = [publish_raw(bus, b"", 0), publish_raw(bus, good[: len(good) // 2], 1),
-             publish_raw(bus, b"\xff\xd8\xff\xe0garbage" * 10, 2), publish_raw(bus, good, 3)]
+    metas = [
+        publish_raw(bus, b"", 0),
+        publish_raw(bus, good[: len(good) // 2], 1),
+        publish_raw(bus, b"\xff\xd8\xff\xe0garbage" * 10, 2),
+        publish_raw(bus, good, 3),
+    ]
     w.run(max_frames=4, idle_exit_s=3)
     by_id = {v.frame_id: v for v in read_verdicts(redis_client, bus)}
     for m in metas[:3]:
@@ -102,8 +106,24 @@ def _config_file(cfg: StationConfig, folder: Path, package: Path) -> Path:
 
 
 def _spawn_worker(config: Path, name: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "inspector.cli", "worker", "--config", str(config), "--name", name,
-                             "--idle-exit", "6", "--no-record", "--no-review"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "inspector.cli",
+            "worker",
+            "--config",
+            str(config),
+            "--name",
+            name,
+            "--idle-exit",
+            "6",
+            "--no-record",
+            "--no-review",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_kill_9_of_one_of_two_workers_loses_nothing(station_config, redis_client, tiny_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -117,8 +137,9 @@ def test_kill_9_of_one_of_two_workers_loses_nothing(station_config, redis_client
     victim, survivor = _spawn_worker(config, "victim"), _spawn_worker(config, "survivor")
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not redis_client.exists(bus.names.verdicts)
-                                               or redis_client.xlen(bus.names.verdicts) < 40):
+        while time.monotonic() < deadline and (
+            not redis_client.exists(bus.names.verdicts) or redis_client.xlen(bus.names.verdicts) < 40
+        ):
             time.sleep(0.02)
         os.kill(victim.pid, signal.SIGKILL)  # mid-batch: its pending entries must be reclaimed
         victim.wait(10)
@@ -150,8 +171,13 @@ def test_sigterm_drains_and_exits(station_config, redis_client, tiny_package, tm
 def test_redis_restart_mid_stream(tmp_path, tiny_package) -> None:  # type: ignore[no-untyped-def]
     server = EmbeddedRedis(tmp_path / "redis-data", appendfsync="always")
     server.start()
-    cfg = parse_config({"station": {"id": "restart", "data_dir": str(tmp_path)},
-                        "redis": {"url": server.url, "reconnect": {"give_up_s": 30}}}, environ={})
+    cfg = parse_config(
+        {
+            "station": {"id": "restart", "data_dir": str(tmp_path)},
+            "redis": {"url": server.url, "reconnect": {"give_up_s": 30}},
+        },
+        environ={},
+    )
     client = client_for_url(server.url, cfg.redis)
     bus = StationBus(client, cfg)
     w = _worker(cfg, client, tiny_package)

@@ -40,8 +40,9 @@ HISTORY_PERIODS = (("Last hour", 3600), ("Today", 86400), ("Last 7 days", 7 * 86
 class QualityView(QWidget):
     """Wires the widgets to the labelling session (``gui.state.LabellingSession``) and the queue/history models."""
 
-    def __init__(self, cfg: StationConfig, session: UserSession, services: Services, db: DbWorker,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, cfg: StationConfig, session: UserSession, services: Services, db: DbWorker, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.cfg, self.session, self.services, self.db = cfg, session, services, db
         self.user = session.name
@@ -93,8 +94,13 @@ class QualityView(QWidget):
         self.progress_label.setStyleSheet("font-size:14px; color:#334155;")
         self.message = QLabel("")
         info = QVBoxLayout()
-        for label, stretch in ((self.header, 0), (self.outputs, 1), (self.keys_help, 0), (self.progress_label, 0),
-                               (self.message, 0)):
+        for label, stretch in (
+            (self.header, 0),
+            (self.outputs, 1),
+            (self.keys_help, 0),
+            (self.progress_label, 0),
+            (self.message, 0),
+        ):
             label.setWordWrap(True)
             info.addWidget(label, stretch)
         info_w = QWidget()
@@ -161,8 +167,9 @@ class QualityView(QWidget):
     def load_next(self) -> None:
         step = self.labelling.start_loading()
         user = self.user
-        self.db.submit(lambda: load_next(self.services.labelling, user), lambda loaded: self._done(step, loaded),
-                       self._error)
+        self.db.submit(
+            lambda: load_next(self.services.labelling, user), lambda loaded: self._done(step, loaded), self._error
+        )
 
     def _done(self, step: Step, loaded: Loaded) -> None:
         if self.labelling.finished(step, loaded):
@@ -197,7 +204,8 @@ class QualityView(QWidget):
             f"<p><span style='background:rgb({r},{g},{b}); color:white; padding:2px 8px; font-size:18px;'>"
             f"<b>{item.decision}</b></span>&nbsp; {item.defect_class or ''}</p>"
             f"<p><b>Model</b> {item.model_version or '?'}<br><b>Anomaly</b> {anomaly}</p>"
-            f"<table cellspacing='4'>{prob_rows}</table><p><b>Reasons</b></p><ul>{reasons}</ul>")
+            f"<table cellspacing='4'>{prob_rows}</table><p><b>Reasons</b></p><ul>{reasons}</ul>"
+        )
         self.image.set_rgb(compose(decode_frame(loaded.image) if loaded.image else None, None))
         self.message.setText("")
 
@@ -223,8 +231,13 @@ class QualityView(QWidget):
         label = self.label_filter.text().strip() or None
         secs = int(self.since.currentData() or 0)
         since = time.time() - secs if secs else None
-        self.db.submit(lambda: [HistoryRow.of(r) for r in self.services.labelling.history(
-            user=user, label=label, since=since, limit=200)], self.history_model.set_rows)
+        self.db.submit(
+            lambda: [
+                HistoryRow.of(r)
+                for r in self.services.labelling.history(user=user, label=label, since=since, limit=200)
+            ],
+            self.history_model.set_rows,
+        )
 
     def relabel_selected(self) -> None:
         self.session.require("relabel")
@@ -233,7 +246,8 @@ class QualityView(QWidget):
             self.message.setText("Select a history row to relabel.")
             return
         frame_id, label = row.frame_id, self.relabel_to.currentText()
-        self.db.submit(lambda: self.services.labelling.relabel(frame_id, self.user, label, note="relabel from GUI"),
-                       lambda _r: (self.message.setText(f"Frame {frame_id[:12]} relabelled as {label}."),
-                                   self.refresh_history()),
-                       self._error)
+        self.db.submit(
+            lambda: self.services.labelling.relabel(frame_id, self.user, label, note="relabel from GUI"),
+            lambda _r: (self.message.setText(f"Frame {frame_id[:12]} relabelled as {label}."), self.refresh_history()),
+            self._error,
+        )

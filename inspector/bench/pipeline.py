@@ -35,20 +35,46 @@ def bare_backend_fps(package: ModelPackage, frame: np.ndarray, threads: int, bat
         full = time_one(lambda: model.infer([frame] * batch), runs)
     finally:
         model.close()
-    return {"runner_fps": round(1000 * batch / r["p50_ms"], 1), "infer_with_prepost_fps": round(1000 * batch / full["p50_ms"], 1),
-            "batch": batch}
+    return {
+        "runner_fps": round(1000 * batch / r["p50_ms"], 1),
+        "infer_with_prepost_fps": round(1000 * batch / full["p50_ms"], 1),
+        "batch": batch,
+    }
 
 
 def _config(url: str, data_dir: Path, package: Path, threads: int) -> StationConfig:
-    return parse_config({"station": {"id": f"bench{uuid.uuid4().hex[:6]}", "data_dir": str(data_dir)},
-                         "redis": {"url": url, "frames_maxlen": 20000}, "model": {"package": str(package)},
-                         "runtime": {"threads": threads}, "worker": {"expire_ms": 0}}, environ={})
+    return parse_config(
+        {
+            "station": {"id": f"bench{uuid.uuid4().hex[:6]}", "data_dir": str(data_dir)},
+            "redis": {"url": url, "frames_maxlen": 20000},
+            "model": {"package": str(package)},
+            "runtime": {"threads": threads},
+            "worker": {"expire_ms": 0},
+        },
+        environ={},
+    )
 
 
 def _spawn(config: Path, name: str, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "inspector.cli", "worker", "--config", str(config), "--name", name,
-                                 "--idle-exit", "30", "--no-record", "--no-review"], stdout=fh, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "inspector.cli",
+                "worker",
+                "--config",
+                str(config),
+                "--name",
+                name,
+                "--idle-exit",
+                "30",
+                "--no-record",
+                "--no-review",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_verdicts(client: Any, stream: str, n: int, timeout: float) -> float:
@@ -63,8 +89,9 @@ def _wait_verdicts(client: Any, stream: str, n: int, timeout: float) -> float:
 def _publish(bus: Any, jpeg: bytes, seq: int) -> None:
     from inspector.contracts.messages import FrameMeta
 
-    meta = FrameMeta(station=bus.cfg.station.id, camera="cam0", seq=seq, part_id=f"b{seq}", captured_at=time.time(),
-                     encoding="jpeg")
+    meta = FrameMeta(
+        station=bus.cfg.station.id, camera="cam0", seq=seq, part_id=f"b{seq}", captured_at=time.time(), encoding="jpeg"
+    )
     bus.publish_frame(meta, jpeg)
 
 
@@ -106,10 +133,15 @@ def run_pipeline(package: Path, frame: np.ndarray, workers: int, threads: int, f
             client.close()
             server.stop()
     lat_arr = np.asarray([x for x in lat if x is not None], float)
-    return {"workers": workers, "frames": frames, "fps": round(fps, 1), "paced_fps": round(fps / 2, 1),
-            "latency_p50_ms": round(float(np.percentile(lat_arr, 50)), 2),
-            "latency_p99_ms": round(float(np.percentile(lat_arr, 99)), 2),
-            "worker_peak_rss_mb": [round(m.get("VmHWM", 0) / 1024, 1) for m in mem]}
+    return {
+        "workers": workers,
+        "frames": frames,
+        "fps": round(fps, 1),
+        "paced_fps": round(fps / 2, 1),
+        "latency_p50_ms": round(float(np.percentile(lat_arr, 50)), 2),
+        "latency_p99_ms": round(float(np.percentile(lat_arr, 99)), 2),
+        "worker_peak_rss_mb": [round(m.get("VmHWM", 0) / 1024, 1) for m in mem],
+    }
 
 
 def _wait_ready(client: Any, bus: Any, workers: int, timeout: float = 120) -> None:

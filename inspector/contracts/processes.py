@@ -22,7 +22,12 @@ class StationProcess(StrEnum):
 # Start order (consumers before the producer, so no frame waits for a reader) and stop order (the producer
 # first, then the workers drain, then what reads their verdicts; Redis last).
 START_ORDER: tuple[StationProcess, ...] = (
-    StationProcess.WORKER, StationProcess.RECORDER, StationProcess.LINE, StationProcess.DRIFT, StationProcess.JOBS, StationProcess.SHADOW,
+    StationProcess.WORKER,
+    StationProcess.RECORDER,
+    StationProcess.LINE,
+    StationProcess.DRIFT,
+    StationProcess.JOBS,
+    StationProcess.SHADOW,
     StationProcess.CAMERA,
 )
 STOP_STAGES: tuple[tuple[StationProcess, ...], ...] = (

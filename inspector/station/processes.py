@@ -36,13 +36,21 @@ def plan(cfg: StationConfig, config: Path | None) -> list[ProcessSpec]:
             record = ("--no-record",) if StationProcess.RECORDER in wanted else ()
             for i in range(1, cfg.supervisor.workers + 1):
                 # a stable consumer name: a restarted worker (and its verdict recorder) re-reads its own pending entries
-                specs.append(ProcessSpec(f"worker-{i}", kind, _cli("inspector.cli", "worker", *conf, "--name",
-                                                                    f"{cfg.station.id}-worker-{i}", *record)))
+                specs.append(
+                    ProcessSpec(
+                        f"worker-{i}",
+                        kind,
+                        _cli("inspector.cli", "worker", *conf, "--name", f"{cfg.station.id}-worker-{i}", *record),
+                    )
+                )
         elif kind is StationProcess.CAMERA:
             specs.append(ProcessSpec("camera", kind, _cli("inspector.cli", "camera", *conf)))
         elif kind is StationProcess.RECORDER:  # a stable name: a restarted recorder re-reads its own pending entries
-            specs.append(ProcessSpec("recorder", kind, _cli("inspector.recording", *conf, "--name",
-                                                            f"{cfg.station.id}-recorder")))
+            specs.append(
+                ProcessSpec(
+                    "recorder", kind, _cli("inspector.recording", *conf, "--name", f"{cfg.station.id}-recorder")
+                )
+            )
         elif kind is StationProcess.LINE:
             specs.append(ProcessSpec("line", kind, _cli("inspector.cli", "line", *conf)))
         elif kind is StationProcess.DRIFT:

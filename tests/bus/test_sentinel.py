@@ -34,37 +34,74 @@ def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
 
 
 def _cfg(cluster: SentinelCluster, tmp_path: Path, **redis_over: object):  # type: ignore[no-untyped-def]
-    return parse_config({"station": {"id": "hs1", "data_dir": str(tmp_path / "st")},
-                         "redis": cluster.redis_section(**{"reconnect": {"give_up_s": 20}, **redis_over})}, environ={})
+    return parse_config(
+        {
+            "station": {"id": "hs1", "data_dir": str(tmp_path / "st")},
+            "redis": cluster.redis_section(**{"reconnect": {"give_up_s": 20}, **redis_over}),
+        },
+        environ={},
+    )
 
 
 def _verdict(i: int) -> Verdict:
-    return Verdict(station="hs1", frame_id=f"f{i}", camera="c", seq=i, part_id=f"p{i}", captured_at=time.time(),
-                   decision=Decision.PASS, reject=False)
+    return Verdict(
+        station="hs1",
+        frame_id=f"f{i}",
+        camera="c",
+        seq=i,
+        part_id=f"p{i}",
+        captured_at=time.time(),
+        decision=Decision.PASS,
+        reject=False,
+    )
 
 
 # ------------------------------------------------------------------ config
 def test_sentinel_config_is_checked_with_clear_errors() -> None:
-    cfg = parse_config({"redis": {"sentinel": {"hosts": ["10.0.0.5:26379", "[::1]:26380"], "master": "line1"}}}, environ={})
+    cfg = parse_config(
+        {"redis": {"sentinel": {"hosts": ["10.0.0.5:26379", "[::1]:26380"], "master": "line1"}}}, environ={}
+    )
     assert cfg.redis.sentinel is not None and cfg.redis.sentinel.addresses() == [("10.0.0.5", 26379), ("::1", 26380)]
     assert cfg.redis.commit_replicas == 1  # WAIT for one replica by default with Sentinel
     assert parse_config({}, environ={}).redis.commit_replicas == 0  # embedded / standalone: no WAIT
-    assert parse_config({"redis": {"sentinel": {"hosts": ["a:1"]}, "wait_replicas": 0}}, environ={}).redis.commit_replicas == 0
-    for bad, words in [({"hosts": ["10.0.0.5"]}, "is not host:port"), ({"hosts": ["a:99999"]}, "is not host:port"),
-                       ({"hosts": []}, "at least 1"), ({"hosts": ["a:1", "a:1"]}, "twice"),
-                       ({"hosts": ["a:1"], "master": "bad name"}, "redis.sentinel.master")]:
+    assert (
+        parse_config({"redis": {"sentinel": {"hosts": ["a:1"]}, "wait_replicas": 0}}, environ={}).redis.commit_replicas
+        == 0
+    )
+    for bad, words in [
+        ({"hosts": ["10.0.0.5"]}, "is not host:port"),
+        ({"hosts": ["a:99999"]}, "is not host:port"),
+        ({"hosts": []}, "at least 1"),
+        ({"hosts": ["a:1", "a:1"]}, "twice"),
+        ({"hosts": ["a:1"], "master": "bad name"}, "redis.sentinel.master"),
+    ]:
         with pytest.raises(ConfigError, match=words):
             parse_config({"redis": {"sentinel": bad}}, environ={})
     with pytest.raises(ConfigError, match="redis.url and redis.sentinel are both set") as err:
-        parse_config({"redis": {"url": "redis://:urlpw@h:6379/0", "password": "masterpw",
-                                "sentinel": {"hosts": ["a:1"], "password": "sentinelpw"}}}, environ={})
+        parse_config(
+            {
+                "redis": {
+                    "url": "redis://:urlpw@h:6379/0",
+                    "password": "masterpw",
+                    "sentinel": {"hosts": ["a:1"], "password": "sentinelpw"},
+                }
+            },
+            environ={},
+        )
     assert "urlpw" not in str(err.value) and "masterpw" not in str(err.value) and "sentinelpw" not in str(err.value)
 
 
 def test_every_url_helper_names_the_sentinels_not_a_password(tmp_path: Path) -> None:
-    cfg = parse_config({"station": {"data_dir": str(tmp_path)},
-                        "redis": {"password": "pw", "sentinel": {"hosts": ["h1:26379", "h2:26379"], "master": "m",
-                                                                 "password": "spw"}}}, environ={})
+    cfg = parse_config(
+        {
+            "station": {"data_dir": str(tmp_path)},
+            "redis": {
+                "password": "pw",
+                "sentinel": {"hosts": ["h1:26379", "h2:26379"], "master": "m", "password": "spw"},
+            },
+        },
+        environ={},
+    )
     assert resolve_url(cfg) == station_url(cfg) == sentinel_url(cfg.redis) == "redis+sentinel://h1:26379,h2:26379/m"
     with pytest.raises(TransportError, match="redis.sentinel is not configured"):
         client_for_url("redis+sentinel://h1:26379/m")
@@ -74,9 +111,13 @@ def test_every_url_helper_names_the_sentinels_not_a_password(tmp_path: Path) -> 
 def test_no_sentinel_answers_is_a_clear_error(tmp_path: Path) -> None:
     from tests.bus.sentinel_cluster import free_port
 
-    cfg = parse_config({"station": {"data_dir": str(tmp_path)},
-                        "redis": {"sentinel": {"hosts": [f"127.0.0.1:{free_port()}"]}, "reconnect": {"give_up_s": 1}}},
-                       environ={})
+    cfg = parse_config(
+        {
+            "station": {"data_dir": str(tmp_path)},
+            "redis": {"sentinel": {"hosts": [f"127.0.0.1:{free_port()}"]}, "reconnect": {"give_up_s": 1}},
+        },
+        environ={},
+    )
     with pytest.raises(TransportError, match="redis.sentinel.hosts") as err:
         connect(cfg)
     assert "redis+sentinel://127.0.0.1" in str(err.value)
@@ -162,13 +203,35 @@ def test_cli_worker_and_rq_go_through_sentinel(cluster: SentinelCluster, tmp_pat
     from jobs.queues import station_queue
     from jobs.worker import make_worker
 
-    cfg = parse_config({"station": {"id": "hs1", "data_dir": str(tmp_path / "st")},
-                        "redis": cluster.redis_section(reconnect={"give_up_s": 20}),
-                        "model": {"package": str(tiny_package)}}, environ={})
+    cfg = parse_config(
+        {
+            "station": {"id": "hs1", "data_dir": str(tmp_path / "st")},
+            "redis": cluster.redis_section(reconnect={"give_up_s": 20}),
+            "model": {"package": str(tiny_package)},
+        },
+        environ={},
+    )
     config = write_config(cfg, tmp_path)
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "worker", "--config", str(config), "--name", "w0",
-                             "--idle-exit", "20", "--no-record", "--no-review"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "inspector.cli",
+            "worker",
+            "--config",
+            str(config),
+            "--name",
+            "w0",
+            "--idle-exit",
+            "20",
+            "--no-record",
+            "--no-review",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
     try:
         client = connect(cfg)
         bus = StationBus(client, cfg)
@@ -177,8 +240,18 @@ def test_cli_worker_and_rq_go_through_sentinel(cluster: SentinelCluster, tmp_pat
         pool = frame_pool(4)
         for i in range(6):
             truth, data = pool[i % 4]
-            bus.publish_frame(FrameMeta(station="hs1", camera="c", seq=i, part_id=f"p{i}", captured_at=time.time(),
-                                        encoding="jpeg", truth=truth), data)
+            bus.publish_frame(
+                FrameMeta(
+                    station="hs1",
+                    camera="c",
+                    seq=i,
+                    part_id=f"p{i}",
+                    captured_at=time.time(),
+                    encoding="jpeg",
+                    truth=truth,
+                ),
+                data,
+            )
         deadline = time.monotonic() + 60
         while client.xlen(bus.names.verdicts) < 6 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
@@ -293,8 +366,13 @@ def test_supervisor_and_validate_config_with_sentinel(cluster: SentinelCluster, 
     assert any("redis+sentinel://127.0.0.1:" in line and "answers" in line for line in said), said
     assert "redis+sentinel://" in str(sup.table()["redis"])
     config = write_config(cfg, tmp_path)
-    out = subprocess.run([sys.executable, "-m", "inspector.cli", "validate-config", str(config)], capture_output=True,
-                         text=True, cwd=REPO, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "inspector.cli", "validate-config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "sentinel master inspector via 127.0.0.1:" in " ".join(out.stdout.split())
     text = out.stdout + out.stderr + " ".join(said) + str(sup.table())

@@ -63,9 +63,23 @@ def spawn_worker(config: Path, name: str, logs: Path, idle_exit: float = 30.0, r
     fh = open(log, "ab")  # noqa: SIM115 - the child owns it
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inspector.cli", "worker", "--config", str(config), "--name", name,
-         "--idle-exit", str(idle_exit), *(("--record",) if record else ("--no-record", "--no-review"))],
-        stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+        [
+            sys.executable,
+            "-m",
+            "inspector.cli",
+            "worker",
+            "--config",
+            str(config),
+            "--name",
+            name,
+            "--idle-exit",
+            str(idle_exit),
+            *(("--record",) if record else ("--no-record", "--no-review")),
+        ],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
     )
     fh.close()
     return WorkerProc(name, proc, log)
@@ -118,9 +132,15 @@ class Camera:
 
     def publish_one(self, bus: StationBus) -> None:
         truth, data = self.pool[self.seq % len(self.pool)]
-        meta = FrameMeta(station=self.cfg.station.id, camera="cam0", seq=self.seq,
-                         part_id=f"cam0-{self.run_id}-{self.seq:07d}", captured_at=time.time(),
-                         encoding="jpeg", truth=truth)
+        meta = FrameMeta(
+            station=self.cfg.station.id,
+            camera="cam0",
+            seq=self.seq,
+            part_id=f"cam0-{self.run_id}-{self.seq:07d}",
+            captured_at=time.time(),
+            encoding="jpeg",
+            truth=truth,
+        )
         self.seq += 1
         try:
             bus.publish_frame(meta, data)
@@ -133,8 +153,14 @@ class Camera:
     def _missed(self, n: int, first_t: float, period: float) -> None:
         wall = time.time() - (time.monotonic() - first_t)
         for k in range(n):
-            meta = FrameMeta(station=self.cfg.station.id, camera="cam0", seq=self.seq, part_id=f"cam0-{self.run_id}-missed",
-                             captured_at=wall + k * period, encoding="jpeg")
+            meta = FrameMeta(
+                station=self.cfg.station.id,
+                camera="cam0",
+                seq=self.seq,
+                part_id=f"cam0-{self.run_id}-missed",
+                captured_at=wall + k * period,
+                encoding="jpeg",
+            )
             self.seq += 1
             self.ledger.failed(meta)
             self.missed += 1
@@ -159,7 +185,9 @@ class Camera:
         bus.r.close()
 
     def start(self, duration_s: float | None = None, frames: int | None = None) -> None:
-        self._thread = threading.Thread(target=self.run, kwargs={"duration_s": duration_s, "frames": frames}, daemon=True)
+        self._thread = threading.Thread(
+            target=self.run, kwargs={"duration_s": duration_s, "frames": frames}, daemon=True
+        )
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -187,8 +215,10 @@ def wait_settled(client: redis.Redis, cfg: StationConfig, timeout: float = 60, q
     quiet_since: float | None = None
     while time.monotonic() < deadline:
         try:
-            groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
-                      for g in client.xinfo_groups(bus.names.frames)}
+            groups = {
+                g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+                for g in client.xinfo_groups(bus.names.frames)
+            }
             g = groups.get(cfg.worker.group)
             last = _stream_last_id(client, bus.names.frames)
             done = g is not None and g["pending"] == 0 and _id(g["last-delivered-id"]) == last
@@ -241,17 +271,21 @@ def renamed_package(pkg: Path, name: str) -> Path:
     return pkg
 
 
-def promote_through_registry(cfg: StationConfig, client: redis.Redis, store: Any, pkg: Path,
-                             actor: str = "maint") -> str:
+def promote_through_registry(
+    cfg: StationConfig, client: redis.Redis, store: Any, pkg: Path, actor: str = "maint"
+) -> str:
     """Register ``pkg`` with a passing gate report, approve it and promote it: the only way onto the line."""
     from inspector.contracts.lifecycle import GateReport, GateRow, Role
     from inspector.runtime.package import load_package
     from jobs.registry import approve, promote, register_candidate
 
     package = load_package(pkg)
-    gate = GateReport(passed=True, evaluated_at=time.time(), frame_sets={"heldout": 100},
-                      rows=[GateRow(gate="errors", metric="errors", frame_set="heldout", candidate=0, limit=0,
-                                    passed=True)])
+    gate = GateReport(
+        passed=True,
+        evaluated_at=time.time(),
+        frame_sets={"heldout": 100},
+        rows=[GateRow(gate="errors", metric="errors", frame_set="heldout", candidate=0, limit=0, passed=True)],
+    )
     register_candidate(store, package.version, str(pkg), package.package_sha256, gate, actor)
     approve(store, package.version, actor, Role.MAINTENANCE)
     return promote(cfg, client, store, package.version, actor, role=Role.MAINTENANCE)

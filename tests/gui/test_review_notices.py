@@ -21,7 +21,8 @@ from tests.gui.conftest import session
 
 
 def test_a_router_notice_refreshes_the_queue_within_a_second(
-        qtbot: QtBot, station_config: StationConfig, redis_client: redis.Redis, services: Services) -> None:
+    qtbot: QtBot, station_config: StationConfig, redis_client: redis.Redis, services: Services
+) -> None:
     cfg = station_config
     win = MainWindow(cfg, session(Role.QUALITY, "Quinn Quality"), services, start_feed=True)
     qtbot.addWidget(win)
@@ -30,8 +31,9 @@ def test_a_router_notice_refreshes_the_queue_within_a_second(
         qtbot.waitUntil(lambda: win.review_notices.ready, timeout=5000)
         qtbot.waitUntil(lambda: "0 open" in view.queue_title.text(), timeout=5000)  # the first poll is done
         assert QUEUE_POLL_MS >= 10_000  # the poll cannot be what refreshes it below
-        router = ReviewRouter(cfg, redis_client, Names(cfg.redis.prefix, cfg.station.id), services.archive,
-                              services.store)
+        router = ReviewRouter(
+            cfg, redis_client, Names(cfg.redis.prefix, cfg.station.id), services.archive, services.store
+        )
         routed = []
         for seq in (1, 2):
             verdict = make_verdict(cfg.station.id, seq, Decision.REVIEW, class_probs={"good": 0.6, "scratch": 0.4})

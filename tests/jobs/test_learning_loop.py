@@ -43,10 +43,15 @@ from tests.spine_helpers import label_frames, read_verdicts
 from trainer import retrain
 from trainer.heldout import base_training_items, load_heldout_set, load_images
 
-pytestmark = [pytest.mark.data, pytest.mark.slow,
-              pytest.mark.skipif(os.environ.get("INSPECTOR_SLOW") != "1",
-                                 reason="the learning-loop acceptance takes 13 min on 2 cores (three real trainings): "
-                                        "run it with INSPECTOR_SLOW=1")]
+pytestmark = [
+    pytest.mark.data,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("INSPECTOR_SLOW") != "1",
+        reason="the learning-loop acceptance takes 13 min on 2 cores (three real trainings): "
+        "run it with INSPECTOR_SLOW=1",
+    ),
+]
 
 
 @pytest.fixture
@@ -54,6 +59,8 @@ def redis_url(embedded_redis) -> str:  # type: ignore[no-untyped-def]
     """One Redis for this long acceptance (the station's default, the embedded one): the Redis-facing paths are
     proven on both backends by the rest of the suite; three real trainings twice would double CI's time."""
     return embedded_redis.url
+
+
 DARK = 0.7
 JOB_WAIT_S = 1500
 
@@ -67,8 +74,9 @@ def _env() -> dict[str, str]:
 
 
 def _cli(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          env=_env())
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, env=_env()
+    )
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -79,10 +87,22 @@ def _verdicts(cfg: StationConfig, version: str, scored: Scored, order: np.ndarra
     out = []
     for k, i in enumerate(order):
         d = Decision(scored.decisions[i])
-        out.append(Verdict(station=cfg.station.id, frame_id=f"v{seq0 + k}", camera="cam0", seq=seq0 + k,
-                           part_id=f"p{seq0 + k}", captured_at=time.time(), decision=d, reject=d is not Decision.PASS,
-                           class_probs=scored.class_probs[i], anomaly_score=scored.anomaly_scores[i],
-                           model_version=version, image_stats=ImageStats(**scored.stats[i].model_dump())))
+        out.append(
+            Verdict(
+                station=cfg.station.id,
+                frame_id=f"v{seq0 + k}",
+                camera="cam0",
+                seq=seq0 + k,
+                part_id=f"p{seq0 + k}",
+                captured_at=time.time(),
+                decision=d,
+                reject=d is not Decision.PASS,
+                class_probs=scored.class_probs[i],
+                anomaly_score=scored.anomaly_scores[i],
+                model_version=version,
+                image_stats=ImageStats(**scored.stats[i].model_dump()),
+            )
+        )
     return out
 
 
@@ -108,8 +128,9 @@ def _workers_on(client, bus: StationBus, version: str, n: int) -> bool:  # type:
 
 
 def _publish(bus: StationBus, frames: list[bytes], seq: int) -> FrameMeta:
-    meta = FrameMeta(station=bus.cfg.station.id, camera="cam0", seq=seq, part_id=f"s{seq}", captured_at=time.time(),
-                     encoding="jpeg")
+    meta = FrameMeta(
+        station=bus.cfg.station.id, camera="cam0", seq=seq, part_id=f"s{seq}", captured_at=time.time(), encoding="jpeg"
+    )
     bus.publish_frame(meta, frames[seq % len(frames)])
     return meta
 
@@ -129,8 +150,9 @@ def _shuffled_candidate(cfg: StationConfig, store, incumbent) -> dict:  # type: 
     retrain.train(cfg, stage, incumbent.package_path)
     retrain.evaluate(cfg, stage, incumbent.package_path, incumbent.version)
     pkg = retrain.package(cfg, stage, "shuffled0", "degraded on purpose: shuffled labels")
-    status = registry.register_candidate(store, pkg["version"], pkg["path"], pkg["sha256"],
-                                         retrain.gate_of(pkg["path"]), "test")
+    status = registry.register_candidate(
+        store, pkg["version"], pkg["path"], pkg["sha256"], retrain.gate_of(pkg["path"]), "test"
+    )
     return {**pkg, "status": status}
 
 
@@ -152,8 +174,9 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
     first = retrain.build_candidate(cfg, store, "commission0", reason="commissioning")["package"]
     print("\n".join(r.line() for r in retrain.gate_of(first["path"]).rows))
     assert first["task"] == "combined", first
-    registry.register_candidate(store, first["version"], first["path"], first["sha256"],
-                                retrain.gate_of(first["path"]), "commissioning")
+    registry.register_candidate(
+        store, first["version"], first["path"], first["sha256"], retrain.gate_of(first["path"]), "commissioning"
+    )
     assert _cli("jobs.cli", "approve", first["version"], "--role", "quality", *conf).returncode == 0
     out = _cli("jobs.cli", "promote", first["version"], "--role", "maintenance", *conf)
     assert out.returncode == 0, out.stderr
@@ -175,9 +198,13 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
     items = [i for i in base_training_items(magnetic_tile, held) if i.label != "good"]
     defects = [(_dark(img), i.label) for i, img in zip(items, load_images(items), strict=True)]
     dark_goods = [_dark(img) for img in load_images(train_goods[1::2])]
-    label_frames(cfg, store, [(encode_image(img, "jpeg", 92), label)
-                        for img, label in [(g, "good") for g in dark_goods[:150]] + defects], ext="jpg",
-                 user="quality-1")
+    label_frames(
+        cfg,
+        store,
+        [(encode_image(img, "jpeg", 92), label) for img, label in [(g, "good") for g in dark_goods[:150]] + defects],
+        ext="jpg",
+        user="quality-1",
+    )
     n_labelled_defects = len(defects)
     assert not {i.sha256 for i in items} & held.hashes, "labels come from the half outside the held-out set"
 
@@ -186,7 +213,7 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
     changed = _verdicts(cfg, v1, scored_dark, np.arange(len(dark_stream)), len(steady))
     first_alarm_at = None
     for start in range(0, len(changed), 10):
-        _feed(redis_client, bus, mon, trigger, changed[start:start + 10])
+        _feed(redis_client, bus, mon, trigger, changed[start : start + 10])
         if first_alarm_at is None and mon.alarms:
             first_alarm_at = start + 10
     history = [j.decode() for j in redis_client.lrange(JobKeys(names_of(cfg)).history, 0, -1)]
@@ -197,8 +224,12 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
 
     # -- workers serve v1 on the new lighting while the RQ worker retrains -------------------------------------
     frames = [encode_image(img, "jpeg", 90) for img in dark_stream[:40]]
-    workers = [_spawn(["inspector.cli", "worker", *conf, "--name", f"w{k}", "--no-record", "--no-review"], tmp_path / f"w{k}.log")
-               for k in range(2)]
+    workers = [
+        _spawn(
+            ["inspector.cli", "worker", *conf, "--name", f"w{k}", "--no-record", "--no-review"], tmp_path / f"w{k}.log"
+        )
+        for k in range(2)
+    ]
     rq_worker = _spawn(["jobs.cli", "worker", *conf, "--burst"], tmp_path / "rq.log")
     published: list[FrameMeta] = []
     try:
@@ -285,6 +316,8 @@ def test_learning_loop_at_production_gate_defaults(station_config, redis_client,
     assert registry.get_version(store, v2).status == ModelStatus.ROLLED_BACK
     assert redis_client.hget(bus.names.active_model, "version").decode() == v1
     assert store.audit.verify().ok
-    print(f"[loop] labelled defects {n_labelled_defects}, jobs {len(history)}, v1 {v1} -> v2 {v2}, "
-          f"live frames {len(live)}, {time.perf_counter() - t0:.0f} s")
+    print(
+        f"[loop] labelled defects {n_labelled_defects}, jobs {len(history)}, v1 {v1} -> v2 {v2}, "
+        f"live frames {len(live)}, {time.perf_counter() - t0:.0f} s"
+    )
     store.close()

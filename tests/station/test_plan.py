@@ -9,9 +9,13 @@ from inspector.station.processes import plan
 
 
 def test_every_configured_process_gets_its_command_in_start_order(tmp_path: Path) -> None:
-    cfg = parse_config({"station": {"id": "s1", "data_dir": str(tmp_path)},
-                        "supervisor": {"processes": ["camera", "worker", "line", "drift", "jobs", "shadow"],
-                                       "workers": 2}}, environ={})
+    cfg = parse_config(
+        {
+            "station": {"id": "s1", "data_dir": str(tmp_path)},
+            "supervisor": {"processes": ["camera", "worker", "line", "drift", "jobs", "shadow"], "workers": 2},
+        },
+        environ={},
+    )
     specs = plan(cfg, tmp_path / "station.yaml")
     assert [s.name for s in specs] == ["worker-1", "worker-2", "line", "drift", "jobs", "shadow", "camera"]
     shadow = next(s for s in specs if s.name == "shadow")
@@ -20,8 +24,13 @@ def test_every_configured_process_gets_its_command_in_start_order(tmp_path: Path
 
 
 def test_the_recorder_process_starts_after_the_workers_with_a_stable_name(tmp_path: Path) -> None:
-    cfg = parse_config({"station": {"id": "s1", "data_dir": str(tmp_path)},
-                        "supervisor": {"processes": ["camera", "worker", "recorder", "line"]}}, environ={})
+    cfg = parse_config(
+        {
+            "station": {"id": "s1", "data_dir": str(tmp_path)},
+            "supervisor": {"processes": ["camera", "worker", "recorder", "line"]},
+        },
+        environ={},
+    )
     specs = plan(cfg, tmp_path / "station.yaml")
     assert [s.name for s in specs] == ["worker-1", "recorder", "line", "camera"]
     recorder = next(s for s in specs if s.name == "recorder")
@@ -30,8 +39,9 @@ def test_the_recorder_process_starts_after_the_workers_with_a_stable_name(tmp_pa
 
 def test_workers_run_no_recorder_thread_where_the_station_runs_the_recorder_process(tmp_path: Path) -> None:
     def worker_argv(processes: list[str]) -> tuple[str, ...]:
-        cfg = parse_config({"station": {"id": "s1", "data_dir": str(tmp_path)},
-                            "supervisor": {"processes": processes}}, environ={})
+        cfg = parse_config(
+            {"station": {"id": "s1", "data_dir": str(tmp_path)}, "supervisor": {"processes": processes}}, environ={}
+        )
         return next(s for s in plan(cfg, None) if s.name == "worker-1").argv
 
     with_process = worker_argv(["camera", "worker", "recorder"])

@@ -29,7 +29,8 @@ def _rows(cfg: StationConfig, table: type) -> int:
 
 
 def test_no_record_worker_records_nothing_and_still_routes_reviews(
-        station_config: StationConfig, redis_client: redis.Redis, tiny_package: Path, tmp_path: Path) -> None:
+    station_config: StationConfig, redis_client: redis.Redis, tiny_package: Path, tmp_path: Path
+) -> None:
     cfg = station_config.model_copy(deep=True)
     cfg.review.audit_pass_one_in = 1  # every PASS is audited: review items without relying on the model's doubts
     data = cfg.model_dump(mode="json")
@@ -39,13 +40,29 @@ def test_no_record_worker_records_nothing_and_still_routes_reviews(
     bus = StationBus(redis_client, cfg)
     bus.ensure_group(bus.names.frames, cfg.worker.group)
     publish_parts(bus, 12)
-    worker = subprocess.Popen([sys.executable, "-m", "inspector.cli", "worker", "--config", str(config), "--name", "w1",
-                               "--idle-exit", "3", "--no-record"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "inspector.cli",
+            "worker",
+            "--config",
+            str(config),
+            "--name",
+            "w1",
+            "--idle-exit",
+            "3",
+            "--no-record",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for_verdicts(redis_client, bus, 12, timeout=60)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (redis_client.exists(bus.names.review)
-                                                   and redis_client.xlen(bus.names.review)):
+        while time.monotonic() < deadline and not (
+            redis_client.exists(bus.names.review) and redis_client.xlen(bus.names.review)
+        ):
             time.sleep(0.1)
         _, err = worker.communicate(timeout=60)
     finally:
@@ -55,6 +72,8 @@ def test_no_record_worker_records_nothing_and_still_routes_reviews(
     notices = redis_client.xlen(bus.names.review) if redis_client.exists(bus.names.review) else 0
     assert notices >= 1 and _rows(cfg, ReviewItemRow) >= 1  # routed: stored, then announced
     assert _rows(cfg, VerdictRow) == 0  # no recorder thread in this worker
-    groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-              for g in redis_client.xinfo_groups(bus.names.verdicts)}
+    groups = {
+        g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+        for g in redis_client.xinfo_groups(bus.names.verdicts)
+    }
     assert bus.names.store_group not in groups  # nobody read the verdicts for the database
