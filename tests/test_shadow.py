@@ -139,7 +139,7 @@ def test_shadow_judges_live_frames_off_the_line_and_its_report_matches_the_store
     )
 
 
-def _processes(client, bus: StationBus) -> list[tuple[object, object, object]]:  # type: ignore[no-untyped-def]
+def _processes(client: object, bus: StationBus) -> list[tuple[object, object, object]]:
     return [(p["role"], p["name"], p["health"]) for p in process_rows(client, bus.names)]
 
 

@@ -156,7 +156,7 @@ def fit_anomaly_scorer(
     if cfg.method == "wknn":
         blocks = None
         if cfg.whiten_blocks == "stage":
-            channels = list(backbone.feature_info.channels())  # type: ignore[union-attr, operator]
+            channels = list(backbone.feature_info.channels())  # type: ignore[union-attr, operator]  # timm features_only models carry feature_info
             blocks = [channels[i] for i in embed.take]
         return fit_whitened_knn(embed, list(stream), cfg, blocks)
     if cfg.method == "gaussian":

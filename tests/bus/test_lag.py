@@ -41,12 +41,12 @@ def test_lag_of_a_group_that_read_3_of_10_entries_is_7_in_status_and_metrics(
     assert group_lag(redis_client, events, _xinfo(redis_client, events, "readers")) == Lag(7)
     view = {(g["stream"], g["group"]): g for g in station_view(cfg, redis_client)["groups"]}
     assert view[("events", "readers")]["lag"] == 7 and view[("events", "readers")]["pending"] == 3
-    status = {(g["stream"], g["group"]): g for g in station_status(cfg)["groups"]}  # type: ignore[attr-defined]
+    status = {(g["stream"], g["group"]): g for g in station_status(cfg)["groups"]}  # type: ignore[attr-defined]  # status() returns a plain JSON dict
     assert status[("events", "readers")]["lag"] == 7
     assert _metric(cfg, "inspector_stream_lag", "events", "readers") == 7
 
     redis_client.xreadgroup("readers", "r1", {events: ">"}, count=100)
-    status = {(g["stream"], g["group"]): g for g in station_status(cfg)["groups"]}  # type: ignore[attr-defined]
+    status = {(g["stream"], g["group"]): g for g in station_status(cfg)["groups"]}  # type: ignore[attr-defined]  # status() returns a plain JSON dict
     assert status[("events", "readers")]["lag"] == 0
     assert _metric(cfg, "inspector_stream_lag", "events", "readers") == 0
 

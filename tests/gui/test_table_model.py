@@ -12,7 +12,7 @@ from gui.tables import PROGRESS_ROLE, RowTableModel, selected_row, table_view
 from inspector.contracts.lifecycle import GateRow
 
 
-def test_rows_columns_and_emphasis(qapp) -> None:  # type: ignore[no-untyped-def]
+def test_rows_columns_and_emphasis(qapp: object) -> None:
     models = [
         ModelRow("v1", "retired", time.time(), None, {"accuracy": 0.9}),
         ModelRow("v2", "active", time.time(), time.time(), {"accuracy": 0.95, "fr_rate": 0.01, "note": "x"}),
