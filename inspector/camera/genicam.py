@@ -16,6 +16,9 @@ A camera that vanishes stops delivering: the publisher's watchdog raises the cam
 
 ``python -m inspector.camera.genicam --fake -i 127.0.0.1`` serves Aravis's fake GigE Vision camera from the
 library itself (Debian's ``aravis-tools-cli`` 0.8.26 ships no ``arv-fake-gv-camera-0.8`` binary).
+
+The harvesters source lives in :mod:`inspector.camera.genicam_harvesters`, what both producers share in
+:mod:`inspector.camera.genicam_features`; their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,15 +27,25 @@ import argparse
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
-
 from inspector.camera.frame import Capture, FrameSource
+from inspector.camera.genicam_features import check_bounds, check_choice, to_rgb
+from inspector.camera.genicam_harvesters import HARVESTERS_HINT, HarvestersSource
 from inspector.contracts.config import CameraSection, GenICamSection
-from inspector.contracts.errors import BackendUnavailable, ConfigError, InspectorError
+from inspector.contracts.errors import BackendUnavailable, InspectorError
+
+__all__ = [
+    "ARAVIS_HINT",
+    "HARVESTERS_HINT",
+    "AravisSource",
+    "HarvestersSource",
+    "load_aravis",
+    "main",
+    "open_genicam",
+    "serve_fake_camera",
+    "to_rgb",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +53,6 @@ ARAVIS_HINT = (
     "install Aravis and its Python binding: apt-get install gir1.2-aravis-0.8 libgirepository1.0-dev "
     "libcairo2-dev pkg-config, then pip install -e '.[genicam]'"
 )
-HARVESTERS_HINT = "pip install -e '.[genicam]' (harvesters) and give camera.source.genicam.cti: your vendor's .cti file"
-
-# GenICam (PFNC) Bayer names -> OpenCV codes: OpenCV names a Bayer pattern by its second row, so RGGB is BayerBG
-_BAYER = {
-    "BayerRG8": cv2.COLOR_BayerBG2RGB,
-    "BayerBG8": cv2.COLOR_BayerRG2RGB,
-    "BayerGR8": cv2.COLOR_BayerGB2RGB,
-    "BayerGB8": cv2.COLOR_BayerGR2RGB,
-}
 
 
 def load_aravis() -> Any:
@@ -63,46 +67,6 @@ def load_aravis() -> Any:
             f"camera.source.kind genicam (aravis) needs Aravis 0.8 for Python: {err}", ARAVIS_HINT
         ) from err
     return Aravis
-
-
-def to_rgb(data: bytes, width: int, height: int, pixel_format: str) -> np.ndarray:
-    """One camera buffer as an RGB uint8 image."""
-    raw = np.frombuffer(data, np.uint8)
-    if pixel_format == "Mono8":
-        mono = raw[: width * height].reshape(height, width)
-        return np.repeat(mono[:, :, None], 3, axis=2)
-    if pixel_format in ("Mono10", "Mono12", "Mono16"):
-        bits = int(pixel_format[4:])
-        mono16 = np.frombuffer(data, "<u2")[: width * height].reshape(height, width)
-        mono = (mono16 >> (bits - 8)).clip(0, 255).astype(np.uint8)
-        return np.repeat(mono[:, :, None], 3, axis=2)
-    if pixel_format == "RGB8":
-        return raw[: width * height * 3].reshape(height, width, 3).copy()
-    if pixel_format == "BGR8":
-        return cv2.cvtColor(raw[: width * height * 3].reshape(height, width, 3), cv2.COLOR_BGR2RGB)
-    if pixel_format in _BAYER:
-        return cv2.cvtColor(raw[: width * height].reshape(height, width), _BAYER[pixel_format])
-    raise ConfigError(
-        f"camera.source.genicam.pixel_format {pixel_format!r} cannot be converted to RGB",
-        "use Mono8, Mono10/12/16, RGB8, BGR8 or a Bayer*8 format",
-    )
-
-
-def _check_choice(key: str, value: str, offered: list[str], camera: str) -> None:
-    if value not in offered:
-        raise ConfigError(
-            f"camera.source.genicam.{key} {value!r} is not offered by camera {camera}",
-            f"use one of: {', '.join(offered)}",
-        )
-
-
-def _check_bounds(key: str, value: float, bounds: tuple[float, float], unit: str, camera: str) -> None:
-    lo, hi = bounds
-    if not lo <= value <= hi:
-        raise ConfigError(
-            f"camera.source.genicam.{key} {value:g} {unit} is outside camera {camera}'s range",
-            f"use a value from {lo:g} to {hi:g} {unit}",
-        )
 
 
 class AravisSource(FrameSource):
@@ -169,21 +133,21 @@ class AravisSource(FrameSource):
     def _configure(self, cam: Any) -> None:
         g = self.g
         if g.pixel_format:
-            _check_choice("pixel_format", g.pixel_format, list(cam.dup_available_pixel_formats_as_strings()), self.name)
+            check_choice("pixel_format", g.pixel_format, list(cam.dup_available_pixel_formats_as_strings()), self.name)
             cam.set_pixel_format_from_string(g.pixel_format)
         if g.exposure_us is not None:
-            _check_bounds("exposure_us", g.exposure_us, cam.get_exposure_time_bounds(), "us", self.name)
+            check_bounds("exposure_us", g.exposure_us, cam.get_exposure_time_bounds(), "us", self.name)
             cam.set_exposure_time(g.exposure_us)
         if g.gain_db is not None:
-            _check_bounds("gain_db", g.gain_db, cam.get_gain_bounds(), "dB", self.name)
+            check_bounds("gain_db", g.gain_db, cam.get_gain_bounds(), "dB", self.name)
             cam.set_gain(g.gain_db)
         if g.trigger == "free_run":
             cam.clear_triggers()
-            _check_bounds("frame_rate", 1 / self.period, cam.get_frame_rate_bounds(), "fps", self.name)
+            check_bounds("frame_rate", 1 / self.period, cam.get_frame_rate_bounds(), "fps", self.name)
             cam.set_frame_rate(1 / self.period)
         else:
             source = "Software" if g.trigger == "software" else g.trigger_source
-            _check_choice("trigger_source", source, list(cam.dup_available_trigger_sources()), self.name)
+            check_choice("trigger_source", source, list(cam.dup_available_trigger_sources()), self.name)
             cam.set_trigger(source)
         cam.set_acquisition_mode(self.Aravis.AcquisitionMode.CONTINUOUS)
 
@@ -283,123 +247,6 @@ class AravisSource(FrameSource):
     def close(self) -> None:
         self.closed.set()
         self._drop()
-
-
-class HarvestersSource(FrameSource):
-    """A GenICam camera through a vendor's GenTL producer (``.cti``) with harvesters."""
-
-    def __init__(self, camera: CameraSection) -> None:
-        g = camera.source.genicam
-        self.g, self.cam_cfg = g, camera
-        self.period = 1.0 / (g.frame_rate or camera.fps)
-        if g.cti is None:
-            raise ConfigError(
-                "camera.source.genicam.cti is not set: producer harvesters needs a GenTL producer",
-                "set it to your camera vendor's .cti file, or use producer: aravis",
-            )
-        if not Path(g.cti).is_file():
-            raise ConfigError(f"camera.source.genicam.cti {g.cti} is not a file", "point it at the vendor's .cti file")
-        try:
-            from harvesters.core import Harvester
-        except ImportError as err:
-            raise BackendUnavailable(
-                f"camera.source.genicam.producer harvesters needs harvesters: {err}", HARVESTERS_HINT
-            ) from err
-        quiet = log.getChild("harvesters")  # harvesters logs a traceback per bad producer; our error says it once
-        quiet.setLevel(logging.CRITICAL)
-        self.h = Harvester(logger=quiet)
-        try:
-            self.h.add_file(str(g.cti), check_existence=True, check_validity=True)
-            self.h.update()
-        except Exception as err:  # noqa: BLE001 - harvesters/genicam raise many types for a broken producer
-            self.h.reset()
-            raise InspectorError(
-                f"camera.source.genicam.cti {g.cti} does not load as a GenTL producer: {err}",
-                "use the .cti of your camera vendor's SDK for this OS and architecture",
-            ) from err
-        self.ia: Any = None
-        self.closed = threading.Event()
-        self._open(first=True)
-
-    def _open(self, first: bool = False) -> None:
-        g = self.g
-        infos = self.h.device_info_list
-        try:
-            if g.device_id:
-                matches = [
-                    i
-                    for i, d in enumerate(infos)
-                    if g.device_id in (getattr(d, "id_", None), getattr(d, "serial_number", None))
-                ]
-                if not matches:
-                    raise InspectorError(
-                        f"camera.source.genicam.device_id {g.device_id!r}: no such camera on producer {g.cti}",
-                        f"cameras seen: {', '.join(str(d.id_) for d in infos) or 'none'}",
-                    )
-                self.ia = self.h.create(matches[0])
-            elif not infos:
-                raise InspectorError(
-                    f"camera.source.kind genicam: producer {g.cti} sees no camera",
-                    "check the cable, power and the vendor's driver",
-                )
-            else:
-                self.ia = self.h.create(0)
-        except InspectorError:
-            if first:
-                raise
-            self.ia = None
-            return
-        nm = self.ia.remote_device.node_map
-        if g.pixel_format:
-            offered = list(nm.PixelFormat.symbolics)
-            _check_choice("pixel_format", g.pixel_format, offered, str(g.device_id or "first found"))
-            nm.PixelFormat.value = g.pixel_format
-        if g.exposure_us is not None:
-            nm.ExposureTime.value = g.exposure_us
-        if g.gain_db is not None:
-            nm.Gain.value = g.gain_db
-        if g.trigger == "free_run":
-            nm.TriggerMode.value = "Off"
-            if hasattr(nm, "AcquisitionFrameRate"):
-                nm.AcquisitionFrameRate.value = 1 / self.period
-        else:
-            nm.TriggerSelector.value = "FrameStart"
-            nm.TriggerMode.value = "On"
-            nm.TriggerSource.value = "Software" if g.trigger == "software" else g.trigger_source
-        self.ia.start()
-
-    def read(self) -> Capture | None:
-        while not self.closed.is_set():
-            if self.ia is None:
-                self._open()
-                if self.ia is None:
-                    self.closed.wait(self.g.reconnect_s)
-                continue
-            try:
-                if self.g.trigger == "software":
-                    self.ia.remote_device.node_map.TriggerSoftware.execute()
-                with self.ia.fetch(timeout=max(self.period, self.g.reconnect_after_s)) as buf:
-                    comp = buf.payload.components[0]
-                    pf = str(self.ia.remote_device.node_map.PixelFormat.value)
-                    image = to_rgb(bytes(comp.data), comp.width, comp.height, pf)
-                return Capture(image=image)
-            except Exception as err:  # noqa: BLE001 - timeouts and lost devices: reopen
-                log.warning("genicam (harvesters) camera stopped answering (%s); reconnecting", err)
-                self._drop()
-        return None
-
-    def _drop(self) -> None:
-        ia, self.ia = self.ia, None
-        if ia is not None:
-            try:
-                ia.destroy()
-            except Exception:  # noqa: BLE001
-                pass
-
-    def close(self) -> None:
-        self.closed.set()
-        self._drop()
-        self.h.reset()
 
 
 def open_genicam(camera: CameraSection) -> FrameSource:
