@@ -34,7 +34,7 @@ from torch import nn
 
 from inspector.contracts.config import PolicySection, RuntimeSection, StationConfig
 from inspector.contracts.lifecycle import GateReport, LineMetrics
-from inspector.contracts.manifest import Manifest, ModelFiles, Outputs
+from inspector.contracts.manifest import Canary, Manifest, ModelFiles, Outputs
 from inspector.runtime.package import ModelPackage, hash_file, hash_tree, load_package, write_manifest
 from trainer.checklist import run_checklist
 from trainer.evaluate import EvalSet, evaluate_package
@@ -52,6 +52,7 @@ from trainer.package_spec import (
     heldout_class_labels,
     preprocess_frames,
 )
+from trainer.precision import RuntimeChoice
 from trainer.quantize import QuantConfig, QuantReport
 
 __all__ = [
@@ -259,6 +260,29 @@ def prepare_package(
     if calibration is not None:
         say(f"INT8: quantising with {len(calibration)} training images, gating on {len(held.images)} held-out frames")
     quant, choice, refit_info = quantise(stage, spec, calibration, x_held, held, qcfg, bounds, int8_refit, opset)
+    _say_int8_outcome(say, quant, choice, refit_info)
+    bench = benchmark(net, stage, x_held, quant, threads, spec)
+    if choice is not None:
+        bench["runtime"] = choice.to_dict()
+    if refit_info is not None:
+        bench["int8_refit"] = refit_info
+    say(f"benchmark: torch eager {bench['torch_eager_ms']:.2f} ms, ORT fp32 {bench['fp32_ms']:.2f} ms (batch 1)")
+    outs = run_onnx(stage / FP32_FILE, x_held, threads=threads)
+    canaries = write_canaries(stage, spec, held, outs, n_canaries)
+    drift = drift_reference(spec, held, outs)
+    manifest = _draft_manifest(
+        stage, spec, list(getattr(net, "output_names", [])), choice, canaries, drift, parity, bench
+    )
+    return Draft(stage, manifest, parity, quant)
+
+
+def _say_int8_outcome(
+    say: Callable[[str], None],
+    quant: QuantReport | None,
+    choice: RuntimeChoice | None,
+    refit_info: dict[str, Any] | None,
+) -> None:
+    """What the INT8 step decided: the scorer refit on INT8 features, the INT8 gate, the runtime kept."""
     if refit_info is not None and "report" in refit_info:
         say(
             f"INT8 with the scorer refitted on INT8 features: {refit_info['report']['reason']}"
@@ -268,17 +292,21 @@ def prepare_package(
         say(f"INT8 on ONNX Runtime {'passes' if quant.kept else 'fails'} its gate: {quant.reason}")
     if choice is not None:
         say(f"runtime kept: {choice.reason}")
-    bench = benchmark(net, stage, x_held, quant, threads, spec)
-    if choice is not None:
-        bench["runtime"] = choice.to_dict()
-    if refit_info is not None:
-        bench["int8_refit"] = refit_info
-    say(f"benchmark: torch eager {bench['torch_eager_ms']:.2f} ms, ORT fp32 {bench['fp32_ms']:.2f} ms (batch 1)")
-    outs = run_onnx(stage / FP32_FILE, x_held, threads=threads)
-    canaries = write_canaries(stage, spec, held, outs, n_canaries)
-    names = list(getattr(net, "output_names", []))
+
+
+def _draft_manifest(
+    stage: Path,
+    spec: PackageSpec,
+    names: list[str],
+    choice: RuntimeChoice | None,
+    canaries: list[Canary],
+    drift: dict[str, Any],
+    parity: dict[str, Any],
+    bench: dict[str, Any],
+) -> Manifest:
+    """The draft's manifest: the spec, the FP32 file's hash in the version, the runtime kept and the checks' results."""
     short = hash_file(stage / FP32_FILE)[:8]
-    manifest = Manifest(
+    return Manifest(
         name=spec.name,
         version=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{short}",
         created_at=time.time(),
@@ -296,7 +324,7 @@ def prepare_package(
         temperature=spec.temperature,
         anomaly=spec.anomaly,
         canaries=canaries,
-        drift_reference=drift_reference(spec, held, outs),
+        drift_reference=drift,
         data=spec.data,
         augmentation=spec.augmentation,
         architecture=spec.architecture,
@@ -307,7 +335,6 @@ def prepare_package(
         memory_budget_mb=spec.memory_budget_mb,
         target_hardware=spec.target_hardware,
     )
-    return Draft(stage, manifest, parity, quant)
 
 
 def finish_package(
