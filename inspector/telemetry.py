@@ -1,5 +1,6 @@
 """Prometheus metrics of the station: every metric name defined here, once (the station view's in
-:mod:`inspector.telemetry_station`); each process serves its own.
+:mod:`inspector.telemetry_station`); each process serves its own (ports and endpoint:
+:mod:`inspector.telemetry_serve`; collectors read at scrape time are built with :mod:`inspector.telemetry_collectors`).
 
 Every long-running process calls :func:`serve` from its entry point (``inspector camera | worker | line | gui``,
 ``inspector jobs drift | worker``) and registers what it watches. Ports (``metrics.*`` in the station file):
@@ -23,19 +24,21 @@ What each process serves (besides prometheus-client's own process_* and python_*
 from __future__ import annotations
 
 import logging
-import re
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge, Histogram
 
-from inspector.contracts.config import METRICS_PORT_OFFSETS, METRICS_WORKER_OFFSET, StationConfig
-from inspector.telemetry_station import StationCollector, station_view
+from inspector.contracts.config import StationConfig
+from inspector.telemetry_collectors import Watch, counter_family, gauge_family, register
+from inspector.telemetry_serve import metrics_port, serve, worker_process
+from inspector.telemetry_station import station_view
 
-__all__ = ["station_view"]  # inspector.status reads the station view from here
+# Re-exported: inspector.status reads the station view from here; the entry points (inspector.cli, jobs.cli)
+# import start and worker_process, tests metrics_port; a process's watch function gets this module.
+__all__ = ["metrics_port", "register", "serve", "station_view", "worker_process"]
 
 log = logging.getLogger(__name__)
 
@@ -68,66 +71,9 @@ MODEL_LOAD_SECONDS = Gauge(
 MODEL_LOADS = Counter("inspector_model_loads", "Model packages loaded (start and hot swaps).")
 
 
-def worker_process(name: str | None) -> str:
-    """The metrics name of a worker: ``worker-N`` for the supervisor's numbered workers, else ``worker``."""
-    m = re.search(r"-worker-(\d+)$", name or "")
-    return f"worker-{int(m.group(1))}" if m else "worker"
-
-
-def metrics_port(cfg: StationConfig, process: str) -> int:
-    """The port ``process`` (camera, line, drift, jobs, gui, worker, worker-N) serves on; 0: none."""
-    if process in cfg.metrics.ports:
-        return cfg.metrics.ports[process]
-    if process in METRICS_PORT_OFFSETS:
-        return cfg.metrics.port_base + METRICS_PORT_OFFSETS[process]
-    m = re.match(r"^worker(?:-(\d+))?$", process)
-    if not m:
-        raise ValueError(f"unknown station process {process!r}")
-    return cfg.metrics.port_base + METRICS_WORKER_OFFSET + int(m.group(1) or 0)
-
-
-_served: dict[str, int | None] = {}
-_registered: dict[str, Collector] = {}
-
-
-def serve(cfg: StationConfig, process: str, station: bool = True) -> int | None:
-    """Serve /metrics for this process (with the station view read from Redis unless ``station`` is False).
-    Returns the port, or None when metrics are off or the port cannot be bound (one log line; the process goes on)."""
-    if not cfg.metrics.enabled:
-        return None
-    if station:
-        register(f"station:{cfg.station.id}", lambda: StationCollector(cfg), replace=False)
-    if process in _served:  # once per process: a second call neither retries nor repeats the line
-        return _served[process]
-    port = metrics_port(cfg, process)
-    _served[process] = None
-    if port == 0:
-        return None
-    host = cfg.metrics.host
-    try:
-        start_http_server(port, addr=host)
-    except OSError as err:
-        key = f"metrics.ports.{process}"
-        log.error(
-            "metrics port %s:%d of %s cannot be served (%s): %s goes on without metrics; free the port or "
-            "set %s (or metrics.port_base)",
-            host,
-            port,
-            process,
-            err.strerror or err,
-            process,
-            key,
-        )
-        return None
-    _served[process] = port
-    log.info("%s serves Prometheus metrics on http://%s:%d/metrics", process, host, port)
-    return port
-
-
 def start(cfg: StationConfig, process: str, watch: Callable[[Any], object] | None = None) -> int | None:
     """:func:`serve`, then ``watch(this module)`` to register what the process watches; a failure of either is
     logged and never stops the process."""
-    import sys
 
     port = serve(cfg, process)
     if watch is not None and cfg.metrics.enabled:
@@ -138,75 +84,32 @@ def start(cfg: StationConfig, process: str, watch: Callable[[Any], object] | Non
     return port
 
 
-def register(key: str, make: Callable[[], Collector], replace: bool = True) -> None:
-    """Register the collector of ``key``; a newer object of the same kind (a recorder made again, a second
-    runner in one process) replaces the older one, unless ``replace`` is False."""
-    old = _registered.get(key)
-    if old is not None:
-        if not replace:
-            return
-        REGISTRY.unregister(old)
-    _registered[key] = collector = make()
-    REGISTRY.register(collector)
-
-
-def _try(fn: Callable[[], Iterable[Any]]) -> Iterable[Any]:
-    """A collector that fails (Redis away, an object mid-swap) yields nothing instead of breaking the scrape."""
-    try:
-        return list(fn())
-    except Exception as err:  # noqa: BLE001 - a scrape never raises
-        log.debug("metrics collector failed: %s", err)
-        return []
-
-
 # ---------------------------------------------------------------------------------------------- per process
-def _counter(name: str, doc: str, labels: list[str], rows: Iterable[tuple[list[str], float]]) -> CounterMetricFamily:
-    m = CounterMetricFamily(name, doc, labels=labels)
-    for values, v in rows:
-        m.add_metric(values, v)
-    return m
-
-
-def _gauge(name: str, doc: str, labels: list[str], rows: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
-    m = GaugeMetricFamily(name, doc, labels=labels)
-    for values, v in rows:
-        m.add_metric(values, v)
-    return m
-
-
-class _Watch(Collector):
-    def __init__(self, fn: Callable[[], Iterable[Any]]) -> None:
-        self.fn = fn
-
-    def collect(self) -> Iterable[Any]:
-        return _try(self.fn)
-
-
 def watch_camera(pub: Any) -> None:
     """The camera publisher's own counts (``inspector camera``)."""
     cam = pub.cam.id
 
     def collect() -> Iterable[Any]:
-        yield _counter(
+        yield counter_family(
             "inspector_frames_published",
             "Frames this camera process published to the frames stream.",
             ["camera"],
             [([cam], pub.seq - pub.not_sent)],
         )
-        yield _counter(
+        yield counter_family(
             "inspector_frames_not_sent",
             "Parts the camera saw while Redis was unreachable.",
             ["camera"],
             [([cam], pub.not_sent)],
         )
-        yield _gauge(
+        yield gauge_family(
             "inspector_camera_silent",
             "1 while the camera has delivered no frame for camera.health_periods.",
             ["camera"],
             [([cam], 1 if pub.silent else 0)],
         )
 
-    register("camera", lambda: _Watch(collect))
+    register("camera", lambda: Watch(collect))
 
 
 def watch_worker(worker: Any) -> None:
@@ -214,41 +117,41 @@ def watch_worker(worker: Any) -> None:
 
     def collect() -> Iterable[Any]:
         c, name = dict(worker.counts), worker.name
-        yield _counter(
+        yield counter_family(
             "inspector_frames_inspected",
             "Frames this worker read and gave an outcome.",
             ["worker"],
             [([name], c.get("frames", 0))],
         )
-        yield _counter(
+        yield counter_family(
             "inspector_worker_verdicts",
             "New verdicts this worker committed.",
             ["worker"],
             [([name], c.get("verdicts", 0))],
         )
-        yield _counter(
+        yield counter_family(
             "inspector_worker_duplicates",
             "Verdicts for frames that had one already (redelivery).",
             ["worker"],
             [([name], c.get("duplicates", 0))],
         )
-        yield _counter(
+        yield counter_family(
             "inspector_worker_errors", "ERROR verdicts of this worker.", ["worker"], [([name], c.get("errors", 0))]
         )
-        yield _counter(
+        yield counter_family(
             "inspector_dead_lettered",
             "Frames this worker moved to the dead-letter stream.",
             ["worker"],
             [([name], c.get("dead_letter", 0))],
         )
-        yield _gauge(
+        yield gauge_family(
             "inspector_model_info",
             "1 for the model version this worker serves.",
             ["worker", "version"],
             [([name, str(worker.model.version)], 1)],
         )
 
-    register("worker", lambda: _Watch(collect))
+    register("worker", lambda: Watch(collect))
 
 
 def verdict_sink(verdict: Any, image: Any = None, encoding: str | None = None) -> None:
@@ -277,66 +180,68 @@ def watch_recorder(recorder: Any) -> None:
 
     def collect() -> Iterable[Any]:
         s, who = dict(recorder.stats), recorder.consumer
-        yield _counter(
+        yield counter_family(
             "inspector_verdicts_recorded",
             "Verdicts written to the station database.",
             ["consumer"],
             [([who], s.get("recorded", 0))],
         )
-        yield _counter(
+        yield counter_family(
             "inspector_recorder_batches",
             "Database transactions of the recorder.",
             ["consumer"],
             [([who], s.get("batches", 0))],
         )
-        yield _counter(
+        yield counter_family(
             "inspector_recorder_reclaimed",
             "Verdict entries the recorder took over from a dead one.",
             ["consumer"],
             [([who], s.get("reclaimed", 0))],
         )
-        yield _counter(
+        yield counter_family(
             "inspector_recorder_bad_entries",
             "Verdict entries that could not be recorded.",
             ["consumer"],
             [([who], s.get("bad_entries", 0))],
         )
 
-    register("recorder", lambda: _Watch(collect))
+    register("recorder", lambda: Watch(collect))
 
 
 def watch_line(runner: Any) -> None:
     """The line runner (``inspector line``): parts by signal and reason, ready, in flight, output errors."""
 
     def collect() -> Iterable[Any]:
-        yield _counter(
+        yield counter_family(
             "inspector_line_parts",
             "Parts given a line signal, by signal and reason.",
             ["signal", "reason"],
             [(list(k), v) for k, v in sorted(runner.outcomes_by_reason.items())],
         )
         h = runner.health
-        yield _gauge("inspector_line_ready", "1 while the line is told READY.", [], [([], 1 if h and h.ready else 0)])
-        yield _gauge(
+        yield gauge_family(
+            "inspector_line_ready", "1 while the line is told READY.", [], [([], 1 if h and h.ready else 0)]
+        )
+        yield gauge_family(
             "inspector_line_in_flight",
             "Parts waiting for a verdict or their deadline.",
             [],
             [([], runner.decider.pending)],
         )
-        yield _gauge(
+        yield gauge_family(
             "inspector_line_deadline_seconds",
             "No PASS within this time of capture: reject.",
             [],
             [([], runner.decider.deadline_s)],
         )
-        yield _counter(
+        yield counter_family(
             "inspector_line_output_errors",
             "Failed writes or connections of a line output.",
             ["output"],
             [([type(o).__name__], getattr(o, "errors", 0)) for o in runner.outputs],
         )
 
-    register("line", lambda: _Watch(collect))
+    register("line", lambda: Watch(collect))
 
 
 def watch_drift(monitor: Any) -> None:
@@ -345,8 +250,8 @@ def watch_drift(monitor: Any) -> None:
 
     def collect() -> Iterable[Any]:
         det = monitor.detector
-        yield _counter("inspector_drift_alarms", "DRIFT_ALARM events raised.", [], [([], len(monitor.alarms))])
-        yield _gauge(
+        yield counter_family("inspector_drift_alarms", "DRIFT_ALARM events raised.", [], [([], len(monitor.alarms))])
+        yield gauge_family(
             "inspector_drift_band",
             "The bands the statistics are held against.",
             ["band"],
@@ -359,27 +264,27 @@ def watch_drift(monitor: Any) -> None:
         )
         if det is None:
             return
-        yield _counter("inspector_drift_checks", "Drift checks of the full window.", [], [([], det.checks)])
-        yield _gauge(
+        yield counter_family("inspector_drift_checks", "Drift checks of the full window.", [], [([], det.checks)])
+        yield gauge_family(
             "inspector_drift_consecutive",
             "Consecutive checks with a tripped statistic (alarm at drift.hysteresis).",
             [],
             [([], det.consecutive)],
         )
         rows = list(_drift_numbers.items())
-        yield _gauge(
+        yield gauge_family(
             "inspector_drift_psi",
             "Population stability index of the window against the reference.",
             ["statistic"],
             [([k], v["psi"]) for k, v in rows],
         )
-        yield _gauge(
+        yield gauge_family(
             "inspector_drift_ks_p",
             "KS-test p-value of the window against the reference.",
             ["statistic"],
             [([k], v["ks_p"]) for k, v in rows],
         )
-        yield _gauge(
+        yield gauge_family(
             "inspector_drift_shift_sigma",
             "Window mean minus reference mean, in reference standard deviations.",
             ["statistic"],
@@ -387,14 +292,14 @@ def watch_drift(monitor: Any) -> None:
         )
         tripped = set(det.last.tripped) if getattr(det, "last", None) is not None else set()
         names = sorted(set(_drift_numbers) | tripped)
-        yield _gauge(
+        yield gauge_family(
             "inspector_drift_tripped",
             "1 when the statistic tripped in the last check.",
             ["statistic"],
             [([k], 1 if k in tripped else 0) for k in names],
         )
 
-    register("drift", lambda: _Watch(collect))
+    register("drift", lambda: Watch(collect))
 
 
 _drift_numbers: dict[str, dict[str, float]] = {}
@@ -427,9 +332,9 @@ def watch_jobs(q: Any) -> None:
             ("scheduled", ScheduledJobRegistry),
         ):
             rows.append(([state], reg(queue=q).count))
-        yield _gauge("inspector_jobs", "Jobs of the station's RQ queue by state.", ["state"], rows)
+        yield gauge_family("inspector_jobs", "Jobs of the station's RQ queue by state.", ["state"], rows)
 
-    register("jobs", lambda: _Watch(collect))
+    register("jobs", lambda: Watch(collect))
 
 
 def watch_gui(started_at: float | None = None) -> None:
@@ -437,5 +342,7 @@ def watch_gui(started_at: float | None = None) -> None:
     t0 = started_at or time.time()
     register(
         "gui",
-        lambda: _Watch(lambda: [_gauge("inspector_gui_start_time_seconds", "When the GUI started.", [], [([], t0)])]),
+        lambda: Watch(
+            lambda: [gauge_family("inspector_gui_start_time_seconds", "When the GUI started.", [], [([], t0)])]
+        ),
     )
