@@ -18,14 +18,16 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from torch import nn
 
 from inspector.contracts.errors import ModelPackageError
 from trainer.augment import build_batch_transform, build_transforms, check_policy, load_policy
-from trainer.backbone import build_backbone, feature_channels
+from trainer.backbone import BackboneSpec, build_backbone, feature_channels
 from trainer.calibration import CalibrationReport, calibrate, reliability_diagram
 from trainer.classifier import (
     ClassifierHead,
     TrainConfig,
+    TrainResult,
     logits_from_maps,
     per_class_recall,
     predict_logits,
@@ -33,6 +35,7 @@ from trainer.classifier import (
 )
 from trainer.data import (
     ImageDataset,
+    Sample,
     scan_class_folders,
     snapshot_hash,
     split_summary,
@@ -107,14 +110,9 @@ def run_classifier_recipe(
     policy = load_policy(recipe.policy)
     for w in check_policy(policy, recipe.facts):
         console.print(f"[yellow]warning:[/] {w}")
-    samples, classes = scan_class_folders(data)
-    if limit_per_class:
-        samples = [s for c in range(len(classes)) for s in [x for x in samples if x.label == c][:limit_per_class]]
+    samples, classes = _class_samples(data, limit_per_class)
     splits = stratified_split(samples, recipe.split.fractions(), recipe.split.seed)
-    backbone, spec = build_backbone(recipe.backbone, recipe.weights)
-    head = ClassifierHead(
-        feature_channels(backbone), len(classes), hidden=256 if recipe.head == "mlp" else 0, dropout=recipe.dropout
-    )
+    backbone, spec, head = _build_network(recipe, len(classes))
     train_tf = build_transforms(policy, recipe.image_size, spec.mean, spec.std)
     eval_tf = build_transforms(None, recipe.image_size, spec.mean, spec.std)
     result = train_classifier(
@@ -128,16 +126,7 @@ def run_classifier_recipe(
         build_batch_transform(policy, len(classes)),
         console,
     )
-    t0 = time.perf_counter()
-    assert result.val_maps is not None and result.val_labels is not None
-    val_logits, val_y = logits_from_maps(result, result.val_maps), result.val_labels
-    test_logits, test_y = predict_logits(result, ImageDataset(splits["test"], eval_tf), console=console)
-    cal = calibrate(val_logits, val_y, test_logits, test_y)
-    out.mkdir(parents=True, exist_ok=True)
-    reliability_diagram(test_logits, test_y, cal.temperature, out / "reliability.png")
-    metrics = _metrics(test_logits, test_y, val_logits, val_y, classes, cal)
-    metrics["seconds"] = {**result.seconds, "evaluate": round(time.perf_counter() - t0, 1)}
-    metrics["seconds"]["total"] = round(result.seconds["total"] + metrics["seconds"]["evaluate"], 1)
+    cal, metrics = _calibrate_and_evaluate(result, ImageDataset(splits["test"], eval_tf), classes, out, console)
     net = InspectionNet(backbone, head, temperature=cal.temperature)
     torch.save(net.state_dict(), out / STATE_FILE)
     write_split_file(out / "split.json", splits, Path(data))
@@ -165,6 +154,40 @@ def run_classifier_recipe(
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
     append_run(record, log_path)
     return RunOutput(metrics, classes, out, record.run_id)
+
+
+def _build_network(recipe: ClassifierRecipe, n_classes: int) -> tuple[nn.Module, BackboneSpec, ClassifierHead]:
+    """The recipe's backbone (with its spec) and a fresh classifier head for ``n_classes``."""
+    backbone, spec = build_backbone(recipe.backbone, recipe.weights)
+    head = ClassifierHead(
+        feature_channels(backbone), n_classes, hidden=256 if recipe.head == "mlp" else 0, dropout=recipe.dropout
+    )
+    return backbone, spec, head
+
+
+def _class_samples(data: Path, limit_per_class: int | None) -> tuple[list[Sample], list[str]]:
+    """The class-folder samples and class names; ``limit_per_class``: the first that many of each class."""
+    samples, classes = scan_class_folders(data)
+    if limit_per_class:
+        samples = [s for c in range(len(classes)) for s in [x for x in samples if x.label == c][:limit_per_class]]
+    return samples, classes
+
+
+def _calibrate_and_evaluate(
+    result: TrainResult, test_set: ImageDataset, classes: list[str], out: Path, console: Console
+) -> tuple[CalibrationReport, dict[str, Any]]:
+    """Temperature from the validation logits, the test metrics and the reliability diagram (in ``out``)."""
+    t0 = time.perf_counter()
+    assert result.val_maps is not None and result.val_labels is not None
+    val_logits, val_y = logits_from_maps(result, result.val_maps), result.val_labels
+    test_logits, test_y = predict_logits(result, test_set, console=console)
+    cal = calibrate(val_logits, val_y, test_logits, test_y)
+    out.mkdir(parents=True, exist_ok=True)
+    reliability_diagram(test_logits, test_y, cal.temperature, out / "reliability.png")
+    metrics = _metrics(test_logits, test_y, val_logits, val_y, classes, cal)
+    metrics["seconds"] = {**result.seconds, "evaluate": round(time.perf_counter() - t0, 1)}
+    metrics["seconds"]["total"] = round(result.seconds["total"] + metrics["seconds"]["evaluate"], 1)
+    return cal, metrics
 
 
 def _metrics(

@@ -212,21 +212,8 @@ def fit_fused_scorer(
         f"fused scorer: {threshold_folds} fold(s): wknn bank on {len(data.fit_rows)} goods, fusion on them + "
         f"{len(defects)} labelled defects; every good scored once by the fold model that never saw it"
     )
-    # fold f holds out the goods with index % holdout_every == f; fold 2 is fit_anomaly's split: the package's
-    # model. The other folds' models only score their own held-out goods for the threshold (the fusion scores
-    # are normalised by each model's training goods so that fold models share one threshold, as in the curve).
-    folds = [2] + [f for f in range(cfg.holdout_every) if f != 2][: max(threshold_folds, 1) - 1]
-    fold_of = np.arange(len(good)) % cfg.holdout_every
-    scores_parts, probe_uses = [], []
-    scorer, model = _fit_fold_model(data, data.fit_rows, cfg, fusion, inner_folds, seconds)
-    x_hold = numpy_features(scorer, data.pooled[data.hold_rows], data.emb[data.hold_rows])
-    for f in folds[1:]:
-        s_f, m_f = _fit_fold_model(data, np.flatnonzero(fold_of != f), cfg, fusion, inner_folds, seconds)
-        rows = np.flatnonzero(fold_of == f)
-        x_f = numpy_features(s_f, data.pooled[rows], data.emb[rows])
-        scores_parts.append(m_f.score(x_f, x_f[:, data.d_pool]))
-        probe_uses.append(m_f.uses_probe)
-    hold = np.concatenate([model.score(x_hold, x_hold[:, data.d_pool]), *scores_parts])
+    folds = _score_held_out_goods(data, len(good), cfg, fusion, inner_folds, threshold_folds, seconds)
+    scorer, model, x_hold, hold = folds.scorer, folds.model, folds.x_hold, folds.scores
     shift = 1.0 - float(np.median(hold))  # the runtime needs a positive threshold: median held-out good at 1
     hold = hold + shift
     target = cfg.target_false_reject
@@ -241,15 +228,7 @@ def fit_fused_scorer(
     k_above = int((hold > q).sum())
     seconds["total"] = round(time.perf_counter() - t0, 1)
     info = {
-        "method": "fused: wknn good-only score + guarded ridge probe (trainer.fusion), one graph (FusionHead)",
-        "fusion": model.summary(),
-        "uses_probe": model.uses_probe,
-        "labelled_defects": len(defects),
-        "fit_images": len(data.fit_rows),
-        "threshold_images": len(hold),
-        "threshold_folds": len(folds),
-        "fold_models_using_probe": f"{sum(probe_uses) + model.uses_probe}/{len(folds)}",
-        "inner_folds": inner_folds if data.probe_possible else 0,
+        **_fitted_models_info(folds, data, len(defects), inner_folds),
         "threshold_rule": "upper_bound (95 % Clopper-Pearson on held-out goods, as trainer learning-curve)",
         "threshold_good_quantile": q,
         "score_origin": origin,
@@ -263,6 +242,62 @@ def fit_fused_scorer(
         "seconds": seconds,
     }
     return head, spec, info
+
+
+@dataclass
+class _FoldScores:
+    """The package's fold model and every good's held-out score (each by the fold model that never saw it)."""
+
+    scorer: WhitenedKnnScorer  # the package's wknn bank (fold 2)
+    model: FusionModel  # the package's fusion (fold 2)
+    x_hold: np.ndarray  # fold 2's held-out goods' features
+    scores: np.ndarray  # fold 2's held-out goods' scores, then the other folds'
+    probe_uses: list[bool]  # whether each other fold's model uses the probe
+    n_folds: int
+
+
+def _score_held_out_goods(
+    data: _FusionData,
+    n_good: int,
+    cfg: AnomalyConfig,
+    fusion: FusionConfig,
+    inner_folds: int,
+    threshold_folds: int,
+    seconds: dict[str, float],
+) -> _FoldScores:
+    """Fit the fold models and score each fold's held-out goods with the model that never saw them."""
+    # fold f holds out the goods with index % holdout_every == f; fold 2 is fit_anomaly's split: the package's
+    # model. The other folds' models only score their own held-out goods for the threshold (the fusion scores
+    # are normalised by each model's training goods so that fold models share one threshold, as in the curve).
+    folds = [2] + [f for f in range(cfg.holdout_every) if f != 2][: max(threshold_folds, 1) - 1]
+    fold_of = np.arange(n_good) % cfg.holdout_every
+    scores_parts, probe_uses = [], []
+    scorer, model = _fit_fold_model(data, data.fit_rows, cfg, fusion, inner_folds, seconds)
+    x_hold = numpy_features(scorer, data.pooled[data.hold_rows], data.emb[data.hold_rows])
+    for f in folds[1:]:
+        s_f, m_f = _fit_fold_model(data, np.flatnonzero(fold_of != f), cfg, fusion, inner_folds, seconds)
+        rows = np.flatnonzero(fold_of == f)
+        x_f = numpy_features(s_f, data.pooled[rows], data.emb[rows])
+        scores_parts.append(m_f.score(x_f, x_f[:, data.d_pool]))
+        probe_uses.append(m_f.uses_probe)
+    hold = np.concatenate([model.score(x_hold, x_hold[:, data.d_pool]), *scores_parts])
+    return _FoldScores(scorer, model, x_hold, hold, probe_uses, len(folds))
+
+
+def _fitted_models_info(folds: _FoldScores, data: _FusionData, n_defects: int, inner_folds: int) -> dict[str, Any]:
+    """The fused scorer's report: what was fitted, on how many images, by how many fold models."""
+    model = folds.model
+    return {
+        "method": "fused: wknn good-only score + guarded ridge probe (trainer.fusion), one graph (FusionHead)",
+        "fusion": model.summary(),
+        "uses_probe": model.uses_probe,
+        "labelled_defects": n_defects,
+        "fit_images": len(data.fit_rows),
+        "threshold_images": len(folds.scores),
+        "threshold_folds": folds.n_folds,
+        "fold_models_using_probe": f"{sum(folds.probe_uses) + model.uses_probe}/{folds.n_folds}",
+        "inner_folds": inner_folds if data.probe_possible else 0,
+    }
 
 
 def _extract_fusion_data(

@@ -20,12 +20,7 @@ def curve_point(fraction: float, rotations: list[dict[str, Any]]) -> dict[str, A
     n_def = sum(r["defects"] for r in rotations)
     fr = sum(r["false_rejects"] for r in rotations)
     n_good = sum(r["goods"] for r in rotations)
-    per_class: dict[str, list[int]] = {}
-    for r in rotations:
-        for c, (k, n) in r["per_class"].items():
-            acc = per_class.setdefault(c, [0, 0])
-            acc[0] += k
-            acc[1] += n
+    per_class = _pooled_per_class(rotations)
     # the rotations judge the same images more than once (a defect at both good rotations' thresholds and in
     # several defect rotations, a test/good image once per defect rotation): intervals use the pooled rates on
     # the number of DISTINCT images judged, not on the number of judgements
@@ -58,18 +53,7 @@ def curve_point(fraction: float, rotations: list[dict[str, Any]]) -> dict[str, A
             "false_reject_rate": round(sum(r["pooled_upper_bound"]["false_rejects"] for r in rotations) / n_good, 4),
         },
         "oracle_recall": round(float(np.mean([r["oracle_recall"] for r in rotations])), 4),
-        "by_rotation": [
-            {
-                "defect_rotation": i,
-                "good_rotation": g["good_rotation"],
-                "false_rejects": f"{g['false_rejects']}/{g['goods']}",
-                "recall": round(g["detected"] / g["defects"], 4),
-                "threshold": round(g["threshold"], 4),
-                "threshold_goods": g["threshold_goods"],
-            }
-            for i, r in enumerate(rotations)
-            for g in r["by_good_rotation"]
-        ],
+        "by_rotation": _by_rotation(rotations),
         "scored_defects": n_def_eff,
         "scored_goods": n_good,
         "distinct_scored_defects": distinct_def,
@@ -81,6 +65,33 @@ def curve_point(fraction: float, rotations: list[dict[str, Any]]) -> dict[str, A
         "models_with_probe": f"{sum(r['probe_models'] for r in rotations)}/{sum(len(r['models']) for r in rotations)}",
         "chosen_alpha": sorted({m["alpha"] for r in rotations for m in r["models"]}),
     }
+
+
+def _pooled_per_class(rotations: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Per defect class, [detected, judged] summed over the rotations."""
+    per_class: dict[str, list[int]] = {}
+    for r in rotations:
+        for c, (k, n) in r["per_class"].items():
+            acc = per_class.setdefault(c, [0, 0])
+            acc[0] += k
+            acc[1] += n
+    return per_class
+
+
+def _by_rotation(rotations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (defect rotation, good rotation): its false rejects, recall and threshold."""
+    return [
+        {
+            "defect_rotation": i,
+            "good_rotation": g["good_rotation"],
+            "false_rejects": f"{g['false_rejects']}/{g['goods']}",
+            "recall": round(g["detected"] / g["defects"], 4),
+            "threshold": round(g["threshold"], 4),
+            "threshold_goods": g["threshold_goods"],
+        }
+        for i, r in enumerate(rotations)
+        for g in r["by_good_rotation"]
+    ]
 
 
 def print_curve(result: dict[str, Any], console: Console) -> None:
