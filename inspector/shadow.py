@@ -10,7 +10,8 @@ its package must have the registered hash), decides with the station's policy an
 It runs on spare capacity: niced (``shadow.nice``) and under SCHED_IDLE (``shadow.idle_priority``), on ``shadow.threads`` runtime threads, and frames older
 than ``shadow.max_lag_ms`` when it reads them are skipped and counted (``shadow_skipped``), so it never
 queues behind the line. Images of frames where the candidate's verdict differs from the active one are
-archived (up to ``shadow.save_differing`` per version) for ``inspector jobs shadow-report``.
+archived (up to ``shadow.save_differing`` per version, :mod:`inspector.shadow_differing`) for
+``inspector jobs shadow-report``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 
 import redis
 
@@ -36,15 +35,14 @@ from inspector.decision import decide, line_rejects
 from inspector.models.decode import decode_image
 from inspector.models.inference import InspectionModel
 from inspector.progress import Progress
+from inspector.shadow_differing import MATCH_AFTER_S, DifferingImages
 from inspector.store.db import Store
 from inspector.store.models import ModelVersionRow
-from inspector.store.shadow import differing_without_image, images_saved, record_shadow_verdicts, set_shadow_image
+from inspector.store.shadow import record_shadow_verdicts
 
 log = logging.getLogger(__name__)
 
-RECENT_IMAGES = 2000  # frames kept in memory until their active verdict is recorded (a few seconds at line rate)
-MATCH_AFTER_S = 1.0
-GAP_SAFETY = 1.3  # the candidate starts a frame only if 1.3 times its measured time fits before the next frame  # the recorder writes verdict rows within store.flush_ms; look for them after this
+GAP_SAFETY = 1.3  # the candidate starts a frame only if 1.3 times its measured time fits before the next frame
 
 
 class ShadowRefused(InspectorError):
@@ -73,13 +71,6 @@ def shadow_config(cfg: StationConfig) -> StationConfig:
     return cfg.model_copy(update={"runtime": runtime, "worker": worker})
 
 
-@dataclass
-class _Judged:
-    meta: FrameMeta
-    image: bytes
-    at: float
-
-
 class ShadowRunner:
     """The shadow process's loop: read live frames, judge them with the candidate, store, acknowledge."""
 
@@ -95,8 +86,7 @@ class ShadowRunner:
         self.progress = Progress(ConsumerRole.SHADOW, name, cfg.store.stall_s)
         self.heartbeat = StationHeartbeat(client, self.names, self.progress)  # listed in `inspector status`
         self.counts: dict[str, int] = {"judged": 0, "skipped": 0, "trimmed": 0, "unreadable": 0, "saved_images": 0}
-        self._recent: OrderedDict[str, _Judged] = OrderedDict()
-        self._saved = 0
+        self.differing = DifferingImages(store, self.archive, cfg.shadow.save_differing)
         self._next_poll = 0.0
         self._next_match = 0.0
         self._next_read = 0.0
@@ -141,7 +131,7 @@ class ShadowRunner:
             return
         self._unload()
         self.model, self.pointer = model, pointer
-        self._saved = images_saved(self.store, version)
+        self.differing.follow(version)
         self._judge_s = self._time_one(model)
         self._skip_backlog()
         log.info("shadow %s: judging live frames with %s (never sent to the line)", self.name, version)
@@ -165,7 +155,7 @@ class ShadowRunner:
         if self.model is not None:
             self.model.close()
         self.model, self.pointer = None, None
-        self._recent.clear()
+        self.differing.forget()
 
     def _skip_backlog(self) -> None:
         """A new candidate starts at the live end of the stream: what was pending or unread is skipped."""
@@ -221,7 +211,7 @@ class ShadowRunner:
         self.flush()
         if now >= self._next_match:
             self._next_match = now + MATCH_AFTER_S
-            self._save_differing()
+            self.counts["saved_images"] += self.differing.save_due()
         self.progress.ok(n)
         return n
 
@@ -320,7 +310,7 @@ class ShadowRunner:
                     continue
                 result = decide(out.class_probs, out.anomaly_score, self.cfg.policy, out.classifier_decides)
                 rows.append(self._row(meta, result.decision, result.defect_class, out.anomaly_score, per_frame, None))
-                self._remember(meta, entry.image)
+                self.differing.remember(meta, entry.image)
         self._rows += rows
         self._acks += [e.entry_id for e in entries]
         self.counts["judged"] += len(rows)
@@ -361,38 +351,6 @@ class ShadowRunner:
             "latency_ms": round((time.time() - meta.captured_at) * 1000, 3),
             "error": error,
         }
-
-    # -- images of the frames that differ --------------------------------------------------------------
-    def _remember(self, meta: FrameMeta, image: bytes) -> None:
-        if self.cfg.shadow.save_differing <= self._saved:
-            return
-        self._recent[meta.id] = _Judged(meta, image, time.monotonic())
-        while len(self._recent) > RECENT_IMAGES:
-            self._recent.popitem(last=False)
-
-    def _save_differing(self) -> None:
-        """Archive the images of judged frames whose active verdict is now recorded and differs."""
-        if not self._recent or self.pointer is None:
-            return
-        cutoff = time.monotonic() - MATCH_AFTER_S
-        due = [fid for fid, j in self._recent.items() if j.at <= cutoff]
-        if not due:
-            return
-        version = self.pointer[0]
-        for fid in differing_without_image(self.store, version, due):
-            if self._saved >= self.cfg.shadow.save_differing:
-                break
-            judged = self._recent[fid]
-            ext = "png" if judged.meta.encoding == "png" else "jpg"
-            sha = self.archive.put(judged.image, ext)
-            set_shadow_image(self.store, version, fid, sha, ext)
-            self._saved += 1
-            self.counts["saved_images"] += 1
-        too_old = time.monotonic() - 10 * MATCH_AFTER_S  # the recorder had its chance: forget the image
-        for fid in due:
-            judged_at = self._recent.get(fid)
-            if judged_at is not None and judged_at.at <= too_old:
-                self._recent.pop(fid, None)
 
 
 def run_shadow_process(cfg: StationConfig, client: redis.Redis, store: Store, name: str) -> dict[str, int]:
