@@ -108,69 +108,88 @@ def evaluate_gates(
     """The gate report of a candidate. ``candidate`` / ``incumbent``: line metrics per frame set, scored on
     the same frames; ``primary`` is the set the absolute limits apply to (the fixed held-out set; the
     confirmed frames of a camera-changed refit)."""
-    rows: list[GateRow] = []
     main = candidate.get(primary)
-    inc_main = incumbent.get(primary)
+    rows = _enough_frames_rows(main, primary, jobs)
+    if main is not None:
+        rows += _absolute_limit_rows(main, incumbent.get(primary), primary, jobs)
+    rows += _per_set_rows(candidate, incumbent, jobs)
+    return GateReport(
+        passed=bool(rows) and all(r.passed for r in rows),
+        rows=rows,
+        incumbent_version=incumbent_version,
+        frame_sets={k: v.n for k, v in candidate.items() if v is not None},
+        settings=_gate_settings(jobs),
+        evaluated_at=time.time(),
+    )
+
+
+def _enough_frames_rows(main: LineMetrics | None, primary: str, jobs: JobsSection) -> list[GateRow]:
+    """``enough_frames`` on the primary set: good frames, and defect frames where the set has (or must have) some."""
+    n_min = float(jobs.min_gate_frames)
     if main is None:
-        rows.append(
-            GateRow(
-                gate="enough_frames",
-                metric="n",
-                frame_set=primary,
-                candidate=0.0,
-                limit=float(jobs.min_gate_frames),
-                passed=False,
-            )
+        return [GateRow(gate="enough_frames", metric="n", frame_set=primary, candidate=0.0, limit=n_min, passed=False)]
+    rows = [
+        GateRow(
+            gate="enough_frames",
+            metric="n_good",
+            frame_set=primary,
+            candidate=float(main.n_good),
+            limit=n_min,
+            passed=main.n_good >= n_min,
         )
-    else:
-        n_min = float(jobs.min_gate_frames)
+    ]
+    if main.n_defect or primary == HELDOUT:
         rows.append(
             GateRow(
                 gate="enough_frames",
-                metric="n_good",
+                metric="n_defect",
                 frame_set=primary,
-                candidate=float(main.n_good),
+                candidate=float(main.n_defect),
                 limit=n_min,
-                passed=main.n_good >= n_min,
+                passed=main.n_defect >= n_min,
             )
         )
-        if main.n_defect or primary == HELDOUT:
-            rows.append(
-                GateRow(
-                    gate="enough_frames",
-                    metric="n_defect",
-                    frame_set=primary,
-                    candidate=float(main.n_defect),
-                    limit=n_min,
-                    passed=main.n_defect >= n_min,
-                )
-            )
-        frr = main.false_reject_rate
-        ceiling = ceiling_rate(jobs.false_reject_ceiling, main.n_good)
+    return rows
+
+
+def _absolute_limit_rows(
+    main: LineMetrics, inc_main: LineMetrics | None, primary: str, jobs: JobsSection
+) -> list[GateRow]:
+    """The absolute limits on the primary set: the false-reject ceiling and each defect class's recall floor."""
+    frr = main.false_reject_rate
+    ceiling = ceiling_rate(jobs.false_reject_ceiling, main.n_good)
+    rows = [
+        GateRow(
+            gate="false_reject_ceiling",
+            metric="false_reject_rate",
+            frame_set=primary,
+            candidate=frr,
+            incumbent=inc_main.false_reject_rate if inc_main else None,
+            limit=round(ceiling, 6),
+            passed=frr is not None and frr <= ceiling + 1e-9,
+        )
+    ]
+    for cls, r in sorted(main.recall.items()):
+        floor = floor_rate(jobs.recall_floors.get(cls, jobs.recall_floor), main.n_per_class.get(cls, 0))
         rows.append(
             GateRow(
-                gate="false_reject_ceiling",
-                metric="false_reject_rate",
+                gate="recall_floor",
+                metric=f"recall:{cls}",
                 frame_set=primary,
-                candidate=frr,
-                incumbent=inc_main.false_reject_rate if inc_main else None,
-                limit=round(ceiling, 6),
-                passed=frr is not None and frr <= ceiling + 1e-9,
+                candidate=r,
+                incumbent=inc_main.recall.get(cls) if inc_main else None,
+                limit=round(floor, 6),
+                passed=r >= floor - 1e-9,
             )
         )
-        for cls, r in sorted(main.recall.items()):
-            floor = floor_rate(jobs.recall_floors.get(cls, jobs.recall_floor), main.n_per_class.get(cls, 0))
-            rows.append(
-                GateRow(
-                    gate="recall_floor",
-                    metric=f"recall:{cls}",
-                    frame_set=primary,
-                    candidate=r,
-                    incumbent=inc_main.recall.get(cls) if inc_main else None,
-                    limit=round(floor, 6),
-                    passed=r >= floor - 1e-9,
-                )
-            )
+    return rows
+
+
+def _per_set_rows(
+    candidate: Mapping[str, LineMetrics | None], incumbent: Mapping[str, LineMetrics | None], jobs: JobsSection
+) -> list[GateRow]:
+    """On every scored set: ``errors``, and ``no_regression`` against the incumbent where it was scored too."""
+    rows: list[GateRow] = []
     for name, cand in sorted(candidate.items()):
         if cand is None:
             continue
@@ -187,18 +206,15 @@ def evaluate_gates(
         inc = incumbent.get(name)
         if inc is not None:
             rows += _regression_rows(name, cand, inc, jobs.regression_tolerance)
-    settings: dict[str, float | dict[str, float]] = {
+    return rows
+
+
+def _gate_settings(jobs: JobsSection) -> dict[str, float | dict[str, float]]:
+    """The limits the report was evaluated with, recorded beside its rows."""
+    return {
         "recall_floor": jobs.recall_floor,
         "recall_floors": dict(jobs.recall_floors),
         "false_reject_ceiling": jobs.false_reject_ceiling,
         "regression_tolerance": jobs.regression_tolerance,
         "min_gate_frames": float(jobs.min_gate_frames),
     }
-    return GateReport(
-        passed=bool(rows) and all(r.passed for r in rows),
-        rows=rows,
-        incumbent_version=incumbent_version,
-        frame_sets={k: v.n for k, v in candidate.items() if v is not None},
-        settings=settings,
-        evaluated_at=time.time(),
-    )

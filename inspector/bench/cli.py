@@ -10,7 +10,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from inspector.contracts.errors import InspectorError
 from inspector.runtime.package import ModelPackage, load_package
+
+if TYPE_CHECKING:
+    import numpy as np
 
 bench_app = typer.Typer(help="Benchmarks: stages, backends side by side, pipeline, memory.", no_args_is_help=False)
 console = Console()
@@ -75,7 +78,7 @@ def run_bench(
     skip: set[str],
     anomalib: tuple[str, ...] = ("padim",),
 ) -> dict[str, Any]:
-    from inspector.bench import backends, pipeline, stages
+    from inspector.bench import pipeline, stages
     from inspector.bench.timing import machine
 
     pkg: ModelPackage = load_package(package_dir)
@@ -92,77 +95,116 @@ def run_bench(
         f"[bold]bench[/bold] {source}: {pkg.version}, {threads} threads, frame {frame.shape[1]}x{frame.shape[0]}"
     )
     if "stages" not in skip:
-        report["stages"] = {
-            **stages.model_stages(pkg, frame, threads, runs),
-            "redis_round_trip_fsync_always": stages.redis_round_trip(frame, runs),
-            "redis_round_trip_fsync_everysec": stages.redis_round_trip(frame, runs, "everysec"),
-        }
-        report["store_write"] = stages.store_write()
-        console.print(
-            _table(
-                "per stage (ms)",
-                [{"stage": k, **v} for k, v in report["stages"].items()],
-                ["stage", "p50_ms", "p90_ms", "p99_ms", "n"],
-            )
-        )
-        console.print(f"store write: {report['store_write']}")
+        _bench_stages(report, pkg, frame, threads, runs)
     if "backends" not in skip:
-        rows, notes = backends.package_backends(pkg, threads, runs)
-        if reference != "none":
-            ref_rows, ref_notes = backends.reference_backends(reference, threads, runs)
-            rows, notes = rows + ref_rows, notes + ref_notes
-        report["backends"], report["notes"] = rows, report["notes"] + notes
-        console.print(
-            _table(
-                "backends side by side (interleaved runs)",
-                rows,
-                ["model", "backend", "batch", "cache", "p50_ms", "per_frame_ms", "fps", "speedup_vs_torch"],
-            )
-        )
-        for n in notes:
-            console.print(f"  note: {n}")
+        _bench_backends(report, pkg, threads, runs, reference)
     if "anomalib" not in skip and anomalib:
-        rows, notes = backends.ours_vs_anomalib(pkg, threads, runs, anomalib, say=console.print)
-        report["ours_vs_anomalib"], report["notes"] = rows, report["notes"] + notes
-        if rows:
-            console.print(
-                _table(
-                    "ours vs anomalib: same split, one interleaved run, batch 1, full inspection",
-                    rows,
-                    ["backend", "cache", "p50_ms", "p90_ms", "image_auroc", "vs_best_ours"],
-                )
-            )
-        for n in notes:
-            console.print(f"  note: {n}")
+        _bench_ours_vs_anomalib(report, pkg, threads, runs, anomalib)
     if "pipeline" not in skip:
-        bare = pipeline.bare_backend_fps(pkg, frame, threads, 8, runs)
-        pipes = [pipeline.run_pipeline(package_dir, frame, n, threads, frames) for n in workers]
-        for p in pipes:
-            p["efficiency_vs_runner"] = round(p["fps"] / bare["runner_fps"], 5)
-            p["efficiency_vs_infer"] = round(p["fps"] / bare["infer_with_prepost_fps"], 4)
-        report["bare_backend"], report["pipeline"] = bare, pipes
-        console.print(f"bare backend (batch 8): {bare}")
-        console.print(
-            _table(
-                "pipeline: camera -> Redis -> workers -> verdicts",
-                pipes,
-                [
-                    "workers",
-                    "frames",
-                    "fps",
-                    "efficiency_vs_runner",
-                    "efficiency_vs_infer",
-                    "paced_fps",
-                    "latency_p50_ms",
-                    "latency_p99_ms",
-                    "worker_peak_rss_mb",
-                ],
-            )
-        )
+        _bench_pipeline(report, pkg, package_dir, frame, threads, runs, frames, workers)
     console.print(
         f"model size on disk: {report['package']['model_files_mb']} MB; package {report['package']['package_mb']} MB"
     )
     return report
+
+
+def _bench_stages(report: dict[str, Any], pkg: ModelPackage, frame: np.ndarray, threads: int, runs: int) -> None:
+    """Per-stage times (model stages, a Redis round trip under both fsync policies) and the store write."""
+    from inspector.bench import stages
+
+    report["stages"] = {
+        **stages.model_stages(pkg, frame, threads, runs),
+        "redis_round_trip_fsync_always": stages.redis_round_trip(frame, runs),
+        "redis_round_trip_fsync_everysec": stages.redis_round_trip(frame, runs, "everysec"),
+    }
+    report["store_write"] = stages.store_write()
+    console.print(
+        _table(
+            "per stage (ms)",
+            [{"stage": k, **v} for k, v in report["stages"].items()],
+            ["stage", "p50_ms", "p90_ms", "p99_ms", "n"],
+        )
+    )
+    console.print(f"store write: {report['store_write']}")
+
+
+def _bench_backends(report: dict[str, Any], pkg: ModelPackage, threads: int, runs: int, reference: str) -> None:
+    """The package on every backend side by side, with the reference CNN unless ``reference`` is 'none'."""
+    from inspector.bench import backends
+
+    rows, notes = backends.package_backends(pkg, threads, runs)
+    if reference != "none":
+        ref_rows, ref_notes = backends.reference_backends(reference, threads, runs)
+        rows, notes = rows + ref_rows, notes + ref_notes
+    report["backends"], report["notes"] = rows, report["notes"] + notes
+    console.print(
+        _table(
+            "backends side by side (interleaved runs)",
+            rows,
+            ["model", "backend", "batch", "cache", "p50_ms", "per_frame_ms", "fps", "speedup_vs_torch"],
+        )
+    )
+    for n in notes:
+        console.print(f"  note: {n}")
+
+
+def _bench_ours_vs_anomalib(
+    report: dict[str, Any], pkg: ModelPackage, threads: int, runs: int, anomalib: tuple[str, ...]
+) -> None:
+    """Ours against anomalib's inferencers fitted on the package's own split."""
+    from inspector.bench import backends
+
+    rows, notes = backends.ours_vs_anomalib(pkg, threads, runs, anomalib, say=console.print)
+    report["ours_vs_anomalib"], report["notes"] = rows, report["notes"] + notes
+    if rows:
+        console.print(
+            _table(
+                "ours vs anomalib: same split, one interleaved run, batch 1, full inspection",
+                rows,
+                ["backend", "cache", "p50_ms", "p90_ms", "image_auroc", "vs_best_ours"],
+            )
+        )
+    for n in notes:
+        console.print(f"  note: {n}")
+
+
+def _bench_pipeline(
+    report: dict[str, Any],
+    pkg: ModelPackage,
+    package_dir: Path,
+    frame: np.ndarray,
+    threads: int,
+    runs: int,
+    frames: int,
+    workers: list[int],
+) -> None:
+    """The whole pipeline (camera -> Redis -> workers -> verdicts) per worker count, against the bare backend."""
+    from inspector.bench import pipeline
+
+    bare = pipeline.bare_backend_fps(pkg, frame, threads, 8, runs)
+    pipes = [pipeline.run_pipeline(package_dir, frame, n, threads, frames) for n in workers]
+    for p in pipes:
+        p["efficiency_vs_runner"] = round(p["fps"] / bare["runner_fps"], 5)
+        p["efficiency_vs_infer"] = round(p["fps"] / bare["infer_with_prepost_fps"], 4)
+    report["bare_backend"], report["pipeline"] = bare, pipes
+    console.print(f"bare backend (batch 8): {bare}")
+    console.print(
+        _table(
+            "pipeline: camera -> Redis -> workers -> verdicts",
+            pipes,
+            [
+                "workers",
+                "frames",
+                "fps",
+                "efficiency_vs_runner",
+                "efficiency_vs_infer",
+                "paced_fps",
+                "latency_p50_ms",
+                "latency_p99_ms",
+                "worker_peak_rss_mb",
+            ],
+        )
+    )
 
 
 def _models(value: str) -> tuple[str, ...]:

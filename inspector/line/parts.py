@@ -144,42 +144,18 @@ class PartDecider(LineDecider):
         return state
 
     def _decide(self, state: _InFlight, now: float) -> PartOutcome:
+        """The part's one outcome, fail-safe: the first rejecting view in ``_ORDER`` decides, a missing view
+        rejects it, and it is accepted only when every view passed (before the deadline, else late)."""
         self._pending.pop(state.part.part_id, None)
         self._mark_decided(state.part.part_id)
         missing = [v for v in self.views if v not in state.verdicts]
-        known = ", ".join(self.views)
-        foreign = {str(f.view): f for f in state.foreign}
-        foreign.update({str(v): None for v in state.frames if v not in self.views and str(v) not in foreign})
-        reasons = [f"view {v!r} is not one of parts.views ({known})" for v in foreign]
-        decider: tuple[str, Verdict | None] | None = None
-        for decision in _ORDER:
-            hits = [
-                (v, state.verdicts[v])
-                for v in self.views
-                if v in state.verdicts and state.verdicts[v].decision is decision
-            ]
-            for view, verdict in hits:
-                what = verdict.defect_class or "; ".join(verdict.reasons[:1]) or decision.value.lower()
-                reasons.append(f"view {view}: {decision.value} ({what})")
-            if decision is Decision.ERROR:
-                hits += list(foreign.items())  # type: ignore[arg-type]
-            if hits and decider is None:
-                decider = hits[0]
+        reasons, decider = self._view_findings(state)
         if missing:
             reasons.append(f"no verdict by the deadline from view(s): {', '.join(missing)}")
-        verdict: Verdict | None = None
-        view: str | None = None
-        if decider is not None:
-            view, verdict = decider
-            decision = verdict.decision if verdict is not None and verdict.view in self.views else Decision.ERROR
-            reason = _REASON[decision]
-        elif missing:
-            decision, reason = Decision.ERROR, Reason.TIMEOUT
-        elif now > state.deadline:
-            decision, reason = Decision.PASS, Reason.LATE
+        decision, reason = self._part_decision(decider, missing, late=now > state.deadline)
+        if reason is Reason.LATE:
             reasons.append("every view passed, after the deadline")
-        else:
-            decision, reason = Decision.PASS, Reason.PASS
+        view, verdict = decider if decider is not None else (None, None)
         signal = Signal.ACCEPT if reason is Reason.PASS else Signal.REJECT
         seen = verdict or next(iter(state.verdicts.values()), None)
         part_verdict = PartVerdict(
@@ -192,16 +168,7 @@ class PartDecider(LineDecider):
             failed_view=view,
             defect_class=verdict.defect_class if verdict else None,
             reasons=reasons,
-            views={
-                v: ViewResult(
-                    frame_id=x.frame_id,
-                    decision=x.decision,
-                    defect_class=x.defect_class,
-                    model_version=x.model_version,
-                    camera=x.camera,
-                )
-                for v, x in state.verdicts.items()
-            },
+            views=_view_results(state),
             missing=missing,
             captured_at=state.part.captured_at,
             decided_at=now,
@@ -217,6 +184,59 @@ class PartDecider(LineDecider):
             model_version=seen.model_version if seen else None,
             verdict=part_verdict,
         )
+
+    def _view_findings(self, state: _InFlight) -> tuple[list[str], tuple[str, Verdict | None] | None]:
+        """One reason per unknown view and per rejecting view, and the view that decides the part (the first
+        FAIL, else REVIEW, else ERROR or unknown view), None when no view rejects it."""
+        known = ", ".join(self.views)
+        foreign: dict[str, Verdict | None] = {str(f.view): f for f in state.foreign}
+        foreign.update({str(v): None for v in state.frames if v not in self.views and str(v) not in foreign})
+        reasons = [f"view {v!r} is not one of parts.views ({known})" for v in foreign]
+        decider: tuple[str, Verdict | None] | None = None
+        for decision in _ORDER:
+            own = [
+                (v, state.verdicts[v])
+                for v in self.views
+                if v in state.verdicts and state.verdicts[v].decision is decision
+            ]
+            for view, verdict in own:
+                what = verdict.defect_class or "; ".join(verdict.reasons[:1]) or decision.value.lower()
+                reasons.append(f"view {view}: {decision.value} ({what})")
+            hits: list[tuple[str, Verdict | None]] = list(own)
+            if decision is Decision.ERROR:
+                hits += list(foreign.items())
+            if hits and decider is None:
+                decider = hits[0]
+        return reasons, decider
+
+    def _part_decision(
+        self, decider: tuple[str, Verdict | None] | None, missing: list[str], late: bool
+    ) -> tuple[Decision, Reason]:
+        """The part's decision and reason: the deciding view's (ERROR when it is not one of ``parts.views``),
+        else a timeout when a view is missing, else a pass (late when after the deadline)."""
+        if decider is not None:
+            _, verdict = decider
+            decision = verdict.decision if verdict is not None and verdict.view in self.views else Decision.ERROR
+            return decision, _REASON[decision]
+        if missing:
+            return Decision.ERROR, Reason.TIMEOUT
+        if late:
+            return Decision.PASS, Reason.LATE
+        return Decision.PASS, Reason.PASS
+
+
+def _view_results(state: _InFlight) -> dict[str, ViewResult]:
+    """Each view's result in the part verdict."""
+    return {
+        v: ViewResult(
+            frame_id=x.frame_id,
+            decision=x.decision,
+            defect_class=x.defect_class,
+            model_version=x.model_version,
+            camera=x.camera,
+        )
+        for v, x in state.verdicts.items()
+    }
 
 
 _COMMIT_PART = """

@@ -119,12 +119,26 @@ def check_heads(
     """Compare the walked chain with the database's head record and the external anchors; one line per finding."""
     if key is None:
         return
-    last = walk.last_seq
     genuine_db_head = (
         db_head is not None
         and db_head.mac is not None
         and hmac.compare_digest(db_head.mac, head_mac(key, db_head.store_id, db_head.seq, db_head.hash))
     )
+    _check_db_head(report, walk, db_head, genuine_db_head)
+    store_id = db_head.store_id if db_head is not None else None
+    ahead = _check_anchors(report, walk, store_id, anchors)
+    if ahead and "tail_deleted" not in report.kinds:
+        _report_anchors_ahead(report, walk.last_seq, ahead, genuine_db_head)
+    if walk.keyed_seen and not anchors:
+        report.notes.append(
+            "no external anchor found (secrets/audit-head.json, Redis): a replaced database file "
+            "cannot be told from the original"
+        )
+
+
+def _check_db_head(report: VerifyReport, walk: ChainWalk, db_head: AuditHeadRow | None, genuine_db_head: bool) -> None:
+    """The database's head record against the walked chain: missing, ahead of the rows, or not signed by the key."""
+    last = walk.last_seq
     rewritten = "rewritten" in report.kinds
     if db_head is None:
         if walk.keyed_seen:
@@ -143,7 +157,12 @@ def check_heads(
             f"tail deleted: the database's head record (seq {db_head.seq}) is not signed with "
             "the station key: rows were removed and the record forged",
         )
-    store_id = db_head.store_id if db_head is not None else None
+
+
+def _check_anchors(report: VerifyReport, walk: ChainWalk, store_id: str | None, anchors: list[Anchor]) -> list[Anchor]:
+    """Each external anchor against the walked chain; returns the anchors that record rows beyond its end."""
+    last = walk.last_seq
+    rewritten = "rewritten" in report.kinds
     ahead: list[Anchor] = []
     for a in anchors:
         if not a.signed:
@@ -158,19 +177,18 @@ def check_heads(
             ahead.append(a)
         elif a.seq > 0 and walk.hashes.get(a.seq) != a.hash and not rewritten:
             report.bad("rewritten", f"chain rewritten: the row at seq {a.seq} is not the one {a.where} records")
-    if ahead and "tail_deleted" not in report.kinds:
-        top = max(a.seq for a in ahead)
-        where = " and ".join(a.where for a in ahead)
-        if genuine_db_head:
-            report.bad(
-                "replaced",
-                f"database replaced by an older copy: it ends at seq {last}, {where} record seq {top} "
-                f"({top - last} row(s) newer than this file)",
-            )
-        else:
-            report.bad("tail_deleted", f"tail deleted: the rows end at seq {last}, {where} record seq {top}")
-    if walk.keyed_seen and not anchors:
-        report.notes.append(
-            "no external anchor found (secrets/audit-head.json, Redis): a replaced database file "
-            "cannot be told from the original"
+    return ahead
+
+
+def _report_anchors_ahead(report: VerifyReport, last: int, ahead: list[Anchor], genuine_db_head: bool) -> None:
+    """Anchors beyond the rows' end: an older copy of the database (genuine head) or a deleted tail."""
+    top = max(a.seq for a in ahead)
+    where = " and ".join(a.where for a in ahead)
+    if genuine_db_head:
+        report.bad(
+            "replaced",
+            f"database replaced by an older copy: it ends at seq {last}, {where} record seq {top} "
+            f"({top - last} row(s) newer than this file)",
         )
+    else:
+        report.bad("tail_deleted", f"tail deleted: the rows end at seq {last}, {where} record seq {top}")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from inspector.store.db import Store
 from inspector.store.models import ShadowVerdictRow, VerdictRow
@@ -125,22 +127,7 @@ def _pcts(values: list[float]) -> dict[str, float]:
 def shadow_report(store: Store, version: str, max_differences: int = 50) -> ShadowReport:
     """Agreement, confusion, latencies and the differing frames of ``version`` in shadow, from the store."""
     with store.session() as s:
-        judged = int(
-            s.scalar(select(func.count()).select_from(ShadowVerdictRow).where(ShadowVerdictRow.version == version)) or 0
-        )
-        span = s.execute(
-            select(func.min(ShadowVerdictRow.captured_at), func.max(ShadowVerdictRow.captured_at)).where(
-                ShadowVerdictRow.version == version
-            )
-        ).one()
-        errors = int(
-            s.scalar(
-                select(func.count())
-                .select_from(ShadowVerdictRow)
-                .where(ShadowVerdictRow.version == version, ShadowVerdictRow.decision == "ERROR")
-            )
-            or 0
-        )
+        judged, errors, span = _shadow_counts(s, version)
         shadow_only = list(
             s.execute(
                 select(ShadowVerdictRow.infer_ms, ShadowVerdictRow.latency_ms).where(
@@ -148,42 +135,98 @@ def shadow_report(store: Store, version: str, max_differences: int = 50) -> Shad
                 )
             )
         )
-        pairs = list(
-            s.execute(
-                select(
-                    ShadowVerdictRow.frame_id,
-                    ShadowVerdictRow.part_id,
-                    ShadowVerdictRow.captured_at,
-                    ShadowVerdictRow.decision,
-                    ShadowVerdictRow.reject,
-                    ShadowVerdictRow.defect_class,
-                    ShadowVerdictRow.image_sha256,
-                    ShadowVerdictRow.image_ext,
-                    VerdictRow.decision,
-                    VerdictRow.reject,
-                    VerdictRow.defect_class,
-                    VerdictRow.model_version,
-                    VerdictRow.latency_ms,
-                )
-                .join(VerdictRow, VerdictRow.frame_id == ShadowVerdictRow.frame_id)
-                .where(ShadowVerdictRow.version == version)
-                .order_by(ShadowVerdictRow.captured_at)
-            )
+        pairs = _paired_verdicts(s, version)
+    tally = _compare_pairs(pairs)
+    n = len(pairs)
+    return ShadowReport(
+        version=version,
+        judged=judged,
+        compared=n,
+        decision_agreement=round(tally.same_decision / n, 6) if n else None,
+        line_agreement=round(tally.same_line / n, 6) if n else None,
+        confusion={a: dict(c) for a, c in sorted(tally.confusion.items())},
+        active_versions=dict(tally.versions),
+        shadow_errors=errors,
+        candidate_infer_ms=_pcts([r[0] for r in shadow_only if r[0] is not None]),
+        candidate_latency_ms=_pcts([r[1] for r in shadow_only if r[1] is not None]),
+        active_latency_ms=_pcts(tally.active_latency),
+        first_at=span[0],
+        last_at=span[1],
+        differences=tally.differences[-max_differences:][::-1],
+    )
+
+
+def _shadow_counts(s: Session, version: str) -> tuple[int, int, Sequence[Any]]:
+    """Frames the candidate judged, its errors, and the (first, last) capture time of its shadow rows."""
+    judged = int(
+        s.scalar(select(func.count()).select_from(ShadowVerdictRow).where(ShadowVerdictRow.version == version)) or 0
+    )
+    span = s.execute(
+        select(func.min(ShadowVerdictRow.captured_at), func.max(ShadowVerdictRow.captured_at)).where(
+            ShadowVerdictRow.version == version
         )
-    confusion: dict[str, Counter[str]] = {}
-    versions: Counter[str] = Counter()
-    same_decision = same_line = 0
-    diffs: list[Difference] = []
-    active_lat: list[float] = []
+    ).one()
+    errors = int(
+        s.scalar(
+            select(func.count())
+            .select_from(ShadowVerdictRow)
+            .where(ShadowVerdictRow.version == version, ShadowVerdictRow.decision == "ERROR")
+        )
+        or 0
+    )
+    return judged, errors, span
+
+
+def _paired_verdicts(s: Session, version: str) -> list[Sequence[Any]]:
+    """The candidate's shadow rows joined with the active verdicts of the same frames, oldest first."""
+    return list(
+        s.execute(
+            select(
+                ShadowVerdictRow.frame_id,
+                ShadowVerdictRow.part_id,
+                ShadowVerdictRow.captured_at,
+                ShadowVerdictRow.decision,
+                ShadowVerdictRow.reject,
+                ShadowVerdictRow.defect_class,
+                ShadowVerdictRow.image_sha256,
+                ShadowVerdictRow.image_ext,
+                VerdictRow.decision,
+                VerdictRow.reject,
+                VerdictRow.defect_class,
+                VerdictRow.model_version,
+                VerdictRow.latency_ms,
+            )
+            .join(VerdictRow, VerdictRow.frame_id == ShadowVerdictRow.frame_id)
+            .where(ShadowVerdictRow.version == version)
+            .order_by(ShadowVerdictRow.captured_at)
+        )
+    )
+
+
+@dataclass
+class _PairTally:
+    """What the paired frames add up to: confusion, agreement counts, active latencies and the differences."""
+
+    confusion: dict[str, Counter[str]] = field(default_factory=dict)
+    versions: Counter[str] = field(default_factory=Counter)
+    same_decision: int = 0
+    same_line: int = 0
+    differences: list[Difference] = field(default_factory=list)
+    active_latency: list[float] = field(default_factory=list)
+
+
+def _compare_pairs(pairs: list[Sequence[Any]]) -> _PairTally:
+    """Tally the candidate's decisions against the active model's, frame by frame."""
+    tally = _PairTally()
     for fid, part, cap, s_dec, s_rej, s_cls, sha, ext, a_dec, a_rej, a_cls, a_ver, a_lat in pairs:
-        confusion.setdefault(a_dec, Counter())[s_dec] += 1
-        versions[a_ver or "?"] += 1
-        same_decision += s_dec == a_dec
-        same_line += bool(s_rej) == bool(a_rej)
+        tally.confusion.setdefault(a_dec, Counter())[s_dec] += 1
+        tally.versions[a_ver or "?"] += 1
+        tally.same_decision += s_dec == a_dec
+        tally.same_line += bool(s_rej) == bool(a_rej)
         if a_lat is not None:
-            active_lat.append(a_lat)
+            tally.active_latency.append(a_lat)
         if s_dec != a_dec or bool(s_rej) != bool(a_rej):
-            diffs.append(
+            tally.differences.append(
                 Difference(
                     frame_id=fid,
                     part_id=part,
@@ -197,20 +240,4 @@ def shadow_report(store: Store, version: str, max_differences: int = 50) -> Shad
                     image_ext=ext,
                 )
             )
-    n = len(pairs)
-    return ShadowReport(
-        version=version,
-        judged=judged,
-        compared=n,
-        decision_agreement=round(same_decision / n, 6) if n else None,
-        line_agreement=round(same_line / n, 6) if n else None,
-        confusion={a: dict(c) for a, c in sorted(confusion.items())},
-        active_versions=dict(versions),
-        shadow_errors=errors,
-        candidate_infer_ms=_pcts([r[0] for r in shadow_only if r[0] is not None]),
-        candidate_latency_ms=_pcts([r[1] for r in shadow_only if r[1] is not None]),
-        active_latency_ms=_pcts(active_lat),
-        first_at=span[0],
-        last_at=span[1],
-        differences=diffs[-max_differences:][::-1],
-    )
+    return tally
