@@ -8,7 +8,8 @@ Queue semantics
     returns the item to the queue.
   * ``label`` (only the lease holder), ``skip`` (back to the queue, never offered to that user again),
     ``undo_last``, ``relabel`` (the old label is kept: history rows are never deleted, only marked
-    not current / undone), ``request_review`` (an operator marks a verdict wrong).
+    not current / undone), ``request_review`` (an operator marks a verdict wrong;
+    :mod:`inspector.review.review_requests`).
   * Every label change and its audit row are ONE transaction: a process killed mid-submit leaves no partial
     label. Images are archived (content-addressed) before any item points at them, never by a label.
 
@@ -26,9 +27,9 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
-from inspector.archive import Archive, normalise_ext
+from inspector.archive import Archive
 from inspector.contracts.labels import GOOD_LABEL, UNSURE_LABEL
-from inspector.contracts.messages import Decision, ReviewRequest, now
+from inspector.contracts.messages import now
 from inspector.contracts.statuses import ReviewStatus
 from inspector.review import dataset_export
 from inspector.review.dataset_export import LAYOUTS
@@ -40,9 +41,10 @@ from inspector.review.label_records import (
     label_record,
     review_item_view,
 )
+from inspector.review.review_requests import queue_review_request
 from inspector.store.db import Store
 from inspector.store.models import LabelRow, ReviewItemRow, ReviewSkipRow, VerdictRow
-from inspector.store.records import insert_ignore, review_item_row
+from inspector.store.records import insert_ignore
 
 __all__ = [
     "LABEL_RE",
@@ -366,57 +368,7 @@ class LabellingService:
         and the higher priority, and is re-opened if it was labelled. ``image``: the frame, archived first
         when the router had not archived it. Returns the item id."""
         user, priority = _check_user(user), max(0, min(100, priority))
-        sha, ext = (self.archive.put(image, encoding), normalise_ext(encoding)) if image is not None else (None, None)
-        with self.store.session() as s:
-            item = s.scalar(select(ReviewItemRow).where(ReviewItemRow.frame_id == frame_id).with_for_update())
-            if item is None:
-                item = self._item_from_verdict(s, frame_id, reason, priority, sha, ext)
-            else:
-                self._reopen(item, reason, priority, sha, ext)
-            s.flush()
-            self.store.audit.record(
-                user,
-                "review.request",
-                f"frame:{frame_id}",
-                None,
-                {"reason": reason, "priority": priority},
-                {"item_id": item.id},
-                session=s,
-            )
-            return item.id
-
-    def _item_from_verdict(
-        self, s: Session, frame_id: str, reason: str, priority: int, sha: str | None, ext: str | None
-    ) -> ReviewItemRow:
-        v = s.scalar(select(VerdictRow).where(VerdictRow.frame_id == frame_id))
-        if v is None:
-            raise LabelError(f"frame {frame_id} has no recorded verdict", "wait for the recorder, or check the id")
-        req = ReviewRequest(
-            station=v.station,
-            frame_id=frame_id,
-            part_id=v.part_id,
-            camera=v.camera,
-            reasons=[reason],
-            priority=priority,
-            image_sha256=sha,
-            decision=Decision(v.decision),
-            model_version=v.model_version,
-            class_probs=v.class_probs,
-            anomaly_score=v.anomaly_score,
-            product=v.product,
-        )
-        item = ReviewItemRow(**review_item_row(req, ext, v.defect_class))
-        s.add(item)
-        return item
-
-    def _reopen(self, item: ReviewItemRow, reason: str, priority: int, sha: str | None, ext: str | None) -> None:
-        item.reasons = [*item.reasons, reason] if reason not in item.reasons else list(item.reasons)
-        item.priority = max(item.priority, priority)
-        if item.image_sha256 is None and sha is not None:
-            item.image_sha256, item.image_ext = sha, ext
-        if item.status == ReviewStatus.LABELLED:
-            item.status, item.leased_by, item.lease_expires = ReviewStatus.PENDING, None, None
-        item.updated_at = now()
+        return queue_review_request(self.store, self.archive, frame_id, reason, user, priority, image, encoding)
 
     # -- datasets --------------------------------------------------------------------------------
 
