@@ -36,12 +36,10 @@ from inspector.bus.streams import Entry, decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import FrameError, InspectorError, ModelPackageError
 from inspector.contracts.health import ConsumerRole
-from inspector.contracts.messages import Decision, Event, EventType, FrameMeta, Verdict
-from inspector.decision import decide, line_rejects
+from inspector.contracts.messages import Event, EventType, FrameMeta, Verdict
 from inspector.metrics import LatencyWindow
 from inspector.models.decode import decode_image
-from inspector.models.image_stats import image_stats
-from inspector.models.inference import InspectionModel, ModelOutput, heatmap_png
+from inspector.models.inference import InspectionModel, ModelOutput
 from inspector.store.db import Store, open_store
 from inspector.worker_model import (
     ModelSwapping,
@@ -51,6 +49,7 @@ from inspector.worker_model import (
     load_model,
     registered_active,
 )
+from inspector.worker_verdicts import error_verdict, model_verdict
 
 log = logging.getLogger(__name__)
 
@@ -308,59 +307,11 @@ class Worker(ModelSwapping, StreamConsumer):
         return self.product_models.get(meta.product)
 
     def _verdict(self, w: Work, out: ModelOutput, model: InspectionModel) -> Verdict:
-        t0 = time.perf_counter()
-        product = self.cfg.products.get(w.meta.product) if w.meta.product is not None else None
-        policy = product.policy if product is not None and product.policy is not None else self.cfg.policy
-        result = decide(out.class_probs, out.anomaly_score, policy, out.classifier_decides)
-        stage = {k: round(v, 3) for k, v in out.stage_ms.items()}
-        stage["decide"] = round((time.perf_counter() - t0) * 1000, 3)
-        stats = image_stats(w.image)  # type: ignore[arg-type]
-        heat = heatmap_png(out.anomaly_map) if out.anomaly_map is not None else None
-        return Verdict(
-            station=w.meta.station,
-            frame_id=w.meta.id,
-            camera=w.meta.camera,
-            seq=w.meta.seq,
-            part_id=w.meta.part_id,
-            captured_at=w.meta.captured_at,
-            decision=result.decision,
-            reject=result.reject,
-            defect_class=result.defect_class,
-            reasons=list(result.reasons),
-            class_probs=out.class_probs,
-            anomaly_score=out.anomaly_score,
-            anomaly_raw=out.anomaly_raw,
-            model_version=model.version,
-            worker=self.name,
-            latency_ms=round((time.time() - w.meta.captured_at) * 1000, 3),
-            stage_ms=stage,
-            image_stats=stats,
-            heatmap=heat,
-            truth=w.meta.truth,
-            product=w.meta.product,
-            view=w.meta.view,
-        )
+        return model_verdict(self.cfg, w.meta, w.image, out, model.version, self.name)
 
     def _error(self, meta: FrameMeta, reason: str, version: str | None = None) -> Verdict:
         self.counts["errors"] += 1
-        return Verdict(
-            station=meta.station,
-            frame_id=meta.id,
-            camera=meta.camera,
-            seq=meta.seq,
-            part_id=meta.part_id,
-            captured_at=meta.captured_at,
-            decision=Decision.ERROR,
-            reject=line_rejects(Decision.ERROR, self.cfg.policy),
-            reasons=[reason],
-            error=reason,
-            model_version=version or self.model.version,
-            worker=self.name,
-            latency_ms=round((time.time() - meta.captured_at) * 1000, 3),
-            truth=meta.truth,
-            product=meta.product,
-            view=meta.view,
-        )
+        return error_verdict(self.cfg, meta, reason, version or self.model.version, self.name)
 
     def _publish(self, work: list[Work]) -> None:
         items = [(w.verdict, w.entry.entry_id) for w in work if w.verdict is not None]
