@@ -20,7 +20,7 @@ class OutageRetry(Retry):
     """Retries lost connections with backoff, but never bad credentials (redis-py's AuthenticationError is a
     ConnectionError): retrying them only delays the error a person must fix."""
 
-    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[no-untyped-def,override]
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[no-untyped-def,override]  # redis-py's own signature, passed on as is
         def retryable(err: Exception) -> bool:
             if isinstance(err, CREDENTIAL_ERRORS):
                 return False
