@@ -30,6 +30,7 @@ from rq import get_current_job
 from inspector.bus.streams import StationBus, decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
+from inspector.contracts.lifecycle import GateReport, LineMetrics
 from inspector.contracts.manifest import AnomalySpec, Manifest
 from inspector.contracts.messages import Event, EventType, FrameMeta
 from inspector.contracts.names import STREAM_FIELD_IMAGE, STREAM_FIELD_MESSAGE
@@ -38,7 +39,7 @@ from inspector.drift.monitor import suppression_key
 from inspector.drift.reference import reference_from_samples
 from inspector.evaluation import infer_frames, line_metrics, score_frames
 from inspector.gates import evaluate_gates
-from inspector.runtime.package import hash_file, load_package, write_manifest
+from inspector.runtime.package import ModelPackage, hash_file, load_package, write_manifest
 from inspector.store.db import Store, open_store
 from inspector.store.records import active_model
 from jobs.queues import JobKeys, names_of, station_queue, worker_config
@@ -198,60 +199,23 @@ def refit_package(
     no-regression rows beside the incumbent. The refit is registered with its gate report and promoted only
     as any other candidate: automatically when ``jobs.auto_promote`` is on and every row passed, else after
     approval."""
-    from trainer.heldout import load_heldout_set, load_images, load_rgb
+    from trainer.heldout import load_rgb
 
     row = active_model(store)
     if row is None:
         raise InspectorError("no active model to refit", "promote a model first")
-    frames = sorted(p for p in collection_dir(cfg, collection_id).iterdir() if p.is_file())
-    need = 2 * cfg.jobs.min_gate_frames
-    if len(frames) < need:
-        raise InspectorError(
-            f"only {len(frames)} confirmed frames in collection {collection_id}; a refit needs "
-            f"{need} (half fit the threshold, half are the gate's confirmed set)",
-            f"collect more frames (jobs.collect_frames >= {need}) and confirm them",
-        )
-    images = [load_rgb(p) for p in frames]
+    images = [load_rgb(p) for p in _confirmed_frames(cfg, collection_id)]
     fit, check = images[0::2], images[1::2]
     stage = models_dir(cfg) / f".staging-{job_id}"
     shutil.rmtree(stage, ignore_errors=True)
     shutil.copytree(row.package_path, stage)
     manifest = _refit_threshold(cfg, stage, fit)
-    held = load_heldout_set(cfg.data_dir, cfg.jobs.base_data)
-    held_images, held_labels = load_images(held.items), [i.label for i in held.items]
     cand_pkg = load_package(stage)
-    cand = {
-        "confirmed": line_metrics(score_frames(cand_pkg, check, cfg).decisions, ["good"] * len(check)),
-        "heldout": line_metrics(score_frames(cand_pkg, held_images, cfg).decisions, held_labels),
-    }
-    inc = {"heldout": line_metrics(score_frames(row.package_path, held_images, cfg).decisions, held_labels)}
-    gate = evaluate_gates(cand, inc, cfg.jobs, row.version, primary="confirmed")
-    scored = score_frames(cand_pkg, fit, cfg)
-    ref = reference_from_samples(
-        scored.stats,
-        scored.class_probs,
-        scored.anomaly_scores,
-        scored.decisions,
-        frames=f"{len(fit)} confirmed frames after a camera or lighting change",
-    )
+    cand, gate = _refit_gate(cfg, cand_pkg, row.package_path, row.version, check)
+    ref = _refit_drift_reference(cfg, cand_pkg, fit)
     version = f"{manifest.name}-refit-{time.strftime('%Y%m%d-%H%M%S')}-{hash_file(stage / manifest.model.fp32)[:8]}"
-    manifest = manifest.model_copy(
-        update={
-            "version": version,
-            "created_at": time.time(),
-            "drift_reference": ref,
-            "line_metrics": cand,
-            "gate": gate,
-            "data": {
-                **manifest.data,
-                "refit_from": row.version,
-                "collection": collection_id,
-                "fit_frames": len(fit),
-                "gate_frames": len(check),
-            },
-        }
-    )
-    write_manifest(stage, manifest)
+    data = {"refit_from": row.version, "collection": collection_id, "fit_frames": len(fit), "gate_frames": len(check)}
+    write_manifest(stage, _refit_manifest(manifest, version, ref, cand, gate, data))
     pkg = load_package(stage)
     final = models_dir(cfg) / version
     stage.rename(final)
@@ -267,6 +231,70 @@ def refit_package(
         "failed_rows": [r.line() for r in gate.failed],
         "promoted": promoted,
     }
+
+
+def _confirmed_frames(cfg: StationConfig, collection_id: str) -> list[Path]:
+    """The collection's frames in name order; a refit needs twice ``jobs.min_gate_frames`` of them."""
+    frames = sorted(p for p in collection_dir(cfg, collection_id).iterdir() if p.is_file())
+    need = 2 * cfg.jobs.min_gate_frames
+    if len(frames) < need:
+        raise InspectorError(
+            f"only {len(frames)} confirmed frames in collection {collection_id}; a refit needs "
+            f"{need} (half fit the threshold, half are the gate's confirmed set)",
+            f"collect more frames (jobs.collect_frames >= {need}) and confirm them",
+        )
+    return frames
+
+
+def _refit_gate(
+    cfg: StationConfig, cand_pkg: ModelPackage, incumbent_path: str, incumbent_version: str, check: list[np.ndarray]
+) -> tuple[dict[str, LineMetrics], GateReport]:
+    """The refit's line metrics (the confirmed half, all good parts, and the held-out set) and its gate report
+    (``confirmed`` the primary set; the incumbent scored on the held-out set for the no-regression rows)."""
+    from trainer.heldout import load_heldout_set, load_images
+
+    held = load_heldout_set(cfg.data_dir, cfg.jobs.base_data)
+    held_images, held_labels = load_images(held.items), [i.label for i in held.items]
+    cand = {
+        "confirmed": line_metrics(score_frames(cand_pkg, check, cfg).decisions, ["good"] * len(check)),
+        "heldout": line_metrics(score_frames(cand_pkg, held_images, cfg).decisions, held_labels),
+    }
+    inc = {"heldout": line_metrics(score_frames(incumbent_path, held_images, cfg).decisions, held_labels)}
+    gate = evaluate_gates(cand, inc, cfg.jobs, incumbent_version, primary="confirmed")
+    return cand, gate
+
+
+def _refit_drift_reference(cfg: StationConfig, cand_pkg: ModelPackage, fit: list[np.ndarray]) -> dict[str, Any]:
+    """The drift reference of the refit package, from the frames its threshold was fitted on."""
+    scored = score_frames(cand_pkg, fit, cfg)
+    return reference_from_samples(
+        scored.stats,
+        scored.class_probs,
+        scored.anomaly_scores,
+        scored.decisions,
+        frames=f"{len(fit)} confirmed frames after a camera or lighting change",
+    )
+
+
+def _refit_manifest(
+    manifest: Manifest,
+    version: str,
+    ref: dict[str, Any],
+    cand: dict[str, LineMetrics],
+    gate: GateReport,
+    data: dict[str, Any],
+) -> Manifest:
+    """The refit's manifest: its new version, drift reference, line metrics and gate, and where it came from."""
+    return manifest.model_copy(
+        update={
+            "version": version,
+            "created_at": time.time(),
+            "drift_reference": ref,
+            "line_metrics": cand,
+            "gate": gate,
+            "data": {**manifest.data, **data},
+        }
+    )
 
 
 def _refit_threshold(cfg: StationConfig, stage: Path, images: list[np.ndarray]) -> Manifest:

@@ -196,7 +196,23 @@ def promote(
             overridden_rows=[r.model_dump(mode="json") for r in (gate.failed if gate else [])],
             status_before=row.status,
         )
-    elif row.status == ModelStatus.GATED_FAIL:
+    else:
+        _refuse_unless_promotable(cfg, store, row, gate, actor, action)
+    if not force and action == "model.promote" and row.status in (ModelStatus.GATED_PASS, ModelStatus.APPROVED):
+        _shadow_period(cfg, store, row, actor)
+    _verified(row)
+    previous = promote_model(store, version, actor, action, extra)
+    _activate(cfg, client, version, row, action, previous, actor)
+    return version
+
+
+def _refuse_unless_promotable(
+    cfg: StationConfig, store: Store, row: ModelVersionRow, gate: GateReport | None, actor: str, action: str
+) -> None:
+    """Raise (audited) :class:`GateRefused` when the lifecycle does not let ``row`` be promoted without force:
+    a failed gate, no gate, not approved (unless ``jobs.auto_promote`` or another action than a plain promote),
+    or a status that is not promotable."""
+    if row.status == ModelStatus.GATED_FAIL:
         assert gate is not None
         raise _refuse(
             store,
@@ -206,9 +222,9 @@ def promote(
             "retrain with more labels, or override with --force --reason (maintenance role, audited)",
             gate.failed,
         )
-    elif row.status == ModelStatus.CANDIDATE:
+    if row.status == ModelStatus.CANDIDATE:
         raise _refuse(store, row, actor, "its gate never ran", "evaluate it through the retraining job's gate", [])
-    elif row.status == ModelStatus.GATED_PASS and not cfg.jobs.auto_promote and action == "model.promote":
+    if row.status == ModelStatus.GATED_PASS and not cfg.jobs.auto_promote and action == "model.promote":
         raise _refuse(
             store,
             row,
@@ -217,12 +233,20 @@ def promote(
             "review its gate rows and `inspector jobs approve VERSION` first",
             [],
         )
-    elif ModelStatus(row.status) not in PROMOTABLE:
+    if ModelStatus(row.status) not in PROMOTABLE:
         raise _refuse(store, row, actor, f"a {row.status} version cannot be promoted", "", [])
-    if not force and action == "model.promote" and row.status in (ModelStatus.GATED_PASS, ModelStatus.APPROVED):
-        _shadow_period(cfg, store, row, actor)
-    _verified(row)
-    previous = promote_model(store, version, actor, action, extra)
+
+
+def _activate(
+    cfg: StationConfig,
+    client: redis.Redis,
+    version: str,
+    row: ModelVersionRow,
+    action: str,
+    previous: str | None,
+    actor: str,
+) -> None:
+    """Point the station's ``active_model`` hash at the promoted package and publish the JOB event."""
     bus = StationBus(client, cfg)
     pipe = client.pipeline(transaction=True)
     pipe.delete(bus.names.active_model)
@@ -240,7 +264,6 @@ def promote(
             data={"action": action, "previous": previous, "version": version},
         )
     )
-    return version
 
 
 def auto_promote(
