@@ -160,8 +160,6 @@ def ours_vs_anomalib(
     inferencer on the same test split (``trainer.anomalib_baseline.anomalib_peers``, the ``anomalib_peers``
     provider; ``peers``: its result,
     already made for this package's data source on ``bench_frame(root, image_size)``)."""
-    from inspector.contracts.config import RuntimeSection
-
     root = _data_source(package)
     if root is None:
         return [], [
@@ -173,6 +171,33 @@ def ours_vs_anomalib(
     except PluginMissing as err:
         return [], [f"ours vs anomalib: trainer / anomalib not importable ({err.message}): {err.hint}"]
     frame = bench_frame(root, image_size)
+    fns, meta, kept, ours_models = _ours_entries(package, frame, threads)
+    notes = [
+        f"ours vs anomalib: frame {frame.shape[1]}x{frame.shape[0]} from {root}/test (a defect), batch 1, "
+        f"{threads} threads; ours' kept runtime: {kept}"
+    ]
+    try:
+        with tempfile.TemporaryDirectory(prefix="anomalib_peers_") as tmp:
+            found, peer_notes = peers or anomalib_peers(
+                root, frame, threads, Path(tmp), models, say=say, image_size=image_size
+            )
+            for peer in found:
+                fns[peer.name], meta[peer.name] = peer.fn, (peer.image_auroc, peer.note)
+            rows = _ours_vs_peers_rows(fns, meta, runs)
+    finally:
+        for model in ours_models:
+            model.close()
+    return rows, notes + peer_notes
+
+
+def _ours_entries(
+    package: ModelPackage, frame: np.ndarray, threads: int
+) -> tuple[dict[str, Callable[[], object]], dict[str, tuple[float | None, str]], str, tuple[Any, Any]]:
+    """Ours, warmed up on ``frame``: the fp32 ONNX Runtime model and, when the package keeps another runtime or
+    precision, that one too. Returns the timed functions and (AUROC, description) by name, the kept runtime,
+    and the two models (the caller closes them)."""
+    from inspector.contracts.config import RuntimeSection
+
     metrics = package.manifest.metrics or {}
     auroc_kept = (metrics.get("heldout") or {}).get("anomaly", {}).get("image_auroc")
     auroc_fp32 = (metrics.get("heldout_fp32") or metrics.get("heldout") or {}).get("anomaly", {}).get("image_auroc")
@@ -186,38 +211,32 @@ def ours_vs_anomalib(
     if kept != "onnxruntime fp32":
         name = "ours_" + kept.replace(" ", "_")
         fns[name], meta[name] = kept_fn, (auroc_kept, f"ours, kept by the package's gate: {kept}")
-    notes = [
-        f"ours vs anomalib: frame {frame.shape[1]}x{frame.shape[0]} from {root}/test (a defect), batch 1, "
-        f"{threads} threads; ours' kept runtime: {kept}"
-    ]
-    try:
-        with tempfile.TemporaryDirectory(prefix="anomalib_peers_") as tmp:
-            found, peer_notes = peers or anomalib_peers(
-                root, frame, threads, Path(tmp), models, say=say, image_size=image_size
+    return fns, meta, kept, (fp32_model, kept_model)
+
+
+def _ours_vs_peers_rows(
+    fns: dict[str, Callable[[], object]], meta: dict[str, tuple[float | None, str]], runs: int
+) -> list[dict[str, Any]]:
+    """Time every entry in one interleaved run, warm (5 frames a turn) then cold (1): a row per entry and cache,
+    its p50 beside the best of ours."""
+    rows = []
+    for cache, block in (("warm", 5), ("cold", 1)):
+        res = interleaved(fns, runs, block=block, settle_s=0.3 if block > 1 else 0.0)
+        best_ours = min(v["p50_ms"] for k, v in res.items() if k.startswith("ours_"))
+        for name, r in res.items():
+            auroc, what = meta[name]
+            rows.append(
+                {
+                    "backend": name,
+                    "what": what,
+                    "cache": cache,
+                    "p50_ms": r["p50_ms"],
+                    "p90_ms": r["p90_ms"],
+                    "image_auroc": round(auroc, 4) if auroc is not None else None,
+                    "vs_best_ours": round(r["p50_ms"] / best_ours, 2),
+                }
             )
-            for peer in found:
-                fns[peer.name], meta[peer.name] = peer.fn, (peer.image_auroc, peer.note)
-            rows = []
-            for cache, block in (("warm", 5), ("cold", 1)):
-                res = interleaved(fns, runs, block=block, settle_s=0.3 if block > 1 else 0.0)
-                best_ours = min(v["p50_ms"] for k, v in res.items() if k.startswith("ours_"))
-                for name, r in res.items():
-                    auroc, what = meta[name]
-                    rows.append(
-                        {
-                            "backend": name,
-                            "what": what,
-                            "cache": cache,
-                            "p50_ms": r["p50_ms"],
-                            "p90_ms": r["p90_ms"],
-                            "image_auroc": round(auroc, 4) if auroc is not None else None,
-                            "vs_best_ours": round(r["p50_ms"] / best_ours, 2),
-                        }
-                    )
-    finally:
-        fp32_model.close()
-        kept_model.close()
-    return rows, notes + peer_notes
+    return rows
 
 
 def gpu_note() -> tuple[list[str], str]:
