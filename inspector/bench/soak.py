@@ -84,7 +84,6 @@ def run_soak(
     folder: Path | None = None,
 ) -> dict[str, Any]:
     """Run the station for ``duration_s`` and return the report (see the module docstring)."""
-    from inspector.bench.cli import _tiny
     from inspector.bus.connection import EmbeddedRedis
 
     retention = {
@@ -103,57 +102,77 @@ def run_soak(
     procs: list[subprocess.Popen[bytes]] = []
     samples: list[dict[str, Any]] = []
     try:
-        yaml_path = _station_yaml(folder, url, _tiny(folder), fps, retention)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECTOR_") or k == "INSPECTOR_SOAK_S"}
-        log = (folder / "processes.log").open("ab")
-        worker = subprocess.Popen(
-            CLI + ["worker", "-c", str(yaml_path), "--name", "soak-w1"], env=env, stdout=log, stderr=log
-        )
-        procs.append(worker)
-        time.sleep(3)  # the worker loads its package before the first part arrives
-        procs.append(subprocess.Popen(CLI + ["camera", "-c", str(yaml_path)], env=env, stdout=log, stderr=log))
+        worker = _start_station(folder, url, fps, retention, procs)
         t0 = time.monotonic()
-        db, archive = folder / "station" / "station.db", folder / "station" / "archive"
         while (t := time.monotonic() - t0) < duration_s:
             for p in procs:
                 if p.poll() is not None:
                     raise RuntimeError(
                         f"station process {p.args[-3:]} exited with {p.returncode}; see {folder}/processes.log"
                     )
-            db_bytes, rows, items = _db_stats(db)
-            archive_bytes, archive_files = _du(archive)
-            mem = r.info("memory")
-            samples.append(
-                {
-                    "t": round(t, 1),
-                    "worker_rss": psutil.Process(worker.pid).memory_info().rss,
-                    "redis_used": int(mem["used_memory"]),
-                    "redis_keys": int(r.dbsize()),
-                    "verdicts_stream": int(r.xlen(names.verdicts)),
-                    "verdicts": int(r.hget(names.counters, "verdicts") or 0),
-                    "db_bytes": db_bytes,
-                    "verdict_rows": rows,
-                    "review_items_made": items,
-                    "archive_bytes": archive_bytes,
-                    "archive_files": archive_files,
-                }
-            )
+            samples.append(_sample(r, names, worker, folder / "station", t))
             time.sleep(sample_s)
         # the cost of one entry of each kind, measured on the live server
         stream_bytes = int(r.memory_usage(names.verdicts, samples=0) or 0)
         done_key = next(r.scan_iter(match=names.done("*"), count=1000), None)
         done_bytes = int(r.memory_usage(done_key) or 0) if done_key else 0
     finally:
-        for p in procs[::-1]:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs[::-1]:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
         server.stop()
     return _report(samples, fps, duration_s, warmup_s, retention, stream_bytes, done_bytes, folder)
+
+
+def _start_station(
+    folder: Path, url: str, fps: float, retention: dict[str, Any], procs: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """Start a worker on the tiny package, then the camera, logging to ``processes.log``; each process is added
+    to ``procs`` as soon as it starts (the caller stops them). Returns the worker."""
+    from inspector.bench.cli import _tiny
+
+    yaml_path = _station_yaml(folder, url, _tiny(folder), fps, retention)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECTOR_") or k == "INSPECTOR_SOAK_S"}
+    log = (folder / "processes.log").open("ab")
+    worker = subprocess.Popen(
+        CLI + ["worker", "-c", str(yaml_path), "--name", "soak-w1"], env=env, stdout=log, stderr=log
+    )
+    procs.append(worker)
+    time.sleep(3)  # the worker loads its package before the first part arrives
+    procs.append(subprocess.Popen(CLI + ["camera", "-c", str(yaml_path)], env=env, stdout=log, stderr=log))
+    return worker
+
+
+def _sample(
+    r: redis.Redis, names: Names, worker: subprocess.Popen[bytes], station_dir: Path, t: float
+) -> dict[str, Any]:
+    """One sample at ``t`` seconds: the worker's memory, Redis', the database's and the archive's sizes."""
+    db_bytes, rows, items = _db_stats(station_dir / "station.db")
+    archive_bytes, archive_files = _du(station_dir / "archive")
+    mem = r.info("memory")
+    return {
+        "t": round(t, 1),
+        "worker_rss": psutil.Process(worker.pid).memory_info().rss,
+        "redis_used": int(mem["used_memory"]),
+        "redis_keys": int(r.dbsize()),
+        "verdicts_stream": int(r.xlen(names.verdicts)),
+        "verdicts": int(r.hget(names.counters, "verdicts") or 0),
+        "db_bytes": db_bytes,
+        "verdict_rows": rows,
+        "review_items_made": items,
+        "archive_bytes": archive_bytes,
+        "archive_files": archive_files,
+    }
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM the station processes, newest first, then wait up to 30 s for each before killing it."""
+    for p in procs[::-1]:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs[::-1]:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def _report(
@@ -184,18 +203,7 @@ def _report(
         "verdicts_per_s": round(rate, 2),
         "retention": retention,
         "folder": str(folder),
-        "worker_rss_mb": {
-            "after_warmup": round(warm[0]["worker_rss"] / 1e6, 1),
-            "end": round(last["worker_rss"] / 1e6, 1),
-            "trend": round(_trend([s["worker_rss"] for s in warm]), 4),
-        },
-        "redis_used_mb": {
-            "after_warmup": round(warm[0]["redis_used"] / 1e6, 1),
-            "end": round(last["redis_used"] / 1e6, 1),
-            "min": round(min(s["redis_used"] for s in warm) / 1e6, 1),
-            "max": round(max(s["redis_used"] for s in warm) / 1e6, 1),
-            "trend": round(_trend([s["redis_used"] for s in warm]), 4),
-        },
+        **_memory_figures(warm, last),
         "db": {
             "rows_end": last["verdict_rows"],
             "rows_max": peak_rows,
@@ -218,6 +226,24 @@ def _report(
             "redis_streams_and_done_mb_with_retention": round((per_entry + done_bytes) * fps * age / 1e6, 1),
         },
         "samples": samples,
+    }
+
+
+def _memory_figures(warm: list[dict[str, Any]], last: dict[str, Any]) -> dict[str, Any]:
+    """The worker's and Redis' memory after the warm-up, at the end, and their trend over the warm samples."""
+    return {
+        "worker_rss_mb": {
+            "after_warmup": round(warm[0]["worker_rss"] / 1e6, 1),
+            "end": round(last["worker_rss"] / 1e6, 1),
+            "trend": round(_trend([s["worker_rss"] for s in warm]), 4),
+        },
+        "redis_used_mb": {
+            "after_warmup": round(warm[0]["redis_used"] / 1e6, 1),
+            "end": round(last["redis_used"] / 1e6, 1),
+            "min": round(min(s["redis_used"] for s in warm) / 1e6, 1),
+            "max": round(max(s["redis_used"] for s in warm) / 1e6, 1),
+            "trend": round(_trend([s["redis_used"] for s in warm]), 4),
+        },
     }
 
 
