@@ -23,9 +23,9 @@ from inspector.contracts.labels import GOOD_LABEL
 from inspector.contracts.manifest import Manifest, Preprocess
 from inspector.runtime.package import load_package
 from trainer.heldout import LabelledImage, load_images
-from trainer.retrain_snapshot import count_by_label, evenly_spaced, heldout_eval_set, items_of
+from trainer.retrain_export import export_draft
+from trainer.retrain_snapshot import count_by_label, items_of
 from trainer.retrain_staging import (
-    DRAFT_FILE,
     SNAPSHOT_FILE,
     Say,
     models_dir,
@@ -159,7 +159,8 @@ def train(
         _fit_fused_score(fitted, acfg, scorer_goods, defect_items, goods_from, data, seconds, say)
     elif kind == "anomaly":
         _fit_good_only_score(fitted, acfg, scorer_goods, goods_from, data, seconds, say)
-    draft = _export_draft(cfg, stage, kind, name, fitted, items, snap, data, seconds, say)
+    spec = _package_spec(kind, name, fitted, data)
+    draft = export_draft(cfg, stage, kind, fitted.net, spec, items, snap, seconds, say)
     seconds["total"] = round(time.perf_counter() - t0, 1)
     q = draft.quant
     info.update(
@@ -337,29 +338,12 @@ def _fit_good_only_score(
     fitted.architecture.update({"scorer": acfg.method, "scorer_out_indices": list(acfg.out_indices)})
 
 
-def _export_draft(
-    cfg: StationConfig,
-    stage: Path,
-    kind: str,
-    name: str,
-    fitted: _Fitted,
-    items: list[LabelledImage],
-    snap: dict[str, Any],
-    data: dict[str, Any],
-    seconds: dict[str, float],
-    say: Say,
-) -> Any:
-    """Export, parity and INT8 gate on the held-out set (``prepare_package``); the draft is saved for later steps."""
-    from trainer.package import PackageSpec, prepare_package
+def _package_spec(kind: str, name: str, fitted: _Fitted, data: dict[str, Any]) -> Any:
+    """What the candidate's manifest says: the fitted network's preprocessing, classes, scorer and data record."""
+    from trainer.package import PackageSpec
     from trainer.pipelines import FUSED_LATENCY_TARGET_MS, LATENCY_TARGET_MS, MEMORY_BUDGET_MB, TARGET_HARDWARE
-    from trainer.quantize import QuantConfig
 
-    held = heldout_eval_set(items_of(snap["heldout"]))
-    calib_items = evenly_spaced(items, cfg.jobs.calibration_images)
-    calibration = load_images(calib_items) if len(calib_items) >= QuantConfig().min_calibration_images else None
-    if calibration is None:
-        say(f"INT8 not attempted: {len(calib_items)} training frames, the gate needs 100 (the checklist will say so)")
-    spec = PackageSpec(
+    return PackageSpec(
         name=name,
         task=kind,
         preprocess=fitted.pre_spec,
@@ -374,29 +358,3 @@ def _export_draft(
         memory_budget_mb=MEMORY_BUDGET_MB,
         target_hardware=TARGET_HARDWARE,
     )
-    t = time.perf_counter()
-    draft = prepare_package(stage / "package", fitted.net.eval(), spec, held, calibration, say=say)
-    seconds["export_int8_bench"] = round(time.perf_counter() - t, 1)
-    if kind == "combined":
-        draft = _score_decides(draft, spec, held)
-    draft.save(work_dir(stage) / DRAFT_FILE)
-    return draft
-
-
-def _score_decides(draft: Any, spec: Any, held: Any) -> Any:
-    """A fused package: ``classifier_decides=False`` and canaries expected by the fused score alone (the
-    classifier only names the class, so its confidence must not pick or veto a canary)."""
-    from trainer.export import run_onnx
-    from trainer.network import OUTPUT_PROBS
-    from trainer.package import FP32_FILE, preprocess_frames, write_canaries
-
-    outs = run_onnx(draft.stage / FP32_FILE, preprocess_frames(spec, held.images))
-    outs.pop(OUTPUT_PROBS, None)
-    shutil.rmtree(draft.stage / "canary", ignore_errors=True)
-    canaries = write_canaries(draft.stage, replace(spec, class_names=None), held, outs)
-    m = draft.manifest
-    outputs = m.model.outputs.model_copy(update={"classifier_decides": False})
-    draft.manifest = m.model_copy(
-        update={"model": m.model.model_copy(update={"outputs": outputs}), "canaries": canaries}
-    )
-    return draft
