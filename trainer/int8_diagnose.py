@@ -67,20 +67,7 @@ def main(
     def quant(
         tag: str, nodes: list[str], method: CalibrationMethod = CalibrationMethod.MinMax, per_channel: bool = True
     ) -> Path:
-        path = out / f"{tag}.onnx"
-        quantize_static(
-            str(fp32),
-            str(path),
-            ImageReader(calib),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["Conv"],
-            nodes_to_quantize=nodes,
-            calibrate_method=method,
-        )
-        keep_fp32_inputs_outside(path, ["/backbone/"])
+        path = quantize_backbone_convs(fp32, out / f"{tag}.onnx", calib, nodes, method, per_channel)
         res[tag] = float(roc_auc_score(y, scores(path)))
         print(tag, len(nodes), res[tag], flush=True)
         return path
@@ -89,17 +76,7 @@ def main(
     net_q = int8_scorer_refit(backbone, pre, good, cfg, info, held.images[:1])(plain, out)
     export_onnx(net_q, torch.from_numpy(xh[:2]), out / "refit.onnx")
     quantize_int8(out / "refit.onnx", out / "refit.int8.onnx", calib, QuantConfig())
-    s32, s8d, s8 = scores(fp32), scores(plain), scores(out / "refit.int8.onnx")
-    thr = anomaly.reject_raw
-    res.update(
-        refit_int8=float(roc_auc_score(y, s8)),
-        agree_default=float(np.mean((s32 > thr) == (s8d > thr))),
-        agree_refit=float(np.mean((s32 > thr) == (s8 > thr))),
-        recall_fp32=float((s32[y] > thr).mean()),
-        recall_refit=float((s8[y] > thr).mean()),
-        frr_fp32=float((s32[~y] > thr).mean()),
-        frr_refit=float((s8[~y] > thr).mean()),
-    )
+    res.update(refit_comparison(scores(fp32), scores(plain), scores(out / "refit.int8.onnx"), y, anomaly.reject_raw))
     print(res, flush=True)
     quant("no_depthwise", [n for n in every if n not in depthwise])
     quant("no_stem", every[1:])
@@ -107,6 +84,40 @@ def main(
     quant("per_tensor", every, per_channel=False)
     (out / f"res_{name}_{size}.json").write_text(json.dumps(res, indent=1))
     return res
+
+
+def quantize_backbone_convs(
+    fp32: Path, path: Path, calib: list[np.ndarray], nodes: list[str], method: CalibrationMethod, per_channel: bool
+) -> Path:
+    """Plain static INT8 (QDQ) of the backbone convolutions ``nodes`` of ``fp32``, written to ``path``."""
+    quantize_static(
+        str(fp32),
+        str(path),
+        ImageReader(calib),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv"],
+        nodes_to_quantize=nodes,
+        calibrate_method=method,
+    )
+    keep_fp32_inputs_outside(path, ["/backbone/"])
+    return path
+
+
+def refit_comparison(s32: np.ndarray, s8d: np.ndarray, s8: np.ndarray, y: np.ndarray, thr: float) -> dict[str, float]:
+    """The refitted INT8 scores ``s8`` against fp32 ``s32`` and plain INT8 ``s8d`` at the reject score ``thr``:
+    AUROC, line agreement, recall and false-reject rate (``y``: is defect)."""
+    return {
+        "refit_int8": float(roc_auc_score(y, s8)),
+        "agree_default": float(np.mean((s32 > thr) == (s8d > thr))),
+        "agree_refit": float(np.mean((s32 > thr) == (s8 > thr))),
+        "recall_fp32": float((s32[y] > thr).mean()),
+        "recall_refit": float((s8[y] > thr).mean()),
+        "frr_fp32": float((s32[~y] > thr).mean()),
+        "frr_refit": float((s8[~y] > thr).mean()),
+    }
 
 
 if __name__ == "__main__":

@@ -56,21 +56,7 @@ def evaluate(
     snap = read_work_file(stage, SNAPSHOT_FILE)
     _, pkg = load_draft(stage)
     sets = {HELDOUT: items_of(snap["heldout"]), RECENT: items_of(snap["recent"])}
-    cand: dict[str, LineMetrics | None] = {}
-    inc: dict[str, LineMetrics | None] = {}
-    scored: dict[str, Scored] = {}
-    for set_name, items in sets.items():
-        if not items:
-            continue
-        images = load_images(items)
-        labels = [i.label for i in items]
-        scored[set_name] = score_frames(pkg, images, cfg)
-        cand[set_name] = line_metrics(scored[set_name].decisions, labels)
-        say(f"evaluate: candidate on {set_name} ({len(items)} frames): {_brief_metrics(cand[set_name])}")
-        if incumbent is not None:
-            inc_scored = score_frames(incumbent, images, cfg)
-            inc[set_name] = line_metrics(inc_scored.decisions, labels)
-            say(f"evaluate: incumbent on {set_name}: {_brief_metrics(inc[set_name])}")
+    cand, inc, scored = _score_sets(cfg, sets, pkg, incumbent, say)
     recent = cand.get(RECENT)
     primary = (
         RECENT
@@ -103,6 +89,33 @@ def evaluate(
         "incumbent_line_metrics": body["incumbent_line_metrics"],
         "drift_reference_frames": ref.get("frames"),
     }
+
+
+def _score_sets(
+    cfg: StationConfig,
+    sets: dict[str, list[LabelledImage]],
+    pkg: ModelPackage,
+    incumbent: str | Path | None,
+    say: Say,
+) -> tuple[dict[str, LineMetrics | None], dict[str, LineMetrics | None], dict[str, Scored]]:
+    """Candidate (and incumbent, when there is one) line metrics on every non-empty set, and the candidate's
+    scored frames per set."""
+    cand: dict[str, LineMetrics | None] = {}
+    inc: dict[str, LineMetrics | None] = {}
+    scored: dict[str, Scored] = {}
+    for set_name, items in sets.items():
+        if not items:
+            continue
+        images = load_images(items)
+        labels = [i.label for i in items]
+        scored[set_name] = score_frames(pkg, images, cfg)
+        cand[set_name] = line_metrics(scored[set_name].decisions, labels)
+        say(f"evaluate: candidate on {set_name} ({len(items)} frames): {_brief_metrics(cand[set_name])}")
+        if incumbent is not None:
+            inc_scored = score_frames(incumbent, images, cfg)
+            inc[set_name] = line_metrics(inc_scored.decisions, labels)
+            say(f"evaluate: incumbent on {set_name}: {_brief_metrics(inc[set_name])}")
+    return cand, inc, scored
 
 
 def _brief_metrics(m: LineMetrics) -> str:

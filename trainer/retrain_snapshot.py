@@ -11,7 +11,7 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from inspector.archive import Archive
 from inspector.contracts.config import StationConfig
 from inspector.contracts.labels import GOOD_LABEL
 from trainer.heldout import (
+    HeldOutSet,
     LabelledImage,
     base_training_items,
     file_sha256,
@@ -28,6 +29,9 @@ from trainer.heldout import (
     without_heldout,
 )
 from trainer.retrain_staging import SNAPSHOT_FILE, Say, say_or_print, write_work_file
+
+if TYPE_CHECKING:
+    from inspector.review.label_records import DatasetVersion
 
 
 def items_of(rows: list[dict[str, str]]) -> list[LabelledImage]:
@@ -89,35 +93,22 @@ def snapshot(
     frames JOIN the base material (they never replace it): the held-out set still shows the old condition and
     the gate's no-regression rows hold the candidate to it, and a line whose lamp is replaced back must not
     meet a model that forgot it. The gate's primary set and the drift reference become the new condition's."""
-    from inspector.review.labelling import LabellingService
-
     say = say_or_print(say)
     stage = Path(stage)
     stage.mkdir(parents=True, exist_ok=True)
     base = cfg.jobs.base_data
     held_set = load_heldout_set(cfg.data_dir, base)
     heldout = evenly_spaced(held_set.items, cfg.jobs.heldout_limit)
-    base_items = base_training_items(base, held_set) if base is not None else []
-    base_goods = evenly_spaced([i for i in base_items if i.label == GOOD_LABEL], cfg.jobs.train_images)
-    base_defects = [i for i in base_items if i.label != GOOD_LABEL]
+    base_goods, base_defects = _base_material(cfg, held_set)
     archive = Archive.for_data_dir(cfg.data_dir)
-    labels_dir = stage / "labels"
-    if labels_dir.exists():
-        shutil.rmtree(labels_dir)
-    dv = LabellingService(store, archive).export_dataset(labels_dir, layout="classification")
-    exported = [
-        LabelledImage(str(labels_dir / rel), rel.split("/", 1)[0], file_sha256(labels_dir / rel), "label")
-        for rel in json.loads((labels_dir / "dataset.json").read_text())["files"]
-    ]
+    dv, exported = _export_labels(store, archive, stage / "labels")
     recent_shas = {i.sha256 for i in labelled_frames(store, archive, since, until)}
     recent = [i for i in exported if i.sha256 in recent_shas]
     older = [i for i in exported if i.sha256 not in recent_shas]
     recent_train, recent_gate = _split_recent(recent)
     use_base_goods = True  # see the docstring: a condition change adds material, it never forgets the old
     candidates = base_goods + base_defects + older + recent_train
-    gate_shas = {i.sha256 for i in recent_gate}
-    train, dropped = without_heldout(_dedupe([i for i in candidates if i.sha256 not in gate_shas]), held_set)
-    train.sort(key=lambda i: (i.label, i.sha256))
+    train, dropped = _training_items(candidates, recent_gate, held_set)
     counts = {"train": count_by_label(train), "recent": count_by_label(recent_gate), "heldout": count_by_label(heldout)}
     scorer_goods = [i.sha256 for i in train if i.label == GOOD_LABEL]
     body = {
@@ -139,12 +130,53 @@ def snapshot(
         "base_data": str(base) if base else None,
     }
     write_work_file(stage, SNAPSHOT_FILE, body)
-    say(
-        f"snapshot {body['hash'][:12]}: train {sum(counts['train'].values())} {counts['train']}, recent gate "
-        f"{sum(counts['recent'].values())}, held-out {len(heldout)}; dataset version {dv.hash[:12]} "
-        f"({len(exported)} labels); {dropped} held-out images dropped from training"
-    )
+    say(_summary_line(body))
     return {k: v for k, v in body.items() if k not in ("train", "recent", "heldout", "scorer_goods")}
+
+
+def _base_material(cfg: StationConfig, held_set: HeldOutSet) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """The base folder's goods (at most ``jobs.train_images``, evenly spaced) and defects, held-out set excluded."""
+    base = cfg.jobs.base_data
+    base_items = base_training_items(base, held_set) if base is not None else []
+    base_goods = evenly_spaced([i for i in base_items if i.label == GOOD_LABEL], cfg.jobs.train_images)
+    base_defects = [i for i in base_items if i.label != GOOD_LABEL]
+    return base_goods, base_defects
+
+
+def _export_labels(store: Any, archive: Archive, labels_dir: Path) -> tuple[DatasetVersion, list[LabelledImage]]:
+    """Every current label exported as a dataset version into ``labels_dir`` (replaced), and its images as items."""
+    from inspector.review.labelling import LabellingService
+
+    if labels_dir.exists():
+        shutil.rmtree(labels_dir)
+    dv = LabellingService(store, archive).export_dataset(labels_dir, layout="classification")
+    exported = [
+        LabelledImage(str(labels_dir / rel), rel.split("/", 1)[0], file_sha256(labels_dir / rel), "label")
+        for rel in json.loads((labels_dir / "dataset.json").read_text())["files"]
+    ]
+    return dv, exported
+
+
+def _training_items(
+    candidates: list[LabelledImage], recent_gate: list[LabelledImage], held_set: HeldOutSet
+) -> tuple[list[LabelledImage], int]:
+    """The training items: candidates not in the recent gate set, one per image, held-out images dropped
+    (sorted by label then sha256), and how many held-out images were dropped."""
+    gate_shas = {i.sha256 for i in recent_gate}
+    train, dropped = without_heldout(_dedupe([i for i in candidates if i.sha256 not in gate_shas]), held_set)
+    train.sort(key=lambda i: (i.label, i.sha256))
+    return train, dropped
+
+
+def _summary_line(body: dict[str, Any]) -> str:
+    """The snapshot in one line for the job log."""
+    counts = body["counts"]
+    return (
+        f"snapshot {body['hash'][:12]}: train {sum(counts['train'].values())} {counts['train']}, recent gate "
+        f"{sum(counts['recent'].values())}, held-out {len(body['heldout'])}; dataset version "
+        f"{body['dataset_version'][:12]} ({body['labels']['current']} labels); {body['dropped_heldout']} held-out "
+        "images dropped from training"
+    )
 
 
 def count_by_label(items: list[LabelledImage]) -> dict[str, int]:
