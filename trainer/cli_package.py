@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -79,12 +79,31 @@ def package_anomaly_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fit the good-only anomaly model, set its threshold from held-out good parts, export, quantise, check."""
+    from trainer.anomalib_package import build_anomalib_package
+    from trainer.pipelines import build_anomaly_package
+
+    cfg, zoo = _scorer_config(method)
+    try:
+        cfg = _with_input_options(cfg, backbone, image_size, roi, ignore or [])
+        result = (
+            build_anomalib_package(data, out, cfg, name=name, console=console)
+            if zoo
+            else build_anomaly_package(data, out, cfg, name=name, console=console)
+        )
+    except InspectorError as err:
+        raise _fail(err) from None
+    if as_json:
+        print(json.dumps(_json(result), default=str))
+    else:
+        _summary(result)
+
+
+def _scorer_config(method: str) -> tuple[Any, bool]:
+    """The scorer's config for ``--method`` and whether it is anomalib's model (exit 2 on an unknown method)."""
     from dataclasses import replace
 
-    from trainer.anomalib_package import ANOMALIB_METHODS, AnomalibConfig, build_anomalib_package
+    from trainer.anomalib_package import ANOMALIB_METHODS, AnomalibConfig
     from trainer.anomaly import ANOMALY_METHODS, AnomalyConfig
-    from trainer.backbone import check_backbone_name, check_image_size
-    from trainer.pipelines import build_anomaly_package
 
     if method and method not in ANOMALY_METHODS + ANOMALIB_METHODS:
         console.print(
@@ -93,32 +112,25 @@ def package_anomaly_cmd(
         )
         raise typer.Exit(code=2)
     zoo = method in ANOMALIB_METHODS  # anomalib's model, packaged like ours (trainer/anomalib_package.py)
-    cfg = (
-        AnomalibConfig.from_method(method)
-        if zoo
-        else AnomalyConfig()
-        if not method
-        else replace(AnomalyConfig(), method=method)
-    )  # type: ignore[arg-type]
-    try:
-        if backbone:
-            check_backbone_name(backbone)
-            cfg = replace(cfg, backbone=backbone)  # type: ignore[type-var]
-        if image_size:
-            cfg = replace(cfg, image_size=check_image_size(cfg.backbone, image_size))  # type: ignore[type-var]
-        if roi or ignore:
-            cfg = replace(cfg, **region_of_interest(roi, ignore or []))  # type: ignore[type-var]
-        result = (
-            build_anomalib_package(data, out, cfg, name=name, console=console)
-            if zoo
-            else build_anomaly_package(data, out, cfg, name=name, console=console)
-        )  # type: ignore[arg-type]
-    except InspectorError as err:
-        raise _fail(err) from None
-    if as_json:
-        print(json.dumps(_json(result), default=str))
-    else:
-        _summary(result)
+    if zoo:
+        return AnomalibConfig.from_method(method), zoo
+    return (AnomalyConfig() if not method else replace(AnomalyConfig(), method=method)), zoo
+
+
+def _with_input_options(cfg: Any, backbone: str, image_size: int, roi: str, ignore: list[str]) -> Any:
+    """``cfg`` with the backbone, input side and region options that were given (checked; InspectorError)."""
+    from dataclasses import replace
+
+    from trainer.backbone import check_backbone_name, check_image_size
+
+    if backbone:
+        check_backbone_name(backbone)
+        cfg = replace(cfg, backbone=backbone)
+    if image_size:
+        cfg = replace(cfg, image_size=check_image_size(cfg.backbone, image_size))
+    if roi or ignore:
+        cfg = replace(cfg, **region_of_interest(roi, ignore))
+    return cfg
 
 
 def region_of_interest(roi: str, ignore: list[str]) -> dict[str, object]:

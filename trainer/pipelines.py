@@ -25,7 +25,7 @@ from inspector.contracts.errors import DataError
 from inspector.contracts.manifest import AnomalySpec, Preprocess
 from inspector.models.preprocess import Preprocessor
 from trainer.anomaly import AnomalyConfig, fit_anomaly_scorer, threshold_f1_optimal, threshold_good_quantile
-from trainer.backbone import build_backbone, check_image_size
+from trainer.backbone import BackboneSpec, build_backbone, check_image_size
 from trainer.data import load_rgb, scan_anomaly, snapshot_hash
 from trainer.evaluate import EvalSet, load_test_split, rate_interval
 from trainer.network import InspectionNet
@@ -132,6 +132,19 @@ def _calibration(good: Sequence[np.ndarray], n: int = 128) -> list[np.ndarray]:
     return list(good[::step][:n])
 
 
+def _anomaly_preprocess(cfg: AnomalyConfig, bspec: BackboneSpec) -> Preprocess:
+    """The anomaly package's preprocessing: stretched to the input side, gray, the backbone's normalisation."""
+    return Preprocess(
+        size=cfg.image_size,
+        resize="stretch",
+        mean=bspec.mean,
+        std=bspec.std,
+        color="gray",
+        roi=cfg.roi,
+        ignore=list(cfg.ignore),
+    )
+
+
 def build_anomaly_package(
     data_dir: str | Path,
     out: str | Path,
@@ -149,15 +162,7 @@ def build_anomaly_package(
     check_image_size(cfg.backbone, cfg.image_size)
     good = [_rgb(s.path) for s in data.train]
     backbone, bspec = build_backbone(cfg.backbone, out_indices=cfg.out_indices)
-    pre_spec = Preprocess(
-        size=cfg.image_size,
-        resize="stretch",
-        mean=bspec.mean,
-        std=bspec.std,
-        color="gray",
-        roi=cfg.roi,
-        ignore=list(cfg.ignore),
-    )
+    pre_spec = _anomaly_preprocess(cfg, bspec)
     pre = Preprocessor(pre_spec)
     scorer, anomaly, fit_info = fit_anomaly(backbone, pre, good, cfg, console)
     net = InspectionNet(backbone, scorer=scorer).eval()
