@@ -13,7 +13,6 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from inspector.bus.fast import fast_client as fast_client  # the old import path (inspector.line.runner)
 from inspector.contracts.config import StationConfig
 from inspector.contracts.names import Names
 

@@ -20,6 +20,7 @@ import redis
 
 from inspector.bus.connection import station_url
 from inspector.bus.consumer import StreamConsumer
+from inspector.bus.fast import fast_client
 from inspector.bus.streams import decode_message
 from inspector.contracts.config import StationConfig
 from inspector.contracts.errors import InspectorError
@@ -27,7 +28,7 @@ from inspector.contracts.health import ConsumerRole
 from inspector.contracts.messages import FrameMeta, Verdict
 from inspector.contracts.names import STREAM_FIELD_MESSAGE, Names
 from inspector.line.decider import LineDecider, Outcome, Part
-from inspector.line.health import REDIS_ERRORS, Health, HealthProbe, camera_silence_s, fast_client
+from inspector.line.health import REDIS_ERRORS, Health, HealthProbe, camera_silence_s
 from inspector.line.outputs import LineOutput, outputs_from_config
 from inspector.line.parts import PartCommitter, PartDecider, PartOutcome, replay_recent
 

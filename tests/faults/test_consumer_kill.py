@@ -250,9 +250,9 @@ def test_line_runner_process_kill9(tmp_path: Path, redis_url: str) -> None:
 
     streams = (names.frames, names.verdicts)
     try:
-        assert _wait(lambda: _health(cfg, role, name) == "ok" and all(_lag_or_none(client, s) for s in streams), 90), (
-            tmp_path / "line.log"
-        ).read_text()
+        assert _wait(
+            lambda: _health(cfg, role, name) == "ok" and all(_line_group_exists(client, s) for s in streams), 90
+        ), (tmp_path / "line.log").read_text()
         feeder = _feed(part, 200, 0.006)
         time.sleep(0.6)
         _kill_and_time_down(proc, cfg, role, name, config)
@@ -286,7 +286,7 @@ def test_line_runner_process_kill9(tmp_path: Path, redis_url: str) -> None:
         proc.wait(10)
 
 
-def _lag_or_none(client: redis.Redis, stream: str) -> bool:
+def _line_group_exists(client: redis.Redis, stream: str) -> bool:
     """True once the line group exists on ``stream``."""
     try:
         return any(
