@@ -35,6 +35,9 @@ from inspector.line.parts import PartCommitter, PartDecider, PartOutcome, replay
 log = logging.getLogger(__name__)
 
 CONSUMER = "line"
+#: How often the line runner re-reads the entries pending under its own name (normally none: it acknowledges
+#: what it reads at once), so that a read whose reply was lost costs at most this much of a part's deadline.
+OWN_PENDING_CHECK_S = 0.1
 
 
 class LineRunner(StreamConsumer):
@@ -67,6 +70,7 @@ class LineRunner(StreamConsumer):
         self._next_health = 0.0
         self._groups_ready = False
         self._recovered = False
+        self._next_own_check = 0.0
         self.handled = 0  # stream entries read and acknowledged (frames and verdicts)
         self.counts = {"accept": 0, "reject": 0}
         self.outcomes_by_reason: Counter[tuple[str, str]] = Counter()  # (signal, reason): the line's metrics
@@ -92,14 +96,19 @@ class LineRunner(StreamConsumer):
             if self.parts is not None and not self._replayed:  # parts a previous line process held in memory
                 outcomes += replay_recent(self.client, self.names, self.decider)  # type: ignore[arg-type]
                 self._replayed = True
-            if not self._recovered:  # entries a previous line process read and never acknowledged (kill -9)
+            if not self._recovered or time.monotonic() >= self._next_own_check:
+                # entries delivered to this consumer and never acknowledged: a previous line process's (kill -9),
+                # or a read whose reply was lost and that the client's retry sent again (it delivered the next
+                # entries; the lost ones wait in the group's pending list, and would never get a signal)
                 outcomes += self._read(None, start="0")
                 self._recovered = True
+                self._next_own_check = time.monotonic() + OWN_PENDING_CHECK_S
             outcomes += self._read(self._block_ms(max_block_ms))
             self.progress.ok()
         except REDIS_ERRORS as err:
             log.warning("line runner: Redis unreachable (%s); deadlines still enforced", err)
             self._groups_ready = False
+            self._recovered = False  # a read may have been delivered and its reply lost: read own pending first
             self.progress.failed(f"Redis unreachable: {err}")
             self._set_health(Health(False, False, 0, False, "Redis unreachable"))
             self.stop_event.wait(min(max_block_ms, 50) / 1000)

@@ -6,7 +6,10 @@ password (the master's ``requirepass``, the sentinels' own ``requirepass``), por
 a temp folder, and :meth:`SentinelCluster.stop` kills every process it started.
 
 ``down-after-milliseconds`` and ``failover-timeout`` are low so a failover takes seconds: test settings, not
-the station's (the station has no say in how fast Sentinel elects).
+the station's (the station has no say in how fast Sentinel elects). Not lower than 3 s: with 1 s, a CPU-starved
+run (2 cores, the test's workers, the replica's full sync) had the sentinels see the *new* master down 1 s
+after the switch and fail it over again, back to the restarted old host; writes the camera had on the
+new master that had not replicated went with it (a second, spurious failover: :meth:`switches` counts them).
 """
 
 from __future__ import annotations
@@ -71,8 +74,8 @@ class Server:
 class SentinelCluster:
     root: Path
     replicas: int = 1
-    down_after_ms: int = 1000
-    failover_timeout_ms: int = 3000
+    down_after_ms: int = 3000
+    failover_timeout_ms: int = 6000
     exe: str = field(default_factory=redis_server_binary)
     servers: list[Server] = field(default_factory=list)
     sentinels: list[Server] = field(default_factory=list)
@@ -167,6 +170,7 @@ class SentinelCluster:
                 c = self.client(s.port, sentinel=True)
                 st = self._ask(lambda c=c: c.sentinel_master(MASTER_NAME), {})
                 ok &= int(st.get("num-slaves", 0)) == self.replicas and int(st.get("num-other-sentinels", 0)) == 2
+                ok &= self._replicas_eligible(self._ask(lambda c=c: c.sentinel_slaves(MASTER_NAME), []))
                 c.close()
             m.close()
             if ok:
@@ -175,6 +179,38 @@ class SentinelCluster:
         raise AssertionError(
             "the Sentinel cluster did not come up: " + "; ".join(self.log_tail(s.name) for s in self.sentinels[:1])
         )
+
+    def _replicas_eligible(self, replicas: list[dict[str, object]]) -> bool:
+        """Every replica as a sentinel must see it to promote it (sentinelSelectSlave): linked, not down, in sync
+        with the master, and INFO from it within the last 30 s. A sentinel learns of a replica from the master's
+        INFO before it has asked the replica itself (info-refresh then counts from 0, i.e. decades): a failover
+        asked for in that moment is refused with NOGOODSLAVE."""
+        good = [
+            r
+            for r in replicas
+            if r.get("is_slave")
+            and not (r.get("is_sdown") or r.get("is_odown") or r.get("is_disconnected"))
+            and r.get("master-link-status") == "ok"
+            and int(r.get("info-refresh", 10**12)) < 30_000  # type: ignore[call-overload]
+        ]
+        return len(good) == self.replicas
+
+    def failover(self, timeout: float = 20) -> None:
+        """SENTINEL FAILOVER through the first sentinel; retried while it answers NOGOODSLAVE (no replica it may
+        promote yet: it has not had INFO from it since the last change) or INPROG."""
+        deadline = time.monotonic() + timeout
+        c = self.client(self.sentinels[0].port, sentinel=True)
+        try:
+            while True:
+                try:
+                    c.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+                    return
+                except redis.ResponseError as err:
+                    if not str(err).startswith(("NOGOODSLAVE", "INPROG")) or time.monotonic() > deadline:
+                        raise
+                time.sleep(0.2)
+        finally:
+            c.close()
 
     # ------------------------------------------------------------------ config and faults
     @property
@@ -248,6 +284,11 @@ class SentinelCluster:
         finally:
             c.close()
         raise AssertionError(f"master on {master_port} has fewer than {n} replicas online after {timeout} s")
+
+    def switches(self) -> int:
+        """How many times the first sentinel switched the master (+switch-master in its log): one per failover."""
+        p = self.root / f"{self.sentinels[0].name}.log"
+        return p.read_text(errors="replace").count("+switch-master") if p.is_file() else 0
 
     def log_tail(self, name: str, n: int = 1500) -> str:
         p = self.root / f"{name}.log"

@@ -18,7 +18,7 @@ from inspector.bus.streams import NotReplicated, StationBus
 from inspector.contracts.config import parse_config
 from inspector.contracts.errors import ConfigError, TransportError
 from inspector.contracts.messages import Decision, Verdict
-from tests.bus.sentinel_cluster import MASTER_NAME, SentinelCluster
+from tests.bus.sentinel_cluster import SentinelCluster
 from tests.faults.harness import write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,7 +174,7 @@ def test_clients_follow_a_failover_and_a_demoted_master(cluster: SentinelCluster
     assert bus.commit_verdicts([(_verdict(0), "")]) == [True]
     old = cluster.master_port()
     assert old is not None
-    cluster.client(cluster.sentinels[0].port, sentinel=True).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+    cluster.failover()
     new = cluster.wait_promoted(old)
     cluster.wait_replicas(new, 1)  # the old master came back as the new one's replica
     acked, refused = [], 0

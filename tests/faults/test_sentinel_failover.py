@@ -161,7 +161,8 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
         dead = {meta.id for meta in _dead_letter_metas(client, names)}
         gone = [m for m in cam.ledger.sent.values() if m.id not in on_new and m.id not in dead]
         assert all(t_kill - 1.0 <= m.captured_at <= t_kill + 0.1 for m in gone), (
-            f"frames lost outside the kill: {[(m.id, round(m.captured_at - t_kill, 2)) for m in gone][:5]}"
+            f"frames lost outside the kill: {[(m.id, round(m.captured_at - t_kill, 2)) for m in gone][:5]}; "
+            f"failovers: {cluster.switches()} (more than 1: the sentinels failed the new master over again)"
         )
         for m in gone:  # no verdict: the line rejects the part (fail-safe); reconciled as not sent
             cam.ledger.not_sent[m.id] = cam.ledger.sent.pop(m.id)

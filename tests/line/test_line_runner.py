@@ -190,3 +190,31 @@ def test_missing_verdict_rejected_while_redis_answers_nothing(
         out = memory.outcomes[0]
         assert out.part.part_id == meta.part_id and out.signal is Signal.REJECT
         assert out.decided_at - meta.captured_at < DEADLINE_MS / 1000 + 0.2
+
+
+def test_a_read_whose_reply_was_lost_still_gets_its_signal(
+    station_config: StationConfig, redis_client: redis.Redis, bus: StationBus
+) -> None:
+    """XREADGROUP ran on the server (a frame and its verdict are pending under the line's consumer name) but its
+    reply never reached the runner, and the client's retry asked again: a read with ">" skips them for good.
+    The runner re-reads its own pending entries and the part gets its ACCEPT in time (a CI failover run lost
+    one part's signal this way: the frame had its PASS, the line never signalled it)."""
+    from inspector.line.runner import CONSUMER
+
+    cfg = line_cfg(station_config, deadline_ms=1000)
+    make_healthy(redis_client, cfg)
+    names = Names(cfg.redis.prefix, cfg.station.id)
+    memory = MemoryOutput()
+    runner = LineRunner(cfg, outputs=[memory])
+    runner._ensure_groups()
+    runner.step()
+    meta = publish_frame(bus, 1)
+    publish_verdict(bus, meta, Decision.PASS)
+    lost = redis_client.xreadgroup(names.line_group, CONSUMER, {names.frames: ">", names.verdicts: ">"})
+    assert sum(len(entries) for _stream, entries in lost) == 2  # the reply the runner never got
+    deadline = time.monotonic() + 1.0
+    while not memory.outcomes and time.monotonic() < deadline:
+        runner.step()
+    runner.close()
+    assert [(o.part.part_id, o.signal) for o in memory.outcomes] == [(meta.part_id, Signal.ACCEPT)]
+    assert redis_client.xpending(names.frames, names.line_group)["pending"] == 0
