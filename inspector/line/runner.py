@@ -155,10 +155,21 @@ class LineRunner(StreamConsumer):
                 if outcome is not None:
                     outcomes.append(outcome)
             if ids:
-                self.client.xack(name, self.names.line_group, *ids)
-                self.handled += len(ids)
-                self.progress.ok(len(ids))
+                self._ack(name, ids)
         return outcomes
+
+    def _ack(self, stream: str, ids: list[bytes]) -> None:
+        """Acknowledge what was handled. A failed XACK must not lose the outcomes already decided from these
+        entries (the decider would refuse them a second time): they are emitted, the entries stay pending and
+        are read again, and acknowledged, with the next check of this consumer's own pending entries."""
+        try:
+            self.client.xack(stream, self.names.line_group, *ids)
+        except REDIS_ERRORS as err:
+            log.warning("line runner: %d entries of %s handled, not acknowledged yet (%s)", len(ids), stream, err)
+            self._recovered = False
+            return
+        self.handled += len(ids)
+        self.progress.ok(len(ids))
 
     def _handle(self, stream: str, fields: dict[bytes, bytes] | None) -> Outcome | None:
         try:

@@ -150,6 +150,7 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
         cam.join(before_s + after_s + 60)
         settled = wait_settled(client, cfg, timeout=60)
         time.sleep(cfg.line.deadline_ms / 1000 + 0.5)  # the line's last deadlines pass
+        line_lag = _line_groups(client, names)
         line.stop()
         line_thread.join(10)
         for w in workers:
@@ -190,6 +191,7 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
             signals.setdefault(o.part.frame_id, []).append(o.signal.value)
         line_accepted = {f for f, sig in signals.items() if sig == ["ACCEPT"]}
         passes = {v.frame_id for v, _ in entries if v.decision is Decision.PASS}
+        by_decision = {v.frame_id: v.decision.value for v, _ in entries}
         line_blind = [m.id for m in in_election if m.id in line_accepted and committed_at.get(m.id, 0) < t_elected]
         hist = line_out.ready_history
 
@@ -224,7 +226,21 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
         )
         assert rep.accepted > 0, "the line accepted nothing: the station never ran"
         assert all(len(sig) == 1 for sig in signals.values()), "the line runner signalled a part twice"
-        assert set(signals) >= set(cam.ledger.sent) - {m.id for m in gone}, "the line runner missed parts sent"
+        missed = set(cam.ledger.sent) - {m.id for m in gone} - set(signals)
+        assert not missed, (
+            "the line runner missed parts sent: "
+            + str(
+                [
+                    (
+                        round(cam.ledger.sent[f].captured_at - t_kill, 2),
+                        round(committed_at.get(f, float("nan")) - t_kill, 2),
+                        by_decision.get(f),
+                    )
+                    for f in sorted(missed, key=lambda f: cam.ledger.sent[f].captured_at)
+                ][:8]
+            )
+            + f" (captured, committed s after the kill; decision); line groups at stop: {line_lag}"
+        )
         assert line_accepted <= passes, "the line runner accepted a part without a PASS verdict"
         assert not line_blind, f"the line runner accepted parts while no master answered: {line_blind[:3]}"
         assert line.counts["accept"] > 0
@@ -248,6 +264,16 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
                 w.worker.stop()
                 w.thread.join(10)
         cluster.stop()
+
+
+def _line_groups(client, names: Names) -> dict[str, tuple[int, str, str]]:  # type: ignore[no-untyped-def]
+    """The line group's pending count, last delivered id and the stream's last id, per stream."""
+    out = {}
+    for stream in (names.frames, names.verdicts):
+        g = {x["name"]: x for x in client.xinfo_groups(stream)}.get(names.line_group.encode(), {})
+        last = client.xinfo_stream(stream)["last-generated-id"]
+        out[stream.rsplit(":", 1)[-1]] = (g.get("pending", -1), str(g.get("last-delivered-id")), str(last))
+    return out
 
 
 def _dead_letter_metas(client, names: Names):  # type: ignore[no-untyped-def]

@@ -218,3 +218,41 @@ def test_a_read_whose_reply_was_lost_still_gets_its_signal(
     runner.close()
     assert [(o.part.part_id, o.signal) for o in memory.outcomes] == [(meta.part_id, Signal.ACCEPT)]
     assert redis_client.xpending(names.frames, names.line_group)["pending"] == 0
+
+
+def test_a_failed_acknowledgement_loses_no_signal(
+    station_config: StationConfig, redis_client: redis.Redis, bus: StationBus
+) -> None:
+    """The master dies between the line's read and its XACK (a failover): the part read in that turn still gets
+    its ACCEPT (the decider would refuse its verdict a second time), and the entries are acknowledged later."""
+    cfg = line_cfg(station_config, deadline_ms=1000)
+    make_healthy(redis_client, cfg)
+    names = Names(cfg.redis.prefix, cfg.station.id)
+    memory = MemoryOutput()
+    runner = LineRunner(cfg, outputs=[memory])
+    runner._ensure_groups()
+    runner.step()
+    real_xack = runner.client.xack
+    failures = []
+
+    def xack_fails_once(*args: object) -> object:  # a fault in redis-py's call, not a stand-in for Redis
+        if not failures and args[0] == names.verdicts:  # after the verdict decided the part
+            failures.append(args)
+            raise redis.ConnectionError("Connection closed by server.")
+        return real_xack(*args)
+
+    runner.client.xack = xack_fails_once  # type: ignore[method-assign]
+    meta = publish_frame(bus, 1)
+    publish_verdict(bus, meta, Decision.PASS)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and (
+        not memory.outcomes
+        or redis_client.xpending(names.verdicts, names.line_group)["pending"]
+        or redis_client.xpending(names.frames, names.line_group)["pending"]
+    ):
+        runner.step()
+    runner.close()
+    assert failures, "the fault was not injected"
+    assert [(o.part.part_id, o.signal) for o in memory.outcomes] == [(meta.part_id, Signal.ACCEPT)]
+    assert redis_client.xpending(names.frames, names.line_group)["pending"] == 0
+    assert redis_client.xpending(names.verdicts, names.line_group)["pending"] == 0
