@@ -191,7 +191,7 @@ class SentinelCluster:
             if r.get("is_slave")
             and not (r.get("is_sdown") or r.get("is_odown") or r.get("is_disconnected"))
             and r.get("master-link-status") == "ok"
-            and int(r.get("info-refresh", 10**12)) < 30_000  # type: ignore[call-overload]
+            and int(str(r.get("info-refresh", 10**12))) < 30_000
         ]
         return len(good) == self.replicas
 

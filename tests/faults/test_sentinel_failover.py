@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from inspector.bus.connection import connect
 from inspector.bus.streams import StationBus
@@ -266,7 +267,7 @@ def _failover(tmp_path: Path, package: Path, wait_replicas: int, before_s: float
         cluster.stop()
 
 
-def _line_groups(client, names: Names) -> dict[str, tuple[int, str, str]]:  # type: ignore[no-untyped-def]
+def _line_groups(client: redis.Redis, names: Names) -> dict[str, tuple[int, str, str]]:
     """The line group's pending count, last delivered id and the stream's last id, per stream."""
     out = {}
     for stream in (names.frames, names.verdicts):

@@ -192,6 +192,17 @@ def test_missing_verdict_rejected_while_redis_answers_nothing(
         assert out.decided_at - meta.captured_at < DEADLINE_MS / 1000 + 0.2
 
 
+def _stepped_runner(station_config: StationConfig, r: redis.Redis) -> tuple[LineRunner, MemoryOutput, Names]:
+    """A line runner the test steps itself (deadline 1 s, healthy station), its groups made and one turn done."""
+    cfg = line_cfg(station_config, deadline_ms=1000)
+    names = make_healthy(r, cfg)
+    memory = MemoryOutput()
+    runner = LineRunner(cfg, outputs=[memory])
+    runner._ensure_groups()
+    runner.step()
+    return runner, memory, names
+
+
 def test_a_read_whose_reply_was_lost_still_gets_its_signal(
     station_config: StationConfig, redis_client: redis.Redis, bus: StationBus
 ) -> None:
@@ -201,13 +212,7 @@ def test_a_read_whose_reply_was_lost_still_gets_its_signal(
     one part's signal this way: the frame had its PASS, the line never signalled it)."""
     from inspector.line.runner import CONSUMER
 
-    cfg = line_cfg(station_config, deadline_ms=1000)
-    make_healthy(redis_client, cfg)
-    names = Names(cfg.redis.prefix, cfg.station.id)
-    memory = MemoryOutput()
-    runner = LineRunner(cfg, outputs=[memory])
-    runner._ensure_groups()
-    runner.step()
+    runner, memory, names = _stepped_runner(station_config, redis_client)
     meta = publish_frame(bus, 1)
     publish_verdict(bus, meta, Decision.PASS)
     lost = redis_client.xreadgroup(names.line_group, CONSUMER, {names.frames: ">", names.verdicts: ">"})
@@ -225,13 +230,7 @@ def test_a_failed_acknowledgement_loses_no_signal(
 ) -> None:
     """The master dies between the line's read and its XACK (a failover): the part read in that turn still gets
     its ACCEPT (the decider would refuse its verdict a second time), and the entries are acknowledged later."""
-    cfg = line_cfg(station_config, deadline_ms=1000)
-    make_healthy(redis_client, cfg)
-    names = Names(cfg.redis.prefix, cfg.station.id)
-    memory = MemoryOutput()
-    runner = LineRunner(cfg, outputs=[memory])
-    runner._ensure_groups()
-    runner.step()
+    runner, memory, names = _stepped_runner(station_config, redis_client)
     real_xack = runner.client.xack
     failures = []
 
@@ -241,7 +240,7 @@ def test_a_failed_acknowledgement_loses_no_signal(
             raise redis.ConnectionError("Connection closed by server.")
         return real_xack(*args)
 
-    runner.client.xack = xack_fails_once  # type: ignore[method-assign]
+    runner.client.xack = xack_fails_once  # type: ignore[method-assign]  # the fault: this call fails once
     meta = publish_frame(bus, 1)
     publish_verdict(bus, meta, Decision.PASS)
     deadline = time.monotonic() + 1.0
