@@ -30,8 +30,10 @@ class AnomalyConfig:
     k: int = 1  # knn only: mean of the k nearest distances
     coreset_proj_dim: int = 64  # knn only: random projection used by the coreset selection
     eps: float = 0.01  # gaussian only: covariance ridge
-    neighbours: Literal["own", "row", "square"] = "row"  # wknn: bank positions a patch is compared with
+    neighbours: Literal["own", "row", "square"] = "own"  # wknn: bank positions a patch is compared with
     position_bank: int = 150  # wknn: good patches kept per position (greedy k-center in whitened space)
+    lof_k: int = 5  # wknn: a bank patch's radius is its distance to its k-th nearest good patch (0: no correction)
+    lof_alpha: float = 1.0  # wknn: distances are reduced by lof_alpha * (radius - median radius)
     whiten_blocks: Literal["stage", "full"] = (
         "stage"  # wknn: one Gaussian per backbone stage's channels, or one for all
     )

@@ -130,15 +130,37 @@ def fit_whitened_knn(
         start += c
     mean = torch.cat(means, -1)
     with torch.inference_mode():
-        bank = torch.cat([whiten(e.float().flatten(2).permute(2, 0, 1), mean, factors) for e in embeddings], dim=1)
-    if cfg.position_bank and bank.shape[1] > cfg.position_bank:
+        patches = torch.cat([whiten(e.float().flatten(2).permute(2, 0, 1), mean, factors) for e in embeddings], dim=1)
+    bank = patches
+    if cfg.position_bank and patches.shape[1] > cfg.position_bank:
         bank = torch.stack(
             [
                 row[greedy_coreset(row, cfg.position_bank, proj_dim=None, start=int((row * row).sum(1).argmax()))]
-                for row in track(bank, description="position banks", transient=True)
+                for row in track(patches, description="position banks", transient=True)
             ]
         )
-    return WhitenedKnnScorer(embed, mean, factors, bank, grid, cfg.neighbours, cfg.blur_sigma).eval()
+    k = min(cfg.lof_k, patches.shape[1] - 1)  # a handful of good images: the nearest ones there are
+    radius = bank_radius(bank, patches, k, cfg.lof_alpha) if k > 0 else None
+    return WhitenedKnnScorer(embed, mean, factors, bank, grid, cfg.neighbours, cfg.blur_sigma, radius).eval()
+
+
+@torch.inference_mode()
+def bank_radius(bank: Tensor, patches: Tensor, k: int, alpha: float, chunk: int = 32) -> Tensor:
+    """[P,N] radius of each bank patch for the local-density correction: ``alpha`` times (its distance to its
+    k-th nearest other good patch at its position, less the median of those distances). ``bank`` [P,N,C] is
+    drawn from ``patches`` [P,M,C] (whitened), so a patch's nearest is itself, at 0: the k-th other is k+1-th."""
+    if not 0 < k < patches.shape[1]:
+        raise AnomalyModelError(
+            f"lof_k {k} needs more than {k} good images to fit on (got {patches.shape[1]})",
+            "lower lof_k, or fit on more good images (0 turns the correction off)",
+        )
+    out = []
+    for i in range(0, bank.shape[0], chunk):
+        b, x = bank[i : i + chunk].float(), patches[i : i + chunk].float()
+        d2 = (b * b).sum(-1, keepdim=True) - 2 * b @ x.transpose(1, 2) + (x * x).sum(-1).unsqueeze(1)  # [p,N,M]
+        out.append(torch.topk(d2, k + 1, -1, largest=False).values[..., k].clamp_min(0).sqrt())
+    radius = torch.cat(out)
+    return alpha * (radius - radius.median())
 
 
 def fit_anomaly_scorer(

@@ -111,6 +111,14 @@ class WhitenedKnnScorer(nn.Module):
     also count the Gaussian mean (the zero vector), i.e. never score above their Mahalanobis distance.
     The bank is never copied per frame: the query map is shifted once per offset and one batched GEMM
     compares all shifted queries with the bank, so the bank is read once.
+
+    With ``bank_radius`` [P,N] (the default fit: ``AnomalyConfig.lof_k``) the distance to a bank patch is
+    reduced by that patch's radius: ``|z - b| - radius(b)``, the radius being ``lof_alpha`` times how far b's
+    k-th nearest good patch at its position lies, less the median radius (a local-density correction, as in the
+    local outlier factor). Good patches in a sparse part of normal variation (wide radius) no longer score like
+    a defect; a patch off a tight cluster still does. The map is then in distance units, clamped at 0 before the
+    blur, and the Gaussian mean at the border counts with the median radius (correction 0). On magnetic_tile:
+    image AUROC 0.9555 -> 0.970 at the same cost (README, "anomaly scorer").
     """
 
     def __init__(
@@ -122,6 +130,7 @@ class WhitenedKnnScorer(nn.Module):
         grid: tuple[int, int],
         neighbours: str,
         blur_sigma: float,
+        bank_radius: Tensor | None = None,
     ) -> None:
         super().__init__()
         if neighbours not in NEIGHBOURS:
@@ -142,6 +151,13 @@ class WhitenedKnnScorer(nn.Module):
             self.register_buffer(f"whiten{i}", factor.float().contiguous())
         self.register_buffer("bank_t", bank.float().transpose(1, 2).contiguous())  # [P,C,N]
         self.register_buffer("bank_sq", (bank.float() ** 2).sum(-1).unsqueeze(1))  # [P,1,N]
+        if bank_radius is not None:
+            if tuple(bank_radius.shape) != tuple(bank.shape[:2]):
+                raise AnomalyModelError(
+                    f"bank radius {tuple(bank_radius.shape)} does not match the bank {tuple(bank.shape[:2])}",
+                    "fit the radius on the same bank ([P,N])",
+                )
+            self.register_buffer("bank_radius", bank_radius.float().unsqueeze(1).contiguous())  # [P,1,N]
         inside = torch.ones(h, w, dtype=torch.bool)  # every neighbour of the position is on the grid
         for dy, dx in self.offsets:
             inside[: max(0, -dy)] = False
@@ -151,6 +167,26 @@ class WhitenedKnnScorer(nn.Module):
         self.register_buffer("border", ~inside.view(1, 1, h, w))
         self.blur = SeparableBlur(blur_sigma)
 
+    @property
+    def local_density(self) -> bool:
+        """True when distances are corrected by each bank patch's radius (``bank_radius``)."""
+        return getattr(self, "bank_radius", None) is not None  # modules pickled before the option: False
+
+    def _candidates(self, d2: Tensor) -> Tensor:
+        """[P,OB,N] squared distances -> what is minimised: the squared distance, or with ``bank_radius``
+        the distance less the candidate's radius."""
+        if not self.local_density:
+            return d2
+        return d2.clamp_min(0).sqrt() - self.bank_radius
+
+    def _border(self, zzmap: Tensor) -> Tensor:
+        """The Gaussian-mean candidate (the zero vector) in the units of :meth:`_candidates`."""
+        return zzmap.clamp_min(0).sqrt() if self.local_density else zzmap
+
+    def _distance(self, best: Tensor) -> Tensor:
+        """The minimised map -> the anomaly map before the blur (distance units, >= 0)."""
+        return best.clamp_min(0) if self.local_density else best.clamp_min(0).sqrt()
+
     def whiten_patches(self, x: Tensor) -> Tensor:
         """[P,B,C] patches -> [P,B,C] whitened at their positions (``|z|`` = Mahalanobis distance)."""
         return whiten(x, self.mean, [getattr(self, f"whiten{i}") for i in range(len(self.blocks))])
@@ -159,7 +195,8 @@ class WhitenedKnnScorer(nn.Module):
         """The internals the fused score reads (``trainer.fusion_head``), exportable to ONNX.
 
         ``emb`` [B,C,h,w] (this scorer's embedding) -> ``z`` [P,B,C] whitened patches, ``d2`` [B,1,h,w] squared
-        distance to the nearest candidate (``forward``'s map before sqrt and blur) and ``nearest`` [P,B,C] that
+        distance to the nearest candidate (``forward``'s map before sqrt and blur; with ``bank_radius`` the
+        square of the radius-corrected distance, clamped at 0) and ``nearest`` [P,B,C] that
         candidate: a bank patch at the same or a neighbouring position, or the Gaussian mean (zero) at the border.
         Ties go to the first candidate in ``offsets`` order, the mean last (as ``trainer.learning_curve``)."""
         h, w = self.grid
@@ -173,7 +210,7 @@ class WhitenedKnnScorer(nn.Module):
         q = torch.cat([zpad[:, :, r - dy : r - dy + h, r - dx : r - dx + w] for dy, dx in self.offsets])
         q = q.flatten(2).permute(2, 0, 1)  # [P,OB,C]: bank position b meets the query at b - (dy,dx)
         d2 = (q * q).sum(-1, keepdim=True) - 2 * torch.matmul(q, self.bank_t) + self.bank_sq  # [P,OB,N]
-        near, arg = d2.min(-1)  # [P,OB]
+        near, arg = self._candidates(d2).min(-1)  # [P,OB]
         # the winner's row in the flattened bank [P*N,C]: bank position * N + its index there
         row = arg + torch.arange(h * w, device=arg.device).unsqueeze(1) * n_bank
         n_off = len(self.offsets)
@@ -192,10 +229,12 @@ class WhitenedKnnScorer(nn.Module):
                 take = nd < best
                 best, best_row = torch.where(take, nd, best), torch.where(take, nr, best_row)
         assert best is not None and best_row is not None
-        zzmap = zz.transpose(0, 1).reshape(-1, 1, h, w)
+        zzmap = self._border(zz.transpose(0, 1).reshape(-1, 1, h, w))
         mean_d = torch.where(self.border, zzmap, torch.full_like(zzmap, 1e30))
         take_mean = mean_d < best
         best = torch.where(take_mean, mean_d, best)
+        if self.local_density:  # back to a squared distance: forward's map is its square root
+            best = best.clamp_min(0) ** 2
         # then ONE bank row per position (Gather of contiguous rows, not an element gather per offset)
         rows = best_row.flatten(1).transpose(0, 1).round().long()  # [P,B]
         bank_rows = self.bank_t.transpose(1, 2).reshape(-1, c)  # [P*N,C]; constant-folded at export
@@ -210,20 +249,20 @@ class WhitenedKnnScorer(nn.Module):
         z = self.whiten_patches(emb.flatten(2).permute(2, 0, 1))  # [P,B,C]
         zz = (z * z).sum(-1)  # [P,B]
         zmap = z.permute(1, 2, 0).reshape(-1, z.shape[-1], h, w)  # [B,C,h,w]
-        zzmap = zz.transpose(0, 1).reshape(-1, 1, h, w)
+        zzmap = self._border(zz.transpose(0, 1).reshape(-1, 1, h, w))
         best = torch.where(self.border, zzmap, torch.full_like(zzmap, 1e30))
         zpad = F.pad(zmap, (r, r, r, r)) if r > 0 else zmap
         # bank position b meets the query at b - (dy,dx): all offsets in ONE GEMM, so the bank is read once
         q = torch.cat([zpad[:, :, r - dy : r - dy + h, r - dx : r - dx + w] for dy, dx in self.offsets])  # [OB,C,h,w]
         q = q.flatten(2).permute(2, 0, 1)  # [P,OB,C], O offsets
         d2 = (q * q).sum(-1, keepdim=True) - 2 * torch.matmul(q, self.bank_t) + self.bank_sq  # [P,OB,N]
-        near_all = d2.amin(-1).transpose(0, 1).reshape(len(self.offsets), -1, 1, h, w)  # at bank positions
+        near_all = self._candidates(d2).amin(-1).transpose(0, 1).reshape(len(self.offsets), -1, 1, h, w)
         for i, (dy, dx) in enumerate(self.offsets):
             near = near_all[i]
             if r > 0:  # back to query positions; outside the grid counts as no match
                 near = F.pad(near, (r, r, r, r), value=1e30)[:, :, r + dy : r + dy + h, r + dx : r + dx + w]
             best = torch.minimum(best, near)
-        return _finish(best.clamp_min(0).sqrt(), self.blur)
+        return _finish(self._distance(best), self.blur)
 
 
 class PatchKnnScorer(nn.Module):

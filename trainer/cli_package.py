@@ -46,6 +46,13 @@ def _summary(result) -> None:  # type: ignore[no-untyped-def]
     console.print(t)
 
 
+NEIGHBOURS_HELP = "wknn: bank positions a patch meets: own (default), row (+-1 column), square (3x3)."
+LOF_K_HELP = (
+    "wknn: local-density correction from each bank patch's k-th nearest good patch; "
+    "-1: the default (5), 0: off (plain distance, the scorer before session 8)."
+)
+
+
 def package_anomaly_cmd(
     data: Annotated[Path, typer.Argument(help="Anomaly-layout folder: train/good, test/good, test/<defect>.")],
     out: Annotated[Path, typer.Option(help="Package folder to write.")],
@@ -76,6 +83,8 @@ def package_anomaly_cmd(
             "the network input (repeat for several): fixtures, background."
         ),
     ] = None,
+    neighbours: Annotated[str, typer.Option(help=NEIGHBOURS_HELP)] = "",
+    lof_k: Annotated[int, typer.Option(help=LOF_K_HELP)] = -1,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fit the good-only anomaly model, set its threshold from held-out good parts, export, quantise, check."""
@@ -83,6 +92,7 @@ def package_anomaly_cmd(
     from trainer.pipelines import build_anomaly_package
 
     cfg, zoo = _scorer_config(method)
+    cfg = _with_scorer_options(cfg, neighbours, lof_k)
     try:
         cfg = _with_input_options(cfg, backbone, image_size, roi, ignore or [])
         result = (
@@ -115,6 +125,28 @@ def _scorer_config(method: str) -> tuple[Any, bool]:
     if zoo:
         return AnomalibConfig.from_method(method), zoo
     return (AnomalyConfig() if not method else replace(AnomalyConfig(), method=method)), zoo
+
+
+def _with_scorer_options(cfg: Any, neighbours: str, lof_k: int) -> Any:
+    """``cfg`` with ``--neighbours`` / ``--lof-k`` where given (exit 2 naming the option on a bad value)."""
+    from dataclasses import replace
+
+    if neighbours and neighbours not in ("own", "row", "square"):
+        console.print(f"[red]error:[/] --neighbours {neighbours!r}: use own, row or square")
+        raise typer.Exit(code=2)
+    if lof_k < -1:
+        console.print(f"[red]error:[/] --lof-k {lof_k}: use 0 (off), a positive k, or -1 (the default)")
+        raise typer.Exit(code=2)
+    if (neighbours or lof_k >= 0) and not hasattr(cfg, "lof_k"):
+        console.print(
+            "[red]error:[/] --neighbours and --lof-k are options of the wknn scorer, not of anomalib's models"
+        )
+        raise typer.Exit(code=2)
+    if neighbours:
+        cfg = replace(cfg, neighbours=neighbours)
+    if lof_k >= 0:
+        cfg = replace(cfg, lof_k=lof_k)
+    return cfg
 
 
 def _with_input_options(cfg: Any, backbone: str, image_size: int, roi: str, ignore: list[str]) -> Any:

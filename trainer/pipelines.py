@@ -191,6 +191,11 @@ def build_anomaly_package(
             "image_size": list(cfg.image_size),
             "blur_sigma": cfg.blur_sigma,
             "pool": cfg.pool,
+            **(
+                {"neighbours": cfg.neighbours, "position_bank": cfg.position_bank, "lof_k": cfg.lof_k}
+                if cfg.method == "wknn"
+                else {}
+            ),
         },
         metrics={"operating_points": points},
         latency_target_ms=LATENCY_TARGET_MS,

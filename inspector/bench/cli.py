@@ -77,6 +77,7 @@ def run_bench(
     reference: str,
     skip: set[str],
     anomalib: tuple[str, ...] = ("padim",),
+    versus: list[Path] | None = None,
 ) -> dict[str, Any]:
     from inspector.bench import pipeline, stages
     from inspector.bench.timing import machine
@@ -94,6 +95,8 @@ def run_bench(
     console.print(
         f"[bold]bench[/bold] {source}: {pkg.version}, {threads} threads, frame {frame.shape[1]}x{frame.shape[0]}"
     )
+    if versus:
+        _bench_versus(report, pkg, versus, frame, threads, runs)
     if "stages" not in skip:
         _bench_stages(report, pkg, frame, threads, runs)
     if "backends" not in skip:
@@ -106,6 +109,26 @@ def run_bench(
         f"model size on disk: {report['package']['model_files_mb']} MB; package {report['package']['package_mb']} MB"
     )
     return report
+
+
+def _bench_versus(
+    report: dict[str, Any], pkg: ModelPackage, others: list[Path], frame: np.ndarray, threads: int, runs: int
+) -> None:
+    """The package against other packages: full inspection of one frame, in turns, with their held-out metrics."""
+    from inspector.bench.versus import METRICS, versus
+
+    packages = {f"{pkg.manifest.name} (this)": pkg}
+    for path in others:
+        other = load_package(path)
+        packages[f"{other.manifest.name} ({path.name})"] = other
+    report["versus"] = versus(packages, frame, threads, runs)
+    console.print(
+        _table(
+            "Packages side by side: full inspection, batch 1, warm, in turns (held-out metrics from each manifest)",
+            report["versus"],
+            ["package", "runs_at", "p50_ms", "p99_ms", "x_vs_first", *METRICS],
+        )
+    )
 
 
 def _bench_stages(report: dict[str, Any], pkg: ModelPackage, frame: np.ndarray, threads: int, runs: int) -> None:
@@ -228,6 +251,11 @@ def bench(
     workers: str = typer.Option("1,2", help="Worker counts for the pipeline, comma separated."),
     reference: str = typer.Option("resnet18", help="timm reference CNN timed beside the package ('none' to skip)."),
     skip: str = typer.Option("", help="Comma-separated parts to skip: stages, backends, anomalib, pipeline."),
+    versus: list[Path] = typer.Option(
+        [],
+        "--versus",
+        help="Another package timed against this one, in turns, with both held-out metrics (repeat for several).",
+    ),
     anomalib: str = typer.Option(
         "padim",
         help="anomalib models fitted on the package's own split and timed against "
@@ -250,6 +278,7 @@ def bench(
                 reference,
                 {s.strip() for s in skip.split(",") if s.strip()},
                 _models(anomalib),
+                versus,
             )
         except InspectorError as err:
             Console(stderr=True).print(f"[bold red]error:[/bold red] {err.message}\n[yellow]hint:[/yellow] {err.hint}")

@@ -145,11 +145,43 @@ def test_onnx_export_dynamic_batch_matches_torch(
         np.testing.assert_allclose(amap, ref_map.numpy(), rtol=1e-3, atol=1e-3)
 
 
-def _wknn(embeddings: torch.Tensor, neighbours: str = "row", position_bank: int = 0) -> WhitenedKnnScorer:
+def _wknn(
+    embeddings: torch.Tensor, neighbours: str = "row", position_bank: int = 0, lof_k: int = 0
+) -> WhitenedKnnScorer:
+    """The scorer on raw embeddings; plain distances unless ``lof_k`` (the tests of the distance itself)."""
     from trainer.anomaly import FeatureEmbedding, fit_whitened_knn
 
-    cfg = AnomalyConfig(neighbours=neighbours, position_bank=position_bank, blur_sigma=0.0)  # type: ignore[arg-type]
+    cfg = AnomalyConfig(neighbours=neighbours, position_bank=position_bank, blur_sigma=0.0, lof_k=lof_k)  # type: ignore[arg-type]  # neighbours is a str here
     return fit_whitened_knn(FeatureEmbedding((0,)), [embeddings], cfg)
+
+
+def test_local_density_lets_sparse_normal_variation_pass_and_still_flags_an_off_cluster_patch() -> None:
+    """At each position most good patches sit in a tight cluster, a few in a wide one (normal, but sparse). A new
+    patch of the wide cluster lies as far from the bank as a defect just off the tight cluster: plain distance
+    cannot tell them apart; the radius correction (lof_k) can."""
+    g = torch.Generator().manual_seed(5)
+    c = 8
+
+    def wide(n: int) -> torch.Tensor:  # its own place on channel 0, spread on channels 4-7
+        x = 0.05 * torch.randn(n, c, 2, 2, generator=g)
+        x[:, 0] += 6.0
+        x[:, 4:] = torch.randn(n, c - 4, 2, 2, generator=g)
+        return x
+
+    train = torch.cat([0.05 * torch.randn(150, c, 2, 2, generator=g), wide(50)])
+    normal_sparse = wide(20)
+    defect = 0.05 * torch.randn(20, c, 2, 2, generator=g)
+    defect[:, 1] += 0.1  # off the tight cluster on a channel where both clusters are tight
+    with torch.inference_mode():
+        plain = _wknn(train, "own")
+        lof = _wknn(train, "own", lof_k=5)
+        assert lof.local_density and not plain.local_density
+        margin = {}
+        for name, scorer in (("plain", plain), ("lof", lof)):
+            s_normal, _ = scorer([normal_sparse])
+            s_defect, _ = scorer([defect])
+            margin[name] = float(s_defect.median() / s_normal.median().clamp_min(1e-3))
+    assert margin["plain"] < 1.5 and margin["lof"] > 3 * margin["plain"], margin
 
 
 def test_wknn_distance_is_zero_on_its_own_patches_and_at_most_mahalanobis_at_the_border() -> None:
@@ -199,7 +231,7 @@ def test_wknn_stage_blocks_whiten_each_block_with_its_own_gaussian() -> None:
     g = torch.Generator().manual_seed(3)
     train = torch.randn(80, 5, 2, 3, generator=g)
     train[:, 3:] += 2.0 * train[:, :1]  # channels 3-4 correlate with channel 0: ignored by the blocks
-    cfg = AnomalyConfig(neighbours="own", position_bank=0, blur_sigma=0.0)
+    cfg = AnomalyConfig(neighbours="own", position_bank=0, blur_sigma=0.0, lof_k=0)
     split = fit_whitened_knn(FeatureEmbedding((0,)), [train], cfg, blocks=[3, 2])
     assert split.blocks == [3, 2] and split.whiten0.shape == (6, 3, 3) and split.whiten1.shape == (6, 2, 2)
     alone = fit_whitened_knn(FeatureEmbedding((0,)), [train[:, 3:]], cfg)
@@ -237,3 +269,20 @@ def test_magnetic_tile_subsample_auroc(magnetic_tile: Path) -> None:
         scores = torch.cat([net(load(fs))[0] for fs in (good, defects)]).numpy()
     auroc = roc_auc_score([0] * len(good) + [1] * len(defects), scores)
     assert auroc >= 0.85, f"image AUROC {auroc:.3f} on the subsample"
+
+
+def test_package_anomaly_refuses_bad_scorer_options_in_one_line(tmp_path: Path) -> None:
+    """`--neighbours` and `--lof-k` are checked before any data is read; they are options of our scorer only."""
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    base = ["package-anomaly", str(tmp_path / "nowhere"), "--out", str(tmp_path / "pkg")]
+    for extra, words in [
+        (["--neighbours", "diagonal"], "--neighbours 'diagonal': use own, row or square"),
+        (["--lof-k", "-3"], "--lof-k -3: use 0 (off)"),
+        (["--method", "anomalib:padim", "--lof-k", "0"], "options of the wknn scorer, not of anomalib"),
+    ]:
+        result = CliRunner().invoke(app, base + extra)
+        assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "pkg").exists()
