@@ -126,7 +126,8 @@ def _bench_versus(
         _table(
             "Packages side by side: full inspection, batch 1, warm, in turns (held-out metrics from each manifest)",
             report["versus"],
-            ["package", "runs_at", "p50_ms", "p99_ms", "x_vs_first", *METRICS],
+            ["package", "runs_at", "p50_ms", "p99_ms", "x_vs_first"]
+            + [m for m in METRICS if any(r[m] is not None for r in report["versus"])],
         )
     )
 
