@@ -160,33 +160,12 @@ def anomaly_features(scorer, embeddings: np.ndarray, batch: int = 64) -> np.ndar
     max over positions of the whitened patch ``|z|``, and of the residual ``|z - nearest good patch|``."""
     import torch
 
-    h, w = scorer.grid
-    bank = scorer.bank_t.transpose(1, 2)  # [P, N, C]
-    P, N, C = bank.shape
-    far = torch.full((P, N, C), 1e4)
-    cands, radii = [], []
-    grid = bank.reshape(h, w, N, C)
-    radius = scorer.bank_radius.reshape(h, w, N) if scorer.local_density else torch.zeros(h, w, N)
-    for dy, dx in scorer.offsets:  # query (y, x) meets bank (y + dy, x + dx)
-        shifted, shifted_r = far.clone().reshape(h, w, N, C), torch.zeros(h, w, N)
-        ys, xs = slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx))
-        yb, xb = slice(max(0, dy), h - max(0, -dy)), slice(max(0, dx), w - max(0, -dx))
-        shifted[ys, xs], shifted_r[ys, xs] = grid[yb, xb], radius[yb, xb]
-        cands.append(shifted.reshape(P, N, C))
-        radii.append(shifted_r.reshape(P, 1, N))
-    zero = torch.where(scorer.border.reshape(P, 1, 1), torch.zeros(P, 1, C), torch.full((P, 1, C), 1e4))
-    cand = torch.cat([*cands, zero], 1)  # [P, M, C]
-    cand_r = torch.cat([*radii, torch.zeros(P, 1, 1)], 2)  # [P, 1, M]: the scorer's radius correction
-    cand_t, cand_sq = cand.transpose(1, 2).contiguous(), (cand * cand).sum(-1).unsqueeze(1)
     out = []
     with torch.inference_mode():
         for i in range(0, len(embeddings), batch):
             e = torch.from_numpy(embeddings[i : i + batch].astype(np.float32))
-            z = scorer.whiten_patches(e.flatten(2).permute(2, 0, 1))  # [P, B, C]
-            d2 = (z * z).sum(-1, keepdim=True) - 2 * torch.matmul(z, cand_t) + cand_sq  # [P, B, M]
-            best, arg = (d2.clamp_min(0).sqrt() - cand_r).min(-1)
-            nearest = torch.gather(cand, 1, arg.unsqueeze(-1).expand(-1, -1, C))  # [P, B, C]
-            dist = best.clamp_min(0).transpose(0, 1).reshape(-1, 1, h, w)
+            z, d2, nearest = scorer.nearest_patches(e)  # the scorer's own search (radius correction included)
+            dist = d2.clamp_min(0).sqrt()
             amap = scorer.blur(dist).flatten(1)
             top = amap.sort(1, descending=True).values
             stats = torch.stack([top[:, 0], top[:, :4].mean(1), top[:, :16].mean(1), amap.mean(1)], 1)
