@@ -18,8 +18,6 @@ figures and the CPU (model name, the flags that matter) go into the manifest (``
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from inspector.contracts.config import RuntimeSection
 from inspector.runtime.base import Runner, create_runner
 from trainer.export import ParityBounds, ParityReport, _check_bounds
 from trainer.network import OUTPUT_SCORE
-from trainer.quantize import QuantConfig, QuantReport, gate, metrics_from_outputs
+from trainer.quantize import QuantConfig, QuantReport, gate, metrics_from_outputs, time_in_turns
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +78,8 @@ def run_all(runner: Runner, images: np.ndarray, batch: int = 8) -> dict[str, np.
 
 
 def time_interleaved(runners: list[Runner], x1: np.ndarray, runs: int, warmup: int) -> list[float]:
-    """Median ms per runner at batch 1, one call of each in turn per round (a noisy neighbour hits all alike)."""
-    for _ in range(warmup):
-        for r in runners:
-            r.run(x1)
-    times: list[list[float]] = [[] for _ in runners]
-    for _ in range(runs):
-        for k, r in enumerate(runners):
-            t0 = time.perf_counter()
-            r.run(x1)
-            times[k].append((time.perf_counter() - t0) * 1000)
-    return [statistics.median(t) for t in times]
+    """Median ms per runner at batch 1, in warm turns (``trainer.quantize.time_in_turns``)."""
+    return time_in_turns([lambda r=r: r.run(x1) for r in runners], runs, warmup)
 
 
 def _agreement(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], reject_raw: float) -> float:

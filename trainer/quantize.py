@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import statistics
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -204,6 +202,25 @@ def keep_fp32_inputs_outside(model_path: str | Path, scopes: Sequence[str]) -> i
     return count
 
 
+GATE_TURN_FRAMES = 5  # frames per backend per turn; the first refills its caches and is not timed
+GATE_SETTLE_S = 0.03  # pause before each turn: a thread pool that spins after its last task goes idle first
+
+
+def time_in_turns(fns: Sequence[Callable[[], object]], runs: int, warmup: int) -> list[float]:
+    """Median ms of each function at batch 1, timed in warm turns (``GATE_TURN_FRAMES`` frames each, as a
+    station runs one model frame after frame), the functions taking turns so load hits all alike.
+
+    Frame-by-frame alternation is unfair on 2 cores: ONNX Runtime's intra-op threads spin after each run and
+    steal the cores from whatever runs next (measured on magnetic_tile: OpenVINO bf16 took 10.1 ms right after
+    an ONNX Runtime run, 5.0 ms alone; in warm turns after a 10-300 ms pause it took 5.3-5.7 ms, steadily)."""
+    from inspector.bench.timing import interleaved
+
+    res = interleaved(
+        {str(k): fn for k, fn in enumerate(fns)}, runs, warmup, block=GATE_TURN_FRAMES, settle_s=GATE_SETTLE_S
+    )
+    return [res[str(k)]["p50_ms"] for k in range(len(fns))]
+
+
 def benchmark_pair(
     fp32_path: str | Path,
     int8_path: str | Path,
@@ -212,20 +229,14 @@ def benchmark_pair(
     runs: int = 30,
     warmup: int = 5,
 ) -> tuple[float, float]:
-    """Median ms of each model at batch 1 with the same threads, runs interleaved so load hits both alike."""
+    """Median ms of each model at batch 1 with the same threads, timed in turns (``time_in_turns``)."""
     sessions = [open_session(fp32_path, threads), open_session(int8_path, threads)]
     x = np.random.default_rng(0).standard_normal((1, *input_shape[-3:])).astype(np.float32)
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
-    for _ in range(warmup):
-        for s, f in zip(sessions, feeds, strict=True):
-            s.run(None, f)
-    times: list[list[float]] = [[], []]
-    for _ in range(runs):
-        for k, (s, f) in enumerate(zip(sessions, feeds, strict=True)):
-            t0 = time.perf_counter()
-            s.run(None, f)
-            times[k].append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times[0]), statistics.median(times[1])
+    fp32_ms, int8_ms = time_in_turns(
+        [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds, strict=True)], runs, warmup
+    )
+    return fp32_ms, int8_ms
 
 
 def heldout_metrics(

@@ -51,6 +51,21 @@ def test_openvino_fp32_matches_onnxruntime_on_the_tiny_graph(onnx_path: Path, ba
     runner.close()
 
 
+def test_batch_one_runs_a_static_copy_that_agrees_with_the_dynamic_graph(onnx_path: Path) -> None:
+    """Batch 1 (the latency path) runs a static-shape compile; micro-batches the dynamic one: same answers."""
+    runner = OpenVinoRunner(onnx_path, threads=1, precision="fp32")
+    assert runner._single is not None
+    assert not runner._single.inputs[0].get_partial_shape().is_dynamic
+    assert runner.compiled.inputs[0].get_partial_shape()[0].is_dynamic
+    x = _frames(3)
+    together = runner.run(x)
+    for k in range(3):
+        alone = runner.run(x[k : k + 1])
+        for name in together:
+            np.testing.assert_allclose(alone[name][0], together[name][k], rtol=1e-5, atol=1e-6)
+    runner.close()
+
+
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 in OpenVINO")
 def test_openvino_bf16_is_close_to_fp32(onnx_path: Path) -> None:
     x = _frames()
