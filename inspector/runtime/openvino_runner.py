@@ -129,8 +129,8 @@ class OpenVinoRunner:
             raise ValueError(f"runner input must be float32 [B,3,H,W], got {batch.dtype} {batch.shape}")
         single = len(batch) == 1 and self._single_request is not None and self._single is not None
         request, compiled = (self._single_request, self._single) if single else (self.request, self.compiled)
-        result = request.infer({0: np.ascontiguousarray(batch)})
-        return {
+        result = request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True, share_outputs=True)
+        return {  # copied: the shared output tensors are overwritten by the request's next call
             name: np.array(result[compiled.outputs[i]], dtype=np.float32, copy=True)
             for i, name in enumerate(self._outputs)
         }
