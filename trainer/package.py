@@ -316,6 +316,7 @@ def _draft_manifest(
             int8=INT8_FILE if choice and choice.precision == "int8" else None,
             recommended=choice.precision if choice else "fp32",  # type: ignore[arg-type]
             backend=choice.backend if choice else "onnxruntime",  # type: ignore[arg-type]
+            f32_until=choice.f32_until if choice else None,
             outputs=_outputs(names),
         ),
         preprocess=spec.preprocess,

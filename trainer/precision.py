@@ -18,6 +18,7 @@ figures and the CPU (model name, the flags that matter) go into the manifest (``
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class CandidateReport:
     metric_loss_points: float
     kept: bool
     reason: str
+    f32_until: str | None = None  # mixed bf16: the graph up to this tensor ran in f32
 
 
 @dataclass
@@ -54,6 +56,7 @@ class RuntimeChoice:
     backend: str = "onnxruntime"
     precision: str = "fp32"
     file: str = "fp32"
+    f32_until: str | None = None
     speedup_vs_fp32: float = 1.0
     metric_loss_points: float = 0.0
     fp32_ms: float = 0.0
@@ -67,9 +70,10 @@ class RuntimeChoice:
         return asdict(self)
 
 
-def open_runner(path: Path, backend: str, precision: str, threads: int) -> Runner:
+def open_runner(path: Path, backend: str, precision: str, threads: int, f32_until: str | None = None) -> Runner:
     """A station runner (the same classes the worker uses) for one candidate."""
-    return create_runner(path, RuntimeSection(threads=threads, precision=precision), backend=backend)  # type: ignore[arg-type]
+    section = RuntimeSection(threads=threads, precision=precision)  # type: ignore[arg-type]
+    return create_runner(path, section, backend=backend, f32_until=f32_until)
 
 
 def run_all(runner: Runner, images: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
@@ -79,25 +83,36 @@ def run_all(runner: Runner, images: np.ndarray, batch: int = 8) -> dict[str, np.
 
 def time_interleaved(runners: list[Runner], x1: np.ndarray, runs: int, warmup: int) -> list[float]:
     """Median ms per runner at batch 1, in warm turns (``trainer.quantize.time_in_turns``)."""
-    return time_in_turns([lambda r=r: r.run(x1) for r in runners], runs, warmup)
+
+    def call(runner: Runner) -> Callable[[], object]:
+        return lambda: runner.run(x1)
+
+    return time_in_turns([call(r) for r in runners], runs, warmup)
 
 
 def _agreement(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], reject_raw: float) -> float:
     return float(np.mean((ref[OUTPUT_SCORE] > reject_raw) == (got[OUTPUT_SCORE] > reject_raw)))
 
 
-def _candidates(int8_path: Path | None, backends: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    out: list[tuple[str, str, str]] = []
+_Candidate = tuple[str, str, str, str | None]  # backend, precision, file (fp32 | int8), f32_until
+
+
+def _candidates(fp32_path: Path, int8_path: Path | None, backends: tuple[str, ...]) -> list[_Candidate]:
+    out: list[_Candidate] = []
     if int8_path is not None and "onnxruntime" in backends:
-        out.append(("onnxruntime", "int8", "int8"))
+        out.append(("onnxruntime", "int8", "int8", None))
     if "openvino" in backends:
+        from inspector.runtime.graph_split import first_block_output
         from inspector.runtime.openvino_runner import cpu_capabilities, openvino_available
 
         if openvino_available():
             if "BF16" in cpu_capabilities():
-                out.append(("openvino", "bf16", "fp32"))
+                out.append(("openvino", "bf16", "fp32", None))
+                cut = first_block_output(fp32_path)  # mixed: the first block, where bf16 error starts, in f32
+                if cut is not None:
+                    out.append(("openvino", "bf16", "fp32", cut))
             if int8_path is not None:
-                out.append(("openvino", "int8", "int8"))
+                out.append(("openvino", "int8", "int8", None))
     return out
 
 
@@ -172,7 +187,7 @@ class _HeldoutEvidence:
     metrics_fp32: dict[str, float]
 
 
-_OpenedCandidate = tuple[tuple[str, str, str], Runner, dict[str, float]]
+_OpenedCandidate = tuple[_Candidate, Runner, dict[str, float]]
 
 
 def _open_candidates(
@@ -189,45 +204,21 @@ def _open_candidates(
     files = {"fp32": fp32_path, "int8": int8}
     runners: list[_OpenedCandidate] = []
     ov_parity: str | None = None
-    for cand in _candidates(int8, backends):
+    for cand in _candidates(fp32_path, int8, backends):
         if ort_int8_gated and cand[0] == "onnxruntime":
             continue
-        backend, precision, which = cand
+        backend, precision, which, f32_until = cand
         if backend == "openvino" and ov_parity is None:
             ov_parity = _openvino_parity(fp32_path, evidence.images, evidence.ref, cfg.threads, bounds)
         if backend == "openvino" and ov_parity:
             choice.candidates.append(
-                CandidateReport(
-                    backend,
-                    precision,
-                    which,
-                    0.0,
-                    0.0,
-                    {},
-                    "parity",
-                    0.0,
-                    False,
-                    f"OpenVINO f32 fails parity with ONNX Runtime fp32: {ov_parity}",
-                )
+                _declined(cand, "parity", f"OpenVINO f32 fails parity with ONNX Runtime fp32: {ov_parity}")
             )
             continue
         try:
-            runner = open_runner(files[which], backend, precision, cfg.threads)  # type: ignore[arg-type]
+            runner = open_runner(files[which], backend, precision, cfg.threads, f32_until)  # type: ignore[arg-type]
         except Exception as err:  # noqa: BLE001 - a backend that cannot open this graph is a declined candidate
-            choice.candidates.append(
-                CandidateReport(
-                    backend,
-                    precision,
-                    which,
-                    0.0,
-                    0.0,
-                    {},
-                    "open",
-                    0.0,
-                    False,
-                    f"could not open: {str(err).splitlines()[0][:200]}",
-                )
-            )
+            choice.candidates.append(_declined(cand, "open", f"could not open: {str(err).splitlines()[0][:200]}"))
             continue
         got = run_all(runner, evidence.images)
         mc = metrics_from_outputs(got, evidence.labels, evidence.defect_labels)
@@ -235,6 +226,11 @@ def _open_candidates(
             mc["line_agreement"] = _agreement(evidence.ref, got, evidence.reject_raw)
         runners.append((cand, runner, mc))
     return runners
+
+
+def _declined(cand: _Candidate, metric: str, reason: str) -> CandidateReport:
+    backend, precision, which, f32_until = cand
+    return CandidateReport(backend, precision, which, 0.0, 0.0, {}, metric, 0.0, False, reason, f32_until)
 
 
 def _time_and_gate(
@@ -250,11 +246,12 @@ def _time_and_gate(
         [base] + [r for _, r, _ in runners], heldout[:1].astype(np.float32), max(cfg.bench_runs, 40), cfg.bench_warmup
     )
     choice.fp32_ms = times[0]
-    for ((backend, precision, which), runner, mc), ms in zip(runners, times[1:], strict=True):
+    for ((backend, precision, which, f32_until), runner, mc), ms in zip(runners, times[1:], strict=True):
         loss = {k: m32[k] - mc[k] for k in m32 if k in mc}
         metric = max(loss, key=lambda k: loss[k] if np.isfinite(loss[k]) else np.inf)
         kept, reason = gate(times[0], ms, m32[metric], mc[metric], metric, cfg)
-        reason = f"{backend} {precision}: " + reason.replace("INT8", precision.upper())
+        label = f"{backend} {precision}" + (f" (f32 up to {f32_until})" if f32_until else "")
+        reason = f"{label}: " + reason.replace("INT8", precision.upper())
         choice.candidates.append(
             CandidateReport(
                 backend,
@@ -267,6 +264,7 @@ def _time_and_gate(
                 loss[metric] * 100,
                 kept,
                 reason,
+                f32_until,
             )
         )
         runner.close()
@@ -277,6 +275,7 @@ def _pick_fastest_kept(choice: RuntimeChoice) -> None:
     if kept:
         best = max(kept, key=lambda c: c.speedup)
         choice.backend, choice.precision, choice.file = best.backend, best.precision, best.file
+        choice.f32_until = best.f32_until
         choice.speedup_vs_fp32, choice.metric_loss_points, choice.reason = (
             best.speedup,
             best.metric_loss_points,

@@ -86,6 +86,11 @@ class ModelFiles(Strict):
     backend: Literal["onnxruntime", "openvino", "tensorrt"] = Field(
         "onnxruntime", description="Backend on which the precision gate measured and kept ``recommended``."
     )
+    f32_until: str | None = Field(
+        None,
+        description="bf16 on OpenVINO: the graph up to this tensor runs in f32 and the rest in bf16 (mixed "
+        "precision, kept by the precision gate); unset: the whole graph in bf16.",
+    )
     input_name: str = "image"
     outputs: Outputs = Field(default_factory=Outputs)
 

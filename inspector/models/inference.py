@@ -92,6 +92,7 @@ class InspectionModel:
             max_batch=max_batch,
             input_hw=self.preprocessor.size,
             backend=self.backend,
+            f32_until=self.manifest.model.f32_until,
         )
         log.info("model %s %s loaded from %s (%s)", self.manifest.name, self.version, relpath, self.precision)
 

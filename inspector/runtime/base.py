@@ -72,6 +72,7 @@ def create_runner(
     max_batch: int = 8,
     input_hw: tuple[int, int] | None = None,
     backend: str | None = None,
+    f32_until: str | None = None,
 ) -> Runner:
     """Create the runner named by ``runtime_cfg.backend`` for one ONNX file.
 
@@ -79,7 +80,8 @@ def create_runner(
     ``cache_dir`` holds built TensorRT engines (default: ``runtime_cfg.engine_cache_dir``);
     ``backend`` overrides ``runtime_cfg.backend`` (the caller resolves ``auto`` with :func:`resolve_backend`);
     ``max_batch`` and ``input_hw`` (needed when the graph's H/W are dynamic) shape the native TensorRT
-    engine's optimisation profile; ONNX Runtime ignores them.
+    engine's optimisation profile; ONNX Runtime ignores them. ``f32_until``: OpenVINO bf16 runs the graph up to
+    this tensor in f32 (the package's ``model.f32_until``, measured by its precision gate).
     """
     prec = resolve_precision(runtime_cfg, precision)
     cache = Path(cache_dir) if cache_dir is not None else runtime_cfg.engine_cache_dir
@@ -87,7 +89,7 @@ def create_runner(
     if chosen == "openvino":
         from inspector.runtime.openvino_runner import OpenVinoRunner
 
-        return OpenVinoRunner(Path(onnx_path), threads=runtime_cfg.threads, precision=prec)
+        return OpenVinoRunner(Path(onnx_path), threads=runtime_cfg.threads, precision=prec, f32_until=f32_until)
     if chosen == "tensorrt":
         from inspector.runtime.tensorrt_runner import TensorRTRunner
 

@@ -54,9 +54,10 @@ def test_openvino_fp32_matches_onnxruntime_on_the_tiny_graph(onnx_path: Path, ba
 def test_batch_one_runs_a_static_copy_that_agrees_with_the_dynamic_graph(onnx_path: Path) -> None:
     """Batch 1 (the latency path) runs a static-shape compile; micro-batches the dynamic one: same answers."""
     runner = OpenVinoRunner(onnx_path, threads=1, precision="fp32")
-    assert runner._single is not None
-    assert not runner._single.inputs[0].get_partial_shape().is_dynamic
-    assert runner.compiled.inputs[0].get_partial_shape()[0].is_dynamic
+    (stage,) = runner._stages
+    assert stage.single is not None
+    assert not stage.single.inputs[0].get_partial_shape().is_dynamic
+    assert stage.compiled.inputs[0].get_partial_shape()[0].is_dynamic
     x = _frames(3)
     together = runner.run(x)
     for k in range(3):
@@ -170,3 +171,64 @@ def test_real_package_parity_and_runtime_record(real_package: Path) -> None:
         assert abs(a.anomaly_raw - b.anomaly_raw) <= 1e-4 * max(1.0, abs(a.anomaly_raw))  # type: ignore[union-attr,operator]
         for k, p in a.class_probs.items():  # type: ignore[union-attr]
             assert abs(p - b.class_probs[k]) <= 1e-4  # type: ignore[index]
+
+
+def _package_frames(package: Path, n: int) -> np.ndarray:
+    h, w = load_package(package).manifest.preprocess.size
+    return np.random.default_rng(1).standard_normal((n, 3, h, w)).astype(np.float32)
+
+
+def test_the_first_block_cut_splits_the_graph_in_two(real_package: Path, tmp_path: Path) -> None:
+    """Mixed bf16 cuts the graph after the backbone's first block; the two parts chained give the whole graph."""
+    from inspector.runtime.graph_split import first_block_output, split_at
+
+    path = real_package / "model.onnx"
+    assert first_block_output(path) is None  # no timm-style /backbone/blocks.0/: the mixed candidate is not offered
+    cut = first_block_output(path, scope="/backbone/s1/")
+    assert cut is not None
+    head, tail = split_at(path, cut, tmp_path)
+    x = _package_frames(real_package, 2)
+    import onnxruntime as ort
+
+    mid = ort.InferenceSession(str(head), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    tail_s = ort.InferenceSession(str(tail), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in tail_s.get_outputs()], tail_s.run(None, {cut: mid}), strict=True))
+    ref = create_runner(path, RuntimeSection(backend="onnxruntime")).run(x)
+    for name in ref:
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-5)
+
+
+def test_a_cut_that_does_not_separate_the_graph_is_refused(tmp_path: Path) -> None:
+    """x -> Relu -> a; out = a + x: the part after a still reads x."""
+    from onnx import TensorProto, helper
+
+    from inspector.runtime.graph_split import split_at
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Add", ["a", "x"], ["y"], name="add")],
+        "skip",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        value_info=[helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / "skip.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ValueError, match="does not separate"):
+        split_at(path, "a", tmp_path / "parts")
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 in OpenVINO")
+def test_mixed_bf16_runs_the_head_in_f32_and_is_closer_to_fp32(real_package: Path) -> None:
+    from inspector.runtime.graph_split import first_block_output
+
+    path = real_package / "model.onnx"
+    cut = first_block_output(path, scope="/backbone/s1/")
+    x = _package_frames(real_package, 4)
+    ref = create_runner(path, RuntimeSection(backend="onnxruntime")).run(x)
+    mixed = OpenVinoRunner(path, threads=2, precision="bf16", f32_until=cut)
+    assert len(mixed._stages) == 2 and mixed.describe()["f32_until"] == cut
+    assert OpenVinoRunner(path, precision="fp32", f32_until=cut).f32_until is None  # a cut only means something in bf16
+    for batch in (x, x[:1]):
+        got = mixed.run(batch)
+        for name in ref:
+            np.testing.assert_allclose(got[name], ref[name][: len(batch)], rtol=2e-2, atol=2e-2)
