@@ -28,7 +28,8 @@ def _summary(result) -> None:  # type: ignore[no-untyped-def]
     if rt:
         t.add_row(
             "runtime kept",
-            f"{rt.get('backend')} {rt.get('precision')}, x{rt.get('speedup_vs_fp32', 1.0):.2f} vs "
+            f"{rt.get('backend')} {rt.get('precision')}{' (f32 up to ' + rt['f32_until'] + ')' if rt.get('f32_until') else ''}"
+            f", x{rt.get('speedup_vs_fp32', 1.0):.2f} vs "
             f"ORT fp32, loses {rt.get('metric_loss_points', 0.0):.2f} points",
         )
     for key, value in (m.metrics.get("heldout") or {}).get("anomaly", {}).items():
