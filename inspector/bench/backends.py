@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from inspector.bench.timing import interleaved
+from inspector.bench.timing import PACED_GAP_S, interleaved
 from inspector.plugins import PluginMissing, provider
 from inspector.runtime.package import ModelPackage
 
@@ -217,11 +217,12 @@ def _ours_entries(
 def _ours_vs_peers_rows(
     fns: dict[str, Callable[[], object]], meta: dict[str, tuple[float | None, str]], runs: int
 ) -> list[dict[str, Any]]:
-    """Time every entry in one interleaved run, warm (5 frames a turn) then cold (1): a row per entry and cache,
-    its p50 beside the best of ours."""
+    """Time every entry in one interleaved run, warm (5 frames a turn, back to back), cold (1) and paced (5 frames a
+    turn, each after a camera-rate idle gap, ``PACED_GAP_S``): a row per entry and regime, its p50 beside the best
+    of ours."""
     rows = []
-    for cache, block in (("warm", 5), ("cold", 1)):
-        res = interleaved(fns, runs, block=block, settle_s=0.3 if block > 1 else 0.0)
+    for cache, block, gap in (("warm", 5, 0.0), ("cold", 1, 0.0), ("paced", 5, PACED_GAP_S)):
+        res = interleaved(fns, runs, block=block, settle_s=0.3 if block > 1 else 0.0, gap_s=gap)
         best_ours = min(v["p50_ms"] for k, v in res.items() if k.startswith("ours_"))
         for name, r in res.items():
             auroc, what = meta[name]

@@ -124,9 +124,10 @@ def _bench_versus(
     report["versus"] = versus(packages, frame, threads, runs)
     console.print(
         _table(
-            "Packages side by side: full inspection, batch 1, warm, in turns (held-out metrics from each manifest)",
+            "Packages side by side: full inspection, batch 1, in turns, warm (back to back) and paced (one frame "
+            "per 1/60 s); held-out metrics from each manifest",
             report["versus"],
-            ["package", "runs_at", "p50_ms", "p99_ms", "x_vs_first"]
+            ["package", "runs_at", "p50_ms", "p99_ms", "x_vs_first", "paced_p50_ms", "x_paced"]
             + [m for m in METRICS if any(r[m] is not None for r in report["versus"])],
         )
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from inspector.bench.timing import interleaved
+from inspector.bench.timing import PACED_GAP_S, interleaved
 from inspector.contracts.config import RuntimeSection
 from inspector.models.inference import InspectionModel
 from inspector.runtime.package import ModelPackage
@@ -20,19 +20,20 @@ METRICS = ("image_auroc", "recall", "false_reject_rate", "accuracy")
 
 def versus(packages: dict[str, ModelPackage], frame: np.ndarray, threads: int, runs: int) -> list[dict[str, Any]]:
     """One row per package, the first one the reference: p50 / p99 of ``InspectionModel.infer([frame])`` at the
-    backend and precision each package recorded (``runtime.backend: auto``), timed warm and interleaved, the
-    speed ratio to the first, and the held-out metrics of its manifest."""
+    backend and precision each package recorded (``runtime.backend: auto``), timed interleaved warm (frames back to
+    back) and paced (each frame after a camera-rate idle gap), the speed ratios to the first, and the held-out
+    metrics of its manifest."""
     models = {name: InspectionModel(pkg, RuntimeSection(threads=threads)) for name, pkg in packages.items()}
     try:
         for m in models.values():
             m.warmup()
-        times = interleaved(
-            {name: (lambda m=m: m.infer([frame])) for name, m in models.items()}, runs, block=4, settle_s=0.05
-        )
+        fns = {name: (lambda m=m: m.infer([frame])) for name, m in models.items()}
+        times = interleaved(fns, runs, block=4, settle_s=0.05)
+        paced = interleaved(fns, runs, block=4, settle_s=0.05, gap_s=PACED_GAP_S)
     finally:
         for m in models.values():
             m.close()
-    first = next(iter(times.values()))["p50_ms"]
+    first, first_paced = next(iter(times.values()))["p50_ms"], next(iter(paced.values()))["p50_ms"]
     rows = []
     for name, pkg in packages.items():
         held_out = pkg.manifest.metrics or {}
@@ -44,6 +45,8 @@ def versus(packages: dict[str, ModelPackage], frame: np.ndarray, threads: int, r
                 "p50_ms": times[name]["p50_ms"],
                 "p99_ms": times[name]["p99_ms"],
                 "x_vs_first": round(first / times[name]["p50_ms"], 2) if times[name]["p50_ms"] else None,
+                "paced_p50_ms": paced[name]["p50_ms"],
+                "x_paced": round(first_paced / paced[name]["p50_ms"], 2) if paced[name]["p50_ms"] else None,
                 **{k: _metric(held_out, k) for k in METRICS},
             }
         )
