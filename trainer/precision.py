@@ -102,15 +102,14 @@ def _candidates(fp32_path: Path, int8_path: Path | None, backends: tuple[str, ..
     if int8_path is not None and "onnxruntime" in backends:
         out.append(("onnxruntime", "int8", "int8", None))
     if "openvino" in backends:
-        from inspector.runtime.graph_split import first_block_output
+        from inspector.runtime.graph_split import stage_cuts
         from inspector.runtime.openvino_runner import cpu_capabilities, openvino_available
 
         if openvino_available():
             if "BF16" in cpu_capabilities():
                 out.append(("openvino", "bf16", "fp32", None))
-                cut = first_block_output(fp32_path)  # mixed: the first block, where bf16 error starts, in f32
-                if cut is not None:
-                    out.append(("openvino", "bf16", "fp32", cut))
+                # mixed: the backbone up to the end of one stage in f32 (bf16's error starts in the first stages)
+                out.extend(("openvino", "bf16", "fp32", cut) for cut in stage_cuts(fp32_path).values())
             if int8_path is not None:
                 out.append(("openvino", "int8", "int8", None))
     return out

@@ -1,11 +1,10 @@
 """Cut an ONNX graph in two at one tensor: the precision split of OpenVINO's mixed bf16.
 
 bf16 rounds every tensor to 8 significant bits. On the anomaly graphs the score error it causes comes almost
-entirely from the backbone's first block (measured on magnetic_tile, Lite0 at 256 px, 60 held-out good parts:
-relative score error std 2.1 % with the whole graph in bf16; 2.6 % with only the stem kept f32; 0.42 % with
-stem and first block kept f32; the scorer alone in bf16: 0.21 %). ``first_block_output`` names the tensor after
-the first block; ``split_at`` writes the graph up to it and the graph from it, which OpenVINO then compiles in
-f32 and bf16 (``inspector.runtime.openvino_runner``).
+entirely from the backbone's first stages (measured on magnetic_tile: README, issue 14,
+``python -m trainer.bf16_diagnose PACKAGE``). ``stage_cuts`` names the tensor that ends each backbone stage where
+the graph can be cut there; ``split_at`` writes the graph up to it and the graph from it, which OpenVINO then
+compiles in f32 and bf16 (``inspector.runtime.openvino_runner``); the precision gate tries each cut.
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ import onnx
 from onnx.utils import Extractor
 
 FIRST_BLOCK_SCOPE = "/backbone/blocks.0/"
+#: Backbone stages (timm EfficientNet / MobileNet names) after which the f32 head may end, in graph order.
+STAGE_SCOPES = ("/backbone/bn1/", *(f"/backbone/blocks.{k}/" for k in range(7)))
 
 
 def first_block_output(onnx_path: str | Path, scope: str = FIRST_BLOCK_SCOPE) -> str | None:
@@ -26,11 +27,35 @@ def first_block_output(onnx_path: str | Path, scope: str = FIRST_BLOCK_SCOPE) ->
     if not inside:
         return None
     cut = str(inside[-1].output[0])
-    made_inside = {o for n in inside for o in n.output}
-    for node in graph.node:  # a tensor of the block read after it other than the cut: not a single cut
-        if not node.name.startswith(scope) and any(i in made_inside and i != cut for i in node.input):
-            return None
-    return cut
+    return cut if separates(graph, cut) else None
+
+
+def stage_cuts(onnx_path: str | Path) -> dict[str, str]:
+    """Stage name (``bn1``, ``blocks.0``, ...) -> the tensor that ends it, for every stage end that separates."""
+    out: dict[str, str] = {}
+    for scope in STAGE_SCOPES:
+        cut = first_block_output(onnx_path, scope)
+        if cut is not None:
+            out[scope.strip("/").split("/")[-1]] = cut
+    return out
+
+
+def separates(graph: onnx.GraphProto, cut: str) -> bool:
+    """True when the outputs can be computed from ``cut`` alone (no path from the graph's inputs bypasses it)."""
+    made_by = {o: n for n in graph.node for o in n.output}
+    inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    todo, seen = [o.name for o in graph.output], {cut}
+    while todo:
+        name = todo.pop()
+        if name in seen or not name:
+            continue
+        seen.add(name)
+        if name in inputs:
+            return False
+        node = made_by.get(name)
+        if node is not None:
+            todo.extend(node.input)
+    return True
 
 
 def split_at(onnx_path: str | Path, cut: str, out_dir: str | Path) -> tuple[Path, Path]:

@@ -232,3 +232,26 @@ def test_mixed_bf16_runs_the_head_in_f32_and_is_closer_to_fp32(real_package: Pat
         got = mixed.run(batch)
         for name in ref:
             np.testing.assert_allclose(got[name], ref[name][: len(batch)], rtol=2e-2, atol=2e-2)
+
+
+def test_stage_cuts_offer_only_stage_ends_that_separate_the_graph(tmp_path: Path) -> None:
+    """blocks.0's output also feeds the scorer directly (like Lite0's stage 2): the graph cannot be cut after
+    blocks.1, whose output alone misses it; after bn1 and blocks.0 it can."""
+    from onnx import TensorProto, helper
+
+    from inspector.runtime.graph_split import stage_cuts
+
+    def node(op: str, ins: list[str], out: str, name: str) -> onnx.NodeProto:
+        return helper.make_node(op, ins, [out], name=name)
+
+    nodes = [
+        node("Relu", ["x"], "s", "/backbone/bn1/act/Relu"),
+        node("Relu", ["s"], "b0", "/backbone/blocks.0/blocks.0.0/Relu"),
+        node("Relu", ["b0"], "b1", "/backbone/blocks.1/blocks.1.0/Relu"),
+        node("Add", ["b0", "b1"], "y", "/scorer/Add"),
+    ]
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "stages", info[:1], info[1:])
+    path = tmp_path / "stages.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert stage_cuts(path) == {"bn1": "s", "blocks.0": "b0"}
