@@ -18,8 +18,8 @@ figures and the CPU (model name, the flags that matter) go into the manifest (``
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +83,7 @@ def run_all(runner: Runner, images: np.ndarray, batch: int = 8) -> dict[str, np.
 
 def time_interleaved(runners: list[Runner], x1: np.ndarray, runs: int, warmup: int) -> list[float]:
     """Median ms per runner at batch 1, in warm turns (``trainer.quantize.time_in_turns``)."""
-
-    def call(runner: Runner) -> Callable[[], object]:
-        return lambda: runner.run(x1)
-
-    return time_in_turns([call(r) for r in runners], runs, warmup)
+    return time_in_turns([partial(r.run, x1) for r in runners], runs, warmup)
 
 
 def _agreement(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], reject_raw: float) -> float:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score
 
+from inspector.bench.timing import interleaved
 from inspector.contracts.errors import InspectorError
 from trainer.export import open_session, run_onnx
 from trainer.network import OUTPUT_PROBS, OUTPUT_SCORE
@@ -213,8 +215,6 @@ def time_in_turns(fns: Sequence[Callable[[], object]], runs: int, warmup: int) -
     Frame-by-frame alternation is unfair on 2 cores: ONNX Runtime's intra-op threads spin after each run and
     steal the cores from whatever runs next (measured on magnetic_tile: OpenVINO bf16 took 10.1 ms right after
     an ONNX Runtime run, 5.0 ms alone; in warm turns after a 10-300 ms pause it took 5.3-5.7 ms, steadily)."""
-    from inspector.bench.timing import interleaved
-
     res = interleaved(
         {str(k): fn for k, fn in enumerate(fns)}, runs, warmup, block=GATE_TURN_FRAMES, settle_s=GATE_SETTLE_S
     )
@@ -234,7 +234,7 @@ def benchmark_pair(
     x = np.random.default_rng(0).standard_normal((1, *input_shape[-3:])).astype(np.float32)
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
     fp32_ms, int8_ms = time_in_turns(
-        [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds, strict=True)], runs, warmup
+        [partial(s.run, None, f) for s, f in zip(sessions, feeds, strict=True)], runs, warmup
     )
     return fp32_ms, int8_ms
 

@@ -20,24 +20,24 @@ STAGE_SCOPES = ("/backbone/bn1/", *(f"/backbone/blocks.{k}/" for k in range(7)))
 
 
 def first_block_output(onnx_path: str | Path, scope: str = FIRST_BLOCK_SCOPE) -> str | None:
-    """The tensor the first backbone block hands on (its last node's output), when every path from the input to
-    the outputs passes through it; None for a graph without such a block (the split is then not offered)."""
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    """The tensor the block ``scope`` hands on (its last node's output), when every path from the input to the
+    outputs passes through it; None for a graph without such a block (the split is then not offered)."""
+    return _stage_output(onnx.load(str(onnx_path), load_external_data=False).graph, scope)
+
+
+def stage_cuts(onnx_path: str | Path) -> dict[str, str]:
+    """Stage name (``bn1``, ``blocks.0``, ...) -> the tensor that ends it, for every stage end that separates."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph  # read once for every stage
+    cuts = {scope.strip("/").split("/")[-1]: _stage_output(graph, scope) for scope in STAGE_SCOPES}
+    return {stage: cut for stage, cut in cuts.items() if cut is not None}
+
+
+def _stage_output(graph: onnx.GraphProto, scope: str) -> str | None:
     inside = [n for n in graph.node if n.name.startswith(scope)]
     if not inside:
         return None
     cut = str(inside[-1].output[0])
     return cut if separates(graph, cut) else None
-
-
-def stage_cuts(onnx_path: str | Path) -> dict[str, str]:
-    """Stage name (``bn1``, ``blocks.0``, ...) -> the tensor that ends it, for every stage end that separates."""
-    out: dict[str, str] = {}
-    for scope in STAGE_SCOPES:
-        cut = first_block_output(onnx_path, scope)
-        if cut is not None:
-            out[scope.strip("/").split("/")[-1]] = cut
-    return out
 
 
 def separates(graph: onnx.GraphProto, cut: str) -> bool:
@@ -64,12 +64,11 @@ def split_at(onnx_path: str | Path, cut: str, out_dir: str | Path) -> tuple[Path
     Raises ValueError when the second part still needs the graph's input (``cut`` does not separate them)."""
     model = onnx.load(str(onnx_path))
     inputs = [i.name for i in model.graph.input]
-    outputs = [o.name for o in model.graph.output]
-    extractor = Extractor(model)
-    head, tail = extractor.extract_model(inputs, [cut]), extractor.extract_model([cut], outputs)
-    needed = {i for n in tail.graph.node for i in n.input}
-    if needed & set(inputs):
+    if not separates(model.graph, cut):
         raise ValueError(f"{cut} does not separate the graph: the part after it still reads {inputs}")
+    extractor = Extractor(model)
+    head = extractor.extract_model(inputs, [cut])
+    tail = extractor.extract_model([cut], [o.name for o in model.graph.output])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     head_path, tail_path = out / "f32_head.onnx", out / "bf16_tail.onnx"
