@@ -39,7 +39,10 @@ class AnomalyConfig:
     )
     downsample: int = 2  # gaussian and wknn: average-pool the concatenated embedding (2: stride 16; 1: stride 8)
     blur_sigma: float = 1.0  # in feature-map cells (1 cell = 8 * downsample input pixels)
-    holdout_every: int = 5  # every n-th good training image is held out for the threshold
+    holdout_every: int = 5  # folds of the threshold's cross-fit; "holdout": every n-th good image held out
+    threshold_from: Literal["cross_fit", "holdout"] = (
+        "cross_fit"  # cross_fit: scorer fitted on every good, threshold from out-of-fold scores of all of them
+    )
     target_false_reject: float = 0.02
     batch_size: int = 16
     seed: int = 0

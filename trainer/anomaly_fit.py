@@ -168,13 +168,34 @@ def fit_anomaly_scorer(
 ) -> nn.Module:
     """Fits the configured scorer on good images only (normalised [B,3,H,W] tensor or iterable of batches)."""
     cfg = config or AnomalyConfig()
+    embed = _embedding(backbone, cfg)
+    return _fit_scorer(
+        backbone, embed, extract_embeddings(backbone, embed, good_images, cfg.batch_size, f"fit {cfg.method}"), cfg
+    )
+
+
+def fit_scorer_on_features(
+    backbone: nn.Module, feature_batches: Iterable[list[Tensor]], config: AnomalyConfig | None = None
+) -> nn.Module:
+    """``fit_anomaly_scorer`` on backbone outputs already computed (one list of feature maps per batch): the
+    cross-fit of the threshold (``trainer.anomaly_crossfit``) fits several scorers on one backbone pass."""
+    cfg = config or AnomalyConfig()
+    embed = _embedding(backbone, cfg)
+    return _fit_scorer(backbone, embed, (embed(f) for f in feature_batches), cfg)
+
+
+def _embedding(backbone: nn.Module, cfg: AnomalyConfig) -> FeatureEmbedding:
     if cfg.method not in ANOMALY_METHODS:
         raise AnomalyModelError(f"unknown anomaly method {cfg.method!r}", f"use one of {', '.join(ANOMALY_METHODS)}")
     if cfg.downsample < 1:
         raise AnomalyModelError(f"downsample must be >= 1 (got {cfg.downsample})", "use 1 (stride 8) or 2 (stride 16)")
     down = cfg.downsample if cfg.method in ("gaussian", "wknn") else 1  # knn keeps stride 8 (its bank is tuned there)
-    embed = FeatureEmbedding(feature_positions(backbone, cfg.out_indices), cfg.pool, down)
-    stream = extract_embeddings(backbone, embed, good_images, cfg.batch_size, f"fit {cfg.method}")
+    return FeatureEmbedding(feature_positions(backbone, cfg.out_indices), cfg.pool, down)
+
+
+def _fit_scorer(
+    backbone: nn.Module, embed: FeatureEmbedding, stream: Iterable[Tensor], cfg: AnomalyConfig
+) -> nn.Module:
     if cfg.method == "wknn":
         blocks = None
         if cfg.whiten_blocks == "stage":

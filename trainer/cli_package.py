@@ -52,6 +52,10 @@ LOF_K_HELP = (
     "wknn: local-density correction from each bank patch's k-th nearest good patch; "
     "-1: the default (5), 0: off (plain distance, the scorer before session 8)."
 )
+THRESHOLD_FROM_HELP = (
+    "cross_fit (default): scorer fitted on every good image, threshold from the out-of-fold scores of all of "
+    "them (5 folds); holdout: fitted on 4/5, threshold from the held-out fifth (before session 10)."
+)
 
 
 def package_anomaly_cmd(
@@ -86,6 +90,7 @@ def package_anomaly_cmd(
     ] = None,
     neighbours: Annotated[str, typer.Option(help=NEIGHBOURS_HELP)] = "",
     lof_k: Annotated[int, typer.Option(help=LOF_K_HELP)] = -1,
+    threshold_from: Annotated[str, typer.Option(help=THRESHOLD_FROM_HELP)] = "",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fit the good-only anomaly model, set its threshold from held-out good parts, export, quantise, check."""
@@ -93,7 +98,7 @@ def package_anomaly_cmd(
     from trainer.pipelines import build_anomaly_package
 
     cfg, zoo = _scorer_config(method)
-    cfg = _with_scorer_options(cfg, neighbours, lof_k)
+    cfg = _with_scorer_options(cfg, neighbours, lof_k, threshold_from)
     try:
         cfg = _with_input_options(cfg, backbone, image_size, roi, ignore or [])
         result = (
@@ -128,8 +133,9 @@ def _scorer_config(method: str) -> tuple[Any, bool]:
     return (AnomalyConfig() if not method else replace(AnomalyConfig(), method=method)), zoo
 
 
-def _with_scorer_options(cfg: Any, neighbours: str, lof_k: int) -> Any:
-    """``cfg`` with ``--neighbours`` / ``--lof-k`` where given (exit 2 naming the option on a bad value)."""
+def _with_scorer_options(cfg: Any, neighbours: str, lof_k: int, threshold_from: str = "") -> Any:
+    """``cfg`` with ``--neighbours`` / ``--lof-k`` / ``--threshold-from`` where given (exit 2 naming the option
+    on a bad value)."""
     from dataclasses import replace
 
     if neighbours and neighbours not in ("own", "row", "square"):
@@ -138,15 +144,21 @@ def _with_scorer_options(cfg: Any, neighbours: str, lof_k: int) -> Any:
     if lof_k < -1:
         console.print(f"[red]error:[/] --lof-k {lof_k}: use 0 (off), a positive k, or -1 (the default)")
         raise typer.Exit(code=2)
-    if (neighbours or lof_k >= 0) and not hasattr(cfg, "lof_k"):
+    if threshold_from and threshold_from not in ("cross_fit", "holdout"):
+        console.print(f"[red]error:[/] --threshold-from {threshold_from!r}: use cross_fit or holdout")
+        raise typer.Exit(code=2)
+    if (neighbours or lof_k >= 0 or threshold_from) and not hasattr(cfg, "lof_k"):
         console.print(
-            "[red]error:[/] --neighbours and --lof-k are options of the wknn scorer, not of anomalib's models"
+            "[red]error:[/] --neighbours, --lof-k and --threshold-from are options of our scorers, "
+            "not of anomalib's models"
         )
         raise typer.Exit(code=2)
     if neighbours:
         cfg = replace(cfg, neighbours=neighbours)
     if lof_k >= 0:
         cfg = replace(cfg, lof_k=lof_k)
+    if threshold_from:
+        cfg = replace(cfg, threshold_from=threshold_from)
     return cfg
 
 
@@ -207,6 +219,11 @@ def _json(result) -> dict:  # type: ignore[no-untyped-def,type-arg]
         "path": str(result.path),
         "version": m.version,
         "architecture": m.architecture,
+        "threshold": {
+            k: m.data[k]
+            for k in ("threshold_from", "threshold_folds", "fit_images", "threshold_images", "threshold_frr_ci95")
+            if k in m.data
+        },
         "metrics": m.metrics,
         "runtime": m.benchmark.get("runtime"),
         "checklist": m.checklist,

@@ -66,21 +66,32 @@ def net_scores(net: InspectionNet, pre: Preprocessor, images: Sequence[np.ndarra
 def fit_anomaly(
     backbone: torch.nn.Module, pre: Preprocessor, good: Sequence[np.ndarray], cfg: AnomalyConfig, console: Console
 ) -> tuple[torch.nn.Module, AnomalySpec, dict[str, Any]]:
-    """Fit the scorer on good images and set its threshold from good images held out of the fit."""
+    """Fit the scorer on good images and set its threshold from good scores of scorers that never saw them:
+    ``threshold_from="cross_fit"`` (default, ``trainer.anomaly_crossfit``) or one held-out fifth."""
     fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
     if len(hold_idx) < 10:
         raise DataError(
             f"only {len(good)} good images: too few to hold out a threshold set",
             "collect at least 100 good images (200-500 recommended for anomaly detection)",
         )
-    console.print(
-        f"anomaly model: fitting {cfg.method} on {len(fit_idx)} good images, "
-        f"threshold from {len(hold_idx)} held-out good images"
-    )
     t0 = time.perf_counter()
-    scorer = fit_anomaly_scorer(backbone, _batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
-    net = InspectionNet(backbone, scorer=scorer)
-    hold_scores = net_scores(net, pre, [good[i] for i in hold_idx])
+    if cfg.threshold_from == "cross_fit":
+        from trainer.anomaly_crossfit import backbone_features, cross_fit
+
+        console.print(
+            f"anomaly model: fitting {cfg.method} on all {len(good)} good images, threshold from their "
+            f"out-of-fold scores ({cfg.holdout_every}-fold cross-fit)"
+        )
+        fitted = cross_fit(backbone, backbone_features(backbone, _batches(pre, good, cfg.batch_size)), cfg)
+        scorer, hold_scores, n_fit = fitted.scorer, fitted.good_scores, len(good)
+    else:
+        console.print(
+            f"anomaly model: fitting {cfg.method} on {len(fit_idx)} good images, "
+            f"threshold from {len(hold_idx)} held-out good images"
+        )
+        scorer = fit_anomaly_scorer(backbone, _batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
+        hold_scores = net_scores(InspectionNet(backbone, scorer=scorer), pre, [good[i] for i in hold_idx])
+        n_fit = len(fit_idx)
     threshold = threshold_good_quantile(hold_scores, cfg.target_false_reject)
     origin = float(np.median(hold_scores))
     frr_ci = rate_interval(int((hold_scores > threshold).sum()), len(hold_scores))
@@ -93,8 +104,10 @@ def fit_anomaly(
     info = {
         "score_origin": origin,
         "threshold_frr_ci95": frr_ci,
-        "fit_images": len(fit_idx),
-        "threshold_images": len(hold_idx),
+        "fit_images": n_fit,
+        "threshold_images": len(hold_scores),
+        "threshold_from": cfg.threshold_from,
+        "threshold_folds": cfg.holdout_every if cfg.threshold_from == "cross_fit" else 1,
         "fit_s": round(time.perf_counter() - t0, 1),
         "threshold_good_quantile": threshold,
         "target_false_reject": cfg.target_false_reject,

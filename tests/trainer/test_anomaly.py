@@ -272,7 +272,7 @@ def test_magnetic_tile_subsample_auroc(magnetic_tile: Path) -> None:
 
 
 def test_package_anomaly_refuses_bad_scorer_options_in_one_line(tmp_path: Path) -> None:
-    """`--neighbours` and `--lof-k` are checked before any data is read; they are options of our scorer only."""
+    """`--neighbours`, `--lof-k` and `--threshold-from` are checked before any data is read; they are options of our scorer only."""
     from typer.testing import CliRunner
 
     from trainer.cli import app
@@ -281,7 +281,9 @@ def test_package_anomaly_refuses_bad_scorer_options_in_one_line(tmp_path: Path) 
     for extra, words in [
         (["--neighbours", "diagonal"], "--neighbours 'diagonal': use own, row or square"),
         (["--lof-k", "-3"], "--lof-k -3: use 0 (off)"),
-        (["--method", "anomalib:padim", "--lof-k", "0"], "options of the wknn scorer, not of anomalib"),
+        (["--threshold-from", "median"], "--threshold-from 'median': use cross_fit or holdout"),
+        (["--method", "anomalib:padim", "--lof-k", "0"], "options of our scorers, not of anomalib"),
+        (["--method", "anomalib:padim", "--threshold-from", "holdout"], "options of our scorers, not of anomalib"),
     ]:
         result = CliRunner().invoke(app, base + extra)
         assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
