@@ -14,7 +14,7 @@ parity test (``tests/trainer/test_fusion_head.py``) holds the graph to it.
 :func:`fit_fused_scorer` (the retraining of a ``combined`` station package):
 
 1. one backbone pass over the good frames and the labelled defects (station preprocessing);
-2. the good frames split as ``fit_anomaly`` does (every ``holdout_every``-th from index 2 held out): the
+2. the good frames split as ``split_holdout`` does (every ``holdout_every``-th from index 2 held out): the
    ``wknn`` bank is fitted on the rest (the "bank goods");
 3. the bank goods get anomaly features from ``inner_folds`` inner scorers that never saw them (as the
    curve's inner cross-fit), the defects and the held-out goods from the bank scorer;
@@ -22,7 +22,7 @@ parity test (``tests/trainer/test_fusion_head.py``) holds the graph to it.
    with fewer than ``FusionConfig.min_defects`` the fusion falls back to the good-only score (monotone in the
    ``wknn`` score; the inner fits are then skipped, they would only move the normalisation);
 5. threshold goods cross-fitted as in the curve (``threshold_folds``, default 5 = ``holdout_every``): fold f
-   holds out the goods with index % 5 == f and fits steps 2-4 on the rest; fold 2 (``fit_anomaly``'s split) is
+   holds out the goods with index % 5 == f and fits steps 2-4 on the rest; fold 2 (``split_holdout``'s fifth) is
    the package's model, the others only score their held-out goods, so EVERY good is scored once by a bank and
    a probe that never saw it, as the line's frames are (with one fold only 1/5 of the goods would set the
    threshold, and at 160 the rule below can only take their maximum: one odd good sets it). The
@@ -220,7 +220,7 @@ def fit_fused_scorer(
     q = threshold_upper_bound(hold, target)
     origin = float(np.median(hold))
     spec = AnomalySpec.placed(q, origin, review_margin, threshold_method="good_quantile", target_false_reject=target)
-    # the map in good-only units: what fit_anomaly would have placed for the wknn score alone
+    # the map in good-only units: what fit_anomaly's holdout rule would place for the wknn score alone
     hold_w = np.exp(x_hold[:, data.d_pool].astype(np.float64))
     spec_w = AnomalySpec.placed(threshold_good_quantile(hold_w, target), float(np.median(hold_w)), review_margin)
     scale = (spec.threshold - spec.origin) / (spec_w.threshold - spec_w.origin)
@@ -266,7 +266,7 @@ def _score_held_out_goods(
     seconds: dict[str, float],
 ) -> _FoldScores:
     """Fit the fold models and score each fold's held-out goods with the model that never saw them."""
-    # fold f holds out the goods with index % holdout_every == f; fold 2 is fit_anomaly's split: the package's
+    # fold f holds out the goods with index % holdout_every == f; fold 2 is split_holdout's fifth: the package's
     # model. The other folds' models only score their own held-out goods for the threshold (the fusion scores
     # are normalised by each model's training goods so that fold models share one threshold, as in the curve).
     folds = [2] + [f for f in range(cfg.holdout_every) if f != 2][: max(threshold_folds, 1) - 1]
@@ -308,7 +308,7 @@ def _extract_fusion_data(
     cfg: AnomalyConfig,
     fusion: FusionConfig,
 ) -> _FusionData:
-    """Check the inputs, split the goods as ``fit_anomaly`` does, and run the one backbone pass."""
+    """Check the inputs, split the goods as ``split_holdout`` does, and run the one backbone pass."""
     from inspector.contracts.errors import DataError
     from trainer.anomaly import feature_positions
     from trainer.pipelines import split_holdout
