@@ -31,8 +31,11 @@ def _frame(rng: np.random.Generator, odd: bool = False) -> np.ndarray:
     return (np.repeat(np.clip(img, 0, 1)[..., None], 3, -1) * 255).astype(np.uint8)
 
 
+Setup = tuple[torch.nn.Module, Preprocessor, list[np.ndarray], AnomalyConfig]
+
+
 @pytest.fixture(scope="module")
-def setup() -> tuple[torch.nn.Module, Preprocessor, list[np.ndarray], AnomalyConfig]:
+def setup() -> Setup:
     torch.manual_seed(0)
     cfg = AnomalyConfig(image_size=SIZE, out_indices=(1, 2, 3))
     backbone, bspec = build_backbone(cfg.backbone, out_indices=cfg.out_indices, allow_download=False, allow_random=True)
@@ -48,7 +51,7 @@ def test_fold_rows_hold_out_every_image_exactly_once() -> None:
     assert rows[2].tolist() == [2, 7, 12, 17, 22]  # fold 2 is split_holdout's held-out fifth
 
 
-def test_each_good_is_scored_by_a_scorer_that_never_saw_it(setup) -> None:  # type: ignore[no-untyped-def]
+def test_each_good_is_scored_by_a_scorer_that_never_saw_it(setup: Setup) -> None:
     backbone, pre, good, cfg = setup
     fitted = cross_fit(backbone, backbone_features(backbone, _batches(pre, good)), cfg)
     shipped = net_scores(InspectionNet(backbone, scorer=fitted.scorer), pre, good)
@@ -59,7 +62,7 @@ def test_each_good_is_scored_by_a_scorer_that_never_saw_it(setup) -> None:  # ty
     assert fitted.folds == 5 and np.isfinite(fitted.good_scores).all()
 
 
-def test_the_fit_on_cached_features_is_the_fit_on_images(setup) -> None:  # type: ignore[no-untyped-def]
+def test_the_fit_on_cached_features_is_the_fit_on_images(setup: Setup) -> None:
     backbone, pre, good, cfg = setup
     from trainer.anomaly_fit import fit_scorer_on_features
 
@@ -74,7 +77,7 @@ def test_the_fit_on_cached_features_is_the_fit_on_images(setup) -> None:  # type
     )
 
 
-def test_fit_anomaly_thresholds_on_every_good_image_by_default(setup) -> None:  # type: ignore[no-untyped-def]
+def test_fit_anomaly_thresholds_on_every_good_image_by_default(setup: Setup) -> None:
     backbone, pre, good, cfg = setup
     quiet = Console(quiet=True)
     scorer, spec, info = fit_anomaly(backbone, pre, good, cfg, quiet)
