@@ -228,7 +228,8 @@ def int8_scorer_refit(
     sample: Sequence[np.ndarray],
 ) -> Any:
     """The packaging hook that refits the scorer on the INT8 graph's features (``trainer.int8_refit``), on the
-    same good images and held-out split as the fp32 scorer, aligned to its origin and threshold quantile."""
+    holdout rule's split of the good images (one fit, not the fp32 scorer's cross-fit: INT8 is a candidate the
+    gate judges on the held-out frames), aligned to the fp32 scorer's origin and threshold quantile."""
     from trainer.int8_refit import make_refit
 
     fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
