@@ -10,8 +10,9 @@ the held-out threshold between 1.6 % and 9.8 %.
 each fold's scorer is fitted on the other goods and scores its own held-out ones, so every good image gets a
 score from a scorer that never saw it, as a frame on the line does. The shipped scorer is then fitted on every
 good image. The threshold and the score origin come from the pooled out-of-fold scores: 5 times as many as
-one held-out fifth. The shipped scorer's bank is a quarter larger than each fold's, so good parts score a
-little lower under it than their out-of-fold scores: the threshold errs towards fewer false rejects.
+one held-out fifth. The shipped scorer's Gaussians, bank and radii are drawn from a quarter more goods than a
+fold's, so good parts tend to score lower under it than out of fold: the threshold errs towards fewer false
+rejects.
 
 One backbone pass serves every fit (``trainer.anomaly_fit.fit_scorer_on_features``).
 """
