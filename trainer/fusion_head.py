@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from inspector.contracts.manifest import AnomalySpec
 from trainer.anomaly import AnomalyConfig, FeatureEmbedding, WhitenedKnnScorer
+from trainer.anomaly_config import FUSED_WKNN
 from trainer.fusion import FusionConfig, FusionModel
 
 POOL_STAGES = (2, 3, 4)  # timm stages pooled into x (stride 8, 16, 32 of EfficientNet-Lite0)
@@ -204,6 +205,7 @@ def fit_fused_scorer(
 
     say = say or (lambda _m: None)
     fusion = fusion or FusionConfig()
+    cfg = replace(cfg, **FUSED_WKNN)  # type: ignore[arg-type]  # two known AnomalyConfig fields
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     data = _extract_fusion_data(backbone, pre, good, defects, cfg, fusion)

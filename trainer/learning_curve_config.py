@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from trainer.anomaly import AnomalyConfig
+from trainer.anomaly_config import FUSED_WKNN
 from trainer.fusion import FusionConfig
 
 
@@ -24,7 +25,7 @@ class CurveConfig:
     #: "quantile": the plain (1 - target) quantile of the pooled threshold goods.
     threshold_rule: str = "upper_bound_per_population"
     seed: int = 0
-    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    anomaly: AnomalyConfig = field(default_factory=lambda: AnomalyConfig(**FUSED_WKNN))  # type: ignore[arg-type]  # the fused score's wknn
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
 

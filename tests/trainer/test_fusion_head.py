@@ -127,6 +127,10 @@ def head_model(head: FusionHead) -> FusionModel:
 def test_too_few_defects_fall_back_to_the_good_only_score(parts: dict, tmp_path: Path) -> None:
     p = parts
     head, spec, info = p["fallback"]
+    # the fused wknn is the learning curve's scorer whatever the package default (FUSED_WKNN): row neighbours, no
+    # local-density radius (CFG carries the good-only package's defaults, own cell and lof_k 5)
+    assert (CFG.neighbours, CFG.lof_k) == ("own", 5)
+    assert len(head.wknn.offsets) == 3 and not head.wknn.local_density
     assert not info["uses_probe"] and not head.uses_probe and info["inner_folds"] == 0
     # default: 5 folds, every good scored once by a fold model that never saw it, all of them set the threshold
     assert info["threshold_folds"] == 5 and info["threshold_images"] == len(p["good"])
