@@ -65,6 +65,23 @@ def _frame_id(client, names: Names, entry_id: bytes | str) -> str:  # type: igno
     return FrameMeta.from_json(fields[b"m"]).frame_id
 
 
+def _kill_holding(worker: WorkerProc, client, names: Names, group: str, force: bool) -> list[str] | None:  # type: ignore[no-untyped-def]
+    """SIGKILL the worker if it holds frames (read, not yet acknowledged) and return their frame ids; else None.
+
+    The worker is frozen (SIGSTOP) while its pending list is read, so it cannot acknowledge the frames between the
+    look and the kill: a frozen worker with nothing in hand is let go (SIGCONT) and asked again at the next part,
+    unless `force` (late in the run) kills it anyway.
+    """
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    in_hand = client.xpending_range(names.frames, group, "-", "+", 1000, consumername=worker.name)
+    if not in_hand and not force:
+        os.kill(worker.proc.pid, signal.SIGCONT)
+        return None
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait(10)
+    return [_frame_id(client, names, e["message_id"]) for e in in_hand]
+
+
 def test_1000_two_view_parts_kill_9_a_worker(redis_url, redis_client, tiny_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cfg = station(
         redis_url,
@@ -87,7 +104,8 @@ def test_1000_two_view_parts_kill_9_a_worker(redis_url, redis_client, tiny_packa
     cams = {"top": _camera(cfg, redis_client, "top", 0), "side": _camera(cfg, redis_client, "side", 7)}
     ledger = CameraLedger()
     fps = 40.0  # parts per second, two frames each
-    killed_at, held = None, []
+    killed_at: float | None = None
+    held: list[str] = []
     try:
         assert wait_for(lambda: len(redis_client.keys(names.heartbeat_pattern)) >= 2, 90), workers[0].tail()
         t0 = time.monotonic()
@@ -96,15 +114,9 @@ def test_1000_two_view_parts_kill_9_a_worker(redis_url, redis_client, tiny_packa
                 cam = cams[view]
                 ledger.ok(cam.publish(cam.source.read()))
             if n >= PARTS // 2 and killed_at is None:  # mid-run: SIGKILL worker wa once it has frames in hand
-                in_hand = redis_client.xpending_range(names.frames, cfg.worker.group, "-", "+", 1000, consumername="wa")
-                if in_hand or n >= PARTS * 3 // 4:
-                    os.kill(workers[0].proc.pid, signal.SIGKILL)
-                    workers[0].proc.wait(10)
-                    killed_at = time.monotonic() - t0
-                    after = redis_client.xpending_range(
-                        names.frames, cfg.worker.group, "-", "+", 1000, consumername="wa"
-                    )
-                    held = [_frame_id(redis_client, names, e["message_id"]) for e in after]
+                in_hand = _kill_holding(workers[0], redis_client, names, cfg.worker.group, force=n >= PARTS * 3 // 4)
+                if in_hand is not None:
+                    killed_at, held = time.monotonic() - t0, in_hand
             delay = t0 + (n + 1) / fps - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
