@@ -65,16 +65,28 @@ def scores_on_features(scorer: nn.Module, features: list[Tensor], rows: np.ndarr
     return np.concatenate([scorer(batch)[0].float().numpy() for batch in _batches(features, rows, size)])
 
 
+def fit_on_rows(backbone: nn.Module, features: list[Tensor], rows: np.ndarray, cfg: AnomalyConfig) -> nn.Module:
+    """A scorer fitted on the good images at ``rows`` of ``features`` (``backbone_features`` output)."""
+    return fit_scorer_on_features(backbone, _batches(features, rows, cfg.batch_size), cfg)
+
+
+def fold_scorers(
+    backbone: nn.Module, features: list[Tensor], cfg: AnomalyConfig, folds: int
+) -> Iterator[tuple[np.ndarray, nn.Module]]:
+    """For each fold: its held-out rows and the scorer fitted on every other good image."""
+    n = len(features[0])
+    for held in fold_rows(n, folds):
+        yield held, fit_on_rows(backbone, features, np.setdiff1d(np.arange(n), held), cfg)
+
+
 def cross_fit(backbone: nn.Module, features: list[Tensor], cfg: AnomalyConfig) -> CrossFit:
     """Fit ``cfg.holdout_every`` fold scorers and the shipped one (``features``: ``backbone_features`` of the
     good images, in their sorted order)."""
     n = len(features[0])
     folds = max(2, cfg.holdout_every)
     scores = np.zeros(n, dtype=np.float64)
-    everyone = np.arange(n)
-    for held in track(fold_rows(n, folds), description=f"threshold: {folds}-fold cross-fit", transient=True):
-        rest = np.setdiff1d(everyone, held)
-        scorer = fit_scorer_on_features(backbone, _batches(features, rest, cfg.batch_size), cfg)
+    fits = fold_scorers(backbone, features, cfg, folds)
+    for held, scorer in track(fits, total=folds, description=f"threshold: {folds}-fold cross-fit", transient=True):
         scores[held] = scores_on_features(scorer, features, held, cfg.batch_size)
-    shipped = fit_scorer_on_features(backbone, _batches(features, everyone, cfg.batch_size), cfg)
+    shipped = fit_on_rows(backbone, features, np.arange(n), cfg)
     return CrossFit(shipped.eval(), scores, folds)

@@ -52,12 +52,9 @@ def _row(name: str, scores: np.ndarray, is_defect: np.ndarray, threshold: float,
 
 def study(data_dir: Path, folds: int = 5, cfg: AnomalyConfig | None = None) -> list[dict[str, Any]]:
     """One row per held-out fold, then the shipped cross-fit rule (see the module docstring)."""
-    import torch
-
     from inspector.models.preprocess import Preprocessor
     from trainer.anomaly import threshold_good_quantile
-    from trainer.anomaly_crossfit import backbone_features, fold_rows, scores_on_features
-    from trainer.anomaly_fit import fit_scorer_on_features
+    from trainer.anomaly_crossfit import backbone_features, fit_on_rows, fold_scorers, scores_on_features
     from trainer.backbone import build_backbone
     from trainer.data import scan_anomaly
     from trainer.evaluate import load_test_split
@@ -72,22 +69,20 @@ def study(data_dir: Path, folds: int = 5, cfg: AnomalyConfig | None = None) -> l
     console.print(f"backbone pass: {len(good)} train/good, {len(held.images)} test")
     f_good = backbone_features(backbone, _batches(pre, good, cfg.batch_size))
     f_test = backbone_features(backbone, _batches(pre, held.images, cfg.batch_size))
-    everyone, test_rows = np.arange(len(good)), np.arange(len(held.images))
-
-    def fit(rows: np.ndarray) -> torch.nn.Module:
-        return fit_scorer_on_features(backbone, ([f[torch.from_numpy(rows)] for f in f_good],), cfg)
-
+    test_rows = np.arange(len(held.images))
     rows, oof = [], np.zeros(len(good))
-    for f, held_rows in enumerate(fold_rows(len(good), folds)):
-        console.print(f"fold {f + 1}/{folds}: fitting on {len(good) - len(held_rows)} goods")
-        scorer = fit(np.setdiff1d(everyone, held_rows))
+    console.print(f"fitting {folds} fold scorers on {len(good)} goods less one fold each")
+    for f, (held_rows, scorer) in enumerate(fold_scorers(backbone, f_good, cfg, folds)):
         oof[held_rows] = scores_on_features(scorer, f_good, held_rows, cfg.batch_size)
         thr = threshold_good_quantile(oof[held_rows], cfg.target_false_reject)
         test = scores_on_features(scorer, f_test, test_rows, cfg.batch_size)
         name = f"without fold {f}, threshold from it" + (" (the holdout rule)" if f == 2 else "")
         rows.append(_row(name, test, is_defect, thr, len(held_rows)))
+        console.print(f"fold {f + 1}/{folds}: AUROC {rows[-1]['image_auroc']:.4f}")
     console.print(f"shipped: fitting on all {len(good)} goods")
-    test = scores_on_features(fit(everyone), f_test, test_rows, cfg.batch_size)
+    test = scores_on_features(
+        fit_on_rows(backbone, f_good, np.arange(len(good)), cfg), f_test, test_rows, cfg.batch_size
+    )
     thr = threshold_good_quantile(oof, cfg.target_false_reject)
     rows.append(_row(f"all goods, {folds}-fold cross-fit (default)", test, is_defect, thr, len(good)))
     return rows

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 
 import pytest
+from redis import Redis
 
 from inspector.bus.streams import StationBus
 from inspector.camera.publisher import CameraPublisher, part_id_of
@@ -65,7 +66,7 @@ def _frame_id(client, names: Names, entry_id: bytes | str) -> str:  # type: igno
     return FrameMeta.from_json(fields[b"m"]).frame_id
 
 
-def _kill_holding(worker: WorkerProc, client, names: Names, group: str, force: bool) -> list[str] | None:  # type: ignore[no-untyped-def]
+def _kill_holding(worker: WorkerProc, client: Redis, names: Names, group: str, force: bool) -> list[str] | None:
     """SIGKILL the worker if it holds frames (read, not yet acknowledged) and return their frame ids; else None.
 
     The worker is frozen (SIGSTOP) while its pending list is read, so it cannot acknowledge the frames between the
