@@ -51,3 +51,4 @@ class AnomalyConfig:
     batch_size: int = 16
     seed: int = 0
     int8_refit: bool = True  # packaging: also gate an INT8 graph whose scorer is fitted on INT8 features
+    bf16_refit: bool = True  # packaging: also gate a bf16 graph whose scorer is fitted on OpenVINO's bf16 features

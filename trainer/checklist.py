@@ -141,6 +141,8 @@ def measure_session_rss(onnx_path: Path, size: tuple[int, int], threads: int = 2
 
 def _recommended_file(manifest: Manifest) -> str:
     m = manifest.model
+    if m.recommended == "bf16" and m.bf16:
+        return m.bf16
     return m.int8 if (m.recommended == "int8" and m.int8) else m.fp32
 
 

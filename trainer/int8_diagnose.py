@@ -29,6 +29,7 @@ from trainer.backbone import build_backbone
 from trainer.data import load_rgb, scan_anomaly
 from trainer.evaluate import load_test_split
 from trainer.export import export_onnx, run_onnx
+from trainer.int8_refit import RefitInputs
 from trainer.network import InspectionNet
 from trainer.pipelines import _calibration, fit_anomaly, int8_scorer_refit
 from trainer.quantize import ImageReader, QuantConfig, keep_fp32_inputs_outside, quantize_int8
@@ -73,7 +74,7 @@ def main(
         return path
 
     plain = quant("int8_default", every)
-    net_q = int8_scorer_refit(backbone, pre, good, cfg, info, held.images[:1])(plain, out)
+    net_q = int8_scorer_refit(RefitInputs.of_fit(backbone, pre, good, cfg, info, held.images[:1]))(plain, out)
     export_onnx(net_q, torch.from_numpy(xh[:2]), out / "refit.onnx")
     quantize_int8(out / "refit.onnx", out / "refit.int8.onnx", calib, QuantConfig())
     res.update(refit_comparison(scores(fp32), scores(plain), scores(out / "refit.int8.onnx"), y, anomaly.reject_raw))

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -28,6 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from trainer.export import open_session
+
+if TYPE_CHECKING:
+    from inspector.models.preprocess import Preprocessor
+    from trainer.anomaly_config import AnomalyConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,34 +102,75 @@ class AlignedScorer(nn.Module):
         return score * self.a + self.b, amap * self.a + self.b
 
 
-def make_refit(
-    backbone: nn.Module,
-    fit_scorer: Callable[[nn.Module], tuple[nn.Module, float, float]],
-    origin: float,
-    threshold: float,
-    make_net: Callable[[nn.Module], nn.Module],
-    sample: np.ndarray,
-    threads: int = 2,
-) -> Callable[[Path, Path], nn.Module | None]:
-    """The hook ``trainer.package`` calls with (INT8 graph of the fp32 net, a scratch folder): the network
-    whose scorer was fitted on that graph's features and aligned to (``origin``, ``threshold``), or None.
+@dataclass
+class RefitInputs:
+    """What a refit hook refits from: the torch backbone and preprocessing the package's scorer was fitted with,
+    the good training images, the anomaly config, and the fp32 scorer's out-of-sample good median (``origin``)
+    and threshold quantile (``threshold``) in raw units; ``sample``: one preprocessed held-out frame batch."""
 
-    ``fit_scorer(features_module) -> (scorer, origin_q, threshold_q)`` fits on the good training images and
-    returns its held-out good median and threshold quantile in its own raw units."""
+    backbone: nn.Module
+    pre: Preprocessor
+    good: Sequence[np.ndarray]
+    cfg: AnomalyConfig
+    origin: float
+    threshold: float
+    sample: np.ndarray
+
+    @classmethod
+    def of_fit(
+        cls,
+        backbone: nn.Module,
+        pre: Preprocessor,
+        good: Sequence[np.ndarray],
+        cfg: AnomalyConfig,
+        fit_info: dict[str, Any],
+        sample: Sequence[np.ndarray],
+    ) -> RefitInputs:
+        """From ``trainer.pipelines.fit_anomaly``'s info (``score_origin``, ``threshold_good_quantile``)."""
+        origin, threshold = fit_info["score_origin"], fit_info["threshold_good_quantile"]
+        return cls(backbone, pre, good, cfg, origin, threshold, pre.batch(list(sample)))
+
+    def net(self, scorer: nn.Module) -> nn.Module:
+        """The station network with ``scorer`` on this backbone."""
+        from trainer.network import InspectionNet
+
+        return InspectionNet(self.backbone, scorer=scorer).eval()
+
+
+#: ``open_features(graph with the scorer's inputs as outputs, their names in stage order, feature_info, threads)``:
+#: the module that computes the backbone features the way the candidate runtime does.
+OpenFeatures = Callable[[Path, list[str], object, int], nn.Module]
+
+
+def make_refit(
+    inputs: RefitInputs,
+    fit_scorer: Callable[[nn.Module], tuple[nn.Module, float, float]],
+    threads: int = 2,
+    open_features: OpenFeatures = QuantisedFeatures,
+) -> Callable[[Path, Path], nn.Module | None]:
+    """The hook ``trainer.package`` calls with (a graph of the fp32 net, a scratch folder): the network whose
+    scorer was fitted on the features that graph computes and aligned to the fp32 scorer's (``inputs.origin``,
+    ``inputs.threshold``), or None.
+
+    The graph is the INT8 graph (``open_features``: ONNX Runtime, ``QuantisedFeatures``) or the fp32 graph run
+    by OpenVINO in bf16 (``trainer.bf16_refit``). ``fit_scorer(features_module) -> (scorer, origin_q,
+    threshold_q)`` fits on the good training images and returns its held-out good median and threshold
+    quantile in its own raw units."""
+    backbone, origin, threshold = inputs.backbone, inputs.origin, inputs.threshold
     channels = list(backbone.feature_info.channels())  # type: ignore[union-attr,operator]
 
-    def refit(int8_path: Path, scratch: Path) -> nn.Module | None:
-        names = scorer_inputs(int8_path)
-        augmented = with_outputs(int8_path, names, scratch / "int8_features.onnx")
-        ordered = order_by_stage(augmented, names, channels, sample)
+    def refit(graph: Path, scratch: Path) -> nn.Module | None:
+        names = scorer_inputs(graph)
+        augmented = with_outputs(graph, names, scratch / f"{graph.stem}_features.onnx")
+        ordered = order_by_stage(augmented, names, channels, inputs.sample)
         if ordered is None:
-            log.info("INT8 refit skipped: the scorer's inputs could not be matched to the backbone stages")
+            log.info("refit skipped: the scorer's inputs could not be matched to the backbone stages")
             return None
-        features = QuantisedFeatures(augmented, ordered, backbone.feature_info, threads)  # type: ignore[union-attr]
+        features = open_features(augmented, ordered, backbone.feature_info, threads)  # type: ignore[union-attr]
         scorer, origin_q, threshold_q = fit_scorer(features)
         if not threshold_q > origin_q:
             return None
         a = (threshold - origin) / (threshold_q - origin_q)
-        return make_net(AlignedScorer(scorer, a, origin - a * origin_q).eval())
+        return inputs.net(AlignedScorer(scorer, a, origin - a * origin_q).eval())
 
     return refit

@@ -45,6 +45,7 @@ from trainer.package_canaries import CANARY_SURE_FAIL, CANARY_SURE_PASS, CANARY_
 from trainer.package_drift import HIST_BINS, drift_reference
 from trainer.package_int8 import Int8Refit, quantise
 from trainer.package_spec import (
+    BF16_FILE,
     FP32_FILE,
     INT8_FILE,
     PackageSpec,
@@ -185,6 +186,7 @@ def build_package(
     extras: ManifestExtras | None = None,
     say: Callable[[str], None] | None = None,
     int8_refit: Int8Refit | None = None,
+    bf16_refit: Int8Refit | None = None,
 ) -> BuildResult:
     """Write a verified package folder at ``out_dir`` and return what went into it.
 
@@ -213,6 +215,7 @@ def build_package(
             opset,
             say,
             int8_refit,
+            bf16_refit,
         )
         manifest, report = finish_package(
             draft, heldout, extras, evaluate=evaluate, checklist=checklist, threads=threads, say=say
@@ -243,6 +246,7 @@ def prepare_package(
     opset: int = 17,
     say: Callable[[str], None] | None = None,
     int8_refit: Int8Refit | None = None,
+    bf16_refit: Int8Refit | None = None,
 ) -> Draft:
     """Export (checked at several batch sizes by ``export_onnx``), parity, the INT8 gate, benchmark,
     canaries and the held-out drift reference into ``stage``; the manifest stays in memory."""
@@ -259,7 +263,9 @@ def prepare_package(
     say(f"parity: {'passed' if parity.get('passed') else 'FAILED'} on {min(64, len(x_held))} held-out frames")
     if calibration is not None:
         say(f"INT8: quantising with {len(calibration)} training images, gating on {len(held.images)} held-out frames")
-    quant, choice, refit_info = quantise(stage, spec, calibration, x_held, held, qcfg, bounds, int8_refit, opset)
+    quant, choice, refit_info = quantise(
+        stage, spec, calibration, x_held, held, qcfg, bounds, int8_refit, opset, bf16_refit
+    )
     _say_int8_outcome(say, quant, choice, refit_info)
     bench = benchmark(net, stage, x_held, quant, threads, spec)
     if choice is not None:
@@ -314,6 +320,7 @@ def _draft_manifest(
         model=ModelFiles(
             fp32=FP32_FILE,
             int8=INT8_FILE if choice and choice.precision == "int8" else None,
+            bf16=BF16_FILE if choice and choice.file == "bf16" else None,
             recommended=choice.precision if choice else "fp32",  # type: ignore[arg-type]
             backend=choice.backend if choice else "onnxruntime",  # type: ignore[arg-type]
             f32_until=choice.f32_until if choice else None,

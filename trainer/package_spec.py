@@ -17,6 +17,7 @@ from trainer.evaluate import EvalSet
 
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+BF16_FILE = "model.bf16.onnx"  # anomaly packages: the scorer fitted on OpenVINO's bf16 features (trainer.bf16_refit)
 
 
 class PackagingError(InspectorError):

@@ -26,8 +26,10 @@ from inspector.contracts.manifest import AnomalySpec, Preprocess
 from inspector.models.preprocess import Preprocessor
 from trainer.anomaly import AnomalyConfig, fit_anomaly_scorer, threshold_f1_optimal, threshold_good_quantile
 from trainer.backbone import BackboneSpec, build_backbone, check_image_size
+from trainer.bf16_refit import bf16_scorer_refit
 from trainer.data import load_rgb, scan_anomaly, snapshot_hash
 from trainer.evaluate import EvalSet, load_test_split, rate_interval
+from trainer.int8_refit import RefitInputs
 from trainer.network import InspectionNet
 from trainer.package import BuildResult, PackageSpec, build_package
 from trainer.recipe import ClassifierRecipe
@@ -196,42 +198,43 @@ def build_anomaly_package(
             **fit_info,
         },
         augmentation={"policy": "none", "reason": "good-only density model: no augmentation"},
-        architecture={
-            "backbone": cfg.backbone,
-            "weights": bspec.weights,
-            "scorer": cfg.method,
-            "out_indices": list(cfg.out_indices),
-            "image_size": list(cfg.image_size),
-            "blur_sigma": cfg.blur_sigma,
-            "pool": cfg.pool,
-            **(
-                {"neighbours": cfg.neighbours, "position_bank": cfg.position_bank, "lof_k": cfg.lof_k}
-                if cfg.method == "wknn"
-                else {}
-            ),
-        },
+        architecture=_anomaly_architecture(cfg, bspec),
         metrics={"operating_points": points},
         latency_target_ms=LATENCY_TARGET_MS,
         memory_budget_mb=MEMORY_BUDGET_MB,
         target_hardware=TARGET_HARDWARE,
     )
-    refit = int8_scorer_refit(backbone, pre, good, cfg, fit_info, held.images[:1]) if cfg.int8_refit else None
-    return build_package(out, net, spec, held, calibration_images=_calibration(good), overwrite=True, int8_refit=refit)
+    inputs = RefitInputs.of_fit(backbone, pre, good, cfg, fit_info, held.images[:1])
+    refit = int8_scorer_refit(inputs) if cfg.int8_refit else None
+    bf16 = bf16_scorer_refit(inputs) if cfg.bf16_refit else None
+    calib = _calibration(good)
+    return build_package(out, net, spec, held, calib, overwrite=True, int8_refit=refit, bf16_refit=bf16)
 
 
-def int8_scorer_refit(
-    backbone: torch.nn.Module,
-    pre: Preprocessor,
-    good: Sequence[np.ndarray],
-    cfg: AnomalyConfig,
-    fit_info: dict[str, Any],
-    sample: Sequence[np.ndarray],
-) -> Any:
+def _anomaly_architecture(cfg: AnomalyConfig, bspec: BackboneSpec) -> dict[str, Any]:
+    return {
+        "backbone": cfg.backbone,
+        "weights": bspec.weights,
+        "scorer": cfg.method,
+        "out_indices": list(cfg.out_indices),
+        "image_size": list(cfg.image_size),
+        "blur_sigma": cfg.blur_sigma,
+        "pool": cfg.pool,
+        **(
+            {"neighbours": cfg.neighbours, "position_bank": cfg.position_bank, "lof_k": cfg.lof_k}
+            if cfg.method == "wknn"
+            else {}
+        ),
+    }
+
+
+def int8_scorer_refit(inputs: RefitInputs) -> Any:
     """The packaging hook that refits the scorer on the INT8 graph's features (``trainer.int8_refit``), on the
     holdout rule's split of the good images (one fit, not the fp32 scorer's cross-fit: INT8 is a candidate the
     gate judges on the held-out frames), aligned to the fp32 scorer's origin and threshold quantile."""
     from trainer.int8_refit import make_refit
 
+    cfg, pre, good = inputs.cfg, inputs.pre, inputs.good
     fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
 
     def fit_scorer(features: torch.nn.Module) -> tuple[torch.nn.Module, float, float]:
@@ -239,14 +242,7 @@ def int8_scorer_refit(
         hold = net_scores(InspectionNet(features, scorer=scorer), pre, [good[i] for i in hold_idx])
         return scorer, float(np.median(hold)), threshold_good_quantile(hold, cfg.target_false_reject)
 
-    return make_refit(
-        backbone,
-        fit_scorer,
-        fit_info["score_origin"],
-        fit_info["threshold_good_quantile"],
-        lambda scorer: InspectionNet(backbone, scorer=scorer).eval(),
-        pre.batch(list(sample)),
-    )
+    return make_refit(inputs, fit_scorer)
 
 
 def build_classifier_package(

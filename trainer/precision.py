@@ -3,7 +3,9 @@
 Candidates, each measured against the package's own ONNX Runtime fp32 run on this machine:
 
 - ``onnxruntime int8``: the static QDQ INT8 graph (``trainer.quantize``);
-- ``openvino bf16``: the fp32 graph compiled by OpenVINO with a bf16 inference precision (AVX512-BF16/AMX CPUs);
+- ``openvino bf16``: the fp32 graph compiled by OpenVINO with a bf16 inference precision (AVX512-BF16/AMX CPUs),
+  whole, or in f32 up to the end of one backbone stage (mixed), or (anomaly packages) the network whose scorer
+  was fitted on OpenVINO's bf16 features (``trainer.bf16_refit``, file ``bf16``);
 - ``openvino int8``: the QDQ INT8 graph compiled by OpenVINO (INT8 kernels, VNNI/AMX-INT8).
 
 OpenVINO candidates first pass the parity gate (``ParityBounds``) of OpenVINO f32 against ONNX Runtime fp32
@@ -90,10 +92,13 @@ def _agreement(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], reject_ra
     return float(np.mean((ref[OUTPUT_SCORE] > reject_raw) == (got[OUTPUT_SCORE] > reject_raw)))
 
 
-_Candidate = tuple[str, str, str, str | None]  # backend, precision, file (fp32 | int8), f32_until
+_Candidate = tuple[str, str, str, str | None]  # backend, precision, file (fp32 | int8 | bf16), f32_until
+_REFIT = {"bf16": " (scorer fitted on bf16 features)"}
 
 
-def _candidates(fp32_path: Path, int8_path: Path | None, backends: tuple[str, ...]) -> list[_Candidate]:
+def _candidates(
+    fp32_path: Path, int8_path: Path | None, backends: tuple[str, ...], bf16_path: Path | None = None
+) -> list[_Candidate]:
     out: list[_Candidate] = []
     if int8_path is not None and "onnxruntime" in backends:
         out.append(("onnxruntime", "int8", "int8", None))
@@ -106,6 +111,8 @@ def _candidates(fp32_path: Path, int8_path: Path | None, backends: tuple[str, ..
                 out.append(("openvino", "bf16", "fp32", None))
                 # mixed: the backbone up to the end of one stage in f32 (bf16's error starts in the first stages)
                 out.extend(("openvino", "bf16", "fp32", cut) for cut in stage_cuts(fp32_path).values())
+                if bf16_path is not None:
+                    out.append(("openvino", "bf16", "bf16", None))
             if int8_path is not None:
                 out.append(("openvino", "int8", "int8", None))
     return out
@@ -122,11 +129,13 @@ def select_runtime(
     bounds: ParityBounds | None = None,
     backends: tuple[str, ...] = ("onnxruntime", "openvino"),
     ort_int8: QuantReport | None = None,
+    bf16_path: str | Path | None = None,
 ) -> RuntimeChoice:
     """Gate every reduced-precision candidate against ONNX Runtime fp32; return the fastest one kept.
 
     ``ort_int8``: ONNX Runtime INT8 already gated by ``quantize_and_gate`` (its own interleaved timing): taken
-    as it is, so the package never holds two verdicts on the same candidate."""
+    as it is, so the package never holds two verdicts on the same candidate. ``bf16_path``: the network whose
+    scorer was fitted on bf16 features (``trainer.bf16_refit``), a candidate of its own (file ``bf16``)."""
     from inspector.runtime.openvino_runner import cpu_description
 
     cfg = cfg or QuantConfig()
@@ -155,9 +164,8 @@ def select_runtime(
             )
         )
     evidence = _HeldoutEvidence(heldout, labels, defect_labels, reject_raw, ref, m32)
-    runners = _open_candidates(
-        choice, fp32_path, int8, backends, ort_int8 is not None, evidence, cfg, bounds or ParityBounds()
-    )
+    files = {"fp32": fp32_path, "int8": int8, "bf16": Path(bf16_path) if bf16_path is not None else None}
+    runners = _open_candidates(choice, files, backends, ort_int8 is not None, evidence, cfg, bounds or ParityBounds())
     if not runners and ort_int8 is not None:
         choice.fp32_ms = ort_int8.fp32_ms
     elif runners:
@@ -187,8 +195,7 @@ _OpenedCandidate = tuple[_Candidate, Runner, dict[str, float]]
 
 def _open_candidates(
     choice: RuntimeChoice,
-    fp32_path: Path,
-    int8: Path | None,
+    files: dict[str, Path | None],
     backends: tuple[str, ...],
     ort_int8_gated: bool,
     evidence: _HeldoutEvidence,
@@ -196,10 +203,11 @@ def _open_candidates(
     bounds: ParityBounds,
 ) -> list[_OpenedCandidate]:
     """Open and evaluate each candidate; a declined one (parity, could not open) goes straight to ``choice``."""
-    files = {"fp32": fp32_path, "int8": int8}
+    fp32_path = files["fp32"]
+    assert fp32_path is not None
     runners: list[_OpenedCandidate] = []
     ov_parity: str | None = None
-    for cand in _candidates(fp32_path, int8, backends):
+    for cand in _candidates(fp32_path, files["int8"], backends, files["bf16"]):
         if ort_int8_gated and cand[0] == "onnxruntime":
             continue
         backend, precision, which, f32_until = cand
@@ -245,7 +253,7 @@ def _time_and_gate(
         loss = {k: m32[k] - mc[k] for k in m32 if k in mc}
         metric = max(loss, key=lambda k: loss[k] if np.isfinite(loss[k]) else np.inf)
         kept, reason = gate(times[0], ms, m32[metric], mc[metric], metric, cfg)
-        label = f"{backend} {precision}" + (f" (f32 up to {f32_until})" if f32_until else "")
+        label = f"{backend} {precision}" + (f" (f32 up to {f32_until})" if f32_until else "") + _REFIT.get(which, "")
         reason = f"{label}: " + reason.replace("INT8", precision.upper())
         choice.candidates.append(
             CandidateReport(

@@ -82,6 +82,12 @@ class Outputs(Strict):
 class ModelFiles(Strict):
     fp32: str = "model.onnx"
     int8: str | None = None
+    bf16: str | None = Field(
+        None,
+        description="bf16 on OpenVINO: the network whose anomaly scorer was fitted on OpenVINO's bf16 features, "
+        "on the fp32 graph's raw scale (an fp32 ONNX graph compiled in bf16; kept by the precision gate); unset: "
+        "bf16 runs the fp32 graph.",
+    )
     recommended: Literal["fp32", "int8", "bf16"] = "fp32"
     backend: Literal["onnxruntime", "openvino", "tensorrt"] = Field(
         "onnxruntime", description="Backend on which the precision gate measured and kept ``recommended``."

@@ -44,7 +44,8 @@ def choose_model_file(manifest: Manifest, precision: str, backend: str = "onnxru
     """(relative ONNX path, resolved precision) for a requested precision on ``backend``.
 
     auto = the manifest's recommended precision when the gate kept it on this backend (``model.backend``; an
-    INT8 graph kept on ONNX Runtime also serves TensorRT, as before), else fp32."""
+    INT8 graph kept on ONNX Runtime also serves TensorRT, as before), else fp32. bf16 runs the package's own
+    bf16 graph (``model.bf16``: the scorer fitted on bf16 features) where it has one, else the fp32 graph."""
     files = manifest.model
     if precision == "auto":
         rec = files.recommended
@@ -55,6 +56,8 @@ def choose_model_file(manifest: Manifest, precision: str, backend: str = "onnxru
             f"runtime.precision bf16 runs on the openvino backend only, not {backend}",
             "set runtime.backend to openvino (or auto), or runtime.precision to auto or fp32",
         )
+    if precision == "bf16" and files.bf16:
+        return files.bf16, "bf16"
     if precision == "int8":
         if not files.int8:
             raise ModelPackageError(

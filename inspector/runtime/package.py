@@ -147,7 +147,7 @@ def _parse_manifest(root: Path, raw: bytes) -> Manifest:
 
 
 def _model_files(manifest: Manifest) -> list[str]:
-    return [f for f in (manifest.model.fp32, manifest.model.int8) if f]
+    return [f for f in (manifest.model.fp32, manifest.model.int8, manifest.model.bf16) if f]
 
 
 def _check_referenced_files_listed(root: Path, manifest: Manifest) -> None:
