@@ -56,10 +56,14 @@ def bf16_available() -> bool:
     return openvino_available() and "BF16" in cpu_capabilities()
 
 
-def bf16_scorer_refit(inputs: RefitInputs) -> Callable[[Path, Path], nn.Module | None] | None:
+def bf16_scorer_refit(
+    inputs: RefitInputs, fit: Callable[[nn.Module], tuple[nn.Module, float, float]] | None = None
+) -> Callable[[Path, Path], nn.Module | None] | None:
     """The packaging hook (``trainer.package_int8.quantise``'s ``bf16_refit``): called with the package's fp32
     graph, it returns the network whose scorer was cross-fitted on that graph's bf16 features and aligned to the
-    fp32 scorer's origin and threshold quantile (raw units); None where this CPU has no bf16 in OpenVINO."""
+    fp32 scorer's origin and threshold quantile (raw units); None where this CPU has no bf16 in OpenVINO.
+    ``fit``: another ``fit_scorer`` (the holdout rule's, ``trainer.pipelines.holdout_fit``, for a package whose
+    fp32 threshold came from one held-out fifth: both thresholds then rest on the same goods)."""
     if not bf16_available():
         return None
     from trainer.anomaly import threshold_good_quantile
@@ -76,4 +80,4 @@ def bf16_scorer_refit(inputs: RefitInputs) -> Callable[[Path, Path], nn.Module |
         scores = fitted.good_scores
         return fitted.scorer, float(np.median(scores)), threshold_good_quantile(scores, cfg.target_false_reject)
 
-    return make_refit(inputs, fit_scorer, open_features=BackendFeatures)
+    return make_refit(inputs, fit or fit_scorer, open_features=BackendFeatures)

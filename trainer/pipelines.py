@@ -11,7 +11,7 @@ worker will feed the exported graph. The anomaly threshold comes from good image
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -206,7 +206,8 @@ def build_anomaly_package(
     )
     inputs = RefitInputs.of_fit(backbone, pre, good, cfg, fit_info, held.images[:1])
     refit = int8_scorer_refit(inputs) if cfg.int8_refit else None
-    bf16 = bf16_scorer_refit(inputs) if cfg.bf16_refit else None
+    holdout = holdout_fit(inputs) if cfg.threshold_from == "holdout" else None  # the fp32 scorer's own rule
+    bf16 = bf16_scorer_refit(inputs, holdout) if cfg.bf16_refit else None
     calib = _calibration(good)
     return build_package(out, net, spec, held, calib, overwrite=True, int8_refit=refit, bf16_refit=bf16)
 
@@ -234,6 +235,12 @@ def int8_scorer_refit(inputs: RefitInputs) -> Any:
     gate judges on the held-out frames), aligned to the fp32 scorer's origin and threshold quantile."""
     from trainer.int8_refit import make_refit
 
+    return make_refit(inputs, holdout_fit(inputs))
+
+
+def holdout_fit(inputs: RefitInputs) -> Callable[[torch.nn.Module], tuple[torch.nn.Module, float, float]]:
+    """``fit_scorer`` of a refit by the holdout rule: fitted on 4/5 of the goods, median and threshold quantile
+    from the other fifth."""
     cfg, pre, good = inputs.cfg, inputs.pre, inputs.good
     fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
 
@@ -242,7 +249,7 @@ def int8_scorer_refit(inputs: RefitInputs) -> Any:
         hold = net_scores(InspectionNet(features, scorer=scorer), pre, [good[i] for i in hold_idx])
         return scorer, float(np.median(hold)), threshold_good_quantile(hold, cfg.target_false_reject)
 
-    return make_refit(inputs, fit_scorer)
+    return fit_scorer
 
 
 def build_classifier_package(

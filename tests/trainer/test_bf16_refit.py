@@ -25,7 +25,10 @@ from tests.trainer.refit_parts import (
 from trainer.anomaly import threshold_good_quantile
 from trainer.anomaly_crossfit import backbone_features, cross_fit
 from trainer.bf16_refit import BackendFeatures, bf16_available, bf16_scorer_refit
+from trainer.export import export_onnx
+from trainer.int8_refit import AlignedScorer
 from trainer.network import InspectionNet
+from trainer.pipelines import holdout_fit
 
 pytestmark = pytest.mark.skipif(not bf16_available(), reason="this CPU has no bf16 in OpenVINO (AVX512-BF16 or AMX)")
 
@@ -68,3 +71,20 @@ def test_bf16_refit_is_gated_and_kept_as_the_packages_bf16_graph(fitted: FittedT
     else:
         assert pkg.manifest.model.bf16 is None and not (tmp_path / "bf16refit" / "model.bf16.onnx").exists()
     assert choose_model_file(pkg.manifest, "fp32", "openvino") == ("model.onnx", "fp32")
+
+
+def test_a_holdout_package_refits_by_its_own_threshold_rule(fitted: FittedTiles, tmp_path: Path) -> None:
+    """``--threshold-from holdout``: the bf16 scorer's threshold rests on the same held-out fifth as fp32's."""
+    inputs = fitted.inputs(tiles(1, 7))
+    rule, calls = holdout_fit(inputs), []
+
+    def counted(features: torch.nn.Module) -> tuple[torch.nn.Module, float, float]:
+        calls.append(features)
+        return rule(features)
+
+    hook = bf16_scorer_refit(inputs, counted)
+    assert hook is not None
+    graph = export_onnx(fitted.net, torch.from_numpy(inputs.sample), tmp_path / "m.onnx")
+    net = hook(graph, tmp_path)
+    assert len(calls) == 1 and isinstance(calls[0], BackendFeatures)  # fitted on the bf16 features, once
+    assert net is not None and isinstance(net.scorer, AlignedScorer)
