@@ -70,10 +70,10 @@ def _thread(target, *args):  # type: ignore[no-untyped-def]
     return t
 
 
-def _wait(cond, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+def _wait(cond, timeout: float = 60.0, why=lambda: "") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not cond():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out {why()}"
         time.sleep(0.05)
 
 
@@ -191,7 +191,11 @@ def test_promotion_waits_for_the_shadow_period(
         _wait(lambda: shadow.model is not None)
         publish_parts(bus, 40, seed=5)
         wait_for_verdicts(redis_client, bus, 40)
-        _wait(lambda: shadow.counts["judged"] >= 40)
+        # a fresh clone's full run once timed out here (sessions 10, 11; never alone or in CI): say what the shadow saw
+        _wait(
+            lambda: shadow.counts["judged"] >= 40,
+            why=lambda: f"shadow {shadow.counts}, line idle {shadow._line_idle()}",
+        )
         _wait(lambda: len(store_rows(store, VerdictRow)) >= 40)
     finally:
         worker.stop()

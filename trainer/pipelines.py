@@ -206,8 +206,7 @@ def build_anomaly_package(
     )
     inputs = RefitInputs.of_fit(backbone, pre, good, cfg, fit_info, held.images[:1])
     refit = int8_scorer_refit(inputs) if cfg.int8_refit else None
-    holdout = holdout_fit(inputs) if cfg.threshold_from == "holdout" else None  # the fp32 scorer's own rule
-    bf16 = bf16_scorer_refit(inputs, holdout) if cfg.bf16_refit else None
+    bf16 = bf16_refit_of(inputs) if cfg.bf16_refit else None
     calib = _calibration(good)
     return build_package(out, net, spec, held, calib, overwrite=True, int8_refit=refit, bf16_refit=bf16)
 
@@ -236,6 +235,12 @@ def int8_scorer_refit(inputs: RefitInputs) -> Any:
     from trainer.int8_refit import make_refit
 
     return make_refit(inputs, holdout_fit(inputs))
+
+
+def bf16_refit_of(inputs: RefitInputs) -> Any:
+    """The bf16 refit hook (``trainer.bf16_refit``) by the package's own threshold rule: cross-fit, or for a
+    ``threshold_from="holdout"`` package the same held-out fifth as its fp32 threshold; None without bf16."""
+    return bf16_scorer_refit(inputs, holdout_fit(inputs) if inputs.cfg.threshold_from == "holdout" else None)
 
 
 def holdout_fit(inputs: RefitInputs) -> Callable[[torch.nn.Module], tuple[torch.nn.Module, float, float]]:

@@ -1,6 +1,7 @@
 """The export step of a retraining's train step (``trainer.retrain_fit``): the fitted candidate as a draft package.
 
-Export, parity and the INT8 gate on the fixed held-out set (``prepare_package``); a fused (combined) package gets
+Export, parity and the precision gate on the fixed held-out set (``prepare_package``; an anomaly-only candidate
+also with its scorer fitted on OpenVINO's bf16 features, ``trainer.bf16_refit``); a fused (combined) package gets
 canaries expected by its fused score alone. The draft is saved to ``work/draft.json`` for the later steps.
 """
 
@@ -28,8 +29,10 @@ def export_draft(
     snap: dict[str, Any],
     seconds: dict[str, float],
     say: Say,
+    bf16_refit: Any = None,
 ) -> Any:
-    """Export, parity and INT8 gate on the held-out set (``prepare_package``); the draft is saved for later steps."""
+    """Export, parity and INT8 gate on the held-out set (``prepare_package``; ``bf16_refit``: the anomaly-only
+    candidate's scorer fitted on bf16 features, one more candidate of the gate); the draft is saved for later steps."""
     from trainer.package import prepare_package
     from trainer.quantize import QuantConfig
 
@@ -39,7 +42,7 @@ def export_draft(
     if calibration is None:
         say(f"INT8 not attempted: {len(calib_items)} training frames, the gate needs 100 (the checklist will say so)")
     t = time.perf_counter()
-    draft = prepare_package(stage / "package", net.eval(), spec, held, calibration, say=say)
+    draft = prepare_package(stage / "package", net.eval(), spec, held, calibration, say=say, bf16_refit=bf16_refit)
     seconds["export_int8_bench"] = round(time.perf_counter() - t, 1)
     if kind == "combined":
         draft = _score_decides(draft, spec, held)

@@ -123,6 +123,7 @@ class _Fitted:
     classes: list[str] | None = None
     anomaly: Any = None
     backbone: Any = None
+    bf16_refit: Any = None  # anomaly-only: the hook that fits the scorer on bf16 features (trainer.bf16_refit)
 
 
 def train(
@@ -160,7 +161,7 @@ def train(
     elif kind == "anomaly":
         _fit_good_only_score(fitted, acfg, scorer_goods, goods_from, data, seconds, say)
     spec = _package_spec(kind, name, fitted, data)
-    draft = export_draft(cfg, stage, kind, fitted.net, spec, items, snap, seconds, say)
+    draft = export_draft(cfg, stage, kind, fitted.net, spec, items, snap, seconds, say, fitted.bf16_refit)
     seconds["total"] = round(time.perf_counter() - t0, 1)
     q = draft.quant
     info.update(
@@ -318,17 +319,19 @@ def _fit_good_only_score(
     import torch
 
     from inspector.models.preprocess import Preprocessor
+    from trainer.int8_refit import RefitInputs
     from trainer.network import InspectionNet
-    from trainer.pipelines import fit_anomaly
+    from trainer.pipelines import bf16_refit_of, fit_anomaly
 
     acfg = replace(acfg, image_size=tuple(fitted.pre_spec.size), backbone=fitted.architecture["backbone"])
     say(f"train: good-only {acfg.method} scorer on {len(scorer_goods)} good frames ({goods_from})")
     t = time.perf_counter()
     torch.set_num_threads(2)
     backbone = fitted.backbone if fitted.net is None else fitted.net.backbone
-    scorer, fitted.anomaly, fit_info = fit_anomaly(
-        backbone, Preprocessor(fitted.pre_spec), load_images(scorer_goods), acfg, Console(quiet=True)
-    )
+    pre, goods = Preprocessor(fitted.pre_spec), load_images(scorer_goods)
+    scorer, fitted.anomaly, fit_info = fit_anomaly(backbone, pre, goods, acfg, Console(quiet=True))
+    if acfg.bf16_refit:  # one more bf16 candidate for the export's gate, as `trainer package-anomaly` has
+        fitted.bf16_refit = bf16_refit_of(RefitInputs.of_fit(backbone, pre, goods, acfg, fit_info, goods[:1]))
     if fitted.net is None:
         fitted.net = InspectionNet(backbone, scorer=scorer)
     else:

@@ -75,3 +75,15 @@ def test_anomaly_only_candidate_goes_through_the_gate(first_model: dict[str, Any
     assert first_model["package"]["gate_passed"] == m.gate.passed
     enough = [r for r in m.gate.rows if r.gate == "enough_frames"]
     assert enough and all(r.passed for r in enough), enough  # the gate judged the candidate on real numbers
+
+
+def test_anomaly_only_candidate_gates_its_scorer_fitted_on_bf16_features(first_model: dict[str, Any]) -> None:
+    """The retraining builds the same bf16 candidate as `trainer package-anomaly` (``trainer.bf16_refit``)."""
+    from trainer.bf16_refit import bf16_available
+
+    if not bf16_available():
+        pytest.skip("this CPU has no bf16 in OpenVINO (AVX512-BF16 or AMX): no bf16 candidate to gate")
+    runtime = load_package(first_model["package"]["path"]).manifest.benchmark.get("runtime")
+    assert runtime is not None, "the precision gate did not run on the retrained candidate"
+    refit = [c for c in runtime["candidates"] if c["file"] == "bf16"]
+    assert refit and "scorer fitted on bf16 features" in refit[0]["reason"], runtime["candidates"]
