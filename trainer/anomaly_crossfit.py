@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from torch import Tensor, nn
 
 from trainer.anomaly_config import AnomalyConfig
 from trainer.anomaly_fit import fit_scorer_on_features
+
+if TYPE_CHECKING:
+    from inspector.models.preprocess import Preprocessor
 
 
 @dataclass
@@ -49,6 +53,12 @@ def _batches(features: list[Tensor], rows: np.ndarray, size: int) -> Iterator[li
     for i in range(0, len(rows), size):
         take = torch.from_numpy(rows[i : i + size])
         yield [f[take] for f in features]
+
+
+def image_batches(pre: Preprocessor, images: Sequence[np.ndarray], size: int = 16) -> Iterator[Tensor]:
+    """RGB frames preprocessed into input batches of at most ``size`` ([B,3,H,W] tensors)."""
+    for i in range(0, len(images), size):
+        yield torch.from_numpy(pre.batch(list(images[i : i + size])))
 
 
 @torch.no_grad()

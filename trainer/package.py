@@ -43,7 +43,7 @@ from trainer.network import OUTPUT_MAP, OUTPUT_PROBS, OUTPUT_SCORE
 from trainer.package_benchmark import benchmark, ort_ms, torch_eager_ms
 from trainer.package_canaries import CANARY_SURE_FAIL, CANARY_SURE_PASS, CANARY_SURE_PROB, write_canaries
 from trainer.package_drift import HIST_BINS, drift_reference
-from trainer.package_int8 import Int8Refit, quantise
+from trainer.package_int8 import RefitHook, quantise
 from trainer.package_spec import (
     BF16_FILE,
     FP32_FILE,
@@ -65,7 +65,7 @@ __all__ = [
     "INT8_FILE",
     "BuildResult",
     "Draft",
-    "Int8Refit",
+    "RefitHook",
     "ManifestExtras",
     "PackageSpec",
     "PackagingError",
@@ -185,8 +185,8 @@ def build_package(
     overwrite: bool = False,
     extras: ManifestExtras | None = None,
     say: Callable[[str], None] | None = None,
-    int8_refit: Int8Refit | None = None,
-    bf16_refit: Int8Refit | None = None,
+    int8_refit: RefitHook | None = None,
+    bf16_refit: RefitHook | None = None,
 ) -> BuildResult:
     """Write a verified package folder at ``out_dir`` and return what went into it.
 
@@ -245,8 +245,8 @@ def prepare_package(
     threads: int = 2,
     opset: int = 17,
     say: Callable[[str], None] | None = None,
-    int8_refit: Int8Refit | None = None,
-    bf16_refit: Int8Refit | None = None,
+    int8_refit: RefitHook | None = None,
+    bf16_refit: RefitHook | None = None,
 ) -> Draft:
     """Export (checked at several batch sizes by ``export_onnx``), parity, the INT8 gate, benchmark,
     canaries and the held-out drift reference into ``stage``; the manifest stays in memory."""

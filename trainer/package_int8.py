@@ -28,9 +28,10 @@ from trainer.package_spec import (
 from trainer.precision import RuntimeChoice, select_runtime
 from trainer.quantize import QuantConfig, QuantReport, quantize_and_gate
 
-#: ``refit(int8_graph, scratch) -> net | None``: the network whose scorer was fitted on that INT8 graph's features
-#: (``trainer.int8_refit.make_refit``); quantised like the package's own and gated against its fp32 graph.
-Int8Refit = Callable[[Path, Path], "nn.Module | None"]
+#: ``refit(graph, scratch) -> net | None``: the network whose scorer was fitted on the features that graph computes
+#: (``trainer.int8_refit.make_refit``): the INT8 graph (quantised like the package's own, gated against its fp32
+#: graph) or the fp32 graph run by OpenVINO in bf16 (``trainer.bf16_refit``, exported and gated as a bf16 candidate).
+RefitHook = Callable[[Path, Path], "nn.Module | None"]
 
 
 def quantise(
@@ -41,9 +42,9 @@ def quantise(
     held: EvalSet,
     cfg: QuantConfig | None,
     bounds: ParityBounds | None = None,
-    refit: Int8Refit | None = None,
+    refit: RefitHook | None = None,
     opset: int = 17,
-    bf16_refit: Int8Refit | None = None,
+    bf16_refit: RefitHook | None = None,
 ) -> tuple[QuantReport | None, RuntimeChoice | None, dict[str, Any] | None]:
     """The INT8 graph (ONNX Runtime's own gate in ``QuantReport``), then every reduced-precision candidate
     (ONNX Runtime INT8, OpenVINO bf16, OpenVINO INT8) through ``select_runtime``; the INT8 file stays in the
@@ -114,7 +115,7 @@ def _refit_int8(
     stage: Path,
     int8: Path,
     tmp: Path,
-    refit: Int8Refit,
+    refit: RefitHook,
     calib: list[np.ndarray],
     x_held: np.ndarray,
     labels: np.ndarray | None,
@@ -145,7 +146,7 @@ def _refit_int8(
     return {"used": False, "report": rep.to_dict()}, rep
 
 
-def _refit_bf16(stage: Path, tmp: Path, bf16_refit: Int8Refit, x_held: np.ndarray, opset: int) -> Path | None:
+def _refit_bf16(stage: Path, tmp: Path, bf16_refit: RefitHook, x_held: np.ndarray, opset: int) -> Path | None:
     """The network whose scorer was fitted on the fp32 graph's bf16 features, exported (an fp32 ONNX graph that
     OpenVINO compiles in bf16); None when the refit is not possible for this graph."""
     net = bf16_refit(stage / FP32_FILE, tmp)

@@ -11,7 +11,7 @@ worker will feed the exported graph. The anomaly threshold comes from good image
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from inspector.contracts.errors import DataError
 from inspector.contracts.manifest import AnomalySpec, Preprocess
 from inspector.models.preprocess import Preprocessor
 from trainer.anomaly import AnomalyConfig, fit_anomaly_scorer, threshold_f1_optimal, threshold_good_quantile
+from trainer.anomaly_crossfit import image_batches as _batches
 from trainer.backbone import BackboneSpec, build_backbone, check_image_size
 from trainer.bf16_refit import bf16_scorer_refit
 from trainer.data import load_rgb, scan_anomaly, snapshot_hash
@@ -43,11 +44,6 @@ LATENCY_TARGET_MS = 10.0
 FUSED_LATENCY_TARGET_MS = 25.0
 MEMORY_BUDGET_MB = 512.0
 TARGET_HARDWARE = "x86-64 CPU, 2 threads, ONNX Runtime CPU provider"
-
-
-def _batches(pre: Preprocessor, images: Sequence[np.ndarray], size: int = 16) -> Iterator[torch.Tensor]:
-    for i in range(0, len(images), size):
-        yield torch.from_numpy(pre.batch(list(images[i : i + size])))
 
 
 def split_holdout(n: int, every: int) -> tuple[list[int], list[int]]:

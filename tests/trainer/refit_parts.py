@@ -15,7 +15,7 @@ from inspector.models.preprocess import Preprocessor
 from trainer.anomaly import AnomalyConfig
 from trainer.evaluate import EvalSet
 from trainer.int8_refit import RefitInputs
-from trainer.package import BuildResult, Int8Refit, PackageSpec, build_package
+from trainer.package import BuildResult, PackageSpec, RefitHook, build_package
 from trainer.quantize import QuantConfig
 
 SIZE = 64
@@ -76,7 +76,7 @@ def refit_spec(name: str, fitted: FittedTiles) -> PackageSpec:
     )
 
 
-def build_refit_package(out: Path, fitted: FittedTiles, held: EvalSet, **refits: Int8Refit | None) -> BuildResult:
+def build_refit_package(out: Path, fitted: FittedTiles, held: EvalSet, **refits: RefitHook | None) -> BuildResult:
     """The package of ``fitted.net`` with the given refit hooks (``int8_refit``, ``bf16_refit``), no checklist."""
     return build_package(
         out,
