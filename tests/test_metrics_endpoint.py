@@ -90,6 +90,25 @@ def wait_for(pred: Any, timeout: float, step: float = 0.2) -> bool:
     return False
 
 
+def _why_not_up(ports: dict[str, int], serving: list[str], config: Path) -> str:
+    """What each process's port served when the wait ran out, and the station's status (a timeout says why)."""
+    lines = []
+    for p in serving:
+        try:
+            page = scrape(ports[p])
+        except OSError as err:
+            lines.append(f"{p} :{ports[p]}: no page ({err})")
+            continue
+        verdicts, parts = total(page, "inspector_verdicts_total"), total(page, "inspector_line_parts_total")
+        lines.append(f"{p} :{ports[p]}: {len(page)} samples, verdicts {verdicts:g}, line parts {parts:g}")
+    try:
+        st = status(config)
+        lines.append(f"status counters {st.get('counters')}; workers {[w.get('counts') for w in st['workers']]}")
+    except (AssertionError, subprocess.TimeoutExpired, ValueError, KeyError) as err:
+        lines.append(f"status: {err}")
+    return "\n".join(lines) + "\n--- station log ---\n"
+
+
 @pytest.fixture
 def station(tmp_path: Path, tiny_package: Path) -> Iterator[tuple[StationConfig, Path, Path, socket.socket]]:
     base = _free_block()
@@ -151,7 +170,7 @@ def test_every_process_serves_rising_counters_that_match_status(
             and total(pages["line"], "inspector_line_parts_total") > 0
         )
 
-    assert wait_for(all_up, 180), log.read_text()[-4000:]
+    assert wait_for(all_up, 180), _why_not_up(ports, serving, config) + log.read_text()[-4000:]
 
     first = {p: scrape(ports[p]) for p in serving}
     time.sleep(3)
