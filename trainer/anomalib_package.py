@@ -200,8 +200,9 @@ class AnomalibFit:
 
 def fit_on_goods(good: Sequence[np.ndarray], cfg: AnomalibConfig, console: Console | None = None) -> AnomalibFit:
     """Fit on the fit part of ``good`` (sorted train/good frames, RGB uint8), threshold on the held-out part."""
+    from trainer.anomaly_crossfit import image_batches
     from trainer.evaluate import rate_interval
-    from trainer.pipelines import _batches, split_holdout
+    from trainer.pipelines import split_holdout
 
     console = console or Console()
     fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
@@ -220,7 +221,7 @@ def fit_on_goods(good: Sequence[np.ndarray], cfg: AnomalibConfig, console: Conso
         f"anomalib {cfg.model}: fitting on {len(fit_idx)} good images ({cfg.backbone} {list(cfg.layers)}, "
         f"{cfg.image_size[0]}x{cfg.image_size[1]}), threshold from {len(hold_idx)} held-out good images"
     )
-    info = fit_anomalib(module.model, _batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
+    info = fit_anomalib(module.model, image_batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
     net = AnomalibStationNet(module.model, cfg.model).eval()
     hold_scores = station_net_scores(net, pre, [good[i] for i in hold_idx])
     info["anomalib_parity_rel"] = check_against_anomalib(net, torch.from_numpy(pre.batch([good[hold_idx[0]]])))
@@ -254,11 +255,13 @@ def _good_quantile(scores: np.ndarray, target: float) -> float:
 def station_net_scores(
     net: nn.Module, pre: Preprocessor, images: Sequence[np.ndarray], batch_size: int = 16
 ) -> np.ndarray:
-    from trainer.pipelines import _batches
+    from trainer.anomaly_crossfit import image_batches
 
     net.eval()
     return (
-        np.concatenate([net(x)[0].numpy() for x in _batches(pre, list(images), batch_size)]) if images else np.zeros(0)
+        np.concatenate([net(x)[0].numpy() for x in image_batches(pre, list(images), batch_size)])
+        if images
+        else np.zeros(0)
     )
 
 

@@ -81,6 +81,7 @@ __all__ = [
     "load_gray",
     "onnx_latency_ms",
     "split_holdout",
+    "conformal_rank",
     "threshold_f1_optimal",
     "threshold_good_quantile",
     "to_input",
@@ -106,8 +107,13 @@ def threshold_good_quantile(good_scores: Sequence[float] | np.ndarray, target_fa
             f"need good scores and 0 <= target_false_reject < 1 (got {s.size}, {target_false_reject})",
             "hold out some good images and pass a rate such as 0.02",
         )
-    rank = math.ceil(round((s.size + 1) * (1.0 - target_false_reject), 9))  # round: 0.98 * 760 is 744.8000000001
-    return float(s[min(rank, s.size) - 1])
+    return float(s[conformal_rank(s.size, target_false_reject) - 1])
+
+
+def conformal_rank(n: int, target_false_reject: float) -> int:
+    """The 1-based rank among n sorted good scores that ``threshold_good_quantile`` takes: ceil((n + 1)(1 - target)),
+    at most n."""
+    return min(n, math.ceil(round((n + 1) * (1.0 - target_false_reject), 9)))  # round: 0.98 * 760 = 744.8000000001
 
 
 def threshold_f1_optimal(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:

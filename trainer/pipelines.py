@@ -25,14 +25,14 @@ from inspector.contracts.errors import DataError
 from inspector.contracts.manifest import AnomalySpec, Preprocess
 from inspector.models.preprocess import Preprocessor
 from trainer.anomaly import AnomalyConfig, fit_anomaly_scorer, threshold_f1_optimal, threshold_good_quantile
-from trainer.anomaly_crossfit import image_batches as _batches
+from trainer.anomaly_crossfit import image_batches
 from trainer.backbone import BackboneSpec, build_backbone, check_image_size
 from trainer.bf16_refit import bf16_scorer_refit
 from trainer.data import load_rgb, scan_anomaly, snapshot_hash
 from trainer.evaluate import EvalSet, load_test_split, rate_interval
 from trainer.int8_refit import RefitInputs
 from trainer.network import InspectionNet
-from trainer.package import BuildResult, PackageSpec, build_package
+from trainer.package import BuildResult, PackageSpec, RefitHook, build_package
 from trainer.recipe import ClassifierRecipe
 
 LATENCY_TARGET_MS = 10.0
@@ -58,7 +58,7 @@ def net_scores(net: InspectionNet, pre: Preprocessor, images: Sequence[np.ndarra
     """Raw anomaly scores of images through the torch network."""
     net.eval()
     idx = net.output_names.index("anomaly_score")
-    return np.concatenate([net(x)[idx].numpy() for x in _batches(pre, images)]) if images else np.zeros(0)
+    return np.concatenate([net(x)[idx].numpy() for x in image_batches(pre, images)]) if images else np.zeros(0)
 
 
 def fit_anomaly(
@@ -80,14 +80,14 @@ def fit_anomaly(
             f"anomaly model: fitting {cfg.method} on all {len(good)} good images, threshold from their "
             f"out-of-fold scores ({cfg.holdout_every}-fold cross-fit)"
         )
-        fitted = cross_fit(backbone, backbone_features(backbone, _batches(pre, good, cfg.batch_size)), cfg)
+        fitted = cross_fit(backbone, backbone_features(backbone, image_batches(pre, good, cfg.batch_size)), cfg)
         scorer, hold_scores, n_fit = fitted.scorer, fitted.good_scores, len(good)
     else:
         console.print(
             f"anomaly model: fitting {cfg.method} on {len(fit_idx)} good images, "
             f"threshold from {len(hold_idx)} held-out good images"
         )
-        scorer = fit_anomaly_scorer(backbone, _batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
+        scorer = fit_anomaly_scorer(backbone, image_batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
         hold_scores = net_scores(InspectionNet(backbone, scorer=scorer), pre, [good[i] for i in hold_idx])
         n_fit = len(fit_idx)
     threshold = threshold_good_quantile(hold_scores, cfg.target_false_reject)
@@ -224,7 +224,7 @@ def _anomaly_architecture(cfg: AnomalyConfig, bspec: BackboneSpec) -> dict[str, 
     }
 
 
-def int8_scorer_refit(inputs: RefitInputs) -> Any:
+def int8_scorer_refit(inputs: RefitInputs) -> RefitHook:
     """The packaging hook that refits the scorer on the INT8 graph's features (``trainer.int8_refit``), on the
     holdout rule's split of the good images (one fit, not the fp32 scorer's cross-fit: INT8 is a candidate the
     gate judges on the held-out frames), aligned to the fp32 scorer's origin and threshold quantile."""
@@ -233,7 +233,7 @@ def int8_scorer_refit(inputs: RefitInputs) -> Any:
     return make_refit(inputs, holdout_fit(inputs))
 
 
-def bf16_refit_of(inputs: RefitInputs) -> Any:
+def bf16_refit_of(inputs: RefitInputs) -> RefitHook | None:
     """The bf16 refit hook (``trainer.bf16_refit``) by the package's own threshold rule: cross-fit, or for a
     ``threshold_from="holdout"`` package the same held-out fifth as its fp32 threshold; None without bf16."""
     return bf16_scorer_refit(inputs, holdout_fit(inputs) if inputs.cfg.threshold_from == "holdout" else None)
@@ -246,7 +246,7 @@ def holdout_fit(inputs: RefitInputs) -> Callable[[torch.nn.Module], tuple[torch.
     fit_idx, hold_idx = split_holdout(len(good), cfg.holdout_every)
 
     def fit_scorer(features: torch.nn.Module) -> tuple[torch.nn.Module, float, float]:
-        scorer = fit_anomaly_scorer(features, _batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
+        scorer = fit_anomaly_scorer(features, image_batches(pre, [good[i] for i in fit_idx], cfg.batch_size), cfg)
         hold = net_scores(InspectionNet(features, scorer=scorer), pre, [good[i] for i in hold_idx])
         return scorer, float(np.median(hold)), threshold_good_quantile(hold, cfg.target_false_reject)
 

@@ -11,12 +11,15 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inspector.contracts.config import StationConfig
 from trainer.heldout import LabelledImage, load_images
 from trainer.retrain_snapshot import evenly_spaced, heldout_eval_set, items_of
 from trainer.retrain_staging import DRAFT_FILE, Say, work_dir
+
+if TYPE_CHECKING:
+    from trainer.package_int8 import RefitHook
 
 
 def export_draft(
@@ -29,7 +32,7 @@ def export_draft(
     snap: dict[str, Any],
     seconds: dict[str, float],
     say: Say,
-    bf16_refit: Any = None,
+    bf16_refit: RefitHook | None = None,
 ) -> Any:
     """Export, parity and INT8 gate on the held-out set (``prepare_package``; ``bf16_refit``: the anomaly-only
     candidate's scorer fitted on bf16 features, one more candidate of the gate); the draft is saved for later steps."""

@@ -7,7 +7,11 @@ the default scorer of ``trainer package-anomaly``, one backbone pass over train/
   test/, and recall / false-reject on test/ at the threshold set from fold f's goods alone (fold 2 is the rule
   ``--threshold-from holdout`` ships: ``split_holdout``);
 - the shipped rule (``trainer.anomaly_crossfit``): the scorer fitted on every good image, the threshold from
-  the pooled out-of-fold scores of all of them.
+  the pooled out-of-fold scores of all of them (their split-conformal rank, ``threshold_good_quantile``);
+- with ``--ranks K``: the shipped scorer at the out-of-fold scores one rank below the shipped one to K above,
+  each with the chance that a new good part exceeds it, (n + 1 - k)/(n + 1), and the chance that the line's
+  false-reject rate at it is over the target (the coverage of rank k is Beta(k, n + 1 - k)): how steep the
+  trade between false rejects and recall is around the threshold. Read from the test set, chosen by nothing.
 
 Numbers a maintainer needs before trusting one held-out fifth: the spread of the rows is what one fifth
 costs. The README's table "The threshold from every good image" comes from this command.
@@ -50,15 +54,40 @@ def _row(name: str, scores: np.ndarray, is_defect: np.ndarray, threshold: float,
     }
 
 
-def study(data_dir: Path, folds: int = 5, cfg: AnomalyConfig | None = None) -> list[dict[str, Any]]:
-    """One row per held-out fold, then the shipped cross-fit rule (see the module docstring)."""
+def rank_rows(
+    oof: np.ndarray, test: np.ndarray, is_defect: np.ndarray, target: float, above: int
+) -> list[dict[str, Any]]:
+    """The test split at out-of-fold ranks around the shipped threshold's (one below it to ``above`` above)."""
+    from scipy.stats import beta
+
+    from trainer.anomaly import conformal_rank
+
+    ranked, n = np.sort(oof), len(oof)
+    shipped = conformal_rank(n, target)
+    rows = []
+    for k in range(max(1, shipped - 1), min(n, shipped + above) + 1):
+        row = _row(f"out-of-fold rank {k}" + (" (shipped)" if k == shipped else ""), test, is_defect, ranked[k - 1], n)
+        row["expected_frr"] = round((n + 1 - k) / (n + 1), 4)
+        row["p_frr_over_target"] = round(float(beta.cdf(1.0 - target, k, n + 1 - k)), 3)
+        rows.append(row)
+    return rows
+
+
+def study(data_dir: Path, folds: int = 5, cfg: AnomalyConfig | None = None, ranks: int = 0) -> list[dict[str, Any]]:
+    """One row per held-out fold, then the shipped cross-fit rule, then ``ranks`` (see the module docstring)."""
     from inspector.models.preprocess import Preprocessor
     from trainer.anomaly import threshold_good_quantile
-    from trainer.anomaly_crossfit import backbone_features, fit_on_rows, fold_scorers, scores_on_features
+    from trainer.anomaly_crossfit import (
+        backbone_features,
+        fit_on_rows,
+        fold_scorers,
+        image_batches,
+        scores_on_features,
+    )
     from trainer.backbone import build_backbone
     from trainer.data import scan_anomaly
     from trainer.evaluate import load_test_split
-    from trainer.pipelines import _anomaly_preprocess, _batches, _rgb
+    from trainer.pipelines import _anomaly_preprocess, _rgb
 
     cfg = cfg or AnomalyConfig()
     good = [_rgb(s.path) for s in scan_anomaly(data_dir).train]
@@ -67,8 +96,8 @@ def study(data_dir: Path, folds: int = 5, cfg: AnomalyConfig | None = None) -> l
     held = load_test_split(data_dir)
     is_defect = held.is_defect.astype(bool)
     console.print(f"backbone pass: {len(good)} train/good, {len(held.images)} test")
-    f_good = backbone_features(backbone, _batches(pre, good, cfg.batch_size))
-    f_test = backbone_features(backbone, _batches(pre, held.images, cfg.batch_size))
+    f_good = backbone_features(backbone, image_batches(pre, good, cfg.batch_size))
+    f_test = backbone_features(backbone, image_batches(pre, held.images, cfg.batch_size))
     test_rows = np.arange(len(held.images))
     rows, oof = [], np.zeros(len(good))
     console.print(f"fitting {folds} fold scorers on {len(good)} goods less one fold each")
@@ -85,25 +114,27 @@ def study(data_dir: Path, folds: int = 5, cfg: AnomalyConfig | None = None) -> l
     )
     thr = threshold_good_quantile(oof, cfg.target_false_reject)
     rows.append(_row(f"all goods, {folds}-fold cross-fit (default)", test, is_defect, thr, len(good)))
-    return rows
+    return rows + (rank_rows(oof, test, is_defect, cfg.target_false_reject, ranks) if ranks > 0 else [])
 
 
 @app.command()
 def main(
     data: Annotated[Path, typer.Argument(help="Anomaly-layout folder: train/good, test/<class>.")],
     folds: Annotated[int, typer.Option(help="Folds of the good images (5: the package's rule).")] = 5,
+    ranks: Annotated[int, typer.Option(help="Also the out-of-fold ranks up to this many above the shipped one.")] = 0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Per held-out fold: AUROC, recall and false-reject at that fold's threshold; then the shipped rule."""
     if folds < 2:
         console.print(f"[red]error:[/] --folds {folds}: use 2 or more")
         raise typer.Exit(code=2)
-    rows = study(data, folds)
+    rows = study(data, folds, ranks=ranks)
     if as_json:
         print(json.dumps(rows))
         return
     table = Table(title=f"threshold and model by held-out goods: {data} (target false-reject 2 %)")
-    for col in ("rule", "thr. images", "image AUROC", "recall", "false rejects", "FRR (95 % interval)"):
+    columns = ["rule", "thr. images", "image AUROC", "recall", "false rejects", "FRR (95 % interval)"]
+    for col in columns + (["new good over it", "P(FRR > target)"] if ranks > 0 else []):
         table.add_column(col)
     for r in rows:
         ci = r["false_reject_ci95"] or (0.0, 0.0)
@@ -114,6 +145,7 @@ def main(
             f"{r['recall']:.3f}",
             str(r["false_rejects"]),
             f"{r['false_reject_rate']:.2%} ({ci[0]:.1%}-{ci[1]:.1%})",
+            *([f"{r['expected_frr']:.2%}", f"{r['p_frr_over_target']:.3f}"] if "expected_frr" in r else []),
         )
     Console(width=None if sys.stdout.isatty() else 120).print(table)
 

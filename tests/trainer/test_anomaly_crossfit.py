@@ -12,10 +12,10 @@ from rich.console import Console
 
 from inspector.models.preprocess import Preprocessor
 from trainer.anomaly import AnomalyConfig, fit_anomaly_scorer, threshold_good_quantile
-from trainer.anomaly_crossfit import backbone_features, cross_fit, fold_rows
+from trainer.anomaly_crossfit import backbone_features, cross_fit, fold_rows, image_batches
 from trainer.backbone import build_backbone
 from trainer.network import InspectionNet
-from trainer.pipelines import _anomaly_preprocess, _batches, fit_anomaly, net_scores
+from trainer.pipelines import _anomaly_preprocess, fit_anomaly, net_scores
 
 SIZE = (64, 64)
 N_GOOD = 50
@@ -53,7 +53,7 @@ def test_fold_rows_hold_out_every_image_exactly_once() -> None:
 
 def test_each_good_is_scored_by_a_scorer_that_never_saw_it(setup: Setup) -> None:
     backbone, pre, good, cfg = setup
-    fitted = cross_fit(backbone, backbone_features(backbone, _batches(pre, good)), cfg)
+    fitted = cross_fit(backbone, backbone_features(backbone, image_batches(pre, good)), cfg)
     shipped = net_scores(InspectionNet(backbone, scorer=fitted.scorer), pre, good)
     others = np.delete(fitted.good_scores, ODD)
     # out of fold, the odd good is far from every bank patch; the shipped scorer has it in its bank
@@ -66,9 +66,9 @@ def test_the_fit_on_cached_features_is_the_fit_on_images(setup: Setup) -> None:
     backbone, pre, good, cfg = setup
     from trainer.anomaly_fit import fit_scorer_on_features
 
-    feats = backbone_features(backbone, _batches(pre, good))
+    feats = backbone_features(backbone, image_batches(pre, good))
     a = fit_scorer_on_features(backbone, [[f[:30] for f in feats]], cfg)
-    b = fit_anomaly_scorer(backbone, _batches(pre, good[:30], cfg.batch_size), cfg)
+    b = fit_anomaly_scorer(backbone, image_batches(pre, good[:30], cfg.batch_size), cfg)
     probe = good[30:40]
     np.testing.assert_allclose(
         net_scores(InspectionNet(backbone, scorer=a), pre, probe),
@@ -83,7 +83,7 @@ def test_fit_anomaly_thresholds_on_every_good_image_by_default(setup: Setup) -> 
     scorer, spec, info = fit_anomaly(backbone, pre, good, cfg, quiet)
     assert (info["fit_images"], info["threshold_images"], info["threshold_folds"]) == (N_GOOD, N_GOOD, 5)
     assert info["threshold_from"] == "cross_fit"
-    oof = cross_fit(backbone, backbone_features(backbone, _batches(pre, good)), cfg).good_scores
+    oof = cross_fit(backbone, backbone_features(backbone, image_batches(pre, good)), cfg).good_scores
     assert info["threshold_good_quantile"] == pytest.approx(threshold_good_quantile(oof, cfg.target_false_reject))
     assert info["score_origin"] == pytest.approx(float(np.median(oof)))
     # the shipped scorer saw the odd good (a scorer fitted without fold 2 would flag it)
